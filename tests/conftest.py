@@ -1,0 +1,51 @@
+"""Shared fixtures: tiny random models (fast) and the real embedded model (slow, loaded once)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def make_tiny_llama(seed: int = 0, **overrides):
+    """A 2-layer Llama with SmolLM2's proportions (GQA: k/v project to 1/3 of the hidden size)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = dict(
+        vocab_size=128, hidden_size=48, intermediate_size=80, num_hidden_layers=2,
+        num_attention_heads=6, num_key_value_heads=2, max_position_embeddings=64,
+    )
+    cfg.update(overrides)
+    return LlamaForCausalLM(LlamaConfig(**cfg)).eval()
+
+
+def make_tiny_gpt2(seed: int = 0):
+    """A 2-layer GPT-2 (its projections are transformers ``Conv1D``)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    return GPT2LMHeadModel(GPT2Config(vocab_size=128, n_embd=48, n_layer=2, n_head=4, n_positions=64)).eval()
+
+
+@pytest.fixture
+def tiny_llama():
+    return make_tiny_llama()
+
+
+@pytest.fixture
+def tiny_gpt2():
+    return make_tiny_gpt2()
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """The real embedded SmolLM2-135M-Instruct (model, tokenizer); about 20 s to load on 2 cores."""
+    from prolora.models import load_model, load_tokenizer
+
+    return load_model(), load_tokenizer()
