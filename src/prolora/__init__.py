@@ -1,1 +1,19 @@
-"""PRoLoRA."""
+"""prolora: PRoLoRA (Wang et al., "Partial Rotation Empowers More Parameter-Efficient LoRA", ACL 2024).
+
+``import prolora`` registers PRoLoRA with PEFT (see :mod:`prolora.peft_shim`), so
+``peft.get_peft_model(model, PRoLoRAConfig(...))`` and ``PeftModel.from_pretrained`` work as for LoRA.
+"""
+
+from .config import PRoLoRAConfig
+from .layer import PRoLoRALayer, PRoLoRALinear
+from .model import PRoLoRAModel
+from .peft_shim import PROLORA, register
+
+register()
+
+from .api import get_prolora_model  # noqa: E402  (needs the registration above)
+from .io import export_lora  # noqa: E402
+
+__all__ = ["PROLORA", "PRoLoRAConfig", "PRoLoRALayer", "PRoLoRALinear", "PRoLoRAModel", "export_lora",
+           "get_prolora_model"]
+__version__ = "0.1.0"

@@ -1,0 +1,150 @@
+"""``PRoLoRAConfig``: the knobs of PRoLoRA (paper Section 3.1) as a PEFT config.
+
+Switching from PEFT's LoRA is one line: ``LoraConfig(r=2, ...)`` → ``PRoLoRAConfig(r=8, unshared_r=1,
+sharing_rate_a=7, sharing_rate_b=7, ...)`` (the paper's Table 2 pair: the same 5.00M parameters on
+LLaMA2-7B, four times the rank).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Optional, Union
+
+from peft.config import PeftConfig
+
+from .method.equations import ROTATE_DIMS, SHARE_DIMS
+from .peft_shim import PROLORA
+
+INIT_SCHEMES = ("rectified", "vanilla")
+OVERRIDABLE = ("r", "unshared_r", "sharing_rate_a", "sharing_rate_b", "stride_a", "stride_b", "lora_alpha")
+
+
+def _require_int(name: str, value, low: int, hint: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name}={value!r} is invalid: it must be an integer ≥ {low} ({hint}).")
+
+
+@dataclass
+class PRoLoRAConfig(PeftConfig):
+    """Configuration of a PRoLoRA adapter (Wang et al., ACL 2024, Section 3.1).
+
+    Args:
+        r: Rank of ΔW = B·A (the rank of LoRA this adapter replaces). Must be ≥ 1.
+        unshared_r: ``u``, ranks kept unshared (partially-sharing refinement). ``0 ≤ u ≤ r``; ``u = r`` is
+            exactly LoRA, ``u = 0`` is RoLoRA (with rotation) or CLoRA (without).
+        sharing_rate_a: ``m``, number of chunks of A along its input dimension h; only the first,
+            A_0 of shape (r−u, ceil(h/m)), is trained. ``1 ≤ m ≤ h``.
+        sharing_rate_b: ``n``, number of chunks of B along its output dimension o; B_0 is (ceil(o/n), r−u).
+        lora_alpha: Scaling numerator: ΔW is multiplied by ``lora_alpha / r`` (as LoRA; paper Section 4).
+        lora_dropout: Dropout probability on the adapter's input (off in eval mode).
+        target_modules: Module names (suffix match), a regex (full match), or ``"all-linear"``. ``None`` uses
+            PEFT's LoRA defaults for known architectures.
+        exclude_modules: Names or regex of modules never adapted.
+        rotation: Rotation enhancement (Eq. 3): chunk i is rolled by ``i·stride``. ``False`` gives the
+            paper's PRoLoRA^-r (and CLoRA when ``unshared_r = 0``).
+        stride_a, stride_b: Base strides s_A, s_B. ``None`` means ``max(⌊(r−u)/m⌋, 1)`` and
+            ``max(⌊(r−u)/n⌋, 1)`` (Section 3.1; the authors' code uses r−u, the paper writes r).
+        init: ``"rectified"`` (Eq. 5: A_0 uses the bound of the full input size h, as A_u does) or
+            ``"vanilla"`` (Kaiming bound of A_0's own width ceil(h/m): the paper's PRoLoRA^-i ablation).
+        share: Table 4 variants: ``"hidden"`` cuts A and B along their hidden dimensions (the paper's
+            broadcast reduction); ``"rank"`` cuts them along the rank dimension instead.
+        rotate_dim: Table 4 variants: ``"rank"`` rolls the copies along the rank dimension (the paper's
+            rotation); ``"hidden"`` rolls them along the hidden dimension. Ignored when ``rotation=False``.
+        overrides: Per-module values by name pattern, as PEFT's ``rank_pattern``: ``{"mlp\\\\..*":
+            {"r": 16, "unshared_r": 2}}``; keys of the inner dicts: r, unshared_r, sharing_rate_a,
+            sharing_rate_b, stride_a, stride_b, lora_alpha. The paper allows distinct values per layer.
+        bias: ``"none"`` only (biases stay frozen).
+        modules_to_save, layers_to_transform, layers_pattern: as in PEFT's ``LoraConfig``.
+        module_shapes, fan_in_fan_out: written by prolora when the adapter is created (see the format docs).
+
+    Raises:
+        ValueError: at construction, naming the field, the value and the bound it violates.
+    """
+
+    r: int = field(default=8, metadata={"help": "Rank r of ΔW = B·A."})
+    unshared_r: int = field(default=1, metadata={"help": "Unshared rank u (0 ≤ u ≤ r)."})
+    sharing_rate_a: int = field(default=7, metadata={"help": "m: chunks of A along its input dimension."})
+    sharing_rate_b: int = field(default=7, metadata={"help": "n: chunks of B along its output dimension."})
+    lora_alpha: float = field(default=16, metadata={"help": "ΔW is scaled by lora_alpha / r."})
+    lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the adapter input."})
+    target_modules: Optional[Union[list[str], str]] = field(default=None, metadata={"help": "Modules to adapt."})
+    exclude_modules: Optional[Union[list[str], str]] = field(default=None, metadata={"help": "Never adapt."})
+    rotation: bool = field(default=True, metadata={"help": "Rotation enhancement (Eq. 3)."})
+    stride_a: Optional[int] = field(default=None, metadata={"help": "Base stride s_A (default max(⌊(r−u)/m⌋,1))."})
+    stride_b: Optional[int] = field(default=None, metadata={"help": "Base stride s_B (default max(⌊(r−u)/n⌋,1))."})
+    init: str = field(default="rectified", metadata={"help": "'rectified' (Eq. 5) or 'vanilla' (PRoLoRA^-i)."})
+    share: str = field(default="hidden", metadata={"help": "Table 4: chunk along 'hidden' or 'rank'."})
+    rotate_dim: str = field(default="rank", metadata={"help": "Table 4: roll along 'rank' or 'hidden'."})
+    overrides: dict = field(default_factory=dict, metadata={"help": "Per-module r/u/m/n by name pattern."})
+    bias: str = field(default="none", metadata={"help": "Only 'none' is supported."})
+    modules_to_save: Optional[list[str]] = field(default=None, metadata={"help": "Extra trainable modules."})
+    layers_to_transform: Optional[Union[list[int], int]] = field(default=None, metadata={"help": "Layer ids."})
+    layers_pattern: Optional[Union[list[str], str]] = field(default=None, metadata={"help": "Layer list name."})
+    target_parameters: Optional[list[str]] = field(default=None, metadata={"help": "Unsupported; keep None."})
+    module_shapes: dict = field(default_factory=dict, metadata={
+        "help": "Filled by prolora: module name -> [o, h] of its base weight, so that tools can expand the "
+                "compact tensors without the base model, and loading onto a different base fails clearly."})
+    fan_in_fan_out: bool = field(default=False, metadata={
+        "help": "Set by prolora when a base layer is a transformers Conv1D (weight stored as (h, o))."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.peft_type = PROLORA
+        if isinstance(self.target_modules, (list, tuple, set)):
+            self.target_modules = sorted(set(self.target_modules))
+        for name, value in self.overrides.items():
+            try:
+                re.compile(name)
+            except re.error as exc:
+                raise ValueError(f"overrides key {name!r} is not a valid regex: {exc}") from None
+            unknown = set(value) - set(OVERRIDABLE)
+            if unknown:
+                raise ValueError(f"overrides[{name!r}] has unknown keys {sorted(unknown)}; allowed: {OVERRIDABLE}")
+        self.validate_values(self.module_values(None), where="")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise ValueError(f"lora_dropout={self.lora_dropout!r} must be in [0, 1).")
+        if self.init not in INIT_SCHEMES:
+            raise ValueError(f"init={self.init!r} must be one of {INIT_SCHEMES}.")
+        if self.share not in SHARE_DIMS:
+            raise ValueError(f"share={self.share!r} must be one of {SHARE_DIMS}.")
+        if self.rotate_dim not in ROTATE_DIMS[:2]:
+            raise ValueError(f"rotate_dim={self.rotate_dim!r} must be one of {ROTATE_DIMS[:2]}.")
+        if self.bias != "none":
+            raise ValueError(f"bias={self.bias!r} is not supported; use bias='none'.")
+        if self.target_parameters:
+            raise ValueError("target_parameters is not supported by PRoLoRA; use target_modules.")
+
+    def module_values(self, key: Optional[str]) -> dict:
+        """r, unshared_r, sharing rates, strides and lora_alpha for the module named ``key`` (overrides applied).
+
+        The first pattern of ``overrides`` that matches the end of ``key`` wins (PEFT's rank_pattern rule).
+        """
+        values = {name: getattr(self, name) for name in OVERRIDABLE}
+        if key is not None:
+            from peft.utils.other import get_pattern_key
+
+            pattern = get_pattern_key(self.overrides.keys(), key) if self.overrides else None
+            if pattern in self.overrides:
+                values.update(self.overrides[pattern])
+        return values
+
+    @staticmethod
+    def validate_values(values: dict, where: str, h: Optional[int] = None, o: Optional[int] = None) -> None:
+        """Check r/u/m/n/strides (and, given the module's h and o, that m ≤ h and n ≤ o)."""
+        at = f" for module {where}" if where else ""
+        _require_int("r" + at, values["r"], 1, "the rank of ΔW")
+        u = values["unshared_r"]
+        _require_int("unshared_r" + at, u, 0, "unshared ranks")
+        if u > values["r"]:
+            raise ValueError(f"unshared_r={u}{at} exceeds r={values['r']}: use 0 ≤ unshared_r ≤ r "
+                             "(unshared_r = r is plain LoRA).")
+        for name, dim, dim_name in (("sharing_rate_a", h, "h"), ("sharing_rate_b", o, "o")):
+            k = values[name]
+            _require_int(name + at, k, 1, "number of chunks")
+            if dim is not None and k > dim:
+                raise ValueError(f"{name}={k}{at} exceeds the dimension it chunks ({dim_name}={dim}); "
+                                 f"use 1 ≤ {name} ≤ {dim}.")
+        for name in ("stride_a", "stride_b"):
+            if values[name] is not None:
+                _require_int(name + at, values[name], 0, "rotation stride; None = default")

@@ -1,0 +1,142 @@
+"""The compact adapter format, and export to a standard dense PEFT LoRA adapter.
+
+A PRoLoRA adapter directory (written by ``PeftModel.save_pretrained``) holds:
+
+* ``adapter_config.json`` — :class:`~prolora.config.PRoLoRAConfig` with ``"peft_type": "PROLORA"``, plus
+  ``module_shapes`` (module name → ``[o, h]``) so that the tensors can be expanded without the base model.
+* ``adapter_model.safetensors`` (metadata ``{"format": "pt"}``) — per adapted module ``M`` exactly four
+  tensors, and nothing dense: ``base_model.model.M.prolora_A0`` (r−u, ceil(h/m)),
+  ``…prolora_B0`` (ceil(o/n), r−u), ``…prolora_A_u`` (u, h), ``…prolora_B_u`` (o, u).
+
+``docs/format.md`` describes the same with an example.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from .config import PRoLoRAConfig
+from .method import equations as eq
+
+CONFIG_NAME = "adapter_config.json"
+WEIGHTS_NAME = "adapter_model.safetensors"
+TENSOR_NAMES = ("prolora_A0", "prolora_B0", "prolora_A_u", "prolora_B_u")
+
+
+def read_adapter(path: str | os.PathLike) -> tuple[PRoLoRAConfig, dict[str, torch.Tensor]]:
+    """Read a PRoLoRA adapter directory without a base model (safetensors only: nothing is unpickled).
+
+    Raises:
+        FileNotFoundError: if the directory or one of its two files is missing.
+        ValueError: if the config is not a PRoLoRA config, or the weights file is corrupt.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    for name in (CONFIG_NAME, WEIGHTS_NAME):
+        if not (path / name).is_file():
+            raise FileNotFoundError(f"{path / name} not found: is {path} a PRoLoRA adapter directory "
+                                    "(written by save_pretrained)?")
+    try:
+        raw = json.loads((path / CONFIG_NAME).read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path / CONFIG_NAME} is not valid JSON ({exc}).") from None
+    if raw.get("peft_type") != "PROLORA":
+        raise ValueError(f"{path / CONFIG_NAME} has peft_type={raw.get('peft_type')!r}, not 'PROLORA'.")
+    config = PRoLoRAConfig.from_pretrained(str(path))
+    try:
+        tensors = load_file(str(path / WEIGHTS_NAME))
+    except (SafetensorError, OSError) as exc:
+        raise ValueError(f"{path / WEIGHTS_NAME} is not a readable safetensors file ({exc}).") from None
+    return config, tensors
+
+
+def expand_adapter(config: PRoLoRAConfig, tensors: dict[str, torch.Tensor]) -> dict[str, tuple]:
+    """Module name → full ``(A, B, scaling)`` (A: (r, h), B: (o, r)) from compact tensors (Eq. 4)."""
+    out = {}
+    for module, (o, h) in config.module_shapes.items():
+        key = f"base_model.model.{module}."
+        try:
+            a0, b0, a_u, b_u = (tensors[key + name] for name in TENSOR_NAMES)
+        except KeyError as exc:
+            raise ValueError(f"the weights file lacks {exc.args[0]} listed in module_shapes.") from None
+        v = config.module_values(module)
+        r, u = v["r"], v["unshared_r"]
+        m, n = v["sharing_rate_a"], v["sharing_rate_b"]
+        s_a = eq.default_stride(r, u, m) if v["stride_a"] is None else v["stride_a"]
+        s_b = eq.default_stride(r, u, n) if v["stride_b"] is None else v["stride_b"]
+        rotate = config.rotate_dim if config.rotation else None
+        a = eq.expand_a(a0, a_u, h, r, m, s_a, rotate, config.share)
+        b = eq.expand_b(b0, b_u, o, r, n, s_b, rotate, config.share)
+        out[module] = (a, b, v["lora_alpha"] / r)
+    return out
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Run ``write(tmp_path)`` then rename onto ``path``: readers never see a half-written file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def export_lora(model_or_path, out_dir: str | os.PathLike, adapter_name: str = "default",
+                dtype: torch.dtype | None = None) -> Path:
+    """Write a PRoLoRA adapter as a standard dense PEFT LoRA adapter (rank r, same ``lora_alpha``).
+
+    ``model_or_path`` is a ``PeftModel`` holding a PRoLoRA adapter ``adapter_name``, or a saved PRoLoRA
+    adapter directory (no base model needed). The result (``lora_A``: (r, h), ``lora_B``: (o, r) per module;
+    per-module ranks via ``rank_pattern``) loads with stock peft, without prolora installed, and gives the
+    same outputs: what vLLM, TGI and LoRAX serve. It is up to ``m``× larger than the PRoLoRA file.
+
+    Returns the output directory. Raises ``ValueError``/``FileNotFoundError`` as :func:`read_adapter`.
+    """
+    from peft import LoraConfig
+    from safetensors.torch import save_file
+
+    if isinstance(model_or_path, (str, os.PathLike)):
+        config, tensors = read_adapter(model_or_path)
+    else:
+        from .model import prolora_modules
+
+        config = model_or_path.peft_config.get(adapter_name)
+        if not isinstance(config, PRoLoRAConfig):
+            raise ValueError(f"the model has no PRoLoRA adapter named {adapter_name!r}.")
+        tensors = {}
+        for name, layer in prolora_modules(model_or_path.get_base_model()):
+            if adapter_name in layer.prolora_spec:
+                for t in TENSOR_NAMES:
+                    tensors[f"base_model.model.{name}.{t}"] = getattr(layer, t)[adapter_name].detach()
+    factors = expand_adapter(config, tensors)
+    weights, ranks = {}, {}
+    for module, (a, b, _) in factors.items():
+        weights[f"base_model.model.{module}.lora_A.weight"] = a.to(dtype or a.dtype).contiguous()
+        weights[f"base_model.model.{module}.lora_B.weight"] = b.to(dtype or b.dtype).contiguous()
+        ranks[module] = a.shape[0]
+    alphas = {module: config.module_values(module)["lora_alpha"] for module in factors}
+    lora = LoraConfig(
+        r=config.r, lora_alpha=config.lora_alpha, target_modules=sorted(factors),
+        rank_pattern={k: v for k, v in ranks.items() if v != config.r},
+        alpha_pattern={k: v for k, v in alphas.items() if v != config.lora_alpha},
+        fan_in_fan_out=config.fan_in_fan_out, base_model_name_or_path=config.base_model_name_or_path,
+        task_type=config.task_type, bias="none", lora_dropout=0.0,
+    )
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    _atomic_write(out / WEIGHTS_NAME, lambda tmp: save_file(weights, tmp, metadata={"format": "pt"}))
+    lora_dict = lora.to_dict()
+    lora_dict["target_modules"] = sorted(factors)
+    _atomic_write(out / CONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(lora_dict, indent=2,
+                                                                                  default=list)))
+    return out

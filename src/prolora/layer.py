@@ -1,0 +1,307 @@
+"""``PRoLoRALinear``: a PEFT tuner layer that adds PRoLoRA's ΔW·x to a frozen linear layer.
+
+Supported base layers: ``torch.nn.Linear``, transformers ``Conv1D`` (GPT-2; weight stored as (h, o)), and
+bitsandbytes ``Linear4bit`` / ``Linear8bitLt`` (the paper's QLoRA setting; merging dequantizes, adds ΔW
+and requantizes, as PEFT's LoRA does). Several adapters live side by side, keyed by name, as in PEFT.
+
+Compute (measured in ``benchmarks/``): in training the full A (r, h) and B (o, r) are rebuilt from the
+chunks by one ``index_select`` each, which costs O(r·(h+o)) against the O(tokens·r·(h+o)) matmuls, then
+the adapter runs exactly like LoRA. Without autograd (evaluation, generation, serving) the expanded
+factors are cached per adapter and rebuilt only when a chunk changes (tracked by the tensors' in-place
+version counters), so decoding costs what LoRA costs. ``cache_expanded = False`` instead computes straight
+from the chunks (:func:`~prolora.method.equations.chunked_adapter_forward`), keeping only compact tensors
+in memory for serving many adapters.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
+from torch import nn
+
+from .method import equations as eq
+
+
+@dataclass(frozen=True)
+class ChunkSpec:
+    """Static shape data of one adapter on one module (all integers except ``scaling``)."""
+
+    h: int  # input features of the base layer
+    o: int  # output features of the base layer
+    r: int
+    u: int
+    m: int
+    n: int
+    stride_a: int
+    stride_b: int
+    rotate: Optional[str]  # "rank", "hidden" or None (no rotation)
+    share: str  # "hidden" or "rank"
+    scaling: float  # lora_alpha / r
+
+    @property
+    def shared(self) -> int:
+        return self.r - self.u
+
+
+def base_shape(base: nn.Module) -> tuple[int, int]:
+    """(h, o) = (in_features, out_features) of a supported base layer; TypeError names unsupported types."""
+    from transformers.pytorch_utils import Conv1D
+
+    if isinstance(base, Conv1D):
+        h, o = base.weight.shape
+        return h, o
+    if isinstance(base, nn.Linear) or _is_bnb(base):
+        return base.in_features, base.out_features
+    raise TypeError(f"PRoLoRA cannot adapt {type(base).__name__}: supported base layers are torch.nn.Linear, "
+                    "transformers Conv1D and bitsandbytes Linear4bit/Linear8bitLt. Adjust target_modules.")
+
+
+def _is_bnb(base: nn.Module) -> str | None:
+    """'4bit' / '8bit' for bitsandbytes layers, else None (bitsandbytes is imported only if loaded)."""
+    name = type(base).__name__
+    if type(base).__module__.startswith("bitsandbytes"):
+        return {"Linear4bit": "4bit", "Linear8bitLt": "8bit"}.get(name)
+    return None
+
+
+class PRoLoRALayer(BaseTunerLayer):
+    """Per-adapter PRoLoRA state of one module: the four compact tensors and their :class:`ChunkSpec`."""
+
+    adapter_layer_names = ("prolora_A0", "prolora_B0", "prolora_A_u", "prolora_B_u")
+    other_param_names = ("prolora_spec", "prolora_dropout")
+    cache_expanded = True  # see module docstring
+
+    def __init__(self, base_layer: nn.Module, **kwargs) -> None:
+        self.base_layer = base_layer
+        self.prolora_A0 = nn.ParameterDict({})
+        self.prolora_B0 = nn.ParameterDict({})
+        self.prolora_A_u = nn.ParameterDict({})
+        self.prolora_B_u = nn.ParameterDict({})
+        self.prolora_dropout = nn.ModuleDict({})
+        self.prolora_spec: dict[str, ChunkSpec] = {}
+        self._expanded: dict[str, tuple[tuple, torch.Tensor, torch.Tensor]] = {}
+        self._disable_adapters = False
+        self.merged_adapters: list[str] = []
+        self.in_features, self.out_features = base_shape(self.get_base_layer())
+        self.fan_in_fan_out = type(self.get_base_layer()).__name__ == "Conv1D"
+        self.kwargs = kwargs
+
+    # ----------------------------------------------------------------------------------------- creation
+    def update_layer(self, adapter_name: str, values: dict, lora_dropout: float, rotation: bool, init: str,
+                     share: str, rotate_dim: str, module_name: str = "", inference_mode: bool = False) -> None:
+        """Add adapter ``adapter_name``: allocate A_0, B_0, A_u, B_u and initialise them (Eq. 5).
+
+        Raises:
+            ValueError: when r/u/m/n do not fit this module (e.g. m > h), naming the module.
+        """
+        from .config import PRoLoRAConfig
+
+        h, o = self.in_features, self.out_features
+        PRoLoRAConfig.validate_values(values, module_name or type(self.get_base_layer()).__name__, h=h, o=o)
+        r, u, m, n = values["r"], values["unshared_r"], values["sharing_rate_a"], values["sharing_rate_b"]
+        spec = ChunkSpec(
+            h=h, o=o, r=r, u=u, m=m, n=n,
+            stride_a=eq.default_stride(r, u, m) if values["stride_a"] is None else values["stride_a"],
+            stride_b=eq.default_stride(r, u, n) if values["stride_b"] is None else values["stride_b"],
+            rotate=rotate_dim if rotation else None, share=share, scaling=values["lora_alpha"] / r,
+        )
+        shape_a0, shape_b0 = eq.chunk_shapes(h, o, r, u, m, n, share)
+        self.prolora_spec[adapter_name] = spec
+        self.prolora_A0[adapter_name] = nn.Parameter(torch.empty(shape_a0))
+        self.prolora_B0[adapter_name] = nn.Parameter(torch.zeros(shape_b0))
+        self.prolora_A_u[adapter_name] = nn.Parameter(torch.empty(u, h))
+        self.prolora_B_u[adapter_name] = nn.Parameter(torch.zeros(o, u))
+        self.prolora_dropout[adapter_name] = nn.Dropout(lora_dropout) if lora_dropout > 0 else nn.Identity()
+        self.reset_parameters(adapter_name, init)
+        self._move_adapter_to_device_of_base_layer(adapter_name)
+        self.set_adapter(self.active_adapters, inference_mode=inference_mode)
+
+    @torch.no_grad()
+    def reset_parameters(self, adapter_name: str, init: str = "rectified") -> None:
+        """B = 0; A_u ~ U(±1/√h); A_0 ~ U(±1/√h) ("rectified", Eq. 5) or U(±1/√width) ("vanilla", ^-i).
+
+        1/√fan_in is ``kaiming_uniform_(a=√5)``'s bound, LoRA's default init of A in PEFT.
+        """
+        spec = self.prolora_spec[adapter_name]
+        a0 = self.prolora_A0[adapter_name]
+        fan_in_a0 = spec.h if init == "rectified" else a0.shape[1]
+        bound_u = eq.rectified_bound(spec.h)
+        self.prolora_A_u[adapter_name].uniform_(-bound_u, bound_u)
+        if a0.numel():
+            bound_0 = 1.0 / math.sqrt(fan_in_a0)
+            a0.uniform_(-bound_0, bound_0)
+        self.prolora_B0[adapter_name].zero_()
+        self.prolora_B_u[adapter_name].zero_()
+
+    # ---------------------------------------------------------------------------------------- the math
+    def expanded_factors(self, adapter_name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Full ``(A, B)`` of shapes (r, h) and (o, r) from the compact tensors (Eq. 4).
+
+        Differentiable while autograd records; otherwise served from a cache that is rebuilt when any of
+        the four tensors changes (in-place version counter, storage, dtype or device).
+        """
+        spec = self.prolora_spec[adapter_name]
+        tensors = (self.prolora_A0[adapter_name], self.prolora_A_u[adapter_name],
+                   self.prolora_B0[adapter_name], self.prolora_B_u[adapter_name])
+        tracking = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+        if not tracking and self.cache_expanded:
+            key = tuple((t._version, t.data_ptr(), t.dtype, t.device) for t in tensors)
+            hit = self._expanded.get(adapter_name)
+            if hit is not None and hit[0] == key:
+                return hit[1], hit[2]
+        a0, a_u, b0, b_u = tensors
+        a = eq.expand_a(a0, a_u, spec.h, spec.r, spec.m, spec.stride_a, spec.rotate, spec.share)
+        b = eq.expand_b(b0, b_u, spec.o, spec.r, spec.n, spec.stride_b, spec.rotate, spec.share)
+        if not tracking and self.cache_expanded:
+            self._expanded[adapter_name] = (key, a, b)
+        return a, b
+
+    def get_delta_weight(self, adapter_name: str) -> torch.Tensor:
+        """ΔW = (lora_alpha / r) · B · A, shape (o, h) — transposed to (h, o) for ``Conv1D`` bases."""
+        a, b = self.expanded_factors(adapter_name)
+        delta = eq.delta_weight(a, b, self.prolora_spec[adapter_name].scaling)
+        return delta.t() if self.fan_in_fan_out else delta
+
+    def _adapter_output(self, x: torch.Tensor, adapter_name: str) -> torch.Tensor:
+        """ΔW·dropout(x) for one adapter, in the adapter's dtype. x: (…, h) → (…, o)."""
+        spec = self.prolora_spec[adapter_name]
+        a0 = self.prolora_A0[adapter_name]
+        x = self.prolora_dropout[adapter_name](x.to(a0.dtype))
+        tracking = torch.is_grad_enabled() and a0.requires_grad
+        if not tracking and not self.cache_expanded and spec.share == "hidden" and spec.rotate != "hidden":
+            rotate = spec.rotate is not None
+            idx_a = eq.roll_indices(spec.shared, spec.m, spec.stride_a, rotate, +1, a0.device)
+            idx_b = eq.roll_indices(spec.shared, spec.n, spec.stride_b, rotate, -1, a0.device)
+            out = eq.chunked_adapter_forward(x, a0, self.prolora_B0[adapter_name], spec.h, spec.o, spec.m,
+                                             spec.n, idx_a, idx_b)
+            if spec.u:
+                out = out + F.linear(F.linear(x, self.prolora_A_u[adapter_name]), self.prolora_B_u[adapter_name])
+            return out * spec.scaling
+        a, b = self.expanded_factors(adapter_name)
+        return F.linear(F.linear(x, a) * spec.scaling, b)
+
+    # ---------------------------------------------------------------------------------- merge / unmerge
+    def _base_weight(self) -> torch.Tensor:
+        """The base weight as a dense (o, h) tensor (dequantized for bitsandbytes)."""
+        base = self.get_base_layer()
+        kind = _is_bnb(base)
+        if kind:
+            from peft.utils.integrations import dequantize_bnb_weight
+
+            state = base.weight.quant_state if kind == "4bit" else base.state
+            if kind == "8bit" and state.SCB is None:
+                state.SCB = base.weight.SCB
+            return dequantize_bnb_weight(base.weight, state=state)
+        return base.weight.data.t() if self.fan_in_fan_out else base.weight.data
+
+    def _set_base_weight(self, w: torch.Tensor) -> None:
+        """Store a dense (o, h) weight back in the base layer's own format (requantizing bitsandbytes)."""
+        base = self.get_base_layer()
+        kind = _is_bnb(base)
+        if kind == "4bit":
+            import bitsandbytes as bnb
+
+            kwargs = {k: v for k, v in base.weight.__dict__.items() if not k.startswith("_") and k != "data"}
+            kwargs.update(requires_grad=False, bnb_quantized=False)
+            base.weight = bnb.nn.Params4bit(w.to("cpu"), **kwargs).to(base.weight.device)
+        elif kind == "8bit":
+            import bitsandbytes as bnb
+
+            old = base.weight
+            base.weight = bnb.nn.Int8Params(w.to("cpu"), requires_grad=False,
+                                            has_fp16_weights=old.has_fp16_weights).to(old.device)
+            base.state.reset_grads()
+        else:
+            base.weight.data = (w.t() if self.fan_in_fan_out else w).contiguous()
+
+    def merge(self, safe_merge: bool = False, adapter_names: Optional[list[str]] = None) -> None:
+        """Add the adapters' ΔW into the base weight (exact for float bases; rounded for quantized ones).
+
+        Raises:
+            ValueError: with ``safe_merge=True``, when the merged weight would contain NaN or inf.
+        """
+        adapter_names = check_adapters_to_merge(self, adapter_names)
+        for name in adapter_names:
+            if name not in self.prolora_spec:
+                continue
+            if _is_bnb(self.get_base_layer()):
+                warnings.warn("Merging into a quantized base rounds the result (as PEFT's LoRA does).",
+                              stacklevel=2)
+            w = self._base_weight()
+            delta = self.get_delta_weight(name)
+            delta = delta.t() if self.fan_in_fan_out else delta
+            merged = w.to(torch.float32) + delta.detach().to(w.device, torch.float32)
+            if safe_merge and not torch.isfinite(merged).all():
+                raise ValueError(f"NaN/inf in the merged weight: adapter {name!r} is broken; nothing was merged.")
+            self._set_base_weight(merged.to(w.dtype))
+            self.merged_adapters.append(name)
+
+    def unmerge(self) -> None:
+        """Subtract every merged ΔW again (in reverse order)."""
+        if not self.merged:
+            warnings.warn("Already unmerged. Nothing to do.", stacklevel=2)
+            return
+        while self.merged_adapters:
+            name = self.merged_adapters.pop()
+            if name in self.prolora_spec:
+                w = self._base_weight()
+                delta = self.get_delta_weight(name)
+                delta = delta.t() if self.fan_in_fan_out else delta
+                self._set_base_weight((w.to(torch.float32) - delta.detach().to(w.device, torch.float32)).to(w.dtype))
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        self._expanded.pop(adapter_name, None)
+        super().delete_adapter(adapter_name)
+
+
+class PRoLoRALinear(nn.Module, PRoLoRALayer):
+    """A base linear layer (``nn.Linear``, ``Conv1D``, bitsandbytes 4/8-bit) plus PRoLoRA adapters.
+
+    ``forward(x)`` returns ``base(x) + Σ_active ΔW_a·dropout(x)`` (Eq. 1 with Eq. 4's ΔW). Inputs are cast
+    to the adapter's dtype and the sum back to the base output's dtype (a bf16 base with fp32 adapters
+    computes the adapter in fp32).
+    """
+
+    def __init__(self, base_layer: nn.Module, adapter_name: str, **kwargs: Any) -> None:
+        super().__init__()
+        PRoLoRALayer.__init__(self, base_layer)
+        self._active_adapter = adapter_name
+        self.update_layer(adapter_name, **kwargs)
+
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        adapter_names = kwargs.pop("adapter_names", None)
+        if self.disable_adapters:
+            if self.merged:
+                self.unmerge()
+            return self.base_layer(x, *args, **kwargs)
+        if adapter_names is not None:
+            return self._mixed_batch_forward(x, *args, adapter_names=adapter_names, **kwargs)
+        result = self.base_layer(x, *args, **kwargs)
+        if self.merged:
+            return result
+        for name in self.active_adapters:
+            if name in self.prolora_spec:
+                result = result + self._adapter_output(x, name).to(result.dtype)
+        return result
+
+    def _mixed_batch_forward(self, x: torch.Tensor, *args: Any, adapter_names: list[str],
+                             **kwargs: Any) -> torch.Tensor:
+        """Row ``i`` of the batch uses adapter ``adapter_names[i]`` (``"__base__"``: none)."""
+        if self.merged:
+            raise ValueError("adapter_names= cannot be used while adapters are merged; unmerge_adapter() first.")
+        result = self.base_layer(x, *args, **kwargs)
+        for name in set(adapter_names):
+            if name not in self.prolora_spec:
+                continue
+            rows = [i for i, a in enumerate(adapter_names) if a == name]
+            result[rows] += self._adapter_output(x[rows], name).to(result.dtype)
+        return result
+
+    def __repr__(self) -> str:
+        return "prolora." + super().__repr__()

@@ -1,0 +1,112 @@
+"""``PRoLoRAModel``: the PEFT tuner that decides where PRoLoRA layers go (and nothing else).
+
+Everything model-level — ``save_pretrained``, ``load_adapter``, ``set_adapter``, ``disable_adapter``,
+``delete_adapter``, ``merge_adapter``/``unmerge_adapter``, ``merge_and_unload``, ``unload`` — is PEFT's
+``BaseTuner``/``PeftModel`` machinery working on :class:`~prolora.layer.PRoLoRALayer`.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from functools import partial
+
+import torch
+from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
+from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+
+from .config import PRoLoRAConfig
+from .layer import PRoLoRALayer, PRoLoRALinear, base_shape
+from .peft_shim import PREFIX
+
+
+def _inject_adapter_names(module, args, kwargs, adapter_names):
+    kwargs["adapter_names"] = adapter_names
+    return args, kwargs
+
+
+def _record_shape(config: PRoLoRAConfig, key: str, base: torch.nn.Module) -> None:
+    """Store ``[o, h]`` of module ``key`` in the config, or check it against the one stored on save.
+
+    Raises:
+        ValueError: when the adapter was made for a base weight of another shape, naming both.
+    """
+    h, o = base_shape(base)
+    expected = config.module_shapes.get(key)
+    if expected is not None and list(expected) != [o, h]:
+        raise ValueError(f"This adapter was made for a base model whose {key} has weight shape (o, h) = "
+                         f"{tuple(expected)}, but this base model's is {(o, h)}. Load it onto the base model it "
+                         "was trained on (adapter_config.json: base_model_name_or_path).")
+    config.module_shapes[key] = [o, h]
+    if type(base).__name__ == "Conv1D":
+        config.fan_in_fan_out = True
+
+
+class PRoLoRAModel(BaseTuner):
+    """Replaces each targeted linear layer of ``model`` with a :class:`~prolora.layer.PRoLoRALinear`."""
+
+    prefix: str = PREFIX
+    tuner_layer_cls = PRoLoRALayer
+    target_module_mapping = TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+
+    def _create_and_replace(self, config: PRoLoRAConfig, adapter_name, target, target_name, parent, current_key,
+                            **optional_kwargs):
+        kwargs = dict(
+            values=config.module_values(current_key), lora_dropout=config.lora_dropout,
+            rotation=config.rotation, init=config.init, share=config.share, rotate_dim=config.rotate_dim,
+            module_name=current_key, inference_mode=config.inference_mode,
+        )
+        base = target.get_base_layer() if isinstance(target, BaseTunerLayer) else target
+        _record_shape(config, current_key, base)
+        if isinstance(target, PRoLoRALayer):
+            target.update_layer(adapter_name, **kwargs)
+            return
+        new_module = PRoLoRALinear(base, adapter_name, **kwargs)
+        if adapter_name not in self.active_adapters:
+            new_module.requires_grad_(False)  # an added adapter is not trainable until set_adapter()
+        self._replace_module(parent, target_name, new_module, target)
+
+    @contextmanager
+    def _enable_peft_forward_hooks(self, *args, **kwargs):
+        """``forward(..., adapter_names=[...])``: route each batch row through the named adapter.
+
+        Raises:
+            ValueError: for a name no layer has (``"__base__"`` means no adapter), or in training mode.
+        """
+        adapter_names = kwargs.pop("adapter_names", None)
+        if adapter_names is None:
+            yield
+            return
+        if self.training:
+            raise ValueError("adapter_names= is for inference; call model.eval() first.")
+        known = set()
+        for layer in self.model.modules():
+            if isinstance(layer, PRoLoRALayer):
+                known |= set(layer.prolora_spec)
+        unknown = sorted(set(adapter_names) - known - {"__base__"})
+        if unknown:
+            raise ValueError(f"Unknown adapter name(s) {unknown} in adapter_names; loaded adapters: {sorted(known)} "
+                             "(use '__base__' for rows without an adapter).")
+        handles = [
+            layer.register_forward_pre_hook(partial(_inject_adapter_names, adapter_names=list(adapter_names)),
+                                            with_kwargs=True)
+            for layer in self.model.modules() if isinstance(layer, PRoLoRALayer)
+        ]
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def set_expanded_cache(self, enabled: bool) -> None:
+        """Cache the expanded A, B per adapter without autograd (default) or compute from the chunks."""
+        for layer in self.model.modules():
+            if isinstance(layer, PRoLoRALayer):
+                layer.cache_expanded = enabled
+                layer._expanded.clear()
+
+
+def prolora_modules(model: torch.nn.Module):
+    """Yield ``(name, layer)`` for every PRoLoRA layer in ``model``."""
+    for name, module in model.named_modules():
+        if isinstance(module, PRoLoRALayer):
+            yield name, module
