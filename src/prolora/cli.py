@@ -12,6 +12,7 @@ import sys
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
+    "params": ("prolora.params_cli", "Trainable parameters and adapter bytes for a config on a model or paper preset"),
 }
 
 

@@ -117,7 +117,8 @@ class PRoLoRALayer(BaseTunerLayer):
         self.prolora_B0[adapter_name] = nn.Parameter(torch.zeros(shape_b0))
         self.prolora_A_u[adapter_name] = nn.Parameter(torch.empty(u, h))
         self.prolora_B_u[adapter_name] = nn.Parameter(torch.zeros(o, u))
-        self.prolora_dropout[adapter_name] = nn.Dropout(lora_dropout) if lora_dropout > 0 else nn.Identity()
+        dropout = nn.Dropout(lora_dropout) if lora_dropout > 0 else nn.Identity()
+        self.prolora_dropout[adapter_name] = dropout.train(self.get_base_layer().training)
         self.reset_parameters(adapter_name, init)
         self._move_adapter_to_device_of_base_layer(adapter_name)
         self.set_adapter(self.active_adapters, inference_mode=inference_mode)
@@ -194,6 +195,14 @@ class PRoLoRALayer(BaseTunerLayer):
         if kind:
             from peft.utils.integrations import dequantize_bnb_weight
 
+            if kind == "4bit" and getattr(base.weight.quant_state, "packing_format_for_cpu", False):
+                # bitsandbytes repacks 4-bit weights for its CPU kernel on the first eval-mode forward;
+                # dequantize_4bit only reads the original layout, so undo the repacking first (as bnb's own
+                # state_dict saving does).
+                from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
+
+                base.weight.data, base.weight.quant_state = _convert_weight_packed_for_cpu_inverse(
+                    base.weight.data, base.weight.quant_state)
             state = base.weight.quant_state if kind == "4bit" else base.state
             if kind == "8bit" and state.SCB is None:
                 state.SCB = base.weight.SCB
@@ -273,6 +282,7 @@ class PRoLoRALinear(nn.Module, PRoLoRALayer):
         PRoLoRALayer.__init__(self, base_layer)
         self._active_adapter = adapter_name
         self.update_layer(adapter_name, **kwargs)
+        self.train(base_layer.training)  # a model wrapped in eval mode keeps dropout off
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         adapter_names = kwargs.pop("adapter_names", None)

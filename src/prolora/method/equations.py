@@ -95,7 +95,8 @@ def broadcast_rotate(chunk: torch.Tensor, copies: int, cat_dim: int, roll_dim: i
     if rd != cat_dim:
         # (copies·size) along rd -> (copies, size) -> move the copy axis next to cat_dim and merge them
         out = out.unflatten(rd, (copies, size)).permute(1, 0, 2)
-        out = out.reshape(size, -1) if rd == 0 else out.reshape(-1, size)
+        other = chunk.shape[1 - rd]
+        out = out.reshape(size, copies * other) if rd == 0 else out.reshape(copies * other, size)
     return out.narrow(cat_dim, 0, length)
 
 

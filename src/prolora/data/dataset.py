@@ -1,0 +1,76 @@
+"""From data sources to tokenized ``datasets.Dataset`` splits with loss masks, ready for the Trainer.
+
+Columns: ``input_ids``, ``attention_mask`` and ``labels`` (−100 outside assistant turns; see
+:mod:`prolora.data.chat`).
+Over-long records are truncated to ``max_length`` tokens (Appendix A.2: "truncates samples if
+necessary") and reported; a record with no assistant token left after truncation is skipped and reported.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from .chat import IGNORE_INDEX, encode
+from .readers import EMBEDDED, Issue, Record, read_source
+
+
+@dataclass
+class Splits:
+    """Tokenized ``train`` and ``heldout`` datasets (``heldout`` is ``None`` when disabled) and all issues."""
+
+    train: object
+    heldout: object | None
+    issues: list[Issue]
+
+
+def tokenize_records(records: list[Record], tokenizer, max_length: int, chat_format: str = "tulu"):
+    """Tokenize and mask ``records``; returns ``(datasets.Dataset, issues)``."""
+    from datasets import Dataset
+
+    rows: dict[str, list] = {"input_ids": [], "attention_mask": [], "labels": []}
+    issues: list[Issue] = []
+    for record in records:
+        try:
+            enc = encode(tokenizer, record.messages, max_length, chat_format)
+        except ValueError as exc:
+            issues.append(Issue(record.origin, str(exc), "skipped"))
+            continue
+        if all(label == IGNORE_INDEX for label in enc["labels"]):
+            issues.append(Issue(record.origin, f"no assistant token within the first {max_length} tokens",
+                                "skipped"))
+            continue
+        if enc["truncated"]:
+            issues.append(Issue(record.origin, f"longer than max_length={max_length} tokens", "truncated"))
+        for key, column in rows.items():
+            column.append(enc[key])
+    return Dataset.from_dict(rows), issues
+
+
+def load_splits(tokenizer, data: str | None = None, heldout_data: str | None = None, heldout_size: int = 128,
+                max_length: int = 512, chat_format: str = "tulu", seed: int = 1) -> Splits:
+    """Read, split and tokenize the training and held-out data.
+
+    Held-out records come from ``heldout_data`` when given, else from the embedded held-out file when
+    ``data`` is the embedded set, else from ``heldout_size`` records drawn (with ``seed``) out of ``data``;
+    at most ``heldout_size`` are kept, and ``heldout_size=0`` disables the held-out split.
+
+    Raises:
+        ValueError: when no usable training record is left, with the first issues found.
+    """
+    train, issues = read_source(data, "train")
+    heldout: list[Record] = []
+    if heldout_size > 0:
+        if heldout_data or data in (None, "", EMBEDDED):
+            heldout, heldout_issues = read_source(heldout_data, "heldout")
+            issues += heldout_issues
+        else:
+            random.Random(seed).shuffle(train)
+            heldout, train = train[:heldout_size], train[heldout_size:]
+    train_ds, train_issues = tokenize_records(train, tokenizer, max_length, chat_format)
+    heldout_ds, heldout_issues = tokenize_records(heldout[:heldout_size], tokenizer, max_length, chat_format)
+    issues += train_issues + heldout_issues
+    if len(train_ds) == 0:
+        first = "; ".join(str(i) for i in issues[:3])
+        raise ValueError(f"no usable training record in {data or EMBEDDED!r} ({len(issues)} issues; first: {first})")
+    return Splits(train_ds, heldout_ds if len(heldout_ds) else None, issues)

