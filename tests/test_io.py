@@ -154,3 +154,13 @@ def test_bnb_4bit_base_forward_and_merge():
             pm.merge_adapter()
         merged = dequantize_bnb_weight(layer.base_layer.weight, state=layer.base_layer.weight.quant_state)
         torch.testing.assert_close(merged, expected)
+
+
+def test_export_cli(saved, tmp_path, capsys):
+    from prolora.cli import main
+
+    _, x, y, path = saved
+    assert main(["export", str(path), str(tmp_path / "cli_lora")]) == 0
+    assert "wrote dense LoRA adapter" in capsys.readouterr().out
+    lora = peft.PeftModel.from_pretrained(make_tiny_llama(), tmp_path / "cli_lora").eval()
+    torch.testing.assert_close(lora(x).logits, y, rtol=1e-5, atol=1e-5)

@@ -1,0 +1,37 @@
+"""``prolora export``: a saved PRoLoRA adapter → a dense PEFT LoRA adapter, or a merged full model."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("adapter", help="PRoLoRA adapter directory (from save_pretrained / prolora train)")
+    parser.add_argument("out_dir", help="where to write the result")
+    parser.add_argument("--merged", action="store_true",
+                        help="write the base model with ΔW merged in (needs --model) instead of a LoRA adapter")
+    parser.add_argument("--model", default=None,
+                        help="base model for --merged: path, hub id or .gguf (default: the embedded SmolLM2-135M)")
+
+
+def run(args: argparse.Namespace) -> int:
+    import os
+
+    import prolora
+
+    if not args.merged:
+        out = prolora.export_lora(args.adapter, args.out_dir)
+        size = os.path.getsize(out / "adapter_model.safetensors")
+        print(f"wrote dense LoRA adapter to {out} ({size:,} bytes); load it with stock peft: "
+              f"PeftModel.from_pretrained(base, {str(out)!r})")
+        return 0
+    from peft import PeftModel
+
+    from .models import load_model, load_tokenizer
+
+    model = PeftModel.from_pretrained(load_model(args.model), args.adapter)
+    merged = model.merge_and_unload()
+    merged.save_pretrained(args.out_dir)  # safetensors
+    load_tokenizer(args.model).save_pretrained(args.out_dir)
+    print(f"wrote merged model to {args.out_dir}")
+    return 0
