@@ -86,7 +86,7 @@ rel = ((got - d["y"]).abs().max() / d["y"].abs().max()).item()
 print(rel)
 assert rel <= 1e-5, rel
 """
-    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False)
     assert res.returncode == 0, res.stderr[-2000:]
 
 

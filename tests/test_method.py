@@ -2,9 +2,9 @@
 
 import pytest
 import torch
+from reference import ref_A, ref_B, ref_chunk_shapes, ref_params, ref_stride
 
 from prolora.method import equations as eq
-from reference import ref_A, ref_B, ref_chunk_shapes, ref_params, ref_stride
 
 SHAPES = [  # (h, o, r, u, m, n): divisible, non-divisible, GQA k/v (576 -> 192), u = 0, u = r, m = h
     (48, 48, 8, 1, 4, 4),

@@ -11,8 +11,8 @@ from .peft_shim import PROLORA, register
 
 register()
 
-from .api import get_prolora_model  # noqa: E402  (needs the registration above)
-from .io import export_lora  # noqa: E402
+from .api import get_prolora_model
+from .io import export_lora
 
 __all__ = ["PROLORA", "PRoLoRAConfig", "PRoLoRALayer", "PRoLoRALinear", "PRoLoRAModel", "export_lora",
            "get_prolora_model"]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Optional, Union
 
 from peft.config import PeftConfig
 
@@ -68,20 +67,20 @@ class PRoLoRAConfig(PeftConfig):
     sharing_rate_b: int = field(default=7, metadata={"help": "n: chunks of B along its output dimension."})
     lora_alpha: float = field(default=16, metadata={"help": "ΔW is scaled by lora_alpha / r."})
     lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the adapter input."})
-    target_modules: Optional[Union[list[str], str]] = field(default=None, metadata={"help": "Modules to adapt."})
-    exclude_modules: Optional[Union[list[str], str]] = field(default=None, metadata={"help": "Never adapt."})
+    target_modules: list[str] | str | None = field(default=None, metadata={"help": "Modules to adapt."})
+    exclude_modules: list[str] | str | None = field(default=None, metadata={"help": "Never adapt."})
     rotation: bool = field(default=True, metadata={"help": "Rotation enhancement (Eq. 3)."})
-    stride_a: Optional[int] = field(default=None, metadata={"help": "Base stride s_A (default max(⌊(r−u)/m⌋,1))."})
-    stride_b: Optional[int] = field(default=None, metadata={"help": "Base stride s_B (default max(⌊(r−u)/n⌋,1))."})
+    stride_a: int | None = field(default=None, metadata={"help": "Base stride s_A (default max(⌊(r−u)/m⌋,1))."})
+    stride_b: int | None = field(default=None, metadata={"help": "Base stride s_B (default max(⌊(r−u)/n⌋,1))."})
     init: str = field(default="rectified", metadata={"help": "'rectified' (Eq. 5) or 'vanilla' (PRoLoRA^-i)."})
     share: str = field(default="hidden", metadata={"help": "Table 4: chunk along 'hidden' or 'rank'."})
     rotate_dim: str = field(default="rank", metadata={"help": "Table 4: roll along 'rank' or 'hidden'."})
     overrides: dict = field(default_factory=dict, metadata={"help": "Per-module r/u/m/n by name pattern."})
     bias: str = field(default="none", metadata={"help": "Only 'none' is supported."})
-    modules_to_save: Optional[list[str]] = field(default=None, metadata={"help": "Extra trainable modules."})
-    layers_to_transform: Optional[Union[list[int], int]] = field(default=None, metadata={"help": "Layer ids."})
-    layers_pattern: Optional[Union[list[str], str]] = field(default=None, metadata={"help": "Layer list name."})
-    target_parameters: Optional[list[str]] = field(default=None, metadata={"help": "Unsupported; keep None."})
+    modules_to_save: list[str] | None = field(default=None, metadata={"help": "Extra trainable modules."})
+    layers_to_transform: list[int] | int | None = field(default=None, metadata={"help": "Layer ids."})
+    layers_pattern: list[str] | str | None = field(default=None, metadata={"help": "Layer list name."})
+    target_parameters: list[str] | None = field(default=None, metadata={"help": "Unsupported; keep None."})
     module_shapes: dict = field(default_factory=dict, metadata={
         "help": "Filled by prolora: module name -> [o, h] of its base weight, so that tools can expand the "
                 "compact tensors without the base model, and loading onto a different base fails clearly."})
@@ -115,7 +114,7 @@ class PRoLoRAConfig(PeftConfig):
         if self.target_parameters:
             raise ValueError("target_parameters is not supported by PRoLoRA; use target_modules.")
 
-    def module_values(self, key: Optional[str]) -> dict:
+    def module_values(self, key: str | None) -> dict:
         """r, unshared_r, sharing rates, strides and lora_alpha for the module named ``key`` (overrides applied).
 
         The first pattern of ``overrides`` that matches the end of ``key`` wins (PEFT's rank_pattern rule).
@@ -130,7 +129,7 @@ class PRoLoRAConfig(PeftConfig):
         return values
 
     @staticmethod
-    def validate_values(values: dict, where: str, h: Optional[int] = None, o: Optional[int] = None) -> None:
+    def validate_values(values: dict, where: str, h: int | None = None, o: int | None = None) -> None:
         """Check r/u/m/n/strides (and, given the module's h and o, that m ≤ h and n ≤ o)."""
         at = f" for module {where}" if where else ""
         _require_int("r" + at, values["r"], 1, "the rank of ΔW")

@@ -110,9 +110,12 @@ def export_lora(model_or_path, out_dir: str | os.PathLike, adapter_name: str = "
     else:
         from .model import prolora_modules
 
-        config = model_or_path.peft_config.get(adapter_name)
+        if adapter_name not in model_or_path.peft_config:
+            raise ValueError(f"the model has no adapter named {adapter_name!r}; it has "
+                             f"{sorted(model_or_path.peft_config)}.")
+        config = model_or_path.peft_config[adapter_name]
         if not isinstance(config, PRoLoRAConfig):
-            raise ValueError(f"the model has no PRoLoRA adapter named {adapter_name!r}.")
+            raise TypeError(f"adapter {adapter_name!r} is a {type(config).__name__}, not a PRoLoRA adapter.")
         tensors = {}
         for name, layer in prolora_modules(model_or_path.get_base_model()):
             if adapter_name in layer.prolora_spec:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -40,7 +40,7 @@ class ChunkSpec:
     n: int
     stride_a: int
     stride_b: int
-    rotate: Optional[str]  # "rank", "hidden" or None (no rotation)
+    rotate: str | None  # "rank", "hidden" or None (no rotation)
     share: str  # "hidden" or "rank"
     scaling: float  # lora_alpha / r
 
@@ -229,7 +229,7 @@ class PRoLoRALayer(BaseTunerLayer):
         else:
             base.weight.data = (w.t() if self.fan_in_fan_out else w).contiguous()
 
-    def merge(self, safe_merge: bool = False, adapter_names: Optional[list[str]] = None) -> None:
+    def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
         """Add the adapters' ΔW into the base weight (exact for float bases; rounded for quantized ones).
 
         Raises:

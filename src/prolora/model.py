@@ -50,11 +50,11 @@ class PRoLoRAModel(BaseTuner):
 
     def _create_and_replace(self, config: PRoLoRAConfig, adapter_name, target, target_name, parent, current_key,
                             **optional_kwargs):
-        kwargs = dict(
-            values=config.module_values(current_key), lora_dropout=config.lora_dropout,
-            rotation=config.rotation, init=config.init, share=config.share, rotate_dim=config.rotate_dim,
-            module_name=current_key, inference_mode=config.inference_mode,
-        )
+        kwargs = {
+            "values": config.module_values(current_key), "lora_dropout": config.lora_dropout,
+            "rotation": config.rotation, "init": config.init, "share": config.share,
+            "rotate_dim": config.rotate_dim, "module_name": current_key, "inference_mode": config.inference_mode,
+        }
         base = target.get_base_layer() if isinstance(target, BaseTunerLayer) else target
         _record_shape(config, current_key, base)
         if isinstance(target, PRoLoRALayer):
