@@ -1,12 +1,13 @@
 """``prolora params``: trainable parameters and adapter bytes of a config, a budget solver, the paper's tables.
 
-Thin layer over :mod:`prolora.params` (which imports torch/transformers/peft only when counting).
+A thin layer over :mod:`prolora.params`.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from typing import Any
 
@@ -27,13 +28,9 @@ DTYPES = ("float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
 
 def _int_at_least(low: int):
     def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = None
-        if value is None or value < low:
+        if not text.isdigit() or int(text) < low:
             raise argparse.ArgumentTypeError(f"{text!r} is not an integer ≥ {low}")
-        return value
+        return int(text)
 
     return parse
 
@@ -101,7 +98,7 @@ def _millions(params: int) -> str:
     return f"{params / 1e6:.2f}M ({params:,})"
 
 
-def _count(args: argparse.Namespace, source: Any, targets: Any) -> dict[str, Any]:
+def _count(args: argparse.Namespace, source: Any, targets: Any) -> dict[str, Any] | str:
     config = {"method": args.method or "lora", "r": args.r, "u": args.u, "m": args.m, "n": args.n}
     count = count_parameters(source, **config, target_modules=targets, overrides=args.overrides, dtype=args.dtype)
     result = {"model": args.preset or args.model or DEFAULT_MODEL, **config, "target_modules": targets,
@@ -114,7 +111,8 @@ def _count(args: argparse.Namespace, source: Any, targets: Any) -> dict[str, Any
         return result
     lines = [
         f"model      {result['model']}",
-        f"adapter    {_describe(**config)} on {count.modules} layers",
+        f"adapter    {_describe(**config)} on {count.modules} layers"
+        + (f", overrides {json.dumps(args.overrides)}" if args.overrides else ""),
         f"trainable  {count.params:,} parameters ({count.params / 1e6:.2f}M)",
         (f"size       {count.bytes:,} bytes at {count.dtype} ({count.bytes_per_param} B/param)"
          f" = {count.megabytes:,.2f} MB = {count.mebibytes:,.2f} MiB"),
@@ -126,7 +124,7 @@ def _count(args: argparse.Namespace, source: Any, targets: Any) -> dict[str, Any
     return "\n".join(lines)
 
 
-def _budget(args: argparse.Namespace, source: Any, targets: Any) -> Any:
+def _budget(args: argparse.Namespace, source: Any, targets: Any) -> dict[str, Any] | str:
     method = args.method or "prolora"
     if method not in SOLVER_METHODS:
         raise ValueError(f"--budget searches --method {', '.join(SOLVER_METHODS)}, not {method}")
@@ -146,7 +144,7 @@ def _budget(args: argparse.Namespace, source: Any, targets: Any) -> Any:
     return head + "\n" + _table(["r", "u", "m", "n", "params", "gap", "gap %"], rows)
 
 
-def _paper(args: argparse.Namespace) -> Any:
+def _paper(args: argparse.Namespace) -> list[dict[str, Any]] | str:
     rows = reproduce_paper()
     if args.json:
         return rows
@@ -182,7 +180,7 @@ def run(args: argparse.Namespace) -> int:
             out = _budget(args, source, targets)
         else:
             out = _count(args, source, targets)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, re.error) as e:
         print(f"prolora params: error: {e}", file=sys.stderr)
         return 2
     print(json.dumps(out, indent=2) if args.json else out)
