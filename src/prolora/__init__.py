@@ -4,6 +4,12 @@
 ``peft.get_peft_model(model, PRoLoRAConfig(...))`` and ``PeftModel.from_pretrained`` work as for LoRA.
 """
 
+import logging
+
+# bitsandbytes (imported by peft) warns on every CPU import that it cannot fetch an optional kernel from
+# the Hugging Face hub; its fallback kernel is used and nothing is wrong, so keep the warning out of sight.
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+
 from .config import PRoLoRAConfig
 from .layer import PRoLoRALayer, PRoLoRALinear
 from .model import PRoLoRAModel
