@@ -12,7 +12,13 @@ import sys
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
+    "export": ("prolora.export_cli", "Export a PRoLoRA adapter as a dense PEFT LoRA adapter or a merged model"),
+    "train": ("prolora.train.train_cmd", "Finetune a causal LM with a PRoLoRA/LoRA adapter on instruction data"),
+    "generate": ("prolora.train.generate_cmd", "Answer a prompt with a base model and saved adapters"),
+    "chat": ("prolora.train.chat_cmd", "Chat interactively with a base model and saved adapters"),
+    "eval": ("prolora.eval.cli", "Evaluate a base model with or without adapters on MMLU, BBH, GSM8K, TyDi QA, HumanEval"),
     "params": ("prolora.params_cli", "Trainable parameters and adapter bytes for a config on a model or paper preset"),
+    "compare": ("prolora.compare.cli", "Train and evaluate methods at equal parameter budgets (paper Table 2/4, Figure 2)"),
 }
 
 

@@ -60,8 +60,8 @@ def make_adapter_config(
     Raises:
         ValueError: for an unknown method, naming the known ones.
     """
-    common = dict(r=r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=target_modules,
-                  task_type=task_type)
+    common = {"r": r, "lora_alpha": lora_alpha, "lora_dropout": lora_dropout, "target_modules": target_modules,
+              "task_type": task_type}
     if method == "lora":
         from peft import LoraConfig
 
@@ -70,6 +70,5 @@ def make_adapter_config(
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     from prolora import PRoLoRAConfig
 
-    kwargs = dict(unshared_r=u, sharing_rate_a=m, sharing_rate_b=n)
-    kwargs.update(_PROLORA_VARIANTS[method])
+    kwargs = {"unshared_r": u, "sharing_rate_a": m, "sharing_rate_b": n, **_PROLORA_VARIANTS[method]}
     return PRoLoRAConfig(**common, **kwargs)

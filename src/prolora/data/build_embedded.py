@@ -88,8 +88,7 @@ def build(source_dir: str, heldout_per_task: int, max_gsm8k: int, seed: int) -> 
 
 def write_jsonl(path: str, records: list[dict]) -> None:
     with open(path, "w", encoding="utf-8") as f:
-        for record in records:
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        f.writelines(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -8,7 +8,6 @@ necessary") and reported; a record with no assistant token left after truncation
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 
 from .chat import IGNORE_INDEX, encode
@@ -47,30 +46,32 @@ def tokenize_records(records: list[Record], tokenizer, max_length: int, chat_for
     return Dataset.from_dict(rows), issues
 
 
-def load_splits(tokenizer, data: str | None = None, heldout_data: str | None = None, heldout_size: int = 128,
+def load_splits(tokenizer, data: str | None = None, heldout_data: str | None = None, heldout_size: int = 64,
                 max_length: int = 512, chat_format: str = "tulu", seed: int = 1) -> Splits:
-    """Read, split and tokenize the training and held-out data.
+    """Read, tokenize and split the training and held-out data.
 
-    Held-out records come from ``heldout_data`` when given, else from the embedded held-out file when
-    ``data`` is the embedded set, else from ``heldout_size`` records drawn (with ``seed``) out of ``data``;
-    at most ``heldout_size`` are kept, and ``heldout_size=0`` disables the held-out split.
+    Held-out examples come from ``heldout_data`` when given, else from the embedded held-out file when
+    ``data`` is the embedded set, else ``heldout_size`` usable examples are drawn (with ``seed``) out of
+    ``data``; at most ``heldout_size`` are kept, and ``heldout_size=0`` disables the held-out split.
 
     Raises:
-        ValueError: when no usable training record is left, with the first issues found.
+        ValueError: when no usable training example is left, naming the first issues found.
     """
-    train, issues = read_source(data, "train")
-    heldout: list[Record] = []
-    if heldout_size > 0:
-        if heldout_data or data in (None, "", EMBEDDED):
-            heldout, heldout_issues = read_source(heldout_data, "heldout")
-            issues += heldout_issues
-        else:
-            random.Random(seed).shuffle(train)
-            heldout, train = train[:heldout_size], train[heldout_size:]
-    train_ds, train_issues = tokenize_records(train, tokenizer, max_length, chat_format)
-    heldout_ds, heldout_issues = tokenize_records(heldout[:heldout_size], tokenizer, max_length, chat_format)
-    issues += train_issues + heldout_issues
-    if len(train_ds) == 0:
+    records, issues = read_source(data, "train")
+    train, train_issues = tokenize_records(records, tokenizer, max_length, chat_format)
+    issues += train_issues
+    heldout = None
+    if heldout_size and (heldout_data or data in (None, "", EMBEDDED)):
+        records, heldout_issues = read_source(heldout_data, "heldout")
+        heldout, tokenize_issues = tokenize_records(records[:heldout_size], tokenizer, max_length, chat_format)
+        issues += heldout_issues + tokenize_issues
+    elif heldout_size and len(train) > heldout_size:
+        parts = train.train_test_split(test_size=heldout_size, seed=seed)
+        train, heldout = parts["train"], parts["test"]
+    if len(train) == 0:
         first = "; ".join(str(i) for i in issues[:3])
-        raise ValueError(f"no usable training record in {data or EMBEDDED!r} ({len(issues)} issues; first: {first})")
-    return Splits(train_ds, heldout_ds if len(heldout_ds) else None, issues)
+        raise ValueError(f"no usable training example in {data or EMBEDDED!r} ({len(issues)} issues; first: {first})")
+    if heldout_size and heldout is None:
+        raise ValueError(f"--heldout-size {heldout_size} needs more usable examples than that in {data!r} (it has "
+                         f"{len(train)}); lower --heldout-size, or pass --heldout-data")
+    return Splits(train, heldout if heldout is not None and len(heldout) else None, issues)

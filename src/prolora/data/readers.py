@@ -55,10 +55,11 @@ def to_messages(obj) -> list[dict]:
     """Normalise one record to a message list.
 
     Raises:
-        ValueError: with a message naming what is wrong (the caller reports it with the record's origin).
+        ValueError, TypeError: with a message naming what is wrong (the caller reports it with the
+            record's origin).
     """
     if not isinstance(obj, dict):
-        raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
+        raise TypeError(f"expected a JSON object, got {type(obj).__name__}")
     if "messages" in obj:
         messages = obj["messages"]
         if not isinstance(messages, list) or not messages:
@@ -89,7 +90,7 @@ def _parse(items) -> tuple[list[Record], list[Issue]]:
         try:
             obj = json.loads(item) if isinstance(item, str) else item
             records.append(Record(to_messages(obj), origin))
-        except ValueError as exc:  # json.JSONDecodeError is a ValueError
+        except (ValueError, TypeError) as exc:  # json.JSONDecodeError is a ValueError
             issues.append(Issue(origin, str(exc), "skipped"))
     return records, issues
 
@@ -105,7 +106,7 @@ def _json_array(path: str):
     with open(path, encoding="utf-8") as f:
         data = json.load(f)
     if not isinstance(data, list):
-        raise ValueError(f"{path}: a .json data file must hold a JSON array of records; use .jsonl for one per line")
+        raise TypeError(f"{path}: a .json data file must hold a JSON array of records; use .jsonl for one per line")
     return ((f"{path}[{i}]", obj) for i, obj in enumerate(data))
 
 
@@ -133,7 +134,7 @@ def read_source(source: str | None, split: str = "train") -> tuple[list[Record],
 
     Raises:
         FileNotFoundError: a path that does not exist and is not a loadable dataset name.
-        ValueError: a ``.json`` file that is not a JSON array.
+        TypeError: a ``.json`` file that is not a JSON array.
     """
     if source in (None, "", EMBEDDED):
         items = _jsonl_lines(embedded_path(split))

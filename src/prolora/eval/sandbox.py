@@ -47,11 +47,13 @@ class SandboxLimits:
 @dataclass(frozen=True)
 class RunResult:
     """Outcome of one program: ``status`` is ``passed``, ``failed`` or ``timeout``; ``detail`` is the last
-    line of its output (e.g. the exception), ``seconds`` its run time after isolation."""
+    line of its output (e.g. the exception), ``seconds`` its run time after isolation, ``processes`` how
+    new processes were refused (``seccomp``, or ``RLIMIT_NPROC`` on CPUs the filter does not know)."""
 
     status: str
     detail: str
     seconds: float
+    processes: str
 
     @property
     def passed(self) -> bool:
@@ -94,6 +96,9 @@ class Sandbox:
                 proc = subprocess.Popen([sys.executable, "-I", "-S", str(_BOOT), json.dumps(cfg)], cwd=workdir,
                                         env=env, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
                                         pass_fds=(status_w,), start_new_session=True)
+            except OSError:
+                os.close(status_r)
+                raise
             finally:
                 os.close(status_w)
             return self._wait(proc, status_r, output)
@@ -104,16 +109,17 @@ class Sandbox:
             _kill(proc)
             raise SandboxUnavailable(f"sandbox setup failed ({self.mode} mode): {status[1:] or 'no report'}. "
                                      + _FIX_HINT)
-        start = time.monotonic()
+        processes, start = status[1:], time.monotonic()
         try:
             code = proc.wait(timeout=self.limits.timeout_s)
         except subprocess.TimeoutExpired:
             _kill(proc)
-            return RunResult("timeout", f"timed out after {self.limits.timeout_s:g} s", time.monotonic() - start)
+            return RunResult("timeout", f"timed out after {self.limits.timeout_s:g} s", time.monotonic() - start,
+                             processes)
         seconds = time.monotonic() - start
         output.seek(0)
         detail = _tail(output.read())
-        return RunResult("passed" if code == 0 else "failed", detail if code else "", seconds)
+        return RunResult("passed" if code == 0 else "failed", detail if code else "", seconds, processes)
 
     def run_many(self, programs: list[str], workers: int | None = None) -> list[RunResult]:
         """Run several programs, ``workers`` at a time (default: the number of CPUs), in input order."""
@@ -122,12 +128,12 @@ class Sandbox:
 
     def check(self) -> dict:
         """Probe the host once: run a passing and a failing program. Returns :meth:`describe`'s dict plus
-        how processes are limited; raises :class:`SandboxUnavailable` with the fix if isolation fails."""
+        how processes are refused; raises :class:`SandboxUnavailable` with the fix if isolation fails."""
         ok, bad = self.run("assert 1 + 1 == 2"), self.run("raise SystemExit(0)")
         if not ok.passed or bad.passed:
             raise SandboxUnavailable(f"sandbox self-test failed ({ok.status}/{bad.status}: {ok.detail or bad.detail})."
                                      + _FIX_HINT)
-        return self.describe()
+        return {**self.describe(), "processes": ok.processes}
 
     def describe(self) -> dict:
         """The isolation in effect, for the results file."""

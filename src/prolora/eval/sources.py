@@ -18,18 +18,19 @@ from __future__ import annotations
 import csv
 import gzip
 import json
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 BENCHMARKS = ("mmlu", "bbh", "gsm8k", "tydiqa", "humaneval")
 
-# where each benchmark sits under --data-dir
-_DEFAULT_LAYOUT = {
-    "mmlu": "mmlu/data",
-    "bbh": "bbh",
+# where each benchmark sits under --data-dir, and what the reader looks for there
+_DEFAULT_LAYOUT = {"mmlu": "mmlu/data", "bbh": "bbh", "gsm8k": "gsm8k", "tydiqa": "tydiqa", "humaneval": "humaneval"}
+_EXPECTED = {
+    "mmlu": "mmlu/data/test/<subject>_test.csv",
+    "bbh": "bbh/bbh/<task>.json and bbh/cot-prompts/<task>.txt",
     "gsm8k": "gsm8k/test.jsonl",
-    "tydiqa": "tydiqa",
-    "humaneval": "humaneval/HumanEval.jsonl.gz",
+    "tydiqa": "tydiqa/dev/*.json (and tydiqa/train/*.json)",
+    "humaneval": "humaneval/HumanEval.jsonl.gz (or .jsonl)",
 }
 
 
@@ -38,7 +39,7 @@ class DataError(FileNotFoundError):
 
 
 def _fail(benchmark: str, problem: str) -> DataError:
-    return DataError(f"{problem}. Set --{benchmark} PATH, or --data-dir DIR with {_DEFAULT_LAYOUT[benchmark]} "
+    return DataError(f"{problem}. Set --{benchmark} PATH, or --data-dir DIR with {_EXPECTED[benchmark]} "
                      f"inside it (layout: docs/eval.md).")
 
 
@@ -65,9 +66,6 @@ class DataSources:
         if source is None:
             raise _fail(benchmark, f"no data configured for {benchmark}")
         return source
-
-    def as_dict(self) -> dict[str, str | None]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 def _read_json(path: Path, benchmark: str):

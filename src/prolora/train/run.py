@@ -25,7 +25,7 @@ import time
 
 from prolora.models import DEFAULT_MODEL
 
-from .config import DEFAULT_STEPS_REASON, TrainConfig, default_output_dir
+from .config import DEFAULT_MAX_STEPS, DEFAULT_STEPS_REASON, TrainConfig, default_output_dir
 from .files import write_json
 
 ADAPTER_DIR = "adapter"
@@ -37,6 +37,7 @@ def is_main_process() -> bool:
 
 
 def say(*lines: str) -> None:
+    """Print ``lines`` on the main process only."""
     if is_main_process():
         print(*lines, sep="\n", flush=True)
 
@@ -51,21 +52,43 @@ def resolve_quantization(choice: str) -> str:
 
 
 def load_base_model(name: str | None, quantization: str):
-    """The base model in float32, or in 4-bit NF4 with double quantization (QLoRA) prepared for training."""
+    """The base model in float32, or in 4-bit NF4 with double quantization (QLoRA) prepared for training.
+
+    A GGUF file is de-quantized to a plain float32 model (left flagged as "quantized", it is refused by the
+    Trainer). transformers cannot load a GGUF file in 4-bit, so for NF4 its de-quantized weights are
+    written to a temporary directory and loaded from there.
+    """
+    import tempfile
+
     import torch
+    from transformers import GgufConfig
 
-    from prolora.models import load_model
+    from prolora.models import load_model, resolve_model
 
+    dense = {"quantization_config": GgufConfig(dequantize=True)} if "gguf_file" in resolve_model(name)[1] else {}
     if quantization == "none":
-        return load_model(name)
+        return load_model(name, **dense)
     from peft import prepare_model_for_kbit_training
     from transformers import BitsAndBytesConfig
 
     cuda = torch.cuda.is_available()
-    config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                bnb_4bit_compute_dtype=torch.bfloat16 if cuda else torch.float32)
-    device_map = {"": int(os.environ.get("LOCAL_RANK", "0"))} if cuda else None
-    model = load_model(name, quantization_config=config, device_map=device_map)
+    nf4 = {"quantization_config": BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16 if cuda else torch.float32),
+        "device_map": {"": int(os.environ.get("LOCAL_RANK", "0"))} if cuda else None}
+    if dense:
+        with tempfile.TemporaryDirectory(prefix="prolora-dense-") as tmp:
+            load_model(name, **dense).save_pretrained(tmp)
+            model = load_model(tmp, **nf4)
+    else:
+        model = load_model(name, **nf4)
+    if not cuda:
+        # bitsandbytes repacks 4-bit weights for its AVX512-bf16 CPU kernel at the first eval-mode forward
+        # without gradients: before training this silently stops gradients through the repacked layers, and
+        # it fails for sizes its block does not divide. Keep the layout training uses.
+        for module in model.modules():
+            if hasattr(module, "support_avx512bf16_for_cpu"):
+                module.support_avx512bf16_for_cpu = False
     # gradient checkpointing, when asked for, is enabled by the Trainer (non-reentrant)
     return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
 
@@ -125,8 +148,8 @@ def training_arguments(config: TrainConfig, output_dir: str, world_size: int, qu
         max_grad_norm=config.max_grad_norm,
         optim=optim,
         train_sampling_strategy="group_by_length" if config.group_by_length else "random",
-        gradient_checkpointing=config.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False},
+        activation_checkpointing=config.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False},
         bf16=cuda and torch.cuda.is_bf16_supported(),
         use_cpu=not cuda,
         seed=config.seed,
@@ -138,12 +161,11 @@ def training_arguments(config: TrainConfig, output_dir: str, world_size: int, qu
         save_total_limit=config.save_total_limit,
         report_to="none",
         ddp_find_unused_parameters=False,
-        disable_tqdm=not is_main_process(),
     )
 
 
-def _plan(config: TrainConfig, explicit: set[str], args, quantization: str, splits, world_size: int) -> list[str]:
-    """What the run will do, with the choices the user did not make spelled out."""
+def _plan(config: TrainConfig, args, quantization: str, splits, world_size: int) -> list[str]:
+    """What the run will do, with the reason for the default step count."""
     import torch
 
     device = "CUDA GPU" if torch.cuda.is_available() else "CPU"
@@ -157,20 +179,20 @@ def _plan(config: TrainConfig, explicit: set[str], args, quantization: str, spli
         adapter += f" u={config.unshared_r} m={config.sharing_rate_a} n={config.sharing_rate_b}"
     held = f" / {len(splits.heldout):,} held-out" if splits.heldout is not None else ", no held-out split"
     lines = [
-        f"prolora train — {adapter}, alpha {config.lora_alpha:g}, dropout {config.lora_dropout:g}, "
-        f"target {config.target_modules}",
+        (f"prolora train — {adapter}, alpha {config.lora_alpha:g}, dropout {config.lora_dropout:g}, "
+         f"target {config.target_modules}"),
         f"  model     : {config.model or DEFAULT_MODEL + ' (embedded SmolLM2-135M-Instruct)'} on {device}, {precision}",
-        f"  data      : {config.data or 'embedded FLAN CoT'}: {len(splits.train):,} train{held} conversations, "
-        f"{config.chat_format} format, at most {config.max_length} tokens",
-        f"  steps     : {config.max_steps} × batch {config.batch_size} (micro-batch {config.micro_batch_size} × "
-        f"accumulation {args.gradient_accumulation_steps} × {world_size} process(es))",
-        f"  optimizer : {args.optim}, lr {config.learning_rate:g} {config.lr_scheduler}, warmup "
-        f"{config.warmup_ratio:.0%}, weight decay {config.weight_decay:g}, max grad norm {config.max_grad_norm:g}, "
-        f"{'grouped by length, ' if config.group_by_length else ''}seed {config.seed}",
+        (f"  data      : {config.data or 'embedded FLAN CoT'}: {len(splits.train):,} train{held} conversations, "
+         f"{config.chat_format} format, at most {config.max_length} tokens"),
+        (f"  steps     : {config.max_steps} × batch {config.batch_size} (micro-batch {config.micro_batch_size} × "
+         f"accumulation {args.gradient_accumulation_steps} × {world_size} process(es))"),
+        (f"  optimizer : {args.optim.value}, lr {config.learning_rate:g} {config.lr_scheduler}, warmup "
+         f"{config.warmup_ratio:.0%}, weight decay {config.weight_decay:g}, max grad norm {config.max_grad_norm:g}, "
+         f"{'grouped by length, ' if config.group_by_length else ''}seed {config.seed}"),
         f"  output    : {args.output_dir}",
     ]
-    if "max_steps" not in explicit:
-        lines.append(f"  note      : max_steps={config.max_steps} is the default: {DEFAULT_STEPS_REASON} "
+    if config.max_steps == DEFAULT_MAX_STEPS:
+        lines.append(f"  why       : max_steps={config.max_steps} is the default: {DEFAULT_STEPS_REASON} "
                      "(override with --max-steps)")
     return lines
 
@@ -201,7 +223,8 @@ def _save_adapter(model, trainer, output_dir: str) -> str:
 
 def _heldout_losses(model, trainer, heldout) -> dict:
     """Held-out loss of the base model (adapter disabled) and of the adapter: mean over held-out batches of
-    the token-averaged cross-entropy on assistant tokens (``Trainer.evaluate``), in nats per token."""
+    the token-averaged cross-entropy on assistant tokens (``Trainer.evaluate``), in nats per token.
+    ``heldout=None`` (no split, or an interrupted run) gives ``None`` losses."""
     if heldout is None:
         return {"heldout_examples": 0, "heldout_loss_base": None, "heldout_loss_adapter": None}
     with model.disable_adapter():
@@ -214,29 +237,33 @@ def _print_summary(summary: dict, path: str) -> None:
     def num(x, fmt):
         return "n/a" if x is None else format(x, fmt)
 
-    lora = f"LoRA r={summary['r']} on the same modules: {summary['lora_same_rank_params']:,} params, " \
-           f"{summary['lora_same_rank_bytes'] / 1e6:.2f} MB in float32"
+    lora = (f"LoRA r={summary['r']} on the same modules: {summary['lora_same_rank_params']:,} params, "
+            f"{summary['lora_same_rank_bytes'] / 1e6:.2f} MB in float32")
     lines = [
         f"summary ({path})" + (f" — INTERRUPTED by {summary['interrupted']}" if summary["interrupted"] else ""),
         f"  trainable params : {summary['trainable_params']:,} ({lora})",
         f"  adapter file     : {summary['adapter_file_bytes'] / 1e6:.2f} MB ({summary['adapter_dir']})",
-        f"  training         : {summary['steps']} steps, {summary['train_tokens']:,} tokens, "
-        f"{num(summary['tokens_per_s'], '.0f')} tokens/s, {summary['train_time_s']:.0f} s",
+        (f"  training         : {summary['steps']} steps, {summary['train_tokens']:,} tokens, "
+         f"{num(summary['tokens_per_s'], '.0f')} tokens/s, {summary['train_time_s']:.0f} s"),
         f"  train loss       : {num(summary['train_loss_final'], '.4f')} (last logging window)",
-        f"  held-out loss    : base {num(summary['heldout_loss_base'], '.4f')} -> adapter "
-        f"{num(summary['heldout_loss_adapter'], '.4f')} ({summary['heldout_examples']} examples)",
+        (f"  held-out loss    : base {num(summary['heldout_loss_base'], '.4f')} -> adapter "
+         f"{num(summary['heldout_loss_adapter'], '.4f')} ({summary['heldout_examples']} examples)"),
         f"  wall time        : {summary['wall_time_s']:.0f} s",
     ]
+    if summary["interrupted"]:
+        lines.append(f"  continue with    : prolora train --resume --output-dir {summary['output_dir']} (same flags)")
     if summary["adapter_identical_across_ranks"] is not None:
         lines.append(f"  {summary['world_size']} processes, adapters identical: "
                      f"{summary['adapter_identical_across_ranks']}")
     say(*lines)
 
 
-def train(config: TrainConfig, explicit: set[str] = frozenset()) -> dict:
+def train(config: TrainConfig, *, base_model=None, adapter_config=None) -> dict:
     """Run training as configured; returns the summary (also in ``summary.json``).
 
-    ``explicit`` names the fields the user set (flags or config file), so that defaults can be explained.
+    ``base_model``: an already loaded base model (:func:`load_base_model`) to adapt in place instead of
+    loading ``config.model`` (callers training many adapters pass a fresh copy each time).
+    ``adapter_config``: a PEFT config to use instead of the one built from the method fields of ``config``.
 
     Summary keys: method, model, r, output_dir, adapter_dir; trainable_params, adapter_file_bytes
     (adapter_model.safetensors), lora_same_rank_params / lora_same_rank_bytes (a LoRA of rank r on the same
@@ -264,19 +291,19 @@ def train(config: TrainConfig, explicit: set[str] = frozenset()) -> dict:
     splits = load_splits(tokenizer, config.data, config.heldout_data, config.heldout_size, config.max_length,
                          config.chat_format, config.seed)
     args = training_arguments(config, output_dir, world_size, quantization)
-    say(*_plan(config, explicit, args, quantization, splits, world_size))
+    say(*_plan(config, args, quantization, splits, world_size))
     _report_issues(splits.issues, output_dir)
     if is_main_process():
         write_json(os.path.join(output_dir, "run_config.json"),
                    {**config.to_dict(), "output_dir": output_dir, "quantization_resolved": quantization,
-                    "optim_resolved": args.optim, "gradient_accumulation_steps": args.gradient_accumulation_steps,
+                    "optim_resolved": args.optim.value, "gradient_accumulation_steps": args.gradient_accumulation_steps,
                     "world_size": world_size, "resumed_from": checkpoint})
 
     set_seed(config.seed)  # the adapter's random initialisation
-    model = load_base_model(config.model, quantization)
+    model = base_model if base_model is not None else load_base_model(config.model, quantization)
     from peft import get_peft_model
 
-    model = get_peft_model(model, make_adapter_config(
+    model = get_peft_model(model, adapter_config or make_adapter_config(
         config.method, r=config.r, u=config.unshared_r, m=config.sharing_rate_a, n=config.sharing_rate_b,
         lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout, target_modules=config.target_modules))
     trainable, _ = model.get_nb_trainable_parameters()
@@ -288,21 +315,15 @@ def train(config: TrainConfig, explicit: set[str] = frozenset()) -> dict:
     trainer = CheckpointTrainer(
         model=model, args=args, train_dataset=splits.train,
         data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100),
-        callbacks=[JsonlLogCallback(log_path), stop],
+        callbacks=[JsonlLogCallback(log_path), stop], lr_shared_scale=config.lr_shared_scale,
     )
-    tokens_before = 0
     if checkpoint:
         say(f"resuming from {checkpoint}")
     result = trainer.train(resume_from_checkpoint=checkpoint)
     adapter_dir = _save_adapter(model, trainer, output_dir)
 
     state = trainer.state
-    if checkpoint:
-        tokens_before = next((e["num_input_tokens_seen"] for e in reversed(state.log_history)
-                              if e.get("step", 0) <= int(checkpoint.rsplit("-", 1)[1])
-                              and "num_input_tokens_seen" in e), 0)
-    train_time = result.metrics["train_runtime"]
-    losses = [e["loss"] for e in state.log_history if "loss" in e]
+    steps_logged = [e for e in state.log_history if "loss" in e]
     fingerprints = gather_object([adapter_fingerprint(model)])
     lora = count_parameters(config.model, "lora", r=config.r, target_modules=config.target_modules)
     summary = {
@@ -312,11 +333,11 @@ def train(config: TrainConfig, explicit: set[str] = frozenset()) -> dict:
         "adapter_file_bytes": os.path.getsize(os.path.join(adapter_dir, "adapter_model.safetensors")),
         "lora_same_rank_params": lora.params, "lora_same_rank_bytes": lora.bytes,
         "steps": state.global_step, "train_tokens": state.num_input_tokens_seen,
-        "tokens_per_s": (state.num_input_tokens_seen - tokens_before) / train_time if train_time else None,
-        "train_time_s": train_time,
-        "train_loss_final": losses[-1] if losses else None, "train_loss_mean": result.training_loss,
-        **(_heldout_losses(model, trainer, splits.heldout) if not stop.received else
-           {"heldout_examples": 0, "heldout_loss_base": None, "heldout_loss_adapter": None}),
+        "tokens_per_s": steps_logged[-1]["train_tokens_per_second"] if steps_logged else None,
+        "train_time_s": result.metrics["train_runtime"],
+        "train_loss_final": steps_logged[-1]["loss"] if steps_logged else None,
+        "train_loss_mean": result.training_loss,
+        **_heldout_losses(model, trainer, None if stop.received else splits.heldout),
         "quantization": quantization, "world_size": world_size,
         "adapter_identical_across_ranks": len(set(fingerprints)) == 1 if world_size > 1 else None,
         "interrupted": stop.received,

@@ -22,12 +22,39 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 from .files import replace_dir
 
 STAGING = ".checkpoint-staging"  # not matched by get_last_checkpoint's "checkpoint-<N>" pattern
+SHARED_PARAMETERS = ("prolora_A0", "prolora_B0")  # PRoLoRA's shared chunks; A_u/B_u are the unshared ranks
+
+
+def scale_shared_lr(optimizer: torch.optim.Optimizer, model, scale: float) -> None:
+    """Split each param group of a fresh ``optimizer`` into its unshared and shared parameters (PRoLoRA's
+    A_0 and B_0), the shared part at ``scale`` × the group's learning rate (paper Section 6: separate
+    learning rates for shared and unshared parameters). Schedulers created afterwards scale both alike."""
+    shared = {id(p) for name, p in model.named_parameters() if any(f".{k}." in name for k in SHARED_PARAMETERS)}
+    groups, optimizer.param_groups = optimizer.param_groups, []
+    for group in groups:
+        for is_shared in (False, True):
+            params = [p for p in group["params"] if (id(p) in shared) == is_shared]
+            if params:
+                optimizer.add_param_group({**group, "params": params,
+                                           "lr": group["lr"] * (scale if is_shared else 1.0)})
 
 
 class CheckpointTrainer(Trainer):
-    """A :class:`transformers.Trainer` whose checkpoints appear atomically (see the module docstring)."""
+    """A :class:`transformers.Trainer` whose checkpoints appear atomically (see the module docstring), and
+    whose optimizer trains PRoLoRA's shared chunks at ``lr_shared_scale`` × the learning rate."""
 
     _staging = False
+
+    def __init__(self, *args, lr_shared_scale: float = 1.0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.lr_shared_scale = lr_shared_scale
+
+    def create_optimizer(self, model=None) -> torch.optim.Optimizer:
+        fresh = self.optimizer is None
+        optimizer = super().create_optimizer(model)
+        if fresh and self.lr_shared_scale != 1.0:
+            scale_shared_lr(optimizer, self.model if model is None else model, self.lr_shared_scale)
+        return optimizer
 
     def _get_output_dir(self, trial) -> str:
         run_dir = super()._get_output_dir(trial)
@@ -44,6 +71,7 @@ class CheckpointTrainer(Trainer):
         self.accelerator.wait_for_everyone()  # every process has written its RNG state
         if self.args.should_save:
             replace_dir(os.path.join(run_dir, STAGING, name), os.path.join(run_dir, name))
+            os.rmdir(os.path.join(run_dir, STAGING))
             rotate_checkpoints(run_dir, save_total_limit=self.args.save_total_limit, use_mtime=True)
         self.accelerator.wait_for_everyone()
 

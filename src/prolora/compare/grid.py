@@ -1,0 +1,154 @@
+"""A preset → the cells of the comparison: one training run each, with budgets solved.
+
+Every cell holds the complete :class:`~prolora.train.config.TrainConfig` fields of its run (method, r, u,
+m, n, learning rate, seed, ...) and any extra adapter fields (Table 4). Its :attr:`Cell.key` hashes exactly
+those, so two groups asking for the same run (Table 4's hidden/rank variant is PRoLoRA itself; Figure 2's
+u = 1 at the default rate is the main table's PRoLoRA) share one result file, and changing a setting makes
+a new cell instead of reusing a stale one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field, replace
+
+from prolora.params import count_parameters, parse_budget, solve_budget
+from prolora.train.config import parse_target_modules
+
+from .presets import MethodSpec, Preset
+
+GROUPS = ("main", "heatmap", "table4")
+PROLORA_FAMILY = ("prolora", "clora", "rolora", "prolora-r", "prolora-i")
+# Table 4 defaults of PRoLoRAConfig: the paper's PRoLoRA shares along hidden and rotates along rank.
+TABLE4_DEFAULTS = {"share": "hidden", "rotate_dim": "rank"}
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One training run of the comparison.
+
+    Attributes:
+        group: ``main`` (Table 2 rows × seeds), ``heatmap`` (Figure 2) or ``table4``.
+        label: the row's name.
+        train: TrainConfig fields of the run (the preset's, then the method's, then the seed).
+        adapter: extra PRoLoRAConfig fields (Table 4's ``share``/``rotate_dim``), empty otherwise.
+        params: trainable parameters, counted from the architecture.
+        budget: the parameter budget the configuration was matched to, or ``None``.
+        coords: the cell's place in its group: ``{"u", "lr"}`` (heatmap), ``{"share", "rotate"}`` (table4).
+    """
+
+    group: str
+    label: str
+    train: dict
+    adapter: dict = field(default_factory=dict)
+    params: int = 0
+    budget: int | None = None
+    coords: dict = field(default_factory=dict)
+
+    @property
+    def seed(self) -> int:
+        return self.train["seed"]
+
+    @property
+    def key(self) -> str:
+        """Hash of the run's settings: equal for equal runs, whatever group or label asks for them."""
+        blob = json.dumps({"train": self.train, "adapter": self.adapter}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:10]
+
+    @property
+    def name(self) -> str:
+        """File-name stem: readable method and seed, then the key."""
+        slug = re.sub(r"[^a-z0-9]+", "-", self.train["method"] + f"-r{self.train['r']}").strip("-")
+        return f"{slug}-seed{self.seed}-{self.key}"
+
+
+def _count_method(method: str) -> str:
+    """The name :func:`prolora.params.count_parameters` knows (^-r and ^-i count as PRoLoRA)."""
+    return "prolora" if method in ("prolora-r", "prolora-i") else method
+
+
+def resolve(spec: MethodSpec, preset: Preset, seed: int) -> tuple[dict, int, int | None]:
+    """``(train fields, trainable params, budget)`` of ``spec`` under ``preset`` for ``seed``.
+
+    PRoLoRA-family rows with a budget get m = n (and u when ``spec.u`` is ``None``) from
+    :func:`~prolora.params.solve_budget` at rank ``spec.r``: the closest fit within its 1% tolerance.
+
+    Raises:
+        ValueError: no configuration at rank ``spec.r`` fits the budget, or a PRoLoRA-family row has none.
+    """
+    model = preset.train.get("model")
+    targets = spec.target_modules or preset.train.get("target_modules", "all-linear")
+    count_targets = parse_target_modules(targets)
+    fields = {**preset.train, "method": spec.method, "r": spec.r, "target_modules": targets, "seed": seed,
+              "learning_rate": spec.lr or preset.train["learning_rate"],
+              "lr_shared_scale": spec.lr_shared_scale}
+    if spec.method not in PROLORA_FAMILY:
+        count = count_parameters(model, spec.method, r=spec.r, target_modules=count_targets).params
+        return fields, count, None
+    if spec.budget is None:
+        raise ValueError(f"{spec.label}: a PRoLoRA-family row needs a budget (e.g. 'lora:2') to choose m, n")
+    solver = spec.method if spec.method in ("clora", "rolora") else ("rolora" if spec.u == 0 else "prolora")
+    fits = [f for f in solve_budget(model, spec.budget, method=solver, target_modules=count_targets,
+                                    ranks=[spec.r])
+            if spec.u is None or f.u == spec.u]
+    if not fits:
+        raise ValueError(f"{spec.label}: no {solver} configuration at r={spec.r}"
+                         f"{'' if spec.u is None else f', u={spec.u}'} is within 1% of budget {spec.budget}")
+    fit = fits[0]
+    fields.update(unshared_r=fit.u, sharing_rate_a=fit.m, sharing_rate_b=fit.n)
+    return fields, fit.params, fit.budget
+
+
+def _cell(group: str, spec: MethodSpec, preset: Preset, seed: int, coords: dict | None = None) -> Cell:
+    fields, params, budget = resolve(spec, preset, seed)
+    return Cell(group, spec.label, fields, dict(spec.adapter), params, budget, coords or {})
+
+
+def heatmap_cells(preset: Preset) -> list[Cell]:
+    """Figure 2: unshared rank × learning rate at the heatmap's budget (u = 0 is RoLoRA; u = the budget's
+    LoRA rank is that LoRA, as u = 8 in Figure 2)."""
+    spec = preset.heatmap
+    budget_method, _, budget_rank = spec.budget.partition(":")
+    cells = []
+    for u in spec.unshared:
+        for lr in spec.lrs:
+            if budget_method == "lora" and u == int(budget_rank):
+                row = MethodSpec(f"LoRA r={u} (u={u})", "lora", r=u, lr=lr)
+            elif u == 0:  # no unshared rank: RoLoRA (Figure 2's u = 0)
+                row = MethodSpec("RoLoRA (u=0)", "rolora", r=spec.r, u=0, budget=spec.budget, lr=lr)
+            else:
+                row = MethodSpec(f"PRoLoRA (u={u})", "prolora", r=spec.r, u=u, budget=spec.budget, lr=lr)
+            cells.append(_cell("heatmap", row, preset, spec.seed, {"u": u, "lr": lr}))
+    return cells
+
+
+def table4_cells(preset: Preset) -> list[Cell]:
+    """Table 4: sharing (rows) × rotation (columns) along the hidden and rank dimensions."""
+    spec = preset.table4
+    cells = []
+    for share in spec.dims:
+        for rotate in spec.dims:
+            chosen = {"share": share, "rotate_dim": rotate}
+            extra = {k: v for k, v in chosen.items() if v != TABLE4_DEFAULTS[k]}
+            row = replace(spec.base, label=f"share {share} / rotate {rotate}", adapter=extra)
+            cells.append(_cell("table4", row, preset, spec.seed, {"share": share, "rotate": rotate}))
+    return cells
+
+
+def build_cells(preset: Preset, groups: tuple[str, ...] = GROUPS) -> list[Cell]:
+    """All cells of ``preset`` in ``groups``: main rows × seeds, then Figure 2, then Table 4."""
+    cells = []
+    if "main" in groups:
+        cells += [_cell("main", spec, preset, seed) for seed in preset.seeds for spec in preset.methods]
+    if "heatmap" in groups and preset.heatmap:
+        cells += heatmap_cells(preset)
+    if "table4" in groups and preset.table4:
+        cells += table4_cells(preset)
+    return cells
+
+
+def budget_of(preset: Preset, budget: str) -> int:
+    """A budget string of ``preset`` (``"lora:2"``) as a parameter count on its model."""
+    return parse_budget(preset.train.get("model"), budget)

@@ -1,0 +1,51 @@
+"""Held-out loss and perplexity on instruction data, in the training pipeline's chat format.
+
+Records are read and tokenized by :mod:`prolora.data` exactly as ``prolora train`` does (Tulu format or
+the tokenizer's template, labels on assistant tokens only, truncation to ``max_length``), so the number
+is comparable with the training run's held-out loss. The loss is the mean negative log-likelihood per
+trained token over the whole file (token-weighted, independent of the batch size); perplexity is its
+exponential.
+"""
+
+from __future__ import annotations
+
+import math
+
+
+def heldout_loss(model, tokenizer, source: str, chat_format: str = "tulu", max_length: int = 512,
+                 batch_size: int = 8) -> dict:
+    """Loss of ``model`` on ``source`` (a ``.jsonl``/``.json`` file, a Hub dataset name, or ``embedded``
+    for the shipped held-out split); returns ``{"loss", "perplexity", "tokens", "examples", "skipped"}``.
+
+    Raises:
+        ValueError: no record of ``source`` has an assistant token within ``max_length``.
+    """
+    import torch
+
+    from prolora.data import IGNORE_INDEX, read_source, tokenize_records
+
+    records, issues = read_source(source, "heldout")
+    dataset, token_issues = tokenize_records(records, tokenizer, max_length, chat_format)
+    issues += token_issues
+    if len(dataset) == 0:
+        raise ValueError(f"no usable held-out record in {source!r}: {'; '.join(map(str, issues[:3]))}")
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    device = next(model.parameters()).device
+    def padded(rows: dict, column: str, value: int):
+        width = max(map(len, rows["input_ids"]))
+        return torch.tensor([seq + [value] * (width - len(seq)) for seq in rows[column]], device=device)
+
+    total, tokens = 0.0, 0
+    model.eval()
+    with torch.no_grad():
+        for start in range(0, len(dataset), batch_size):
+            rows = dataset[start:start + batch_size]
+            logits = model(input_ids=padded(rows, "input_ids", pad_id),
+                           attention_mask=padded(rows, "attention_mask", 0)).logits
+            labels = padded(rows, "labels", IGNORE_INDEX)[:, 1:]
+            total += torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels.flatten(),
+                                                       ignore_index=IGNORE_INDEX, reduction="sum").item()
+            tokens += int((labels != IGNORE_INDEX).sum())
+    loss = total / tokens
+    return {"loss": loss, "perplexity": math.exp(loss), "tokens": tokens, "examples": len(dataset),
+            "skipped": sum(1 for issue in issues if issue.action == "skipped")}

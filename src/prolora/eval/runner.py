@@ -1,0 +1,203 @@
+"""Evaluate a base model and its adapters: prepare each benchmark's documents once, then run every model
+variant (the base model and each adapter) through lm-eval, score, and collect results and predictions."""
+
+from __future__ import annotations
+
+import contextlib
+import platform
+import sys
+import time
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from importlib import metadata
+
+from .benchmarks import BENCHMARKS
+from .report import paper_average
+from .settings import EvalSettings
+from .sources import DataSources, read
+
+BASE_LABEL = "base"
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A benchmark ready to run: its documents (limited) and its full size."""
+
+    name: str
+    docs: list[dict]
+    full_size: int
+
+
+def _log(message: str) -> None:
+    print(f"[prolora eval] {message}", file=sys.stderr, flush=True)
+
+
+def read_all(benchmarks: list[str], sources: DataSources) -> dict:
+    """Read every benchmark's data (before the model loads, so that data problems surface at once)."""
+    return {name: read(name, sources.get(name)) for name in benchmarks}
+
+
+def prepare(raw: dict, settings: EvalSettings, tokenizer) -> list[Prepared]:
+    """Format every benchmark read by :func:`read_all`."""
+    prepared = []
+    for name, data in raw.items():
+        module = BENCHMARKS[name]
+        prepared.append(Prepared(name, module.build_docs(data, settings, tokenizer), module.size(data)))
+        _log(f"{name}: {len(prepared[-1].docs)} of {prepared[-1].full_size} examples")
+    return prepared
+
+
+def evaluate(lm, prepared: list[Prepared], settings: EvalSettings, label: str = BASE_LABEL, on_done=None):
+    """Run ``prepared`` benchmarks on the model behind lm-eval wrapper ``lm``.
+
+    Returns ``(scores, predictions, timings)``, each keyed by benchmark name. ``on_done(name, scores,
+    predictions, timings)``, when given, is called after each benchmark (to save results as they come).
+    """
+    from .harness import run_task
+
+    scores, predictions, timings = {}, {}, {}
+    for bench in prepared:
+        module = BENCHMARKS[bench.name]
+        predict_only = getattr(module, "PREDICT_ONLY", False)
+        started = time.perf_counter()
+        samples = run_task(lm, module.task(bench.docs, settings), settings.seed, predict_only=predict_only)
+        if predict_only:
+            module.score(samples, settings)
+        seconds = time.perf_counter() - started
+        scores[bench.name] = module.summarize(samples)
+        predictions[bench.name] = [module.prediction(s) for s in samples]
+        per_example = seconds / max(len(bench.docs), 1)
+        timings[bench.name] = {"examples": len(bench.docs), "seconds": seconds, "seconds_per_example": per_example,
+                               "full_size": bench.full_size, "estimated_full_s": per_example * bench.full_size}
+        headline = {k: round(v, 2) for k, v in scores[bench.name].items() if isinstance(v, float)}
+        _log(f"[{label}] {bench.name}: {headline} in {seconds:.1f} s")
+        if on_done is not None:
+            on_done(bench.name, scores, predictions, timings)
+    return scores, predictions, timings
+
+
+def _active(model, label: str, adapters: list[str]):
+    """A context in which ``model`` runs as ``label``: an adapter's name, or the base model."""
+    if label != BASE_LABEL:
+        model.set_adapter(label)
+        return contextlib.nullcontext()
+    return model.disable_adapter() if adapters else contextlib.nullcontext()
+
+
+def environment(device: str) -> dict:
+    """Python, platform, device, CPU threads and the versions of the packages that decide the numbers."""
+    import torch
+
+    versions = {}
+    for name in ("torch", "transformers", "peft", "lm_eval", "datasets", "prolora"):
+        try:
+            versions[name] = metadata.version(name.replace("_", "-"))
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return {"python": platform.python_version(), "platform": platform.platform(), "device": device,
+            "torch_threads": torch.get_num_threads(), **versions}
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """The model (a ``PeftModel`` when adapters were given), its tokenizer, and what was loaded."""
+
+    model: object
+    tokenizer: object
+    model_id: str
+    adapters: dict[str, str]  # name -> adapter directory, in load order
+    chat_format: str  # the adapters' training format, else tulu
+
+
+def load(model_name: str | None, adapter_specs: list[str], chat_format: str | None, device: str) -> Loaded:
+    """Load the base model and adapters (``[NAME=]PATH``: a ``prolora train`` run or a PEFT adapter
+    directory) with the loader of ``prolora generate``; the model defaults to the runs' model."""
+    from prolora.models import DEFAULT_MODEL
+    from prolora.train.generation import AdapterSpec, load_generator
+
+    # the loader only needs a training format; ours may be "none", which it does not know
+    generator = load_generator(model_name, adapter_specs, {"none": "tulu"}.get(chat_format, chat_format))
+    if BASE_LABEL in generator.adapters:
+        raise ValueError(f"an adapter may not be named {BASE_LABEL!r}; rename it with NAME=PATH")
+    specs = [AdapterSpec.parse(spec) for spec in adapter_specs]
+    model_id = model_name or next((s.run_config["model"] for s in specs if s.run_config.get("model")), DEFAULT_MODEL)
+    return Loaded(generator.model.to(device), generator.tokenizer, model_id, {s.name: s.path for s in specs},
+                  generator.chat_format)
+
+
+def _run_variant(lm, loaded: Loaded, label: str, prepared: list[Prepared], settings: EvalSettings,
+                 loss_source: str | None, loss_max_length: int, on_done) -> dict:
+    """Evaluate one row of the table; returns its run record (``on_done`` as in :func:`evaluate`)."""
+    from .loss import heldout_loss
+
+    with _active(loaded.model, label, list(loaded.adapters)):
+        scores, _, timings = evaluate(lm, prepared, settings, label, on_done)
+        if loss_source is not None:
+            started = time.perf_counter()
+            scores["loss"] = heldout_loss(loaded.model, loaded.tokenizer, loss_source, settings.chat_format,
+                                          loss_max_length, settings.batch_size)
+            seconds = time.perf_counter() - started
+            timings["loss"] = {"examples": scores["loss"]["examples"], "seconds": seconds,
+                               "seconds_per_example": seconds / scores["loss"]["examples"]}
+    adapter = None
+    if label != BASE_LABEL:
+        peft_type = loaded.model.peft_config[label].peft_type
+        adapter = {"name": label, "path": loaded.adapters[label], "peft_type": str(getattr(peft_type, "value", peft_type))}
+    return {"label": label, "adapter": adapter, "scores": scores, "average": paper_average(scores), "timings": timings}
+
+
+def run_eval(model_name: str | None, adapter_specs: list[str], benchmarks: list[str], sources: DataSources,
+             settings: EvalSettings, *, include_base: bool = False, loss_source: str | None = None,
+             loss_max_length: int = 512, device: str = "cpu", output_dir: str | None = None) -> dict:
+    """Evaluate the base model (when there are no adapters or ``include_base``) and every adapter on
+    ``benchmarks``; returns the results (the content of ``results.json``).
+
+    With ``output_dir``, each benchmark's predictions and the results so far are written as soon as the
+    benchmark finishes (``results.json`` says ``"complete": false`` until the end), so a long run that
+    stops early keeps what it finished. ``settings.chat_format=None`` takes the chat format the adapters
+    were trained with (else ``tulu``).
+    """
+    from .harness import wrap_model
+    from .report import write_predictions, write_results
+
+    started = time.perf_counter()
+    raw = read_all(benchmarks, sources)
+    read_s = time.perf_counter() - started
+    loaded = load(model_name, adapter_specs, settings.chat_format, device)
+    settings = replace(settings, chat_format=settings.chat_format or loaded.chat_format)
+    load_s = time.perf_counter() - started - read_s
+    _log(f"model and {len(loaded.adapters)} adapter(s) loaded in {load_s:.1f} s")
+    prepared = prepare(raw, settings, loaded.tokenizer)
+    # self-test the code sandbox before any generation, so a host without isolation fails in seconds
+    sandbox = BENCHMARKS["humaneval"].sandbox(settings).check() if "humaneval" in benchmarks else None
+    prepare_s = time.perf_counter() - started - read_s - load_s
+
+    results = {
+        "complete": False,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "model": loaded.model_id,
+        "benchmarks": benchmarks,
+        "config": {**settings.as_dict(), "loss_data": loss_source, "loss_max_length": loss_max_length},
+        "data": {name: getattr(sources, name) for name in benchmarks},
+        "seeds": {"python": settings.seed, "numpy": settings.seed, "torch": settings.seed},
+        "sandbox": sandbox,
+        "environment": environment(device),
+        "runs": [],
+        "timings": {"read_s": read_s, "load_s": load_s, "prepare_s": prepare_s, "total_s": None},
+    }
+    lm = wrap_model(loaded.model, loaded.tokenizer, settings.batch_size)
+    labels = ([BASE_LABEL] if include_base or not loaded.adapters else []) + list(loaded.adapters)
+    for label in labels:
+        def save(bench, scores, predictions, timings, label=label):
+            if output_dir is not None:
+                write_predictions(output_dir, label, bench, predictions[bench])
+                partial = {"label": label, "scores": scores, "average": None, "timings": timings}
+                write_results(output_dir, {**results, "runs": [*results["runs"], partial]})
+
+        results["runs"].append(_run_variant(lm, loaded, label, prepared, settings, loss_source, loss_max_length,
+                                            save))
+    results["complete"] = True
+    results["timings"]["total_s"] = time.perf_counter() - started
+    if output_dir is not None:
+        write_results(output_dir, results)
+    return results

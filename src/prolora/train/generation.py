@@ -1,0 +1,132 @@
+"""A base model with saved adapters, answering conversations (greedy by default).
+
+Adapters are given as run directories of ``prolora train`` (their ``adapter/`` subdirectory is used, and
+their ``run_config.json`` supplies the base model and chat format) or as plain PEFT adapter directories,
+optionally named: ``NAME=PATH``. Several adapters load side by side into one ``PeftModel`` and one is
+active at a time (:meth:`Generator.use`); ``None`` means the base model alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+
+from .run import ADAPTER_DIR, load_base_model
+
+
+@dataclass(frozen=True)
+class AdapterSpec:
+    """An adapter to load: its name, its PEFT directory, and the run's config when it came from a run."""
+
+    name: str
+    path: str
+    run_config: dict
+
+    @classmethod
+    def parse(cls, spec: str) -> AdapterSpec:
+        """``[NAME=]PATH`` where PATH is a run directory or an adapter directory (NAME: the run's folder name).
+
+        Raises:
+            FileNotFoundError: PATH holds neither ``adapter_config.json`` nor ``adapter/adapter_config.json``.
+        """
+        name, sep, path = spec.partition("=")
+        if not sep:
+            name, path = "", spec
+        path = os.path.normpath(path)
+        run_config = {}
+        if os.path.isfile(os.path.join(path, ADAPTER_DIR, "adapter_config.json")):
+            with open(os.path.join(path, "run_config.json"), encoding="utf-8") as f:
+                run_config = json.load(f)
+            name, path = name or os.path.basename(path), os.path.join(path, ADAPTER_DIR)
+        elif not os.path.isfile(os.path.join(path, "adapter_config.json")):
+            raise FileNotFoundError(f"{spec!r}: no adapter_config.json in {path} or {os.path.join(path, ADAPTER_DIR)}; "
+                                    "pass a run directory of `prolora train` or a PEFT adapter directory")
+        return cls(name or os.path.basename(path), path, run_config)
+
+
+@dataclass
+class Reply:
+    text: str
+    new_tokens: int
+    seconds: float
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.new_tokens / self.seconds if self.seconds else 0.0
+
+
+class Generator:
+    """A base model with zero or more named adapters; renders conversations in the training chat format."""
+
+    def __init__(self, model_name: str | None, adapters: list[AdapterSpec], chat_format: str = "tulu"):
+        from peft import PeftModel
+
+        import prolora  # noqa: F401  (registers PRoLoRA with PEFT, so its adapters load)
+        from prolora.models import load_tokenizer
+
+        self.tokenizer = load_tokenizer(model_name)
+        self.chat_format = chat_format
+        model = load_base_model(model_name, "none")
+        for i, spec in enumerate(adapters):
+            if i == 0:
+                model = PeftModel.from_pretrained(model, spec.path, adapter_name=spec.name)
+            else:
+                model.load_adapter(spec.path, adapter_name=spec.name)
+        self.model = model.eval()
+        self.adapters = [spec.name for spec in adapters]
+        self.active = self.adapters[0] if adapters else None
+
+    def use(self, name: str | None) -> None:
+        """Activate adapter ``name``; ``None`` for the base model alone.
+
+        Raises:
+            ValueError: an unknown name, listing the loaded ones.
+        """
+        if name is not None and name not in self.adapters:
+            raise ValueError(f"no adapter named {name!r}; loaded: {', '.join(self.adapters) or 'none'}")
+        if name is not None:
+            self.model.set_adapter(name)
+        self.active = name
+
+    def reply(self, messages: list[dict], max_new_tokens: int = 256, temperature: float = 0.0) -> Reply:
+        """Continue ``messages`` with an assistant turn; greedy when ``temperature`` is 0."""
+        import contextlib
+
+        import torch
+
+        from prolora.data.chat import render
+
+        text, _ = render(self.tokenizer, messages, self.chat_format, add_generation_prompt=True)
+        inputs = self.tokenizer(text, return_tensors="pt", add_special_tokens=self.chat_format == "tulu")
+        sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
+        base_only = self.model.disable_adapter() if self.active is None and self.adapters else contextlib.nullcontext()
+        started = time.perf_counter()
+        with torch.inference_mode(), base_only:
+            out = self.model.generate(**inputs, max_new_tokens=max_new_tokens, pad_token_id=self.tokenizer.pad_token_id,
+                                      eos_token_id=self.tokenizer.eos_token_id, **sampling)
+        seconds = time.perf_counter() - started
+        new = out[0, inputs["input_ids"].shape[1]:]
+        return Reply(self.tokenizer.decode(new, skip_special_tokens=True).strip(), len(new), seconds)
+
+
+def load_generator(model: str | None, adapter_specs: list[str], chat_format: str | None) -> Generator:
+    """Build a :class:`Generator`; the base model and chat format default to the first run's config.
+
+    Raises:
+        ValueError: repeated adapter names, or adapters from runs on different base models or chat formats
+            without an explicit choice.
+    """
+    specs = [AdapterSpec.parse(s) for s in adapter_specs]
+    names = [s.name for s in specs]
+    if len(set(names)) < len(names):
+        raise ValueError(f"adapter names {names} repeat; name them with NAME=PATH")
+    configs = [s.run_config for s in specs if s.run_config]
+    if model is None and len({c.get("model") for c in configs}) > 1:
+        raise ValueError("the adapters were trained on different base models; pass --model")
+    if chat_format is None and len({c.get("chat_format") for c in configs}) > 1:
+        raise ValueError("the adapters were trained with different chat formats; pass --chat-format")
+    model = model or (configs[0].get("model") if configs else None)
+    chat_format = chat_format or (configs[0].get("chat_format") if configs else None) or "tulu"
+    return Generator(model, specs, chat_format)

@@ -1,0 +1,235 @@
+"""``prolora compare``: budget matching, resume, the table's statistics, plots, shared-chunk learning rates.
+
+Everything runs on tiny random models or on made-up cell results; no real model is trained.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+from conftest import make_tiny_llama
+
+from prolora.compare.cells import LOSS, CellsFailed, load_results, result_path, run_cells
+from prolora.compare.grid import Cell, build_cells, resolve
+from prolora.compare.plots import HEATMAP, SCORE_VS_PARAMS, TABLE4, write_plots
+from prolora.compare.presets import SMALL, MethodSpec
+from prolora.compare.report import markdown, mean_std, summarize
+
+
+@pytest.fixture
+def tiny_preset():
+    """The small preset's design on a 2-layer Llama (as a model object: no files, no downloads)."""
+    return dataclasses.replace(SMALL, train={**SMALL.train, "model": make_tiny_llama()}, seeds=(1, 2))
+
+
+def _fake_loss(cell: Cell) -> float:
+    """A deterministic made-up loss per cell: seeds differ, methods differ."""
+    bonus = 0.05 if cell.train["method"] == "prolora" else 0.0
+    return 2.0 - 0.01 * cell.seed - 0.001 * (len(cell.label) % 7) - bonus
+
+
+class FakeRunner:
+    """Stands in for training: counts calls, returns a made-up loss."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, cell, output_dir):
+        self.calls.append(cell.key)
+        return {LOSS: _fake_loss(cell)}, {"heldout_loss_base": 2.4}
+
+
+# --- budget matching ----------------------------------------------------------------------------------------
+
+
+def test_small_preset_budgets_on_smollm2():
+    """On SmolLM2-135M (architecture only): LoRA r=2 = 610,560; PRoLoRA r=8, u=1, m=n=7 = 612,510 (+0.32%);
+    CLoRA/RoLoRA at r=8 fill the same budget with m=n=4 exactly; ^-r/^-i copy PRoLoRA's configuration."""
+    rows = {cell.label: cell for cell in build_cells(SMALL, ("main",)) if cell.seed == 1}
+    assert rows["LoRA r=2"].params == 610_560
+    assert rows["LoRA r=4"].params == 2 * 610_560
+    prolora = rows["PRoLoRA"]
+    assert (prolora.train["r"], prolora.train["unshared_r"], prolora.train["sharing_rate_a"],
+            prolora.train["sharing_rate_b"], prolora.params) == (8, 1, 7, 7, 612_510)
+    for label in ("CLoRA", "RoLoRA"):
+        cell = rows[label]
+        assert (cell.train["r"], cell.train["unshared_r"], cell.params) == (8, 0, 610_560)
+    for label in ("PRoLoRA^-r", "PRoLoRA^-i", "PRoLoRA + shared lr"):
+        same = {k: rows[label].train[k] for k in ("r", "unshared_r", "sharing_rate_a", "sharing_rate_b")}
+        assert same == {k: prolora.train[k] for k in same} and rows[label].params == prolora.params
+    for cell in rows.values():
+        if cell.budget is not None:
+            assert abs(cell.params - cell.budget) <= 0.01 * cell.budget
+    assert rows["VeRA"].params < rows["Tied-LoRA"].params < rows["LoRA r=2"].params
+
+
+def test_resolve_on_tiny_model_matches_budget(tiny_preset):
+    spec = MethodSpec("PRoLoRA", "prolora", r=4, budget="lora:2")  # u chosen by the solver
+    fields, params, budget = resolve(spec, tiny_preset, seed=3)
+    assert fields["seed"] == 3 and fields["method"] == "prolora"
+    assert (fields["unshared_r"], fields["sharing_rate_a"], fields["sharing_rate_b"]) == (1, 3, 3)
+    assert abs(params - budget) <= 0.01 * budget
+
+
+def test_resolve_rejects_unreachable_budget(tiny_preset):
+    with pytest.raises(ValueError, match="no prolora configuration at r=8, u=3"):
+        resolve(MethodSpec("x", "prolora", r=8, u=3, budget="lora:2"), tiny_preset, seed=1)
+
+
+def test_shared_runs_are_one_cell():
+    """Table 4's hidden/rank variant and Figure 2's default-lr PRoLoRA and LoRA cells are main-table cells."""
+    cells = build_cells(SMALL)
+    main = {c.key for c in cells if c.group == "main"}
+    prolora = {"share": "hidden", "rotate": "rank"}
+    assert {c.key for c in cells if c.group == "table4" and c.coords == prolora} <= main
+    heat = [c for c in cells if c.group == "heatmap" and c.coords["lr"] == SMALL.train["learning_rate"]]
+    assert {c.key for c in heat} <= main and len(heat) == len(SMALL.heatmap.unshared)
+
+
+# --- resume -----------------------------------------------------------------------------------------------
+
+
+def test_resume_skips_finished_cells(tmp_path):
+    cells = build_cells(SMALL)
+    runner = FakeRunner()
+    distinct = {c.key for c in cells}
+    first = run_cells(cells[:5], tmp_path, runner, log=lambda _: None)
+    assert len(runner.calls) == len(first) == len({c.key for c in cells[:5]})
+    results = run_cells(cells, tmp_path, runner, log=lambda _: None)
+    assert len(runner.calls) == len(distinct) == len(results)  # the first five were not trained again
+    run_cells(cells, tmp_path, runner, log=lambda _: None)
+    assert len(runner.calls) == len(distinct)
+    stored = json.loads(result_path(tmp_path, cells[0]).read_text())
+    assert stored["cell"]["key"] == cells[0].key and stored["metrics"][LOSS] == _fake_loss(cells[0])
+
+
+def test_cells_run_in_preset_order(tmp_path):
+    """Each distinct run once, at its first occurrence: the main table (seed by seed) comes first."""
+    cells = build_cells(SMALL)
+    runner = FakeRunner()
+    run_cells(cells, tmp_path, runner, log=lambda _: None)
+    assert runner.calls == list(dict.fromkeys(c.key for c in cells))
+
+
+def test_result_files_are_atomic(tmp_path):
+    """A finished cell is exactly its result file; no temporary file is left behind."""
+    cells = build_cells(SMALL, ("table4",))
+    run_cells(cells, tmp_path, FakeRunner(), log=lambda _: None)
+    names = [p.name for p in (tmp_path / "cells").iterdir()]
+    assert all(n.endswith(".json") and not n.startswith(".") for n in names)
+    assert set(load_results(tmp_path, cells)) == {c.key for c in cells}
+
+
+def test_failed_cell_is_not_finished(tmp_path):
+    cells = build_cells(SMALL, ("table4",))
+
+    def broken(cell, output_dir):
+        raise RuntimeError("out of memory")
+
+    with pytest.raises(CellsFailed) as caught:
+        run_cells(cells, tmp_path, broken, log=lambda _: None)
+    assert len(caught.value.failed) == len({c.key for c in cells}) and caught.value.results == {}
+    assert load_results(tmp_path, cells) == {}
+
+
+# --- report -----------------------------------------------------------------------------------------------
+
+
+def test_table_mean_and_std(tmp_path):
+    cells = build_cells(SMALL, ("main",))
+    results = run_cells(cells, tmp_path, FakeRunner(), log=lambda _: None)
+    summary = summarize(SMALL, cells, results, command="prolora compare")
+    row = next(r for r in summary["rows"] if r["label"] == "PRoLoRA")
+    losses = [_fake_loss(c) for c in cells if c.label == "PRoLoRA"]
+    expected = mean_std(losses)
+    assert row["metrics"][LOSS]["n"] == 3
+    assert row["metrics"][LOSS]["mean"] == pytest.approx(sum(losses) / 3)
+    assert row["metrics"][LOSS]["std"] == pytest.approx(expected["std"])
+    assert expected["std"] == pytest.approx(0.01)  # seeds 1, 2, 3 differ by 0.01 each: sample std 0.01
+    text = markdown(summary)
+    mean = f"{expected['mean']:.4f} ± 0.0100 (n=3)"
+    assert f"| PRoLoRA | 8 (u=1, m=n=7) | 612,510 | +0.32% | 0.0002 | {mean}" in text
+    lora = mean_std(_fake_loss(c) for c in cells if c.label == "LoRA r=2")
+    claim = next(c for c in summary["claims"] if c["claim"] == "PRoLoRA > LoRA r=2")
+    assert claim["holds"] and claim["gain"] == pytest.approx(lora["mean"] - expected["mean"])  # lower wins
+    assert claim["spread"] == pytest.approx(0.0) and claim["wins"] == claim["n"] == 3  # paired: same per seed
+
+
+def test_mean_std_edge_cases():
+    assert mean_std([]) == {"mean": None, "std": None, "n": 0, "values": []}
+    assert mean_std([1.5]) == {"mean": 1.5, "std": 0.0, "n": 1, "values": [1.5]}
+    assert mean_std([1.0, 2.0, 3.0])["std"] == pytest.approx(1.0)
+
+
+def test_report_with_missing_cells(tmp_path):
+    """Unfinished cells show as not run; the report still renders."""
+    cells = build_cells(SMALL)
+    results = run_cells(cells[:3], tmp_path, FakeRunner(), log=lambda _: None)
+    text = markdown(summarize(SMALL, cells, results))
+    assert "not run" in text and "## Unshared rank" in text and "## Sharing × rotation" in text
+
+
+# --- plots ------------------------------------------------------------------------------------------------
+
+
+def test_plots_written(tmp_path):
+    cells = build_cells(SMALL)
+    results = run_cells(cells, tmp_path / "run", FakeRunner(), log=lambda _: None)
+    paths = write_plots(summarize(SMALL, cells, results), tmp_path / "report")
+    assert {p.name for p in paths} == {SCORE_VS_PARAMS, HEATMAP, TABLE4}
+    for path in paths:
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5_000
+
+
+# --- shared-chunk learning rate -------------------------------------------------------------------------
+
+
+def test_lr_shared_scale_param_groups(tmp_path):
+    """With lr_shared_scale=3 the optimizer trains A_0/B_0 at 3× the rate and A_u/B_u at the rate, through
+    the schedule (the scheduler scales both groups alike)."""
+    from peft import get_peft_model
+    from transformers import TrainingArguments
+
+    from prolora.methods import make_adapter_config
+    from prolora.train.trainer import CheckpointTrainer
+
+    model = get_peft_model(make_tiny_llama(), make_adapter_config("prolora", r=4, u=1, m=2, n=2))
+    args = TrainingArguments(output_dir=str(tmp_path), learning_rate=1e-3, max_steps=10, warmup_steps=0,
+                             lr_scheduler_type="linear", use_cpu=True, report_to="none")
+    trainer = CheckpointTrainer(model=model, args=args, lr_shared_scale=3.0)
+    trainer.create_optimizer_and_scheduler(num_training_steps=10)
+    names = {id(p): n for n, p in model.named_parameters()}
+    by_lr: dict[float, set[str]] = {}
+    for group in trainer.optimizer.param_groups:
+        kinds = {names[id(p)].split(".default")[0].rsplit(".", 1)[-1] for p in group["params"]}
+        by_lr.setdefault(round(group["lr"], 9), set()).update(kinds)
+    assert by_lr == {1e-3: {"prolora_A_u", "prolora_B_u"}, 3e-3: {"prolora_A0", "prolora_B0"}}
+    trained = sum(p.numel() for g in trainer.optimizer.param_groups for p in g["params"])
+    assert trained == sum(p.numel() for p in model.parameters() if p.requires_grad)
+    trainer.lr_scheduler.step()
+    lrs = sorted(g["lr"] for g in trainer.optimizer.param_groups)
+    assert lrs[-1] == pytest.approx(3 * lrs[0]) and lrs[0] < 1e-3
+
+
+def test_lr_shared_scale_default_keeps_one_rate(tmp_path):
+    from peft import get_peft_model
+    from transformers import TrainingArguments
+
+    from prolora.methods import make_adapter_config
+    from prolora.train.trainer import CheckpointTrainer
+
+    model = get_peft_model(make_tiny_llama(), make_adapter_config("prolora", r=4, u=1, m=2, n=2))
+    args = TrainingArguments(output_dir=str(tmp_path), learning_rate=1e-3, max_steps=10, use_cpu=True,
+                             report_to="none")
+    trainer = CheckpointTrainer(model=model, args=args)
+    trainer.create_optimizer()
+    assert {g["lr"] for g in trainer.optimizer.param_groups} == {1e-3}
+
+
+def test_lr_shared_scale_must_be_positive():
+    from prolora.train.config import TrainConfig
+
+    with pytest.raises(ValueError, match="lr_shared_scale"):
+        TrainConfig(lr_shared_scale=0)

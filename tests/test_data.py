@@ -1,0 +1,149 @@
+"""Data: the Tulu chat format, assistant-only loss masks, readers' error reports, the embedded set.
+
+Uses the real SmolLM2 tokenizer of the embedded model (EOS ``<|im_end|>``), loaded once per module.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from prolora.data import IGNORE_INDEX, encode, load_splits, read_source, render
+from prolora.data.readers import embedded_path
+
+CONVERSATION = [
+    {"role": "system", "content": "You are terse."},
+    {"role": "user", "content": "What is 2 + 3?"},
+    {"role": "assistant", "content": "2 + 3 = 5.\nSo the answer is 5."},
+    {"role": "user", "content": " And 4 + 4? "},
+    {"role": "assistant", "content": "8"},
+]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from prolora.models import load_tokenizer
+
+    return load_tokenizer()
+
+
+def trained_runs(enc) -> list[list[int]]:
+    """The maximal runs of consecutive labelled tokens."""
+    runs, current = [], []
+    for tok, label in zip(enc["input_ids"], enc["labels"]):
+        if label == IGNORE_INDEX:
+            if current:
+                runs.append(current)
+            current = []
+        else:
+            assert label == tok, "a labelled position must carry its own input token"
+            current.append(tok)
+    return runs + ([current] if current else [])
+
+
+def test_tulu_text_is_open_instruct_format(tokenizer):
+    text, _ = render(tokenizer, CONVERSATION, "tulu")
+    assert text == ("<|system|>\nYou are terse.\n<|user|>\nWhat is 2 + 3?\n<|assistant|>\n2 + 3 = 5.\n"
+                    "So the answer is 5.<|im_end|>\n<|user|>\nAnd 4 + 4?\n<|assistant|>\n8<|im_end|>\n")
+    prompt, _ = render(tokenizer, CONVERSATION[:2], "tulu", add_generation_prompt=True)
+    assert prompt.endswith("<|user|>\nWhat is 2 + 3?\n<|assistant|>\n")
+
+
+def test_tulu_loss_is_on_assistant_tokens_and_eos_only(tokenizer):
+    enc = encode(tokenizer, CONVERSATION, max_length=512, chat_format="tulu")
+    runs = trained_runs(enc)
+    assert [tokenizer.decode(run) for run in runs] == ["2 + 3 = 5.\nSo the answer is 5.<|im_end|>", "8<|im_end|>"]
+    assert all(run[-1] == tokenizer.eos_token_id for run in runs)
+    masked = [tok for tok, label in zip(enc["input_ids"], enc["labels"]) if label == IGNORE_INDEX]
+    assert tokenizer.decode(masked) == ("<|system|>\nYou are terse.\n<|user|>\nWhat is 2 + 3?\n<|assistant|>\n\n"
+                                        "<|user|>\nAnd 4 + 4?\n<|assistant|>\n\n")
+    assert len(enc["input_ids"]) == len(enc["labels"]) == len(enc["attention_mask"])
+    assert not enc["truncated"]
+
+
+def test_chat_template_loss_is_on_assistant_turns(tokenizer):
+    enc = encode(tokenizer, CONVERSATION, max_length=512, chat_format="template")
+    assert [tokenizer.decode(run) for run in trained_runs(enc)] == [
+        "2 + 3 = 5.\nSo the answer is 5.<|im_end|>", "8<|im_end|>"]
+    assert tokenizer.decode(enc["input_ids"]).startswith("<|im_start|>system\nYou are terse.<|im_end|>")
+
+
+def test_truncation_keeps_the_first_tokens(tokenizer):
+    full = encode(tokenizer, CONVERSATION, max_length=512)
+    cut = encode(tokenizer, CONVERSATION, max_length=20)
+    assert cut["truncated"] and cut["input_ids"] == full["input_ids"][:20] and cut["labels"] == full["labels"][:20]
+
+
+def write_lines(path, lines):
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return str(path)
+
+
+def test_jsonl_reader_reports_bad_records_with_line_numbers(tmp_path):
+    good = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
+    path = write_lines(tmp_path / "d.jsonl", [
+        json.dumps(good),                                                           # 1 ok
+        "{not json",                                                                # 2
+        "",                                                                         # 3 blank: ignored
+        json.dumps({"prompt": "x"}),                                                # 4 unknown format
+        json.dumps({"messages": [{"role": "user", "content": "q"},
+                                 {"role": "assistant", "content": "  "}]}),          # 5 empty answer
+        json.dumps({"messages": [{"role": "bot", "content": "q"}]}),                 # 6 unknown role
+        json.dumps({"instruction": "Add.", "input": "1 and 2", "output": "3"}),      # 7 Alpaca ok
+        json.dumps([1, 2]),                                                         # 8 not an object
+    ])
+    records, issues = read_source(path)
+    assert [r.origin for r in records] == [f"{path}:1", f"{path}:7"]
+    assert records[1].messages == [{"role": "user", "content": "Add.\n\n1 and 2"},
+                                   {"role": "assistant", "content": "3"}]
+    assert [(i.origin.rsplit(":", 1)[1], i.action) for i in issues] == [
+        ("2", "skipped"), ("4", "skipped"), ("5", "skipped"), ("6", "skipped"), ("8", "skipped")]
+    assert "Alpaca" in issues[1].problem and "assistant" in issues[2].problem and "role" in issues[3].problem
+
+
+def test_json_array_alpaca_reader(tmp_path):
+    path = tmp_path / "alpaca.json"
+    path.write_text(json.dumps([{"instruction": "Say hi.", "input": "", "output": "Hi!"}, {"output": "x"}]))
+    records, issues = read_source(str(path))
+    assert records[0].messages[0] == {"role": "user", "content": "Say hi."}
+    assert [i.origin for i in issues] == [f"{path}[1]"]
+
+
+def test_missing_file_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="data file not found"):
+        read_source(str(tmp_path / "nope.jsonl"))
+
+
+def test_splits_report_overlong_records_and_split_off_heldout(tokenizer, tmp_path):
+    long_prompt = {"messages": [{"role": "user", "content": "word " * 300}, {"role": "assistant", "content": "ok"}]}
+    long_answer = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "word " * 300}]}
+    short = [{"instruction": f"Say {i}.", "output": str(i)} for i in range(10)]
+    path = write_lines(tmp_path / "d.jsonl", [json.dumps(x) for x in [long_prompt, long_answer, *short]])
+    splits = load_splits(tokenizer, path, heldout_size=3, max_length=64)
+    assert len(splits.heldout) == 3 and len(splits.train) + len(splits.heldout) == 11
+    by_line = {i.origin.rsplit(":", 1)[1]: i for i in splits.issues}
+    assert by_line["1"].action == "skipped" and "no assistant token" in by_line["1"].problem
+    assert by_line["2"].action == "truncated"
+    assert max(len(x) for x in splits.train["input_ids"]) <= 64
+
+
+def test_no_usable_record_is_a_clear_error(tokenizer, tmp_path):
+    path = write_lines(tmp_path / "d.jsonl", ["{bad", json.dumps({"x": 1})])
+    with pytest.raises(ValueError, match="no usable training example in .*d.jsonl:1"):
+        load_splits(tokenizer, path, heldout_size=0)
+
+
+def test_embedded_set_is_small_licensed_and_clean(tokenizer):
+    folder = os.path.dirname(embedded_path("train"))
+    assert {"LICENSE", "SOURCE.md", "flan_cot_train.jsonl", "flan_cot_heldout.jsonl"} <= set(os.listdir(folder))
+    assert sum(os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder)) < 5_000_000
+    train, train_issues = read_source(None, "train")
+    heldout, heldout_issues = read_source(None, "heldout")
+    assert len(train) > 4000 and len(heldout) == 128 and not train_issues and not heldout_issues
+    def sources(split):
+        with open(embedded_path(split), encoding="utf-8") as f:
+            return {json.loads(line)["source"] for line in f}
+
+    assert not sources("train") & sources("heldout")

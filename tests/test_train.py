@@ -1,0 +1,245 @@
+"""Training: outputs, resume equality, interrupt, configuration, DDP on two CPU processes, generation.
+
+Runs on a tiny random Llama with a tiny byte-level BPE tokenizer, both saved to a temporary directory
+so that subprocesses (torchrun) load them like any local model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import make_tiny_llama
+
+from prolora.train import TrainConfig, train
+from prolora.train.config import add_config_arguments, parse_target_modules, resolve_config
+from prolora.train.trainer import JsonlLogCallback
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """``(model_dir, data_file)``: a saved tiny Llama + tokenizer, and 96 short arithmetic conversations."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    root = tmp_path_factory.mktemp("tiny")
+    records = [{"messages": [{"role": "user", "content": f"What is {a} plus {b}?"},
+                             {"role": "assistant", "content": f"{a} + {b} = {a + b}."}]}
+               for a in range(12) for b in range(8)]
+    data = root / "data.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in records))
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    corpus = ["<|user|>\n<|assistant|>\n"] + [m["content"] for r in records for m in r["messages"]]
+    bpe.train_from_iterator(corpus, trainers.BpeTrainer(
+        vocab_size=320, special_tokens=["<pad>", "</s>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="</s>", pad_token="<pad>")
+    model_dir = root / "model"
+    make_tiny_llama(vocab_size=len(tokenizer)).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    return str(model_dir), str(data)
+
+
+def config(tiny, out, **overrides) -> TrainConfig:
+    model, data = tiny
+    values = {"model": model, "data": data, "output_dir": str(out), "max_steps": 6, "batch_size": 4,
+              "micro_batch_size": 2, "max_length": 64, "heldout_size": 8, "logging_steps": 1, "save_steps": 3}
+    return TrainConfig(**{**values, **overrides})
+
+
+def adapter_tensors(path: str) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(os.path.join(path, "adapter_model.safetensors"))
+
+
+def steps_logged(run_dir) -> list[int]:
+    with open(os.path.join(run_dir, "train_log.jsonl"), encoding="utf-8") as f:
+        return [json.loads(line)["step"] for line in f]
+
+
+def test_train_writes_adapter_config_log_and_summary(tiny, tmp_path):
+    out = tmp_path / "run"
+    summary = train(config(tiny, out, learning_rate=1e-2))
+    assert sorted(os.listdir(out)) == ["adapter", "checkpoint-3", "checkpoint-6", "run_config.json",
+                                       "summary.json", "train_log.jsonl"]
+    assert json.loads((out / "summary.json").read_text()) == pytest.approx(summary)
+    run_config = json.loads((out / "run_config.json").read_text())
+    assert run_config["method"] == "prolora" and run_config["gradient_accumulation_steps"] == 2
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in log] == [1, 2, 3, 4, 5, 6]
+    assert all({"loss", "learning_rate", "grad_norm", "train_tokens_per_second"} <= set(e) for e in log)
+    assert summary["steps"] == 6 and summary["interrupted"] is None and summary["world_size"] == 1
+    assert summary["trainable_params"] < summary["lora_same_rank_params"]
+    assert summary["adapter_file_bytes"] == os.path.getsize(out / "adapter" / "adapter_model.safetensors")
+    assert summary["heldout_examples"] == 8
+    assert summary["heldout_loss_adapter"] < summary["heldout_loss_base"]
+    assert summary["tokens_per_s"] > 0 and summary["train_tokens"] > 0
+
+
+def test_resume_reaches_the_same_adapter(tiny, tmp_path):
+    full = tmp_path / "full"
+    train(config(tiny, full))
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    shutil.copytree(full / "checkpoint-3", resumed / "checkpoint-3")  # what an interrupted run leaves
+    summary = train(config(tiny, resumed, resume=True))
+    assert summary["steps"] == 6 and steps_logged(resumed) == [4, 5, 6]  # trained from the checkpoint on
+    a, b = adapter_tensors(str(full / "adapter")), adapter_tensors(str(resumed / "adapter"))
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], atol=1e-6, rtol=0)
+
+
+def test_sigint_saves_adapter_and_checkpoint_then_resume_finishes(tiny, tmp_path, monkeypatch):
+    on_log = JsonlLogCallback.on_log
+
+    def interrupt_at_step_2(self, args, state, control, logs=None, **kwargs):
+        on_log(self, args, state, control, logs=logs, **kwargs)
+        if state.global_step == 2:
+            signal.raise_signal(signal.SIGINT)
+
+    monkeypatch.setattr(JsonlLogCallback, "on_log", interrupt_at_step_2)
+    out = tmp_path / "run"
+    summary = train(config(tiny, out, save_steps=100))
+    assert summary["interrupted"] == "SIGINT" and summary["steps"] == 3  # the step under way finishes
+    assert (out / "checkpoint-3").is_dir() and (out / "adapter" / "adapter_model.safetensors").is_file()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+    monkeypatch.undo()
+    assert train(config(tiny, out, save_steps=100, resume=True))["steps"] == 6
+    assert steps_logged(out) == [1, 2, 3, 4, 5, 6]
+
+
+def test_existing_checkpoints_need_resume_and_resume_needs_checkpoints(tiny, tmp_path):
+    (tmp_path / "old" / "checkpoint-2").mkdir(parents=True)
+    with pytest.raises(FileExistsError, match="checkpoint-2; pass --resume"):
+        train(config(tiny, tmp_path / "old"))
+    with pytest.raises(FileNotFoundError, match="no checkpoint-N directory"):
+        train(config(tiny, tmp_path / "empty", resume=True))
+
+
+def parse(argv):
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser)
+    return resolve_config(parser.parse_args(argv))
+
+
+def test_defaults_are_appendix_a2():
+    c = TrainConfig()
+    assert (c.method, c.r, c.unshared_r, c.sharing_rate_a, c.sharing_rate_b) == ("prolora", 8, 1, 7, 7)
+    assert (c.lora_alpha, c.lora_dropout, c.target_modules) == (16, 0.1, "all-linear")
+    assert (c.batch_size, c.max_length, c.learning_rate, c.weight_decay, c.max_grad_norm) == (16, 512, 2e-4, 0, 0.3)
+    assert (c.lr_scheduler, c.warmup_ratio, c.group_by_length) == ("linear", 0.03, True)
+
+
+def test_flags_override_config_file(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("method: lora\nr: 4\nlearning_rate: 0.001\ntarget_modules: [q_proj, v_proj]\n")
+    cfg = parse(["--config", str(path), "--r", "2", "--u", "0", "--m", "4", "--no-group-by-length"])
+    assert (cfg.method, cfg.r, cfg.learning_rate, cfg.unshared_r, cfg.sharing_rate_a) == ("lora", 2, 1e-3, 0, 4)
+    assert cfg.target_modules == ["q_proj", "v_proj"] and cfg.group_by_length is False
+    assert (cfg.sharing_rate_b, cfg.lora_alpha) == (7, 16)  # untouched fields keep their defaults
+    json_path = tmp_path / "run.json"
+    json_path.write_text(json.dumps({"lr": 1}))
+    with pytest.raises(ValueError, match=r"unknown keys \['lr'\]"):
+        parse(["--config", str(json_path)])
+
+
+def test_bad_values_name_the_value_and_the_fix():
+    with pytest.raises(ValueError, match="batch_size=16 is not a multiple of micro_batch_size=5"):
+        TrainConfig(micro_batch_size=5)
+    with pytest.raises(ValueError, match="method='dora' is not one of"):
+        TrainConfig(method="dora")
+    assert parse_target_modules("q_proj, v_proj") == ["q_proj", "v_proj"]
+    assert parse_target_modules(r".*\.(q|v)_proj") == r".*\.(q|v)_proj"
+
+
+def test_ddp_two_cpu_processes_keep_identical_adapters(tiny, tmp_path):
+    model, data = tiny
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "prolora.cli", "train",
+           "--model", model, "--data", data, "--output-dir", str(out), "--max-steps", "3", "--batch-size", "4",
+           "--micro-batch-size", "1", "--max-length", "64", "--heldout-size", "8", "--save-steps", "2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["adapter_identical_across_ranks"] is True
+    assert summary["steps"] == 3 and (out / "checkpoint-2" / "rng_state_1.pth").is_file()
+    assert json.loads((out / "run_config.json").read_text())["gradient_accumulation_steps"] == 2
+
+
+def test_generate_with_named_adapters_and_base(tiny, tmp_path):
+    from prolora.train.generation import load_generator
+
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    train(config(tiny, a, max_steps=2, heldout_size=0, learning_rate=1e-2))
+    train(config(tiny, b, max_steps=2, heldout_size=0, method="rolora"))
+    train(config(tiny, c, max_steps=2, heldout_size=0, method="lora"))
+    with pytest.raises(ValueError, match="different peft types"):  # one PeftModel holds one adapter type
+        load_generator(None, [str(a), str(c)], None)
+    generator = load_generator(None, [str(a), f"second={b}"], None)
+    assert generator.adapters == ["a", "second"] and generator.active == "a"
+    messages = [{"role": "user", "content": "What is 3 plus 4?"}]
+    first = generator.reply(messages, max_new_tokens=5)
+    assert 0 < first.new_tokens <= 5 and first.tokens_per_s > 0
+    assert generator.reply(messages, max_new_tokens=5).text == first.text  # greedy: deterministic
+    generator.use(None)
+    assert generator.active is None and generator.reply(messages, max_new_tokens=5).new_tokens > 0
+    generator.use("second")
+    assert generator.active == "second" and generator.reply(messages, max_new_tokens=5).new_tokens > 0
+    with pytest.raises(ValueError, match="no adapter named 'c'; loaded: a, second"):
+        generator.use("c")
+
+
+def test_nf4_base_trains_every_adapter_layer_even_after_an_eval_forward(tiny, tmp_path):
+    from prolora.train.run import load_base_model
+
+    base = load_base_model(tiny[0], "nf4")
+    base.eval()
+    with torch.no_grad():  # the bitsandbytes CPU trap: an eval-mode forward before training
+        base(input_ids=torch.tensor([[1, 2, 3]]))
+    out = tmp_path / "nf4"
+    summary = train(config(tiny, out, max_steps=2, learning_rate=1e-2, quantization="nf4"), base_model=base)
+    assert summary["quantization"] == "nf4"
+    b_tensors = {k: v for k, v in adapter_tensors(str(out / "adapter")).items() if "_B" in k}
+    assert len(b_tensors) == 28  # B_0 and B_u of 7 projections × 2 layers; all start at zero
+    assert all(v.abs().sum() > 0 for v in b_tensors.values())
+
+
+@pytest.mark.parametrize("method, expected", [
+    ("lora", {"r": 8}),
+    ("prolora", {"r": 8, "unshared_r": 1, "sharing_rate_a": 7, "sharing_rate_b": 7, "rotation": True,
+                 "init": "rectified"}),
+    ("clora", {"unshared_r": 0, "rotation": False}),
+    ("rolora", {"unshared_r": 0, "rotation": True}),
+    ("prolora-r", {"unshared_r": 1, "rotation": False}),
+    ("prolora-i", {"unshared_r": 1, "rotation": True, "init": "vanilla"}),
+])
+def test_method_presets(method, expected):
+    from prolora.methods import make_adapter_config
+
+    cfg = make_adapter_config(method)
+    assert {k: getattr(cfg, k) for k in expected} == expected
+    assert (cfg.lora_alpha, cfg.lora_dropout, cfg.target_modules) == (16, 0.1, "all-linear")
+    with pytest.raises(ValueError, match="unknown method 'dora'; choose one of prolora, lora"):
+        make_adapter_config("dora")
+
+
+def test_train_help_lists_the_flags(capsys):
+    from prolora.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--help"])
+    assert exit_.value.code == 0
+    text = capsys.readouterr().out
+    assert all(flag in text for flag in ("--sharing-rate-a", "--m SHARING_RATE_A", "--warmup-ratio", "--resume"))
