@@ -17,6 +17,7 @@ from .peft_shim import PROLORA, register
 
 register()
 
+from . import baselines  # noqa: F401  (registers the Tied-LoRA baseline with peft too)
 from .api import get_prolora_model
 from .io import export_lora
 

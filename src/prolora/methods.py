@@ -11,6 +11,9 @@ name           what it is                                                       
 ``rolora``     RoLoRA: broadcast + rotation (Eq. 3): u = 0                          ``PRoLoRAConfig``
 ``prolora-r``  PRoLoRA^-r (Table 4): PRoLoRA without rotation                       ``PRoLoRAConfig``
 ``prolora-i``  PRoLoRA^-i (Table 4): PRoLoRA with vanilla Kaiming init of A_0       ``PRoLoRAConfig``
+``vera``       VeRA (Kopiczko et al., 2023): frozen shared random A, B; trains      ``peft.VeraConfig``
+               scaling vectors (docs/baselines.md)
+``tied-lora``  Tied-LoRA (Renduchintala et al., 2023) on q/k/v, as the paper ran it   ``TiedLoRAConfig``
 =============  ===================================================================  ===================
 
 The defaults ``r=8, u=1, m=n=7`` are the paper's PRoLoRA setting at the trainable-parameter budget of
@@ -21,7 +24,7 @@ and never the output head.
 
 from __future__ import annotations
 
-METHODS: tuple[str, ...] = ("prolora", "lora", "clora", "rolora", "prolora-r", "prolora-i")
+METHODS: tuple[str, ...] = ("prolora", "lora", "clora", "rolora", "prolora-r", "prolora-i", "vera", "tied-lora")
 
 # PRoLoRAConfig keyword overrides of each PRoLoRA-family preset (applied after r, u, m, n).
 _PROLORA_VARIANTS: dict[str, dict] = {
@@ -66,6 +69,16 @@ def make_adapter_config(
         from peft import LoraConfig
 
         return LoraConfig(**common)
+    if method == "vera":
+        from prolora.baselines import make_vera_config
+
+        return make_vera_config(r=r, target_modules=target_modules, vera_dropout=lora_dropout, task_type=task_type)
+    if method == "tied-lora":
+        from prolora.baselines import make_tied_lora_config
+
+        targets = None if target_modules == "all-linear" else target_modules  # None: q/k/v (paper Section 4.1)
+        return make_tied_lora_config(r=r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
+                                     target_modules=targets, task_type=task_type)
     if method not in _PROLORA_VARIANTS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     from prolora import PRoLoRAConfig
