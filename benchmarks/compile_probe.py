@@ -4,7 +4,7 @@ Standalone, not part of ``run.py`` (compiling takes ~30 s per shape on 2 cores):
 
     python benchmarks/compile_probe.py [--hidden 576] [--rank 8] [--tokens 1]
 
-Times, interleaved, the adapter math of one layer without autograd: the cached expanded factors (two
+Times, interleaved (thread CPU time, one torch thread), the adapter math of one layer without autograd: the cached expanded factors (two
 ``F.linear``), :func:`prolora.method.equations.chunked_adapter_forward` plus the unshared ranks (eager), and
 the same function compiled with ``torch.compile(dynamic=False)``. Prints ratios to the cached path.
 """
@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from prolora.method import equations as eq
 
-from .timing import Stat, interleaved, ratio
+from .timing import Stat, interleaved, ratio, use_thread_cpu_time
 
 
 def main(argv=None) -> int:
@@ -36,6 +36,7 @@ def main(argv=None) -> int:
     parser.add_argument("--tokens", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
+    use_thread_cpu_time(True)  # one thread: its CPU time, not the other jobs' time
     h, r, u, m = args.hidden, args.rank, 1, 7
     shared, stride = r - u, eq.default_stride(r, u, m)
     gen = torch.Generator().manual_seed(0)

@@ -2,10 +2,10 @@
 
 CPU PyTorch keeps no allocator statistics, so :func:`peak_tensor_bytes` runs the callable once under
 ``torch.profiler`` with ``profile_memory=True``: every CPU allocation and free made by PyTorch inside the
-region is recorded with its size, and the peak of their running sum is the largest number of bytes that
-the region held at once (activations saved for backward, temporaries, gradients). Tensors that existed
-before the region (inputs, frozen weights, the adapter parameters themselves) are not counted. The result
-is deterministic: memory is measured once, not repeated.
+region is recorded with its size and address, and the peak of the running sum of the blocks allocated in
+the region is the largest number of bytes that the region held at once (activations saved for backward,
+temporaries, gradients). Tensors that existed before the region (inputs, frozen weights, the adapter
+parameters themselves) are not counted. The result is deterministic: memory is measured once, not repeated.
 """
 
 from __future__ import annotations

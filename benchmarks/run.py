@@ -1,7 +1,7 @@
 """Run the benchmarks and write the markdown report (one command; not part of the test suite).
 
-    python benchmarks/run.py                 # everything, ≈ 15 min on 2 shared cores → docs/benchmarks.md
-    python benchmarks/run.py --quick         # fewer shapes and repeats, ≈ 3 min
+    python benchmarks/run.py                 # everything → docs/benchmarks.md (+ docs/benchmarks/*.png)
+    python benchmarks/run.py --quick         # fewer shapes and repeats
     python benchmarks/run.py --sections layer,size --out /tmp/report.md
 
 Sections: ``layer`` (one adapted linear layer), ``model`` (SmolLM2-135M training and generation),
@@ -29,7 +29,7 @@ SECTIONS = ("layer", "model", "size", "scaling")
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="fewer shapes and repeats (≈ 3 min)")
+    parser.add_argument("--quick", action="store_true", help="fewer shapes and repeats")
     parser.add_argument("--sections", default=",".join(SECTIONS),
                         help=f"comma-separated subset of {','.join(SECTIONS)}")
     parser.add_argument("--threads", type=int, default=1,

@@ -147,3 +147,9 @@ def test_embedded_set_is_small_licensed_and_clean(tokenizer):
             return {json.loads(line)["source"] for line in f}
 
     assert not sources("train") & sources("heldout")
+
+
+def test_unknown_dataset_name_offline_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    with pytest.raises(FileNotFoundError, match="not a local file, and loading it as a Hugging Face dataset failed"):
+        read_source("no-such-user/no-such-dataset:train")

@@ -201,6 +201,24 @@ def test_generate_with_named_adapters_and_base(tiny, tmp_path):
         generator.use("c")
 
 
+def test_chat_reads_turns_and_commands_from_stdin(tiny, tmp_path, monkeypatch, capsys):
+    import argparse
+    import io
+
+    from prolora.train import chat_cmd
+
+    run = tmp_path / "run"
+    train(config(tiny, run, max_steps=1, heldout_size=0))
+    parser = argparse.ArgumentParser()
+    chat_cmd.add_arguments(parser)
+    args = parser.parse_args(["--adapter", str(run), "--max-new-tokens", "3"])
+    monkeypatch.setattr("sys.stdin", io.StringIO("What is 1 plus 2?\n/use nope\n/use base\nAnd 2 plus 2?\n/exit\n"))
+    capsys.readouterr()
+    assert chat_cmd.run(args) == 0
+    captured = capsys.readouterr()
+    assert captured.err.count("tokens/s]") == 2 and "no adapter named 'nope'; loaded: run" in captured.err
+
+
 def test_nf4_base_trains_every_adapter_layer_even_after_an_eval_forward(tiny, tmp_path):
     from prolora.train.run import load_base_model
 
@@ -211,6 +229,7 @@ def test_nf4_base_trains_every_adapter_layer_even_after_an_eval_forward(tiny, tm
     out = tmp_path / "nf4"
     summary = train(config(tiny, out, max_steps=2, learning_rate=1e-2, quantization="nf4"), base_model=base)
     assert summary["quantization"] == "nf4"
+    assert summary["lora_same_rank_params"] == 8 * 2 * (96 + 64 + 64 + 96 + 128 + 128 + 128)  # r·Σ(h+o), 4-bit layers
     b_tensors = {k: v for k, v in adapter_tensors(str(out / "adapter")).items() if "_B" in k}
     assert len(b_tensors) == 28  # B_0 and B_u of 7 projections × 2 layers; all start at zero
     assert all(v.abs().sum() > 0 for v in b_tensors.values())

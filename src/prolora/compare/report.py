@@ -136,6 +136,7 @@ def summarize(preset: Preset, cells: list[Cell], results: dict[str, dict], comma
                    if preset.table4 else None),
         "claims": _claims(preset, rows, metric),
         "cells": [{"key": k, "groups": list(dict.fromkeys(groups[k])), "label": c.label, "seed": c.seed,
+                   "lr": c.train["learning_rate"],
                    "params": c.params, "finished": k in results,
                    "seconds": results[k]["seconds"] if k in results else None,
                    "metrics": _metrics_of(results[k]) if k in results else None} for k, c in first.items()],
@@ -225,14 +226,15 @@ def markdown(summary: dict) -> str:
         lines += _grid_table(summary["table4"], "share \\ rotate", str)
     intro = ("Every distinct training run once, with the groups that use it and its wall time (training, "
              "held-out evaluation and, for a process's first cell, loading the base model).")
-    lines += ["", "## Cells", "", intro, "", f"| Groups | Label | Seed | Params | Seconds | {metric} |",
-              "|---|---|---|---|---|---|"]
+    lines += ["", "## Cells", "", intro, "", f"| Groups | Label | Seed | lr | Params | Seconds | {metric} |",
+              "|---|---|---|---|---|---|---|"]
     for c in summary["cells"]:
         value = (c["metrics"] or {}).get(metric)
         value = "—" if value is None else f"{value:.4f}"
         secs = "not run" if c["seconds"] is None else f"{c['seconds']:.0f}"
         groups = ", ".join(c["groups"])
-        lines.append(f"| {groups} | {c['label']} | {c['seed']} | {c['params']:,} | {secs} | {value} |")
+        lines.append(f"| {groups} | {c['label']} | {c['seed']} | {c['lr']:g} | {c['params']:,} | {secs} | "
+                     f"{value} |")
     if summary["notes"]:
         lines += ["", "## Notes", ""] + [f"- {note}" for note in summary["notes"]]
     return "\n".join(lines) + "\n"

@@ -37,25 +37,28 @@ def run(args) -> int:
     messages = list(start)
     print(f"adapters: {', '.join(generator.adapters) or 'none'}; answering with "
           f"{generator.active or 'the base model'}. /use NAME, /reset, /exit", file=sys.stderr)
-    for line in _lines():
-        line = line.strip()
-        if not line:
-            continue
-        if line == "/exit":
-            break
-        if line == "/reset":
-            messages = list(start)
-            continue
-        if line.startswith("/use "):
-            name = line.split(maxsplit=1)[1]
-            try:
-                generator.use(None if name == "base" else name)
-            except ValueError as exc:
-                print(exc, file=sys.stderr)
-            continue
-        messages.append({"role": "user", "content": line})
-        reply = generator.reply(messages, args.max_new_tokens, args.temperature)
-        messages.append({"role": "assistant", "content": reply.text})
-        print(reply.text)
-        print(f"[{reply.new_tokens} tokens, {reply.tokens_per_s:.1f} tokens/s]", file=sys.stderr)
+    try:
+        for line in _lines():
+            line = line.strip()
+            if not line:
+                continue
+            if line == "/exit":
+                break
+            if line == "/reset":
+                messages = list(start)
+                continue
+            if line.startswith("/use "):
+                name = line.split(maxsplit=1)[1]
+                try:
+                    generator.use(None if name == "base" else name)
+                except ValueError as exc:
+                    print(exc, file=sys.stderr)
+                continue
+            messages.append({"role": "user", "content": line})
+            reply = generator.reply(messages, args.max_new_tokens, args.temperature)
+            messages.append({"role": "assistant", "content": reply.text})
+            print(reply.text)
+            print(f"[{reply.new_tokens} tokens, {reply.tokens_per_s:.1f} tokens/s]", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
     return 0

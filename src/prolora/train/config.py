@@ -22,9 +22,9 @@ from prolora.methods import METHODS
 
 DEFAULT_MAX_STEPS = 30
 DEFAULT_STEPS_REASON = (
-    "the paper trains 10k steps on an A100; 30 steps of 16 examples (about 75k tokens of the embedded set) "
-    "take about 6 minutes on an idle 2-core CPU, at the ~220 tokens/s measured there for SmolLM2-135M with "
-    "PRoLoRA, and bring the held-out loss clearly below the base model's"
+    "the paper trains 10k steps on an A100; 30 steps of 16 examples (about 90k tokens of the embedded set) "
+    "take about 8-9 minutes on a 2-core CPU at the ~190 tokens/s measured there for SmolLM2-135M, and lower "
+    "the held-out loss below the base model's (longer under CPU contention)"
 )
 QUANTIZATION = ("auto", "nf4", "none")
 

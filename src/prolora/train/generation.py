@@ -8,6 +8,7 @@ active at a time (:meth:`Generator.use`); ``None`` means the base model alone.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -69,10 +70,10 @@ class Generator:
         self.tokenizer = load_tokenizer(model_name)
         self.chat_format = chat_format
         model = load_base_model(model_name, "none")
-        for i, spec in enumerate(adapters):
-            if i == 0:
-                model = PeftModel.from_pretrained(model, spec.path, adapter_name=spec.name)
-            else:
+        if adapters:
+            first, *rest = adapters
+            model = PeftModel.from_pretrained(model, first.path, adapter_name=first.name)
+            for spec in rest:
                 model.load_adapter(spec.path, adapter_name=spec.name)
         self.model = model.eval()
         self.adapters = [spec.name for spec in adapters]
@@ -92,8 +93,6 @@ class Generator:
 
     def reply(self, messages: list[dict], max_new_tokens: int = 256, temperature: float = 0.0) -> Reply:
         """Continue ``messages`` with an assistant turn; greedy when ``temperature`` is 0."""
-        import contextlib
-
         import torch
 
         from prolora.data.chat import render

@@ -65,7 +65,8 @@ def load_base_model(name: str | None, quantization: str):
 
     from prolora.models import load_model, resolve_model
 
-    dense = {"quantization_config": GgufConfig(dequantize=True)} if "gguf_file" in resolve_model(name)[1] else {}
+    path, kwargs = resolve_model(name)
+    dense = {"quantization_config": GgufConfig(dequantize=True)} if "gguf_file" in kwargs else {}
     if quantization == "none":
         return load_model(name, **dense)
     from peft import prepare_model_for_kbit_training
@@ -80,6 +81,7 @@ def load_base_model(name: str | None, quantization: str):
         with tempfile.TemporaryDirectory(prefix="prolora-dense-") as tmp:
             load_model(name, **dense).save_pretrained(tmp)
             model = load_model(tmp, **nf4)
+        model.config.name_or_path = model.name_or_path = path  # recorded in adapters, not the temporary dir
     else:
         model = load_model(name, **nf4)
     if not cuda:
@@ -301,6 +303,7 @@ def train(config: TrainConfig, *, base_model=None, adapter_config=None) -> dict:
 
     set_seed(config.seed)  # the adapter's random initialisation
     model = base_model if base_model is not None else load_base_model(config.model, quantization)
+    lora = count_parameters(model, "lora", r=config.r, target_modules=config.target_modules)  # before wrapping
     from peft import get_peft_model
 
     model = get_peft_model(model, adapter_config or make_adapter_config(
@@ -325,7 +328,6 @@ def train(config: TrainConfig, *, base_model=None, adapter_config=None) -> dict:
     state = trainer.state
     steps_logged = [e for e in state.log_history if "loss" in e]
     fingerprints = gather_object([adapter_fingerprint(model)])
-    lora = count_parameters(config.model, "lora", r=config.r, target_modules=config.target_modules)
     summary = {
         "method": config.method, "model": config.model or DEFAULT_MODEL, "r": config.r,
         "output_dir": output_dir, "adapter_dir": adapter_dir,
