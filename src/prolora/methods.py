@@ -34,6 +34,7 @@ _PROLORA_VARIANTS: dict[str, dict] = {
     "prolora-r": {"rotation": False},
     "prolora-i": {"init": "vanilla"},
 }
+PROLORA_METHODS: tuple[str, ...] = tuple(_PROLORA_VARIANTS)  # the presets that use u, m and n
 
 
 def make_adapter_config(

@@ -103,6 +103,11 @@ class TrainConfig:
             choices = f.metadata.get("choices")
             if choices and getattr(self, f.name) not in choices:
                 raise ValueError(f"{f.name}={getattr(self, f.name)!r} is not one of {', '.join(choices)}")
+        if self.unshared_r > self.r:
+            raise ValueError(f"unshared_r={self.unshared_r} exceeds r={self.r}: use 0 ≤ --u ≤ --r")
+        for name in ("sharing_rate_a", "sharing_rate_b"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)!r} must be at least 1 (number of chunks)")
         if self.lr_shared_scale <= 0:
             raise ValueError(f"lr_shared_scale={self.lr_shared_scale!r} must be positive")
         if not 0 <= self.warmup_ratio < 1:

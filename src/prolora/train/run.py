@@ -23,6 +23,7 @@ import importlib.util
 import os
 import time
 
+from prolora.methods import PROLORA_METHODS
 from prolora.models import DEFAULT_MODEL
 
 from .config import DEFAULT_MAX_STEPS, DEFAULT_STEPS_REASON, TrainConfig, default_output_dir
@@ -177,7 +178,7 @@ def _plan(config: TrainConfig, args, quantization: str, splits, world_size: int)
         why = "no CUDA GPU" if not torch.cuda.is_available() else "--quantization none"
         precision = f"full-precision float32 base ({why}; QLoRA's 4-bit NF4 with --quantization nf4)"
     adapter = f"{config.method} r={config.r}"
-    if config.method != "lora":
+    if config.method in PROLORA_METHODS:
         adapter += f" u={config.unshared_r} m={config.sharing_rate_a} n={config.sharing_rate_b}"
     held = f" / {len(splits.heldout):,} held-out" if splits.heldout is not None else ", no held-out split"
     lines = [
