@@ -177,6 +177,14 @@ def test_prolora_adapter_row_and_base_row(tiny, tmp_path):
     assert base["logprobs"] != pytest.approx(pro["logprobs"], abs=1e-3)
 
 
+def test_loss_alone(tiny, tmp_path):
+    assert main(["eval", "--model", str(tiny / "model"), "--tasks", "none", "--loss-data", str(tiny / "heldout.jsonl"),
+                 "--output-dir", str(tmp_path)]) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["benchmarks"] == [] and set(results["runs"][0]["scores"]) == {"loss"}
+    assert results["runs"][0]["scores"]["loss"]["examples"] == 2 and results["runs"][0]["average"] is None
+
+
 def test_a_run_that_stops_early_keeps_the_finished_benchmarks(tiny, tmp_path, monkeypatch):
     from prolora.eval.benchmarks import humaneval
 
@@ -199,3 +207,5 @@ def test_cli_errors_name_the_problem(tmp_path, capsys):
     assert "GSM8K test file not found" in err and "--gsm8k PATH" in err
     assert main(["eval", "--tasks", "mmlu,squad", "--output-dir", str(tmp_path)]) == 2
     assert "unknown benchmark(s) ['squad']" in capsys.readouterr().err
+    assert main(["eval", "--tasks", "none", "--output-dir", str(tmp_path)]) == 2
+    assert "add --loss-data" in capsys.readouterr().err

@@ -28,7 +28,8 @@ def add_arguments(parser) -> None:
 
     data = parser.add_argument_group("data (the standard file formats; docs/eval.md shows the layout)")
     data.add_argument("--tasks", default=",".join(_BENCHMARKS),
-                      help=f"comma-separated benchmarks out of {','.join(_BENCHMARKS)} (default: all)")
+                      help=f"comma-separated benchmarks out of {','.join(_BENCHMARKS)} (default: all); 'none' with "
+                           "--loss-data for the held-out loss alone")
     data.add_argument("--data-dir", help="folder with mmlu/, bbh/, gsm8k/, tydiqa/, humaneval/ in the standard layout")
     for name, what in (("mmlu", "MMLU folder with test/ (and dev/)"), ("bbh", "BBH folder with bbh/ and cot-prompts/"),
                        ("gsm8k", "GSM8K test.jsonl"), ("tydiqa", "TyDi QA GoldP folder with dev/ (and train/)"),
@@ -68,11 +69,16 @@ def add_arguments(parser) -> None:
     parser.add_argument("--output-dir", required=True, help="where results.json, results.md and predictions/ go")
 
 
-def _benchmarks(spec: str) -> list[str]:
+def _benchmarks(spec: str, loss_data: str | None) -> list[str]:
+    if spec.strip() == "none":
+        if not loss_data:
+            raise ValueError("--tasks none leaves nothing to evaluate; add --loss-data SOURCE or name benchmarks")
+        return []
     names = [n.strip() for n in spec.split(",") if n.strip()]
     unknown = [n for n in names if n not in _BENCHMARKS]
     if unknown or not names:
-        raise ValueError(f"--tasks {spec!r}: unknown benchmark(s) {unknown}; choose from {','.join(_BENCHMARKS)}")
+        raise ValueError(f"--tasks {spec!r}: unknown benchmark(s) {unknown}; choose from {','.join(_BENCHMARKS)} "
+                         "or 'none'")
     return names
 
 
@@ -80,7 +86,7 @@ def run(args) -> int:
     from .sources import DataSources
 
     try:
-        benchmarks = _benchmarks(args.tasks)
+        benchmarks = _benchmarks(args.tasks, args.loss_data)
         sources = DataSources.from_dir(args.data_dir, **{name: getattr(args, name) for name in _BENCHMARKS})
         if args.loss_data and args.chat_format == "none":
             raise ValueError("--loss-data uses the training chat format; pass --chat-format tulu or template")
