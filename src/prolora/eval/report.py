@@ -39,10 +39,14 @@ def _cell(value, fmt=".2f") -> str:
 
 
 def markdown(results: dict) -> str:
-    """The results as markdown: the paper-style table, the breakdowns, and the timings."""
+    """The results as markdown: the paper-style table (columns of the benchmarks that ran; Avg. when all
+    did), the breakdowns, and the timings."""
     runs = results["runs"]
-    has_loss = any("loss" in run["scores"] for run in runs)
-    headers = ["Run"] + [h for h, _, _ in COLUMNS] + ["Avg."] + (["Held-out loss"] if has_loss else [])
+    columns = [c for c in COLUMNS if c[1] in results["benchmarks"]]
+    has_average = len(columns) == len(COLUMNS)
+    has_loss = results["config"]["loss_data"] is not None
+    headers = (["Run"] + [h for h, _, _ in columns] + (["Avg."] if has_average else [])
+               + (["Held-out loss"] if has_loss else []))
     config = results["config"]
     intro = (f"Chat format `{config['chat_format']}`, limit {config['limit'] or 'none'} per sub-task, "
              f"seed {config['seed']}. Scores in percent."
@@ -51,8 +55,9 @@ def markdown(results: dict) -> str:
              "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for run in runs:
         scores = run["scores"]
-        row = [run["label"]] + [_cell(scores.get(bench, {}).get(metric)) for _, bench, metric in COLUMNS]
-        row.append(_cell(run["average"]))
+        row = [run["label"]] + [_cell(scores.get(bench, {}).get(metric)) for _, bench, metric in columns]
+        if has_average:
+            row.append(_cell(run["average"]))
         if has_loss:
             row.append(_cell(scores.get("loss", {}).get("loss"), ".4f"))
         lines.append("| " + " | ".join(row) + " |")
