@@ -1,25 +1,26 @@
 """Section 2 — the embedded SmolLM2-135M: training throughput, peak RSS, generation speed.
 
-Training: LoRA r=8 (same rank), PRoLoRA r=8/u=1/m=n=7 (as is, and with the core change proposed in
-``prototype.py``) and LoRA r=2 (same budget) on all block linears, each on its own copy of the base model,
-one AdamW step per block, interleaved rounds, at two sequence lengths (the fixed per-module cost of
-building A and B weighs more on short steps). Batches are fixed random token ids (throughput does not
-depend on the text). Dropout 0.1 as in the paper.
+Training: LoRA r=8 (same rank), PRoLoRA r=8/u=1/m=n=7 (the library default, and with
+``set_lean_backward(False)``: plain autograd over the same gathers) and LoRA r=2 (same budget) on all block
+linears, each on its own copy of the base model, one AdamW step per block, interleaved rounds, at several
+step sizes: short steps (1 × 32 and 1 × 128 tokens), where the fixed per-module Python cost weighs most,
+and the training defaults' size (micro-batch 4 × 128 = 512 tokens; the trainer's defaults are micro-batch
+4 × up to 512 tokens). Batches are fixed random token ids (throughput does not depend on the text).
+Dropout 0.1 as in the paper.
 
 Peak RSS: one fresh subprocess per variant and repeat (interleaved), because a process's peak RSS cannot
 be shared between variants. Each child loads the base model (saved once by the parent), resets its peak
-RSS counter (``/proc/self/clear_refs``), wraps the adapter and runs the same training steps; reported are
-the peak RSS and its increase over the loaded base model.
+RSS counter (``/proc/self/clear_refs``), wraps the adapter and runs training steps at the largest step
+size; reported are the peak RSS and its increase over the loaded base model.
 
 Generation: greedy decoding of a fixed number of new tokens (batch 1, KV cache on) with no adapter, and
 with the LoRA r=8 and PRoLoRA r=8 adapters just trained (so ΔW ≠ 0) unmerged (PRoLoRA with its
-expanded-factor cache, computing from the chunks, and with the proposed patch) and merged into the base weights (``merge_adapter``),
-interleaved rounds of one ``generate`` call each.
+expanded-factor cache, the default, and computing from the chunks) and merged into the base weights
+(``merge_adapter``), interleaved rounds of one ``generate`` call each.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import os
@@ -31,23 +32,20 @@ from pathlib import Path
 
 import torch
 
-from prolora.model import prolora_modules
-
-from . import prototype, smollm
+from . import smollm
 from .memory import format_bytes, reset_peak_rss, rss_bytes
 from .report import Check, Options, Section, table
 from .timing import Stat, interleaved, ratio
 
 TRAIN_TARGET = 1.05
-PATCHES = {"PRoLoRA r=8 patched (gather)": False, "PRoLoRA r=8 patched (lean)": True}  # name -> lean
+PLAIN = "PRoLoRA r=8 (plain autograd)"  # set_lean_backward(False): informative, not the default
 MEMORY_TARGET = 1.0
 DROPOUT = 0.1
 
 
 @dataclass(frozen=True)
 class Settings:
-    batch: int
-    seqs: tuple[int, ...]  # training sequence lengths (one interleaved run each)
+    steps: tuple[tuple[int, int], ...]  # training (batch, sequence length): one interleaved run each
     train_rounds: int
     rss_steps: int
     rss_repeats: int
@@ -57,9 +55,15 @@ class Settings:
     @classmethod
     def for_options(cls, opts: Options) -> Settings:
         if opts.quick:
-            return cls(batch=1, seqs=(32,), train_rounds=2, rss_steps=1, rss_repeats=0, new_tokens=4, gen_rounds=2)
-        return cls(batch=1, seqs=(32, 128), train_rounds=3, rss_steps=1, rss_repeats=1, new_tokens=8,
+            return cls(steps=((1, 32), (4, 128)), train_rounds=2, rss_steps=1, rss_repeats=0, new_tokens=4,
+                       gen_rounds=2)
+        return cls(steps=((1, 32), (1, 128), (4, 128)), train_rounds=3, rss_steps=1, rss_repeats=1, new_tokens=8,
                    gen_rounds=3)
+
+    @property
+    def rss_step(self) -> tuple[int, int]:
+        """The (batch, sequence length) of the peak-RSS children: the largest step."""
+        return max(self.steps, key=lambda bs: bs[0] * bs[1])
 
 
 def _batch(batch: int, seq: int, vocab: int, seed: int) -> torch.Tensor:
@@ -81,23 +85,21 @@ def _train_step(model, batch: torch.Tensor):
     return step
 
 
-def _models(base, stack: contextlib.ExitStack) -> dict:
-    """The training variants, each on its own copy of ``base``; the patched one stays patched in ``stack``."""
+def _models(base) -> dict:
+    """The training variants, each on its own copy of ``base`` (frozen weights shared)."""
     models = {v: smollm.wrap(base, v, DROPOUT) for v in smollm.VARIANTS}
-    for name, lean in PATCHES.items():
-        models[name] = smollm.wrap(base, "PRoLoRA r=8", DROPOUT)
-        models[name].load_state_dict(models["PRoLoRA r=8"].state_dict())
-        for _, layer in prolora_modules(models[name]):
-            stack.enter_context(prototype.patched(layer, lean=lean))
+    models[PLAIN] = smollm.wrap(base, "PRoLoRA r=8", DROPOUT)
+    models[PLAIN].load_state_dict(models["PRoLoRA r=8"].state_dict())
+    models[PLAIN].base_model.set_lean_backward(False)
     return models
 
 
-def _training(models: dict, settings: Settings, seq: int, seed: int) -> dict:
-    """Interleaved training steps of every variant at one sequence length."""
-    batch = _batch(settings.batch, seq, models["LoRA r=8"].config.vocab_size, seed)
+def _training(models: dict, settings: Settings, batch_size: int, seq: int, seed: int) -> dict:
+    """Interleaved training steps of every variant at one step size (batch × sequence length)."""
+    batch = _batch(batch_size, seq, models["LoRA r=8"].config.vocab_size, seed)
     steps = {v: _train_step(m, batch) for v, m in models.items()}
     times = interleaved(steps, rounds=settings.train_rounds, iters=1, warmup=1)
-    return {"times": times, "tokens": batch.numel(), "seq": seq}
+    return {"times": times, "tokens": batch.numel(), "batch": batch_size, "seq": seq}
 
 
 # ------------------------------------------------------------------------------------------ peak RSS
@@ -124,7 +126,7 @@ def _peak_rss(base, settings: Settings, seed: int) -> dict[str, list[dict]]:
         for k in range(settings.rss_repeats):
             order = list(smollm.VARIANTS[k % 3:] + smollm.VARIANTS[:k % 3])
             for variant in order:
-                args = json.dumps([variant, tmp, settings.batch, max(settings.seqs), settings.rss_steps, seed])
+                args = json.dumps([variant, tmp, *settings.rss_step, settings.rss_steps, seed])
                 proc = subprocess.run([sys.executable, "-m", "benchmarks.model", "--child", args], cwd=root,
                                       capture_output=True, text=True, check=False,
                                       env={**os.environ, "PYTHONPATH": str(root)})
@@ -149,7 +151,6 @@ def _generation(base, trained: dict, settings: Settings) -> dict:
     chunks = smollm.frozen_sharing_copy(trained["PRoLoRA r=8"])
     chunks.base_model.set_expanded_cache(False)
     variants["PRoLoRA r=8 unmerged, chunks"] = chunks
-    variants["PRoLoRA r=8 unmerged, patched"] = trained["PRoLoRA r=8 patched (lean)"]
     for model in variants.values():
         model.eval()
 
@@ -177,14 +178,16 @@ def _rss_report(rss: dict | None, settings: Settings) -> tuple[str, Check | None
     resettable = all(r["resettable"] for runs in rss.values() for r in runs)
     text = "\n\n".join([
         (f"Peak RSS: {settings.rss_repeats} fresh process(es) per variant (interleaved), {settings.rss_steps} "
-         "training steps each, same batch; medians. "
+         f"training step(s) each on the same {settings.rss_step[0]} × {settings.rss_step[1]}-token batch; "
+         "medians. "
          + ("Peak reset after loading the base model (`/proc/self/clear_refs`)."
             if resettable else "The peak could not be reset: lifetime peak.")),
         table(["adapter", "peak RSS", "peak − loaded model", "peak / LoRA r=8", "increase / LoRA r=8"], rows),
     ])
     value = peak["PRoLoRA r=8"].median / peak["LoRA r=8"].median
+    batch, seq = settings.rss_step
     check = Check(f"Peak RSS PRoLoRA / LoRA, same rank ≤ {MEMORY_TARGET}× (SmolLM2-135M)", f"{value:.3f}×",
-                  value <= MEMORY_TARGET, "PRoLoRA r=8 vs LoRA r=8")
+                  value <= MEMORY_TARGET, f"PRoLoRA r=8 vs LoRA r=8, {batch} × {seq} tokens per step")
     return text, check
 
 
@@ -192,17 +195,18 @@ def _train_report(runs: list[dict], params: dict) -> tuple[str, list[Check]]:
     rows, checks = [], []
     for run_ in runs:
         t, tokens = run_["times"], run_["tokens"]
+        size = f"{run_['batch']} × {run_['seq']} = {tokens}"
         for v in t:
             stat = Stat.of([tokens / s for s in t[v]])
-            rows.append([run_["seq"], v, f"{params[v]:,}", f"{stat.median:.0f} [{stat.q1:.0f}–{stat.q3:.0f}]",
+            rows.append([size, v, f"{params[v]:,}", f"{stat.median:.0f} [{stat.q1:.0f}–{stat.q3:.0f}]",
                          ratio(t, v, "LoRA r=8").ratio_text(), ratio(t, v, "LoRA r=2").ratio_text()])
-        labels = ("library as is", "patch: flat gather", "patch: lean backward")
-        for v, label in zip(("PRoLoRA r=8", *PATCHES), labels):
+        for v, label, informative in (("PRoLoRA r=8", "", False),
+                                      (PLAIN, "; plain autograd, `lean_backward=False`", True)):
             same_rank = ratio(t, v, "LoRA r=8")
-            checks.append(Check(f"Training step PRoLoRA / LoRA, same rank ≤ {TRAIN_TARGET}× (SmolLM2-135M; {label})",
+            checks.append(Check(f"Training step PRoLoRA / LoRA, same rank ≤ {TRAIN_TARGET}× (SmolLM2-135M{label})",
                                 same_rank.ratio_text(), same_rank.median <= TRAIN_TARGET,
-                                f"{run_['tokens']} tokens per step"))
-    text = table(["tokens per sequence", "adapter", "trainable params", "tokens/s (median [IQR])",
+                                f"{size} tokens per step", informative))
+    text = table(["tokens per step (batch × sequence)", "adapter", "trainable params", "tokens/s (median [IQR])",
                   "step time / LoRA r=8 (same rank)", "step time / LoRA r=2 (same budget)"], rows)
     return text, checks
 
@@ -210,15 +214,14 @@ def _train_report(runs: list[dict], params: dict) -> tuple[str, list[Check]]:
 def run(opts: Options) -> Section:
     settings = Settings.for_options(opts)
     base = smollm.base_model()
-    with contextlib.ExitStack() as stack:
-        models = _models(base, stack)
-        params = {v: smollm.trainable_params(m) for v, m in models.items()}
-        runs = [_training(models, settings, seq, opts.seed) for seq in settings.seqs]
-        models.pop("LoRA r=2")
-        models.pop("PRoLoRA r=8 patched (gather)")  # decodes like the lean one (same inference path)
-        rss = _peak_rss(base, settings, opts.seed) if settings.rss_repeats else None
-        gen = _generation(base, models, settings)
-        del models
+    models = _models(base)
+    params = {v: smollm.trainable_params(m) for v, m in models.items()}
+    runs = [_training(models, settings, batch, seq, opts.seed) for batch, seq in settings.steps]
+    models.pop("LoRA r=2")
+    models.pop(PLAIN)  # decodes exactly like the default (lean_backward only matters while autograd records)
+    rss = _peak_rss(base, settings, opts.seed) if settings.rss_repeats else None
+    gen = _generation(base, models, settings)
+    del models
     train_text, checks = _train_report(runs, params)
 
     rss_text, rss_check = _rss_report(rss, settings)
@@ -235,17 +238,18 @@ def run(opts: Options) -> Section:
     if rss_check:
         checks.append(rss_check)
     body = "\n\n".join([
-        (f"Training: batch {settings.batch}, AdamW, dropout {DROPOUT}, {settings.train_rounds} interleaved "
-         f"rounds of one step per variant after one warm-up step, {torch.get_num_threads()} thread(s), at "
-         "each sequence length. *patched*: PRoLoRA r=8 with the core change proposed in "
-         "`benchmarks/prototype.py` (*gather*: flat-gather expansion under plain autograd; *lean*: the "
-         "same inside a custom autograd function that re-gathers A and B in backward)."),
+        (f"Training: AdamW, dropout {DROPOUT}, {settings.train_rounds} interleaved rounds of one step per "
+         f"variant after one warm-up step, {torch.get_num_threads()} thread(s), at each step size (batch × "
+         "sequence length; the short steps show the fixed per-module cost, 4 × 128 is the size of the "
+         "trainer's default micro-batch). *PRoLoRA r=8*: the library default (lean backward: A and B "
+         "gathered in forward and again in backward, not kept); *plain autograd*: "
+         "`set_lean_backward(False)`, the same gathers recorded by autograd."),
         train_text,
         rss_text,
         (f"Generation: greedy, {gen['new_tokens']} new tokens after a {gen['prompt']}-token prompt, batch 1, "
          f"{settings.gen_rounds} interleaved rounds. *merged*: `merge_adapter()` (wrappers stay, ΔW added to "
-         "the base weights); *chunks*: `set_expanded_cache(False)`; *patched*: the cache with the decode fast "
-         "path proposed in `benchmarks/prototype.py`."),
+         "the base weights); *unmerged*: PRoLoRA with its expanded-factor cache (the default; a cache hit is "
+         "two `F.linear` calls per module); *chunks*: `set_expanded_cache(False)`."),
         gen_table,
     ])
     return Section("2. Model level (SmolLM2-135M-Instruct)", body, checks)

@@ -15,6 +15,7 @@ class Check:
     measured: str  # the number it was judged on, with its spread
     met: bool
     where: str = ""  # which configuration the number comes from (the worst one)
+    informative: bool = False  # a non-default variant judged against the same target: shown, not counted
 
 
 @dataclass
@@ -45,7 +46,9 @@ def table(headers: list[str], rows: list[list[object]]) -> str:
     return "\n".join(lines)
 
 
-def verdict(met: bool) -> str:
+def verdict(met: bool, informative: bool = False) -> str:
+    if informative:
+        return "met (informative)" if met else "not met (informative)"
     return "met" if met else "**missed**"
 
 

@@ -61,17 +61,21 @@ def quiet_stderr():
 def summary(sections) -> str:
     from .report import table, verdict
 
-    rows = [[c.target, c.measured, c.where, verdict(c.met)] for s in sections for c in s.checks]
+    rows = [[c.target, c.measured, c.where, verdict(c.met, c.informative)] for s in sections for c in s.checks]
     return table(["target", "measured (median [IQR])", "configuration", "verdict"], rows)
 
 
 def closing_note(sections) -> str:
-    checks = [c for s in sections for c in s.checks]
+    checks = [c for s in sections for c in s.checks if not c.informative]
     met = [c.target for c in checks if c.met]
-    missed = [c.target for c in checks if not c.met]
-    lines = [f"{len(met)} of {len(checks)} target checks met in this run."]
+    missed = [f"{c.target} ({c.where})" if c.where else c.target for c in checks if not c.met]
+    lines = [f"{len(met)} of {len(checks)} target checks of the library defaults met in this run."]
     if missed:
         lines.append("Missed: " + "; ".join(missed) + ". The sections above say why.")
+    extra = [c for s in sections for c in s.checks if c.informative]
+    if extra:
+        lines.append(f"Informative rows (plain-autograd training, `lean_backward=False`, not the default): "
+                     f"{sum(c.met for c in extra)} of {len(extra)} within the same targets.")
     return " ".join(lines)
 
 
@@ -133,7 +137,7 @@ def write_report(out: Path, command: str, started: float, env: str, results: lis
         summary(results),
     ]
     findings = Path(__file__).with_name("findings.md")
-    if findings.is_file():  # the analysis behind the "patched" columns (profiles, what was tried)
+    if findings.is_file():  # the design rationale of the measured code (profiles, what was tried)
         parts.append(findings.read_text().strip())
     for section in results:
         parts += [f"## {section.title}", section.body, f"*Section time: {section.seconds:.0f} s.*"]

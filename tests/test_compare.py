@@ -10,10 +10,11 @@ import json
 
 import pytest
 from conftest import make_tiny_llama
+from reference import ref_params
 
 from prolora.compare.cells import LOSS, CellsFailed, load_results, result_path, run_cells
 from prolora.compare.grid import Cell, build_cells, resolve
-from prolora.compare.plots import HEATMAP, SCORE_VS_PARAMS, TABLE4, write_plots
+from prolora.compare.plots import HEATMAP, LR_SWEEP, SCORE_VS_PARAMS, TABLE4, write_plots
 from prolora.compare.presets import SMALL, MethodSpec
 from prolora.compare.report import markdown, mean_std, summarize
 
@@ -44,25 +45,80 @@ class FakeRunner:
 # --- budget matching ----------------------------------------------------------------------------------------
 
 
+# SmolLM2-135M: 30 layers, hidden 576, k/v project to 192 (3 of 9 heads); the small preset adapts q, k, v
+QKV_SHAPES = [(576, 576), (576, 192), (576, 192)]
+
+
+def _per_model(per_module) -> int:
+    return 30 * sum(per_module(h, o) for h, o in QKV_SHAPES)
+
+
 def test_small_preset_budgets_on_smollm2():
-    """On SmolLM2-135M (architecture only): LoRA r=2 = 610,560; PRoLoRA r=8, u=1, m=n=7 = 612,510 (+0.32%);
-    CLoRA/RoLoRA at r=8 fill the same budget with m=n=4 exactly; ^-r/^-i copy PRoLoRA's configuration."""
+    """On SmolLM2-135M (architecture only), q/k/v: LoRA r=2 = 30·2·Σ(h+o) = 161,280; PRoLoRA r=8, u=1,
+    m=n=7 by the paper's count; CLoRA/RoLoRA at r=8 fill the budget with m=n=4; ^-r/^-i copy PRoLoRA;
+    Tied-LoRA r=85 = r·(d + Σo) + L·(r + Σo) just above the budget, VeRA r=256 = L·Σ(r + o) far below."""
     rows = {cell.label: cell for cell in build_cells(SMALL, ("main",)) if cell.seed == 1}
-    assert rows["LoRA r=2"].params == 610_560
-    assert rows["LoRA r=4"].params == 2 * 610_560
+    lora2 = _per_model(lambda h, o: 2 * (h + o))
+    assert lora2 == 161_280 == rows["LoRA r=2"].params
+    for r in (1, 4, 8):
+        assert rows[f"LoRA r={r}"].params == r * lora2 // 2
     prolora = rows["PRoLoRA"]
     assert (prolora.train["r"], prolora.train["unshared_r"], prolora.train["sharing_rate_a"],
-            prolora.train["sharing_rate_b"], prolora.params) == (8, 1, 7, 7, 612_510)
+            prolora.train["sharing_rate_b"]) == (8, 1, 7, 7)
+    assert prolora.params == _per_model(lambda h, o: ref_params(h, o, 8, 1, 7, 7)) == 162_120
     for label in ("CLoRA", "RoLoRA"):
         cell = rows[label]
-        assert (cell.train["r"], cell.train["unshared_r"], cell.params) == (8, 0, 610_560)
+        assert (cell.train["r"], cell.train["unshared_r"], cell.train["sharing_rate_a"]) == (8, 0, 4)
+        assert cell.params == _per_model(lambda h, o: ref_params(h, o, 8, 0, 4, 4)) == lora2
     for label in ("PRoLoRA^-r", "PRoLoRA^-i", "PRoLoRA + shared lr"):
         same = {k: rows[label].train[k] for k in ("r", "unshared_r", "sharing_rate_a", "sharing_rate_b")}
         assert same == {k: prolora.train[k] for k in same} and rows[label].params == prolora.params
     for cell in rows.values():
         if cell.budget is not None:
             assert abs(cell.params - cell.budget) <= 0.01 * cell.budget
-    assert rows["VeRA"].params < rows["Tied-LoRA"].params < rows["LoRA r=2"].params
+    outs = sum(o for _, o in QKV_SHAPES)
+    assert rows["Tied-LoRA"].params == 85 * (576 + outs) + 30 * (85 + outs) == 161_910
+    assert rows["VeRA"].params == 30 * (3 * 256 + outs) == 51_840
+    assert {cell.train["target_modules"] for cell in rows.values()} == {"q_proj,k_proj,v_proj"}
+
+
+def test_lr_sweep_is_every_row_at_every_rate():
+    """One learning-rate grid for every method; the sweep's default-rate cells are the seed-1 main cells."""
+    cells = build_cells(SMALL)
+    sweep = [c for c in cells if c.group == "lrs"]
+    assert len(sweep) == len(SMALL.methods) * len(SMALL.lr_grid)
+    by_label: dict[str, list[float]] = {}
+    for c in sweep:
+        by_label.setdefault(c.label, []).append(c.train["learning_rate"])
+        assert c.seed == SMALL.lr_grid_seed and c.coords == {"lr": c.train["learning_rate"]}
+    assert all(sorted(lrs) == sorted(SMALL.lr_grid) for lrs in by_label.values())
+    assert len(by_label) == len(SMALL.methods)
+    main_seed1 = {c.key for c in cells if c.group == "main" and c.seed == SMALL.lr_grid_seed}
+    at_default = {c.key for c in sweep if c.train["learning_rate"] == SMALL.train["learning_rate"]}
+    assert at_default == main_seed1
+    shared = [c for c in sweep if c.label == "PRoLoRA + shared lr"]
+    assert all(c.train["lr_shared_scale"] == 3.0 for c in shared)
+
+
+def test_lr_sweep_report_picks_each_rows_best_rate(tmp_path):
+    cells = build_cells(SMALL, ("main", "lrs"))
+
+    def runner(cell, output_dir):  # best rate: 5e-3 for PRoLoRA, 5e-4 for every other row
+        lr = cell.train["learning_rate"]
+        best = 5e-3 if cell.label == "PRoLoRA" else 5e-4
+        return {LOSS: 2.0 + abs(lr - best) * 10 + 0.001 * cell.seed}, {"heldout_loss_base": 2.4}
+
+    results = run_cells(cells, tmp_path, runner, log=lambda _: None)
+    summary = summarize(SMALL, cells, results)
+    rows = {row["label"]: row for row in summary["lr_sweep"]["rows"]}
+    assert summary["lr_sweep"]["lrs"] == sorted(SMALL.lr_grid)
+    assert rows["PRoLoRA"]["best_lr"] == 5e-3 and rows["LoRA r=2"]["best_lr"] == 5e-4
+    assert rows["PRoLoRA"]["best"] == pytest.approx(2.001)
+    claim = next(c for c in summary["claims_best_lr"] if c["claim"] == "PRoLoRA > LoRA r=2")
+    assert claim["gain"] == pytest.approx(0.0) and claim["n"] == 1
+    text = markdown(summary)
+    assert "## Every method over one learning-rate grid (seed 1)" in text
+    assert "| PRoLoRA | 2.0460 | 2.0310 | 2.0010 | 0.005 | 2.0010 |" in text
 
 
 def test_resolve_on_tiny_model_matches_budget(tiny_preset):
@@ -150,7 +206,7 @@ def test_table_mean_and_std(tmp_path):
     assert expected["std"] == pytest.approx(0.01)  # seeds 1, 2, 3 differ by 0.01 each: sample std 0.01
     text = markdown(summary)
     mean = f"{expected['mean']:.4f} ± 0.0100 (n=3)"
-    assert f"| PRoLoRA | 8 (u=1, m=n=7) | 612,510 | +0.32% | 0.0002 | {mean}" in text
+    assert f"| PRoLoRA | 8 (u=1, m=n=7) | 162,120 | +0.52% | 0.002 | {mean}" in text
     lora = mean_std(_fake_loss(c) for c in cells if c.label == "LoRA r=2")
     claim = next(c for c in summary["claims"] if c["claim"] == "PRoLoRA > LoRA r=2")
     assert claim["holds"] and claim["gain"] == pytest.approx(lora["mean"] - expected["mean"])  # lower wins
@@ -178,7 +234,7 @@ def test_plots_written(tmp_path):
     cells = build_cells(SMALL)
     results = run_cells(cells, tmp_path / "run", FakeRunner(), log=lambda _: None)
     paths = write_plots(summarize(SMALL, cells, results), tmp_path / "report")
-    assert {p.name for p in paths} == {SCORE_VS_PARAMS, HEATMAP, TABLE4}
+    assert {p.name for p in paths} == {SCORE_VS_PARAMS, LR_SWEEP, HEATMAP, TABLE4}
     for path in paths:
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5_000
 

@@ -164,3 +164,16 @@ def test_export_cli(saved, tmp_path, capsys):
     assert "wrote dense LoRA adapter" in capsys.readouterr().out
     lora = peft.PeftModel.from_pretrained(make_tiny_llama(), tmp_path / "cli_lora").eval()
     torch.testing.assert_close(lora(x).logits, y, rtol=1e-5, atol=1e-5)
+
+
+def test_missing_local_model_path_is_named_before_transformers_sees_it(tmp_path):
+    """A path that cannot be a hub id (absolute, ./, ~, or more than one '/') must exist; hub ids pass."""
+    from prolora.models import resolve_model
+
+    for name in (str(tmp_path / "nope"), "./nope", "runs/a/b"):
+        with pytest.raises(FileNotFoundError, match="model directory not found"):
+            resolve_model(name)
+    assert resolve_model("HuggingFaceTB/SmolLM2-135M-Instruct") == ("HuggingFaceTB/SmolLM2-135M-Instruct", {})
+    assert resolve_model(str(tmp_path)) == (str(tmp_path), {})
+    with pytest.raises(FileNotFoundError, match="GGUF file not found"):
+        resolve_model(str(tmp_path / "m.gguf"))

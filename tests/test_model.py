@@ -85,6 +85,72 @@ def test_gradient_of_chunk_matches_reference():
         torch.testing.assert_close(getattr(layer, name)["default"].grad, leaf.grad, rtol=1e-10, atol=1e-12)
 
 
+VARIANTS = [{}, {"rotation": False}, {"unshared_r": 0}, {"unshared_r": 8}, {"share": "rank"},
+            {"rotate_dim": "hidden"}, {"share": "rank", "rotate_dim": "hidden"}, {"stride_a": 3, "stride_b": 2}]
+
+
+@pytest.mark.parametrize("lean", [True, False], ids=["lean-backward", "plain-autograd"])
+@pytest.mark.parametrize("kw", VARIANTS)
+def test_layer_grads_match_reference_every_variant(kw, lean):
+    """Both training paths (the lean autograd function and plain autograd over the gathers) give the
+    reference's ∂/∂(A_0, B_0, A_u, B_u) and ∂/∂x, for every sharing/rotation variant, in float64."""
+    model = get_prolora_model(make_tiny_llama(), _config(lora_dropout=0.0, **kw))
+    _randomise(model)
+    model.base_model.set_lean_backward(lean)
+    layer = dict(prolora_modules(model))["base_model.model.model.layers.0.mlp.down_proj"].double()
+    names = ("prolora_A0", "prolora_B0", "prolora_A_u", "prolora_B_u")
+    x = torch.randn(2, 3, layer.in_features, dtype=torch.float64, requires_grad=True)
+    layer(x).pow(2).sum().backward()
+    x_ref = x.detach().clone().requires_grad_()
+    leaves = [getattr(layer, n)["default"].detach().clone().requires_grad_() for n in names]
+    spec = layer.prolora_spec["default"]
+    dw = ref_delta(*leaves, spec.h, spec.o, spec.r, spec.m, spec.n, spec.scaling * spec.r, spec.rotate,
+                   spec.share, spec.stride_a, spec.stride_b)
+    (x_ref @ (layer.base_layer.weight + dw).T).pow(2).sum().backward()
+    torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-10, atol=1e-12)
+    for name, leaf in zip(names, leaves):
+        torch.testing.assert_close(getattr(layer, name)["default"].grad, leaf.grad, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("lean", [True, False])
+def test_lean_backward_saves_no_expanded_factor(lean):
+    """The lean path keeps only x, the rank-r activation and the compact tensors for backward; plain
+    autograd also keeps the expanded A (r, h) and B (o, r), r·(h + o) extra floats per module."""
+    model = get_prolora_model(make_tiny_llama(), _config(lora_dropout=0.0))
+    model.base_model.set_lean_backward(lean)
+    layer = dict(prolora_modules(model))["base_model.model.model.layers.0.mlp.down_proj"]
+    spec = layer.prolora_spec["default"]
+    x = torch.randn(5, layer.in_features, requires_grad=True)  # as inside a model: ∂/∂x is needed
+    saved = []  # element counts of the floating-point tensors autograd keeps (indices aside)
+    with torch.autograd.graph.saved_tensors_hooks(
+            lambda t: saved.append(t.numel()) or t if t.is_floating_point() else t, lambda t: t):
+        layer._adapter_output(x, "default").sum().backward()
+    compact = sum(getattr(layer, n)["default"].numel()
+                  for n in ("prolora_A0", "prolora_B0", "prolora_A_u", "prolora_B_u"))
+    activations = 5 * (spec.h + spec.r)
+    # lean: x, x·Aᵀ and the compact tensors; plain autograd: x, x·Aᵀ and the expanded A and B
+    assert sum(saved) == activations + (compact if lean else spec.r * (spec.h + spec.o)), saved
+    assert compact < spec.r * (spec.h + spec.o)
+
+
+def test_lean_backward_under_bf16_autocast_matches_plain_autograd():
+    """Mixed precision (the trainer's bf16 on GPUs): the lean path's backward runs under the forward's
+    autocast state, gives float32 chunk gradients, and agrees with plain autograd to bf16 precision."""
+    grads = {}
+    for lean in (True, False):
+        model = get_prolora_model(make_tiny_llama(), _config(lora_dropout=0.0))
+        _randomise(model)
+        model.base_model.set_lean_backward(lean)
+        x = torch.randint(0, 128, (2, 7))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            model(x, labels=x).loss.backward()
+        grads[lean] = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+    assert grads[True].keys() == grads[False].keys()
+    for name, grad in grads[True].items():
+        assert grad.dtype == torch.float32, name
+        torch.testing.assert_close(grad, grads[False][name], rtol=5e-2, atol=5e-3)
+
+
 def test_initialisation_bounds_rectified_and_vanilla():
     """Eq. 5: A_0 and A_u ~ U(±1/√h); "vanilla" (PRoLoRA^-i) uses A_0's own width; B = 0."""
     torch.manual_seed(0)
@@ -214,6 +280,17 @@ def test_cache_invalidates_when_chunks_change(tiny_llama):
     pm.base_model.set_expanded_cache(False)  # compute from the chunks directly
     with torch.no_grad():
         torch.testing.assert_close(pm(x).logits, y1, rtol=1e-5, atol=1e-5)
+    pm.base_model.set_expanded_cache(True)
+    with torch.no_grad():
+        pm(x)
+        for _, layer in prolora_modules(pm):  # new Parameter objects (as load_state_dict(assign=True) makes)
+            for name in ("prolora_A0", "prolora_B_u"):
+                old = getattr(layer, name)["default"]
+                getattr(layer, name)["default"] = torch.nn.Parameter(old.detach() * 0.5)
+        y2 = pm(x).logits
+        pm.base_model.set_expanded_cache(False)
+        torch.testing.assert_close(y2, pm(x).logits, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(y1, y2)
 
 
 def test_per_module_overrides(tiny_llama):

@@ -4,13 +4,16 @@ Supported base layers: ``torch.nn.Linear``, transformers ``Conv1D`` (GPT-2; weig
 bitsandbytes ``Linear4bit`` / ``Linear8bitLt`` (the paper's QLoRA setting; merging dequantizes, adds ΔW
 and requantizes, as PEFT's LoRA does). Several adapters live side by side, keyed by name, as in PEFT.
 
-Compute (measured in ``benchmarks/``): in training the full A (r, h) and B (o, r) are rebuilt from the
-chunks by one ``index_select`` each, which costs O(r·(h+o)) against the O(tokens·r·(h+o)) matmuls, then
-the adapter runs exactly like LoRA. Without autograd (evaluation, generation, serving) the expanded
-factors are cached per adapter and rebuilt only when a chunk changes (tracked by the tensors' in-place
-version counters), so decoding costs what LoRA costs. ``cache_expanded = False`` instead computes straight
-from the chunks (:func:`~prolora.method.equations.chunked_adapter_forward`), keeping only compact tensors
-in memory for serving many adapters.
+Compute (measured in ``benchmarks/``): in training, :class:`_AdapterFunction` gathers the full A (r, h)
+and B (o, r) from the chunks with one flat ``index_select`` each (O(r·(h+o)), against the O(tokens·r·(h+o))
+matmuls), runs the adapter exactly like LoRA and frees them at once; backward gathers them again and folds
+the dense gradients back into the chunks with one ``index_add`` each, so a training step holds no more
+memory than LoRA's (``lean_backward = False``: the same gathers under plain autograd, which keeps A and B
+for backward). Without autograd (evaluation, generation, serving) the expanded factors are cached per
+adapter and rebuilt only when a chunk changes (tracked by the tensors' identity and in-place version
+counters), and a cache hit costs two ``F.linear`` calls, as LoRA. ``cache_expanded = False`` instead
+computes straight from the chunks (:func:`~prolora.method.equations.chunked_adapter_forward`), keeping
+only compact tensors in memory for serving many adapters.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from .method import equations as eq
 
@@ -76,6 +80,7 @@ class PRoLoRALayer(BaseTunerLayer):
     adapter_layer_names = ("prolora_A0", "prolora_B0", "prolora_A_u", "prolora_B_u")
     other_param_names = ("prolora_spec", "prolora_dropout")
     cache_expanded = True  # see module docstring
+    lean_backward = True  # training through _AdapterFunction (module docstring); False: plain autograd
 
     def __init__(self, base_layer: nn.Module, **kwargs) -> None:
         self.base_layer = base_layer
@@ -85,7 +90,7 @@ class PRoLoRALayer(BaseTunerLayer):
         self.prolora_B_u = nn.ParameterDict({})
         self.prolora_dropout = nn.ModuleDict({})
         self.prolora_spec: dict[str, ChunkSpec] = {}
-        self._expanded: dict[str, tuple[tuple, torch.Tensor, torch.Tensor]] = {}
+        self._expanded: dict[str, tuple] = {}  # name -> (key, A, B, compact tensors)
         self._disable_adapters = False
         self.merged_adapters: list[str] = []
         self.in_features, self.out_features = base_shape(self.get_base_layer())
@@ -141,18 +146,23 @@ class PRoLoRALayer(BaseTunerLayer):
         self.prolora_B_u[adapter_name].zero_()
 
     # ---------------------------------------------------------------------------------------- the math
+    def _compact(self, adapter_name: str) -> tuple:
+        """``(A_0, A_u, B_0, B_u)`` of an adapter, read from the dicts' storage (``ParameterDict.__getitem__``
+        goes through ``Module.__getattr__``, the largest cost of a decode step after the matmuls)."""
+        return (self.prolora_A0._parameters[adapter_name], self.prolora_A_u._parameters[adapter_name],
+                self.prolora_B0._parameters[adapter_name], self.prolora_B_u._parameters[adapter_name])
+
     def expanded_factors(self, adapter_name: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Full ``(A, B)`` of shapes (r, h) and (o, r) from the compact tensors (Eq. 4).
 
         Differentiable while autograd records; otherwise served from a cache that is rebuilt when any of
-        the four tensors changes (in-place version counter, storage, dtype or device).
+        the four tensors changes (object, in-place version counter, storage, dtype or device).
         """
         spec = self.prolora_spec[adapter_name]
-        tensors = (self.prolora_A0[adapter_name], self.prolora_A_u[adapter_name],
-                   self.prolora_B0[adapter_name], self.prolora_B_u[adapter_name])
+        tensors = self._compact(adapter_name)
         tracking = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
         if not tracking and self.cache_expanded:
-            key = tuple((t._version, t.data_ptr(), t.dtype, t.device) for t in tensors)
+            key = _cache_key(tensors)
             hit = self._expanded.get(adapter_name)
             if hit is not None and hit[0] == key:
                 return hit[1], hit[2]
@@ -160,7 +170,7 @@ class PRoLoRALayer(BaseTunerLayer):
         a = eq.expand_a(a0, a_u, spec.h, spec.r, spec.m, spec.stride_a, spec.rotate, spec.share)
         b = eq.expand_b(b0, b_u, spec.o, spec.r, spec.n, spec.stride_b, spec.rotate, spec.share)
         if not tracking and self.cache_expanded:
-            self._expanded[adapter_name] = (key, a, b)
+            self._expanded[adapter_name] = (key, a, b, tensors)  # holding tensors keeps their ids unique
         return a, b
 
     def get_delta_weight(self, adapter_name: str) -> torch.Tensor:
@@ -171,18 +181,33 @@ class PRoLoRALayer(BaseTunerLayer):
 
     def _adapter_output(self, x: torch.Tensor, adapter_name: str) -> torch.Tensor:
         """ΔW·dropout(x) for one adapter, in the adapter's dtype. x: (…, h) → (…, o)."""
+        tensors = self._compact(adapter_name)
+        a0 = tensors[0]
+        if torch.is_grad_enabled():
+            if any(t.requires_grad for t in tensors):
+                spec = self.prolora_spec[adapter_name]
+                x = self.prolora_dropout[adapter_name](x.to(a0.dtype))
+                if self.lean_backward:
+                    return _AdapterFunction.apply(x, *tensors, spec)
+                idx_a, idx_b = _flat_indices(spec, x.device)  # the same gathers, recorded by autograd
+                a = _gather(a0, tensors[1], idx_a, (spec.r, spec.h))
+                return F.linear(F.linear(x, a) * spec.scaling, _gather(tensors[2], tensors[3], idx_b,
+                                                                        (spec.o, spec.r)))
+        elif self.cache_expanded:  # fast path: a valid cache entry and no active dropout
+            hit = self._expanded.get(adapter_name)
+            dropout = self.prolora_dropout[adapter_name]
+            if (hit is not None and hit[0] == _cache_key(tensors) and x.dtype == a0.dtype
+                    and (not dropout.training or isinstance(dropout, nn.Identity))):
+                return F.linear(F.linear(x, hit[1]) * self.prolora_spec[adapter_name].scaling, hit[2])
         spec = self.prolora_spec[adapter_name]
-        a0 = self.prolora_A0[adapter_name]
         x = self.prolora_dropout[adapter_name](x.to(a0.dtype))
-        tracking = torch.is_grad_enabled() and a0.requires_grad
-        if not tracking and not self.cache_expanded and spec.share == "hidden" and spec.rotate != "hidden":
+        if not self.cache_expanded and spec.share == "hidden" and spec.rotate != "hidden":
             rotate = spec.rotate is not None
             idx_a = eq.roll_indices(spec.shared, spec.m, spec.stride_a, rotate, +1, a0.device)
             idx_b = eq.roll_indices(spec.shared, spec.n, spec.stride_b, rotate, -1, a0.device)
-            out = eq.chunked_adapter_forward(x, a0, self.prolora_B0[adapter_name], spec.h, spec.o, spec.m,
-                                             spec.n, idx_a, idx_b)
+            out = eq.chunked_adapter_forward(x, a0, tensors[2], spec.h, spec.o, spec.m, spec.n, idx_a, idx_b)
             if spec.u:
-                out = out + F.linear(F.linear(x, self.prolora_A_u[adapter_name]), self.prolora_B_u[adapter_name])
+                out = out + F.linear(F.linear(x, tensors[1]), tensors[3])
             return out * spec.scaling
         a, b = self.expanded_factors(adapter_name)
         return F.linear(F.linear(x, a) * spec.scaling, b)
@@ -267,6 +292,67 @@ class PRoLoRALayer(BaseTunerLayer):
     def delete_adapter(self, adapter_name: str) -> None:
         self._expanded.pop(adapter_name, None)
         super().delete_adapter(adapter_name)
+
+
+def _cache_key(tensors: tuple) -> tuple:
+    """What must be unchanged for a cached expansion to be valid: object, version, storage, dtype, device."""
+    return tuple((id(t), t._version, t.data_ptr(), t.dtype, t.device) for t in tensors)
+
+
+class _AdapterFunction(torch.autograd.Function):
+    """``(scaling · x·Aᵀ)·Bᵀ`` with A, B gathered from the chunks in forward and again in backward.
+
+    Saves x, the rank-r activation and the compact tensors only: the expanded A and B (r·(h+o) floats,
+    which LoRA never allocates since its A and B are the parameters) live only while they are used.
+    Under ``torch.autocast`` backward runs with the forward's autocast state (as autograd does for
+    built-in ops), and the chunk gradients are accumulated in the chunks' own dtype.
+    """
+
+    @staticmethod
+    def forward(ctx, x, a0, a_u, b0, b_u, spec):
+        idx_a, idx_b = _flat_indices(spec, x.device)
+        z = F.linear(x, _gather(a0, a_u, idx_a, (spec.r, spec.h))) * spec.scaling
+        ctx.save_for_backward(x, z, a0, a_u, b0, b_u)
+        ctx.spec = spec
+        device = x.device.type
+        ctx.autocast = (device, torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
+        return F.linear(z, _gather(b0, b_u, idx_b, (spec.o, spec.r)))
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_y):
+        device, enabled, dtype = ctx.autocast
+        with torch.autocast(device, dtype=dtype, enabled=enabled):
+            return _AdapterFunction._backward(ctx, grad_y)
+
+    @staticmethod
+    def _backward(ctx, grad_y):
+        x, z, a0, a_u, b0, b_u = ctx.saved_tensors
+        spec = ctx.spec
+        idx_a, idx_b = _flat_indices(spec, x.device)
+        grad_z = torch.matmul(grad_y, _gather(b0, b_u, idx_b, (spec.o, spec.r))) * spec.scaling  # (…, r)
+        grad_b0, grad_b_u = _fold(grad_y.reshape(-1, spec.o).t() @ z.reshape(-1, spec.r), idx_b, b0, b_u)
+        grad_a0, grad_a_u = _fold(grad_z.reshape(-1, spec.r).t() @ x.reshape(-1, spec.h), idx_a, a0, a_u)
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            # torch.matmul, not a reshaped mm: a view would stop autograd from accumulating in place
+            grad_x = torch.matmul(grad_z, _gather(a0, a_u, idx_a, (spec.r, spec.h)))
+        return grad_x, grad_a0, grad_a_u, grad_b0, grad_b_u, None
+
+
+def _flat_indices(spec: ChunkSpec, device) -> tuple[torch.Tensor, torch.Tensor]:
+    return eq.flat_gather_indices(spec.h, spec.o, spec.r, spec.u, spec.m, spec.n, spec.stride_a, spec.stride_b,
+                                  spec.rotate, spec.share, device)
+
+
+def _gather(chunk: torch.Tensor, extra: torch.Tensor, idx: torch.Tensor, shape) -> torch.Tensor:
+    return torch.cat([chunk.reshape(-1), extra.reshape(-1)]).index_select(0, idx).view(shape)
+
+
+def _fold(grad: torch.Tensor, idx: torch.Tensor, chunk: torch.Tensor, extra: torch.Tensor):
+    """Adjoint of :func:`_gather`: scatter-add a dense gradient back onto (chunk, extra)."""
+    flat = chunk.new_zeros(chunk.numel() + extra.numel()).index_add_(0, idx, grad.reshape(-1).to(chunk.dtype))
+    return flat[:chunk.numel()].view_as(chunk), flat[chunk.numel():].view_as(extra)
 
 
 class PRoLoRALinear(nn.Module, PRoLoRALayer):

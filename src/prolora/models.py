@@ -42,12 +42,22 @@ def resolve_model(name_or_path: str | None) -> tuple[str, dict]:
     if name_or_path in (None, "", DEFAULT_MODEL):
         directory, gguf = default_model_path()
         return directory, {"gguf_file": gguf}
-    p = Path(name_or_path)
+    p = Path(name_or_path).expanduser()
     if p.suffix == ".gguf":
         if not p.is_file():
             raise FileNotFoundError(f"GGUF file not found: {name_or_path}")
         return str(p.parent), {"gguf_file": p.name}
-    return str(name_or_path), {}
+    if _looks_like_path(str(name_or_path)) and not p.exists():
+        raise FileNotFoundError(f"model directory not found: {name_or_path}; pass an existing directory, a .gguf "
+                                "file, a hub id such as HuggingFaceTB/SmolLM2-135M-Instruct, or nothing for "
+                                "the embedded default")
+    return str(p) if p.exists() else str(name_or_path), {}
+
+
+def _looks_like_path(name: str) -> bool:
+    """A hub id is ``name`` or ``owner/name``; anything absolute, relative-dotted, ``~``-prefixed or with more
+    than one ``/`` can only be a local path."""
+    return name.startswith(("/", "./", "../", "~")) or name.count("/") > 1
 
 
 def load_tokenizer(name_or_path: str | None = None):
@@ -62,12 +72,21 @@ def load_tokenizer(name_or_path: str | None = None):
 
 
 def load_model(name_or_path: str | None = None, dtype=None, quantization_config=None, **kwargs):
-    """Load a causal LM (see :func:`resolve_model`) in ``dtype`` (default float32)."""
+    """Load a causal LM (see :func:`resolve_model`) in ``dtype`` (default float32).
+
+    A GGUF file (the embedded default included) is de-quantized into a plain ``dtype`` model unless a
+    ``quantization_config`` is given: left flagged as quantized, the HF Trainer refuses to train it.
+
+    Raises:
+        FileNotFoundError: a local path or GGUF file that does not exist (see :func:`resolve_model`).
+    """
     import torch
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, GgufConfig
 
     path, extra = resolve_model(name_or_path)
     extra.update(kwargs)
     if quantization_config is not None:
         extra["quantization_config"] = quantization_config
+    elif "gguf_file" in extra:
+        extra.setdefault("quantization_config", GgufConfig(dequantize=True))
     return AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32, **extra)

@@ -146,8 +146,8 @@ def _meta_model_by_name(name: str) -> nn.Module:
         return _meta_model(preset_config(name))
     from transformers import AutoConfig
 
-    path, kwargs = resolve_model(name)
     try:
+        path, kwargs = resolve_model(name)
         config = AutoConfig.from_pretrained(path, **kwargs)
     except OSError as e:
         raise ValueError(f"{name!r} is neither a preset ({', '.join(PRESETS)}) nor a readable model: {e}") from e

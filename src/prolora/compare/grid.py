@@ -19,7 +19,7 @@ from prolora.train.config import parse_target_modules
 
 from .presets import MethodSpec, Preset
 
-GROUPS = ("main", "heatmap", "table4")
+GROUPS = ("main", "lrs", "heatmap", "table4")
 PROLORA_FAMILY = ("prolora", "clora", "rolora", "prolora-r", "prolora-i")
 # Table 4 defaults of PRoLoRAConfig: the paper's PRoLoRA shares along hidden and rotates along rank.
 TABLE4_DEFAULTS = {"share": "hidden", "rotate_dim": "rank"}
@@ -30,13 +30,15 @@ class Cell:
     """One training run of the comparison.
 
     Attributes:
-        group: ``main`` (Table 2 rows × seeds), ``heatmap`` (Figure 2) or ``table4``.
+        group: ``main`` (Table 2 rows × seeds), ``lrs`` (every row at every rate of the preset's
+            learning-rate grid, one seed), ``heatmap`` (Figure 2) or ``table4``.
         label: the row's name.
         train: TrainConfig fields of the run (the preset's, then the method's, then the seed).
         adapter: extra PRoLoRAConfig fields (Table 4's ``share``/``rotate_dim``), empty otherwise.
         params: trainable parameters, counted from the architecture.
         budget: the parameter budget the configuration was matched to, or ``None``.
-        coords: the cell's place in its group: ``{"u", "lr"}`` (heatmap), ``{"share", "rotate"}`` (table4).
+        coords: the cell's place in its group: ``{"lr"}`` (lrs), ``{"u", "lr"}`` (heatmap),
+            ``{"share", "rotate"}`` (table4).
     """
 
     group: str
@@ -106,6 +108,18 @@ def _cell(group: str, spec: MethodSpec, preset: Preset, seed: int, coords: dict 
     return Cell(group, spec.label, fields, dict(spec.adapter), params, budget, coords or {})
 
 
+def lr_sweep_cells(preset: Preset) -> list[Cell]:
+    """Every main-table row at every learning rate of ``preset.lr_grid`` (seed ``preset.lr_grid_seed``).
+
+    The same grid for every method: a method's best rate can then be read off instead of being assumed
+    (PRoLoRA at rank 8 and LoRA at rank 2 share ``lora_alpha``, so their update scales ``lora_alpha / r``
+    differ fourfold; the paper also searched VeRA and Tied-LoRA over their own range, App. A.2). The
+    shared-lr row keeps its multiple (``lr_shared_scale``) of each rate.
+    """
+    return [_cell("lrs", replace(spec, lr=lr), preset, preset.lr_grid_seed, {"lr": lr})
+            for spec in preset.methods for lr in preset.lr_grid]
+
+
 def heatmap_cells(preset: Preset) -> list[Cell]:
     """Figure 2: unshared rank × learning rate at the heatmap's budget (u = 0 is RoLoRA; u = the budget's
     LoRA rank is that LoRA, as u = 8 in Figure 2)."""
@@ -138,10 +152,12 @@ def table4_cells(preset: Preset) -> list[Cell]:
 
 
 def build_cells(preset: Preset, groups: tuple[str, ...] = GROUPS) -> list[Cell]:
-    """All cells of ``preset`` in ``groups``: main rows × seeds, then Figure 2, then Table 4."""
+    """All cells of ``preset`` in ``groups``: main rows × seeds, the learning-rate sweep, Figure 2, Table 4."""
     cells = []
     if "main" in groups:
         cells += [_cell("main", spec, preset, seed) for seed in preset.seeds for spec in preset.methods]
+    if "lrs" in groups and preset.lr_grid:
+        cells += lr_sweep_cells(preset)
     if "heatmap" in groups and preset.heatmap:
         cells += heatmap_cells(preset)
     if "table4" in groups and preset.table4:

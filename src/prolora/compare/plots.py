@@ -1,6 +1,7 @@
 """PNG plots of a comparison summary (:func:`prolora.compare.report.summarize`), matplotlib's Agg backend.
 
 * ``score_vs_params.png``: the primary metric (mean ± std over seeds) against trainable parameters;
+* ``lr_sweep.png``: the primary metric of every method against the learning rate (one grid for all);
 * ``heatmap_unshared_rank_lr.png``: Figure 2's grid, unshared rank × learning rate at a fixed budget;
 * ``table4_share_rotate.png``: Table 4's 2 × 2, sharing × rotation dimensions.
 """
@@ -11,6 +12,7 @@ import math
 from pathlib import Path
 
 SCORE_VS_PARAMS = "score_vs_params.png"
+LR_SWEEP = "lr_sweep.png"
 HEATMAP = "heatmap_unshared_rank_lr.png"
 TABLE4 = "table4_share_rotate.png"
 MARKERS = "osD^vP*X<>ph"
@@ -59,6 +61,30 @@ def score_vs_params(summary: dict, path: Path) -> Path | None:
     return path
 
 
+def lr_sweep(summary: dict, path: Path) -> Path | None:
+    """One line per method: the primary metric at each learning rate of the grid; ``None`` when empty."""
+    sweep = summary.get("lr_sweep")
+    rows = [r for r in (sweep or {}).get("rows", []) if any(v is not None for v in r["values"])]
+    if not rows:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(10, 5))
+    for i, row in enumerate(rows):
+        points = [(lr, v) for lr, v in zip(sweep["lrs"], row["values"]) if v is not None]
+        ax.plot(*zip(*points), marker=MARKERS[i % len(MARKERS)], color=f"C{i % 10}", label=row["label"])
+    if summary.get("base_heldout_loss") is not None and summary["primary_metric"].endswith("loss"):
+        ax.axhline(summary["base_heldout_loss"], color="grey", ls="--", lw=1, label="base model")
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate (log scale)")
+    ax.set_ylabel(_metric_label(summary))
+    ax.set_title(f"{summary['preset']}: every method over one learning-rate grid (seed {sweep['seed']})")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def grid_heatmap(grid: dict, path: Path, title: str, xlabel: str, ylabel: str, lower_is_better: bool,
                  fmt_col=str) -> Path | None:
     """A heatmap of a report grid with every value written in its square; ``None`` when nothing finished."""
@@ -94,7 +120,7 @@ def write_plots(summary: dict, out_dir: str | Path) -> list[Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     low = summary["lower_is_better"]
-    written = [score_vs_params(summary, out / SCORE_VS_PARAMS)]
+    written = [score_vs_params(summary, out / SCORE_VS_PARAMS), lr_sweep(summary, out / LR_SWEEP)]
     metric = summary["primary_metric"]
     if summary.get("heatmap"):
         seed = summary["heatmap"]["seed"]

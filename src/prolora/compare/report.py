@@ -1,4 +1,5 @@
-"""The comparison's tables: Table 2-style rows (mean ± std over seeds), the Figure 2 grid and Table 4.
+"""The comparison's tables: Table 2-style rows (mean ± std over seeds), every row over one learning-rate
+grid, the Figure 2 grid and Table 4.
 
 :func:`summarize` turns cells and their results into one JSON-ready dict; :func:`markdown` renders it.
 The primary metric is the paper's average over benchmarks when benchmarks ran, else the held-out loss
@@ -87,6 +88,31 @@ def _grid(cells: list[Cell], results: dict[str, dict], group: str, row_key: str,
             "cols": cols, "values": values, "metric": metric, "seed": mine[0].seed if mine else None}
 
 
+def _lr_sweep(cells: list[Cell], results: dict[str, dict], metric: str) -> dict | None:
+    """The learning-rate sweep: ``{"lrs", "seed", "rows": [{"label", "values", "best_lr", "best"}]}``.
+
+    ``values[j]`` is the row's metric at ``lrs[j]`` (``None``: not finished); ``best_lr``/``best`` are the
+    best finished rate and value. One seed: the best rate is selected and reported on the same held-out
+    data, which favours every row alike.
+    """
+    mine = [c for c in cells if c.group == "lrs"]
+    if not mine:
+        return None
+    lrs = sorted({c.coords["lr"] for c in mine})
+    sign = 1.0 if lower_is_better(metric) else -1.0
+    rows: dict[str, dict] = {}
+    for c in mine:
+        row = rows.setdefault(c.label, {"label": c.label, "values": [None] * len(lrs), "best_lr": None,
+                                        "best": None, "per_seed": {}})
+        if c.key in results:
+            value = _metrics_of(results[c.key]).get(metric)
+            row["values"][lrs.index(c.coords["lr"])] = value
+            if value is not None and (row["best"] is None or sign * value < sign * row["best"]):
+                row["best_lr"], row["best"] = c.coords["lr"], value
+                row["per_seed"] = {c.seed: _metrics_of(results[c.key])}
+    return {"lrs": lrs, "seed": mine[0].seed, "rows": list(rows.values())}
+
+
 def _claims(preset: Preset, rows: list[dict], metric: str) -> list[dict]:
     """Each claim ``(better, worse, what)`` of the preset on ``metric``, paired by seed.
 
@@ -130,6 +156,8 @@ def summarize(preset: Preset, cells: list[Cell], results: dict[str, dict], comma
         "primary_metric": metric, "lower_is_better": lower_is_better(metric),
         "base_heldout_loss": statistics.fmean(base) if base else None,
         "rows": rows,
+        "lr_sweep": (sweep := _lr_sweep(cells, results, metric)),
+        "claims_best_lr": _claims(preset, sweep["rows"], metric) if sweep else [],
         "heatmap": (_grid(cells, results, "heatmap", "u", "lr", metric, lambda c: c.label)
                     if preset.heatmap else None),
         "table4": (_grid(cells, results, "table4", "share", "rotate", metric, lambda c: c.coords["share"])
@@ -213,6 +241,24 @@ def markdown(summary: dict) -> str:
             lines.append(f"| {c['claim']} | {c['what']} | {c['gain']:+.4f} | {c['spread']:.4f} | "
                          f"{c['wins']}/{c['n']} | {'yes' if c['holds'] else 'no'} | "
                          f"{'yes' if c['beyond_spread'] else 'no'} |")
+    if summary.get("lr_sweep"):
+        sweep = summary["lr_sweep"]
+        lines += ["", f"## Every method over one learning-rate grid (seed {sweep['seed']})", "",
+                  (f"{metric} at each rate of the grid, the same for every method; 'best' is the row's best "
+                   "rate, selected on the same held-out data it is reported on (one seed: no spread)."), ""]
+        head = ["Method", *(f"lr {lr:g}" for lr in sweep["lrs"]), "best lr", "best"]
+        lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        digits = _digits(metric)
+        for row in sweep["rows"]:
+            values = ["—" if v is None else f"{v:.{digits}f}" for v in row["values"]]
+            best = ["—", "—"] if row["best"] is None else [f"{row['best_lr']:g}", f"{row['best']:.{digits}f}"]
+            lines.append("| " + " | ".join([row["label"], *values, *best]) + " |")
+        if summary.get("claims_best_lr"):
+            lines += ["", "The paper's ordering with every row at its best rate of the grid (seed "
+                      f"{sweep['seed']}; gain as above, one seed):", "",
+                      "| Claim | Gain | Holds |", "|---|---|---|"]
+            for c in summary["claims_best_lr"]:
+                lines.append(f"| {c['claim']} | {c['gain']:+.4f} | {'yes' if c['holds'] else 'no'} |")
     if summary["heatmap"]:
         h = summary["heatmap"]
         title = f"## Unshared rank × learning rate at one budget (Figure 2 style, seed {h['seed']})"

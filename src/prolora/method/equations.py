@@ -134,6 +134,28 @@ def expand_b(b0: torch.Tensor, b_u: torch.Tensor, o: int, r: int, n: int, stride
     return torch.cat([shared, b_u], dim=1)
 
 
+@functools.lru_cache(maxsize=64)
+def flat_gather_indices(h: int, o: int, r: int, u: int, m: int, n: int, stride_a: int, stride_b: int,
+                        rotate: str | None = "rank", share: str = "hidden",
+                        device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flat indices ``(idx_a, idx_b)`` such that A and B are one gather each from the compact tensors.
+
+    ``A = cat([a0.flatten(), a_u.flatten()])[idx_a].view(r, h)`` and
+    ``B = cat([b0.flatten(), b_u.flatten()])[idx_b].view(o, r)``. Built by running :func:`expand_a` and
+    :func:`expand_b` on tensors holding element numbers, so they follow Eq. 4 for every Table 4 variant by
+    construction. int64, r·(h + o) entries, cached per shape and device.
+    """
+    shape_a0, shape_b0 = chunk_shapes(h, o, r, u, m, n, share)
+    n_a0, n_b0 = math.prod(shape_a0), math.prod(shape_b0)
+    a0 = torch.arange(n_a0, device=device).view(shape_a0)
+    a_u = n_a0 + torch.arange(u * h, device=device).view(u, h)
+    b0 = torch.arange(n_b0, device=device).view(shape_b0)
+    b_u = n_b0 + torch.arange(o * u, device=device).view(o, u)
+    idx_a = expand_a(a0, a_u, h, r, m, stride_a, rotate, share).flatten()
+    idx_b = expand_b(b0, b_u, o, r, n, stride_b, rotate, share).flatten()
+    return idx_a, idx_b
+
+
 def delta_weight(a: torch.Tensor, b: torch.Tensor, scaling: float) -> torch.Tensor:
     """``ΔW = scaling · B · A`` (Eq. 1 with LoRA's ``scaling = lora_alpha / r``), shape (o, h)."""
     return (b @ a) * scaling

@@ -55,21 +55,19 @@ def resolve_quantization(choice: str) -> str:
 def load_base_model(name: str | None, quantization: str):
     """The base model in float32, or in 4-bit NF4 with double quantization (QLoRA) prepared for training.
 
-    A GGUF file is de-quantized to a plain float32 model (left flagged as "quantized", it is refused by the
-    Trainer). transformers cannot load a GGUF file in 4-bit, so for NF4 its de-quantized weights are
-    written to a temporary directory and loaded from there.
+    A GGUF file is de-quantized to a plain float32 model (:func:`prolora.models.load_model`). transformers
+    cannot load a GGUF file in 4-bit, so for NF4 its de-quantized weights are written to a temporary
+    directory and loaded from there.
     """
     import tempfile
 
     import torch
-    from transformers import GgufConfig
 
     from prolora.models import load_model, resolve_model
 
     path, kwargs = resolve_model(name)
-    dense = {"quantization_config": GgufConfig(dequantize=True)} if "gguf_file" in kwargs else {}
     if quantization == "none":
-        return load_model(name, **dense)
+        return load_model(name)
     from peft import prepare_model_for_kbit_training
     from transformers import BitsAndBytesConfig
 
@@ -78,9 +76,9 @@ def load_base_model(name: str | None, quantization: str):
         load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
         bnb_4bit_compute_dtype=torch.bfloat16 if cuda else torch.float32),
         "device_map": {"": int(os.environ.get("LOCAL_RANK", "0"))} if cuda else None}
-    if dense:
+    if "gguf_file" in kwargs:
         with tempfile.TemporaryDirectory(prefix="prolora-dense-") as tmp:
-            load_model(name, **dense).save_pretrained(tmp)
+            load_model(name).save_pretrained(tmp)
             model = load_model(tmp, **nf4)
         model.config.name_or_path = model.name_or_path = path  # recorded in adapters, not the temporary dir
     else:
