@@ -254,8 +254,8 @@ def markdown(summary: dict) -> str:
             best = ["—", "—"] if row["best"] is None else [f"{row['best_lr']:g}", f"{row['best']:.{digits}f}"]
             lines.append("| " + " | ".join([row["label"], *values, *best]) + " |")
         if summary.get("claims_best_lr"):
-            lines += ["", "The paper's ordering with every row at its best rate of the grid (seed "
-                      f"{sweep['seed']}; gain as above, one seed):", "",
+            lines += ["", ("The paper's ordering with every row at its best rate of the grid (seed "
+                           f"{sweep['seed']}; gain as above, one seed):"), "",
                       "| Claim | Gain | Holds |", "|---|---|---|"]
             for c in summary["claims_best_lr"]:
                 lines.append(f"| {c['claim']} | {c['gain']:+.4f} | {'yes' if c['holds'] else 'no'} |")
