@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 
 from .config import PRoLoRAConfig
+from .files import atomic_write
 from .method import equations as eq
 
 CONFIG_NAME = "adapter_config.json"
@@ -78,19 +78,6 @@ def expand_adapter(config: PRoLoRAConfig, tensors: dict[str, torch.Tensor]) -> d
     return out
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Run ``write(tmp_path)`` then rename onto ``path``: readers never see a half-written file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def export_lora(model_or_path, out_dir: str | os.PathLike, adapter_name: str = "default",
                 dtype: torch.dtype | None = None) -> Path:
     """Write a PRoLoRA adapter as a standard dense PEFT LoRA adapter (rank r, same ``lora_alpha``).
@@ -137,9 +124,9 @@ def export_lora(model_or_path, out_dir: str | os.PathLike, adapter_name: str = "
     )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    _atomic_write(out / WEIGHTS_NAME, lambda tmp: save_file(weights, tmp, metadata={"format": "pt"}))
+    atomic_write(out / WEIGHTS_NAME, lambda tmp: save_file(weights, tmp, metadata={"format": "pt"}))
     lora_dict = lora.to_dict()
     lora_dict["target_modules"] = sorted(factors)
-    _atomic_write(out / CONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(lora_dict, indent=2,
+    atomic_write(out / CONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(lora_dict, indent=2,
                                                                                   default=list)))
     return out

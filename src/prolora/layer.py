@@ -322,7 +322,9 @@ class _AdapterFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_y):
         device, enabled, dtype = ctx.autocast
-        with torch.autocast(device, dtype=dtype, enabled=enabled):
+        if not enabled:  # entering a disabled autocast context still costs ~5 µs per module
+            return _AdapterFunction._backward(ctx, grad_y)
+        with torch.autocast(device, dtype=dtype):
             return _AdapterFunction._backward(ctx, grad_y)
 
     @staticmethod

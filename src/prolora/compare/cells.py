@@ -17,12 +17,13 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import os
 import shutil
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
+
+from prolora.files import write_json
 
 from .grid import Cell
 
@@ -45,14 +46,6 @@ class CellsFailed(RuntimeError):
 
 def result_path(run_dir: str | Path, cell: Cell) -> Path:
     return Path(run_dir) / CELLS_DIR / f"{cell.name}.json"
-
-
-def write_json_atomic(path: Path, data) -> None:
-    """Write ``data`` as JSON to ``path`` via a temporary file and one rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def load_results(run_dir: str | Path, cells: list[Cell]) -> dict[str, dict]:
@@ -105,7 +98,7 @@ def run_cells(cells: list[Cell], run_dir: str | Path, runner: Runner, log: Calla
         finished = datetime.now(timezone.utc).isoformat(timespec="seconds")
         result = {"cell": {**dataclasses.asdict(cell), "key": cell.key}, "metrics": metrics,
                   "summary": summary, "seconds": seconds, "finished": finished}
-        write_json_atomic(path, result)
+        write_json(path, result, sort_keys=True)
         results[cell.key] = result
         log(f"    done in {seconds:.0f} s: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
         if after_each is not None:

@@ -76,7 +76,7 @@ def configure(args):
 
 def write_report(preset, cells, results, report_dir: Path, command: str) -> Path:
     """Write results.md, results.json and the plots; returns the markdown's path."""
-    from prolora.train.files import write_json
+    from prolora.files import write_json, write_text
 
     from .plots import write_plots
     from .report import markdown, summarize
@@ -86,10 +86,8 @@ def write_report(preset, cells, results, report_dir: Path, command: str) -> Path
     summary["plots"] = [p.name for p in write_plots(summary, report_dir)]
     write_json(str(report_dir / REPORT_JSON), summary)
     md = report_dir / REPORT_MD
-    tmp = md.with_name(f".{md.name}.tmp")
     images = "".join(f"\n![{p}]({p})\n" for p in summary["plots"])
-    tmp.write_text(markdown(summary) + images, encoding="utf-8")
-    tmp.replace(md)
+    write_text(md, markdown(summary) + images)
     return md
 
 

@@ -48,17 +48,9 @@ def score_vs_params(summary: dict, path: Path) -> Path | None:
         ax.errorbar(row["params"] * 1.02 ** at_budget[budget], stat["mean"], yerr=stat["std"],
                     fmt=MARKERS[i % len(MARKERS)], capsize=4, color=f"C{i % 10}", markersize=7, alpha=0.85,
                     label=f"{row['label']} (n={stat['n']})")
-    if summary.get("base_heldout_loss") is not None and metric.endswith("loss"):
-        ax.axhline(summary["base_heldout_loss"], color="grey", ls="--", lw=1, label="base model")
-    ax.set_xscale("log")
-    ax.set_xlabel("trainable parameters (log scale; rows at one budget dodged by 2% each)")
-    ax.set_ylabel(_metric_label(summary))
-    ax.set_title(f"{summary['preset']}: {metric} vs trainable parameters (mean ± std over seeds)")
-    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _finish(plt, fig, ax, summary, path,
+                   "trainable parameters (log scale; rows at one budget dodged by 2% each)",
+                   f"{summary['preset']}: {metric} vs trainable parameters (mean ± std over seeds)")
 
 
 def lr_sweep(summary: dict, path: Path) -> Path | None:
@@ -72,12 +64,18 @@ def lr_sweep(summary: dict, path: Path) -> Path | None:
     for i, row in enumerate(rows):
         points = [(lr, v) for lr, v in zip(sweep["lrs"], row["values"]) if v is not None]
         ax.plot(*zip(*points), marker=MARKERS[i % len(MARKERS)], color=f"C{i % 10}", label=row["label"])
+    return _finish(plt, fig, ax, summary, path, "learning rate (log scale)",
+                   f"{summary['preset']}: every method over one learning-rate grid (seed {sweep['seed']})")
+
+
+def _finish(plt, fig, ax, summary: dict, path: Path, xlabel: str, title: str) -> Path:
+    """Base-model line (for a loss), log x axis, labels, legend outside; save and close."""
     if summary.get("base_heldout_loss") is not None and summary["primary_metric"].endswith("loss"):
         ax.axhline(summary["base_heldout_loss"], color="grey", ls="--", lw=1, label="base model")
     ax.set_xscale("log")
-    ax.set_xlabel("learning rate (log scale)")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel(_metric_label(summary))
-    ax.set_title(f"{summary['preset']}: every method over one learning-rate grid (seed {sweep['seed']})")
+    ax.set_title(title)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     fig.savefig(path, dpi=120)

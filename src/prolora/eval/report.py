@@ -7,8 +7,9 @@ Every file is written to a temporary name and moved into place with :func:`os.re
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
+
+from prolora.files import write_text
 
 # the paper's Table 2 columns: (header, benchmark, metric)
 COLUMNS = (
@@ -19,13 +20,6 @@ COLUMNS = (
     ("TyDi QA EM (1-shot, GP)", "tydiqa", "exact_match"),
     ("HumanEval P@1 (0-shot)", "humaneval", "pass@1"),
 )
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def paper_average(scores: dict) -> float | None:
@@ -105,12 +99,12 @@ def _duration(seconds: float) -> str:
 
 def write_predictions(output_dir: str | Path, label: str, benchmark: str, rows: list[dict]) -> None:
     """Write ``predictions/<label>/<benchmark>.jsonl``."""
-    write_text_atomic(Path(output_dir) / "predictions" / label / f"{benchmark}.jsonl",
+    write_text(Path(output_dir) / "predictions" / label / f"{benchmark}.jsonl",
                       "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
 def write_results(output_dir: str | Path, results: dict) -> None:
     """Write ``results.json`` and ``results.md``."""
     out = Path(output_dir)
-    write_text_atomic(out / "results.json", json.dumps(results, indent=2, ensure_ascii=False) + "\n")
-    write_text_atomic(out / "results.md", markdown(results))
+    write_text(out / "results.json", json.dumps(results, indent=2, ensure_ascii=False) + "\n")
+    write_text(out / "results.md", markdown(results))

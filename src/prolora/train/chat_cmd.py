@@ -28,11 +28,7 @@ def _lines():
 
 
 def run(args) -> int:
-    try:
-        generator = open_generator(args)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"prolora chat: error: {exc}", file=sys.stderr)
-        return 2
+    generator = open_generator(args)  # bad --model/--adapter: ValueError/FileNotFoundError, shown by prolora.cli
     start = [{"role": "system", "content": args.system}] if args.system else []
     messages = list(start)
     print(f"adapters: {', '.join(generator.adapters) or 'none'}; answering with "

@@ -39,11 +39,7 @@ def open_generator(args):
 
 
 def run(args) -> int:
-    try:
-        generator = open_generator(args)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"prolora generate: error: {exc}", file=sys.stderr)
-        return 2
+    generator = open_generator(args)  # bad --model/--adapter: ValueError/FileNotFoundError, shown by prolora.cli
     messages = [{"role": "system", "content": args.system}] if args.system else []
     messages.append({"role": "user", "content": args.prompt})
     reply = generator.reply(messages, args.max_new_tokens, args.temperature)

@@ -23,11 +23,11 @@ import importlib.util
 import os
 import time
 
+from prolora.files import write_json
 from prolora.methods import PROLORA_METHODS
 from prolora.models import DEFAULT_MODEL
 
 from .config import DEFAULT_MAX_STEPS, DEFAULT_STEPS_REASON, TrainConfig, default_output_dir
-from .files import write_json
 
 ADAPTER_DIR = "adapter"
 
@@ -211,7 +211,7 @@ def _report_issues(issues, output_dir: str) -> None:
 
 def _save_adapter(model, trainer, output_dir: str) -> str:
     """Write the adapter to ``<output_dir>/adapter`` atomically (main process); returns that path."""
-    from .files import replace_dir
+    from prolora.files import replace_dir
 
     final = os.path.join(output_dir, ADAPTER_DIR)
     if trainer.args.should_save:

@@ -19,7 +19,7 @@ import torch
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
-from .files import replace_dir
+from prolora.files import replace_dir
 
 STAGING = ".checkpoint-staging"  # not matched by get_last_checkpoint's "checkpoint-<N>" pattern
 SHARED_PARAMETERS = ("prolora_A0", "prolora_B0")  # PRoLoRA's shared chunks; A_u/B_u are the unshared ranks
