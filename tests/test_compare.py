@@ -86,14 +86,16 @@ def test_lr_sweep_is_every_row_at_every_rate():
     """One learning-rate grid for every method; the sweep's default-rate cells are the seed-1 main cells."""
     cells = build_cells(SMALL)
     sweep = [c for c in cells if c.group == "lrs"]
-    assert len(sweep) == len(SMALL.methods) * len(SMALL.lr_grid)
+    assert len(sweep) == len(SMALL.lr_grid_rows) * len(SMALL.lr_grid)
+    assert set(SMALL.lr_grid_rows) <= {m.label for m in SMALL.methods}
     by_label: dict[str, list[float]] = {}
     for c in sweep:
         by_label.setdefault(c.label, []).append(c.train["learning_rate"])
         assert c.seed == SMALL.lr_grid_seed and c.coords == {"lr": c.train["learning_rate"]}
     assert all(sorted(lrs) == sorted(SMALL.lr_grid) for lrs in by_label.values())
-    assert len(by_label) == len(SMALL.methods)
-    main_seed1 = {c.key for c in cells if c.group == "main" and c.seed == SMALL.lr_grid_seed}
+    assert set(by_label) == set(SMALL.lr_grid_rows)
+    main_seed1 = {c.key for c in cells if c.group == "main" and c.seed == SMALL.lr_grid_seed
+                  and c.label in SMALL.lr_grid_rows}
     at_default = {c.key for c in sweep if c.train["learning_rate"] == SMALL.train["learning_rate"]}
     assert at_default == main_seed1
     shared = [c for c in sweep if c.label == "PRoLoRA + shared lr"]

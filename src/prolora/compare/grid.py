@@ -109,15 +109,17 @@ def _cell(group: str, spec: MethodSpec, preset: Preset, seed: int, coords: dict 
 
 
 def lr_sweep_cells(preset: Preset) -> list[Cell]:
-    """Every main-table row at every learning rate of ``preset.lr_grid`` (seed ``preset.lr_grid_seed``).
+    """The main-table rows of ``preset.lr_grid_rows`` (default: all) at every rate of ``preset.lr_grid``
+    (seed ``preset.lr_grid_seed``).
 
     The same grid for every method: a method's best rate can then be read off instead of being assumed
     (PRoLoRA at rank 8 and LoRA at rank 2 share ``lora_alpha``, so their update scales ``lora_alpha / r``
     differ fourfold; the paper also searched VeRA and Tied-LoRA over their own range, App. A.2). The
     shared-lr row keeps its multiple (``lr_shared_scale``) of each rate.
     """
+    rows = [spec for spec in preset.methods if preset.lr_grid_rows is None or spec.label in preset.lr_grid_rows]
     return [_cell("lrs", replace(spec, lr=lr), preset, preset.lr_grid_seed, {"lr": lr})
-            for spec in preset.methods for lr in preset.lr_grid]
+            for spec in rows for lr in preset.lr_grid]
 
 
 def heatmap_cells(preset: Preset) -> list[Cell]:
