@@ -122,6 +122,49 @@ def test_missing_and_corrupt_files(saved, tmp_path):
         peft.PeftModel.from_pretrained(make_tiny_llama(), broken)
 
 
+def _edited_copy(src, dst, **changes):
+    """A copy of adapter ``src`` whose adapter_config.json has ``changes`` applied (weights untouched)."""
+    dst.mkdir()
+    (dst / "adapter_model.safetensors").write_bytes((src / "adapter_model.safetensors").read_bytes())
+    config = json.loads((src / "adapter_config.json").read_text())
+    (dst / "adapter_config.json").write_text(json.dumps({**config, **changes}))
+    return dst
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    # down_proj (h = 80, m = 5): A_0 is (r − u, 80/5) = (7, 16)
+    ({"unshared_r": 0}, r"down_proj.prolora_A0 has shape \(7, 16\), but the config .* implies \(8, 16\)"),
+    ({"r": 16}, r"has shape .* but the config .* implies"),
+    ({"sharing_rate_a": 2}, r"down_proj.prolora_A0 has shape \(7, 16\), but the config .* implies \(7, 40\)"),
+    ({"module_shapes": {}}, "module_shapes is empty"),
+    ({"rotation": "no"}, "rotation='no' must be true or false"),
+    ({"lora_alpha": "x"}, "lora_alpha='x' must be a positive number"),
+    ({"module_shapes": [1, 2]}, "module_shapes must map module names"),
+])
+def test_config_edited_apart_from_its_weights_is_refused(saved, tmp_path, changes, message):
+    """A config that no longer describes its weights must not expand into a silently wrong ΔW."""
+    _, _, _, path = saved
+    edited = _edited_copy(path, tmp_path / "edited", **changes)
+    with pytest.raises(ValueError, match=message):
+        prolora.export_lora(edited, tmp_path / "o")
+    assert not (tmp_path / "o").exists()
+
+
+def test_export_never_overwrites_its_source_and_asks_before_replacing(saved, tmp_path):
+    _, _, _, path = saved
+    before = (path / "adapter_model.safetensors").read_bytes()
+    with pytest.raises(ValueError, match="is the source adapter itself"):
+        prolora.export_lora(path, path, overwrite=True)
+    assert (path / "adapter_model.safetensors").read_bytes() == before
+    out = prolora.export_lora(path, tmp_path / "lora")
+    with pytest.raises(ValueError, match="already holds adapter_model.safetensors.*--overwrite"):
+        prolora.export_lora(path, out)
+    prolora.export_lora(path, out, overwrite=True)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="is an existing file"):
+        prolora.export_lora(path, tmp_path / "file")
+
+
 def test_bnb_4bit_base_forward_and_merge():
     """QLoRA base (bitsandbytes NF4, CPU): forward = dequantized W0 + ΔW; merge = requantized (W0 + ΔW)."""
     bnb = pytest.importorskip("bitsandbytes")

@@ -332,3 +332,10 @@ def test_config_errors(kw, match):
 def test_sharing_rate_larger_than_dimension_names_module(tiny_llama):
     with pytest.raises(ValueError, match=r"sharing_rate_b=20 for module .*k_proj exceeds .*o=16"):
         get_prolora_model(tiny_llama, _config(sharing_rate_b=20))
+
+
+def test_adapter_names_needs_one_name_per_row(tiny_llama):
+    pm = get_prolora_model(tiny_llama, _config())
+    pm.eval()
+    with torch.no_grad(), pytest.raises(ValueError, match="adapter_names has 2 entries for a batch of 1 rows"):
+        pm(torch.randint(0, 128, (1, 5)), adapter_names=["default", "__base__"])

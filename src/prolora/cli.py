@@ -33,11 +33,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one sub-command; bad input (ValueError, missing file) ends with a one-line error and exit 2."""
+    """Run one sub-command; bad input (ValueError, a missing or unreadable file or model) ends with a
+    one-line error and exit 2."""
     args = build_parser().parse_args(argv)
     try:
         return int(importlib.import_module(args._module).run(args) or 0)
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, OSError) as error:  # OSError: missing/unreadable files, unreachable hub ids
         print(f"prolora {args.command}: error: {error}", file=sys.stderr)
         return 2
 

@@ -19,6 +19,14 @@ INIT_SCHEMES = ("rectified", "vanilla")
 OVERRIDABLE = ("r", "unshared_r", "sharing_rate_a", "sharing_rate_b", "stride_a", "stride_b", "lora_alpha")
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _require_int(name: str, value, low: int, hint: str) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise ValueError(f"{name}={value!r} is invalid: it must be an integer ≥ {low} ({hint}).")
@@ -92,6 +100,17 @@ class PRoLoRAConfig(PeftConfig):
         self.peft_type = PROLORA
         if isinstance(self.target_modules, (list, tuple, set)):
             self.target_modules = sorted(set(self.target_modules))
+        if not isinstance(self.overrides, dict) or not all(isinstance(v, dict) for v in self.overrides.values()):
+            raise ValueError(f"overrides={self.overrides!r} must map module-name regexes to dicts of values, "
+                             "e.g. {'mlp\\..*': {'r': 4}}.")
+        if not isinstance(self.module_shapes, dict) or not all(
+                isinstance(v, (list, tuple)) and len(v) == 2 and all(_is_int(d) and d > 0 for d in v)
+                for v in self.module_shapes.values()):
+            raise ValueError("module_shapes must map module names to [out_features, in_features] (positive "
+                             "integers); it is written by prolora when the adapter is created, do not edit it.")
+        for name in ("rotation", "fan_in_fan_out"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name}={getattr(self, name)!r} must be true or false.")  # noqa: TRY004  (bad user input: a ValueError for prolora.cli)
         for name, value in self.overrides.items():
             try:
                 re.compile(name)
@@ -101,7 +120,9 @@ class PRoLoRAConfig(PeftConfig):
             if unknown:
                 raise ValueError(f"overrides[{name!r}] has unknown keys {sorted(unknown)}; allowed: {OVERRIDABLE}")
         self.validate_values(self.module_values(None), where="")
-        if not 0.0 <= self.lora_dropout < 1.0:
+        for name, value in self.overrides.items():
+            self.validate_values({**self.module_values(None), **value}, where=f"overrides[{name!r}]")
+        if not _is_number(self.lora_dropout) or not 0.0 <= self.lora_dropout < 1.0:
             raise ValueError(f"lora_dropout={self.lora_dropout!r} must be in [0, 1).")
         if self.init not in INIT_SCHEMES:
             raise ValueError(f"init={self.init!r} must be one of {INIT_SCHEMES}.")
@@ -147,3 +168,7 @@ class PRoLoRAConfig(PeftConfig):
         for name in ("stride_a", "stride_b"):
             if values[name] is not None:
                 _require_int(name + at, values[name], 0, "rotation stride; None = default")
+        alpha = values["lora_alpha"]
+        if not _is_number(alpha) or alpha <= 0:
+            raise ValueError(f"lora_alpha={alpha!r}{at} must be a positive number (ΔW is scaled by "
+                             "lora_alpha / r; the paper uses 16).")

@@ -10,6 +10,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("out_dir", help="where to write the result")
     parser.add_argument("--merged", action="store_true",
                         help="write the base model with ΔW merged in (needs --model) instead of a LoRA adapter")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an adapter or model already in out_dir (never the source adapter)")
     parser.add_argument("--model", default=None,
                         help="base model for --merged: path, hub id or .gguf (default: the embedded SmolLM2-135M)")
 
@@ -19,8 +21,10 @@ def run(args: argparse.Namespace) -> int:
 
     import prolora
 
+    from .io import check_output_dir, read_adapter
+
     if not args.merged:
-        out = prolora.export_lora(args.adapter, args.out_dir)
+        out = prolora.export_lora(args.adapter, args.out_dir, overwrite=args.overwrite)
         size = os.path.getsize(out / "adapter_model.safetensors")
         print(f"wrote dense LoRA adapter to {out} ({size:,} bytes); load it with stock peft: "
               f"PeftModel.from_pretrained(base, {str(out)!r})")
@@ -29,6 +33,8 @@ def run(args: argparse.Namespace) -> int:
 
     from .models import load_model, load_tokenizer
 
+    check_output_dir(args.out_dir, args.adapter, args.overwrite)
+    read_adapter(args.adapter)  # a clear error for a broken adapter before the base model loads
     model = PeftModel.from_pretrained(load_model(args.model), args.adapter)
     merged = model.merge_and_unload()
     merged.save_pretrained(args.out_dir)  # safetensors

@@ -49,12 +49,51 @@ def read_adapter(path: str | os.PathLike) -> tuple[PRoLoRAConfig, dict[str, torc
         raise ValueError(f"{path / CONFIG_NAME} is not valid JSON ({exc}).") from None
     if raw.get("peft_type") != "PROLORA":
         raise ValueError(f"{path / CONFIG_NAME} has peft_type={raw.get('peft_type')!r}, not 'PROLORA'.")
-    config = PRoLoRAConfig.from_pretrained(str(path))
+    try:
+        config = PRoLoRAConfig.from_pretrained(str(path))
+    except (TypeError, AttributeError, ValueError) as exc:
+        raise ValueError(f"{path / CONFIG_NAME} is not a valid PRoLoRA config: {exc}") from None
     try:
         tensors = load_file(str(path / WEIGHTS_NAME))
     except (SafetensorError, OSError) as exc:
         raise ValueError(f"{path / WEIGHTS_NAME} is not a readable safetensors file ({exc}).") from None
+    check_tensors(config, tensors, source=str(path))
     return config, tensors
+
+
+def check_tensors(config: PRoLoRAConfig, tensors: dict[str, torch.Tensor], source: str = "the adapter") -> None:
+    """Check that ``tensors`` are exactly the compact tensors ``config`` describes (names and shapes).
+
+    Each module of ``config.module_shapes`` needs A_0, B_0 (shapes from Eq. 4's chunking,
+    :func:`~prolora.method.equations.chunk_shapes`), A_u (u, h) and B_u (o, u), and nothing else may be
+    present: a config edited apart from its weights would otherwise expand into a wrong ΔW.
+
+    Raises:
+        ValueError: naming the module, the tensor and both shapes, or the missing/unexpected tensor names.
+    """
+    if not config.module_shapes:
+        raise ValueError(f"{source}: module_shapes is empty, so the adapter adapts no module; it is written "
+                         "by prolora at creation: re-save the adapter with prolora.")
+    expected = {}
+    for module, (o, h) in config.module_shapes.items():
+        v = config.module_values(module)
+        r, u = v["r"], v["unshared_r"]
+        PRoLoRAConfig.validate_values(v, where=module, h=h, o=o)
+        shape_a0, shape_b0 = eq.chunk_shapes(h, o, r, u, v["sharing_rate_a"], v["sharing_rate_b"], config.share)
+        shapes = (shape_a0, shape_b0, (u, h), (o, u))
+        for name, shape in zip(TENSOR_NAMES, shapes):
+            expected[f"base_model.model.{module}.{name}"] = tuple(shape)
+    missing = sorted(set(expected) - set(tensors))
+    extra = sorted(set(tensors) - set(expected))
+    if missing or extra:
+        raise ValueError(f"{source}: the weights do not match the config's modules (missing: {missing[:3]}"
+                         f"{' …' if len(missing) > 3 else ''}; unexpected: {extra[:3]}"
+                         f"{' …' if len(extra) > 3 else ''}); the config and weights file belong together.")
+    for key, shape in expected.items():
+        if tuple(tensors[key].shape) != shape:
+            raise ValueError(f"{source}: {key} has shape {tuple(tensors[key].shape)}, but the config (r, "
+                             f"unshared_r, sharing rates, module_shapes) implies {shape}; the config and "
+                             "weights file belong together.")
 
 
 def expand_adapter(config: PRoLoRAConfig, tensors: dict[str, torch.Tensor]) -> dict[str, tuple]:
@@ -78,8 +117,30 @@ def expand_adapter(config: PRoLoRAConfig, tensors: dict[str, torch.Tensor]) -> d
     return out
 
 
+def check_output_dir(out_dir: str | os.PathLike, source: str | os.PathLike | None = None,
+                     overwrite: bool = False) -> Path:
+    """``out_dir`` as a Path, refusing to write over a file, the ``source`` adapter, or (unless
+    ``overwrite``) a directory that already holds an adapter or model.
+
+    Raises:
+        ValueError: naming the directory and the fix.
+    """
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"output {out} is an existing file; choose a directory path.")
+    if source is not None and Path(source).exists() and out.exists() and out.resolve() == Path(source).resolve():
+        raise ValueError(f"output {out} is the source adapter itself; writing there would destroy it. "
+                         "Choose another directory.")
+    held = [name for name in (WEIGHTS_NAME, CONFIG_NAME, "model.safetensors", "config.json")
+            if (out / name).exists()]
+    if held and not overwrite:
+        raise ValueError(f"output {out} already holds {', '.join(held)}; choose another directory or pass "
+                         "overwrite=True (CLI: --overwrite).")
+    return out
+
+
 def export_lora(model_or_path, out_dir: str | os.PathLike, adapter_name: str = "default",
-                dtype: torch.dtype | None = None) -> Path:
+                dtype: torch.dtype | None = None, overwrite: bool = False) -> Path:
     """Write a PRoLoRA adapter as a standard dense PEFT LoRA adapter (rank r, same ``lora_alpha``).
 
     ``model_or_path`` is a ``PeftModel`` holding a PRoLoRA adapter ``adapter_name``, or a saved PRoLoRA
@@ -87,11 +148,14 @@ def export_lora(model_or_path, out_dir: str | os.PathLike, adapter_name: str = "
     per-module ranks via ``rank_pattern``) loads with stock peft, without prolora installed, and gives the
     same outputs: what vLLM, TGI and LoRAX serve. It is up to ``m``× larger than the PRoLoRA file.
 
-    Returns the output directory. Raises ``ValueError``/``FileNotFoundError`` as :func:`read_adapter`.
+    Returns the output directory. Raises ``ValueError``/``FileNotFoundError`` as :func:`read_adapter`, and
+    ``ValueError`` from :func:`check_output_dir` (an existing adapter in ``out_dir`` needs ``overwrite``).
     """
     from peft import LoraConfig
     from safetensors.torch import save_file
 
+    source = model_or_path if isinstance(model_or_path, (str, os.PathLike)) else None
+    check_output_dir(out_dir, source, overwrite)
     if isinstance(model_or_path, (str, os.PathLike)):
         config, tensors = read_adapter(model_or_path)
     else:

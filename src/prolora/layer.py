@@ -393,6 +393,9 @@ class PRoLoRALinear(nn.Module, PRoLoRALayer):
         """Row ``i`` of the batch uses adapter ``adapter_names[i]`` (``"__base__"``: none)."""
         if self.merged:
             raise ValueError("adapter_names= cannot be used while adapters are merged; unmerge_adapter() first.")
+        if len(adapter_names) != x.shape[0]:
+            raise ValueError(f"adapter_names has {len(adapter_names)} entries for a batch of {x.shape[0]} rows; "
+                             "give one adapter name (or '__base__') per row.")
         result = self.base_layer(x, *args, **kwargs)
         for name in set(adapter_names):
             if name not in self.prolora_spec:

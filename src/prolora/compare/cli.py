@@ -67,9 +67,12 @@ def configure(args):
         wanted = [label.strip() for label in args.methods.split(",")]
         if unknown := set(wanted) - {m.label for m in methods}:
             rows = ", ".join(m.label for m in methods)
-            raise SystemExit(f"--methods: unknown {sorted(unknown)}; the rows are: {rows}")
+            raise ValueError(f"--methods: unknown {sorted(unknown)}; the rows are: {rows}")
         methods = tuple(m for m in methods if m.label in wanted)
-    seeds = tuple(int(s) for s in args.seeds.split(",")) if args.seeds else preset.seeds
+    try:
+        seeds = tuple(int(s) for s in args.seeds.split(",")) if args.seeds else preset.seeds
+    except ValueError:
+        raise ValueError(f"--seeds {args.seeds!r}: give comma-separated integers, e.g. 1,2,3") from None
     limit = args.limit if args.limit is not None else preset.eval_limit
     return dataclasses.replace(preset, train=train, methods=methods, seeds=seeds, eval_limit=limit)
 
@@ -92,20 +95,24 @@ def write_report(preset, cells, results, report_dir: Path, command: str) -> Path
 
 
 def run(args) -> int:
-    from .cells import CellsFailed, TrainRunner, benchmark_evaluator, load_results, run_cells
+    from .cells import CellsFailed, TrainRunner, benchmark_evaluator, load_results, run_cells, train_config
     from .grid import build_cells
 
     groups = tuple(g.strip() for g in args.groups.split(",") if g.strip())
     if unknown := set(groups) - set(GROUPS):
-        raise SystemExit(f"--groups: unknown {sorted(unknown)}; choose from {', '.join(GROUPS)}")
+        raise ValueError(f"--groups: unknown {sorted(unknown)}; choose from {', '.join(GROUPS)}")
+    if not groups:
+        raise ValueError(f"--groups {args.groups!r} names no group; choose from {', '.join(GROUPS)}")
     preset = configure(args)
     if preset.benchmarks and not args.data_dir and not args.report_only:
         benchmarks = ", ".join(preset.benchmarks)
-        raise SystemExit(f"preset {preset.name} evaluates {benchmarks}: pass --data-dir DIR "
+        raise ValueError(f"preset {preset.name} evaluates {benchmarks}: pass --data-dir DIR "
                          "(layout: docs/eval.md)")
     out = Path(args.output_dir or f"runs/compare-{preset.name}")
     report_dir = Path(args.report_dir) if args.report_dir else out
     cells = build_cells(preset, groups)
+    for cell in cells:  # every cell's training settings are valid before the first one trains
+        train_config(cell.train, out / "runs" / cell.name)
     command = "prolora " + shlex.join(sys.argv[1:]) if Path(sys.argv[0]).name in ("prolora", "cli.py") else ""
     if args.report_only:
         results = load_results(out, cells)

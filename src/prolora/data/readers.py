@@ -104,9 +104,14 @@ def _jsonl_lines(path: str):
 
 def _json_array(path: str):
     with open(path, encoding="utf-8") as f:
-        data = json.load(f)
+        try:
+            data = json.load(f)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path} is not valid JSON ({exc}); a .json data file holds one JSON array of "
+                             "records, a .jsonl file one record per line") from None
     if not isinstance(data, list):
-        raise TypeError(f"{path}: a .json data file must hold a JSON array of records; use .jsonl for one per line")
+        raise ValueError(  # noqa: TRY004  (bad user input: reported as ValueError by prolora.cli)
+            f"{path}: a .json data file must hold a JSON array of records; use .jsonl for one per line")
     return ((f"{path}[{i}]", obj) for i, obj in enumerate(data))
 
 
@@ -134,7 +139,7 @@ def read_source(source: str | None, split: str = "train") -> tuple[list[Record],
 
     Raises:
         FileNotFoundError: a path that does not exist and is not a loadable dataset name.
-        TypeError: a ``.json`` file that is not a JSON array.
+        ValueError: a ``.json`` file that is not a JSON array.
     """
     if source in (None, "", EMBEDDED):
         items = _jsonl_lines(embedded_path(split))

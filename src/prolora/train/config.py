@@ -92,6 +92,28 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the bad value and the fix."""
+        for f in dataclasses.fields(self):  # config files bypass argparse's types: check them here
+            value, default = getattr(self, f.name), f.default
+            if isinstance(default, bool):
+                ok = isinstance(value, bool)
+            elif isinstance(default, int):
+                ok = isinstance(value, int) and not isinstance(value, bool)
+            elif isinstance(default, float):
+                ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            else:
+                continue
+            if not ok:
+                raise ValueError(f"{f.name}={value!r} must be {type(default).__name__} like the default "
+                                 f"{default!r}")
+        for name in ("learning_rate", "lora_alpha"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name}={getattr(self, name)!r} must be positive (App. A.2: lr 2e-4, "
+                                 "lora_alpha 16)")
+        if not 0 <= self.lora_dropout < 1:
+            raise ValueError(f"lora_dropout={self.lora_dropout!r} must be in [0, 1) (App. A.2: 0.1)")
+        for name in ("max_grad_norm", "weight_decay"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}={getattr(self, name)!r} must be at least 0")
         for name in ("r", "max_steps", "batch_size", "micro_batch_size", "max_length", "logging_steps",
                      "save_steps"):
             if getattr(self, name) < 1:
@@ -154,17 +176,24 @@ def read_config_file(path: str) -> dict:
     """Read a YAML (``.yaml``/``.yml``) or JSON config file into a dict of field values.
 
     Raises:
-        TypeError: the file is not a mapping. ValueError: it has keys that are not TrainConfig fields.
+        ValueError: the file is not valid YAML/JSON, not a mapping, or has keys that are not TrainConfig
+            fields.
     """
     with open(path, encoding="utf-8") as f:
         if path.endswith((".yaml", ".yml")):
             import yaml
 
-            values = yaml.safe_load(f) or {}
+            try:
+                values = yaml.safe_load(f) or {}
+            except yaml.YAMLError as exc:
+                raise ValueError(f"{path} is not valid YAML: {exc}") from None
         else:
-            values = json.load(f)
+            try:
+                values = json.load(f)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path} is not valid JSON: {exc}") from None
     if not isinstance(values, dict):
-        raise TypeError(f"{path}: a config file must be a mapping of field names to values")
+        raise ValueError(f"{path}: a config file must be a mapping of field names to values")  # noqa: TRY004  (bad user input: a ValueError for prolora.cli)
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(values) - known)
     if unknown:
