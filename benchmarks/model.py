@@ -57,7 +57,7 @@ class Settings:
         if opts.quick:
             return cls(steps=((1, 32), (4, 128)), train_rounds=2, rss_steps=1, rss_repeats=0, new_tokens=4,
                        gen_rounds=2)
-        return cls(steps=((1, 32), (1, 128), (4, 128)), train_rounds=3, rss_steps=1, rss_repeats=1, new_tokens=8,
+        return cls(steps=((1, 32), (1, 128), (4, 128)), train_rounds=3, rss_steps=1, rss_repeats=3, new_tokens=8,
                    gen_rounds=3)
 
     @property

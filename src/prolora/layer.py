@@ -18,6 +18,7 @@ only compact tensors in memory for serving many adapters.
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from dataclasses import dataclass
@@ -189,10 +190,8 @@ class PRoLoRALayer(BaseTunerLayer):
                 x = self.prolora_dropout[adapter_name](x.to(a0.dtype))
                 if self.lean_backward:
                     return _AdapterFunction.apply(x, *tensors, spec)
-                idx_a, idx_b = _flat_indices(spec, x.device)  # the same gathers, recorded by autograd
-                a = _gather(a0, tensors[1], idx_a, (spec.r, spec.h))
-                return F.linear(F.linear(x, a) * spec.scaling, _gather(tensors[2], tensors[3], idx_b,
-                                                                        (spec.o, spec.r)))
+                a, b = _expand(_flatten(tensors), spec, x.device)  # the same gather, recorded by autograd
+                return F.linear(F.linear(x, a) * spec.scaling, b)
         elif self.cache_expanded:  # fast path: a valid cache entry and no active dropout
             hit = self._expanded.get(adapter_name)
             dropout = self.prolora_dropout[adapter_name]
@@ -302,21 +301,23 @@ def _cache_key(tensors: tuple) -> tuple:
 class _AdapterFunction(torch.autograd.Function):
     """``(scaling · x·Aᵀ)·Bᵀ`` with A, B gathered from the chunks in forward and again in backward.
 
-    Saves x, the rank-r activation and the compact tensors only: the expanded A and B (r·(h+o) floats,
-    which LoRA never allocates since its A and B are the parameters) live only while they are used.
-    Under ``torch.autocast`` backward runs with the forward's autocast state (as autograd does for
-    built-in ops), and the chunk gradients are accumulated in the chunks' own dtype.
+    Saves x, the rank-r activation and the compact tensors (as one flat copy) only: the expanded A and B
+    (r·(h+o) floats, which LoRA never allocates since its A and B are the parameters) live only while they
+    are used. Backward folds the dense gradients of A and B back onto the four compact tensors with one
+    ``index_add``. Under ``torch.autocast`` backward runs with the forward's autocast state (as autograd
+    does for built-in ops), and the chunk gradients are accumulated in the chunks' own dtype.
     """
 
     @staticmethod
     def forward(ctx, x, a0, a_u, b0, b_u, spec):
-        idx_a, idx_b = _flat_indices(spec, x.device)
-        z = F.linear(x, _gather(a0, a_u, idx_a, (spec.r, spec.h))) * spec.scaling
-        ctx.save_for_backward(x, z, a0, a_u, b0, b_u)
+        flat = _flatten((a0, a_u, b0, b_u))
+        a, b = _expand(flat, spec, x.device)
+        z = F.linear(x, a).mul_(spec.scaling)
+        ctx.save_for_backward(x, z, flat)
         ctx.spec = spec
         device = x.device.type
         ctx.autocast = (device, torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
-        return F.linear(z, _gather(b0, b_u, idx_b, (spec.o, spec.r)))
+        return F.linear(z, b)
 
     @staticmethod
     @once_differentiable
@@ -329,32 +330,51 @@ class _AdapterFunction(torch.autograd.Function):
 
     @staticmethod
     def _backward(ctx, grad_y):
-        x, z, a0, a_u, b0, b_u = ctx.saved_tensors
+        x, z, flat = ctx.saved_tensors
         spec = ctx.spec
-        idx_a, idx_b = _flat_indices(spec, x.device)
-        grad_z = torch.matmul(grad_y, _gather(b0, b_u, idx_b, (spec.o, spec.r))) * spec.scaling  # (…, r)
-        grad_b0, grad_b_u = _fold(grad_y.reshape(-1, spec.o).t() @ z.reshape(-1, spec.r), idx_b, b0, b_u)
-        grad_a0, grad_a_u = _fold(grad_z.reshape(-1, spec.r).t() @ x.reshape(-1, spec.h), idx_a, a0, a_u)
+        idx, _ = _layout(spec, x.device)
+        a, b = _expand(flat, spec, x.device)
+        grad_z = torch.matmul(grad_y, b).mul_(spec.scaling)  # (…, r)
+        dense = torch.cat([(grad_z.reshape(-1, spec.r).t() @ x.reshape(-1, spec.h)).reshape(-1),  # ∂A
+                           (grad_y.reshape(-1, spec.o).t() @ z.reshape(-1, spec.r)).reshape(-1)])  # ∂B
+        grads = _split(flat.new_zeros(flat.numel()).index_add_(0, idx, dense.to(flat.dtype)), spec)
         grad_x = None
         if ctx.needs_input_grad[0]:
             # torch.matmul, not a reshaped mm: a view would stop autograd from accumulating in place
-            grad_x = torch.matmul(grad_z, _gather(a0, a_u, idx_a, (spec.r, spec.h)))
-        return grad_x, grad_a0, grad_a_u, grad_b0, grad_b_u, None
+            grad_x = torch.matmul(grad_z, a)
+        return (grad_x, *grads, None)
 
 
-def _flat_indices(spec: ChunkSpec, device) -> tuple[torch.Tensor, torch.Tensor]:
-    return eq.flat_gather_indices(spec.h, spec.o, spec.r, spec.u, spec.m, spec.n, spec.stride_a, spec.stride_b,
-                                  spec.rotate, spec.share, device)
+@functools.lru_cache(maxsize=256)
+def _layout(spec: ChunkSpec, device: torch.device) -> tuple[torch.Tensor, tuple]:
+    """``(idx, shapes)``: ``cat(A.flatten(), B.flatten()) = flat[idx]`` for ``flat`` = the four compact
+    tensors flattened and concatenated (:func:`_flatten`), and their shapes in that order. The indices are
+    :func:`~prolora.method.equations.flat_gather_indices` (Eq. 4 applied to element numbers)."""
+    idx_a, idx_b = eq.flat_gather_indices(spec.h, spec.o, spec.r, spec.u, spec.m, spec.n, spec.stride_a,
+                                          spec.stride_b, spec.rotate, spec.share, device)
+    shape_a0, shape_b0 = eq.chunk_shapes(spec.h, spec.o, spec.r, spec.u, spec.m, spec.n, spec.share)
+    shapes = (shape_a0, (spec.u, spec.h), shape_b0, (spec.o, spec.u))
+    n_a = math.prod(shape_a0) + spec.u * spec.h
+    return torch.cat([idx_a, idx_b + n_a]), shapes
 
 
-def _gather(chunk: torch.Tensor, extra: torch.Tensor, idx: torch.Tensor, shape) -> torch.Tensor:
-    return torch.cat([chunk.reshape(-1), extra.reshape(-1)]).index_select(0, idx).view(shape)
+def _flatten(tensors) -> torch.Tensor:
+    """(A_0, A_u, B_0, B_u) as one flat tensor, in that order."""
+    return torch.cat([t.reshape(-1) for t in tensors])
 
 
-def _fold(grad: torch.Tensor, idx: torch.Tensor, chunk: torch.Tensor, extra: torch.Tensor):
-    """Adjoint of :func:`_gather`: scatter-add a dense gradient back onto (chunk, extra)."""
-    flat = chunk.new_zeros(chunk.numel() + extra.numel()).index_add_(0, idx, grad.reshape(-1).to(chunk.dtype))
-    return flat[:chunk.numel()].view_as(chunk), flat[chunk.numel():].view_as(extra)
+def _expand(flat: torch.Tensor, spec: ChunkSpec, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The full A (r, h) and B (o, r) from the flat compact tensors: one ``index_select`` (Eq. 4)."""
+    full = flat.index_select(0, _layout(spec, device)[0])
+    rh = spec.r * spec.h
+    return full[:rh].view(spec.r, spec.h), full[rh:].view(spec.o, spec.r)
+
+
+def _split(flat: torch.Tensor, spec: ChunkSpec) -> tuple[torch.Tensor, ...]:
+    """Inverse of :func:`_flatten`: views of ``flat`` shaped as (A_0, A_u, B_0, B_u)."""
+    shapes = _layout(spec, flat.device)[1]
+    parts = flat.split([math.prod(shape) for shape in shapes])
+    return tuple(part.view(shape) for part, shape in zip(parts, shapes))
 
 
 class PRoLoRALinear(nn.Module, PRoLoRALayer):
