@@ -108,6 +108,15 @@ def test_loading_onto_other_shapes_names_module_and_shapes(saved):
         peft.PeftModel.from_pretrained(other, path)
 
 
+@pytest.mark.parametrize(("layers", "message"), [(1, "saved with modules the base model lacks"),
+                                                 (3, "has no weights for model.layers.2")])
+def test_loading_onto_a_base_with_other_layers_fails(saved, layers, message):
+    """Extra layers would get fresh adapters and missing ones would drop weights, silently: refused."""
+    _, _, _, path = saved
+    with pytest.raises(ValueError, match=message):
+        peft.PeftModel.from_pretrained(make_tiny_llama(num_hidden_layers=layers), path)
+
+
 def test_missing_and_corrupt_files(saved, tmp_path):
     _, _, _, path = saved
     with pytest.raises(FileNotFoundError, match="adapter_config.json not found"):

@@ -48,8 +48,29 @@ class PRoLoRAModel(BaseTuner):
     tuner_layer_cls = PRoLoRALayer
     target_module_mapping = TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 
+    def _check_new_adapter_config(self, config: PRoLoRAConfig) -> None:
+        """Remember which modules a loaded adapter was saved with (``module_shapes``), before injection."""
+        super()._check_new_adapter_config(config)
+        config._saved_modules = frozenset(config.module_shapes)  # not a field: never serialised
+
+    def _mark_only_adapters_as_trainable(self, model: torch.nn.Module) -> None:
+        """After injection: a loaded adapter must have found every module it was saved with."""
+        for name, config in self.peft_config.items():
+            saved = getattr(config, "_saved_modules", frozenset())
+            missing = sorted(saved - {key for key, layer in prolora_modules(model) if name in layer.prolora_spec})
+            if missing:
+                raise ValueError(f"This adapter was saved with modules the base model lacks ({missing[:3]}"
+                                 f"{' …' if len(missing) > 3 else ''}); load it onto the base model it was "
+                                 "trained on (adapter_config.json: base_model_name_or_path).")
+        super()._mark_only_adapters_as_trainable(model)
+
     def _create_and_replace(self, config: PRoLoRAConfig, adapter_name, target, target_name, parent, current_key,
                             **optional_kwargs):
+        saved = getattr(config, "_saved_modules", frozenset())
+        if saved and current_key not in saved:
+            raise ValueError(f"This adapter has no weights for {current_key}: it was saved for a base model "
+                             "with other layers. Load it onto the base model it was trained on "
+                             "(adapter_config.json: base_model_name_or_path).")
         kwargs = {
             "values": config.module_values(current_key), "lora_dropout": config.lora_dropout,
             "rotation": config.rotation, "init": config.init, "share": config.share,
