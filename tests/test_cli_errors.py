@@ -44,3 +44,11 @@ def test_json_data_file_that_is_not_an_array(tmp_path):
     (tmp_path / "obj.json").write_text('{"messages": []}')
     with pytest.raises(ValueError, match="must hold a JSON array of records"):
         read_source(str(tmp_path / "obj.json"))
+
+
+def test_failed_setup_leaves_no_run_directory(tmp_path, capsys):
+    """A run that fails before training (here: its data file is missing) removes the directory it made."""
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(tmp_path / "missing.jsonl"), "--output-dir", str(out)]) == 2
+    assert "data file not found" in capsys.readouterr().err
+    assert not out.exists()

@@ -19,8 +19,10 @@ weights and silently stops gradients through most layers).
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
+import shutil
 import time
 
 from prolora.files import write_json
@@ -92,6 +94,17 @@ def load_base_model(name: str | None, quantization: str):
                 module.support_avx512bf16_for_cpu = False
     # gradient checkpointing, when asked for, is enabled by the Trainer (non-reentrant)
     return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+
+
+@contextlib.contextmanager
+def _removed_on_error(output_dir: str, remove: bool):
+    """Delete ``output_dir`` (created for this run, holding only its plan files) if the block raises."""
+    try:
+        yield
+    except BaseException:
+        if remove:
+            shutil.rmtree(output_dir, ignore_errors=True)
+        raise
 
 
 def prepare_output_dir(config: TrainConfig, world_size: int) -> tuple[str, str | None]:
@@ -286,39 +299,41 @@ def train(config: TrainConfig, *, base_model=None, adapter_config=None) -> dict:
     from .trainer import CheckpointTrainer, JsonlLogCallback, StopOnSignal, adapter_fingerprint, truncate_log
 
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    existed = config.output_dir is not None and os.path.exists(config.output_dir)
     output_dir, checkpoint = prepare_output_dir(config, world_size)
-    quantization = resolve_quantization(config.quantization)
-    tokenizer = load_tokenizer(config.model)
-    splits = load_splits(tokenizer, config.data, config.heldout_data, config.heldout_size, config.max_length,
-                         config.chat_format, config.seed)
-    args = training_arguments(config, output_dir, world_size, quantization)
-    say(*_plan(config, args, quantization, splits, world_size))
-    _report_issues(splits.issues, output_dir)
-    if is_main_process():
-        write_json(os.path.join(output_dir, "run_config.json"),
-                   {**config.to_dict(), "output_dir": output_dir, "quantization_resolved": quantization,
-                    "optim_resolved": args.optim.value, "gradient_accumulation_steps": args.gradient_accumulation_steps,
-                    "world_size": world_size, "resumed_from": checkpoint})
+    with _removed_on_error(output_dir, not existed and world_size == 1):  # setup failed: leave no empty run
+        quantization = resolve_quantization(config.quantization)
+        tokenizer = load_tokenizer(config.model)
+        splits = load_splits(tokenizer, config.data, config.heldout_data, config.heldout_size, config.max_length,
+                             config.chat_format, config.seed)
+        args = training_arguments(config, output_dir, world_size, quantization)
+        say(*_plan(config, args, quantization, splits, world_size))
+        _report_issues(splits.issues, output_dir)
+        if is_main_process():
+            write_json(os.path.join(output_dir, "run_config.json"),
+                       {**config.to_dict(), "output_dir": output_dir, "quantization_resolved": quantization,
+                        "optim_resolved": args.optim.value, "gradient_accumulation_steps": args.gradient_accumulation_steps,
+                        "world_size": world_size, "resumed_from": checkpoint})
 
-    set_seed(config.seed)  # the adapter's random initialisation
-    model = base_model if base_model is not None else load_base_model(config.model, quantization)
-    lora = count_parameters(model, "lora", r=config.r, target_modules=config.target_modules)  # before wrapping
-    from peft import get_peft_model
+        set_seed(config.seed)  # the adapter's random initialisation
+        model = base_model if base_model is not None else load_base_model(config.model, quantization)
+        lora = count_parameters(model, "lora", r=config.r, target_modules=config.target_modules)  # before wrapping
+        from peft import get_peft_model
 
-    model = get_peft_model(model, adapter_config or make_adapter_config(
-        config.method, r=config.r, u=config.unshared_r, m=config.sharing_rate_a, n=config.sharing_rate_b,
-        lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout, target_modules=config.target_modules))
-    trainable, _ = model.get_nb_trainable_parameters()
+        model = get_peft_model(model, adapter_config or make_adapter_config(
+            config.method, r=config.r, u=config.unshared_r, m=config.sharing_rate_a, n=config.sharing_rate_b,
+            lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout, target_modules=config.target_modules))
+        trainable, _ = model.get_nb_trainable_parameters()
 
-    log_path = os.path.join(output_dir, "train_log.jsonl")
-    if checkpoint and is_main_process():
-        truncate_log(log_path, int(checkpoint.rsplit("-", 1)[1]))
-    stop = StopOnSignal()
-    trainer = CheckpointTrainer(
-        model=model, args=args, train_dataset=splits.train,
-        data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100),
-        callbacks=[JsonlLogCallback(log_path), stop], lr_shared_scale=config.lr_shared_scale,
-    )
+        log_path = os.path.join(output_dir, "train_log.jsonl")
+        if checkpoint and is_main_process():
+            truncate_log(log_path, int(checkpoint.rsplit("-", 1)[1]))
+        stop = StopOnSignal()
+        trainer = CheckpointTrainer(
+            model=model, args=args, train_dataset=splits.train,
+            data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100),
+            callbacks=[JsonlLogCallback(log_path), stop], lr_shared_scale=config.lr_shared_scale,
+        )
     if checkpoint:
         say(f"resuming from {checkpoint}")
     result = trainer.train(resume_from_checkpoint=checkpoint)
