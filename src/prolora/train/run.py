@@ -125,6 +125,8 @@ def prepare_output_dir(config: TrainConfig, world_size: int) -> tuple[str, str |
             raise ValueError("under torchrun or accelerate launch, pass --output-dir so that every process "
                              "writes to the same run directory")
         out = default_output_dir(config.method, time.strftime("%Y%m%d-%H%M%S"))
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ValueError(f"--output-dir {out} is an existing file; give a directory path")
     checkpoint = get_last_checkpoint(out) if os.path.isdir(out) else None
     if config.resume and checkpoint is None:
         raise FileNotFoundError(f"--resume: no checkpoint-N directory in {out}; run without --resume to start")
