@@ -301,23 +301,26 @@ def _cache_key(tensors: tuple) -> tuple:
 class _AdapterFunction(torch.autograd.Function):
     """``(scaling · x·Aᵀ)·Bᵀ`` with A, B gathered from the chunks in forward and again in backward.
 
-    Saves x, the rank-r activation and the compact tensors (as one flat copy) only: the expanded A and B
-    (r·(h+o) floats, which LoRA never allocates since its A and B are the parameters) live only while they
-    are used. Backward folds the dense gradients of A and B back onto the four compact tensors with one
-    ``index_add``. Under ``torch.autocast`` backward runs with the forward's autocast state (as autograd
+    Saves x, the rank-r activation and the compact tensors only: the expanded A and B (r·(h+o) floats,
+    which LoRA never allocates since its A and B are the parameters) live only while they are used, one
+    at a time. Backward folds the dense gradients of A and B back onto the four compact tensors (one
+    ``index_add`` each) before the input gradient is allocated. Under ``torch.autocast`` backward runs with the forward's autocast state (as autograd
     does for built-in ops), and the chunk gradients are accumulated in the chunks' own dtype.
     """
 
     @staticmethod
     def forward(ctx, x, a0, a_u, b0, b_u, spec):
         flat = _flatten((a0, a_u, b0, b_u))
-        a, b = _expand(flat, spec, x.device)
-        z = F.linear(x, a).mul_(spec.scaling)
-        ctx.save_for_backward(x, z, flat)
+        idx = _layout(spec, x.device)[0]
+        rh = spec.r * spec.h
+        # A, then B: each expanded factor is alive only for its own matmul
+        z = F.linear(x, flat.index_select(0, idx[:rh]).view(spec.r, spec.h)).mul_(spec.scaling)
+        y = F.linear(z, flat.index_select(0, idx[rh:]).view(spec.o, spec.r))
+        ctx.save_for_backward(x, z, a0, a_u, b0, b_u)  # the parameters themselves: no copy is kept
         ctx.spec = spec
         device = x.device.type
         ctx.autocast = (device, torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
-        return F.linear(z, b)
+        return y
 
     @staticmethod
     @once_differentiable
@@ -330,19 +333,27 @@ class _AdapterFunction(torch.autograd.Function):
 
     @staticmethod
     def _backward(ctx, grad_y):
-        x, z, flat = ctx.saved_tensors
+        x, z, *compact = ctx.saved_tensors
         spec = ctx.spec
-        idx, _ = _layout(spec, x.device)
-        a, b = _expand(flat, spec, x.device)
+        idx = _layout(spec, x.device)[0]
+        rh = spec.r * spec.h
+        flat = _flatten(compact)
+        b = flat.index_select(0, idx[rh:]).view(spec.o, spec.r)
         grad_z = torch.matmul(grad_y, b).mul_(spec.scaling)  # (…, r)
-        dense = torch.cat([(grad_z.reshape(-1, spec.r).t() @ x.reshape(-1, spec.h)).reshape(-1),  # ∂A
-                           (grad_y.reshape(-1, spec.o).t() @ z.reshape(-1, spec.r)).reshape(-1)])  # ∂B
-        grads = _split(flat.new_zeros(flat.numel()).index_add_(0, idx, dense.to(flat.dtype)), spec)
+        del b
+        # fold ∂A = grad_zᵀ·x and ∂B = grad_yᵀ·z onto the compact tensors before ∂x (tokens × h) is allocated
+        grad_flat = flat.new_zeros(flat.numel())
+        grad_a = grad_z.reshape(-1, spec.r).t() @ x.reshape(-1, spec.h)
+        grad_flat.index_add_(0, idx[:rh], grad_a.reshape(-1).to(flat.dtype))
+        del grad_a
+        grad_b = grad_y.reshape(-1, spec.o).t() @ z.reshape(-1, spec.r)
+        grad_flat.index_add_(0, idx[rh:], grad_b.reshape(-1).to(flat.dtype))
+        del grad_b
         grad_x = None
         if ctx.needs_input_grad[0]:
             # torch.matmul, not a reshaped mm: a view would stop autograd from accumulating in place
-            grad_x = torch.matmul(grad_z, a)
-        return (grad_x, *grads, None)
+            grad_x = torch.matmul(grad_z, flat.index_select(0, idx[:rh]).view(spec.r, spec.h))
+        return (grad_x, *_split(grad_flat, spec), None)
 
 
 @functools.lru_cache(maxsize=256)
