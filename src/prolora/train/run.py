@@ -261,7 +261,8 @@ def _print_summary(summary: dict, path: str) -> None:
         f"  adapter file     : {summary['adapter_file_bytes'] / 1e6:.2f} MB ({summary['adapter_dir']})",
         (f"  training         : {summary['steps']} steps, {summary['train_tokens']:,} tokens, "
          f"{num(summary['tokens_per_s'], '.0f')} tokens/s, {summary['train_time_s']:.0f} s"),
-        f"  train loss       : {num(summary['train_loss_final'], '.4f')} (last logging window)",
+        (f"  train loss       : {num(summary['train_loss_final'], '.4f')} (last logging window; mean over the "
+         f"run {num(summary['train_loss_mean'], '.4f')})"),
         (f"  held-out loss    : base {num(summary['heldout_loss_base'], '.4f')} -> adapter "
          f"{num(summary['heldout_loss_adapter'], '.4f')} ({summary['heldout_examples']} examples)"),
         f"  wall time        : {summary['wall_time_s']:.0f} s",
