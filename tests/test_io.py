@@ -229,3 +229,13 @@ def test_missing_local_model_path_is_named_before_transformers_sees_it(tmp_path)
     assert resolve_model(str(tmp_path)) == (str(tmp_path), {})
     with pytest.raises(FileNotFoundError, match="GGUF file not found"):
         resolve_model(str(tmp_path / "m.gguf"))
+
+
+def test_export_accepts_a_train_run_directory(saved, tmp_path):
+    """`prolora train` writes RUN/adapter/; export, like generate and eval, takes RUN itself."""
+    _, _, _, path = saved
+    run = tmp_path / "run"
+    run.mkdir()
+    path.rename(run / "adapter")
+    out = prolora.export_lora(run, tmp_path / "dense")
+    assert json.loads((out / "adapter_config.json").read_text())["peft_type"] == "LORA"
