@@ -304,8 +304,9 @@ class _AdapterFunction(torch.autograd.Function):
     Saves x, the rank-r activation and the compact tensors only: the expanded A and B (r·(h+o) floats,
     which LoRA never allocates since its A and B are the parameters) live only while they are used, one
     at a time. Backward folds the dense gradients of A and B back onto the four compact tensors (one
-    ``index_add`` each) before the input gradient is allocated. Under ``torch.autocast`` backward runs with the forward's autocast state (as autograd
-    does for built-in ops), and the chunk gradients are accumulated in the chunks' own dtype.
+    ``index_add`` each) before the input gradient is allocated. Under ``torch.autocast`` backward runs
+    with the forward's autocast state (as autograd does for built-in ops), and the chunk gradients are
+    accumulated in the chunks' own dtype.
     """
 
     @staticmethod
