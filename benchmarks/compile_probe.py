@@ -5,7 +5,7 @@ Standalone, not part of ``run.py`` (compiling takes ~30 s per shape on 2 cores):
     python benchmarks/compile_probe.py [--hidden 576] [--rank 8] [--tokens 1]
 
 Times, interleaved (thread CPU time, one torch thread), the adapter math of one layer without autograd: the cached expanded factors (two
-``F.linear``), :func:`prolora.method.equations.chunked_adapter_forward` plus the unshared ranks (eager), and
+``F.linear``), :func:`prolora.equations.chunked_adapter_forward` plus the unshared ranks (eager), and
 the same function compiled with ``torch.compile(dynamic=False)``. Prints ratios to the cached path.
 """
 
@@ -24,7 +24,7 @@ if __package__ in (None, ""):
 import torch
 import torch.nn.functional as F
 
-from prolora.method import equations as eq
+from prolora import equations as eq
 
 from .timing import Stat, interleaved, ratio, use_thread_cpu_time
 

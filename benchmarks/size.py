@@ -44,7 +44,7 @@ def tensor_elements(path: Path) -> int:
 
 def _dense_params(model) -> int:
     """Σ r·(h + o) over the PRoLoRA modules of ``model``: what a dense LoRA of the same rank stores."""
-    from prolora.model import prolora_modules
+    from prolora.tuner.model import prolora_modules
 
     total = 0
     for _, layer in prolora_modules(model.get_base_model()):

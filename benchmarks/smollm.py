@@ -23,7 +23,7 @@ VARIANTS = ("LoRA r=8", "PRoLoRA r=8", "LoRA r=2")
 @functools.lru_cache(maxsize=1)
 def base_model() -> torch.nn.Module:
     """The embedded SmolLM2-135M-Instruct in float32 (loaded once per process; about 20 s)."""
-    from prolora.models import load_model
+    from prolora.base_models import load_model
 
     model = load_model()
     model.requires_grad_(False)
@@ -32,7 +32,7 @@ def base_model() -> torch.nn.Module:
 
 @functools.lru_cache(maxsize=1)
 def tokenizer():
-    from prolora.models import load_tokenizer
+    from prolora.base_models import load_tokenizer
 
     return load_tokenizer()
 

@@ -44,6 +44,6 @@ def tiny_gpt2():
 @pytest.fixture(scope="session")
 def smollm2():
     """The real embedded SmolLM2-135M-Instruct (model, tokenizer); about 20 s to load on 2 cores."""
-    from prolora.models import load_model, load_tokenizer
+    from prolora.base_models import load_model, load_tokenizer
 
     return load_model(), load_tokenizer()

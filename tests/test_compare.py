@@ -250,7 +250,7 @@ def test_lr_shared_scale_param_groups(tmp_path):
     from peft import get_peft_model
     from transformers import TrainingArguments
 
-    from prolora.methods import make_adapter_config
+    from prolora.method_presets import make_adapter_config
     from prolora.train.trainer import CheckpointTrainer
 
     model = get_peft_model(make_tiny_llama(), make_adapter_config("prolora", r=4, u=1, m=2, n=2))
@@ -275,7 +275,7 @@ def test_lr_shared_scale_default_keeps_one_rate(tmp_path):
     from peft import get_peft_model
     from transformers import TrainingArguments
 
-    from prolora.methods import make_adapter_config
+    from prolora.method_presets import make_adapter_config
     from prolora.train.trainer import CheckpointTrainer
 
     model = get_peft_model(make_tiny_llama(), make_adapter_config("prolora", r=4, u=1, m=2, n=2))

@@ -24,7 +24,7 @@ CONVERSATION = [
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    from prolora.models import load_tokenizer
+    from prolora.base_models import load_tokenizer
 
     return load_tokenizer()
 

@@ -11,8 +11,9 @@ import pytest
 from prolora.eval.benchmarks import bbh, gsm8k, humaneval, mmlu, tydiqa
 from prolora.eval.hub import gsm8k_from_hub, humaneval_from_hub, mmlu_from_hub, read_hub, tydiqa_from_hub
 from prolora.eval.prompts import Prompt, render
+from prolora.eval.runner import read
 from prolora.eval.settings import EvalSettings
-from prolora.eval.sources import DataError, DataSources, read, read_humaneval
+from prolora.eval.sources import DataError, DataSources, read_humaneval
 
 FIXTURES = Path(__file__).parent / "fixtures" / "eval"
 SOURCES = DataSources.from_dir(str(FIXTURES))

@@ -8,8 +8,9 @@ import json
 import pytest
 from conftest import make_tiny_gpt2, make_tiny_llama
 
-from prolora import cli, params_cli
-from prolora.method.equations import trainable_params
+from prolora import cli
+from prolora.cli import params as params_cli
+from prolora.equations import trainable_params
 from prolora.params import (
     PAPER_TARGET_MODULES,
     count_parameters,

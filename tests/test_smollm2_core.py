@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from prolora import PRoLoRAConfig, get_prolora_model
-from prolora.method.equations import trainable_params
+from prolora.equations import trainable_params
 
 pytestmark = pytest.mark.slow
 

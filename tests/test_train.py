@@ -179,7 +179,7 @@ def test_ddp_two_cpu_processes_keep_identical_adapters(tiny, tmp_path):
 
 
 def test_generate_with_named_adapters_and_base(tiny, tmp_path):
-    from prolora.train.generation import load_generator
+    from prolora.inference.generation import load_generator
 
     a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
     train(config(tiny, a, max_steps=2, heldout_size=0, learning_rate=1e-2))
@@ -205,7 +205,7 @@ def test_chat_reads_turns_and_commands_from_stdin(tiny, tmp_path, monkeypatch, c
     import argparse
     import io
 
-    from prolora.train import chat_cmd
+    from prolora.cli import chat as chat_cmd
 
     run = tmp_path / "run"
     train(config(tiny, run, max_steps=1, heldout_size=0))
@@ -245,7 +245,7 @@ def test_nf4_base_trains_every_adapter_layer_even_after_an_eval_forward(tiny, tm
     ("prolora-i", {"unshared_r": 1, "rotation": True, "init": "vanilla"}),
 ])
 def test_method_presets(method, expected):
-    from prolora.methods import make_adapter_config
+    from prolora.method_presets import make_adapter_config
 
     cfg = make_adapter_config(method)
     assert {k: getattr(cfg, k) for k in expected} == expected

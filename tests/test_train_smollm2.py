@@ -6,8 +6,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from prolora.inference.generation import load_generator
 from prolora.train import TrainConfig, train
-from prolora.train.generation import load_generator
 
 
 @pytest.mark.slow

@@ -1,7 +1,8 @@
 """prolora: PRoLoRA (Wang et al., "Partial Rotation Empowers More Parameter-Efficient LoRA", ACL 2024).
 
-``import prolora`` registers PRoLoRA with PEFT (see :mod:`prolora.peft_shim`), so
+``import prolora`` registers PRoLoRA with PEFT (see :mod:`prolora.tuner.registration`), so
 ``peft.get_peft_model(model, PRoLoRAConfig(...))`` and ``PeftModel.from_pretrained`` work as for LoRA.
+``docs/architecture.md`` maps the package.
 """
 
 import logging
@@ -10,16 +11,20 @@ import logging
 # the Hugging Face hub; its fallback kernel is used and nothing is wrong, so keep the warning out of sight.
 logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
-from .config import PRoLoRAConfig
-from .layer import PRoLoRALayer, PRoLoRALinear
-from .model import PRoLoRAModel
-from .peft_shim import PROLORA, register
+from .tuner import (
+           PROLORA,
+           PRoLoRAConfig,
+           PRoLoRALayer,
+           PRoLoRALinear,
+           PRoLoRAModel,
+           get_prolora_model,
+           register,
+)
 
 register()
 
 from . import baselines  # noqa: F401  (registers the Tied-LoRA baseline with peft too)
-from .api import get_prolora_model
-from .io import export_lora
+from .format import export_lora
 
 __all__ = ["PROLORA", "PRoLoRAConfig", "PRoLoRALayer", "PRoLoRALinear", "PRoLoRAModel", "export_lora",
            "get_prolora_model"]

@@ -3,7 +3,7 @@
 The adapted layers are enumerated on a model built on the meta device (``accelerate.init_empty_weights``),
 so no weight is read or allocated; target matching is PEFT's own (``check_target_module_exists``, the
 ``"all-linear"`` expansion, ``get_pattern_key`` for per-module overrides). The per-module PRoLoRA count is
-:func:`prolora.method.equations.trainable_params` (paper Section 3.1, after Eq. 4).
+:func:`prolora.equations.trainable_params` (paper Section 3.1, after Eq. 4).
 
 Units: parameters are element counts; sizes are bytes = parameters × bytes per element of ``dtype``;
 MB = 10^6 bytes, MiB = 2^20 bytes. The paper's Table 1 "MB" are MiB: 159.91M × 4 B = 639.6e6 B = 610 MiB.
@@ -21,8 +21,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from prolora.method.equations import trainable_params
-from prolora.models import DEFAULT_MODEL, resolve_model
+from prolora.base_models import DEFAULT_MODEL, resolve_model
+from prolora.equations import trainable_params
 
 if TYPE_CHECKING:
     import torch
@@ -158,7 +158,7 @@ def architecture(source: Source) -> nn.Module:
     """The model to enumerate: ``source`` itself if it is a module, else one built on the meta device.
 
     ``source`` is a ``torch.nn.Module``, a transformers config, a preset name from :data:`PRESETS`, or a
-    model for :func:`prolora.models.resolve_model` (``None`` = the embedded SmolLM2-135M, a local
+    model for :func:`prolora.base_models.resolve_model` (``None`` = the embedded SmolLM2-135M, a local
     directory, a ``.gguf`` file or a hub id). Only the config is read, never weights; names are cached.
     """
     from torch import nn

@@ -283,7 +283,7 @@ class TiedLoRAModel(BaseTuner):
 
 
 def register() -> None:
-    """Add Tied-LoRA to PEFT's method tables (as :mod:`prolora.peft_shim` does for PRoLoRA). Idempotent.
+    """Add Tied-LoRA to PEFT's method tables (as :mod:`prolora.tuner.registration` does for PRoLoRA). Idempotent.
 
     Raises:
         RuntimeError: if another method already took the name ``TIED_LORA`` or the prefix ``tied_lora_``.

@@ -12,7 +12,7 @@ that comparison on any model and data:
 * :mod:`.report`: the Table 2-style table (mean ± std over seeds), Table 4 and the Figure 2 grid, as
   markdown and JSON;
 * :mod:`.plots`: the PNG plots (matplotlib, Agg backend);
-* :mod:`.cli`: the command line.
+The command line is :mod:`prolora.cli.compare`.
 
 See ``docs/compare.md``.
 """

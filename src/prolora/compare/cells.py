@@ -110,10 +110,10 @@ def run_cells(cells: list[Cell], run_dir: str | Path, runner: Runner, log: Calla
 
 def build_adapter_config(config, method: str, adapter: dict):
     """The PEFT config of a cell whose :class:`~prolora.train.config.TrainConfig` is ``config``:
-    :func:`prolora.methods.make_adapter_config` for ``method``, or the VeRA / Tied-LoRA presets of
+    :func:`prolora.method_presets.make_adapter_config` for ``method``, or the VeRA / Tied-LoRA presets of
     :mod:`prolora.baselines`, with the cell's extra PRoLoRAConfig fields (Table 4) applied."""
     from prolora import baselines
-    from prolora.methods import make_adapter_config
+    from prolora.method_presets import make_adapter_config
 
     if method == "vera":
         peft_config = baselines.make_vera_config(r=config.r, target_modules=config.target_modules,
@@ -133,11 +133,11 @@ def build_adapter_config(config, method: str, adapter: dict):
 def train_config(train: dict, output_dir: Path):
     """The :class:`~prolora.train.config.TrainConfig` of a cell.
 
-    ``method`` is validated against :data:`prolora.methods.METHODS`; a method built here from
+    ``method`` is validated against :data:`prolora.method_presets.METHODS`; a method built here from
     :mod:`prolora.baselines` that it does not list (yet) is recorded as ``lora`` in the run's own files,
     while the cell's result keeps the real name (its adapter config is passed to ``train`` directly).
     """
-    from prolora.methods import METHODS
+    from prolora.method_presets import METHODS
     from prolora.train.config import TrainConfig, parse_target_modules
 
     fields = {**train, "output_dir": str(output_dir),
@@ -160,7 +160,7 @@ class TrainRunner:
         self._base = None
 
     def _base_model(self, config):
-        from prolora.train.run import load_base_model, resolve_quantization
+        from prolora.base_models import load_base_model, resolve_quantization
 
         if resolve_quantization(config.quantization) != "none":
             return None

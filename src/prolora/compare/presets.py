@@ -25,7 +25,7 @@ class MethodSpec:
 
     Attributes:
         label: the row's name in tables and plots.
-        method: a :data:`prolora.methods.METHODS` name, or ``vera`` / ``tied-lora``.
+        method: a :data:`prolora.method_presets.METHODS` name, or ``vera`` / ``tied-lora``.
         r: rank (for PRoLoRA-family methods with a ``budget``, the rank searched at).
         u: PRoLoRA unshared rank; ``None`` with a ``budget`` lets the solver choose.
         budget: ``"METHOD:R"`` or a count: m = n are chosen by :func:`prolora.params.solve_budget`.

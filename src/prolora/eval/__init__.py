@@ -2,7 +2,7 @@
 
 MMLU (0-shot), BBH (3-shot direct), GSM8K (8-shot CoT), TyDi QA GoldP (1-shot, F1/EM), HumanEval
 (pass@1, sandboxed) and held-out loss, following open-instruct's protocols (Wang et al. 2023) on top of
-lm-evaluation-harness. The command line is ``prolora eval`` (:mod:`.cli`); in Python::
+lm-evaluation-harness. The command line is ``prolora eval`` (:mod:`prolora.cli.eval`); in Python::
 
     from prolora.eval import DataSources, EvalSettings, run_eval
     results = run_eval(None, ["runs/my-run"], ["gsm8k"], DataSources.from_dir("data"), EvalSettings(limit=5),

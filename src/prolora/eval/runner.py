@@ -14,9 +14,18 @@ from importlib import metadata
 from .benchmarks import BENCHMARKS
 from .report import paper_average
 from .settings import EvalSettings
-from .sources import DataSources, read
+from .sources import READERS, DataSources
 
 BASE_LABEL = "base"
+
+
+def read(benchmark: str, source: str):
+    """Read ``benchmark`` from ``source``: a local path, or ``hf:NAME[:CONFIG]`` (see :mod:`.hub`)."""
+    if source.startswith("hf:"):
+        from .hub import read_hub
+
+        return read_hub(benchmark, source[3:])
+    return READERS[benchmark](source)
 
 
 @dataclass(frozen=True)
@@ -112,8 +121,8 @@ class Loaded:
 def load(model_name: str | None, adapter_specs: list[str], chat_format: str | None, device: str) -> Loaded:
     """Load the base model and adapters (``[NAME=]PATH``: a ``prolora train`` run or a PEFT adapter
     directory) with the loader of ``prolora generate``; the model defaults to the runs' model."""
-    from prolora.models import DEFAULT_MODEL
-    from prolora.train.generation import AdapterSpec, load_generator
+    from prolora.base_models import DEFAULT_MODEL
+    from prolora.inference.generation import AdapterSpec, load_generator
 
     # the loader only needs a training format; ours may be "none", which it does not know
     generator = load_generator(model_name, adapter_specs, {"none": "tulu"}.get(chat_format, chat_format))

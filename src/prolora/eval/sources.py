@@ -224,14 +224,5 @@ def read_tydiqa(path: str) -> dict[str, dict[str, list[dict]]]:
     return {lang: {"dev": dev[lang], "train": train.get(lang, [])} for lang in sorted(dev)}
 
 
-_READERS = {"mmlu": read_mmlu, "bbh": read_bbh, "gsm8k": read_gsm8k, "tydiqa": read_tydiqa,
+READERS = {"mmlu": read_mmlu, "bbh": read_bbh, "gsm8k": read_gsm8k, "tydiqa": read_tydiqa,
             "humaneval": read_humaneval}
-
-
-def read(benchmark: str, source: str):
-    """Read ``benchmark`` from ``source``: a local path, or ``hf:NAME[:CONFIG]`` (see :mod:`.hub`)."""
-    if source.startswith("hf:"):
-        from .hub import read_hub
-
-        return read_hub(benchmark, source[3:])
-    return _READERS[benchmark](source)

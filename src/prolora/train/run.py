@@ -20,18 +20,16 @@ weights and silently stops gradients through most layers).
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import os
 import shutil
 import time
 
+from prolora.base_models import DEFAULT_MODEL, load_base_model, resolve_quantization
 from prolora.files import write_json
-from prolora.methods import PROLORA_METHODS
-from prolora.models import DEFAULT_MODEL
+from prolora.format import ADAPTER_DIR
+from prolora.method_presets import PROLORA_METHODS
 
 from .config import DEFAULT_MAX_STEPS, DEFAULT_STEPS_REASON, TrainConfig, default_output_dir
-
-ADAPTER_DIR = "adapter"
 
 
 def is_main_process() -> bool:
@@ -43,57 +41,6 @@ def say(*lines: str) -> None:
     """Print ``lines`` on the main process only."""
     if is_main_process():
         print(*lines, sep="\n", flush=True)
-
-
-def resolve_quantization(choice: str) -> str:
-    """``"nf4"`` or ``"none"``; ``"auto"`` is nf4 when CUDA and bitsandbytes are available (QLoRA, App. A.2)."""
-    import torch
-
-    if choice != "auto":
-        return choice
-    return "nf4" if torch.cuda.is_available() and importlib.util.find_spec("bitsandbytes") else "none"
-
-
-def load_base_model(name: str | None, quantization: str):
-    """The base model in float32, or in 4-bit NF4 with double quantization (QLoRA) prepared for training.
-
-    A GGUF file is de-quantized to a plain float32 model (:func:`prolora.models.load_model`). transformers
-    cannot load a GGUF file in 4-bit, so for NF4 its de-quantized weights are written to a temporary
-    directory and loaded from there.
-    """
-    import tempfile
-
-    import torch
-
-    from prolora.models import load_model, resolve_model
-
-    path, kwargs = resolve_model(name)
-    if quantization == "none":
-        return load_model(name)
-    from peft import prepare_model_for_kbit_training
-    from transformers import BitsAndBytesConfig
-
-    cuda = torch.cuda.is_available()
-    nf4 = {"quantization_config": BitsAndBytesConfig(
-        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=torch.bfloat16 if cuda else torch.float32),
-        "device_map": {"": int(os.environ.get("LOCAL_RANK", "0"))} if cuda else None}
-    if "gguf_file" in kwargs:
-        with tempfile.TemporaryDirectory(prefix="prolora-dense-") as tmp:
-            load_model(name).save_pretrained(tmp)
-            model = load_model(tmp, **nf4)
-        model.config.name_or_path = model.name_or_path = path  # recorded in adapters, not the temporary dir
-    else:
-        model = load_model(name, **nf4)
-    if not cuda:
-        # bitsandbytes repacks 4-bit weights for its AVX512-bf16 CPU kernel at the first eval-mode forward
-        # without gradients: before training this silently stops gradients through the repacked layers, and
-        # it fails for sizes its block does not divide. Keep the layout training uses.
-        for module in model.modules():
-            if hasattr(module, "support_avx512bf16_for_cpu"):
-                module.support_avx512bf16_for_cpu = False
-    # gradient checkpointing, when asked for, is enabled by the Trainer (non-reentrant)
-    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
 
 
 @contextlib.contextmanager
@@ -294,9 +241,9 @@ def train(config: TrainConfig, *, base_model=None, adapter_config=None) -> dict:
     from accelerate.utils import gather_object
     from transformers import DataCollatorForSeq2Seq, set_seed
 
+    from prolora.base_models import load_tokenizer
     from prolora.data import load_splits
-    from prolora.methods import make_adapter_config
-    from prolora.models import load_tokenizer
+    from prolora.method_presets import make_adapter_config
     from prolora.params import count_parameters
 
     from .trainer import CheckpointTrainer, JsonlLogCallback, StopOnSignal, adapter_fingerprint, truncate_log

@@ -10,7 +10,7 @@
 
 A benchmark whose metric lm-eval must not compute sets ``PREDICT_ONLY = True`` and provides
 ``score(samples, settings)``, which adds its metrics to the samples (HumanEval: sandboxed tests).
-``raw`` is what :func:`prolora.eval.sources.read` returns for the benchmark.
+``raw`` is what :func:`prolora.eval.runner.read` returns for the benchmark.
 """
 
 from . import bbh, gsm8k, humaneval, mmlu, tydiqa

@@ -1,10 +1,10 @@
-"""The pure equations (prolora.method.equations) against the independent dense reference."""
+"""The pure equations (prolora.equations) against the independent dense reference."""
 
 import pytest
 import torch
 from reference import ref_A, ref_B, ref_chunk_shapes, ref_params, ref_stride
 
-from prolora.method import equations as eq
+from prolora import equations as eq
 
 SHAPES = [  # (h, o, r, u, m, n): divisible, non-divisible, GQA k/v (576 -> 192), u = 0, u = r, m = h
     (48, 48, 8, 1, 4, 4),

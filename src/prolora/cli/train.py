@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 
-from .config import add_config_arguments
+from prolora.train.config import add_config_arguments
 
 
 def add_arguments(parser) -> None:
@@ -19,8 +19,8 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     """Exit status: 0 done, 130 interrupted (adapter and checkpoint saved), 2 bad configuration or data."""
-    from .config import resolve_config
-    from .run import train
+    from prolora.train.config import resolve_config
+    from prolora.train.run import train
 
     try:
         config = resolve_config(args)

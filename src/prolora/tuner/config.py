@@ -7,13 +7,27 @@ LLaMA2-7B, four times the rank).
 
 from __future__ import annotations
 
+import enum
 import re
 from dataclasses import dataclass, field
 
 from peft.config import PeftConfig
 
-from .method.equations import ROTATE_DIMS, SHARE_DIMS
-from .peft_shim import PROLORA
+from prolora.equations import ROTATE_DIMS, SHARE_DIMS
+
+
+class PRoLoRAType(str, enum.Enum):
+    """The ``peft_type`` of PRoLoRA adapters (``"PROLORA"`` in ``adapter_config.json``).
+
+    A one-member ``str`` enum: it equals (and hashes like) the plain string read back from JSON, and has
+    the ``.value`` that some PEFT code paths read (see :mod:`prolora.tuner.registration`).
+    """
+
+    PROLORA = "PROLORA"
+
+
+PROLORA = PRoLoRAType.PROLORA
+PREFIX = "prolora_"  # parameter-name prefix of every PRoLoRA tensor (PEFT's ``prefix``)
 
 INIT_SCHEMES = ("rectified", "vanilla")
 OVERRIDABLE = ("r", "unshared_r", "sharing_rate_a", "sharing_rate_b", "stride_a", "stride_b", "lora_alpha")

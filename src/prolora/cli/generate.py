@@ -29,8 +29,8 @@ def add_arguments(parser) -> None:
 
 
 def open_generator(args):
-    """The :class:`~prolora.train.generation.Generator` of the parsed flags, with ``--use`` applied."""
-    from .generation import load_generator
+    """The :class:`~prolora.inference.generation.Generator` of the parsed flags, with ``--use`` applied."""
+    from prolora.inference.generation import load_generator
 
     generator = load_generator(args.model, args.adapter, args.chat_format)
     if args.use:

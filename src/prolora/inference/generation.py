@@ -14,7 +14,8 @@ import os
 import time
 from dataclasses import dataclass
 
-from .run import ADAPTER_DIR, load_base_model
+from prolora.base_models import load_base_model
+from prolora.format import ADAPTER_DIR
 
 
 @dataclass(frozen=True)
@@ -64,8 +65,11 @@ class Generator:
     def __init__(self, model_name: str | None, adapters: list[AdapterSpec], chat_format: str = "tulu"):
         from peft import PeftModel
 
-        import prolora  # noqa: F401  (registers PRoLoRA with PEFT, so its adapters load)
-        from prolora.models import load_tokenizer
+        import prolora.baselines  # noqa: F401  (registers Tied-LoRA with PEFT)
+        from prolora.base_models import load_tokenizer
+        from prolora.tuner import register
+
+        register()  # PRoLoRA adapters load through stock PEFT (import prolora does the same)
 
         self.tokenizer = load_tokenizer(model_name)
         self.chat_format = chat_format

@@ -11,14 +11,14 @@ import shlex
 import sys
 from pathlib import Path
 
-from .grid import GROUPS
+from prolora.compare.grid import GROUPS
 
 REPORT_MD = "results.md"
 REPORT_JSON = "results.json"
 
 
 def add_arguments(parser) -> None:
-    from .presets import PRESETS
+    from prolora.compare.presets import PRESETS
 
     parser.add_argument("--preset", default="small", choices=sorted(PRESETS),
                         help="the experiment: 'small' (embedded SmolLM2-135M, CPU, about an hour) or 'paper' "
@@ -50,7 +50,7 @@ def add_arguments(parser) -> None:
 
 def configure(args):
     """The preset with the command line's overrides applied."""
-    from .presets import PRESETS
+    from prolora.compare.presets import PRESETS
 
     preset = PRESETS[args.preset]
     train = dict(preset.train)
@@ -79,10 +79,9 @@ def configure(args):
 
 def write_report(preset, cells, results, report_dir: Path, command: str) -> Path:
     """Write results.md, results.json and the plots; returns the markdown's path."""
+    from prolora.compare.plots import write_plots
+    from prolora.compare.report import markdown, summarize
     from prolora.files import write_json, write_text
-
-    from .plots import write_plots
-    from .report import markdown, summarize
 
     summary = summarize(preset, cells, results, command)
     report_dir.mkdir(parents=True, exist_ok=True)
@@ -95,8 +94,15 @@ def write_report(preset, cells, results, report_dir: Path, command: str) -> Path
 
 
 def run(args) -> int:
-    from .cells import CellsFailed, TrainRunner, benchmark_evaluator, load_results, run_cells, train_config
-    from .grid import build_cells
+    from prolora.compare.cells import (
+        CellsFailed,
+        TrainRunner,
+        benchmark_evaluator,
+        load_results,
+        run_cells,
+        train_config,
+    )
+    from prolora.compare.grid import build_cells
 
     groups = tuple(g.strip() for g in args.groups.split(",") if g.strip())
     if unknown := set(groups) - set(GROUPS):

@@ -1,8 +1,8 @@
-"""The compact adapter format, and export to a standard dense PEFT LoRA adapter.
+"""The compact adapter format: read, check and expand a saved PRoLoRA adapter without a base model.
 
 A PRoLoRA adapter directory (written by ``PeftModel.save_pretrained``) holds:
 
-* ``adapter_config.json`` — :class:`~prolora.config.PRoLoRAConfig` with ``"peft_type": "PROLORA"``, plus
+* ``adapter_config.json`` — :class:`~prolora.tuner.config.PRoLoRAConfig` with ``"peft_type": "PROLORA"``, plus
   ``module_shapes`` (module name → ``[o, h]``) so that the tensors can be expanded without the base model.
 * ``adapter_model.safetensors`` (metadata ``{"format": "pt"}``) — per adapted module ``M`` exactly four
   tensors, and nothing dense: ``base_model.model.M.prolora_A0`` (r−u, ceil(h/m)),
@@ -19,20 +19,20 @@ from pathlib import Path
 
 import torch
 
-from .config import PRoLoRAConfig
-from .files import atomic_write
-from .method import equations as eq
+from prolora import equations as eq
+from prolora.tuner import PRoLoRAConfig
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 TENSOR_NAMES = ("prolora_A0", "prolora_B0", "prolora_A_u", "prolora_B_u")
+ADAPTER_DIR = "adapter"  # a ``prolora train`` run directory keeps its adapter here
 
 
 def adapter_dir(path: str | os.PathLike) -> Path:
     """``path``, or its ``adapter/`` when ``path`` is a ``prolora train`` run directory."""
     path = Path(path)
-    if not (path / CONFIG_NAME).exists() and (path / "adapter" / CONFIG_NAME).exists():
-        return path / "adapter"
+    if not (path / CONFIG_NAME).exists() and (path / ADAPTER_DIR / CONFIG_NAME).exists():
+        return path / ADAPTER_DIR
     return path
 
 
@@ -76,7 +76,7 @@ def check_tensors(config: PRoLoRAConfig, tensors: dict[str, torch.Tensor], sourc
     """Check that ``tensors`` are exactly the compact tensors ``config`` describes (names and shapes).
 
     Each module of ``config.module_shapes`` needs A_0, B_0 (shapes from Eq. 4's chunking,
-    :func:`~prolora.method.equations.chunk_shapes`), A_u (u, h) and B_u (o, u), and nothing else may be
+    :func:`~prolora.equations.chunk_shapes`), A_u (u, h) and B_u (o, u), and nothing else may be
     present: a config edited apart from its weights would otherwise expand into a wrong ΔW.
 
     Raises:
@@ -147,61 +147,4 @@ def check_output_dir(out_dir: str | os.PathLike, source: str | os.PathLike | Non
     if held and not overwrite:
         raise ValueError(f"output {out} already holds {', '.join(held)}; choose another directory, or replace "
                          "it with overwrite=True (prolora export --overwrite).")
-    return out
-
-
-def export_lora(model_or_path, out_dir: str | os.PathLike, adapter_name: str = "default",
-                dtype: torch.dtype | None = None, overwrite: bool = False) -> Path:
-    """Write a PRoLoRA adapter as a standard dense PEFT LoRA adapter (rank r, same ``lora_alpha``).
-
-    ``model_or_path`` is a ``PeftModel`` holding a PRoLoRA adapter ``adapter_name``, or a saved PRoLoRA
-    adapter directory (no base model needed). The result (``lora_A``: (r, h), ``lora_B``: (o, r) per module;
-    per-module ranks via ``rank_pattern``) loads with stock peft, without prolora installed, and gives the
-    same outputs: what vLLM, TGI and LoRAX serve. It is up to ``m``× larger than the PRoLoRA file.
-
-    Returns the output directory. Raises ``ValueError``/``FileNotFoundError`` as :func:`read_adapter`, and
-    ``ValueError`` from :func:`check_output_dir` (an existing adapter in ``out_dir`` needs ``overwrite``).
-    """
-    from peft import LoraConfig
-    from safetensors.torch import save_file
-
-    source = model_or_path if isinstance(model_or_path, (str, os.PathLike)) else None
-    check_output_dir(out_dir, source, overwrite)
-    if isinstance(model_or_path, (str, os.PathLike)):
-        config, tensors = read_adapter(model_or_path)
-    else:
-        from .model import prolora_modules
-
-        if adapter_name not in model_or_path.peft_config:
-            raise ValueError(f"the model has no adapter named {adapter_name!r}; it has "
-                             f"{sorted(model_or_path.peft_config)}.")
-        config = model_or_path.peft_config[adapter_name]
-        if not isinstance(config, PRoLoRAConfig):
-            raise TypeError(f"adapter {adapter_name!r} is a {type(config).__name__}, not a PRoLoRA adapter.")
-        tensors = {}
-        for name, layer in prolora_modules(model_or_path.get_base_model()):
-            if adapter_name in layer.prolora_spec:
-                for t in TENSOR_NAMES:
-                    tensors[f"base_model.model.{name}.{t}"] = getattr(layer, t)[adapter_name].detach()
-    factors = expand_adapter(config, tensors)
-    weights, ranks = {}, {}
-    for module, (a, b, _) in factors.items():
-        weights[f"base_model.model.{module}.lora_A.weight"] = a.to(dtype or a.dtype).contiguous()
-        weights[f"base_model.model.{module}.lora_B.weight"] = b.to(dtype or b.dtype).contiguous()
-        ranks[module] = a.shape[0]
-    alphas = {module: config.module_values(module)["lora_alpha"] for module in factors}
-    lora = LoraConfig(
-        r=config.r, lora_alpha=config.lora_alpha, target_modules=sorted(factors),
-        rank_pattern={k: v for k, v in ranks.items() if v != config.r},
-        alpha_pattern={k: v for k, v in alphas.items() if v != config.lora_alpha},
-        fan_in_fan_out=config.fan_in_fan_out, base_model_name_or_path=config.base_model_name_or_path,
-        task_type=config.task_type, bias="none", lora_dropout=0.0,
-    )
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write(out / WEIGHTS_NAME, lambda tmp: save_file(weights, tmp, metadata={"format": "pt"}))
-    lora_dict = lora.to_dict()
-    lora_dict["target_modules"] = sorted(factors)
-    atomic_write(out / CONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(lora_dict, indent=2,
-                                                                                  default=list)))
     return out

@@ -2,7 +2,7 @@
 
 What it does, and nothing else:
 
-* ``PROLORA`` is a one-member ``str`` enum. PEFT's ``register_peft_method`` refuses names missing from its
+* ``PROLORA`` (defined in :mod:`.config`) is a one-member ``str`` enum. PEFT's ``register_peft_method`` refuses names missing from its
   closed ``PeftType`` enum, so we do not call it; instead we add our entries to the four plain dicts it
   would fill (``peft.mapping.PEFT_TYPE_TO_{CONFIG,TUNER,PREFIX,MIXED_MODEL}_MAPPING``, where it
   fills the mixed one only for mixed-compatible methods, which we are not). Being a ``str`` that equals
@@ -17,25 +17,13 @@ After ``import prolora``: ``peft.get_peft_model(model, PRoLoRAConfig(...))``, ``
 
 from __future__ import annotations
 
-import enum
-
-
-class PRoLoRAType(str, enum.Enum):
-    """The ``peft_type`` of PRoLoRA adapters (``"PROLORA"`` in ``adapter_config.json``)."""
-
-    PROLORA = "PROLORA"
-
-
-PROLORA = PRoLoRAType.PROLORA
-PREFIX = "prolora_"
+from .config import PREFIX, PROLORA, PRoLoRAConfig
+from .model import PRoLoRAModel
 
 
 def register() -> None:
     """Add PRoLoRA to PEFT's method mappings. Idempotent; raises if another method took the name/prefix."""
     from peft import mapping
-
-    from .config import PRoLoRAConfig
-    from .model import PRoLoRAModel
 
     wanted = [
         (mapping.PEFT_TYPE_TO_CONFIG_MAPPING, PRoLoRAConfig),

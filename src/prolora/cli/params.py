@@ -11,7 +11,7 @@ import re
 import sys
 from typing import Any
 
-from prolora.models import DEFAULT_MODEL
+from prolora.base_models import DEFAULT_MODEL
 from prolora.params import (
     METHODS,
     PAPER_CONVENTION,

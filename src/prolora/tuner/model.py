@@ -2,7 +2,7 @@
 
 Everything model-level — ``save_pretrained``, ``load_adapter``, ``set_adapter``, ``disable_adapter``,
 ``delete_adapter``, ``merge_adapter``/``unmerge_adapter``, ``merge_and_unload``, ``unload`` — is PEFT's
-``BaseTuner``/``PeftModel`` machinery working on :class:`~prolora.layer.PRoLoRALayer`.
+``BaseTuner``/``PeftModel`` machinery working on :class:`~prolora.tuner.layer.PRoLoRALayer`.
 """
 
 from __future__ import annotations
@@ -14,9 +14,8 @@ import torch
 from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
 from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 
-from .config import PRoLoRAConfig
+from .config import PREFIX, PRoLoRAConfig
 from .layer import PRoLoRALayer, PRoLoRALinear, base_shape
-from .peft_shim import PREFIX
 
 
 def _inject_adapter_names(module, args, kwargs, adapter_names):
@@ -42,7 +41,7 @@ def _record_shape(config: PRoLoRAConfig, key: str, base: torch.nn.Module) -> Non
 
 
 class PRoLoRAModel(BaseTuner):
-    """Replaces each targeted linear layer of ``model`` with a :class:`~prolora.layer.PRoLoRALinear`."""
+    """Replaces each targeted linear layer of ``model`` with a :class:`~prolora.tuner.layer.PRoLoRALinear`."""
 
     prefix: str = PREFIX
     tuner_layer_cls = PRoLoRALayer
@@ -139,3 +138,20 @@ def prolora_modules(model: torch.nn.Module):
     for name, module in model.named_modules():
         if isinstance(module, PRoLoRALayer):
             yield name, module
+
+
+def get_prolora_model(model: torch.nn.Module, config: PRoLoRAConfig, adapter_name: str = "default", **kwargs):
+    """Wrap ``model`` with a PRoLoRA adapter; returns a ``peft.PeftModel`` (same API as LoRA's).
+
+    Equivalent to ``peft.get_peft_model(model, config, adapter_name)``. Only the compact tensors
+    (A_0, B_0, A_u, B_u of each targeted module) are trainable.
+
+    Raises:
+        TypeError: if ``config`` is not a :class:`PRoLoRAConfig`.
+        ValueError: if r/u/m/n do not fit a targeted module (the message names it).
+    """
+    from peft import get_peft_model
+
+    if not isinstance(config, PRoLoRAConfig):
+        raise TypeError(f"config must be a PRoLoRAConfig, got {type(config).__name__}.")
+    return get_peft_model(model, config, adapter_name=adapter_name, **kwargs)

@@ -83,7 +83,7 @@ def _benchmarks(spec: str, loss_data: str | None) -> list[str]:
 
 
 def run(args) -> int:
-    from .sources import DataSources
+    from prolora.eval.sources import DataSources
 
     try:
         benchmarks = _benchmarks(args.tasks, args.loss_data)
@@ -101,11 +101,11 @@ def run(args) -> int:
 
 
 def _evaluate(args, benchmarks, sources) -> int:
-    from .report import markdown
-    from .runner import run_eval
-    from .sandbox import SandboxUnavailable
-    from .settings import EvalSettings
-    from .sources import DataError
+    from prolora.eval.report import markdown
+    from prolora.eval.runner import run_eval
+    from prolora.eval.sandbox import SandboxUnavailable
+    from prolora.eval.settings import EvalSettings
+    from prolora.eval.sources import DataError
 
     if args.threads:
         import torch

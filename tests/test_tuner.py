@@ -7,7 +7,7 @@ from reference import ref_delta, ref_params
 
 import prolora
 from prolora import PRoLoRAConfig, get_prolora_model
-from prolora.model import prolora_modules
+from prolora.tuner.model import prolora_modules
 
 LLAMA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import make_tiny_llama
 from safetensors import safe_open
-from test_model import LLAMA_TARGETS, _config, _randomise
+from test_tuner import LLAMA_TARGETS, _config, _randomise
 
 import prolora
 from prolora import PRoLoRAConfig, get_prolora_model
@@ -220,7 +220,7 @@ def test_export_cli(saved, tmp_path, capsys):
 
 def test_missing_local_model_path_is_named_before_transformers_sees_it(tmp_path):
     """A path that cannot be a hub id (absolute, ./, ~, or more than one '/') must exist; hub ids pass."""
-    from prolora.models import resolve_model
+    from prolora.base_models import resolve_model
 
     for name in (str(tmp_path / "nope"), "./nope", "runs/a/b"):
         with pytest.raises(FileNotFoundError, match="model directory not found"):
@@ -239,3 +239,21 @@ def test_export_accepts_a_train_run_directory(saved, tmp_path):
     path.rename(run / "adapter")
     out = prolora.export_lora(run, tmp_path / "dense")
     assert json.loads((out / "adapter_config.json").read_text())["peft_type"] == "LORA"
+
+
+def test_adapter_saved_by_v0_1_0_loads_and_gives_its_outputs():
+    """A fixture saved by prolora 0.1.0 (before the package layout changed) loads and reproduces its logits."""
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    fixture = Path(__file__).parent / "fixtures" / "adapter-v0.1.0"
+    expected = load_file(fixture / "expected.safetensors")
+    model = peft.PeftModel.from_pretrained(make_tiny_llama(), fixture).eval()
+    with torch.no_grad():
+        logits = model(expected["input_ids"]).logits
+    torch.testing.assert_close(logits, expected["logits"], rtol=1e-5, atol=1e-5)
+    assert isinstance(model.peft_config["default"], PRoLoRAConfig)
+    config, tensors = prolora.format.read_adapter(fixture)
+    assert len(tensors) == 4 * 14
+    assert (config.r, config.unshared_r, config.sharing_rate_a, config.sharing_rate_b) == (4, 1, 3, 2)

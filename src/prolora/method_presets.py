@@ -82,7 +82,7 @@ def make_adapter_config(
                                      target_modules=targets, task_type=task_type)
     if method not in _PROLORA_VARIANTS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    from prolora import PRoLoRAConfig
+    from prolora.tuner import PRoLoRAConfig
 
     kwargs = {"unshared_r": u, "sharing_rate_a": m, "sharing_rate_b": n, **_PROLORA_VARIANTS[method]}
     return PRoLoRAConfig(**common, **kwargs)

@@ -20,26 +20,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import os
 
-    import prolora
+    from prolora.format import WEIGHTS_NAME, export_lora, export_merged
 
-    from .io import adapter_dir, check_output_dir, read_adapter
-
-    if not args.merged:
-        out = prolora.export_lora(args.adapter, args.out_dir, overwrite=args.overwrite)
-        size = os.path.getsize(out / "adapter_model.safetensors")
-        print(f"wrote dense LoRA adapter to {out} ({size:,} bytes); load it with stock peft: "
-              f"PeftModel.from_pretrained(base, {str(out)!r})")
+    if args.merged:
+        out = export_merged(args.adapter, args.out_dir, model=args.model, overwrite=args.overwrite)
+        print(f"wrote merged model to {out}")
         return 0
-    from peft import PeftModel
-
-    from .models import load_model, load_tokenizer
-
-    check_output_dir(args.out_dir, args.adapter, args.overwrite)
-    adapter = adapter_dir(args.adapter)
-    read_adapter(adapter)  # a clear error for a broken adapter before the base model loads
-    model = PeftModel.from_pretrained(load_model(args.model), str(adapter))
-    merged = model.merge_and_unload()
-    merged.save_pretrained(args.out_dir)  # safetensors
-    load_tokenizer(args.model).save_pretrained(args.out_dir)
-    print(f"wrote merged model to {args.out_dir}")
+    out = export_lora(args.adapter, args.out_dir, overwrite=args.overwrite)
+    size = os.path.getsize(out / WEIGHTS_NAME)
+    print(f"wrote dense LoRA adapter to {out} ({size:,} bytes); load it with stock peft: "
+          f"PeftModel.from_pretrained(base, {str(out)!r})")
     return 0

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from .generate_cmd import add_generator_arguments, open_generator
+from .generate import add_generator_arguments, open_generator
 
 
 def add_arguments(parser) -> None:

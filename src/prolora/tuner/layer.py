@@ -12,7 +12,7 @@ memory than LoRA's (``lean_backward = False``: the same gathers under plain auto
 for backward). Without autograd (evaluation, generation, serving) the expanded factors are cached per
 adapter and rebuilt only when a chunk changes (tracked by the tensors' identity and in-place version
 counters), and a cache hit costs two ``F.linear`` calls, as LoRA. ``cache_expanded = False`` instead
-computes straight from the chunks (:func:`~prolora.method.equations.chunked_adapter_forward`), keeping
+computes straight from the chunks (:func:`~prolora.equations.chunked_adapter_forward`), keeping
 only compact tensors in memory for serving many adapters.
 """
 
@@ -30,7 +30,9 @@ from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from .method import equations as eq
+from prolora import equations as eq
+
+from .config import PRoLoRAConfig
 
 
 @dataclass(frozen=True)
@@ -106,8 +108,6 @@ class PRoLoRALayer(BaseTunerLayer):
         Raises:
             ValueError: when r/u/m/n do not fit this module (e.g. m > h), naming the module.
         """
-        from .config import PRoLoRAConfig
-
         h, o = self.in_features, self.out_features
         PRoLoRAConfig.validate_values(values, module_name or type(self.get_base_layer()).__name__, h=h, o=o)
         r, u, m, n = values["r"], values["unshared_r"], values["sharing_rate_a"], values["sharing_rate_b"]
@@ -361,7 +361,7 @@ class _AdapterFunction(torch.autograd.Function):
 def _layout(spec: ChunkSpec, device: torch.device) -> tuple[torch.Tensor, tuple]:
     """``(idx, shapes)``: ``cat(A.flatten(), B.flatten()) = flat[idx]`` for ``flat`` = the four compact
     tensors flattened and concatenated (:func:`_flatten`), and their shapes in that order. The indices are
-    :func:`~prolora.method.equations.flat_gather_indices` (Eq. 4 applied to element numbers)."""
+    :func:`~prolora.equations.flat_gather_indices` (Eq. 4 applied to element numbers)."""
     idx_a, idx_b = eq.flat_gather_indices(spec.h, spec.o, spec.r, spec.u, spec.m, spec.n, spec.stride_a,
                                           spec.stride_b, spec.rotate, spec.share, device)
     shape_a0, shape_b0 = eq.chunk_shapes(spec.h, spec.o, spec.r, spec.u, spec.m, spec.n, spec.share)

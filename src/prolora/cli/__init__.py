@@ -1,7 +1,8 @@
 """The ``prolora`` command line: a thin dispatcher over library functions.
 
-Each sub-command lives in the module that owns its feature and exposes ``add_arguments(parser)`` and
-``run(args) -> int``; this file only lists them.
+Each sub-command is one module of this folder (``prolora/cli/<command>.py``) exposing
+``add_arguments(parser)`` and ``run(args) -> int``; it parses flags and calls library functions (the same
+ones the tests call), nothing more. This file only lists them.
 """
 
 from __future__ import annotations
@@ -18,13 +19,13 @@ QUIET_WARNINGS = (r"`is_gradient_checkpointing` is deprecated", r"Could not find
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "export": ("prolora.export_cli", "Export a PRoLoRA adapter as a dense PEFT LoRA adapter or a merged model"),
-    "train": ("prolora.train.train_cmd", "Finetune a causal LM with a PRoLoRA/LoRA adapter on instruction data"),
-    "generate": ("prolora.train.generate_cmd", "Answer a prompt with a base model and saved adapters"),
-    "chat": ("prolora.train.chat_cmd", "Chat interactively with a base model and saved adapters"),
-    "eval": ("prolora.eval.cli", "Evaluate a base model with or without adapters on MMLU, BBH, GSM8K, TyDi QA, HumanEval"),
-    "params": ("prolora.params_cli", "Trainable parameters and adapter bytes for a config on a model or paper preset"),
-    "compare": ("prolora.compare.cli", "Train and evaluate methods at equal parameter budgets (paper Table 2/4, Figure 2)"),
+    "export": ("prolora.cli.export", "Export a PRoLoRA adapter as a dense PEFT LoRA adapter or a merged model"),
+    "train": ("prolora.cli.train", "Finetune a causal LM with a PRoLoRA/LoRA adapter on instruction data"),
+    "generate": ("prolora.cli.generate", "Answer a prompt with a base model and saved adapters"),
+    "chat": ("prolora.cli.chat", "Chat interactively with a base model and saved adapters"),
+    "eval": ("prolora.cli.eval", "Evaluate a base model with or without adapters on MMLU, BBH, GSM8K, TyDi QA, HumanEval"),
+    "params": ("prolora.cli.params", "Trainable parameters and adapter bytes for a config on a model or paper preset"),
+    "compare": ("prolora.cli.compare", "Train and evaluate methods at equal parameter budgets (paper Table 2/4, Figure 2)"),
 }
 
 

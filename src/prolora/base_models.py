@@ -90,3 +90,52 @@ def load_model(name_or_path: str | None = None, dtype=None, quantization_config=
     elif "gguf_file" in extra:
         extra.setdefault("quantization_config", GgufConfig(dequantize=True))
     return AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32, **extra)
+
+
+def resolve_quantization(choice: str) -> str:
+    """``"nf4"`` or ``"none"``; ``"auto"`` is nf4 when CUDA and bitsandbytes are available (QLoRA, App. A.2)."""
+    import torch
+
+    if choice != "auto":
+        return choice
+    return "nf4" if torch.cuda.is_available() and importlib.util.find_spec("bitsandbytes") else "none"
+
+
+def load_base_model(name: str | None, quantization: str):
+    """The base model in float32, or in 4-bit NF4 with double quantization (QLoRA) prepared for training.
+
+    A GGUF file is de-quantized to a plain float32 model (:func:`load_model`). transformers
+    cannot load a GGUF file in 4-bit, so for NF4 its de-quantized weights are written to a temporary
+    directory and loaded from there.
+    """
+    import tempfile
+
+    import torch
+
+    path, kwargs = resolve_model(name)
+    if quantization == "none":
+        return load_model(name)
+    from peft import prepare_model_for_kbit_training
+    from transformers import BitsAndBytesConfig
+
+    cuda = torch.cuda.is_available()
+    nf4 = {"quantization_config": BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16 if cuda else torch.float32),
+        "device_map": {"": int(os.environ.get("LOCAL_RANK", "0"))} if cuda else None}
+    if "gguf_file" in kwargs:
+        with tempfile.TemporaryDirectory(prefix="prolora-dense-") as tmp:
+            load_model(name).save_pretrained(tmp)
+            model = load_model(tmp, **nf4)
+        model.config.name_or_path = model.name_or_path = path  # recorded in adapters, not the temporary dir
+    else:
+        model = load_model(name, **nf4)
+    if not cuda:
+        # bitsandbytes repacks 4-bit weights for its AVX512-bf16 CPU kernel at the first eval-mode forward
+        # without gradients: before training this silently stops gradients through the repacked layers, and
+        # it fails for sizes its block does not divide. Keep the layout training uses.
+        for module in model.modules():
+            if hasattr(module, "support_avx512bf16_for_cpu"):
+                module.support_avx512bf16_for_cpu = False
+    # gradient checkpointing, when asked for, is enabled by the Trainer (non-reentrant)
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
