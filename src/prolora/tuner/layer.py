@@ -162,16 +162,24 @@ class PRoLoRALayer(BaseTunerLayer):
         spec = self.prolora_spec[adapter_name]
         tensors = self._compact(adapter_name)
         tracking = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
-        if not tracking and self.cache_expanded:
-            key = _cache_key(tensors)
+        key = _cache_key(tensors) if not tracking and self.cache_expanded else None
+        if key is not None:
             hit = self._expanded.get(adapter_name)
             if hit is not None and hit[0] == key:
                 return hit[1], hit[2]
+            # cached factors are normal tensors even when built during an inference-mode forward: a later
+            # forward with autograd (frozen adapter, input that requires grad) may save them for backward
+            with torch.inference_mode(False), torch.no_grad():
+                a, b = self._expand_factors(tensors, spec)
+            self._expanded[adapter_name] = (key, a, b, tensors)  # holding tensors keeps their ids unique
+            return a, b
+        return self._expand_factors(tensors, spec)
+
+    @staticmethod
+    def _expand_factors(tensors: tuple, spec: ChunkSpec) -> tuple[torch.Tensor, torch.Tensor]:
         a0, a_u, b0, b_u = tensors
         a = eq.expand_a(a0, a_u, spec.h, spec.r, spec.m, spec.stride_a, spec.rotate, spec.share)
         b = eq.expand_b(b0, b_u, spec.o, spec.r, spec.n, spec.stride_b, spec.rotate, spec.share)
-        if not tracking and self.cache_expanded:
-            self._expanded[adapter_name] = (key, a, b, tensors)  # holding tensors keeps their ids unique
         return a, b
 
     def get_delta_weight(self, adapter_name: str) -> torch.Tensor:
@@ -293,8 +301,14 @@ class PRoLoRALayer(BaseTunerLayer):
         super().delete_adapter(adapter_name)
 
 
-def _cache_key(tensors: tuple) -> tuple:
-    """What must be unchanged for a cached expansion to be valid: object, version, storage, dtype, device."""
+def _cache_key(tensors: tuple) -> tuple | None:
+    """What must be unchanged for a cached expansion to be valid: object, version, storage, dtype, device.
+
+    ``None`` (do not cache) for inference tensors (adapters created under ``torch.inference_mode``), which
+    have no version counter to detect in-place changes.
+    """
+    if any(t.is_inference() for t in tensors):
+        return None
     return tuple((id(t), t._version, t.data_ptr(), t.dtype, t.device) for t in tensors)
 
 
@@ -358,6 +372,7 @@ class _AdapterFunction(torch.autograd.Function):
 
 
 @functools.lru_cache(maxsize=256)
+@eq.normal_tensors
 def _layout(spec: ChunkSpec, device: torch.device) -> tuple[torch.Tensor, tuple]:
     """``(idx, shapes)``: ``cat(A.flatten(), B.flatten()) = flat[idx]`` for ``flat`` = the four compact
     tensors flattened and concatenated (:func:`_flatten`), and their shapes in that order. The indices are

@@ -1,0 +1,103 @@
+"""What peft's own generic tuner tests found (issue 16), as regular tests: each failed before its fix.
+
+The full conformance run against peft 0.21.2's test suite is ``scripts/peft_conformance.py`` (not part of
+the default test run); see docs/peft-conformance.md.
+"""
+
+import torch
+from conftest import make_tiny_llama
+
+from prolora import PRoLoRAConfig, equations, get_prolora_model
+from prolora.tuner import layer as layer_module
+
+TARGETS = ["q_proj", "v_proj", "down_proj"]
+
+
+def _config(**kw):
+    kw.setdefault("target_modules", TARGETS)
+    return PRoLoRAConfig(**{"r": 8, "unshared_r": 1, "sharing_rate_a": 5, "sharing_rate_b": 3, **kw})
+
+
+def _randomise(model, std=0.2, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "prolora_" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * std)
+
+
+def _clear_index_caches():
+    """Start from empty index caches, so that the first index built is the one made under inference mode
+    (whatever tests ran before in this process)."""
+    equations._roll_index.cache_clear()
+    equations.flat_gather_indices.cache_clear()
+    layer_module._layout.cache_clear()
+
+
+# ------------------------------------------------------------------- defect 1: inference-mode caches
+def test_merge_after_inference_mode_forward():
+    _clear_index_caches()
+    pm = get_prolora_model(make_tiny_llama(), _config())
+    _randomise(pm)
+    pm.eval()
+    x = torch.randint(0, 128, (2, 7))
+    with torch.inference_mode():
+        y = pm(x).logits.clone()
+    # a fresh model of the same shapes reuses the cached indices
+    fresh = get_prolora_model(make_tiny_llama(), _config())
+    _randomise(fresh)
+    fresh.eval()
+    for model in (pm, fresh):
+        model.merge_adapter()
+        with torch.no_grad():
+            torch.testing.assert_close(model(x).logits, y, rtol=1e-5, atol=1e-5)
+        model.unmerge_adapter()
+    merged = fresh.merge_and_unload()
+    with torch.no_grad():
+        torch.testing.assert_close(merged(x).logits, y, rtol=1e-5, atol=1e-5)
+
+
+def test_training_step_after_inference_mode_forward():
+    _clear_index_caches()
+    pm = get_prolora_model(make_tiny_llama(), _config())
+    _randomise(pm)  # B = 0 at init would give A zero gradients
+    x = torch.randint(0, 128, (2, 7))
+    pm.eval()
+    with torch.inference_mode():
+        pm(x)
+    pm.train()
+    pm(x, labels=x).loss.backward()
+    grads = [p.grad for n, p in pm.named_parameters() if "prolora_A0" in n]
+    assert grads and all(g is not None and g.abs().sum() > 0 for g in grads)
+
+
+def test_frozen_adapter_backward_to_inputs_after_inference_mode_forward():
+    """Cached expanded factors built under inference mode must be usable when autograd records later
+    (frozen adapter, input that requires grad: e.g. prompt tuning or an input-gradient attribution)."""
+    pm = get_prolora_model(make_tiny_llama(), _config())
+    _randomise(pm)
+    pm.eval()
+    x = torch.randint(0, 128, (2, 7))
+    with torch.inference_mode():
+        pm(x)
+    pm.requires_grad_(False)
+    emb = pm.get_input_embeddings()(x).detach().requires_grad_(True)
+    pm(inputs_embeds=emb).logits.sum().backward()
+    # the same gradient as with the cache off
+    grad = emb.grad.clone()
+    emb.grad = None
+    pm.base_model.set_expanded_cache(False)
+    pm(inputs_embeds=emb).logits.sum().backward()
+    torch.testing.assert_close(emb.grad, grad, rtol=1e-4, atol=1e-4)
+
+
+def test_adapter_created_under_inference_mode_works():
+    with torch.inference_mode():
+        pm = get_prolora_model(make_tiny_llama(), _config())
+        _randomise(pm)
+        pm.eval()
+        x = torch.randint(0, 128, (2, 7))
+        y = pm(x).logits.clone()
+        torch.testing.assert_close(pm(x).logits, y)  # served without the cache: no version counter
+        pm.merge_adapter()
+        torch.testing.assert_close(pm(x).logits, y, rtol=1e-5, atol=1e-5)
