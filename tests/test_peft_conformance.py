@@ -4,6 +4,7 @@ The full conformance run against peft 0.21.2's test suite is ``scripts/peft_conf
 the default test run); see docs/peft-conformance.md.
 """
 
+import pytest
 import torch
 from conftest import make_tiny_llama
 
@@ -101,3 +102,58 @@ def test_adapter_created_under_inference_mode_works():
         torch.testing.assert_close(pm(x).logits, y)  # served without the cache: no version counter
         pm.merge_adapter()
         torch.testing.assert_close(pm(x).logits, y, rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------ defects 2 and 3: per-row adapter_names as LoRA
+def _two_adapters(**kw):
+    pm = get_prolora_model(make_tiny_llama(), _config(**kw), adapter_name="one")
+    pm.add_adapter("two", _config(r=4, unshared_r=0, sharing_rate_a=2, sharing_rate_b=2, **kw))
+    _randomise(pm, seed=3)
+    with torch.no_grad():  # modules_to_save copies start equal to the base module: make them differ
+        for name, p in pm.named_parameters():
+            if ".modules_to_save." in name:
+                p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(len(name))) * 0.5)
+    return pm.eval()
+
+
+def test_generate_mixed_adapters_with_beam_search():
+    pm = _two_adapters()
+    ids = torch.randint(1, 128, (3, 5))
+    kw = {"max_new_tokens": 4, "num_beams": 3, "do_sample": False, "pad_token_id": 0}
+    with torch.no_grad():
+        mixed = pm.generate(input_ids=ids, adapter_names=["one", "two", "__base__"], **kw)
+        pm.set_adapter("one")
+        y1 = pm.generate(input_ids=ids, **kw)
+        pm.set_adapter("two")
+        y2 = pm.generate(input_ids=ids, **kw)
+        with pm.disable_adapter():
+            base = pm.generate(input_ids=ids, **kw)
+    assert torch.equal(mixed[0], y1[0]) and torch.equal(mixed[1], y2[1]) and torch.equal(mixed[2], base[2])
+    assert not torch.equal(y1, y2)
+
+
+def test_generate_beam_search_adapter_names_must_be_a_list():
+    pm = _two_adapters()
+    with torch.no_grad(), pytest.raises(TypeError, match="adapter_names must be a list"):
+        pm.generate(input_ids=torch.randint(1, 128, (1, 5)), adapter_names="one", max_new_tokens=2, num_beams=2,
+                    pad_token_id=0)
+
+
+def test_mixed_batch_routes_modules_to_save_copies():
+    pm = _two_adapters(modules_to_save=["lm_head"])
+    x = torch.randint(0, 128, (3, 6))
+    with torch.no_grad():
+        mixed = pm(x, adapter_names=["two", "one", "__base__"]).logits
+        pm.set_adapter("one")
+        y1 = pm(x).logits
+        pm.set_adapter("two")
+        y2 = pm(x).logits
+        with pm.disable_adapter():
+            base = pm(x).logits
+        pm.set_adapter("one")
+        pm.base_model.model.lm_head.modules_to_save["one"].weight.zero_()  # row 1 really reads a's copy
+        zeroed = pm(x, adapter_names=["two", "one", "__base__"]).logits
+    torch.testing.assert_close(mixed[0], y2[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(mixed[1], y1[1], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(mixed[2], base[2], rtol=1e-5, atol=1e-5)
+    assert torch.all(zeroed[1] == 0) and torch.equal(zeroed[0], mixed[0])

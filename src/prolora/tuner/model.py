@@ -87,17 +87,29 @@ class PRoLoRAModel(BaseTuner):
 
     @contextmanager
     def _enable_peft_forward_hooks(self, *args, **kwargs):
-        """``forward(..., adapter_names=[...])``: route each batch row through the named adapter.
+        """``forward(..., adapter_names=[...])``: route each batch row through the named adapter (as LoRA).
+
+        The names reach every PRoLoRA layer and every ``modules_to_save`` copy. With beam search
+        (``generate(..., num_beams=k)``) each name is repeated k times, as the rows are; an encoder keeps
+        the original names (it sees the original rows).
 
         Raises:
             ValueError: for a name no layer has (``"__base__"`` means no adapter), or in training mode.
+            TypeError: with beam search, when ``adapter_names`` is not a list or tuple.
         """
+        from peft.utils.other import AuxiliaryTrainingWrapper
+
         adapter_names = kwargs.pop("adapter_names", None)
         if adapter_names is None:
             yield
             return
         if self.training:
             raise ValueError("adapter_names= is for inference; call model.eval() first.")
+        num_beams = kwargs.get("num_beams")
+        beams = num_beams if isinstance(num_beams, int) else 1
+        if beams > 1 and not isinstance(adapter_names, (list, tuple)):
+            raise TypeError(f"adapter_names must be a list of str (one per input row) with num_beams > 1, got "
+                            f"{type(adapter_names).__name__}.")
         known = set()
         for layer in self.model.modules():
             if isinstance(layer, PRoLoRALayer):
@@ -106,11 +118,22 @@ class PRoLoRAModel(BaseTuner):
         if unknown:
             raise ValueError(f"Unknown adapter name(s) {unknown} in adapter_names; loaded adapters: {sorted(known)} "
                              "(use '__base__' for rows without an adapter).")
+        original = list(adapter_names)
+        if beams > 1:
+            adapter_names = [name for name in adapter_names for _ in range(beams)]
+        routed = (PRoLoRALayer, AuxiliaryTrainingWrapper)
         handles = [
-            layer.register_forward_pre_hook(partial(_inject_adapter_names, adapter_names=list(adapter_names)),
-                                            with_kwargs=True)
-            for layer in self.model.modules() if isinstance(layer, PRoLoRALayer)
+            module.register_forward_pre_hook(partial(_inject_adapter_names, adapter_names=list(adapter_names)),
+                                             with_kwargs=True)
+            for module in self.model.modules() if isinstance(module, routed)
         ]
+        encoder = self.model.get_encoder() if hasattr(self.model, "get_encoder") else None
+        if encoder is not None and encoder is not self.model and len(adapter_names) != len(original):
+            handles += [  # registered later, so it runs later and wins
+                module.register_forward_pre_hook(partial(_inject_adapter_names, adapter_names=original),
+                                                 with_kwargs=True)
+                for module in encoder.modules() if isinstance(module, routed)
+            ]
         try:
             yield
         finally:
