@@ -10,6 +10,7 @@ from conftest import make_tiny_llama
 
 from prolora import PRoLoRAConfig, equations, get_prolora_model
 from prolora.tuner import layer as layer_module
+from prolora.tuner.model import prolora_modules
 
 TARGETS = ["q_proj", "v_proj", "down_proj"]
 
@@ -157,3 +158,26 @@ def test_mixed_batch_routes_modules_to_save_copies():
     torch.testing.assert_close(mixed[1], y1[1], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(mixed[2], base[2], rtol=1e-5, atol=1e-5)
     assert torch.all(zeroed[1] == 0) and torch.equal(zeroed[0], mixed[0])
+
+
+# ------------------------------------------------------------ defect 4: layer selection checked as LoRA
+@pytest.mark.parametrize("kw,match", [
+    ({"target_modules": "all-linear", "layers_to_transform": [0]}, "layers_to_transform cannot be used"),
+    ({"target_modules": ".*proj", "layers_pattern": "layers", "layers_to_transform": [0]},
+     "layers_to_transform cannot be used"),
+    ({"target_modules": ".*proj", "layers_pattern": "layers"}, "layers_pattern cannot be used"),
+    ({"layers_pattern": "layers"}, "layers_pattern needs layers_to_transform"),
+])
+def test_layer_selection_rejected_like_lora(kw, match):
+    from peft import LoraConfig
+
+    with pytest.raises(ValueError, match=match):
+        _config(**kw)
+    with pytest.raises(ValueError):  # the same exception type as LoRA's
+        LoraConfig(**{"target_modules": TARGETS, **kw})
+
+
+def test_layers_to_transform_with_list_targets_adapts_only_those_layers():
+    pm = get_prolora_model(make_tiny_llama(), _config(layers_to_transform=[1], layers_pattern="layers"))
+    names = [name for name, _ in prolora_modules(pm)]
+    assert names and all(".layers.1." in name for name in names)

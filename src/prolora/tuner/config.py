@@ -148,6 +148,22 @@ class PRoLoRAConfig(PeftConfig):
             raise ValueError(f"bias={self.bias!r} is not supported; use bias='none'.")
         if self.target_parameters:
             raise ValueError("target_parameters is not supported by PRoLoRA; use target_modules.")
+        self._check_layer_selection()
+
+    def _check_layer_selection(self) -> None:
+        """layers_to_transform / layers_pattern need a list of target_modules, and go together (as LoRA).
+
+        Raises:
+            ValueError: naming the combination that would otherwise be silently ignored.
+        """
+        if isinstance(self.target_modules, str) and self.layers_to_transform is not None:
+            raise ValueError(f"layers_to_transform cannot be used when target_modules is a str "
+                             f"({self.target_modules!r}): give target_modules as a list of module names.")
+        if isinstance(self.target_modules, str) and self.layers_pattern is not None:
+            raise ValueError(f"layers_pattern cannot be used when target_modules is a str "
+                             f"({self.target_modules!r}): give target_modules as a list of module names.")
+        if self.layers_pattern and self.layers_to_transform is None:
+            raise ValueError("layers_pattern needs layers_to_transform (the layer indices to adapt).")
 
     def module_values(self, key: str | None) -> dict:
         """r, unshared_r, sharing rates, strides and lora_alpha for the module named ``key`` (overrides applied).
