@@ -6,7 +6,7 @@ the default test run); see docs/peft-conformance.md.
 
 import pytest
 import torch
-from conftest import make_tiny_llama
+from conftest import make_tiny_gpt2, make_tiny_llama
 
 from prolora import PRoLoRAConfig, equations, get_prolora_model
 from prolora.tuner import layer as layer_module
@@ -181,3 +181,113 @@ def test_layers_to_transform_with_list_targets_adapts_only_those_layers():
     pm = get_prolora_model(make_tiny_llama(), _config(layers_to_transform=[1], layers_pattern="layers"))
     names = [name for name, _ in prolora_modules(pm)]
     assert names and all(".layers.1." in name for name in names)
+
+
+# ------------------------------------------------------------------- gaps: peft's convert_to_lora
+@pytest.mark.parametrize("make,cfg", [
+    (make_tiny_llama, {}),
+    (make_tiny_llama, {"unshared_r": 0, "share": "rank", "sharing_rate_a": 3, "sharing_rate_b": 3}),
+    (make_tiny_llama, {"unshared_r": 8}),
+    (make_tiny_gpt2, {"target_modules": ["c_attn", "c_fc"], "sharing_rate_a": 4, "sharing_rate_b": 4}),
+])
+def test_peft_convert_to_lora_is_exact(make, cfg, tmp_path):
+    from peft import PeftModel, convert_to_lora, get_peft_model, save_as_lora, set_peft_model_state_dict
+
+    pm = get_prolora_model(make(), _config(**cfg))
+    _randomise(pm)
+    pm.eval()
+    assert pm.supports_lora_conversion()
+    x = torch.randint(0, 128, (2, 7))
+    with torch.no_grad():
+        y = pm(x).logits
+        deltas = {name: layer.get_delta_weight("default") for name, layer in prolora_modules(pm)}
+    lora_config, state_dict = convert_to_lora(pm, rank=8)
+    save_as_lora(tmp_path, pm, rank=8)
+    lora = get_peft_model(make(), lora_config).eval()
+    assert not set_peft_model_state_dict(lora, state_dict).unexpected_keys
+    loaded = PeftModel.from_pretrained(make(), tmp_path).eval()
+    with torch.no_grad():
+        for model in (lora, loaded):
+            torch.testing.assert_close(model(x).logits, y, rtol=1e-4, atol=1e-4)
+        lora_layers = dict(lora.named_modules())
+        for name, delta in deltas.items():  # ΔW itself: exact up to float rounding (rank r SVD of rank-r ΔW)
+            torch.testing.assert_close(lora_layers[name].get_delta_weight("default"), delta, rtol=1e-4, atol=1e-5)
+
+
+# ----------------------------------------------- gaps: zero-element tensors (u = 0, u = r) are not parameters
+@pytest.mark.parametrize("u,empty", [(0, ("prolora_A_u", "prolora_B_u")), (8, ("prolora_A0", "prolora_B0"))])
+def test_zero_element_tensors_are_not_parameters_but_keep_their_file_keys(u, empty, tmp_path):
+    from peft import PeftModel
+    from safetensors.torch import load_file
+
+    from prolora.format.compact import check_tensors, expand_adapter, read_adapter
+
+    pm = get_prolora_model(make_tiny_llama(), _config(unshared_r=u))
+    assert all(p.numel() > 0 for _, p in pm.named_parameters())
+    assert not any(name in n for n, _ in pm.named_parameters() for name in empty)
+    for name, p in pm.named_parameters():  # what peft's own checks do to every adapter parameter
+        if "prolora_" in name:
+            p.data[0] = 0.5
+    _randomise(pm)
+    pm.eval()
+    x = torch.randint(0, 128, (2, 7))
+    with torch.no_grad():
+        y = pm(x).logits
+    pm.save_pretrained(tmp_path)
+    saved = load_file(tmp_path / "adapter_model.safetensors")
+    modules = pm.peft_config["default"].module_shapes
+    names = ("prolora_A0", "prolora_B0", "prolora_A_u", "prolora_B_u")
+    # the file format does not depend on u: four tensors per module, the empty ones as zero-size tensors
+    assert set(saved) == {f"base_model.model.{m}.{n}" for m in modules for n in names}
+    for key, tensor in saved.items():
+        assert (tensor.numel() == 0) == key.endswith(empty)
+    config, tensors = read_adapter(tmp_path)
+    check_tensors(config, tensors)
+    expanded = expand_adapter(config, tensors)
+    for name, layer in prolora_modules(pm):  # the file expands to the model's ΔW
+        a, b, scaling = expanded[name.removeprefix("base_model.model.")]
+        torch.testing.assert_close((b @ a) * scaling, layer.get_delta_weight("default").detach())
+    loaded = PeftModel.from_pretrained(make_tiny_llama(), tmp_path).eval()
+    assert not any(name in n for n, _ in loaded.named_parameters() for name in empty)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x).logits, y, rtol=1e-6, atol=1e-6)
+    # training: the compact tensors that exist get gradients; nothing else is trainable
+    loaded = PeftModel.from_pretrained(make_tiny_llama(), tmp_path, is_trainable=True)
+    loaded(x, labels=x).loss.backward()
+    trainable = [(n, p) for n, p in loaded.named_parameters() if p.requires_grad]
+    assert trainable and all(p.grad is not None and p.grad.abs().sum() > 0 for _, p in trainable)
+
+
+def test_zero_element_tensors_follow_dtype_and_inference_mode():
+    pm = get_prolora_model(make_tiny_llama(), _config(unshared_r=0))
+    _randomise(pm)
+    pm.eval()
+    x = torch.randint(0, 128, (2, 7))
+    with torch.inference_mode():
+        pm(x)
+    pm.train()
+    pm(x, labels=x).loss.backward()  # the empty tensors made under inference mode can be saved for backward
+    pm = pm.to(torch.bfloat16).eval()
+    layer = next(layer for _, layer in prolora_modules(pm))
+    assert all(t.dtype == torch.bfloat16 for t in layer._compact("default"))
+    with torch.no_grad():
+        assert pm(x).logits.dtype == torch.bfloat16
+
+
+# ---------------------------------------------------------------- gaps: exception types as peft expects
+@pytest.mark.parametrize("kw", [{"bias": "all"}, {"bias": "lora_only"}, {"target_parameters": ["w"]}])
+def test_unsupported_lora_options_raise_type_error_and_value_error(kw):
+    from prolora.tuner.config import UnsupportedOptionError
+
+    for expected in (TypeError, ValueError, UnsupportedOptionError):  # peft's callers / prolora's CLI
+        with pytest.raises(expected, match="not supported by PRoLoRA"):
+            _config(**kw)
+
+
+def test_init_weights_false_starts_with_nonzero_delta():
+    pm = get_prolora_model(make_tiny_llama(), _config(init_weights=False))
+    assert all(layer.get_delta_weight("default").abs().sum() > 0 for _, layer in prolora_modules(pm))
+    pm = get_prolora_model(make_tiny_llama(), _config())
+    assert all(layer.get_delta_weight("default").abs().sum() == 0 for _, layer in prolora_modules(pm))
+    with pytest.raises(ValueError, match="init_weights"):
+        _config(init_weights="no")

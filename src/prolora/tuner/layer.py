@@ -56,6 +56,12 @@ class ChunkSpec:
         return self.r - self.u
 
 
+def compact_shapes(spec: ChunkSpec) -> tuple[tuple[int, int], ...]:
+    """Shapes of (A_0, B_0, A_u, B_u) — the order of ``PRoLoRALayer.adapter_layer_names``."""
+    shape_a0, shape_b0 = eq.chunk_shapes(spec.h, spec.o, spec.r, spec.u, spec.m, spec.n, spec.share)
+    return shape_a0, shape_b0, (spec.u, spec.h), (spec.o, spec.u)
+
+
 def base_shape(base: nn.Module) -> tuple[int, int]:
     """(h, o) = (in_features, out_features) of a supported base layer; TypeError names unsupported types."""
     from transformers.pytorch_utils import Conv1D
@@ -94,6 +100,7 @@ class PRoLoRALayer(BaseTunerLayer):
         self.prolora_dropout = nn.ModuleDict({})
         self.prolora_spec: dict[str, ChunkSpec] = {}
         self._expanded: dict[str, tuple] = {}  # name -> (key, A, B, compact tensors)
+        self._empties: dict[str, dict[int, torch.Tensor]] = {}  # name -> zero-element tensors (see _compact)
         self._disable_adapters = False
         self.merged_adapters: list[str] = []
         self.in_features, self.out_features = base_shape(self.get_base_layer())
@@ -102,7 +109,8 @@ class PRoLoRALayer(BaseTunerLayer):
 
     # ----------------------------------------------------------------------------------------- creation
     def update_layer(self, adapter_name: str, values: dict, lora_dropout: float, rotation: bool, init: str,
-                     share: str, rotate_dim: str, module_name: str = "", inference_mode: bool = False) -> None:
+                     share: str, rotate_dim: str, module_name: str = "", inference_mode: bool = False,
+                     init_weights: bool = True) -> None:
         """Add adapter ``adapter_name``: allocate A_0, B_0, A_u, B_u and initialise them (Eq. 5).
 
         Raises:
@@ -117,41 +125,73 @@ class PRoLoRALayer(BaseTunerLayer):
             stride_b=eq.default_stride(r, u, n) if values["stride_b"] is None else values["stride_b"],
             rotate=rotate_dim if rotation else None, share=share, scaling=values["lora_alpha"] / r,
         )
-        shape_a0, shape_b0 = eq.chunk_shapes(h, o, r, u, m, n, share)
         self.prolora_spec[adapter_name] = spec
-        self.prolora_A0[adapter_name] = nn.Parameter(torch.empty(shape_a0))
-        self.prolora_B0[adapter_name] = nn.Parameter(torch.zeros(shape_b0))
-        self.prolora_A_u[adapter_name] = nn.Parameter(torch.empty(u, h))
-        self.prolora_B_u[adapter_name] = nn.Parameter(torch.zeros(o, u))
+        self._empties.pop(adapter_name, None)
+        # u = 0 (no unshared part) or u = r (no shared part) would leave two tensors with zero elements: they are
+        # not parameters (nothing to train; generic tooling indexes every adapter parameter), but the adapter
+        # file keeps their keys, as zero-size tensors (see PRoLoRAModel._get_adapter_state_dict)
+        for name, shape in zip(self.adapter_layer_names, compact_shapes(spec)):
+            params = getattr(self, name)
+            if math.prod(shape):
+                params[adapter_name] = nn.Parameter(torch.zeros(shape))
+            elif adapter_name in params:  # an adapter re-created with another u
+                del params[adapter_name]
         dropout = nn.Dropout(lora_dropout) if lora_dropout > 0 else nn.Identity()
         self.prolora_dropout[adapter_name] = dropout.train(self.get_base_layer().training)
-        self.reset_parameters(adapter_name, init)
+        self.reset_parameters(adapter_name, init, init_weights)
         self._move_adapter_to_device_of_base_layer(adapter_name)
         self.set_adapter(self.active_adapters, inference_mode=inference_mode)
 
     @torch.no_grad()
-    def reset_parameters(self, adapter_name: str, init: str = "rectified") -> None:
+    def reset_parameters(self, adapter_name: str, init: str = "rectified", init_weights: bool = True) -> None:
         """B = 0; A_u ~ U(±1/√h); A_0 ~ U(±1/√h) ("rectified", Eq. 5) or U(±1/√width) ("vanilla", ^-i).
 
-        1/√fan_in is ``kaiming_uniform_(a=√5)``'s bound, LoRA's default init of A in PEFT.
+        1/√fan_in is ``kaiming_uniform_(a=√5)``'s bound, LoRA's default init of A in PEFT. With
+        ``init_weights=False`` B_0 and B_u are drawn from U(±1/√r) instead of zero (PEFT's test convention).
         """
         spec = self.prolora_spec[adapter_name]
-        a0 = self.prolora_A0[adapter_name]
-        fan_in_a0 = spec.h if init == "rectified" else a0.shape[1]
+        a0, a_u, b0, b_u = self._compact(adapter_name)
         bound_u = eq.rectified_bound(spec.h)
-        self.prolora_A_u[adapter_name].uniform_(-bound_u, bound_u)
-        if a0.numel():
-            bound_0 = 1.0 / math.sqrt(fan_in_a0)
-            a0.uniform_(-bound_0, bound_0)
-        self.prolora_B0[adapter_name].zero_()
-        self.prolora_B_u[adapter_name].zero_()
+        a_u.uniform_(-bound_u, bound_u)
+        bound_0 = 1.0 / math.sqrt(spec.h if init == "rectified" else max(a0.shape[1], 1))
+        a0.uniform_(-bound_0, bound_0)
+        bound_b = 1.0 / math.sqrt(spec.r)
+        for b in (b0, b_u):
+            if init_weights:
+                b.zero_()
+            else:
+                b.uniform_(-bound_b, bound_b)
 
     # ---------------------------------------------------------------------------------------- the math
     def _compact(self, adapter_name: str) -> tuple:
         """``(A_0, A_u, B_0, B_u)`` of an adapter, read from the dicts' storage (``ParameterDict.__getitem__``
-        goes through ``Module.__getattr__``, the largest cost of a decode step after the matmuls)."""
-        return (self.prolora_A0._parameters[adapter_name], self.prolora_A_u._parameters[adapter_name],
-                self.prolora_B0._parameters[adapter_name], self.prolora_B_u._parameters[adapter_name])
+        goes through ``Module.__getattr__``, the largest cost of a decode step after the matmuls).
+
+        A zero-element tensor (A_u, B_u when u = 0; A_0, B_0 when u = r) is not a parameter: it is served as
+        an empty tensor of the other tensors' dtype and device, kept per adapter so that it has a stable
+        identity for the expansion cache.
+        """
+        try:
+            return (self.prolora_A0._parameters[adapter_name], self.prolora_A_u._parameters[adapter_name],
+                    self.prolora_B0._parameters[adapter_name], self.prolora_B_u._parameters[adapter_name])
+        except KeyError:
+            return self._compact_with_empties(adapter_name)
+
+    def _compact_with_empties(self, adapter_name: str) -> tuple:
+        dicts = [getattr(self, name)._parameters for name in ("prolora_A0", "prolora_A_u", "prolora_B0",
+                                                                "prolora_B_u")]
+        present = [d[adapter_name] for d in dicts if adapter_name in d]
+        if not present:
+            raise KeyError(adapter_name)
+        like = present[0]
+        cached = self._empties.get(adapter_name)
+        if cached is None or any(t.dtype != like.dtype or t.device != like.device for t in cached.values()):
+            shapes = compact_shapes(self.prolora_spec[adapter_name])
+            order = (0, 2, 1, 3)  # compact_shapes is (A_0, B_0, A_u, B_u); _compact is (A_0, A_u, B_0, B_u)
+            with torch.inference_mode(False):  # normal tensors: autograd may save them (see equations.normal_tensors)
+                cached = {i: like.new_zeros(shapes[order[i]]) for i, d in enumerate(dicts) if adapter_name not in d}
+            self._empties[adapter_name] = cached
+        return tuple(d[adapter_name] if adapter_name in d else cached[i] for i, d in enumerate(dicts))
 
     def expanded_factors(self, adapter_name: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Full ``(A, B)`` of shapes (r, h) and (o, r) from the compact tensors (Eq. 4).
@@ -296,8 +336,15 @@ class PRoLoRALayer(BaseTunerLayer):
                 delta = delta.t() if self.fan_in_fan_out else delta
                 self._set_base_weight((w.to(torch.float32) - delta.detach().to(w.device, torch.float32)).to(w.dtype))
 
+    def supports_lora_conversion(self, adapter_name: str = "default") -> bool:
+        """True: W' = W + ΔW with ΔW = B·A of rank ≤ r (Eq. 4), so peft's ``convert_to_lora`` /
+        ``save_as_lora`` (which factor :meth:`get_delta_weight` by SVD) are exact, up to float rounding, at any
+        ``rank ≥ r`` (or a float threshold, which then picks a rank ≤ r per module)."""
+        return True
+
     def delete_adapter(self, adapter_name: str) -> None:
         self._expanded.pop(adapter_name, None)
+        self._empties.pop(adapter_name, None)
         super().delete_adapter(adapter_name)
 
 
@@ -439,10 +486,13 @@ class PRoLoRALinear(nn.Module, PRoLoRALayer):
                              **kwargs: Any) -> torch.Tensor:
         """Row ``i`` of the batch uses adapter ``adapter_names[i]`` (``"__base__"``: none)."""
         if self.merged:
-            raise ValueError("adapter_names= cannot be used while adapters are merged; unmerge_adapter() first.")
+            raise ValueError("Cannot pass `adapter_names` when there are merged adapters, please call "
+                             "`unmerge_adapter` first.")
         if len(adapter_names) != x.shape[0]:
-            raise ValueError(f"adapter_names has {len(adapter_names)} entries for a batch of {x.shape[0]} rows; "
-                             "give one adapter name (or '__base__') per row.")
+            raise ValueError(f"Length of `adapter_names` should be the same as the number of inputs, but got "
+                             f"{len(adapter_names)} and {x.shape[0]} respectively: adapter_names has "
+                             f"{len(adapter_names)} entries for a batch of {x.shape[0]} rows; give one adapter name "
+                             "(or '__base__') per row.")
         result = self.base_layer(x, *args, **kwargs)
         for name in set(adapter_names):
             if name not in self.prolora_spec:
