@@ -291,3 +291,72 @@ def test_init_weights_false_starts_with_nonzero_delta():
     assert all(layer.get_delta_weight("default").abs().sum() == 0 for _, layer in prolora_modules(pm))
     with pytest.raises(ValueError, match="init_weights"):
         _config(init_weights="no")
+
+
+def test_safe_merge_of_broken_adapter_raises_peft_message_and_leaves_weight():
+    pm = get_prolora_model(make_tiny_llama(), _config(target_modules=["q_proj"], layers_to_transform=[0],
+                                                      layers_pattern="layers"))
+    _randomise(pm)
+    layer = next(layer for _, layer in prolora_modules(pm))
+    before = layer.base_layer.weight.detach().clone()
+    with torch.no_grad():
+        layer.prolora_B0["default"][0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaNs detected in the merged weights. The adapter default seems to be "
+                                         "broken"):
+        pm.merge_and_unload(safe_merge=True)
+    assert torch.equal(layer.base_layer.weight, before) and not layer.merged
+
+
+# ----------------------------------------------------------------- gaps: add_weighted_adapter (cat, svd)
+def _deltas(pm, adapter):
+    with torch.no_grad():
+        return {name: layer.get_delta_weight(adapter) for name, layer in prolora_modules(pm)}
+
+
+@pytest.mark.parametrize("combination_type", ["cat", "svd"])
+def test_add_weighted_adapter_sums_delta_weights(combination_type, tmp_path):
+    pm = get_prolora_model(make_tiny_llama(), _config(), adapter_name="one")
+    pm.add_adapter("two", _config(r=4, unshared_r=0, sharing_rate_a=2, sharing_rate_b=2, lora_alpha=8,
+                                  overrides={"v_proj": {"r": 6}}))
+    _randomise(pm, seed=5)
+    d1, d2 = _deltas(pm, "one"), _deltas(pm, "two")
+    # svd at the full rank of the sum (r_one + r_two) is exact too
+    kw = {"svd_rank": 14} if combination_type == "svd" else {}
+    pm.add_weighted_adapter(["one", "two"], [0.7, -1.5], "mix", combination_type=combination_type, **kw)
+    mixed = _deltas(pm, "mix")
+    for name in d1:
+        torch.testing.assert_close(mixed[name], 0.7 * d1[name] - 1.5 * d2[name], rtol=1e-4, atol=1e-5)
+    assert not any(p.requires_grad for n, p in pm.named_parameters() if ".mix" in n)
+    pm.eval()
+    pm.set_adapter("mix")
+    x = torch.randint(0, 128, (2, 5))
+    with torch.no_grad():
+        y = pm(x).logits
+    pm.save_pretrained(tmp_path, selected_adapters=["mix"])  # a regular PRoLoRA adapter (u = r)
+    from peft import PeftModel
+
+    loaded = PeftModel.from_pretrained(make_tiny_llama(), tmp_path / "mix").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x).logits, y, rtol=1e-5, atol=1e-5)
+        pm.merge_adapter()
+        torch.testing.assert_close(pm(x).logits, y, rtol=1e-4, atol=1e-4)
+
+
+def test_add_weighted_adapter_svd_truncates_and_rejects_lora_only_types():
+    pm = get_prolora_model(make_tiny_llama(), _config(), adapter_name="one")
+    _randomise(pm, seed=5)
+    pm.add_weighted_adapter(["one"], [2.0], "twice")  # default svd, rank 8 = r: exact
+    d1, d2 = _deltas(pm, "one"), _deltas(pm, "twice")
+    for name in d1:
+        torch.testing.assert_close(d2[name], 2 * d1[name], rtol=1e-4, atol=1e-5)
+    pm.add_weighted_adapter(["one"], [1.0], "low", svd_rank=2)
+    for name, delta in _deltas(pm, "low").items():
+        assert torch.linalg.matrix_rank(delta).item() <= 2
+    for bad, match in [({"combination_type": "ties"}, "convert the adapters to LoRA first"),
+                       ({"adapter_name": "one"}, "already exists"),
+                       ({"adapters": ["nope"]}, "not loaded"),
+                       ({"weights": [1.0, 2.0]}, "one weight each")]:
+        kw = {"adapters": ["one"], "weights": [1.0], "adapter_name": "new", **bad}
+        with pytest.raises(ValueError, match=match):
+            pm.add_weighted_adapter(**kw)
+    assert "new" not in pm.peft_config

@@ -319,7 +319,8 @@ class PRoLoRALayer(BaseTunerLayer):
             delta = delta.t() if self.fan_in_fan_out else delta
             merged = w.to(torch.float32) + delta.detach().to(w.device, torch.float32)
             if safe_merge and not torch.isfinite(merged).all():
-                raise ValueError(f"NaN/inf in the merged weight: adapter {name!r} is broken; nothing was merged.")
+                raise ValueError(f"NaNs detected in the merged weights. The adapter {name} seems to be broken "
+                                 f"(NaN/inf in the merged weight of adapter {name!r}); nothing was merged.")
             self._set_base_weight(merged.to(w.dtype))
             self.merged_adapters.append(name)
 

@@ -168,6 +168,18 @@ class PRoLoRAModel(BaseTuner):
                       if not (value.numel() == 0 and key.rsplit(".", 1)[-1] in names)}
         return super()._remap_adapter_state_dict_for_load(model, config, adapter_name, state_dict)
 
+    def add_weighted_adapter(self, adapters: list[str], weights: list[float], adapter_name: str,
+                             combination_type: str = "svd", **kwargs) -> None:
+        """New adapter ``adapter_name`` with ΔW = Σ weights[i]·ΔW(adapters[i]): LoRA's "cat" (exact) and "svd"
+        combinations, stored in PRoLoRA's LoRA layout (u = r); see :mod:`prolora.tuner.weighted`.
+
+        Raises:
+            ValueError: for LoRA's factor-wise combination types (naming what to use instead) and bad arguments.
+        """
+        from .weighted import add_weighted_adapter
+
+        add_weighted_adapter(self, adapters, weights, adapter_name, combination_type, **kwargs)
+
     def set_expanded_cache(self, enabled: bool) -> None:
         """Cache the expanded A, B per adapter without autograd (default) or compute from the chunks."""
         for layer in self.model.modules():
