@@ -67,16 +67,26 @@ PATCHES = [
       "ALL_CONFIG_CLASSES = _prolora.CONFIG_CLASSES\n\n")),
 ]
 
-# Remaining failures and skips, classified: (test-id regex, class, reason). Classes: defect, lora-only, harness.
-CLASSIFIED: list[tuple[str, str, str]] = [
+# Remaining failures, classified: (test-id regex, message regex, class, reason).
+# Classes: "defect" (ours to fix), "lora-only" (a LoRA feature PRoLoRA does not claim), "harness" (this harness).
+CLASSIFIED: list[tuple[str, str, str, str]] = [
+    (r"test_training_decoders_layer_indexing", r"layers_to_transform cannot be used when target_modules is a str",
+     "harness", ("peft's test adds layers_to_transform to our all-linear case; LoRA rejects this combination with "
+                "the same ValueError (peft's own case list has no str target_modules for this test)")),
+    (r"test_config.*(test_from_pretrained(_cache_dir)?|test_save_pretrained_with_runtime_config)\[", r"Can't find 'adapter_config.json' at 'peft-internal-testing",
+     "harness", "the test downloads a LoRA adapter from the Hub; this harness runs offline"),
 ]
 
 
-def classify(nodeid: str) -> tuple[str, str]:
-    for pattern, kind, reason in CLASSIFIED:
-        if re.search(pattern, nodeid):
+def classify(nodeid: str, message: str = "") -> tuple[str, str]:
+    for pattern, message_pattern, kind, reason in CLASSIFIED:
+        if re.search(pattern, nodeid) and re.search(message_pattern, message):
             return kind, reason
     return "unclassified", "not in the table: treat as a defect"
+
+
+def _test_function(nodeid: str) -> str:
+    return nodeid.split("::")[-1].split("[")[0]
 
 
 def fetch_tests(version: str, cache: Path) -> Path:
@@ -179,8 +189,12 @@ def main(argv=None) -> int:
     print(f"\npeft {peft.__version__} generic tests on PRoLoRA ({args.subset}, order {args.order}): "
           f"{counts['passed']} passed, {counts['failed']} failed, {counts['skipped']} skipped")
     kinds = Counter()
+    groups = Counter((_test_function(nodeid), message.splitlines()[0][:120] if message else "")
+                     for nodeid, message in results["failed"])
+    for (function, message), n in groups.most_common():
+        print(f"  failures x{n}: {function}: {message}")
     for title, key in (("FAILED", "failed"), ("SKIPPED", "skipped")):
-        rows = [(nodeid, message, *classify(nodeid)) for nodeid, message in results[key]]
+        rows = [(nodeid, message, *classify(nodeid, message)) for nodeid, message in results[key]]
         if key == "skipped":  # skips: group by reason
             for message, n in Counter(message for _, message, _, _ in rows).most_common():
                 print(f"  {title} x{n}: {message}")

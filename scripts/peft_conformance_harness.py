@@ -13,10 +13,13 @@ docs/peft-conformance.md):
 * ``diffusers`` (imported by peft's ``testing_common`` for Stable Diffusion tests that we do not run) is
   replaced by a stub module when it is not installed.
 * ``--prolora-order=default|reverse|random:SEED`` reorders the selected items (order-independence check).
+* For prolora sources without ``init_weights`` (``--src`` of an older commit, for "before" counts) peft's
+  ``set_init_weights_false`` leaves PRoLoRA kwargs unchanged instead of adding ``init_weights=False``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import sys
@@ -51,6 +54,18 @@ def _offline(model_id: str):
 
 
 _testing_utils.hub_online_once = _offline
+
+if "init_weights" not in {f.name for f in dataclasses.fields(PRoLoRAConfig)}:
+    # prolora sources from before issue 16 (``--src``, for the "before" counts) have no init_weights: peft's
+    # helper would make every test that calls it fail at config construction, hiding what the test checks
+    _original_set_init_weights_false = _testing_utils.set_init_weights_false
+
+    def _set_init_weights_false(config_cls, kwargs):
+        if config_cls is PRoLoRAConfig:
+            return dict(kwargs)
+        return _original_set_init_weights_false(config_cls, kwargs)
+
+    _testing_utils.set_init_weights_false = _set_init_weights_false
 
 
 def _tiny_config(model_id: str):

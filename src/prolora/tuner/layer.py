@@ -100,7 +100,7 @@ class PRoLoRALayer(BaseTunerLayer):
         self.prolora_dropout = nn.ModuleDict({})
         self.prolora_spec: dict[str, ChunkSpec] = {}
         self._expanded: dict[str, tuple] = {}  # name -> (key, A, B, compact tensors)
-        self._empties: dict[str, dict[int, torch.Tensor]] = {}  # name -> zero-element tensors (see _compact)
+        self._empties: dict[str, tuple] = {}  # name -> (A_0, A_u, B_0, B_u) with zero-element tensors (_compact)
         self._disable_adapters = False
         self.merged_adapters: list[str] = []
         self.in_features, self.out_features = base_shape(self.get_base_layer())
@@ -178,20 +178,23 @@ class PRoLoRALayer(BaseTunerLayer):
             return self._compact_with_empties(adapter_name)
 
     def _compact_with_empties(self, adapter_name: str) -> tuple:
-        dicts = [getattr(self, name)._parameters for name in ("prolora_A0", "prolora_A_u", "prolora_B0",
-                                                                "prolora_B_u")]
-        present = [d[adapter_name] for d in dicts if adapter_name in d]
-        if not present:
+        dicts = (self.prolora_A0._parameters, self.prolora_A_u._parameters, self.prolora_B0._parameters,
+                 self.prolora_B_u._parameters)
+        present = tuple(d.get(adapter_name) for d in dicts)
+        hit = self._empties.get(adapter_name)
+        if hit is not None and all(p is t for p, t in zip(present, hit) if p is not None):
+            like = next(p for p in present if p is not None)
+            if all(t.dtype == like.dtype and t.device == like.device for p, t in zip(present, hit) if p is None):
+                return hit
+        if all(p is None for p in present):
             raise KeyError(adapter_name)
-        like = present[0]
-        cached = self._empties.get(adapter_name)
-        if cached is None or any(t.dtype != like.dtype or t.device != like.device for t in cached.values()):
-            shapes = compact_shapes(self.prolora_spec[adapter_name])
-            order = (0, 2, 1, 3)  # compact_shapes is (A_0, B_0, A_u, B_u); _compact is (A_0, A_u, B_0, B_u)
-            with torch.inference_mode(False):  # normal tensors: autograd may save them (see equations.normal_tensors)
-                cached = {i: like.new_zeros(shapes[order[i]]) for i, d in enumerate(dicts) if adapter_name not in d}
-            self._empties[adapter_name] = cached
-        return tuple(d[adapter_name] if adapter_name in d else cached[i] for i, d in enumerate(dicts))
+        like = next(p for p in present if p is not None)
+        shapes = compact_shapes(self.prolora_spec[adapter_name])
+        order = (0, 2, 1, 3)  # compact_shapes is (A_0, B_0, A_u, B_u); _compact is (A_0, A_u, B_0, B_u)
+        with torch.inference_mode(False):  # normal tensors: autograd may save them (see equations.normal_tensors)
+            hit = tuple(p if p is not None else like.new_zeros(shapes[order[i]]) for i, p in enumerate(present))
+        self._empties[adapter_name] = hit
+        return hit
 
     def expanded_factors(self, adapter_name: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Full ``(A, B)`` of shapes (r, h) and (o, r) from the compact tensors (Eq. 4).
