@@ -360,3 +360,22 @@ def test_add_weighted_adapter_svd_truncates_and_rejects_lora_only_types():
         with pytest.raises(ValueError, match=match):
             pm.add_weighted_adapter(**kw)
     assert "new" not in pm.peft_config
+
+
+def test_adapter_with_zero_size_tensors_saved_before_loads_and_resaves_identically(tmp_path):
+    from pathlib import Path
+
+    from peft import PeftModel
+    from safetensors.torch import load_file
+
+    fixture = Path(__file__).parent / "fixtures" / "adapter-v0.1.0-zero-size"
+    expected = load_file(fixture / "expected.safetensors")
+    model = PeftModel.from_pretrained(make_tiny_llama(), fixture).eval()
+    assert all(p.numel() > 0 for _, p in model.named_parameters())
+    with torch.no_grad():
+        torch.testing.assert_close(model(expected["input_ids"]).logits, expected["logits"], rtol=1e-6, atol=1e-6)
+    model.save_pretrained(tmp_path)
+    before, after = load_file(fixture / "adapter_model.safetensors"), load_file(tmp_path / "adapter_model.safetensors")
+    assert before.keys() == after.keys() and any(t.numel() == 0 for t in before.values())
+    for key, tensor in before.items():
+        assert after[key].shape == tensor.shape and after[key].dtype == tensor.dtype and torch.equal(after[key], tensor)
