@@ -106,7 +106,12 @@ def fetch_tests(version: str, cache: Path) -> Path:
         members = [m for m in tar.getmembers() if m.name.startswith(f"peft-{version}/tests/") and m.isfile()]
         if not members:
             raise SystemExit(f"{sdist} has no tests/ folder; this script needs peft's test suite.")
-        tar.extractall(cache, members=members, filter="data")
+        try:
+            tar.extractall(cache, members=members, filter="data")
+        except TypeError:  # Python without tarfile extraction filters (< 3.10.12 / 3.11.4): members checked here
+            if any(m.name.startswith("/") or ".." in Path(m.name).parts for m in members):
+                raise SystemExit(f"{sdist} has unsafe member paths; refusing to extract.") from None
+            tar.extractall(cache, members=members)
     return root / "tests"
 
 
