@@ -35,6 +35,23 @@ SHARE_DIMS = ("hidden", "rank")
 ROTATE_DIMS = ("rank", "hidden", None)
 
 
+def normal_tensors(fn):
+    """Decorator for cached tensor factories: build the tensors outside ``torch.inference_mode``.
+
+    A tensor created under inference mode is an "inference tensor" that autograd refuses to save for
+    backward; a cached index built during an inference-mode forward would break every later merge or
+    training step that gathers with it. Built under ``inference_mode(False)`` it is a normal tensor, usable
+    in and out of inference mode, so cached results do not depend on which mode came first.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with torch.inference_mode(False):
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
 def trainable_params(h: int, o: int, r: int, u: int = 0, m: int = 1, n: int = 1) -> int:
     """Trainable parameters of one PRoLoRA module (Section 3.1, after Eq. 4).
 
@@ -70,6 +87,7 @@ def chunk_shapes(h: int, o: int, r: int, u: int, m: int, n: int, share: str = "h
 
 
 @functools.lru_cache(maxsize=256)
+@normal_tensors
 def _roll_index(size: int, copies: int, stride: int, device: torch.device) -> torch.Tensor:
     """Flat index (copies·size,) whose block i is ``(k − i·stride) mod size``: ``torch.roll`` by ``i·stride``."""
     k = torch.arange(size, device=device)
@@ -135,6 +153,7 @@ def expand_b(b0: torch.Tensor, b_u: torch.Tensor, o: int, r: int, n: int, stride
 
 
 @functools.lru_cache(maxsize=64)
+@normal_tensors
 def flat_gather_indices(h: int, o: int, r: int, u: int, m: int, n: int, stride_a: int, stride_b: int,
                         rotate: str | None = "rank", share: str = "hidden",
                         device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:

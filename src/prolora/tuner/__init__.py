@@ -9,10 +9,10 @@
 Nothing here imports anything of prolora above :mod:`prolora.equations`.
 """
 
-from .config import PREFIX, PROLORA, PRoLoRAConfig
+from .config import PREFIX, PROLORA, PRoLoRAConfig, UnsupportedOptionError
 from .layer import PRoLoRALayer, PRoLoRALinear
 from .model import PRoLoRAModel, get_prolora_model, prolora_modules
 from .registration import register
 
 __all__ = ["PREFIX", "PROLORA", "PRoLoRAConfig", "PRoLoRALayer", "PRoLoRALinear", "PRoLoRAModel",
-           "get_prolora_model", "prolora_modules", "register"]
+           "UnsupportedOptionError", "get_prolora_model", "prolora_modules", "register"]

@@ -33,6 +33,14 @@ INIT_SCHEMES = ("rectified", "vanilla")
 OVERRIDABLE = ("r", "unshared_r", "sharing_rate_a", "sharing_rate_b", "stride_a", "stride_b", "lora_alpha")
 
 
+class UnsupportedOptionError(TypeError, ValueError):
+    """A LoRA option that PRoLoRA does not support (e.g. ``bias="all"``, ``target_parameters``).
+
+    Both a ``TypeError`` — what PEFT's callers expect from a method without that option (they construct the
+    config and catch ``TypeError``) — and a ``ValueError`` (bad user input, as prolora's CLI reports it).
+    """
+
+
 def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -68,6 +76,9 @@ class PRoLoRAConfig(PeftConfig):
             ``max(⌊(r−u)/n⌋, 1)`` (Section 3.1; the authors' code uses r−u, the paper writes r).
         init: ``"rectified"`` (Eq. 5: A_0 uses the bound of the full input size h, as A_u does) or
             ``"vanilla"`` (Kaiming bound of A_0's own width ceil(h/m): the paper's PRoLoRA^-i ablation).
+        init_weights: ``True`` (default): B_0 and B_u start at zero, so a new adapter is the identity (paper
+            Section 3.1, as LoRA). ``False``: they start random too (``U(±1/√r)``), so ΔW ≠ 0 at once — PEFT's
+            ``init_weights=False`` convention for tests and debugging, not for training.
         share: Table 4 variants: ``"hidden"`` cuts A and B along their hidden dimensions (the paper's
             broadcast reduction); ``"rank"`` cuts them along the rank dimension instead.
         rotate_dim: Table 4 variants: ``"rank"`` rolls the copies along the rank dimension (the paper's
@@ -81,6 +92,8 @@ class PRoLoRAConfig(PeftConfig):
 
     Raises:
         ValueError: at construction, naming the field, the value and the bound it violates.
+        UnsupportedOptionError: (a ``TypeError`` and a ``ValueError``) for LoRA options PRoLoRA lacks:
+            ``bias`` other than ``"none"``, ``target_parameters``.
     """
 
     r: int = field(default=8, metadata={"help": "Rank r of ΔW = B·A."})
@@ -95,6 +108,7 @@ class PRoLoRAConfig(PeftConfig):
     stride_a: int | None = field(default=None, metadata={"help": "Base stride s_A (default max(⌊(r−u)/m⌋,1))."})
     stride_b: int | None = field(default=None, metadata={"help": "Base stride s_B (default max(⌊(r−u)/n⌋,1))."})
     init: str = field(default="rectified", metadata={"help": "'rectified' (Eq. 5) or 'vanilla' (PRoLoRA^-i)."})
+    init_weights: bool = field(default=True, metadata={"help": "False: B starts random too (tests/debugging)."})
     share: str = field(default="hidden", metadata={"help": "Table 4: chunk along 'hidden' or 'rank'."})
     rotate_dim: str = field(default="rank", metadata={"help": "Table 4: roll along 'rank' or 'hidden'."})
     overrides: dict = field(default_factory=dict, metadata={"help": "Per-module r/u/m/n by name pattern."})
@@ -122,7 +136,7 @@ class PRoLoRAConfig(PeftConfig):
                 for v in self.module_shapes.values()):
             raise ValueError("module_shapes must map module names to [out_features, in_features] (positive "
                              "integers); it is written by prolora when the adapter is created, do not edit it.")
-        for name in ("rotation", "fan_in_fan_out"):
+        for name in ("rotation", "fan_in_fan_out", "init_weights"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name}={getattr(self, name)!r} must be true or false.")  # noqa: TRY004  (bad user input: a ValueError for prolora.cli)
         for name, value in self.overrides.items():
@@ -145,9 +159,25 @@ class PRoLoRAConfig(PeftConfig):
         if self.rotate_dim not in ROTATE_DIMS[:2]:
             raise ValueError(f"rotate_dim={self.rotate_dim!r} must be one of {ROTATE_DIMS[:2]}.")
         if self.bias != "none":
-            raise ValueError(f"bias={self.bias!r} is not supported; use bias='none'.")
+            raise UnsupportedOptionError(f"bias={self.bias!r} is not supported by PRoLoRA; use bias='none'.")
         if self.target_parameters:
-            raise ValueError("target_parameters is not supported by PRoLoRA; use target_modules.")
+            raise UnsupportedOptionError("target_parameters is not supported by PRoLoRA; use target_modules.")
+        self._check_layer_selection()
+
+    def _check_layer_selection(self) -> None:
+        """layers_to_transform / layers_pattern need a list of target_modules, and go together (as LoRA).
+
+        Raises:
+            ValueError: naming the combination that would otherwise be silently ignored.
+        """
+        if isinstance(self.target_modules, str) and self.layers_to_transform is not None:
+            raise ValueError(f"layers_to_transform cannot be used when target_modules is a str "
+                             f"({self.target_modules!r}): give target_modules as a list of module names.")
+        if isinstance(self.target_modules, str) and self.layers_pattern is not None:
+            raise ValueError(f"layers_pattern cannot be used when target_modules is a str "
+                             f"({self.target_modules!r}): give target_modules as a list of module names.")
+        if self.layers_pattern and self.layers_to_transform is None:
+            raise ValueError("layers_pattern needs layers_to_transform (the layer indices to adapt).")
 
     def module_values(self, key: str | None) -> dict:
         """r, unshared_r, sharing rates, strides and lora_alpha for the module named ``key`` (overrides applied).

@@ -56,6 +56,12 @@ class ChunkSpec:
         return self.r - self.u
 
 
+def compact_shapes(spec: ChunkSpec) -> tuple[tuple[int, int], ...]:
+    """Shapes of (A_0, B_0, A_u, B_u) — the order of ``PRoLoRALayer.adapter_layer_names``."""
+    shape_a0, shape_b0 = eq.chunk_shapes(spec.h, spec.o, spec.r, spec.u, spec.m, spec.n, spec.share)
+    return shape_a0, shape_b0, (spec.u, spec.h), (spec.o, spec.u)
+
+
 def base_shape(base: nn.Module) -> tuple[int, int]:
     """(h, o) = (in_features, out_features) of a supported base layer; TypeError names unsupported types."""
     from transformers.pytorch_utils import Conv1D
@@ -94,6 +100,7 @@ class PRoLoRALayer(BaseTunerLayer):
         self.prolora_dropout = nn.ModuleDict({})
         self.prolora_spec: dict[str, ChunkSpec] = {}
         self._expanded: dict[str, tuple] = {}  # name -> (key, A, B, compact tensors)
+        self._empties: dict[str, tuple] = {}  # name -> (A_0, A_u, B_0, B_u) with zero-element tensors (_compact)
         self._disable_adapters = False
         self.merged_adapters: list[str] = []
         self.in_features, self.out_features = base_shape(self.get_base_layer())
@@ -102,7 +109,8 @@ class PRoLoRALayer(BaseTunerLayer):
 
     # ----------------------------------------------------------------------------------------- creation
     def update_layer(self, adapter_name: str, values: dict, lora_dropout: float, rotation: bool, init: str,
-                     share: str, rotate_dim: str, module_name: str = "", inference_mode: bool = False) -> None:
+                     share: str, rotate_dim: str, module_name: str = "", inference_mode: bool = False,
+                     init_weights: bool = True) -> None:
         """Add adapter ``adapter_name``: allocate A_0, B_0, A_u, B_u and initialise them (Eq. 5).
 
         Raises:
@@ -117,41 +125,76 @@ class PRoLoRALayer(BaseTunerLayer):
             stride_b=eq.default_stride(r, u, n) if values["stride_b"] is None else values["stride_b"],
             rotate=rotate_dim if rotation else None, share=share, scaling=values["lora_alpha"] / r,
         )
-        shape_a0, shape_b0 = eq.chunk_shapes(h, o, r, u, m, n, share)
         self.prolora_spec[adapter_name] = spec
-        self.prolora_A0[adapter_name] = nn.Parameter(torch.empty(shape_a0))
-        self.prolora_B0[adapter_name] = nn.Parameter(torch.zeros(shape_b0))
-        self.prolora_A_u[adapter_name] = nn.Parameter(torch.empty(u, h))
-        self.prolora_B_u[adapter_name] = nn.Parameter(torch.zeros(o, u))
+        self._empties.pop(adapter_name, None)
+        # u = 0 (no unshared part) or u = r (no shared part) would leave two tensors with zero elements: they are
+        # not parameters (nothing to train; generic tooling indexes every adapter parameter), but the adapter
+        # file keeps their keys, as zero-size tensors (see PRoLoRAModel._get_adapter_state_dict)
+        for name, shape in zip(self.adapter_layer_names, compact_shapes(spec)):
+            params = getattr(self, name)
+            if math.prod(shape):
+                params[adapter_name] = nn.Parameter(torch.zeros(shape))
+            elif adapter_name in params:  # an adapter re-created with another u
+                del params[adapter_name]
         dropout = nn.Dropout(lora_dropout) if lora_dropout > 0 else nn.Identity()
         self.prolora_dropout[adapter_name] = dropout.train(self.get_base_layer().training)
-        self.reset_parameters(adapter_name, init)
+        self.reset_parameters(adapter_name, init, init_weights)
         self._move_adapter_to_device_of_base_layer(adapter_name)
         self.set_adapter(self.active_adapters, inference_mode=inference_mode)
 
     @torch.no_grad()
-    def reset_parameters(self, adapter_name: str, init: str = "rectified") -> None:
+    def reset_parameters(self, adapter_name: str, init: str = "rectified", init_weights: bool = True) -> None:
         """B = 0; A_u ~ U(±1/√h); A_0 ~ U(±1/√h) ("rectified", Eq. 5) or U(±1/√width) ("vanilla", ^-i).
 
-        1/√fan_in is ``kaiming_uniform_(a=√5)``'s bound, LoRA's default init of A in PEFT.
+        1/√fan_in is ``kaiming_uniform_(a=√5)``'s bound, LoRA's default init of A in PEFT. With
+        ``init_weights=False`` B_0 and B_u are drawn from U(±1/√r) instead of zero (PEFT's test convention).
         """
         spec = self.prolora_spec[adapter_name]
-        a0 = self.prolora_A0[adapter_name]
-        fan_in_a0 = spec.h if init == "rectified" else a0.shape[1]
+        a0, a_u, b0, b_u = self._compact(adapter_name)
         bound_u = eq.rectified_bound(spec.h)
-        self.prolora_A_u[adapter_name].uniform_(-bound_u, bound_u)
-        if a0.numel():
-            bound_0 = 1.0 / math.sqrt(fan_in_a0)
-            a0.uniform_(-bound_0, bound_0)
-        self.prolora_B0[adapter_name].zero_()
-        self.prolora_B_u[adapter_name].zero_()
+        a_u.uniform_(-bound_u, bound_u)
+        bound_0 = 1.0 / math.sqrt(spec.h if init == "rectified" else max(a0.shape[1], 1))
+        a0.uniform_(-bound_0, bound_0)
+        bound_b = 1.0 / math.sqrt(spec.r)
+        for b in (b0, b_u):
+            if init_weights:
+                b.zero_()
+            else:
+                b.uniform_(-bound_b, bound_b)
 
     # ---------------------------------------------------------------------------------------- the math
     def _compact(self, adapter_name: str) -> tuple:
         """``(A_0, A_u, B_0, B_u)`` of an adapter, read from the dicts' storage (``ParameterDict.__getitem__``
-        goes through ``Module.__getattr__``, the largest cost of a decode step after the matmuls)."""
-        return (self.prolora_A0._parameters[adapter_name], self.prolora_A_u._parameters[adapter_name],
-                self.prolora_B0._parameters[adapter_name], self.prolora_B_u._parameters[adapter_name])
+        goes through ``Module.__getattr__``, the largest cost of a decode step after the matmuls).
+
+        A zero-element tensor (A_u, B_u when u = 0; A_0, B_0 when u = r) is not a parameter: it is served as
+        an empty tensor of the other tensors' dtype and device, kept per adapter so that it has a stable
+        identity for the expansion cache.
+        """
+        try:
+            return (self.prolora_A0._parameters[adapter_name], self.prolora_A_u._parameters[adapter_name],
+                    self.prolora_B0._parameters[adapter_name], self.prolora_B_u._parameters[adapter_name])
+        except KeyError:
+            return self._compact_with_empties(adapter_name)
+
+    def _compact_with_empties(self, adapter_name: str) -> tuple:
+        dicts = (self.prolora_A0._parameters, self.prolora_A_u._parameters, self.prolora_B0._parameters,
+                 self.prolora_B_u._parameters)
+        present = tuple(d.get(adapter_name) for d in dicts)
+        hit = self._empties.get(adapter_name)
+        if hit is not None and all(p is t for p, t in zip(present, hit) if p is not None):
+            like = next(p for p in present if p is not None)
+            if all(t.dtype == like.dtype and t.device == like.device for p, t in zip(present, hit) if p is None):
+                return hit
+        if all(p is None for p in present):
+            raise KeyError(adapter_name)
+        like = next(p for p in present if p is not None)
+        shapes = compact_shapes(self.prolora_spec[adapter_name])
+        order = (0, 2, 1, 3)  # compact_shapes is (A_0, B_0, A_u, B_u); _compact is (A_0, A_u, B_0, B_u)
+        with torch.inference_mode(False):  # normal tensors: autograd may save them (see equations.normal_tensors)
+            hit = tuple(p if p is not None else like.new_zeros(shapes[order[i]]) for i, p in enumerate(present))
+        self._empties[adapter_name] = hit
+        return hit
 
     def expanded_factors(self, adapter_name: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Full ``(A, B)`` of shapes (r, h) and (o, r) from the compact tensors (Eq. 4).
@@ -162,16 +205,24 @@ class PRoLoRALayer(BaseTunerLayer):
         spec = self.prolora_spec[adapter_name]
         tensors = self._compact(adapter_name)
         tracking = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
-        if not tracking and self.cache_expanded:
-            key = _cache_key(tensors)
+        key = _cache_key(tensors) if not tracking and self.cache_expanded else None
+        if key is not None:
             hit = self._expanded.get(adapter_name)
             if hit is not None and hit[0] == key:
                 return hit[1], hit[2]
+            # cached factors are normal tensors even when built during an inference-mode forward: a later
+            # forward with autograd (frozen adapter, input that requires grad) may save them for backward
+            with torch.inference_mode(False), torch.no_grad():
+                a, b = self._expand_factors(tensors, spec)
+            self._expanded[adapter_name] = (key, a, b, tensors)  # holding tensors keeps their ids unique
+            return a, b
+        return self._expand_factors(tensors, spec)
+
+    @staticmethod
+    def _expand_factors(tensors: tuple, spec: ChunkSpec) -> tuple[torch.Tensor, torch.Tensor]:
         a0, a_u, b0, b_u = tensors
         a = eq.expand_a(a0, a_u, spec.h, spec.r, spec.m, spec.stride_a, spec.rotate, spec.share)
         b = eq.expand_b(b0, b_u, spec.o, spec.r, spec.n, spec.stride_b, spec.rotate, spec.share)
-        if not tracking and self.cache_expanded:
-            self._expanded[adapter_name] = (key, a, b, tensors)  # holding tensors keeps their ids unique
         return a, b
 
     def get_delta_weight(self, adapter_name: str) -> torch.Tensor:
@@ -271,7 +322,8 @@ class PRoLoRALayer(BaseTunerLayer):
             delta = delta.t() if self.fan_in_fan_out else delta
             merged = w.to(torch.float32) + delta.detach().to(w.device, torch.float32)
             if safe_merge and not torch.isfinite(merged).all():
-                raise ValueError(f"NaN/inf in the merged weight: adapter {name!r} is broken; nothing was merged.")
+                raise ValueError(f"NaNs detected in the merged weights. The adapter {name} seems to be broken "
+                                 f"(NaN/inf in the merged weight of adapter {name!r}); nothing was merged.")
             self._set_base_weight(merged.to(w.dtype))
             self.merged_adapters.append(name)
 
@@ -288,13 +340,26 @@ class PRoLoRALayer(BaseTunerLayer):
                 delta = delta.t() if self.fan_in_fan_out else delta
                 self._set_base_weight((w.to(torch.float32) - delta.detach().to(w.device, torch.float32)).to(w.dtype))
 
+    def supports_lora_conversion(self, adapter_name: str = "default") -> bool:
+        """True: W' = W + ΔW with ΔW = B·A of rank ≤ r (Eq. 4), so peft's ``convert_to_lora`` /
+        ``save_as_lora`` (which factor :meth:`get_delta_weight` by SVD) are exact, up to float rounding, at any
+        ``rank ≥ r`` (or a float threshold, which then picks a rank ≤ r per module)."""
+        return True
+
     def delete_adapter(self, adapter_name: str) -> None:
         self._expanded.pop(adapter_name, None)
+        self._empties.pop(adapter_name, None)
         super().delete_adapter(adapter_name)
 
 
-def _cache_key(tensors: tuple) -> tuple:
-    """What must be unchanged for a cached expansion to be valid: object, version, storage, dtype, device."""
+def _cache_key(tensors: tuple) -> tuple | None:
+    """What must be unchanged for a cached expansion to be valid: object, version, storage, dtype, device.
+
+    ``None`` (do not cache) for inference tensors (adapters created under ``torch.inference_mode``), which
+    have no version counter to detect in-place changes.
+    """
+    if any(t.is_inference() for t in tensors):
+        return None
     return tuple((id(t), t._version, t.data_ptr(), t.dtype, t.device) for t in tensors)
 
 
@@ -358,6 +423,7 @@ class _AdapterFunction(torch.autograd.Function):
 
 
 @functools.lru_cache(maxsize=256)
+@eq.normal_tensors
 def _layout(spec: ChunkSpec, device: torch.device) -> tuple[torch.Tensor, tuple]:
     """``(idx, shapes)``: ``cat(A.flatten(), B.flatten()) = flat[idx]`` for ``flat`` = the four compact
     tensors flattened and concatenated (:func:`_flatten`), and their shapes in that order. The indices are
@@ -424,10 +490,13 @@ class PRoLoRALinear(nn.Module, PRoLoRALayer):
                              **kwargs: Any) -> torch.Tensor:
         """Row ``i`` of the batch uses adapter ``adapter_names[i]`` (``"__base__"``: none)."""
         if self.merged:
-            raise ValueError("adapter_names= cannot be used while adapters are merged; unmerge_adapter() first.")
+            raise ValueError("Cannot pass `adapter_names` when there are merged adapters, please call "
+                             "`unmerge_adapter` first.")
         if len(adapter_names) != x.shape[0]:
-            raise ValueError(f"adapter_names has {len(adapter_names)} entries for a batch of {x.shape[0]} rows; "
-                             "give one adapter name (or '__base__') per row.")
+            raise ValueError(f"Length of `adapter_names` should be the same as the number of inputs, but got "
+                             f"{len(adapter_names)} and {x.shape[0]} respectively: adapter_names has "
+                             f"{len(adapter_names)} entries for a batch of {x.shape[0]} rows; give one adapter name "
+                             "(or '__base__') per row.")
         result = self.base_layer(x, *args, **kwargs)
         for name in set(adapter_names):
             if name not in self.prolora_spec:

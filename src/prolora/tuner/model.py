@@ -15,7 +15,7 @@ from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
 from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 
 from .config import PREFIX, PRoLoRAConfig
-from .layer import PRoLoRALayer, PRoLoRALinear, base_shape
+from .layer import PRoLoRALayer, PRoLoRALinear, base_shape, compact_shapes
 
 
 def _inject_adapter_names(module, args, kwargs, adapter_names):
@@ -72,7 +72,8 @@ class PRoLoRAModel(BaseTuner):
                              "(adapter_config.json: base_model_name_or_path).")
         kwargs = {
             "values": config.module_values(current_key), "lora_dropout": config.lora_dropout,
-            "rotation": config.rotation, "init": config.init, "share": config.share,
+            "rotation": config.rotation, "init": config.init, "init_weights": config.init_weights,
+            "share": config.share,
             "rotate_dim": config.rotate_dim, "module_name": current_key, "inference_mode": config.inference_mode,
         }
         base = target.get_base_layer() if isinstance(target, BaseTunerLayer) else target
@@ -87,17 +88,30 @@ class PRoLoRAModel(BaseTuner):
 
     @contextmanager
     def _enable_peft_forward_hooks(self, *args, **kwargs):
-        """``forward(..., adapter_names=[...])``: route each batch row through the named adapter.
+        """``forward(..., adapter_names=[...])``: route each batch row through the named adapter (as LoRA).
+
+        The names reach every PRoLoRA layer and every ``modules_to_save`` copy. With beam search
+        (``generate(..., num_beams=k)``) each name is repeated k times, as the rows are; an encoder keeps
+        the original names (it sees the original rows).
 
         Raises:
             ValueError: for a name no layer has (``"__base__"`` means no adapter), or in training mode.
+            TypeError: with beam search, when ``adapter_names`` is not a list or tuple.
         """
+        from peft.utils.other import AuxiliaryTrainingWrapper
+
         adapter_names = kwargs.pop("adapter_names", None)
         if adapter_names is None:
             yield
             return
         if self.training:
-            raise ValueError("adapter_names= is for inference; call model.eval() first.")
+            raise ValueError("Cannot pass `adapter_names` when the model is in training mode (adapter_names= is "
+                             "for inference); call model.eval() first.")
+        num_beams = kwargs.get("num_beams")
+        beams = num_beams if isinstance(num_beams, int) else 1
+        if beams > 1 and not isinstance(adapter_names, (list, tuple)):
+            raise TypeError(f"adapter_names must be a list of str (one per input row) with num_beams > 1, got "
+                            f"{type(adapter_names).__name__}.")
         known = set()
         for layer in self.model.modules():
             if isinstance(layer, PRoLoRALayer):
@@ -106,16 +120,65 @@ class PRoLoRAModel(BaseTuner):
         if unknown:
             raise ValueError(f"Unknown adapter name(s) {unknown} in adapter_names; loaded adapters: {sorted(known)} "
                              "(use '__base__' for rows without an adapter).")
+        original = list(adapter_names)
+        if beams > 1:
+            adapter_names = [name for name in adapter_names for _ in range(beams)]
+        routed = (PRoLoRALayer, AuxiliaryTrainingWrapper)
         handles = [
-            layer.register_forward_pre_hook(partial(_inject_adapter_names, adapter_names=list(adapter_names)),
-                                            with_kwargs=True)
-            for layer in self.model.modules() if isinstance(layer, PRoLoRALayer)
+            module.register_forward_pre_hook(partial(_inject_adapter_names, adapter_names=list(adapter_names)),
+                                             with_kwargs=True)
+            for module in self.model.modules() if isinstance(module, routed)
         ]
+        encoder = self.model.get_encoder() if hasattr(self.model, "get_encoder") else None
+        if encoder is not None and encoder is not self.model and len(adapter_names) != len(original):
+            handles += [  # registered later, so it runs later and wins
+                module.register_forward_pre_hook(partial(_inject_adapter_names, adapter_names=original),
+                                                 with_kwargs=True)
+                for module in encoder.modules() if isinstance(module, routed)
+            ]
         try:
             yield
         finally:
             for handle in handles:
                 handle.remove()
+
+    @classmethod
+    def _get_adapter_state_dict(cls, model, config, adapter_name, state_dict, unwanted_adapter_names):
+        """PEFT's selection of the adapter's tensors, plus a zero-size tensor for each compact tensor that has no
+        elements (A_u, B_u when u = 0; A_0, B_0 when u = r): they are not parameters in memory, but every adapter
+        file has all four keys per module, whatever u (docs/format.md)."""
+        to_return = super()._get_adapter_state_dict(model, config, adapter_name, state_dict, unwanted_adapter_names)
+        for name, layer in model.named_modules():
+            if not isinstance(layer, PRoLoRALayer) or adapter_name not in layer.prolora_spec:
+                continue
+            keys = [f"{name}.{tensor}.{adapter_name}" for tensor in PRoLoRALayer.adapter_layer_names]
+            if not any(key in to_return for key in keys):
+                continue  # the model's keys are named differently here (e.g. wrapped): nothing to complete
+            like = next(to_return[key] for key in keys if key in to_return)
+            for key, shape in zip(keys, compact_shapes(layer.prolora_spec[adapter_name])):
+                if key not in to_return:
+                    to_return[key] = like.new_zeros(shape)
+        return to_return
+
+    @classmethod
+    def _remap_adapter_state_dict_for_load(cls, model, config, adapter_name, state_dict):
+        """Drop the zero-size compact tensors of an adapter file (see :meth:`_get_adapter_state_dict`)."""
+        names = PRoLoRALayer.adapter_layer_names
+        state_dict = {key: value for key, value in state_dict.items()
+                      if not (value.numel() == 0 and key.rsplit(".", 1)[-1] in names)}
+        return super()._remap_adapter_state_dict_for_load(model, config, adapter_name, state_dict)
+
+    def add_weighted_adapter(self, adapters: list[str], weights: list[float], adapter_name: str,
+                             combination_type: str = "svd", **kwargs) -> None:
+        """New adapter ``adapter_name`` with ΔW = Σ weights[i]·ΔW(adapters[i]): LoRA's "cat" (exact) and "svd"
+        combinations, stored in PRoLoRA's LoRA layout (u = r); see :mod:`prolora.tuner.weighted`.
+
+        Raises:
+            ValueError: for LoRA's factor-wise combination types (naming what to use instead) and bad arguments.
+        """
+        from .weighted import add_weighted_adapter
+
+        add_weighted_adapter(self, adapters, weights, adapter_name, combination_type, **kwargs)
 
     def set_expanded_cache(self, enabled: bool) -> None:
         """Cache the expanded A, B per adapter without autograd (default) or compute from the chunks."""
