@@ -23,6 +23,7 @@ from test_tuner import _config, _randomise
 import prolora
 from prolora import get_prolora_model
 from prolora.cli import main
+
 DELTA_W_KEY = "prolora.delta_w"  # the metadata key of the ΔW record (prolora.tuner.saved)
 
 FIXTURE_V010 = Path(__file__).parent / "fixtures" / "adapter-v0.1.0"
@@ -65,10 +66,10 @@ def _drop_module(tensors):
 
 
 @pytest.mark.parametrize(("edit", "message"), [
-    (_rename_one, r"missing tensors \['base_model.model.model.layers.0.self_attn.q_proj.prolora_A0'\] \(1\); "
-                  r"unexpected tensors \['base_model.model.model.layers.0.self_attn.q_projection.prolora_A0'\]"),
-    (_drop_module, r"missing tensors \['base_model.model.model.layers.1.mlp.down_proj.prolora_A0', .* \(4\); "
-                   r"unexpected tensors none"),
+    (_rename_one, (r"missing tensors \['base_model.model.model.layers.0.self_attn.q_proj.prolora_A0'\] \(1\); "
+                   r"unexpected tensors \['base_model.model.model.layers.0.self_attn.q_projection.prolora_A0'\]")),
+    (_drop_module, (r"missing tensors \['base_model.model.model.layers.1.mlp.down_proj.prolora_A0', .* \(4\); "
+                    r"unexpected tensors none")),
 ])
 def test_keys_that_do_not_match_module_shapes_are_refused(saved, tmp_path, edit, message):
     _, path = saved
