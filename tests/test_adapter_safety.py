@@ -233,3 +233,84 @@ def test_saved_readme_and_cli_say_how_to_load_without_a_bare_key_error(saved, tm
     err = capsys.readouterr().err
     assert code == 2 and "peft does not know peft_type 'PROLORA'" in err and "import prolora" in err
 
+
+
+# ------------------------------------------------------------------- export_merged: all or nothing
+def _tiny_tokenizer():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.WordLevel({f"t{i}": i for i in range(127)} | {"<unk>": 127}, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", eos_token="<unk>")
+
+
+def _leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if ".partial" in p.name or p.name.endswith(".old"))
+
+
+def test_export_merged_without_a_tokenizer_writes_nothing(saved, tmp_path, capsys):
+    _, path = saved
+    model_dir = tmp_path / "base-without-tokenizer"
+    make_tiny_llama().save_pretrained(model_dir)
+    out = tmp_path / "merged"
+    assert main(["export", "--merged", "--model", str(model_dir), str(path), str(out)]) == 2
+    assert "prolora export: error:" in capsys.readouterr().err
+    assert not out.exists() and _leftovers(tmp_path) == []
+    # over an existing export: the old one stays whole
+    out.mkdir()
+    (out / "config.json").write_text("{}")
+    assert main(["export", "--merged", "--overwrite", "--model", str(model_dir), str(path), str(out)]) == 2
+    assert [p.name for p in out.iterdir()] == ["config.json"] and _leftovers(tmp_path) == []
+
+
+def test_export_merged_failing_while_writing_leaves_nothing(saved, tmp_path, monkeypatch):
+    _, path = saved
+    model_dir = tmp_path / "base"
+    make_tiny_llama().save_pretrained(model_dir)
+    _tiny_tokenizer().save_pretrained(model_dir)
+    from transformers import PreTrainedTokenizerFast
+
+    def disk_full(self, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(PreTrainedTokenizerFast, "save_pretrained", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        prolora.format.export_merged(path, tmp_path / "merged", model=str(model_dir))
+    assert not (tmp_path / "merged").exists() and _leftovers(tmp_path) == []
+
+
+# ------------------------------------------------------------------ merging a tied lm_head
+def test_merging_an_adapter_on_a_tied_lm_head_equals_the_unmerged_model(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    base = make_tiny_llama(tie_word_embeddings=True)
+    assert base.lm_head.weight is base.model.embed_tokens.weight
+    embedding = base.model.embed_tokens.weight.detach().clone()
+    pm = get_prolora_model(base, _config(target_modules=["lm_head", "q_proj"]))
+    _randomise(pm)
+    pm.eval()
+    x = torch.randint(0, 128, (2, 6))
+    with torch.no_grad():
+        unmerged = pm(x).logits
+        pm.save_pretrained(tmp_path / "adapter")
+        pm.merge_adapter()  # merge in place, then back
+        torch.testing.assert_close(pm(x).logits, unmerged, rtol=1e-5, atol=1e-5)
+        pm.unmerge_adapter()
+        merged = pm.merge_and_unload()
+        torch.testing.assert_close(merged(x).logits, unmerged, rtol=1e-5, atol=1e-5)
+    assert torch.equal(merged.model.embed_tokens.weight, embedding)  # the embedding did not take ΔW
+    assert merged.config.tie_word_embeddings is False
+    # the saved merged model keeps both matrices and reloads to the same outputs
+    merged.save_pretrained(tmp_path / "merged")
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "merged").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(x).logits, unmerged, rtol=1e-5, atol=1e-5)
+    # and through prolora export --merged from the saved adapter
+    model_dir = tmp_path / "tied-base"
+    make_tiny_llama(tie_word_embeddings=True).save_pretrained(model_dir)
+    _tiny_tokenizer().save_pretrained(model_dir)
+    out = prolora.format.export_merged(tmp_path / "adapter", tmp_path / "exported", model=str(model_dir))
+    exported = AutoModelForCausalLM.from_pretrained(out).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(exported(x).logits, unmerged, rtol=1e-5, atol=1e-5)

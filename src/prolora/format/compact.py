@@ -39,11 +39,12 @@ def adapter_dir(path: str | os.PathLike) -> Path:
     return path
 
 
-def read_adapter(path: str | os.PathLike) -> tuple[PRoLoRAConfig, dict[str, torch.Tensor]]:
+def read_adapter(path: str | os.PathLike, others: bool = False) -> tuple[PRoLoRAConfig, dict[str, torch.Tensor]]:
     """Read a PRoLoRA adapter directory without a base model (safetensors only: nothing is unpickled).
 
     ``path`` is an adapter directory (``save_pretrained``) or a ``prolora train`` run directory (its
-    ``adapter/`` is read).
+    ``adapter/`` is read). ``others`` allows tensors that are not PRoLoRA's (PEFT's ``modules_to_save`` and
+    saved embedding layers; see :func:`check_tensors`).
 
     Raises:
         FileNotFoundError: if the directory or one of its two files is missing.
@@ -73,7 +74,7 @@ def read_adapter(path: str | os.PathLike) -> tuple[PRoLoRAConfig, dict[str, torc
         tensors = load_file(str(path / WEIGHTS_NAME))
     except (SafetensorError, OSError) as exc:
         raise ValueError(f"{path / WEIGHTS_NAME} is not a readable safetensors file ({exc}).") from None
-    check_tensors(config, tensors, source=str(path))
+    check_tensors(config, tensors, source=str(path), others=others)
     check_finite(tensors, source=str(path))
     return config, tensors
 

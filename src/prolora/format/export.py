@@ -104,7 +104,7 @@ def export_merged(adapter: str | os.PathLike, out_dir: str | os.PathLike, model:
 
     out = check_output_dir(out_dir, adapter, overwrite)
     source = adapter_dir(adapter)
-    read_adapter(source)  # a clear error for a broken adapter before the base model loads
+    read_adapter(source, others=True)  # a clear error for a broken adapter before the base model loads
     merged = PeftModel.from_pretrained(load_model(model), str(source)).merge_and_unload()
     tokenizer = load_tokenizer(model)
     out.parent.mkdir(parents=True, exist_ok=True)

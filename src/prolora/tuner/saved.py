@@ -76,13 +76,14 @@ def _some(names: list[str]) -> str:
     return f"{names[:3]}{' …' if len(names) > 3 else ''} ({len(names)})" if names else "none"
 
 
-def check_tensors(config, tensors: dict, source: str = "the adapter") -> None:
+def check_tensors(config, tensors: dict, source: str = "the adapter", others: bool = False) -> None:
     """Check that ``tensors`` (name → tensor or shape) are exactly the compact tensors ``config`` describes.
 
     Each module of ``config.module_shapes`` needs A_0, B_0 (shapes from Eq. 4's chunking,
     :func:`~prolora.equations.chunk_shapes`), A_u (u, h) and B_u (o, u), and nothing else may be
     present: a renamed or missing tensor would otherwise load as PEFT's zero/random initialisation (a
-    "missing keys" warning) and serve another ΔW.
+    "missing keys" warning) and serve another ΔW. With ``others``, tensors that are not PRoLoRA tensors
+    (names without a ``.prolora_*`` part: PEFT's ``modules_to_save`` and saved embedding layers) are allowed.
 
     Raises:
         ValueError: naming the missing and unexpected tensors, or the module, tensor and both shapes.
@@ -92,7 +93,8 @@ def check_tensors(config, tensors: dict, source: str = "the adapter") -> None:
                          "by prolora at creation: re-save the adapter with prolora.")
     expected = expected_shapes(config)
     missing = sorted(set(expected) - set(tensors))
-    extra = sorted(set(tensors) - set(expected))
+    extra = sorted(k for k in set(tensors) - set(expected)
+                   if not others or any(f".{name}" in k for name in TENSOR_NAMES))
     if missing or extra:
         raise ValueError(f"{source}: the weights do not match the config's module_shapes: missing tensors "
                          f"{_some(missing)}; unexpected tensors {_some(extra)}. The weights file and "
@@ -158,7 +160,7 @@ def verify_saved(config, directory: str) -> None:
     try:
         with safe_open(path, "pt") as f:
             names = list(f.keys())
-            check_tensors(config, {k: f.get_slice(k).get_shape() for k in names}, source=directory)
+            check_tensors(config, {k: f.get_slice(k).get_shape() for k in names}, source=directory, others=True)
             check_delta_w_record(config, f.metadata(), source=directory)
             check_finite({k: f.get_tensor(k) for k in names}, source=directory)
     except (SafetensorError, OSError) as exc:
@@ -180,7 +182,7 @@ def record_delta_w(config, directory: str) -> bool:
         metadata = dict(f.metadata() or {})
         tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open is not a dict
     try:
-        check_tensors(config, tensors)
+        check_tensors(config, tensors, others=True)
     except ValueError:
         return False  # not this config's weights (e.g. a config saved alone into another adapter's folder)
     metadata[DELTA_W_KEY] = json.dumps(delta_w_record(config), sort_keys=True)
