@@ -59,13 +59,11 @@ def check_adapter_name(name) -> None:
 
 def expected_shapes(config) -> dict[str, tuple]:
     """Key in the weights file → shape, for every module of ``config.module_shapes`` (Eq. 4's chunking)."""
-    from .config import PRoLoRAConfig
-
     expected = {}
     for module, (o, h) in config.module_shapes.items():
         v = config.module_values(module)
         r, u = v["r"], v["unshared_r"]
-        PRoLoRAConfig.validate_values(v, where=module, h=h, o=o)
+        type(config).validate_values(v, where=module, h=h, o=o)  # a PRoLoRAConfig (not imported: no circle)
         shape_a0, shape_b0 = eq.chunk_shapes(h, o, r, u, v["sharing_rate_a"], v["sharing_rate_b"], config.share)
         for name, shape in zip(TENSOR_NAMES, (shape_a0, shape_b0, (u, h), (o, u))):
             expected[f"base_model.model.{module}.{name}"] = tuple(shape)
