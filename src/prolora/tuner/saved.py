@@ -54,7 +54,8 @@ def check_adapter_name(name) -> None:
     if not isinstance(name, str) or not ADAPTER_NAME.fullmatch(name) or name in RESERVED_NAMES:
         raise ValueError(f"adapter name {name!r} is not allowed: use 1-64 letters, digits, '_' or '-' (not "
                          f"starting with '-'), e.g. 'math_v2'; {', '.join(RESERVED_NAMES)} is reserved. Names "
-                         "become folder names in save_pretrained, so they may not be paths.")
+                         "become folder names in save_pretrained, so they may not be paths (prolora's "
+                         "commands take --adapter NAME=PATH to choose one).")
 
 
 def expected_shapes(config) -> dict[str, tuple]:
