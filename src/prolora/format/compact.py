@@ -21,7 +21,7 @@ import torch
 
 from prolora import equations as eq
 from prolora.tuner import PRoLoRAConfig
-from prolora.tuner.saved import TENSOR_NAMES, check_finite, check_tensors
+from prolora.tuner.saved import TENSOR_NAMES, check_delta_w_record, check_finite, check_tensors
 
 __all__ = ["ADAPTER_DIR", "CONFIG_NAME", "TENSOR_NAMES", "WEIGHTS_NAME", "adapter_dir", "check_finite",
            "check_output_dir", "check_tensors", "expand_adapter", "read_adapter"]
@@ -52,8 +52,7 @@ def read_adapter(path: str | os.PathLike, others: bool = False) -> tuple[PRoLoRA
             match ``module_shapes``, one holds NaN/inf, or the config disagrees with the ΔW fields recorded
             at save time (:mod:`prolora.tuner.saved`).
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    from safetensors import SafetensorError, safe_open
 
     path = adapter_dir(path)
     for name in (CONFIG_NAME, WEIGHTS_NAME):
@@ -67,14 +66,17 @@ def read_adapter(path: str | os.PathLike, others: bool = False) -> tuple[PRoLoRA
     if raw.get("peft_type") != "PROLORA":
         raise ValueError(f"{path / CONFIG_NAME} has peft_type={raw.get('peft_type')!r}, not 'PROLORA'.")
     try:
-        config = PRoLoRAConfig.from_pretrained(str(path))
+        config = PRoLoRAConfig.from_pretrained(str(path), verify_weights=False)  # checked below
     except (TypeError, AttributeError, ValueError) as exc:
         raise ValueError(f"{path / CONFIG_NAME} is not a valid PRoLoRA config: {exc}") from None
     try:
-        tensors = load_file(str(path / WEIGHTS_NAME))
+        with safe_open(str(path / WEIGHTS_NAME), "pt") as f:
+            metadata = f.metadata()
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open is not a dict
     except (SafetensorError, OSError) as exc:
         raise ValueError(f"{path / WEIGHTS_NAME} is not a readable safetensors file ({exc}).") from None
     check_tensors(config, tensors, source=str(path), others=others)
+    check_delta_w_record(config, metadata, source=str(path))
     check_finite(tensors, source=str(path))
     return config, tensors
 

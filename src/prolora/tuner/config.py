@@ -152,10 +152,12 @@ class PRoLoRAConfig(PeftConfig):
             raise ValueError("target_parameters is not supported by PRoLoRA; use target_modules.")
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str, subfolder: str | None = None, **kwargs):
-        """Read ``adapter_config.json`` (as PEFT does) and, for a local folder, check the weights file beside
-        it before anything is loaded (:func:`~prolora.tuner.saved.verify_saved`: tensor names against
-        ``module_shapes``, shapes, finiteness, and the ΔW fields recorded at save time).
+    def from_pretrained(cls, pretrained_model_name_or_path: str, subfolder: str | None = None,
+                        verify_weights: bool = True, **kwargs):
+        """Read ``adapter_config.json`` (as PEFT does) and, for a local folder (unless ``verify_weights`` is
+        false), check the weights file beside it before anything is loaded
+        (:func:`~prolora.tuner.saved.verify_saved`: tensor names against ``module_shapes``, shapes,
+        finiteness, and the ΔW fields recorded at save time).
 
         Raises:
             ValueError: naming the missing/unexpected/non-finite tensor or the config field that disagrees.
@@ -164,7 +166,7 @@ class PRoLoRAConfig(PeftConfig):
 
         config = super().from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
         path = os.path.join(pretrained_model_name_or_path, subfolder) if subfolder else pretrained_model_name_or_path
-        if os.path.isdir(path):
+        if verify_weights and os.path.isdir(path):
             verify_saved(config, path)
         return config
 
