@@ -33,6 +33,8 @@ Both modes
      the proof pipe, then ``os._exit(0)`` (no ``atexit`` handler runs). The evaluator counts a pass only
      when the proof equals the nonce it generated, so leaving early with status 0 (``os._exit(0)``,
      ``sys.exit(0)``, ``SystemExit`` from an ``atexit`` handler, killing a parent) is a failure.
+     Limit: the program shares this process, so code written to attack this harness (reading the nonce
+     pipe by its descriptor and writing it back) can still forge a pass (docs/security.md).
 
 Setup failures are reported on the status pipe as ``E<message>`` and exit with code 125.
 """
