@@ -149,7 +149,7 @@ def test_unknown_mode_is_rejected():
 
 # ------------------------------------------------------------- a pass is proof that check() returned
 GOOD = "    return number % 1.0\n"  # HumanEval/2 truncate_number
-# every way of leaving with status 0 (or of faking the end) before check() returns must fail
+# every way of leaving with status 0 before check() returns, or of faking a pass, must fail
 EARLY_EXITS = {
     "os._exit(0) at top level": "    return 0.0\nimport os\nos._exit(0)\n",
     "sys.exit(0) at top level": "    return 0.0\nimport sys\nsys.exit(0)\n",
@@ -171,6 +171,21 @@ EARLY_EXITS = {
     "a thread exits 0 during check()": "    import os, threading, time\n"
                                        "    threading.Thread(target=os._exit, args=(0,)).start()\n"
                                        "    time.sleep(2)\n    return number % 1.0\n",
+    # written to attack this harness: steal the nonce from any pipe, or reach the checker through /proc
+    "nonce read from every pipe and written back": (
+        "    return 0.0\nimport os, stat\nseen = {}\nfor fd in range(3, 64):\n    try:\n"
+        "        if stat.S_ISFIFO(os.fstat(fd).st_mode):\n            os.set_blocking(fd, False)\n"
+        "            seen[fd] = os.read(fd, 256)\n    except OSError:\n        pass\n"
+        "for fd in range(3, 64):\n    for data in seen.values():\n        try:\n"
+        "            os.write(fd, data)\n        except OSError:\n            pass\nos._exit(0)\n"),
+    "the checker's descriptors through /proc": (
+        "    return 0.0\nimport os\nfor pid in [p for p in os.listdir('/proc') if p.isdigit()]:\n"
+        "    for fd in range(64):\n        try:\n"
+        "            os.write(os.open(f'/proc/{pid}/fd/{fd}', os.O_WRONLY | os.O_NONBLOCK), b'0' * 32)\n"
+        "        except OSError:\n            pass\nos._exit(0)\n"),
+    "an object equal to everything": "    class E(float):\n        def __eq__(self, other):\n"
+                                     "            return True\n        __sub__ = lambda self, other: 0.0\n"
+                                     "        __abs__ = lambda self: 0.0\n    return E(0.0)\n",
 }
 
 
@@ -268,3 +283,26 @@ def test_signals_to_other_processes_are_refused_in_both_modes(sandbox, weak_sand
     probe = "import ctypes, os\nassert ctypes.CDLL(None, use_errno=True).kill(os.getppid() or 1, 0) == -1"
     assert sandbox.run(probe).passed
     assert weak_sandbox.run(probe).passed
+
+
+def test_the_check_sees_plain_values_only(sandbox):
+    """The candidate's answers cross to the checker as plain data: subclasses arrive as their base type's
+    value (a Counter as a dict, a named tuple as a tuple), anything else fails the call."""
+    from prolora.eval.sandbox import Program
+
+    def run(body: str, test: str):
+        return sandbox.run(Program(f"import collections\ndef f(x):\n{body}", test, "f",
+                                   prompt="def f(x):\n    'stub'\n"))
+
+    assert run("    return collections.Counter(x)\n",
+               "def check(c):\n    assert c('aab') == {'a': 2, 'b': 1} and type(c('a')) is dict\n").passed
+    assert run("    return collections.namedtuple('P', 'a b')(*x)\n",
+               "def check(c):\n    assert c([1, 2]) == (1, 2)\n").passed
+    equal_to_all = "    class E(float):\n        def __eq__(self, o):\n            return True\n    return E(1.0)\n"
+    assert run(equal_to_all, "def check(c):\n    assert c(0) == 1.0\n").passed  # its own value is 1.0
+    assert not run(equal_to_all, "def check(c):\n    assert c(0) == 5.0\n").passed
+    result = run("    return iter(x)\n", "def check(c):\n    assert list(c([1])) == [1]\n")
+    assert result.status == "failed" and "not plain data" in result.detail
+    # the completion's exceptions reach the test as the same built-in type
+    assert run("    raise KeyError(x)\n", "def check(c):\n    try:\n        c(1)\n    except KeyError:\n"
+               "        pass\n    else:\n        raise AssertionError\n").passed

