@@ -248,6 +248,9 @@ def split(cfg: dict) -> dict:
       memory or descriptors read by the candidate (not dumpable, no capabilities, seccomp), so only it can
       hand back the nonce, and only after ``check`` returned.
     """
+    # not dumpable from before the fork (both processes; the flag survives fork, not exec): with no
+    # capabilities left, the candidate can then never open the checker's /proc entries (fd/, mem)
+    _check(libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0), "make the processes not dumpable")
     calls_r, calls_w = os.pipe()
     answers_r, answers_w = os.pipe()
     pid = os.fork()
@@ -258,7 +261,6 @@ def split(cfg: dict) -> dict:
         return {"role": "candidate", "calls": calls_r, "answers": answers_w}
     os.close(calls_r)
     os.close(answers_w)
-    _check(libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0), "make the checker not dumpable")
     return {"role": "checker", "calls": calls_w, "answers": answers_r}
 
 
@@ -451,12 +453,12 @@ def main() -> None:
     try:
         processes, role = isolate(cfg)
     except (SetupError, OSError, ValueError) as e:
-        status.write(f"E{type(e).__name__}: {e}")
+        status.write(f"E{type(e).__name__}: {e}\n")
         status.close()
         os._exit(125)
     if role is not None and role["role"] == "candidate":
         serve_candidate(cfg, role)
-    status.write("R" + processes)
+    status.write(f"R{processes}\n")
     status.close()
     if role is not None:
         run_check(cfg, role)

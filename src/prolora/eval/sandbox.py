@@ -39,6 +39,7 @@ SANDBOX_MODES = ("namespaces", "rlimits")
 _BOOT = Path(__file__).with_name("_sandbox_boot.py")
 _SETUP_TIMEOUT_S = 60.0  # interpreter start and isolation, before the program's own timeout starts
 _POLL_S = 0.1  # how often the rlimits mode measures the working folder
+_READY = ("Rseccomp\n", "RRLIMIT_NPROC\n")  # the boot script's ready reports
 
 RLIMITS_WARNING = ("sandbox mode 'rlimits' has NO filesystem or network isolation: generated code runs as this "
                    "user, can read and write any file this user can and reach the network; use it only inside a "
@@ -163,11 +164,13 @@ class Sandbox:
     def _wait(self, proc: subprocess.Popen, status_r: int, proof_r: int, nonce: bytes, output,
               workdir: str) -> RunResult:
         status = _read_status(status_r)
-        if not status.startswith("R"):
+        if status not in _READY:
             _kill(proc)
-            raise SandboxUnavailable(f"sandbox setup failed ({self.mode} mode): {status[1:] or 'no report'}. "
+            if status.startswith("R"):  # more than the boot script wrote: only the program can have done it
+                return RunResult("failed", "the program wrote to the sandbox's status pipe", 0.0, "")
+            raise SandboxUnavailable(f"sandbox setup failed ({self.mode} mode): {status[1:].strip() or 'no report'}. "
                                      + _FIX_HINT)
-        processes, start = status[1:], time.monotonic()
+        processes, start = status[1:].strip(), time.monotonic()
         deadline, over = start + self.limits.timeout_s, None
         while True:  # in rlimits mode the folder has no cap of its own: measure it while the program runs
             try:
@@ -258,8 +261,9 @@ def _read_available(fd: int, limit: int = 4096) -> bytes:
 
 
 def _read_status(fd: int) -> str:
-    """The boot script's report (``R...`` ready or ``E...`` error) read until the pipe closes; empty if
-    it died (or took longer than the setup timeout) before reporting. Closes ``fd``."""
+    """The boot script's report (``R...`` ready or ``E...`` error), one line, read until its newline or
+    until the pipe closes; empty if it died (or took longer than the setup timeout) before reporting.
+    Closes ``fd``."""
     deadline = time.monotonic() + _SETUP_TIMEOUT_S
     chunks = []
     try:
@@ -268,6 +272,8 @@ def _read_status(fd: int) -> str:
             if not chunk:
                 break
             chunks.append(chunk)
+            if b"\n" in chunk:
+                break
     finally:
         os.close(fd)
     return b"".join(chunks).decode("utf-8", "replace")
