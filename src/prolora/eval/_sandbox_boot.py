@@ -26,15 +26,17 @@ Both modes
      runs as the evaluator's user and could otherwise kill or inspect it. On CPU architectures the
      filter does not know (not x86-64 / AArch64), ``RLIMIT_NPROC`` is used (which the kernel does not
      apply to root).
-  7. Report ``R<how processes are limited>`` on the status pipe, close it, and execute the program (and,
-     for a HumanEval program, its test code, compiled separately, then ``check(<entry point>)``).
-  8. Proof of a pass: only after the last step *returned*, read the run's random nonce from the nonce
-     pipe (the evaluator wrote it there; it is in no file, argument or variable before) and write it to
-     the proof pipe, then ``os._exit(0)`` (no ``atexit`` handler runs). The evaluator counts a pass only
-     when the proof equals the nonce it generated, so leaving early with status 0 (``os._exit(0)``,
-     ``sys.exit(0)``, ``SystemExit`` from an ``atexit`` handler, killing a parent) is a failure.
-     Limit: the program shares this process, so code written to attack this harness (reading the nonce
-     pipe by its descriptor and writing it back) can still forge a pass (docs/security.md).
+  7. A checked (HumanEval) program first splits in two (:func:`split`, before step 6 forbids it): the
+     candidate runs ``prompt + completion`` and answers calls; the checker runs the dataset's prompt and
+     test and calls ``check(proxy)``. Other programs run ``source`` then ``test`` in one process. Report
+     ``R<how processes are limited>`` (one line) on the status pipe and close it.
+  8. Proof of a pass: only after ``check`` (or the program) *returned*, read the run's random nonce from
+     the nonce pipe (the evaluator wrote it there; it is in no file, argument or variable before, and the
+     candidate never holds that pipe) and write it to the proof pipe, then ``os._exit(0)`` (no
+     ``atexit`` handler runs). The evaluator counts a pass only when the proof equals the nonce it
+     generated, so leaving early with status 0 (``os._exit(0)``, ``sys.exit(0)``, ``SystemExit`` from
+     an ``atexit`` handler, killing a parent) is a failure. Limit: a one-process program shares this
+     process, so code written to attack the harness could forge a pass there (docs/security.md).
 
 Setup failures are reported on the status pipe as ``E<message>`` and exit with code 125.
 """
