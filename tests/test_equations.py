@@ -80,7 +80,11 @@ def test_clora_blocks_are_identical():
     a0, b0, a_u, b_u = _chunks(12, 9, 4, 0, 3, 3)
     dw = eq.expand_b(b0, b_u, 9, 4, 3, 1, None) @ eq.expand_a(a0, a_u, 12, 4, 3, 1, None)
     blocks = _blocks(dw, 3, 3)
-    assert all(torch.equal(b, blocks[0][0]) for row in blocks for b in row)
+    # equal up to rounding: a matmul kernel may sum the blocks' products in different orders (the CPU's
+    # vector width decides), so compare with float32's default tolerances, not bit for bit
+    for row in blocks:
+        for b in row:
+            torch.testing.assert_close(b, blocks[0][0])
 
 
 def test_rolora_diagonal_pattern_and_partial_sharing_breaks_it():

@@ -136,7 +136,9 @@ def test_humaneval_prompts():
     assert tulu["prompt"] == ("<|user|>\nComplete the following python function.\n\n\n" + problem
                               + "\n<|assistant|>\nHere is the completed function:\n\n\n" + problem)
     assert plain["prompt"] == problem
-    assert humaneval.program(tulu, "    return True\n").endswith(f"\ncheck({tulu['entry_point']})\n")
+    built = humaneval.program(tulu, "    return True\n")
+    assert (built.source, built.test, built.entry_point) == (problem + "    return True\n\n", tulu["test"] + "\n",
+                                                             tulu["entry_point"])
 
 
 def test_limit_counts_per_subtask_and_size_counts_everything():

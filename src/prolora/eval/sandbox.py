@@ -3,19 +3,28 @@
 The evaluating process never executes generated code. Each program gets a fresh temporary working
 directory, a scrubbed environment, a new session, and is started through :mod:`._sandbox_boot`, which
 (in the default ``namespaces`` mode) puts it in new user/mount/network/PID namespaces with every mount
-read-only except its working directory and no network, drops all capabilities, applies address-space,
-CPU, file-size and open-file limits, and forbids new processes with seccomp. The wall-clock timeout
+read-only and its working directory a size-capped ``tmpfs`` (nothing it writes reaches the host's disk),
+no network, drops all capabilities, applies address-space, CPU, file-size and open-file limits, and with
+seccomp forbids new processes and signals to or debugging of other processes. The wall-clock timeout
 kills the whole process group. ``rlimits`` mode keeps the limits and the seccomp filter but has no
-namespaces: no network or filesystem isolation; use it only inside a disposable container or VM.
+namespaces: NO network or filesystem isolation (the folder cap is enforced by polling); use it only
+inside a disposable container or VM. :meth:`Sandbox.describe` (written to ``results.json``) and a warning
+on stderr say so whenever it is chosen.
 
-A program *passes* when it runs to its end with exit status 0; anything else (an exception, a failed
-assertion, ``exit()``, a timeout, a limit) is a failure.
+A program *passes* only when the harness proves that it (for HumanEval: ``check(entry_point)``)
+returned: after that, the harness reads the run's random nonce from a pipe and hands it back; the
+evaluator compares it with the nonce it generated. Leaving early with status 0 (``os._exit``,
+``sys.exit``, ``SystemExit`` in an ``atexit`` handler, killing a parent), an exception, a failed
+assertion, a timeout or a limit is a failure. For HumanEval (:class:`Program` with an ``entry_point``) the
+test runs in a second process that the completion cannot reach, which alone holds the nonce; the
+completion only answers calls with plain data. docs/security.md says what this does and does not guarantee.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import select
 import signal
 import subprocess
@@ -29,6 +38,12 @@ from pathlib import Path
 SANDBOX_MODES = ("namespaces", "rlimits")
 _BOOT = Path(__file__).with_name("_sandbox_boot.py")
 _SETUP_TIMEOUT_S = 60.0  # interpreter start and isolation, before the program's own timeout starts
+_POLL_S = 0.1  # how often the rlimits mode measures the working folder
+_READY = ("Rseccomp\n", "RRLIMIT_NPROC\n")  # the boot script's ready reports
+
+RLIMITS_WARNING = ("sandbox mode 'rlimits' has NO filesystem or network isolation: generated code runs as this "
+                   "user, can read and write any file this user can and reach the network; use it only inside a "
+                   "disposable container or VM (docs/security.md)")
 
 
 class SandboxUnavailable(RuntimeError):
@@ -37,18 +52,46 @@ class SandboxUnavailable(RuntimeError):
 
 @dataclass(frozen=True)
 class SandboxLimits:
-    """Per-program limits: wall-clock and CPU seconds, address space, size of any file it writes."""
+    """Per-program limits: wall-clock and CPU seconds, address space, size of any file it writes, and the
+    total size (MB) and number of files of its working folder."""
 
     timeout_s: float = 10.0
     memory_mb: int = 1024
     file_size_mb: int = 16
+    folder_mb: int = 32
+    folder_files: int = 1000
+
+    def __post_init__(self):
+        for name in ("timeout_s", "memory_mb", "file_size_mb", "folder_mb", "folder_files"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"sandbox limit {name}={getattr(self, name)!r} must be positive")
+
+
+@dataclass(frozen=True)
+class Program:
+    """A program to run.
+
+    Without ``entry_point``: ``source``, then ``test`` (compiled on its own, so that no text in
+    ``source`` can swallow it), in one process; it passes when both ran to their end.
+
+    With ``entry_point`` (HumanEval): two processes. One runs ``source`` (the problem's prompt and the
+    untrusted completion) and answers calls of ``entry_point`` with plain data; the other, which the first
+    cannot touch, runs ``prompt`` (the problem's prompt alone, from the dataset) and ``test``, then calls
+    ``check(<proxy of entry_point>)``; it passes when ``check`` returned.
+    """
+
+    source: str
+    test: str = ""
+    entry_point: str | None = None
+    prompt: str = ""
 
 
 @dataclass(frozen=True)
 class RunResult:
     """Outcome of one program: ``status`` is ``passed``, ``failed`` or ``timeout``; ``detail`` is the last
-    line of its output (e.g. the exception), ``seconds`` its run time after isolation, ``processes`` how
-    new processes were refused (``seccomp``, or ``RLIMIT_NPROC`` on CPUs the filter does not know)."""
+    line of its output (e.g. the exception) or why it failed, ``seconds`` its run time after isolation,
+    ``processes`` how new processes were refused (``seccomp``, or ``RLIMIT_NPROC`` on CPUs the filter
+    does not know)."""
 
     status: str
     detail: str
@@ -79,49 +122,99 @@ class Sandbox:
             raise SandboxUnavailable("the code sandbox needs Linux (namespaces, seccomp, rlimits); "
                                      "run HumanEval on Linux or leave it out of --tasks")
 
-    def run(self, program: str) -> RunResult:
-        """Run ``program`` (Python source) in a fresh sandbox and report how it ended."""
-        with tempfile.TemporaryDirectory(prefix="prolora-sandbox-") as workdir, \
+    def run(self, program: str | Program) -> RunResult:
+        """Run ``program`` (Python source, or a :class:`Program`) in a fresh sandbox and report how it ended."""
+        if isinstance(program, str):
+            program = Program(program)
+        with tempfile.TemporaryDirectory(prefix="prolora-sandbox-", ignore_cleanup_errors=True) as workdir, \
                 tempfile.TemporaryFile() as output:
             workdir = os.path.realpath(workdir)
-            program_path = os.path.join(workdir, "program.py")
-            Path(program_path).write_text(program, encoding="utf-8")
+            paths = {name: os.path.join(workdir, f"{name}.py") for name in ("program", "test", "prompt")}
+            for name, text in (("program", program.source), ("test", program.test), ("prompt", program.prompt)):
+                Path(paths[name]).write_text(text, encoding="utf-8")
+            nonce = secrets.token_hex(16).encode()
             status_r, status_w = os.pipe()
-            cfg = {"mode": self.mode, "workdir": workdir, "program": program_path, "status_fd": status_w,
+            nonce_r, nonce_w = os.pipe()
+            proof_r, proof_w = os.pipe()
+            os.write(nonce_w, nonce)  # read by the harness only after the program returned
+            os.close(nonce_w)
+            cfg = {"mode": self.mode, "workdir": workdir, **paths, "entry_point": program.entry_point,
+                   "status_fd": status_w, "nonce_fd": nonce_r, "proof_fd": proof_w,
                    "cpu_seconds": int(self.limits.timeout_s) + 1,
-                   "memory_bytes": self.limits.memory_mb << 20, "file_size_bytes": self.limits.file_size_mb << 20}
+                   "memory_bytes": self.limits.memory_mb << 20, "file_size_bytes": self.limits.file_size_mb << 20,
+                   "folder_bytes": self.limits.folder_mb << 20, "folder_files": self.limits.folder_files}
             env = {"PATH": "/usr/bin:/bin", "HOME": workdir, "TMPDIR": workdir, "LANG": "C.UTF-8",
                    "PYTHONHASHSEED": "0", "PYTHONDONTWRITEBYTECODE": "1"}
             try:
                 proc = subprocess.Popen([sys.executable, "-I", "-S", str(_BOOT), json.dumps(cfg)], cwd=workdir,
                                         env=env, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
-                                        pass_fds=(status_w,), start_new_session=True)
+                                        pass_fds=(status_w, nonce_r, proof_w), start_new_session=True)
             except OSError:
                 os.close(status_r)
+                os.close(proof_r)
                 raise
             finally:
-                os.close(status_w)
-            return self._wait(proc, status_r, output)
+                for fd in (status_w, nonce_r, proof_w):
+                    os.close(fd)
+            try:
+                return self._wait(proc, status_r, proof_r, nonce, output, workdir)
+            finally:
+                os.close(proof_r)
 
-    def _wait(self, proc: subprocess.Popen, status_r: int, output) -> RunResult:
+    def _wait(self, proc: subprocess.Popen, status_r: int, proof_r: int, nonce: bytes, output,
+              workdir: str) -> RunResult:
         status = _read_status(status_r)
-        if not status.startswith("R"):
+        if status not in _READY:
             _kill(proc)
-            raise SandboxUnavailable(f"sandbox setup failed ({self.mode} mode): {status[1:] or 'no report'}. "
+            if status.startswith("R"):  # more than the boot script wrote: only the program can have done it
+                return RunResult("failed", "the program wrote to the sandbox's status pipe", 0.0, "")
+            raise SandboxUnavailable(f"sandbox setup failed ({self.mode} mode): {status[1:].strip() or 'no report'}. "
                                      + _FIX_HINT)
-        processes, start = status[1:], time.monotonic()
-        try:
-            code = proc.wait(timeout=self.limits.timeout_s)
-        except subprocess.TimeoutExpired:
-            _kill(proc)
-            return RunResult("timeout", f"timed out after {self.limits.timeout_s:g} s", time.monotonic() - start,
-                             processes)
+        processes, start = status[1:].strip(), time.monotonic()
+        deadline, over = start + self.limits.timeout_s, None
+        while True:  # in rlimits mode the folder has no cap of its own: measure it while the program runs
+            try:
+                code = proc.wait(timeout=max(min(_POLL_S, deadline - time.monotonic()), 0.001))
+                break
+            except subprocess.TimeoutExpired:
+                if time.monotonic() >= deadline:
+                    _kill(proc)
+                    return RunResult("timeout", f"timed out after {self.limits.timeout_s:g} s",
+                                     time.monotonic() - start, processes)
+                if self.mode == "rlimits" and (over := self._folder_over(workdir)):
+                    _kill(proc)
+                    code = proc.returncode
+                    break
         seconds = time.monotonic() - start
+        if over is None and self.mode == "rlimits":
+            over = self._folder_over(workdir)
+        if over:
+            return RunResult("failed", over, seconds, processes)
         output.seek(0)
         detail = _tail(output.read())
-        return RunResult("passed" if code == 0 else "failed", detail if code else "", seconds, processes)
+        proof = _read_available(proof_r)
+        if code == 0 and secrets.compare_digest(proof, nonce):
+            return RunResult("passed", "", seconds, processes)
+        if code == 0:  # status 0, but the harness never handed back the proof
+            detail = "left before the program (and its check) returned" + (f"; last output: {detail}" if detail else "")
+        return RunResult("failed", detail, seconds, processes)
 
-    def run_many(self, programs: list[str], workers: int | None = None) -> list[RunResult]:
+    def _folder_over(self, workdir: str) -> str | None:
+        """rlimits mode: a failure message when ``workdir`` holds more bytes or files than the limits allow."""
+        total = files = 0
+        for root, dirs, names in os.walk(workdir):
+            for name in names + dirs:
+                files += 1
+                try:
+                    total += os.lstat(os.path.join(root, name)).st_blocks * 512
+                except OSError:
+                    continue
+                if files > self.limits.folder_files or total > self.limits.folder_mb << 20:
+                    return (f"the working folder exceeded its limit ({self.limits.folder_mb} MB, "
+                            f"{self.limits.folder_files} files)")
+        return None
+
+    def run_many(self, programs: list[str | Program], workers: int | None = None) -> list[RunResult]:
         """Run several programs, ``workers`` at a time (default: the number of CPUs), in input order."""
         with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
             return list(pool.map(self.run, programs))
@@ -129,20 +222,25 @@ class Sandbox:
     def check(self) -> dict:
         """Probe the host once: run a passing and a failing program. Returns :meth:`describe`'s dict plus
         how processes are refused; raises :class:`SandboxUnavailable` with the fix if isolation fails."""
-        ok, bad = self.run("assert 1 + 1 == 2"), self.run("raise SystemExit(0)")
+        ok, bad = self.run("assert 1 + 1 == 2"), self.run("import os\nos._exit(0)")
         if not ok.passed or bad.passed:
             raise SandboxUnavailable(f"sandbox self-test failed ({ok.status}/{bad.status}: {ok.detail or bad.detail})."
                                      + _FIX_HINT)
         return {**self.describe(), "processes": ok.processes}
 
     def describe(self) -> dict:
-        """The isolation in effect, for the results file."""
+        """The isolation in effect, for the results file; ``warning`` says what is missing (rlimits mode)."""
         isolation = {
-            "namespaces": "user+mount+network+PID namespaces; read-only filesystem except a temporary "
-                          "working directory; no network; no capabilities; seccomp forbids new processes",
-            "rlimits": "resource limits and seccomp only: NO network or filesystem isolation",
+            "namespaces": "user+mount+network+PID namespaces; read-only filesystem except a size-capped temporary "
+                          "working directory (tmpfs); no network; no capabilities; seccomp forbids new processes "
+                          "and signals to other processes; a pass needs the harness's proof that check() returned",
+            "rlimits": "resource limits and seccomp only: NO network or filesystem isolation; a pass needs the "
+                       "harness's proof that check() returned",
         }[self.mode]
-        return {"mode": self.mode, "isolation": isolation, **asdict(self.limits)}
+        info = {"mode": self.mode, "isolation": isolation, **asdict(self.limits)}
+        if self.mode == "rlimits":
+            info["warning"] = RLIMITS_WARNING
+        return info
 
 
 _FIX_HINT = (" The namespaces mode needs unprivileged user namespaces (e.g. sysctl kernel.unprivileged_userns_clone=1,"
@@ -150,9 +248,22 @@ _FIX_HINT = (" The namespaces mode needs unprivileged user namespaces (e.g. sysc
              " blocks them). Inside a disposable container or VM you may use --sandbox rlimits instead.")
 
 
+def _read_available(fd: int, limit: int = 4096) -> bytes:
+    """What pipe ``fd`` holds now (its writers have exited), at most ``limit`` bytes."""
+    chunks, size = [], 0
+    while size < limit and select.select([fd], [], [], 0)[0]:
+        chunk = os.read(fd, limit - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
 def _read_status(fd: int) -> str:
-    """The boot script's report (``R...`` ready or ``E...`` error) read until the pipe closes; empty if
-    it died (or took longer than the setup timeout) before reporting. Closes ``fd``."""
+    """The boot script's report (``R...`` ready or ``E...`` error), one line, read until its newline or
+    until the pipe closes; empty if it died (or took longer than the setup timeout) before reporting.
+    Closes ``fd``."""
     deadline = time.monotonic() + _SETUP_TIMEOUT_S
     chunks = []
     try:
@@ -161,6 +272,8 @@ def _read_status(fd: int) -> str:
             if not chunk:
                 break
             chunks.append(chunk)
+            if b"\n" in chunk:
+                break
     finally:
         os.close(fd)
     return b"".join(chunks).decode("utf-8", "replace")

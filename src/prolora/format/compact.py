@@ -21,10 +21,13 @@ import torch
 
 from prolora import equations as eq
 from prolora.tuner import PRoLoRAConfig
+from prolora.tuner.saved import TENSOR_NAMES, check_delta_w_record, check_finite, check_tensors
+
+__all__ = ["ADAPTER_DIR", "CONFIG_NAME", "TENSOR_NAMES", "WEIGHTS_NAME", "adapter_dir", "check_finite",
+           "check_output_dir", "check_tensors", "expand_adapter", "read_adapter"]
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
-TENSOR_NAMES = ("prolora_A0", "prolora_B0", "prolora_A_u", "prolora_B_u")
 ADAPTER_DIR = "adapter"  # a ``prolora train`` run directory keeps its adapter here
 
 
@@ -36,18 +39,20 @@ def adapter_dir(path: str | os.PathLike) -> Path:
     return path
 
 
-def read_adapter(path: str | os.PathLike) -> tuple[PRoLoRAConfig, dict[str, torch.Tensor]]:
+def read_adapter(path: str | os.PathLike, others: bool = False) -> tuple[PRoLoRAConfig, dict[str, torch.Tensor]]:
     """Read a PRoLoRA adapter directory without a base model (safetensors only: nothing is unpickled).
 
     ``path`` is an adapter directory (``save_pretrained``) or a ``prolora train`` run directory (its
-    ``adapter/`` is read).
+    ``adapter/`` is read). ``others`` allows tensors that are not PRoLoRA's (PEFT's ``modules_to_save`` and
+    saved embedding layers; see :func:`check_tensors`).
 
     Raises:
         FileNotFoundError: if the directory or one of its two files is missing.
-        ValueError: if the config is not a PRoLoRA config, or the weights file is corrupt.
+        ValueError: if the config is not a PRoLoRA config, the weights file is corrupt, its tensors do not
+            match ``module_shapes``, one holds NaN/inf, or the config disagrees with the ΔW fields recorded
+            at save time (:mod:`prolora.tuner.saved`).
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    from safetensors import SafetensorError, safe_open
 
     path = adapter_dir(path)
     for name in (CONFIG_NAME, WEIGHTS_NAME):
@@ -61,50 +66,19 @@ def read_adapter(path: str | os.PathLike) -> tuple[PRoLoRAConfig, dict[str, torc
     if raw.get("peft_type") != "PROLORA":
         raise ValueError(f"{path / CONFIG_NAME} has peft_type={raw.get('peft_type')!r}, not 'PROLORA'.")
     try:
-        config = PRoLoRAConfig.from_pretrained(str(path))
+        config = PRoLoRAConfig.from_pretrained(str(path), verify_weights=False)  # checked below
     except (TypeError, AttributeError, ValueError) as exc:
         raise ValueError(f"{path / CONFIG_NAME} is not a valid PRoLoRA config: {exc}") from None
     try:
-        tensors = load_file(str(path / WEIGHTS_NAME))
+        with safe_open(str(path / WEIGHTS_NAME), "pt") as f:
+            metadata = f.metadata()
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open is not a dict
     except (SafetensorError, OSError) as exc:
         raise ValueError(f"{path / WEIGHTS_NAME} is not a readable safetensors file ({exc}).") from None
-    check_tensors(config, tensors, source=str(path))
+    check_tensors(config, tensors, source=str(path), others=others)
+    check_delta_w_record(config, metadata, source=str(path))
+    check_finite(tensors, source=str(path))
     return config, tensors
-
-
-def check_tensors(config: PRoLoRAConfig, tensors: dict[str, torch.Tensor], source: str = "the adapter") -> None:
-    """Check that ``tensors`` are exactly the compact tensors ``config`` describes (names and shapes).
-
-    Each module of ``config.module_shapes`` needs A_0, B_0 (shapes from Eq. 4's chunking,
-    :func:`~prolora.equations.chunk_shapes`), A_u (u, h) and B_u (o, u), and nothing else may be
-    present: a config edited apart from its weights would otherwise expand into a wrong ΔW.
-
-    Raises:
-        ValueError: naming the module, the tensor and both shapes, or the missing/unexpected tensor names.
-    """
-    if not config.module_shapes:
-        raise ValueError(f"{source}: module_shapes is empty, so the adapter adapts no module; it is written "
-                         "by prolora at creation: re-save the adapter with prolora.")
-    expected = {}
-    for module, (o, h) in config.module_shapes.items():
-        v = config.module_values(module)
-        r, u = v["r"], v["unshared_r"]
-        PRoLoRAConfig.validate_values(v, where=module, h=h, o=o)
-        shape_a0, shape_b0 = eq.chunk_shapes(h, o, r, u, v["sharing_rate_a"], v["sharing_rate_b"], config.share)
-        shapes = (shape_a0, shape_b0, (u, h), (o, u))
-        for name, shape in zip(TENSOR_NAMES, shapes):
-            expected[f"base_model.model.{module}.{name}"] = tuple(shape)
-    missing = sorted(set(expected) - set(tensors))
-    extra = sorted(set(tensors) - set(expected))
-    if missing or extra:
-        raise ValueError(f"{source}: the weights do not match the config's modules (missing: {missing[:3]}"
-                         f"{' …' if len(missing) > 3 else ''}; unexpected: {extra[:3]}"
-                         f"{' …' if len(extra) > 3 else ''}); the config and weights file belong together.")
-    for key, shape in expected.items():
-        if tuple(tensors[key].shape) != shape:
-            raise ValueError(f"{source}: {key} has shape {tuple(tensors[key].shape)}, but the config (r, "
-                             f"unshared_r, sharing rates, module_shapes) implies {shape}; the config and "
-                             "weights file belong together.")
 
 
 def expand_adapter(config: PRoLoRAConfig, tensors: dict[str, torch.Tensor]) -> dict[str, tuple]:

@@ -20,6 +20,7 @@ from .compact import (
     TENSOR_NAMES,
     WEIGHTS_NAME,
     adapter_dir,
+    check_finite,
     check_output_dir,
     expand_adapter,
     read_adapter,
@@ -35,8 +36,9 @@ def export_lora(model_or_path, out_dir: str | os.PathLike, adapter_name: str = "
     per-module ranks via ``rank_pattern``) loads with stock peft, without prolora installed, and gives the
     same outputs: what vLLM, TGI and LoRAX serve. It is up to ``m``× larger than the PRoLoRA file.
 
-    Returns the output directory. Raises ``ValueError``/``FileNotFoundError`` as :func:`read_adapter`, and
-    ``ValueError`` from :func:`check_output_dir` (an existing adapter in ``out_dir`` needs ``overwrite``).
+    Returns the output directory. Raises ``ValueError``/``FileNotFoundError`` as :func:`read_adapter` (also
+    for NaN/inf in a tensor, naming it, whether read from a folder or a model), and ``ValueError`` from
+    :func:`check_output_dir` (an existing adapter in ``out_dir`` needs ``overwrite``).
     """
     from peft import LoraConfig
     from safetensors.torch import save_file
@@ -57,6 +59,7 @@ def export_lora(model_or_path, out_dir: str | os.PathLike, adapter_name: str = "
             if adapter_name in layer.prolora_spec:
                 for t in TENSOR_NAMES:
                     tensors[f"base_model.model.{name}.{t}"] = getattr(layer, t)[adapter_name].detach()
+        check_finite(tensors, source=f"adapter {adapter_name!r}")
     factors = expand_adapter(config, tensors)
     weights, ranks = {}, {}
     for module, (a, b, _) in factors.items():
@@ -101,7 +104,7 @@ def export_merged(adapter: str | os.PathLike, out_dir: str | os.PathLike, model:
 
     out = check_output_dir(out_dir, adapter, overwrite)
     source = adapter_dir(adapter)
-    read_adapter(source)  # a clear error for a broken adapter before the base model loads
+    read_adapter(source, others=True)  # a clear error for a broken adapter before the base model loads
     merged = PeftModel.from_pretrained(load_model(model), str(source)).merge_and_unload()
     tokenizer = load_tokenizer(model)
     out.parent.mkdir(parents=True, exist_ok=True)

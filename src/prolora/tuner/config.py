@@ -8,8 +8,10 @@ LLaMA2-7B, four times the rank).
 from __future__ import annotations
 
 import enum
+import os
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from peft.config import PeftConfig
 
@@ -178,6 +180,41 @@ class PRoLoRAConfig(PeftConfig):
                              f"({self.target_modules!r}): give target_modules as a list of module names.")
         if self.layers_pattern and self.layers_to_transform is None:
             raise ValueError("layers_pattern needs layers_to_transform (the layer indices to adapt).")
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str, subfolder: str | None = None,
+                        verify_weights: bool = True, **kwargs):
+        """Read ``adapter_config.json`` (as PEFT does) and, for a local folder (unless ``verify_weights`` is
+        false), check the weights file beside it before anything is loaded
+        (:func:`~prolora.tuner.saved.verify_saved`: tensor names against ``module_shapes``, shapes,
+        finiteness, and the ΔW fields recorded at save time).
+
+        Raises:
+            ValueError: naming the missing/unexpected/non-finite tensor or the config field that disagrees.
+        """
+        from .saved import verify_saved
+
+        config = super().from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
+        path = os.path.join(pretrained_model_name_or_path, subfolder) if subfolder else pretrained_model_name_or_path
+        if verify_weights and os.path.isdir(path):
+            verify_saved(config, path)
+        return config
+
+    def save_pretrained(self, save_directory: str, **kwargs) -> None:
+        """Write ``adapter_config.json`` (as PEFT does); then record the fields that decide ΔW in the metadata
+        of the weights file beside it (``PeftModel.save_pretrained`` writes the weights first), and add to the
+        folder's README how to load a PRoLoRA adapter."""
+        from .saved import LOAD_HINT, record_delta_w
+
+        super().save_pretrained(save_directory, **kwargs)
+        record_delta_w(self, save_directory)
+        readme = os.path.join(save_directory, "README.md")
+        text = Path(readme).read_text(encoding="utf-8") if os.path.isfile(readme) else ""
+        if "## Loading this PRoLoRA adapter" not in text:
+            from prolora.files import write_text
+
+            write_text(readme, text.rstrip("\n") + ("\n\n" if text else "")
+                       + f"## Loading this PRoLoRA adapter\n\n{LOAD_HINT}\n")
 
     def module_values(self, key: str | None) -> dict:
         """r, unshared_r, sharing rates, strides and lora_alpha for the module named ``key`` (overrides applied).

@@ -16,6 +16,7 @@ from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 
 from .config import PREFIX, PRoLoRAConfig
 from .layer import PRoLoRALayer, PRoLoRALinear, base_shape, compact_shapes
+from .saved import check_adapter_name
 
 
 def _inject_adapter_names(module, args, kwargs, adapter_names):
@@ -46,6 +47,39 @@ class PRoLoRAModel(BaseTuner):
     prefix: str = PREFIX
     tuner_layer_cls = PRoLoRALayer
     target_module_mapping = TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+
+    def inject_adapter(self, model: torch.nn.Module, adapter_name: str, *args, **kwargs) -> None:
+        """PEFT's injection (used by ``get_peft_model``, ``add_adapter``, ``load_adapter``,
+        ``from_pretrained``), all or nothing: a name that is not a safe identifier is refused first
+        (:func:`~prolora.tuner.saved.check_adapter_name`), and when injection fails part-way (e.g. a module of
+        another shape), every replaced module, every adapter entry added to an existing PRoLoRA layer and the
+        ``requires_grad`` flags are put back before the error propagates, so the model is exactly as before.
+
+        Raises:
+            ValueError: for a bad name, or as the injection does.
+        """
+        check_adapter_name(adapter_name)
+        modules = dict(model.named_modules())
+        trainable = {name: p.requires_grad for name, p in model.named_parameters()}
+        try:
+            super().inject_adapter(model, adapter_name, *args, **kwargs)
+        except BaseException:
+            _restore(model, adapter_name, modules, trainable)
+            raise
+
+    def _check_merge_allowed(self) -> None:
+        """Before any merge (``merge_adapter``, ``merge_and_unload``): untie every targeted base weight that
+        another module shares (e.g. ``lm_head`` tied to ``embed_tokens``), so that the merge changes only
+        the targeted module and the merged model gives the unmerged model's outputs; the model config's
+        ``tie_word_embeddings`` becomes false (a saved merged model keeps both matrices). Warns once."""
+        untied = untie_targets(self.model)
+        if untied:
+            import warnings
+
+            warnings.warn(f"untied {untied} from the weights they shared (tie_word_embeddings) before merging, so "
+                          "that the merge leaves the other module (e.g. embed_tokens) unchanged; the merged model "
+                          "has a separate lm_head.", stacklevel=3)
+        super()._check_merge_allowed()
 
     def _check_new_adapter_config(self, config: PRoLoRAConfig) -> None:
         """Remember which modules a loaded adapter was saved with (``module_shapes``), before injection."""
@@ -194,6 +228,48 @@ class PRoLoRAModel(BaseTuner):
         for layer in self.model.modules():
             if isinstance(layer, PRoLoRALayer):
                 layer.lean_backward = enabled
+
+
+def _restore(model: torch.nn.Module, adapter_name: str, modules: dict, trainable: dict) -> None:
+    """Undo a failed injection of ``adapter_name``: put back the modules of ``modules`` (name → module
+    before), drop the adapter from PRoLoRA layers that existed before, restore ``requires_grad``."""
+    for name in sorted(modules, key=lambda n: n.count(".") if n else -1):  # parents first
+        if not name:
+            continue
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        if getattr(parent, child, None) is not modules[name]:
+            setattr(parent, child, modules[name])
+    for module in model.modules():
+        if isinstance(module, PRoLoRALayer) and adapter_name in module.prolora_spec:
+            module.delete_adapter(adapter_name)
+    for name, param in model.named_parameters():
+        if name in trainable:
+            param.requires_grad_(trainable[name])
+
+
+def untie_targets(model: torch.nn.Module) -> list[str]:
+    """Give every PRoLoRA layer whose base weight another module shares its own copy; returns their names.
+
+    Sets ``tie_word_embeddings = False`` in the model's config (and its text config) when it untied any.
+    """
+    shared = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        shared.setdefault(id(param), []).append(name)
+    untied = []
+    for name, layer in prolora_modules(model):
+        base = layer.get_base_layer()
+        weight = getattr(base, "weight", None)
+        if isinstance(weight, torch.nn.Parameter) and len(shared.get(id(weight), [])) > 1:
+            base.weight = torch.nn.Parameter(weight.detach().clone(), requires_grad=weight.requires_grad)
+            untied.append(name)
+    if untied:
+        config = getattr(model, "config", None)
+        for cfg in {id(c): c for c in (config, getattr(config, "get_text_config", lambda: None)())
+                    if c is not None}.values():
+            if getattr(cfg, "tie_word_embeddings", False):
+                cfg.tie_word_embeddings = False
+    return untied
 
 
 def prolora_modules(model: torch.nn.Module):
