@@ -99,7 +99,7 @@ def transformers_throughput(prompts: list[list[int]], new_tokens: int, threads: 
     ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts])
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
     with torch.inference_mode():
-        model.generate(input_ids=ids[:, :4], attention_mask=mask[:, :4], max_new_tokens=2, do_sample=False,
+        model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=2, do_sample=False,
                        pad_token_id=0)  # warm-up
         started = time.perf_counter()
         out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
@@ -123,12 +123,29 @@ def complete(port: int, model: str, ids: list[int], max_new: int, timeout: float
     return choice["token_ids"]
 
 
+def run_batch(port: int, jobs, max_new: int) -> list[list[int]]:
+    """Send every job at once (vLLM batches them together); the adapter name is the request's model."""
+    from prolora.base_models import EMBEDDED_HUB_ID
+
+    with cf.ThreadPoolExecutor(len(jobs)) as pool:
+        futures = [pool.submit(complete, port, name or EMBEDDED_HUB_ID, p, max_new, 600) for name, p in jobs]
+        return [f.result() for f in futures]
+
+
+def compare(tok, jobs, expected, got, seconds: float) -> dict:
+    rows = [{"adapter": name, "prompt": tok.decode(p), "equal": want == have, "transformers": tok.decode(want),
+             "vllm": tok.decode(have)} for (name, p), want, have in zip(jobs, expected, got)]
+    base = [r for r in rows if r["adapter"] is None]
+    return {"requests": len(rows), "equal": sum(r["equal"] for r in rows), "base_requests": len(base),
+            "base_equal": sum(r["equal"] for r in base), "seconds": seconds, "outputs": rows}
+
+
 def start_server(base_dir: str, served: str, folder: Path, cache: Path, port: int, log_path: Path,
-                 threads: int) -> subprocess.Popen:
+                 threads: int, max_loras: int) -> subprocess.Popen:
     env = {**os.environ, "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True", "PROLORA_VLLM_ADAPTERS_DIR": str(folder),
            "PROLORA_VLLM_CACHE_DIR": str(cache), "VLLM_CPU_KVCACHE_SPACE": "2", "OMP_NUM_THREADS": str(threads)}
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", base_dir, "--dtype", "float32",
-           "--host", "127.0.0.1", "--port", str(port), "--enable-lora", "--max-lora-rank", "8", "--max-loras", "2",
+           "--host", "127.0.0.1", "--port", str(port), "--enable-lora", "--max-lora-rank", "8", "--max-loras", str(max_loras),
            "--max-model-len", "2048", "--served-model-name", served]
     log(f"starting vLLM: {' '.join(cmd)}")
     return subprocess.Popen(cmd, env=env, stdout=open(log_path, "w"), stderr=subprocess.STDOUT, start_new_session=True)
@@ -147,13 +164,47 @@ def wait_ready(server: subprocess.Popen, port: int, deadline_s: float) -> float:
     raise TimeoutError(f"vLLM was not ready within {deadline_s:.0f} s")
 
 
+def compare_eval(transformers_dir: str, vllm_dir: str) -> int:
+    """Compare two ``prolora eval`` outputs: scores per run and benchmark, and greedy GSM8K responses."""
+    runs = {}
+    for engine, out in (("transformers", transformers_dir), ("vllm", vllm_dir)):
+        results = json.loads((Path(out) / "results.json").read_text())
+        runs[engine] = {r["label"]: r for r in results["runs"]}
+        runs[engine]["_total_s"] = results["timings"]["total_s"]
+    same = True
+    for label, run in runs["transformers"].items():
+        if label.startswith("_"):
+            continue
+        for bench, score in run["scores"].items():
+            other = runs["vllm"][label]["scores"][bench]
+            headline = {k: v for k, v in score.items() if isinstance(v, (int, float))}
+            other_headline = {k: v for k, v in other.items() if isinstance(v, (int, float))}
+            equal = headline == other_headline
+            same &= equal
+            print(f"{label:8s} {bench:10s} transformers {headline}  vllm {other_headline}  "
+                  f"{'same' if equal else 'DIFFERENT'}; seconds {run['timings'][bench]['seconds']:.1f} vs "
+                  f"{runs['vllm'][label]['timings'][bench]['seconds']:.1f}")
+        responses = []
+        for engine, out in (("transformers", transformers_dir), ("vllm", vllm_dir)):
+            rows = (Path(out) / "predictions" / label / "gsm8k.jsonl").read_text().splitlines()
+            responses.append([json.loads(row)["response"] for row in rows])
+        print(f"{label:8s} gsm8k responses identical: {responses[0] == responses[1]}")
+    print(f"total seconds: transformers {runs['transformers']['_total_s']:.1f}, vllm {runs['vllm']['_total_s']:.1f}")
+    print("EVAL", "PASS: same scores" if same else "DIFFERENT scores")
+    return 0 if same else 1
+
+
 def main() -> int:
+    if sys.argv[1:2] == ["compare-eval"]:
+        return compare_eval(sys.argv[2], sys.argv[3])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", default="/tmp/prolora-vllm-interop")
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--max-new-tokens", type=int, default=24)
     parser.add_argument("--throughput-tokens", type=int, default=64)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of the transformers engine "
+                        "(vLLM's CPU build computes on all cores but one: one core on a 2-core machine)")
+    parser.add_argument("--max-loras", type=int, default=2, help="vLLM's adapter slots (--max-loras)")
     parser.add_argument("--std", type=float, default=0.03, help="std of the random compact tensors")
     parser.add_argument("--ready-timeout", type=float, default=600)
     args = parser.parse_args()
@@ -179,30 +230,35 @@ def main() -> int:
     expected = reference(base_dir, folder, jobs, args.max_new_tokens)
     summary["reference_s"] = time.perf_counter() - t0
     log(f"transformers reference: {len(jobs)} continuations in {summary['reference_s']:.1f} s")
-    distinct = {tuple(e) for e in expected[:3]}
     summary["adapters_change_outputs"] = len({tuple(expected[i]) for i in range(len(jobs)) if jobs[i][1] == ids[0]}) > 1
 
-    server = start_server(base_dir, EMBEDDED_HUB_ID, folder, cache, args.port, work / "vllm.log", args.threads)
+    server = start_server(base_dir, EMBEDDED_HUB_ID, folder, cache, args.port, work / "vllm.log", args.threads,
+                          args.max_loras)
+    phases: dict = {}
     try:
         summary["server_ready_s"] = wait_ready(server, args.port, args.ready_timeout)
         log(f"vLLM ready in {summary['server_ready_s']:.1f} s")
-        t0 = time.perf_counter()
-        with cf.ThreadPoolExecutor(len(jobs)) as pool:  # all at once: vLLM batches them together
-            futures = [pool.submit(complete, args.port, name or EMBEDDED_HUB_ID, p, args.max_new_tokens, 600)
-                       for name, p in jobs]
-            got = [f.result() for f in futures]
-        summary["mixed_batch_s"] = time.perf_counter() - t0
-        results = []
-        for (name, p), want, have in zip(jobs, expected, got):
-            results.append({"adapter": name, "prompt": tok.decode(p), "equal": want == have,
-                            "transformers": tok.decode(want), "vllm": tok.decode(have)})
-        summary["equality"] = {"requests": len(jobs), "equal": sum(r["equal"] for r in results),
-                               "distinct_outputs_first_three": len(distinct)}
-        summary["outputs"] = results
-        log(f"mixed batch of {len(jobs)} (2 PRoLoRA adapters + base): {summary['equality']['equal']}/{len(jobs)} "
-            f"equal token for token ({summary['mixed_batch_s']:.1f} s, including first-use export and load)")
-        exported = sorted(p.name for p in (cache / "lora").iterdir())
-        summary["exported_once"] = exported
+        for phase in ("mixed batch, adapters resolved on first use", "mixed batch, adapters loaded"):
+            t0 = time.perf_counter()
+            got = run_batch(args.port, jobs, args.max_new_tokens)
+            phases[phase] = compare(tok, jobs, expected, got, time.perf_counter() - t0)
+        base_jobs = [j for j in jobs if j[0] is None]
+        phases["base model alone, adapters loaded"] = compare(
+            tok, base_jobs, [e for j, e in zip(jobs, expected) if j[0] is None], run_batch(args.port, base_jobs,
+                                                                                           args.max_new_tokens), 0)
+        adapter_jobs = [j for j in jobs if j[0] is not None]
+        phases["adapters only (no base rows)"] = compare(
+            tok, adapter_jobs, [e for j, e in zip(jobs, expected) if j[0] is not None],
+            run_batch(args.port, adapter_jobs, args.max_new_tokens), 0)
+        summary["phases"] = phases
+        for phase, r in phases.items():
+            log(f"{phase}: {r['equal']}/{r['requests']} equal token for token "
+                f"(base rows {r['base_equal']}/{r['base_requests']}; {r['seconds']:.1f} s)")
+        exported = sorted((cache / "lora").iterdir())
+        summary["exported_once"] = [p.name for p in exported]
+        summary["adapter_bytes"] = {
+            name: {"prolora": (folder / name / "adapter_model.safetensors").stat().st_size} for name in ("pro-a", "pro-b")}
+        summary["dense_lora_bytes"] = [(p / "adapter_model.safetensors").stat().st_size for p in exported]
         # throughput: the base model, batch of prompts, fixed number of new tokens
         batch = [ids[i % len(ids)] for i in range(8)]
         complete(args.port, EMBEDDED_HUB_ID, batch[0], 2, 600)  # warm-up
@@ -234,7 +290,7 @@ def main() -> int:
     summary["throughput_transformers"] = transformers_throughput(batch, args.throughput_tokens, args.threads)
     log(f"transformers throughput: {summary['throughput_transformers']}")
     (work / "summary.json").write_text(json.dumps(summary, indent=2))
-    ok = summary["equality"]["equal"] == len(jobs)
+    ok = bool(phases) and all(r["equal"] == r["requests"] for r in phases.values())
     log(f"{'PASS' if ok else 'FAIL'}: summary in {work / 'summary.json'}")
     return 0 if ok else 1
 

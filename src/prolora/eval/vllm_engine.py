@@ -75,7 +75,7 @@ class VllmAdapters:
 
 def load(model_name: str | None, adapter_specs: list[str], chat_format: str | None, settings):
     """The :class:`~prolora.eval.runner.Loaded` of the vLLM engine: an lm-eval ``VLLM`` (float32, LoRA
-    enabled when there are adapters) behind a :class:`VllmAdapters`, and the tokenizer prompts are built with.
+    enabled with one slot per adapter and a spare when there are adapters) behind a :class:`VllmAdapters`, and the tokenizer prompts are built with.
 
     Raises:
         ImportError: vLLM is not installed, with the install command.
@@ -115,7 +115,9 @@ def load(model_name: str | None, adapter_specs: list[str], chat_format: str | No
 
     # the transformers engine (lm-eval's HFLM) truncates prompts to the model's context length: the same here
     context = getattr(AutoConfig.from_pretrained(base_dir), "max_position_embeddings", None)
-    extra = {"max_loras": max(1, len(dense)), "enable_lora": True} if dense else {}
+    # one spare slot: vLLM 0.32's CPU LoRA kernels give base-model rows (adapter id -1) the adapter in the last
+    # slot when a batch mixes them with adapter rows (docs/vllm.md); an empty last slot keeps them right
+    extra = {"max_loras": len(dense) + 1, "enable_lora": True} if dense else {}
     lm = VLLM(pretrained=base_dir, dtype="float32", batch_size=settings.batch_size, seed=settings.seed,
               max_model_len=context, max_lora_rank=max_lora_rank(list(dense.values())), **extra)
     return Loaded(VllmAdapters(lm, dense, peft_types), tokenizer, model_id, {s.name: s.path for s in specs},
