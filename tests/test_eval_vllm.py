@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from test_eval_cli import FIXTURES, make_tiny_model
 
 from prolora.cli import main
@@ -60,10 +61,16 @@ def test_vllm_engine_gives_the_transformers_engines_predictions(tmp_path):
     """A tiny Llama with a PRoLoRA adapter (exported on the fly): same GSM8K text and scores on both engines."""
     pytest.importorskip("vllm")
     from test_tuner import _randomise
+    from transformers import LlamaForCausalLM
 
     from prolora import PRoLoRAConfig, get_prolora_model
 
-    model, tokenizer = make_tiny_model()
+    small, tokenizer = make_tiny_model()
+    config = small.config
+    config.hidden_size, config.intermediate_size, config.num_attention_heads = 128, 128, 2
+    config.num_key_value_heads, config.head_dim = 1, 64  # head_dim 64: vLLM's CPU attention has no kernel for tiny heads
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config).eval()
     model.save_pretrained(tmp_path / "model")
     tokenizer.save_pretrained(tmp_path / "model")
     pm = get_prolora_model(model, PRoLoRAConfig(r=8, unshared_r=1, sharing_rate_a=2, sharing_rate_b=2,

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 
+_CPU_KV_CACHE_GIB = 4  # KV cache of vLLM's CPU build, unless VLLM_CPU_KVCACHE_SPACE (GiB) says otherwise
 # vLLM's LoRA slots come in these ranks (its --max-lora-rank choices)
 _VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
@@ -118,6 +120,12 @@ def load(model_name: str | None, adapter_specs: list[str], chat_format: str | No
     # one spare slot: vLLM 0.32's CPU LoRA kernels give base-model rows (adapter id -1) the adapter in the last
     # slot when a batch mixes them with adapter rows (docs/vllm.md); an empty last slot keeps them right
     extra = {"max_loras": len(dense) + 1, "enable_lora": True} if dense else {}
+    from vllm.platforms import current_platform
+
+    if current_platform.is_cpu() and not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
+        # vLLM's CPU build otherwise reserves 92% of the machine's memory (--gpu-memory-utilization) and
+        # refuses to start when that much is not free
+        extra["kv_cache_memory_bytes"] = _CPU_KV_CACHE_GIB << 30
     lm = VLLM(pretrained=base_dir, dtype="float32", batch_size=settings.batch_size, seed=settings.seed,
               max_model_len=context, max_lora_rank=max_lora_rank(list(dense.values())), **extra)
     return Loaded(VllmAdapters(lm, dense, peft_types), tokenizer, model_id, {s.name: s.path for s in specs},
