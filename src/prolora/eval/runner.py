@@ -181,7 +181,7 @@ def run_eval(model_name: str | None, adapter_specs: list[str], benchmarks: list[
     if engine == "vllm":
         from .vllm_engine import load as load_vllm
 
-        loaded = load_vllm(model_name, adapter_specs, settings.chat_format, settings)
+        loaded = load_vllm(model_name, adapter_specs, settings.chat_format, settings, reserved=BASE_LABEL)
     else:
         loaded = load(model_name, adapter_specs, settings.chat_format, device)
     settings = replace(settings, chat_format=settings.chat_format or loaded.chat_format)

@@ -75,9 +75,22 @@ class VllmAdapters:
             self.lm.lora_request = previous
 
 
-def load(model_name: str | None, adapter_specs: list[str], chat_format: str | None, settings):
-    """The :class:`~prolora.eval.runner.Loaded` of the vLLM engine: an lm-eval ``VLLM`` (float32, LoRA
-    enabled with one slot per adapter and a spare when there are adapters) behind a :class:`VllmAdapters`, and the tokenizer prompts are built with.
+@dataclass(frozen=True)
+class VllmLoaded:
+    """What :mod:`.runner` needs of a loaded model (the fields of its ``Loaded``), for the vLLM engine."""
+
+    model: VllmAdapters
+    tokenizer: object
+    model_id: str
+    adapters: dict[str, str]  # name -> adapter directory, in load order
+    chat_format: str
+
+
+def load(model_name: str | None, adapter_specs: list[str], chat_format: str | None, settings,
+         reserved: str = "base") -> VllmLoaded:
+    """The vLLM engine: an lm-eval ``VLLM`` (float32, LoRA enabled with one slot per adapter and a spare
+    when there are adapters) behind a :class:`VllmAdapters`, and the tokenizer prompts are built with.
+    ``reserved``: a name no adapter may take (the base model's row).
 
     Raises:
         ImportError: vLLM is not installed, with the install command.
@@ -88,8 +101,6 @@ def load(model_name: str | None, adapter_specs: list[str], chat_format: str | No
     from prolora.inference.generation import AdapterSpec
     from prolora.inference.vllm_plugin import dense_base_model, dense_lora, read_peft_type
 
-    from .runner import BASE_LABEL, Loaded
-
     if vllm_version() is None:
         raise ImportError("--engine vllm needs vLLM: build its environment with scripts/vllm_env.sh "
                           "(docs/vllm.md), or use --engine transformers")
@@ -97,8 +108,8 @@ def load(model_name: str | None, adapter_specs: list[str], chat_format: str | No
     names = [s.name for s in specs]
     if len(set(names)) < len(names):
         raise ValueError(f"adapter names {names} repeat; name them with NAME=PATH")
-    if BASE_LABEL in names:
-        raise ValueError(f"an adapter may not be named {BASE_LABEL!r}; rename it with NAME=PATH")
+    if reserved in names:
+        raise ValueError(f"an adapter may not be named {reserved!r}; rename it with NAME=PATH")
     configs = [s.run_config for s in specs if s.run_config]
     if model_name is None and len({c.get("model") for c in configs}) > 1:
         raise ValueError("the adapters were trained on different base models; pass --model")
@@ -128,5 +139,5 @@ def load(model_name: str | None, adapter_specs: list[str], chat_format: str | No
         extra["kv_cache_memory_bytes"] = _CPU_KV_CACHE_GIB << 30
     lm = VLLM(pretrained=base_dir, dtype="float32", batch_size=settings.batch_size, seed=settings.seed,
               max_model_len=context, max_lora_rank=max_lora_rank(list(dense.values())), **extra)
-    return Loaded(VllmAdapters(lm, dense, peft_types), tokenizer, model_id, {s.name: s.path for s in specs},
-                  chat_format)
+    return VllmLoaded(VllmAdapters(lm, dense, peft_types), tokenizer, model_id, {s.name: s.path for s in specs},
+                      chat_format)
