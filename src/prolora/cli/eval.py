@@ -24,6 +24,9 @@ def add_arguments(parser) -> None:
                             "repeat to evaluate several, each as its own row")
     model.add_argument("--include-base", action="store_true",
                        help="with --adapter, also evaluate the base model alone (always done without adapters)")
+    model.add_argument("--engine", choices=("transformers", "vllm"), default="transformers",
+                       help="transformers (default), or vllm: the same benchmarks through lm-eval's vLLM backend, "
+                            "PRoLoRA adapters exported to dense LoRA on the fly (needs vLLM: docs/vllm.md)")
     model.add_argument("--device", default="auto", help="cpu, cuda, cuda:N (default: cuda when available)")
     model.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice). On a CPU shared with "
                        "other jobs, 1 can be many times faster: idle threads wait for each other at every operation")
@@ -163,8 +166,8 @@ def _evaluate(args, benchmarks, sources) -> int:
         results = run_eval(
             args.model, args.adapter, benchmarks, sources, settings, include_base=args.include_base,
             loss_source=args.loss_data, loss_max_length=args.loss_max_length, device=_device(args.device),
-            output_dir=args.output_dir)
-    except (DataError, SandboxUnavailable, ValueError, FileNotFoundError) as exc:
+            output_dir=args.output_dir, engine=args.engine)
+    except (DataError, SandboxUnavailable, ValueError, FileNotFoundError, ImportError) as exc:
         print(f"prolora eval: error: {exc}", file=sys.stderr)
         return 2
     print(markdown(results))

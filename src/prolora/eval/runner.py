@@ -228,22 +228,33 @@ def score_predictions(predictions_file: str, sources: DataSources, settings: Eva
 
 def run_eval(model_name: str | None, adapter_specs: list[str], benchmarks: list[str], sources: DataSources,
              settings: EvalSettings, *, include_base: bool = False, loss_source: str | None = None,
-             loss_max_length: int = 512, device: str = "cpu", output_dir: str | None = None) -> dict:
+             loss_max_length: int = 512, device: str = "cpu", output_dir: str | None = None,
+             engine: str = "transformers") -> dict:
     """Evaluate the base model (when there are no adapters or ``include_base``) and every adapter on
     ``benchmarks``; returns the results (the content of ``results.json``).
 
     With ``output_dir``, each benchmark's predictions and the results so far are written as soon as the
     benchmark finishes (``results.json`` says ``"complete": false`` until the end), so a long run that
     stops early keeps what it finished. ``settings.chat_format=None`` takes the chat format the adapters
-    were trained with (else ``tulu``).
+    were trained with (else ``tulu``). ``engine``: ``transformers`` (lm-eval's HFLM on the loaded model) or
+    ``vllm`` (lm-eval's vLLM backend, :mod:`.vllm_engine`; same prompts and metrics; no ``loss_source``).
     """
+    if engine not in ("transformers", "vllm"):
+        raise ValueError(f"engine {engine!r}: choose transformers or vllm")
+    if engine == "vllm" and loss_source is not None:
+        raise ValueError("--loss-data needs the model's logits in this process: use --engine transformers")
     from .harness import wrap_model
     from .report import write_predictions, write_results
 
     started = time.perf_counter()
     raw = read_all(benchmarks, sources)
     read_s = time.perf_counter() - started
-    loaded = load(model_name, adapter_specs, settings.chat_format, device)
+    if engine == "vllm":
+        from .vllm_engine import load as load_vllm
+
+        loaded = load_vllm(model_name, adapter_specs, settings.chat_format, settings, reserved=BASE_LABEL)
+    else:
+        loaded = load(model_name, adapter_specs, settings.chat_format, device)
     settings = replace(settings, chat_format=settings.chat_format or loaded.chat_format)
     load_s = time.perf_counter() - started - read_s
     _log(f"model and {len(loaded.adapters)} adapter(s) loaded in {load_s:.1f} s")
@@ -262,10 +273,15 @@ def run_eval(model_name: str | None, adapter_specs: list[str], benchmarks: list[
         "seeds": {"python": settings.seed, "numpy": settings.seed, "torch": settings.seed},
         "sandbox": sandbox,
         "environment": environment(device),
+        "engine": engine,
         "runs": [],
         "timings": {"read_s": read_s, "load_s": load_s, "prepare_s": prepare_s, "total_s": None},
     }
-    lm = wrap_model(loaded.model, loaded.tokenizer, settings.batch_size)
+    if engine == "vllm":
+        from .vllm_engine import vllm_version
+
+        results["environment"]["vllm"] = vllm_version()
+    lm = loaded.model.lm if engine == "vllm" else wrap_model(loaded.model, loaded.tokenizer, settings.batch_size)
     labels = ([BASE_LABEL] if include_base or not loaded.adapters else []) + list(loaded.adapters)
     for label in labels:
         def save(bench, scores, predictions, timings, label=label):

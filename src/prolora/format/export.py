@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from prolora.base_models import model_name
 from prolora.files import atomic_write
 from prolora.tuner import PRoLoRAConfig, prolora_modules
 
@@ -67,11 +68,13 @@ def export_lora(model_or_path, out_dir: str | os.PathLike, adapter_name: str = "
         weights[f"base_model.model.{module}.lora_B.weight"] = b.to(dtype or b.dtype).contiguous()
         ranks[module] = a.shape[0]
     alphas = {module: config.module_values(module)["lora_alpha"] for module in factors}
+    # the name servers know the base model by (adapters saved before 0.2 record the embedded model's folder)
+    base_name = model_name(config.base_model_name_or_path) if config.base_model_name_or_path else None
     lora = LoraConfig(
         r=config.r, lora_alpha=config.lora_alpha, target_modules=sorted(factors),
         rank_pattern={k: v for k, v in ranks.items() if v != config.r},
         alpha_pattern={k: v for k, v in alphas.items() if v != config.lora_alpha},
-        fan_in_fan_out=config.fan_in_fan_out, base_model_name_or_path=config.base_model_name_or_path,
+        fan_in_fan_out=config.fan_in_fan_out, base_model_name_or_path=base_name,
         task_type=config.task_type, bias="none", lora_dropout=0.0,
     )
     out = Path(out_dir)

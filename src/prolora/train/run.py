@@ -24,7 +24,7 @@ import os
 import shutil
 import time
 
-from prolora.base_models import DEFAULT_MODEL, load_base_model, resolve_quantization
+from prolora.base_models import DEFAULT_MODEL, load_base_model, model_file, model_name, resolve_quantization
 from prolora.files import write_json
 from prolora.format import ADAPTER_DIR
 from prolora.method_presets import PROLORA_METHODS
@@ -263,7 +263,9 @@ def train(config: TrainConfig, *, base_model=None, adapter_config=None) -> dict:
             write_json(os.path.join(output_dir, "run_config.json"),
                        {**config.to_dict(), "output_dir": output_dir, "quantization_resolved": quantization,
                         "optim_resolved": args.optim.value, "gradient_accumulation_steps": args.gradient_accumulation_steps,
-                        "world_size": world_size, "resumed_from": checkpoint})
+                        "world_size": world_size, "resumed_from": checkpoint,
+                        # the adapter records the model's name (base_model_name_or_path); its local file here
+                        "base_model_name": model_name(config.model), "base_model_file": model_file(config.model)})
 
         set_seed(config.seed)  # the adapter's random initialisation
         model = base_model if base_model is not None else load_base_model(config.model, quantization)

@@ -1,0 +1,316 @@
+"""vLLM interop check (run by scripts/vllm_interop.sh in the vLLM environment; not part of the test suite).
+
+1. Two PRoLoRA adapters on the embedded SmolLM2-135M-Instruct (random compact tensors, saved with
+   ``save_pretrained``) in an adapters folder; the embedded model written as a float32 folder for vLLM.
+2. Reference: prolora's transformers path (PeftModel with both adapters), greedy, one prompt at a time.
+3. vLLM's OpenAI server (``python -m vllm.entrypoints.openai.api_server``, float32) with prolora's resolver
+   plugin (``PROLORA_VLLM_ADAPTERS_DIR``, runtime LoRA updating on): a mixed batch of requests for the two
+   adapters and the base model, sent at once; every greedy output must equal the reference token for token.
+4. Throughput of the two engines on the embedded model: the same batch of prompts, the same number of new
+   tokens (EOS ignored), measured in one run.
+Writes ``summary.json`` in the work folder and exits non-zero when any output differs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+PROMPTS = [
+    "The capital of France is",
+    "def fibonacci(n):",
+    "Q: Tom has 3 apples and buys 5 more. How many apples does he have?\nA:",
+    "Once upon a time, in a small village,",
+    "List three primary colors:",
+    "Translate to French: Good morning, my friend.",
+]
+
+
+def log(message: str) -> None:
+    print(f"[interop {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def make_adapters(folder: Path, seeds: dict[str, int], std: float) -> None:
+    """PRoLoRA adapters with random compact tensors (A and B both non-zero), saved as prolora saves them."""
+    import torch
+    from peft import get_peft_model
+
+    from prolora import PRoLoRAConfig
+    from prolora.base_models import load_model
+
+    for name, seed in seeds.items():
+        if (folder / name / "adapter_config.json").is_file():
+            continue
+        model = get_peft_model(load_model(), PRoLoRAConfig(r=8, unshared_r=1, sharing_rate_a=2, sharing_rate_b=2,
+                                                           lora_alpha=16, target_modules=TARGETS))
+        g = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for pname, p in model.named_parameters():
+                if "prolora_" in pname:
+                    p.copy_(torch.randn(p.shape, generator=g) * std)
+        model.save_pretrained(folder / name)
+
+
+def reference(base_dir: str, folder: Path, jobs: list[tuple[str | None, list[int]]], max_new: int) -> list[list[int]]:
+    """Greedy continuations with prolora's transformers path (PeftModel + PRoLoRA layers), one at a time."""
+    import torch
+    from peft import PeftModel
+
+    import prolora  # noqa: F401  (registers PRoLoRA with PEFT)
+    from prolora.base_models import load_model
+
+    names = sorted({n for n, _ in jobs if n})
+    model = PeftModel.from_pretrained(load_model(), folder / names[0], adapter_name=names[0])
+    for name in names[1:]:
+        model.load_adapter(folder / name, adapter_name=name)
+    model.eval()
+    outs = []
+    for name, ids in jobs:
+        x = torch.tensor([ids])
+        with torch.inference_mode():
+            if name is None:
+                with model.disable_adapter():
+                    out = model.generate(input_ids=x, max_new_tokens=max_new, do_sample=False, pad_token_id=0)
+            else:
+                model.set_adapter(name)
+                out = model.generate(input_ids=x, max_new_tokens=max_new, do_sample=False, pad_token_id=0)
+        outs.append(out[0, len(ids):].tolist())
+    return outs
+
+
+def transformers_throughput(prompts: list[list[int]], new_tokens: int, threads: int, folder: Path | None = None,
+                            ) -> dict:
+    """Tokens/s of a batched greedy ``generate`` on the embedded model (left padding, EOS ignored); with
+    ``folder``, through prolora's PRoLoRA layers with the batch's rows alternating between pro-a and pro-b
+    (PEFT's mixed-batch ``adapter_names``)."""
+    import torch
+
+    from prolora.base_models import load_model
+
+    torch.set_num_threads(threads)
+    model = load_model().eval()
+    kwargs = {}
+    if folder is not None:
+        from peft import PeftModel
+
+        import prolora  # noqa: F401
+
+        model = PeftModel.from_pretrained(model, folder / "pro-a", adapter_name="pro-a")
+        model.load_adapter(folder / "pro-b", adapter_name="pro-b")
+        model.eval()
+        kwargs["adapter_names"] = [["pro-a", "pro-b"][i % 2] for i in range(len(prompts))]
+    width = max(len(p) for p in prompts)
+    ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    with torch.inference_mode():
+        model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=2, do_sample=False,
+                       pad_token_id=0, **kwargs)  # warm-up
+        started = time.perf_counter()
+        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                             do_sample=False, pad_token_id=0, **kwargs)
+        seconds = time.perf_counter() - started
+    generated = (out.shape[1] - width) * len(prompts)
+    return {"sequences": len(prompts), "new_tokens": generated, "seconds": seconds, "tokens_per_s": generated / seconds}
+
+
+def post(port: int, path: str, body: dict, timeout: float) -> dict:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return json.loads(response.read())
+
+
+def complete(port: int, model: str, ids: list[int], max_new: int, timeout: float, ignore_eos: bool = False) -> list[int]:
+    body = {"model": model, "prompt": ids, "max_tokens": max_new, "temperature": 0.0, "return_token_ids": True,
+            "ignore_eos": ignore_eos}
+    choice = post(port, "/v1/completions", body, timeout)["choices"][0]
+    return choice["token_ids"]
+
+
+def run_batch(port: int, jobs, max_new: int) -> list[list[int]]:
+    """Send every job at once (vLLM batches them together); the adapter name is the request's model."""
+    from prolora.base_models import EMBEDDED_HUB_ID
+
+    with cf.ThreadPoolExecutor(len(jobs)) as pool:
+        futures = [pool.submit(complete, port, name or EMBEDDED_HUB_ID, p, max_new, 600) for name, p in jobs]
+        return [f.result() for f in futures]
+
+
+def compare(tok, jobs, expected, got, seconds: float) -> dict:
+    rows = [{"adapter": name, "prompt": tok.decode(p), "equal": want == have, "transformers": tok.decode(want),
+             "vllm": tok.decode(have)} for (name, p), want, have in zip(jobs, expected, got)]
+    base = [r for r in rows if r["adapter"] is None]
+    return {"requests": len(rows), "equal": sum(r["equal"] for r in rows), "base_requests": len(base),
+            "base_equal": sum(r["equal"] for r in base), "seconds": seconds, "outputs": rows}
+
+
+def start_server(base_dir: str, served: str, folder: Path, cache: Path, port: int, log_path: Path,
+                 threads: int, max_loras: int) -> subprocess.Popen:
+    env = {**os.environ, "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True", "PROLORA_VLLM_ADAPTERS_DIR": str(folder),
+           "PROLORA_VLLM_CACHE_DIR": str(cache), "VLLM_CPU_KVCACHE_SPACE": "2", "OMP_NUM_THREADS": str(threads)}
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", base_dir, "--dtype", "float32",
+           "--host", "127.0.0.1", "--port", str(port), "--enable-lora", "--max-lora-rank", "8", "--max-loras", str(max_loras),
+           "--max-model-len", "2048", "--served-model-name", served]
+    log(f"starting vLLM: {' '.join(cmd)}")
+    return subprocess.Popen(cmd, env=env, stdout=open(log_path, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def wait_ready(server: subprocess.Popen, port: int, deadline_s: float) -> float:
+    started = time.perf_counter()
+    while time.perf_counter() - started < deadline_s:
+        if server.poll() is not None:
+            raise RuntimeError(f"vLLM exited with code {server.returncode} before it was ready")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5):
+                return time.perf_counter() - started
+        except OSError:
+            time.sleep(2)
+    raise TimeoutError(f"vLLM was not ready within {deadline_s:.0f} s")
+
+
+def compare_eval(transformers_dir: str, vllm_dir: str) -> int:
+    """Compare two ``prolora eval`` outputs: scores per run and benchmark, and greedy GSM8K responses."""
+    runs = {}
+    for engine, out in (("transformers", transformers_dir), ("vllm", vllm_dir)):
+        results = json.loads((Path(out) / "results.json").read_text())
+        runs[engine] = {r["label"]: r for r in results["runs"]}
+        runs[engine]["_total_s"] = results["timings"]["total_s"]
+    same = True
+    for label, run in runs["transformers"].items():
+        if label.startswith("_"):
+            continue
+        for bench, score in run["scores"].items():
+            other = runs["vllm"][label]["scores"][bench]
+            headline = {k: v for k, v in score.items() if isinstance(v, (int, float))}
+            other_headline = {k: v for k, v in other.items() if isinstance(v, (int, float))}
+            equal = headline == other_headline
+            same &= equal
+            print(f"{label:8s} {bench:10s} transformers {headline}  vllm {other_headline}  "
+                  f"{'same' if equal else 'DIFFERENT'}; seconds {run['timings'][bench]['seconds']:.1f} vs "
+                  f"{runs['vllm'][label]['timings'][bench]['seconds']:.1f}")
+        responses = []
+        for engine, out in (("transformers", transformers_dir), ("vllm", vllm_dir)):
+            rows = (Path(out) / "predictions" / label / "gsm8k.jsonl").read_text().splitlines()
+            responses.append([json.loads(row)["response"] for row in rows])
+        print(f"{label:8s} gsm8k responses identical: {responses[0] == responses[1]}")
+    print(f"total seconds: transformers {runs['transformers']['_total_s']:.1f}, vllm {runs['vllm']['_total_s']:.1f}")
+    print("EVAL", "PASS: same scores" if same else "DIFFERENT scores")
+    return 0 if same else 1
+
+
+def main() -> int:
+    if sys.argv[1:2] == ["compare-eval"]:
+        return compare_eval(sys.argv[2], sys.argv[3])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", default="/tmp/prolora-vllm-interop")
+    parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--max-new-tokens", type=int, default=24)
+    parser.add_argument("--throughput-tokens", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of the transformers engine "
+                        "(vLLM's CPU build computes on all cores but one: one core on a 2-core machine)")
+    parser.add_argument("--max-loras", type=int, default=2, help="vLLM's adapter slots (--max-loras)")
+    parser.add_argument("--std", type=float, default=0.03, help="std of the random compact tensors")
+    parser.add_argument("--ready-timeout", type=float, default=600)
+    args = parser.parse_args()
+
+    from prolora.base_models import EMBEDDED_HUB_ID, load_tokenizer
+    from prolora.inference.vllm_plugin import dense_base_model
+
+    work = Path(args.workdir)
+    folder, cache = work / "adapters", work / "cache"
+    folder.mkdir(parents=True, exist_ok=True)
+    summary: dict = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    t0 = time.perf_counter()
+    base_dir = str(dense_base_model(None, cache))
+    make_adapters(folder, {"pro-a": 1, "pro-b": 2}, args.std)
+    summary["prepare_s"] = time.perf_counter() - t0
+    log(f"base model folder {base_dir}; adapters in {folder} ({summary['prepare_s']:.1f} s)")
+
+    tok = load_tokenizer()
+    ids = [tok(p, add_special_tokens=False)["input_ids"] for p in PROMPTS]
+    names = ["pro-a", "pro-b", None]
+    jobs = [(names[i % 3], ids[i]) for i in range(len(ids))] + [(names[(i + 1) % 3], ids[i]) for i in range(len(ids))]
+    t0 = time.perf_counter()
+    expected = reference(base_dir, folder, jobs, args.max_new_tokens)
+    summary["reference_s"] = time.perf_counter() - t0
+    log(f"transformers reference: {len(jobs)} continuations in {summary['reference_s']:.1f} s")
+    summary["adapters_change_outputs"] = len({tuple(expected[i]) for i in range(len(jobs)) if jobs[i][1] == ids[0]}) > 1
+
+    server = start_server(base_dir, EMBEDDED_HUB_ID, folder, cache, args.port, work / "vllm.log", args.threads,
+                          args.max_loras)
+    phases: dict = {}
+    try:
+        summary["server_ready_s"] = wait_ready(server, args.port, args.ready_timeout)
+        log(f"vLLM ready in {summary['server_ready_s']:.1f} s")
+        for phase in ("mixed batch, adapters resolved on first use", "mixed batch, adapters loaded"):
+            t0 = time.perf_counter()
+            got = run_batch(args.port, jobs, args.max_new_tokens)
+            phases[phase] = compare(tok, jobs, expected, got, time.perf_counter() - t0)
+        base_jobs = [j for j in jobs if j[0] is None]
+        phases["base model alone, adapters loaded"] = compare(
+            tok, base_jobs, [e for j, e in zip(jobs, expected) if j[0] is None], run_batch(args.port, base_jobs,
+                                                                                           args.max_new_tokens), 0)
+        adapter_jobs = [j for j in jobs if j[0] is not None]
+        phases["adapters only (no base rows)"] = compare(
+            tok, adapter_jobs, [e for j, e in zip(jobs, expected) if j[0] is not None],
+            run_batch(args.port, adapter_jobs, args.max_new_tokens), 0)
+        summary["phases"] = phases
+        for phase, r in phases.items():
+            log(f"{phase}: {r['equal']}/{r['requests']} equal token for token "
+                f"(base rows {r['base_equal']}/{r['base_requests']}; {r['seconds']:.1f} s)")
+        exported = sorted((cache / "lora").iterdir())
+        summary["exported_once"] = [p.name for p in exported]
+        summary["adapter_bytes"] = {
+            name: {"prolora": (folder / name / "adapter_model.safetensors").stat().st_size} for name in ("pro-a", "pro-b")}
+        summary["dense_lora_bytes"] = [(p / "adapter_model.safetensors").stat().st_size for p in exported]
+        # throughput: the base model, batch of prompts, fixed number of new tokens
+        batch = [ids[i % len(ids)] for i in range(8)]
+        complete(args.port, EMBEDDED_HUB_ID, batch[0], 2, 600)  # warm-up
+        t0 = time.perf_counter()
+        with cf.ThreadPoolExecutor(len(batch)) as pool:
+            outs = list(pool.map(lambda p: complete(args.port, EMBEDDED_HUB_ID, p, args.throughput_tokens, 600,
+                                                    ignore_eos=True), batch))
+        seconds = time.perf_counter() - t0
+        generated = sum(len(o) for o in outs)
+        summary["throughput_vllm"] = {"sequences": len(batch), "new_tokens": generated, "seconds": seconds,
+                                      "tokens_per_s": generated / seconds}
+        # the same batch through both adapters mixed
+        t0 = time.perf_counter()
+        with cf.ThreadPoolExecutor(len(batch)) as pool:
+            outs = list(pool.map(lambda a: complete(args.port, ["pro-a", "pro-b"][a[0] % 2], a[1],
+                                                    args.throughput_tokens, 600, ignore_eos=True), enumerate(batch)))
+        seconds = time.perf_counter() - t0
+        generated = sum(len(o) for o in outs)
+        summary["throughput_vllm_mixed_adapters"] = {"sequences": len(batch), "new_tokens": generated,
+                                                     "seconds": seconds, "tokens_per_s": generated / seconds}
+        log(f"vLLM throughput: {summary['throughput_vllm']}; mixed adapters: "
+            f"{summary['throughput_vllm_mixed_adapters']}")
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+    summary["throughput_transformers"] = transformers_throughput(batch, args.throughput_tokens, args.threads)
+    log(f"transformers throughput: {summary['throughput_transformers']}")
+    (work / "summary.json").write_text(json.dumps(summary, indent=2))
+    summary["throughput_transformers_mixed_adapters"] = transformers_throughput(
+        batch, args.throughput_tokens, args.threads, folder)
+    log(f"transformers throughput, mixed adapters: {summary['throughput_transformers_mixed_adapters']}")
+    (work / "summary.json").write_text(json.dumps(summary, indent=2))
+    ok = bool(phases) and all(r["equal"] == r["requests"] for r in phases.values())
+    log(f"{'PASS' if ok else 'FAIL'}: summary in {work / 'summary.json'}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
