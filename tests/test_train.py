@@ -141,6 +141,19 @@ def test_defaults_are_appendix_a2():
     assert (c.lr_scheduler, c.warmup_ratio, c.group_by_length) == ("linear", 0.03, True)
 
 
+def test_micro_batch_size_does_not_change_the_step(tiny, tmp_path):
+    """The default micro-batch of 1 (the run's peak memory) reaches the adapter of one 4-example forward: the
+    Trainer normalises the loss over the whole batch, and the sampler groups whole batches."""
+    runs = {mb: adapter_tensors(train(config(tiny, tmp_path / f"mb{mb}", micro_batch_size=mb, lora_dropout=0.0,
+                                             learning_rate=1e-2, max_steps=3, heldout_size=0))["adapter_dir"])
+            for mb in (1, 4)}
+    assert runs[1].keys() == runs[4].keys()
+    for name, tensor in runs[4].items():
+        torch.testing.assert_close(runs[1][name], tensor, rtol=1e-4, atol=1e-6)
+    assert any(t.abs().sum() > 0 for name, t in runs[1].items() if "B" in name)  # it did train
+    assert TrainConfig().micro_batch_size == 1
+
+
 def test_flags_override_config_file(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text("method: lora\nr: 4\nlearning_rate: 0.001\ntarget_modules: [q_proj, v_proj]\n")

@@ -68,7 +68,10 @@ class TrainConfig:
     max_steps: int = _field(DEFAULT_MAX_STEPS, "optimizer steps (paper: 10k; see DEFAULT_STEPS_REASON)")
     batch_size: int = _field(16, "examples per optimizer step over all processes (App. A.2: 16); reached "
                              "by gradient accumulation over micro-batches")
-    micro_batch_size: int = _field(4, "examples per forward pass and process")
+    micro_batch_size: int = _field(1, "examples per forward pass and process; the activations of one micro-batch "
+                                   "are the run's peak memory (4 × 512 tokens of SmolLM2-135M: about 6 GB), while "
+                                   "the step's result does not depend on it (the loss is normalised over the whole "
+                                   "batch of --batch-size)")
     learning_rate: float = _field(2e-4, "peak learning rate (App. A.2: 2e-4)", "--lr")
     lr_shared_scale: float = _field(1.0, "learning rate of PRoLoRA's shared chunks A_0/B_0 as a multiple of "
                                     "--lr (paper Section 6; 1 = one rate, as in the paper)")
