@@ -67,12 +67,13 @@ def steps_logged(run_dir) -> list[int]:
 
 def test_train_writes_adapter_config_log_and_summary(tiny, tmp_path):
     out = tmp_path / "run"
-    summary = train(config(tiny, out, learning_rate=1e-2))
+    summary = train(config(tiny, out, learning_rate=1e-2, threads=1))
     assert sorted(os.listdir(out)) == ["adapter", "checkpoint-3", "checkpoint-6", "run_config.json",
                                        "summary.json", "train_log.jsonl"]
     assert json.loads((out / "summary.json").read_text()) == pytest.approx(summary)
     run_config = json.loads((out / "run_config.json").read_text())
     assert run_config["method"] == "prolora" and run_config["gradient_accumulation_steps"] == 2
+    assert run_config["threads_resolved"] == 1
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert [e["step"] for e in log] == [1, 2, 3, 4, 5, 6]
     assert all({"loss", "learning_rate", "grad_norm", "train_tokens_per_second"} <= set(e) for e in log)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import sys
 
+from prolora.threads import add_threads_argument, set_threads
+
 _BENCHMARKS = ("mmlu", "bbh", "gsm8k", "tydiqa", "humaneval")
 
 
@@ -23,8 +25,7 @@ def add_arguments(parser) -> None:
     model.add_argument("--include-base", action="store_true",
                        help="with --adapter, also evaluate the base model alone (always done without adapters)")
     model.add_argument("--device", default="auto", help="cpu, cuda, cuda:N (default: cuda when available)")
-    model.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice). On a CPU shared with "
-                       "other jobs, 1 can be many times faster: idle threads wait for each other at every operation")
+    add_threads_argument(model)
 
     data = parser.add_argument_group("data (the standard file formats; docs/eval.md shows the layout)")
     data.add_argument("--tasks", default=",".join(_BENCHMARKS),
@@ -107,11 +108,8 @@ def _evaluate(args, benchmarks, sources) -> int:
     from prolora.eval.settings import EvalSettings
     from prolora.eval.sources import DataError
 
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
     try:
+        set_threads(args.threads)
         settings = EvalSettings(
             chat_format=args.chat_format, limit=args.limit, batch_size=args.batch_size,
             max_new_tokens=args.max_new_tokens, seed=args.seed, mmlu_scoring=args.mmlu_scoring,

@@ -55,6 +55,9 @@ class TrainConfig:
                                "'auto' = nf4 when CUDA and bitsandbytes are available, else none",
                                choices=QUANTIZATION)
     gradient_checkpointing: bool = _field(False, "recompute activations in backward to save memory")
+    threads: int | None = _field(None, "torch CPU threads; default: one per core not busy with other processes "
+                                 "(from the load average; OMP_NUM_THREADS when set). On a shared CPU, more threads "
+                                 "than free cores is several times slower (docs/train.md)")
     # --- data ---------------------------------------------------------------------------------------------
     data: str | None = _field(None, "training data: .jsonl (messages or Alpaca), .json array, or a Hugging "
                               "Face dataset NAME[:SPLIT]; default: the embedded FLAN CoT set")
@@ -121,6 +124,9 @@ class TrainConfig:
                      "save_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be at least 1")
+        if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int)
+                                         or self.threads < 1):
+            raise ValueError(f"threads={self.threads!r} must be a whole number ≥ 1, or unset for the default")
         for name in ("heldout_size", "unshared_r", "save_total_limit"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be at least 0")
@@ -157,7 +163,7 @@ def _flag_type(f: dataclasses.Field):
     kind = str(f.type)
     if kind.startswith("bool"):
         return None  # handled by BooleanOptionalAction
-    return {"int": int, "float": float}.get(kind, str)
+    return {"int": int, "float": float, "int | None": int}.get(kind, str)
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:

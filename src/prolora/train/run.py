@@ -28,6 +28,7 @@ from prolora.base_models import DEFAULT_MODEL, load_base_model, resolve_quantiza
 from prolora.files import write_json
 from prolora.format import ADAPTER_DIR
 from prolora.method_presets import PROLORA_METHODS
+from prolora.threads import set_threads
 
 from .config import DEFAULT_MAX_STEPS, DEFAULT_STEPS_REASON, TrainConfig, default_output_dir
 
@@ -127,7 +128,8 @@ def training_arguments(config: TrainConfig, output_dir: str, world_size: int, qu
     )
 
 
-def _plan(config: TrainConfig, args, quantization: str, splits, world_size: int) -> list[str]:
+def _plan(config: TrainConfig, args, quantization: str, splits, world_size: int,
+          threads: tuple[int, str] = (1, "")) -> list[str]:
     """What the run will do, with the reason for the default step count."""
     import torch
 
@@ -145,6 +147,7 @@ def _plan(config: TrainConfig, args, quantization: str, splits, world_size: int)
         (f"prolora train — {adapter}, alpha {config.lora_alpha:g}, dropout {config.lora_dropout:g}, "
          f"target {config.target_modules}"),
         f"  model     : {config.model or DEFAULT_MODEL + ' (embedded SmolLM2-135M-Instruct)'} on {device}, {precision}",
+        *([] if torch.cuda.is_available() else [f"  threads   : {threads[0]} ({threads[1]})"]),
         (f"  data      : {config.data or 'embedded FLAN CoT'}: {len(splits.train):,} train{held} conversations, "
          f"{config.chat_format} format, at most {config.max_length} tokens"),
         (f"  steps     : {config.max_steps} × batch {config.batch_size} (micro-batch {config.micro_batch_size} × "
@@ -237,7 +240,18 @@ def train(config: TrainConfig, *, base_model=None, adapter_config=None) -> dict:
     quantization, world_size, adapter_identical_across_ranks (None for one process); interrupted (signal
     name or None).
     """
+    import torch
+
     started = time.perf_counter()
+    previous = torch.get_num_threads()
+    threads = set_threads(config.threads)
+    try:
+        return _train(config, threads, started, base_model, adapter_config)
+    finally:
+        torch.set_num_threads(previous)  # a library call leaves torch's setting as it found it
+
+
+def _train(config: TrainConfig, threads: tuple[int, str], started: float, base_model, adapter_config) -> dict:
     from accelerate.utils import gather_object
     from transformers import DataCollatorForSeq2Seq, set_seed
 
@@ -257,13 +271,13 @@ def train(config: TrainConfig, *, base_model=None, adapter_config=None) -> dict:
         splits = load_splits(tokenizer, config.data, config.heldout_data, config.heldout_size, config.max_length,
                              config.chat_format, config.seed)
         args = training_arguments(config, output_dir, world_size, quantization)
-        say(*_plan(config, args, quantization, splits, world_size))
+        say(*_plan(config, args, quantization, splits, world_size, threads))
         _report_issues(splits.issues, output_dir)
         if is_main_process():
             write_json(os.path.join(output_dir, "run_config.json"),
                        {**config.to_dict(), "output_dir": output_dir, "quantization_resolved": quantization,
                         "optim_resolved": args.optim.value, "gradient_accumulation_steps": args.gradient_accumulation_steps,
-                        "world_size": world_size, "resumed_from": checkpoint})
+                        "world_size": world_size, "threads_resolved": threads[0], "resumed_from": checkpoint})
 
         set_seed(config.seed)  # the adapter's random initialisation
         model = base_model if base_model is not None else load_base_model(config.model, quantization)
