@@ -68,7 +68,8 @@ class TrainConfig:
                               "'template': the tokenizer's chat template", choices=CHAT_FORMATS)
     max_length: int = _field(512, "tokens per example; longer ones are truncated and reported (App. A.2)")
     # --- optimisation (Appendix A.2) ----------------------------------------------------------------------
-    max_steps: int = _field(DEFAULT_MAX_STEPS, "optimizer steps (paper: 10k; see DEFAULT_STEPS_REASON)")
+    max_steps: int = _field(DEFAULT_MAX_STEPS, "optimizer steps (paper: 10k on an A100; the default is sized for a few "
+                                      "minutes on a CPU, and the run prints why)")
     batch_size: int = _field(16, "examples per optimizer step over all processes (App. A.2: 16); reached "
                              "by gradient accumulation over micro-batches")
     micro_batch_size: int = _field(1, "examples per forward pass and process; the activations of one micro-batch "

@@ -26,7 +26,6 @@ import time
 
 from prolora.base_models import DEFAULT_MODEL, load_base_model, resolve_quantization
 from prolora.files import write_json
-from prolora.format import ADAPTER_DIR
 from prolora.method_presets import PROLORA_METHODS
 from prolora.threads import set_threads
 
@@ -177,6 +176,7 @@ def _report_issues(issues, output_dir: str) -> None:
 def _save_adapter(model, trainer, output_dir: str) -> str:
     """Write the adapter to ``<output_dir>/adapter`` atomically (main process); returns that path."""
     from prolora.files import replace_dir
+    from prolora.format import ADAPTER_DIR  # here: prolora.format loads torch and peft
 
     final = os.path.join(output_dir, ADAPTER_DIR)
     if trainer.args.should_save:
