@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -153,6 +154,31 @@ def test_micro_batch_size_does_not_change_the_step(tiny, tmp_path):
         torch.testing.assert_close(runs[1][name], tensor, rtol=1e-4, atol=1e-6)
     assert any(t.abs().sum() > 0 for name, t in runs[1].items() if "B" in name)  # it did train
     assert TrainConfig().micro_batch_size == 1
+
+
+def test_three_step_summary_comes_from_totals(tiny, tmp_path):
+    """Logging every 5 steps, a 3-step run logs steps 1 and 3 (the last step always): its summary is the
+    mean over all three steps and the run's own tokens / time, not step 1's figures."""
+    every = train(config(tiny, tmp_path / "every", max_steps=3, logging_steps=1, heldout_size=0))
+    sparse = train(config(tiny, tmp_path / "sparse", max_steps=3, logging_steps=5, heldout_size=0))
+    per_step = [e["loss"] for e in map(json.loads, (tmp_path / "every" / "train_log.jsonl").read_text().splitlines())]
+    assert len(per_step) == 3 and steps_logged(tmp_path / "sparse") == [1, 3]
+    for summary in (every, sparse):
+        assert summary["train_loss_mean"] == pytest.approx(sum(per_step) / 3, rel=1e-4)
+        assert summary["session_steps"] == summary["steps"] == 3
+        assert summary["session_tokens"] == summary["train_tokens"] > 0
+        assert summary["tokens_per_s"] == pytest.approx(summary["train_tokens"] / summary["train_time_s"])
+    assert sparse["train_loss_final"] == pytest.approx((per_step[1] + per_step[2]) / 2, rel=1e-4)
+    assert sparse["train_loss_final_steps"] == 2 and every["train_loss_final_steps"] == 1
+
+
+def test_small_data_trains_with_an_adapted_heldout_split(tiny, tmp_path, capsys):
+    model, data = tiny
+    small = tmp_path / "small.jsonl"
+    small.write_text("".join(Path(data).read_text().splitlines(keepends=True)[:30]))
+    summary = train(config((model, str(small)), tmp_path / "run", max_steps=1, heldout_size=None))
+    assert summary["heldout_examples"] == 3 and summary["heldout_loss_adapter"] is not None
+    assert "held-out  : 3 drawn out of the data" in capsys.readouterr().out
 
 
 def test_flags_override_config_file(tmp_path):

@@ -2,8 +2,8 @@
 
 Defaults follow the paper's finetuning setup (Appendix A.2) except the number of steps: the paper trains
 LLaMA2-7B/13B for 10k steps on an A100; the default here (:data:`DEFAULT_MAX_STEPS`) is sized so that the
-embedded default (SmolLM2-135M on the embedded FLAN CoT set) finishes in about 5–10 minutes on a 2-core
-CPU (see :data:`DEFAULT_STEPS_REASON`).
+embedded default (SmolLM2-135M on the embedded FLAN CoT set) finishes in minutes on a CPU (see
+:data:`DEFAULT_STEPS_REASON`, printed by the run; docs/train.md gives measured times).
 
 Resolution order: dataclass defaults < ``--config FILE`` (YAML or JSON, keys are the field names) <
 command-line flags. The resolved values are written to ``run_config.json`` in the output directory.
@@ -23,8 +23,8 @@ from prolora.method_presets import METHODS
 DEFAULT_MAX_STEPS = 30
 DEFAULT_STEPS_REASON = (
     "the paper trains 10k steps on an A100; 30 steps of 16 examples (about 90k tokens of the embedded set) "
-    "take about 8-9 minutes on a 2-core CPU at the ~190 tokens/s measured there for SmolLM2-135M, and lower "
-    "the held-out loss below the base model's (longer under CPU contention)"
+    "lower the held-out loss below the base model's. The time depends on the CPU and what else runs on it: "
+    "the progress bar estimates it after the first step, and the summary gives the measured tokens/s"
 )
 QUANTIZATION = ("auto", "nf4", "none")
 
@@ -63,7 +63,9 @@ class TrainConfig:
                               "Face dataset NAME[:SPLIT]; default: the embedded FLAN CoT set")
     heldout_data: str | None = _field(None, "held-out data for the held-out loss (same formats); default: "
                                       "the embedded held-out split, or --heldout-size records of --data")
-    heldout_size: int = _field(64, "held-out examples (0 disables the held-out loss)")
+    heldout_size: int | None = _field(None, "held-out examples (0 disables the held-out loss); default 64, but "
+                                      "out of --data alone at most 1 in 10 (none under 10 examples); the run "
+                                      "says what it chose")
     chat_format: str = _field("tulu", "'tulu': <|user|>/<|assistant|> format of the paper (App. A.1); "
                               "'template': the tokenizer's chat template", choices=CHAT_FORMATS)
     max_length: int = _field(512, "tokens per example; longer ones are truncated and reported (App. A.2)")
@@ -128,7 +130,10 @@ class TrainConfig:
         if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int)
                                          or self.threads < 1):
             raise ValueError(f"threads={self.threads!r} must be a whole number ≥ 1, or unset for the default")
-        for name in ("heldout_size", "unshared_r", "save_total_limit"):
+        if self.heldout_size is not None and (isinstance(self.heldout_size, bool)
+                                              or not isinstance(self.heldout_size, int) or self.heldout_size < 0):
+            raise ValueError(f"heldout_size={self.heldout_size!r} must be a whole number ≥ 0, or unset for the default")
+        for name in ("unshared_r", "save_total_limit"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be at least 0")
         for f in dataclasses.fields(self):
