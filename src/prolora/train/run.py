@@ -31,7 +31,6 @@ from prolora.threads import set_threads
 
 from .config import DEFAULT_MAX_STEPS, DEFAULT_STEPS_REASON, TrainConfig, default_output_dir
 
-
 # The held-out loss is the Trainer's mean over batches of this many examples (each batch's loss averaged over
 # its tokens), so it does not change with --micro-batch-size; 4 is the batch of the README's quoted runs.
 HELDOUT_BATCH_SIZE = 4
