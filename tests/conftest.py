@@ -12,6 +12,15 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _model_cache_in_tmp(tmp_path_factory):
+    """De-quantized GGUF copies built by tests go to a temporary folder, not the user's cache."""
+    patch = pytest.MonkeyPatch()
+    patch.setenv("PROLORA_CACHE", str(tmp_path_factory.mktemp("prolora-cache")))
+    yield
+    patch.undo()
+
+
 def make_tiny_llama(seed: int = 0, **overrides):
     """A 2-layer Llama with SmolLM2's proportions (GQA: k/v project to 1/3 of the hidden size)."""
     from transformers import LlamaConfig, LlamaForCausalLM

@@ -18,7 +18,7 @@ ROOT = Path(prolora.__file__).parent
 # Lower layers never import higher ones. Each module or package of the package has a layer; a module may
 # import only modules of its own layer or lower ones (and, for the layer of a package, its own siblings).
 LAYERS = {
-    "equations": 0, "files": 0,
+    "equations": 0, "files": 0, "threads": 0,
     "tuner": 1, "baselines": 1,
     "format": 2, "base_models": 2, "params": 2, "method_presets": 2, "data": 2,
     "inference": 3, "train": 3, "eval": 4, "compare": 5,

@@ -95,12 +95,15 @@ def test_jsonl_reader_reports_bad_records_with_line_numbers(tmp_path):
         json.dumps([1, 2]),                                                         # 8 not an object
     ])
     records, issues = read_source(path)
-    assert [r.origin for r in records] == [f"{path}:1", f"{path}:7"]
+    assert [r.origin for r in records] == [f"{path} line 1", f"{path} line 7"]
     assert records[1].messages == [{"role": "user", "content": "Add.\n\n1 and 2"},
                                    {"role": "assistant", "content": "3"}]
-    assert [(i.origin.rsplit(":", 1)[1], i.action) for i in issues] == [
+    assert [(i.origin.rsplit(" line ", 1)[1], i.action) for i in issues] == [
         ("2", "skipped"), ("4", "skipped"), ("5", "skipped"), ("6", "skipped"), ("8", "skipped")]
     assert "Alpaca" in issues[1].problem and "assistant" in issues[2].problem and "role" in issues[3].problem
+    # one position only: the column within the line ("{not json": a property name expected at column 2)
+    assert str(issues[0]) == (f"{path} line 2: invalid JSON (Expecting property name enclosed in double quotes "
+                              "at column 2) (skipped)")
 
 
 def test_json_array_alpaca_reader(tmp_path):
@@ -123,7 +126,7 @@ def test_splits_report_overlong_records_and_split_off_heldout(tokenizer, tmp_pat
     path = write_lines(tmp_path / "d.jsonl", [json.dumps(x) for x in [long_prompt, long_answer, *short]])
     splits = load_splits(tokenizer, path, heldout_size=3, max_length=64)
     assert len(splits.heldout) == 3 and len(splits.train) + len(splits.heldout) == 11
-    by_line = {i.origin.rsplit(":", 1)[1]: i for i in splits.issues}
+    by_line = {i.origin.rsplit(" line ", 1)[1]: i for i in splits.issues}
     assert by_line["1"].action == "skipped" and "no assistant token" in by_line["1"].problem
     assert by_line["2"].action == "truncated"
     assert max(len(x) for x in splits.train["input_ids"]) <= 64
@@ -131,8 +134,43 @@ def test_splits_report_overlong_records_and_split_off_heldout(tokenizer, tmp_pat
 
 def test_no_usable_record_is_a_clear_error(tokenizer, tmp_path):
     path = write_lines(tmp_path / "d.jsonl", ["{bad", json.dumps({"x": 1})])
-    with pytest.raises(ValueError, match="no usable training example in .*d.jsonl:1"):
+    with pytest.raises(ValueError, match="no usable training example in .*d.jsonl line 1: invalid JSON"):
         load_splits(tokenizer, path, heldout_size=0)
+
+
+def test_an_all_bad_file_names_each_problem_once(tokenizer, tmp_path):
+    path = write_lines(tmp_path / "d.jsonl", ["", "not json", "not json", "{", json.dumps({"x": 1}), "nope"])
+    with pytest.raises(ValueError) as error:
+        load_splits(tokenizer, path)
+    message = str(error.value)
+    assert message.count("invalid JSON (Expecting value at column 1)") == 1, message
+    assert f"{path} line 2 (and 2 more): invalid JSON (Expecting value at column 1) (skipped)" in message
+    assert f"{path} line 4: invalid JSON" in message and "neither a 'messages' list" in message
+    assert "5 record(s) skipped" in message
+
+
+def conversations(n: int) -> list[str]:
+    return [json.dumps({"instruction": f"Say {i}.", "output": str(i)}) for i in range(n)]
+
+
+@pytest.mark.parametrize(("n", "size", "expected", "said"), [
+    (9, None, 0, "too few"),             # under 10 usable examples: no held-out split, training still runs
+    (30, None, 3, "3 drawn out of the data"),  # one in ten
+    (1000, None, 64, "64 drawn"),        # at most 64
+    (30, 5, 5, "(--heldout-size)"),      # explicit
+    (30, 0, 0, "--heldout-size 0"),
+])
+def test_heldout_size_adapts_to_small_data_and_says_so(tokenizer, tmp_path, n, size, expected, said):
+    path = write_lines(tmp_path / "d.jsonl", conversations(n))
+    splits = load_splits(tokenizer, path, heldout_size=size, max_length=64)
+    assert (0 if splits.heldout is None else len(splits.heldout)) == expected
+    assert len(splits.train) == n - expected and said in splits.heldout_note
+
+
+def test_explicit_heldout_size_larger_than_the_data_is_an_error(tokenizer, tmp_path):
+    path = write_lines(tmp_path / "d.jsonl", conversations(9))
+    with pytest.raises(ValueError, match=r"--heldout-size 9 needs more usable examples .*\(it has 9\)"):
+        load_splits(tokenizer, path, heldout_size=9)
 
 
 def test_embedded_set_is_small_licensed_and_clean(tokenizer):

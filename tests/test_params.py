@@ -222,6 +222,24 @@ def test_cli_budget_json(capsys):
     ]
 
 
+def test_cli_budget_says_when_it_cuts_the_list_and_keeps_the_train_default(capsys):
+    assert run_cli("--budget", "lora:2") == 0  # the embedded SmolLM2-135M's config alone, no download
+    out = capsys.readouterr().out
+    total = int(out.split()[0])
+    rows = [line.split() for line in out.splitlines()[2:]]
+    assert total > 10 and "the 10 closest shown (--top N for more)" in out.splitlines()[0]
+    assert rows[10] == ["..."] and len(rows) == 12  # 10 closest, a gap, then the default
+    assert rows[11][:4] == ["8", "1", "7", "7"] and out.rstrip().endswith("prolora train's default")
+    assert run_cli("--budget", "lora:2", "--json") == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["cut"] and result["total_fits"] == total and len(result["fits"]) == 11
+    assert {k: result["train_default"][k] for k in ("r", "u", "m", "n", "params")} == {
+        "r": 8, "u": 1, "m": 7, "n": 7, "params": 612_510}
+    assert run_cli("--budget", "lora:2", "--top", "100") == 0
+    out = capsys.readouterr().out
+    assert "all shown" in out and "..." not in out and len(out.splitlines()) == total + 2
+
+
 def test_cli_errors_exit_non_zero_without_traceback(capsys):
     assert run_cli("--preset", "llama2-7b", "--method", "prolora", "--r", "8", "--u", "9") == 2
     err = capsys.readouterr().err

@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -67,12 +68,13 @@ def steps_logged(run_dir) -> list[int]:
 
 def test_train_writes_adapter_config_log_and_summary(tiny, tmp_path):
     out = tmp_path / "run"
-    summary = train(config(tiny, out, learning_rate=1e-2))
+    summary = train(config(tiny, out, learning_rate=1e-2, threads=1))
     assert sorted(os.listdir(out)) == ["adapter", "checkpoint-3", "checkpoint-6", "run_config.json",
                                        "summary.json", "train_log.jsonl"]
     assert json.loads((out / "summary.json").read_text()) == pytest.approx(summary)
     run_config = json.loads((out / "run_config.json").read_text())
     assert run_config["method"] == "prolora" and run_config["gradient_accumulation_steps"] == 2
+    assert run_config["threads_resolved"] == 1
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert [e["step"] for e in log] == [1, 2, 3, 4, 5, 6]
     assert all({"loss", "learning_rate", "grad_norm", "train_tokens_per_second"} <= set(e) for e in log)
@@ -142,6 +144,44 @@ def test_defaults_are_appendix_a2():
     assert (c.lora_alpha, c.lora_dropout, c.target_modules) == (16, 0.1, "all-linear")
     assert (c.batch_size, c.max_length, c.learning_rate, c.weight_decay, c.max_grad_norm) == (16, 512, 2e-4, 0, 0.3)
     assert (c.lr_scheduler, c.warmup_ratio, c.group_by_length) == ("linear", 0.03, True)
+
+
+def test_micro_batch_size_does_not_change_the_step(tiny, tmp_path):
+    """The default micro-batch of 1 (the run's peak memory) reaches the adapter of one 4-example forward: the
+    Trainer normalises the loss over the whole batch, and the sampler groups whole batches."""
+    runs = {mb: adapter_tensors(train(config(tiny, tmp_path / f"mb{mb}", micro_batch_size=mb, lora_dropout=0.0,
+                                             learning_rate=1e-2, max_steps=3, heldout_size=0))["adapter_dir"])
+            for mb in (1, 4)}
+    assert runs[1].keys() == runs[4].keys()
+    for name, tensor in runs[4].items():
+        torch.testing.assert_close(runs[1][name], tensor, rtol=1e-4, atol=1e-6)
+    assert any(t.abs().sum() > 0 for name, t in runs[1].items() if "B" in name)  # it did train
+    assert TrainConfig().micro_batch_size == 1
+
+
+def test_three_step_summary_comes_from_totals(tiny, tmp_path):
+    """Logging every 5 steps, a 3-step run logs steps 1 and 3 (the last step always): its summary is the
+    mean over all three steps and the run's own tokens / time, not step 1's figures."""
+    every = train(config(tiny, tmp_path / "every", max_steps=3, logging_steps=1, heldout_size=0))
+    sparse = train(config(tiny, tmp_path / "sparse", max_steps=3, logging_steps=5, heldout_size=0))
+    per_step = [e["loss"] for e in map(json.loads, (tmp_path / "every" / "train_log.jsonl").read_text().splitlines())]
+    assert len(per_step) == 3 and steps_logged(tmp_path / "sparse") == [1, 3]
+    for summary in (every, sparse):
+        assert summary["train_loss_mean"] == pytest.approx(sum(per_step) / 3, rel=1e-4)
+        assert summary["session_steps"] == summary["steps"] == 3
+        assert summary["session_tokens"] == summary["train_tokens"] > 0
+        assert summary["tokens_per_s"] == pytest.approx(summary["train_tokens"] / summary["train_time_s"])
+    assert sparse["train_loss_final"] == pytest.approx((per_step[1] + per_step[2]) / 2, rel=1e-4)
+    assert sparse["train_loss_final_steps"] == 2 and every["train_loss_final_steps"] == 1
+
+
+def test_small_data_trains_with_an_adapted_heldout_split(tiny, tmp_path, capsys):
+    model, data = tiny
+    small = tmp_path / "small.jsonl"
+    small.write_text("".join(Path(data).read_text().splitlines(keepends=True)[:30]))
+    summary = train(config((model, str(small)), tmp_path / "run", max_steps=1, heldout_size=None))
+    assert summary["heldout_examples"] == 3 and summary["heldout_loss_adapter"] is not None
+    assert "held-out  : 3 drawn out of the data" in capsys.readouterr().out
 
 
 def test_flags_override_config_file(tmp_path):

@@ -145,6 +145,41 @@ def test_lean_backward_saves_no_expanded_factor(lean):
     assert compact < spec.r * (spec.h + spec.o)
 
 
+def test_dropout_inside_the_lean_path_matches_the_reference_and_keeps_a_byte_mask():
+    """Dropout in training runs inside the lean autograd function from a boolean mask: output and gradients
+    equal the dense reference on x·keep/(1−p) (the mask drawn from the same seed), and backward keeps x, the
+    mask (1 byte per element) and the rank-r activation, no dropped copy of x."""
+    p = 0.3
+    model = get_prolora_model(make_tiny_llama(), _config(lora_dropout=p))
+    _randomise(model)
+    model.train()
+    layer = dict(prolora_modules(model))["base_model.model.model.layers.0.self_attn.q_proj"].double()
+    names = ("prolora_A0", "prolora_B0", "prolora_A_u", "prolora_B_u")
+    x = torch.randn(2, 3, layer.in_features, dtype=torch.float64, requires_grad=True)
+    saved = []
+    torch.manual_seed(7)
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append((t.dtype, t.numel())) or t, lambda t: t):
+        out = layer._adapter_output(x, "default")
+    out.pow(2).sum().backward()
+    torch.manual_seed(7)
+    keep = torch.empty(x.shape, dtype=torch.bool).bernoulli_(1 - p)
+    assert 0 < keep.sum() < keep.numel()
+    x_ref = x.detach().clone().requires_grad_()
+    leaves = [getattr(layer, n)["default"].detach().clone().requires_grad_() for n in names]
+    spec = layer.prolora_spec["default"]
+    dw = ref_delta(*leaves, spec.h, spec.o, spec.r, spec.m, spec.n, spec.scaling * spec.r, spec.rotate,
+                   spec.share, spec.stride_a, spec.stride_b)
+    ref = (x_ref * keep / (1 - p)) @ dw.T
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-12)
+    ref.pow(2).sum().backward()
+    torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-10, atol=1e-12)
+    for name, leaf in zip(names, leaves):
+        torch.testing.assert_close(getattr(layer, name)["default"].grad, leaf.grad, rtol=1e-10, atol=1e-12)
+    compact = sum(getattr(layer, n)["default"].numel() for n in names)
+    assert saved[:3] == [(torch.float64, x.numel()), (torch.bool, x.numel()), (torch.float64, 6 * spec.r)], saved
+    assert sum(n for _, n in saved[3:]) == compact, saved
+
+
 def test_lean_backward_under_bf16_autocast_matches_plain_autograd():
     """Mixed precision (the trainer's bf16 on GPUs): the lean path's backward runs under the forward's
     autocast state, gives float32 chunk gradients, and agrees with plain autograd to bf16 precision."""

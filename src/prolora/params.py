@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from prolora.base_models import DEFAULT_MODEL, resolve_model
-from prolora.equations import trainable_params
 
 if TYPE_CHECKING:
     import torch
@@ -251,6 +250,8 @@ def _per_module_params(
     """
     from peft.utils.other import get_pattern_key
 
+    from prolora.equations import trainable_params  # here: it loads torch (`prolora params --help` does not)
+
     for pattern, values in overrides.items():
         if unknown := set(values) - {"r", "u", "m", "n"}:
             raise ValueError(f"override {pattern!r} sets {sorted(unknown)}; only r, u, m and n can be overridden")
@@ -379,6 +380,8 @@ def solve_budget(
     ⌈h/m⌉ columns, so its r=8, u=1, m=n=7 "equals" LoRA r=2. On SmolLM2-135M that is 612,510 parameters
     against 610,560 (+0.32%): inside the default tolerance, outside a ``strict`` search.
     """
+    from prolora.equations import trainable_params  # here: it loads torch (`prolora params --help` does not)
+
     if method not in SOLVER_METHODS:
         raise ValueError(f"the budget solver searches {', '.join(SOLVER_METHODS)}, not {method!r}")
     budget = parse_budget(source, budget, target_modules)

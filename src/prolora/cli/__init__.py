@@ -32,20 +32,29 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every sub-command, or, with ``command``, of that one only (the others are listed in
+    the help but their modules are not imported: ``prolora --help`` and a mistyped flag answer at once)."""
     parser = argparse.ArgumentParser(prog="prolora", description="PRoLoRA adapters: train, evaluate, export.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module, help_) in COMMANDS.items():
         p = sub.add_parser(name, help=help_, description=help_)
         p.set_defaults(_module=module)
-        importlib.import_module(module).add_arguments(p)
+        if command is None or name == command:
+            importlib.import_module(module).add_arguments(p)
     return parser
+
+
+def _command(argv: list[str]) -> str | None:
+    """The sub-command named in ``argv`` (the first word that is one), else ``None``."""
+    return next((word for word in argv if word in COMMANDS), None)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run one sub-command; bad input (ValueError, a missing or unreadable file or model) ends with a
     one-line error and exit 2."""
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(_command(argv) or "").parse_args(argv)
     for message in QUIET_WARNINGS:
         warnings.filterwarnings("ignore", message=message)
     try:

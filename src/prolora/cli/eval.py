@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 import sys
 
+from prolora.threads import add_threads_argument, set_threads
+
 _BENCHMARKS = ("mmlu", "bbh", "gsm8k", "tydiqa", "humaneval")
 
 
@@ -28,8 +30,7 @@ def add_arguments(parser) -> None:
                        help="transformers (default), or vllm: the same benchmarks through lm-eval's vLLM backend, "
                             "PRoLoRA adapters exported to dense LoRA on the fly (needs vLLM: docs/vllm.md)")
     model.add_argument("--device", default="auto", help="cpu, cuda, cuda:N (default: cuda when available)")
-    model.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice). On a CPU shared with "
-                       "other jobs, 1 can be many times faster: idle threads wait for each other at every operation")
+    add_threads_argument(model)
 
     data = parser.add_argument_group("data (the standard file formats; docs/eval.md shows the layout)")
     data.add_argument("--tasks", default=",".join(_BENCHMARKS),
@@ -157,11 +158,8 @@ def _evaluate(args, benchmarks, sources) -> int:
     from prolora.eval.sandbox import SandboxUnavailable
     from prolora.eval.sources import DataError
 
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
     try:
+        set_threads(args.threads)
         settings = _settings(args)
         results = run_eval(
             args.model, args.adapter, benchmarks, sources, settings, include_base=args.include_base,

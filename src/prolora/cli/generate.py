@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import sys
 
+from prolora.threads import add_threads_argument, set_threads
+
 
 def add_generator_arguments(parser) -> None:
     """Flags shared with ``prolora chat``."""
@@ -21,6 +23,7 @@ def add_generator_arguments(parser) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=256, help="reply length limit in tokens")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     parser.add_argument("--system", help="an optional system message")
+    add_threads_argument(parser)
 
 
 def add_arguments(parser) -> None:
@@ -32,6 +35,7 @@ def open_generator(args):
     """The :class:`~prolora.inference.generation.Generator` of the parsed flags, with ``--use`` applied."""
     from prolora.inference.generation import load_generator
 
+    set_threads(args.threads)
     generator = load_generator(args.model, args.adapter, args.chat_format)
     if args.use:
         generator.use(None if args.use == "base" else args.use)

@@ -24,6 +24,7 @@ from prolora.params import (
 )
 
 DTYPES = ("float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
+TRAIN_DEFAULT = (8, 1, 7, 7)  # (r, u, m, n) of `prolora train` (the paper's Section 4.2 config)
 
 
 def _int_at_least(low: int):
@@ -133,15 +134,24 @@ def _budget(args: argparse.Namespace, source: Any, targets: Any) -> dict[str, An
         ranks=range(1, args.max_r + 1), shares=range(1, args.max_share + 1), tie_mn=not args.untie_mn,
         tolerance=args.tolerance, strict=args.strict,
     )
+    shown = fits[: args.top]
+    default = next((f for f in fits if (f.r, f.u, f.m, f.n) == TRAIN_DEFAULT), None)
+    if default is not None and default not in shown:
+        shown = [*shown, default]  # always list the configuration `prolora train` uses
     if args.json:
-        return {"budget": args.budget, "method": method, "fits": [fit.as_dict() for fit in fits[: args.top]],
-                "total_fits": len(fits)}
+        return {"budget": args.budget, "method": method, "fits": [fit.as_dict() for fit in shown],
+                "total_fits": len(fits), "cut": len(shown) < len(fits),
+                "train_default": None if default is None else default.as_dict()}
     band = f"up to {args.tolerance:.1%} under" if args.strict else f"within ±{args.tolerance:.1%} of"
+    listed = (f"the {min(args.top, len(fits))} closest shown (--top N for more)" if len(fits) > args.top
+              else "all shown")
     head = (f"{len(fits)} {method} configs {band} the budget {args.budget}"
-            f"{f' = {fits[0].budget:,} parameters' if fits else ''}; closest first, then higher rank:")
-    rows = [[str(f.r), str(f.u), str(f.m), str(f.n), f"{f.params:,}", f"{f.gap:+,}", f"{f.relative_gap:+.2%}"]
-            for f in fits[: args.top]]
-    return head + "\n" + _table(["r", "u", "m", "n", "params", "gap", "gap %"], rows)
+            f"{f' = {fits[0].budget:,} parameters' if fits else ''}; closest first, then higher rank; {listed}:")
+    rows = [[str(f.r), str(f.u), str(f.m), str(f.n), f"{f.params:,}", f"{f.gap:+,}", f"{f.relative_gap:+.2%}",
+             "prolora train's default" if f is default else ""] for f in shown]
+    if default is not None and default not in fits[: args.top]:
+        rows.insert(len(rows) - 1, ["...", "", "", "", "", "", "", ""])
+    return head + "\n" + _table(["r", "u", "m", "n", "params", "gap", "gap %", ""], rows)
 
 
 def _paper(args: argparse.Namespace) -> list[dict[str, Any]] | str:

@@ -11,16 +11,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .chat import IGNORE_INDEX, encode
-from .readers import EMBEDDED, Issue, Record, read_source
+from .readers import EMBEDDED, Issue, Record, read_source, summarize_issues
+
+DEFAULT_HELDOUT = 64  # held-out examples when there are enough (the first 64 of the embedded 128)
+HELDOUT_FRACTION = 10  # out of --data alone, at most one example in this many is held out
 
 
 @dataclass
 class Splits:
-    """Tokenized ``train`` and ``heldout`` datasets (``heldout`` is ``None`` when disabled) and all issues."""
+    """Tokenized ``train`` and ``heldout`` datasets (``heldout`` is ``None`` when disabled), all issues, and
+    ``heldout_note``: where the held-out examples come from and how many were chosen, in words."""
 
     train: object
     heldout: object | None
     issues: list[Issue]
+    heldout_note: str = ""
 
 
 def tokenize_records(records: list[Record], tokenizer, max_length: int, chat_format: str = "tulu"):
@@ -46,32 +51,51 @@ def tokenize_records(records: list[Record], tokenizer, max_length: int, chat_for
     return Dataset.from_dict(rows), issues
 
 
-def load_splits(tokenizer, data: str | None = None, heldout_data: str | None = None, heldout_size: int = 64,
+def load_splits(tokenizer, data: str | None = None, heldout_data: str | None = None, heldout_size: int | None = None,
                 max_length: int = 512, chat_format: str = "tulu", seed: int = 1) -> Splits:
     """Read, tokenize and split the training and held-out data.
 
     Held-out examples come from ``heldout_data`` when given, else from the embedded held-out file when
-    ``data`` is the embedded set, else ``heldout_size`` usable examples are drawn (with ``seed``) out of
-    ``data``; at most ``heldout_size`` are kept, and ``heldout_size=0`` disables the held-out split.
+    ``data`` is the embedded set, else they are drawn (with ``seed``) out of ``data``. ``heldout_size`` is
+    how many are kept; ``0`` disables the held-out split; ``None`` (the default) is
+    :data:`DEFAULT_HELDOUT`, except out of ``data`` itself, where it is at most one usable example in
+    :data:`HELDOUT_FRACTION` (none below that many examples), so small files still train.
 
     Raises:
-        ValueError: when no usable training example is left, naming the first issues found.
+        ValueError: when no usable training example is left, naming the first issues found; when an explicit
+            ``heldout_size`` leaves no training example.
     """
     records, issues = read_source(data, "train")
     train, train_issues = tokenize_records(records, tokenizer, max_length, chat_format)
     issues += train_issues
-    heldout = None
-    if heldout_size and (heldout_data or data in (None, "", EMBEDDED)):
-        records, heldout_issues = read_source(heldout_data, "heldout")
-        heldout, tokenize_issues = tokenize_records(records[:heldout_size], tokenizer, max_length, chat_format)
-        issues += heldout_issues + tokenize_issues
-    elif heldout_size and len(train) > heldout_size:
-        parts = train.train_test_split(test_size=heldout_size, seed=seed)
-        train, heldout = parts["train"], parts["test"]
+    heldout, note = None, "no held-out loss (--heldout-size 0)"
     if len(train) == 0:
-        first = "; ".join(str(i) for i in issues[:3])
-        raise ValueError(f"no usable training example in {data or EMBEDDED!r} ({len(issues)} issues; first: {first})")
-    if heldout_size and heldout is None:
-        raise ValueError(f"--heldout-size {heldout_size} needs more usable examples than that in {data!r} (it has "
-                         f"{len(train)}); lower --heldout-size, or pass --heldout-data")
-    return Splits(train, heldout if heldout is not None and len(heldout) else None, issues)
+        raise ValueError(f"no usable training example in {data or EMBEDDED!r}: {len(issues)} record(s) skipped; "
+                         f"{'; '.join(summarize_issues(issues))}")
+    if heldout_size != 0 and (heldout_data or data in (None, "", EMBEDDED)):
+        size = DEFAULT_HELDOUT if heldout_size is None else heldout_size
+        records, heldout_issues = read_source(heldout_data, "heldout")
+        heldout, tokenize_issues = tokenize_records(records[:size], tokenizer, max_length, chat_format)
+        issues += heldout_issues + tokenize_issues
+        note = f"the first {len(heldout)} of {heldout_data or 'the embedded held-out split'}"
+    elif heldout_size != 0:
+        if heldout_size is None:
+            size = min(DEFAULT_HELDOUT, len(train) // HELDOUT_FRACTION)
+            if size == 0:
+                note = (f"no held-out loss: {len(train)} usable examples are too few to hold {HELDOUT_FRACTION}% "
+                        "out (pass --heldout-data or --heldout-size N)")
+            else:
+                note = (f"{size} drawn out of the data (at most {DEFAULT_HELDOUT}, at most 1 in {HELDOUT_FRACTION}; "
+                        "--heldout-size N to change)")
+        else:
+            size = heldout_size
+            if size >= len(train):
+                raise ValueError(f"--heldout-size {size} needs more usable examples than that in {data!r} (it has "
+                                 f"{len(train)}); lower --heldout-size, or pass --heldout-data")
+            note = f"{size} drawn out of the data (--heldout-size)"
+        if size:
+            parts = train.train_test_split(test_size=size, seed=seed)
+            train, heldout = parts["train"], parts["test"]
+    if heldout is not None and not len(heldout):
+        heldout, note = None, f"no held-out loss: no usable example in {heldout_data or 'the held-out split'}"
+    return Splits(train, heldout, issues, note)

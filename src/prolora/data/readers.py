@@ -15,8 +15,8 @@ Each object is either in ``messages`` format — ``{"messages": [{"role": "syste
 Other keys are ignored. Blank lines of a JSONL file are skipped silently.
 
 A record that is not valid JSON, has neither format, has an unknown role or an empty assistant turn is
-skipped and reported as an :class:`Issue` with its origin (``file:line``); reading never raises for a
-bad record, only for an unreadable source.
+skipped and reported as an :class:`Issue` with its origin (``file.jsonl line 9``, ``file.json[3]``);
+reading never raises for a bad record, only for an unreadable source.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ _EMBEDDED_FILES = {"train": "flan_cot_train.jsonl", "heldout": "flan_cot_heldout
 
 @dataclass(frozen=True)
 class Record:
-    """One conversation and where it came from (``path:line`` or ``dataset[index]``)."""
+    """One conversation and where it came from (``path line N`` or ``dataset[index]``)."""
 
     messages: list[dict]
     origin: str
@@ -49,6 +49,19 @@ class Issue:
 
     def __str__(self) -> str:
         return f"{self.origin}: {self.problem} ({self.action})"
+
+
+def summarize_issues(issues: list[Issue], kinds: int = 3) -> list[str]:
+    """The first ``kinds`` distinct problems, each once, with where it first occurred and how often it
+    recurs: ``"d.jsonl line 2 (and 7 more): invalid JSON (Expecting value at column 1) (skipped)"``."""
+    where: dict[tuple[str, str], list[str]] = {}
+    for issue in issues:
+        where.setdefault((issue.problem, issue.action), []).append(issue.origin)
+    lines = [f"{origins[0]}{f' (and {len(origins) - 1} more)' if len(origins) > 1 else ''}: {problem} ({action})"
+             for (problem, action), origins in list(where.items())[:kinds]]
+    if len(where) > kinds:
+        lines.append(f"... and {len(where) - kinds} other kind(s) of problem")
+    return lines
 
 
 def to_messages(obj) -> list[dict]:
@@ -89,8 +102,12 @@ def _parse(items) -> tuple[list[Record], list[Issue]]:
     for origin, item in items:
         try:
             obj = json.loads(item) if isinstance(item, str) else item
+        except json.JSONDecodeError as exc:  # one line of a JSONL file: the column is the position
+            issues.append(Issue(origin, f"invalid JSON ({exc.msg} at column {exc.colno})", "skipped"))
+            continue
+        try:
             records.append(Record(to_messages(obj), origin))
-        except (ValueError, TypeError) as exc:  # json.JSONDecodeError is a ValueError
+        except (ValueError, TypeError) as exc:
             issues.append(Issue(origin, str(exc), "skipped"))
     return records, issues
 
@@ -99,7 +116,7 @@ def _jsonl_lines(path: str):
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, start=1):
             if line.strip():
-                yield f"{path}:{lineno}", line
+                yield f"{path} line {lineno}", line
 
 
 def _json_array(path: str):

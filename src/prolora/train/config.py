@@ -2,8 +2,8 @@
 
 Defaults follow the paper's finetuning setup (Appendix A.2) except the number of steps: the paper trains
 LLaMA2-7B/13B for 10k steps on an A100; the default here (:data:`DEFAULT_MAX_STEPS`) is sized so that the
-embedded default (SmolLM2-135M on the embedded FLAN CoT set) finishes in about 5–10 minutes on a 2-core
-CPU (see :data:`DEFAULT_STEPS_REASON`).
+embedded default (SmolLM2-135M on the embedded FLAN CoT set) finishes in minutes on a CPU (see
+:data:`DEFAULT_STEPS_REASON`, printed by the run; docs/train.md gives measured times).
 
 Resolution order: dataclass defaults < ``--config FILE`` (YAML or JSON, keys are the field names) <
 command-line flags. The resolved values are written to ``run_config.json`` in the output directory.
@@ -23,8 +23,8 @@ from prolora.method_presets import METHODS
 DEFAULT_MAX_STEPS = 30
 DEFAULT_STEPS_REASON = (
     "the paper trains 10k steps on an A100; 30 steps of 16 examples (about 90k tokens of the embedded set) "
-    "take about 8-9 minutes on a 2-core CPU at the ~190 tokens/s measured there for SmolLM2-135M, and lower "
-    "the held-out loss below the base model's (longer under CPU contention)"
+    "lower the held-out loss below the base model's. The time depends on the CPU and what else runs on it: "
+    "the progress bar estimates it after the first step, and the summary gives the measured tokens/s"
 )
 QUANTIZATION = ("auto", "nf4", "none")
 
@@ -55,20 +55,29 @@ class TrainConfig:
                                "'auto' = nf4 when CUDA and bitsandbytes are available, else none",
                                choices=QUANTIZATION)
     gradient_checkpointing: bool = _field(False, "recompute activations in backward to save memory")
+    threads: int | None = _field(None, "torch CPU threads; default: one per core not busy with other processes "
+                                 "(from the load average; OMP_NUM_THREADS when set). On a shared CPU, more threads "
+                                 "than free cores is several times slower (docs/train.md)")
     # --- data ---------------------------------------------------------------------------------------------
     data: str | None = _field(None, "training data: .jsonl (messages or Alpaca), .json array, or a Hugging "
                               "Face dataset NAME[:SPLIT]; default: the embedded FLAN CoT set")
     heldout_data: str | None = _field(None, "held-out data for the held-out loss (same formats); default: "
                                       "the embedded held-out split, or --heldout-size records of --data")
-    heldout_size: int = _field(64, "held-out examples (0 disables the held-out loss)")
+    heldout_size: int | None = _field(None, "held-out examples (0 disables the held-out loss); default 64, but "
+                                      "out of --data alone at most 1 in 10 (none under 10 examples); the run "
+                                      "says what it chose")
     chat_format: str = _field("tulu", "'tulu': <|user|>/<|assistant|> format of the paper (App. A.1); "
                               "'template': the tokenizer's chat template", choices=CHAT_FORMATS)
     max_length: int = _field(512, "tokens per example; longer ones are truncated and reported (App. A.2)")
     # --- optimisation (Appendix A.2) ----------------------------------------------------------------------
-    max_steps: int = _field(DEFAULT_MAX_STEPS, "optimizer steps (paper: 10k; see DEFAULT_STEPS_REASON)")
+    max_steps: int = _field(DEFAULT_MAX_STEPS, "optimizer steps (paper: 10k on an A100; the default is sized for a few "
+                                      "minutes on a CPU, and the run prints why)")
     batch_size: int = _field(16, "examples per optimizer step over all processes (App. A.2: 16); reached "
                              "by gradient accumulation over micro-batches")
-    micro_batch_size: int = _field(4, "examples per forward pass and process")
+    micro_batch_size: int = _field(1, "examples per forward pass and process; the activations of one micro-batch "
+                                   "are the run's peak memory (4 × 512 tokens of SmolLM2-135M: about 6 GB), while "
+                                   "the step's result does not depend on it (the loss is normalised over the whole "
+                                   "batch of --batch-size)")
     learning_rate: float = _field(2e-4, "peak learning rate (App. A.2: 2e-4)", "--lr")
     lr_shared_scale: float = _field(1.0, "learning rate of PRoLoRA's shared chunks A_0/B_0 as a multiple of "
                                     "--lr (paper Section 6; 1 = one rate, as in the paper)")
@@ -118,7 +127,13 @@ class TrainConfig:
                      "save_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be at least 1")
-        for name in ("heldout_size", "unshared_r", "save_total_limit"):
+        if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int)
+                                         or self.threads < 1):
+            raise ValueError(f"threads={self.threads!r} must be a whole number ≥ 1, or unset for the default")
+        if self.heldout_size is not None and (isinstance(self.heldout_size, bool)
+                                              or not isinstance(self.heldout_size, int) or self.heldout_size < 0):
+            raise ValueError(f"heldout_size={self.heldout_size!r} must be a whole number ≥ 0, or unset for the default")
+        for name in ("unshared_r", "save_total_limit"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be at least 0")
         for f in dataclasses.fields(self):
@@ -154,7 +169,7 @@ def _flag_type(f: dataclasses.Field):
     kind = str(f.type)
     if kind.startswith("bool"):
         return None  # handled by BooleanOptionalAction
-    return {"int": int, "float": float}.get(kind, str)
+    return {"int": int, "float": float, "int | None": int}.get(kind, str)
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:

@@ -26,10 +26,14 @@ import time
 
 from prolora.base_models import DEFAULT_MODEL, load_base_model, model_file, model_name, resolve_quantization
 from prolora.files import write_json
-from prolora.format import ADAPTER_DIR
 from prolora.method_presets import PROLORA_METHODS
+from prolora.threads import set_threads
 
 from .config import DEFAULT_MAX_STEPS, DEFAULT_STEPS_REASON, TrainConfig, default_output_dir
+
+# The held-out loss is the Trainer's mean over batches of this many examples (each batch's loss averaged over
+# its tokens), so it does not change with --micro-batch-size; 4 is the batch of the README's quoted runs.
+HELDOUT_BATCH_SIZE = 4
 
 
 def is_main_process() -> bool:
@@ -102,7 +106,7 @@ def training_arguments(config: TrainConfig, output_dir: str, world_size: int, qu
         output_dir=output_dir,
         max_steps=config.max_steps,
         per_device_train_batch_size=config.micro_batch_size,
-        per_device_eval_batch_size=config.micro_batch_size,
+        per_device_eval_batch_size=HELDOUT_BATCH_SIZE,
         gradient_accumulation_steps=config.batch_size // per_step,
         learning_rate=config.learning_rate,
         lr_scheduler_type=config.lr_scheduler,
@@ -127,7 +131,8 @@ def training_arguments(config: TrainConfig, output_dir: str, world_size: int, qu
     )
 
 
-def _plan(config: TrainConfig, args, quantization: str, splits, world_size: int) -> list[str]:
+def _plan(config: TrainConfig, args, quantization: str, splits, world_size: int,
+          threads: tuple[int, str] = (1, "")) -> list[str]:
     """What the run will do, with the reason for the default step count."""
     import torch
 
@@ -140,13 +145,15 @@ def _plan(config: TrainConfig, args, quantization: str, splits, world_size: int)
     adapter = f"{config.method} r={config.r}"
     if config.method in PROLORA_METHODS:
         adapter += f" u={config.unshared_r} m={config.sharing_rate_a} n={config.sharing_rate_b}"
-    held = f" / {len(splits.heldout):,} held-out" if splits.heldout is not None else ", no held-out split"
+    held = f" / {len(splits.heldout):,} held-out" if splits.heldout is not None else ""
     lines = [
         (f"prolora train — {adapter}, alpha {config.lora_alpha:g}, dropout {config.lora_dropout:g}, "
          f"target {config.target_modules}"),
         f"  model     : {config.model or DEFAULT_MODEL + ' (embedded SmolLM2-135M-Instruct)'} on {device}, {precision}",
+        *([] if torch.cuda.is_available() else [f"  threads   : {threads[0]} ({threads[1]})"]),
         (f"  data      : {config.data or 'embedded FLAN CoT'}: {len(splits.train):,} train{held} conversations, "
          f"{config.chat_format} format, at most {config.max_length} tokens"),
+        f"  held-out  : {splits.heldout_note}",
         (f"  steps     : {config.max_steps} × batch {config.batch_size} (micro-batch {config.micro_batch_size} × "
          f"accumulation {args.gradient_accumulation_steps} × {world_size} process(es))"),
         (f"  optimizer : {args.optim.value}, lr {config.learning_rate:g} {config.lr_scheduler}, warmup "
@@ -167,13 +174,16 @@ def _report_issues(issues, output_dir: str) -> None:
     with open(path, "w", encoding="utf-8") as f:
         f.writelines(f"{issue}\n" for issue in issues)
     counts = {a: sum(i.action == a for i in issues) for a in ("skipped", "truncated")}
-    say(f"  data issues: {counts['skipped']} skipped, {counts['truncated']} truncated (all in {path}); first:",
-        *(f"    {issue}" for issue in issues[:5]))
+    from prolora.data.readers import summarize_issues
+
+    say(f"  data issues: {counts['skipped']} skipped, {counts['truncated']} truncated (all in {path}):",
+        *(f"    {line}" for line in summarize_issues(issues, 5)))
 
 
 def _save_adapter(model, trainer, output_dir: str) -> str:
     """Write the adapter to ``<output_dir>/adapter`` atomically (main process); returns that path."""
     from prolora.files import replace_dir
+    from prolora.format import ADAPTER_DIR  # here: prolora.format loads torch and peft
 
     final = os.path.join(output_dir, ADAPTER_DIR)
     if trainer.args.should_save:
@@ -206,10 +216,12 @@ def _print_summary(summary: dict, path: str) -> None:
         f"summary ({path})" + (f" — INTERRUPTED by {summary['interrupted']}" if summary["interrupted"] else ""),
         f"  trainable params : {summary['trainable_params']:,} ({lora})",
         f"  adapter file     : {summary['adapter_file_bytes'] / 1e6:.2f} MB ({summary['adapter_dir']})",
-        (f"  training         : {summary['steps']} steps, {summary['train_tokens']:,} tokens, "
-         f"{num(summary['tokens_per_s'], '.0f')} tokens/s, {summary['train_time_s']:.0f} s"),
-        (f"  train loss       : {num(summary['train_loss_final'], '.4f')} (last logging window; mean over the "
-         f"run {num(summary['train_loss_mean'], '.4f')})"),
+        (f"  training         : {summary['session_steps']} steps, {summary['session_tokens']:,} tokens in "
+         f"{summary['train_time_s']:.0f} s: {num(summary['tokens_per_s'], '.0f')} tokens/s"
+         + (f" (steps {summary['steps'] - summary['session_steps'] + 1}–{summary['steps']}, after resuming)"
+            if summary["session_steps"] != summary["steps"] else "")),
+        (f"  train loss       : {num(summary['train_loss_mean'], '.4f')} (mean over these {summary['session_steps']} "
+         f"steps; last {summary['train_loss_final_steps']} step(s): {num(summary['train_loss_final'], '.4f')})"),
         (f"  held-out loss    : base {num(summary['heldout_loss_base'], '.4f')} -> adapter "
          f"{num(summary['heldout_loss_adapter'], '.4f')} ({summary['heldout_examples']} examples)"),
         f"  wall time        : {summary['wall_time_s']:.0f} s",
@@ -231,13 +243,30 @@ def train(config: TrainConfig, *, base_model=None, adapter_config=None) -> dict:
 
     Summary keys: method, model, r, output_dir, adapter_dir; trainable_params, adapter_file_bytes
     (adapter_model.safetensors), lora_same_rank_params / lora_same_rank_bytes (a LoRA of rank r on the same
-    modules, float32 tensors); steps, train_tokens (non-padding input tokens, all processes), tokens_per_s
-    (over this session), train_time_s; train_loss_final (last logging window), train_loss_mean (whole
-    session); heldout_examples, heldout_loss_base, heldout_loss_adapter (nats/token); wall_time_s;
+    modules, float32 tensors); steps and train_tokens (non-padding input tokens, all processes) since the
+    run began, session_steps and session_tokens of this call (they differ after ``--resume``), tokens_per_s
+    (session_tokens / train_time_s), train_time_s (the Trainer's training loop); train_loss_mean (mean over
+    the session's steps), train_loss_final (mean over the last logged window, which ends at the last step)
+    and train_loss_final_steps (its length); heldout_examples, heldout_loss_base, heldout_loss_adapter
+    (nats/token); wall_time_s;
     quantization, world_size, adapter_identical_across_ranks (None for one process); interrupted (signal
     name or None).
+
+    torch's CPU thread count is ``config.threads`` or :func:`prolora.threads.set_threads`'s default during
+    the call, and is restored afterwards.
     """
+    import torch
+
     started = time.perf_counter()
+    previous = torch.get_num_threads()
+    threads = set_threads(config.threads)
+    try:
+        return _train(config, threads, started, base_model, adapter_config)
+    finally:
+        torch.set_num_threads(previous)  # a library call leaves torch's setting as it found it
+
+
+def _train(config: TrainConfig, threads: tuple[int, str], started: float, base_model, adapter_config) -> dict:
     from accelerate.utils import gather_object
     from transformers import DataCollatorForSeq2Seq, set_seed
 
@@ -246,7 +275,14 @@ def train(config: TrainConfig, *, base_model=None, adapter_config=None) -> dict:
     from prolora.method_presets import make_adapter_config
     from prolora.params import count_parameters
 
-    from .trainer import CheckpointTrainer, JsonlLogCallback, StopOnSignal, adapter_fingerprint, truncate_log
+    from .trainer import (
+        CheckpointTrainer,
+        JsonlLogCallback,
+        SessionTotals,
+        StopOnSignal,
+        adapter_fingerprint,
+        truncate_log,
+    )
 
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     existed = config.output_dir is not None and os.path.exists(config.output_dir)
@@ -257,13 +293,15 @@ def train(config: TrainConfig, *, base_model=None, adapter_config=None) -> dict:
         splits = load_splits(tokenizer, config.data, config.heldout_data, config.heldout_size, config.max_length,
                              config.chat_format, config.seed)
         args = training_arguments(config, output_dir, world_size, quantization)
-        say(*_plan(config, args, quantization, splits, world_size))
+        say(*_plan(config, args, quantization, splits, world_size, threads))
         _report_issues(splits.issues, output_dir)
         if is_main_process():
             write_json(os.path.join(output_dir, "run_config.json"),
                        {**config.to_dict(), "output_dir": output_dir, "quantization_resolved": quantization,
                         "optim_resolved": args.optim.value, "gradient_accumulation_steps": args.gradient_accumulation_steps,
-                        "world_size": world_size, "resumed_from": checkpoint,
+                        "world_size": world_size, "threads_resolved": threads[0],
+                        "heldout_examples": 0 if splits.heldout is None else len(splits.heldout),
+                        "resumed_from": checkpoint,
                         # the adapter records the model's name (base_model_name_or_path); its local file here
                         "base_model_name": model_name(config.model), "base_model_file": model_file(config.model)})
 
@@ -280,11 +318,11 @@ def train(config: TrainConfig, *, base_model=None, adapter_config=None) -> dict:
         log_path = os.path.join(output_dir, "train_log.jsonl")
         if checkpoint and is_main_process():
             truncate_log(log_path, int(checkpoint.rsplit("-", 1)[1]))
-        stop = StopOnSignal()
+        stop, totals = StopOnSignal(), SessionTotals()
         trainer = CheckpointTrainer(
             model=model, args=args, train_dataset=splits.train,
             data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100),
-            callbacks=[JsonlLogCallback(log_path), stop], lr_shared_scale=config.lr_shared_scale,
+            callbacks=[JsonlLogCallback(log_path), stop, totals], lr_shared_scale=config.lr_shared_scale,
         )
     if checkpoint:
         say(f"resuming from {checkpoint}")
@@ -294,6 +332,10 @@ def train(config: TrainConfig, *, base_model=None, adapter_config=None) -> dict:
     state = trainer.state
     steps_logged = [e for e in state.log_history if "loss" in e]
     fingerprints = gather_object([adapter_fingerprint(model)])
+    session_tokens = state.num_input_tokens_seen - totals.tokens_at_start
+    train_time = result.metrics["train_runtime"]
+    window_start = max([e["step"] for e in steps_logged[:-1]] + [totals.step_at_start])  # the Trainer's window
+    final_window = steps_logged[-1]["step"] - window_start if steps_logged else 0
     summary = {
         "method": config.method, "model": config.model or DEFAULT_MODEL, "r": config.r,
         "output_dir": output_dir, "adapter_dir": adapter_dir,
@@ -301,9 +343,12 @@ def train(config: TrainConfig, *, base_model=None, adapter_config=None) -> dict:
         "adapter_file_bytes": os.path.getsize(os.path.join(adapter_dir, "adapter_model.safetensors")),
         "lora_same_rank_params": lora.params, "lora_same_rank_bytes": lora.bytes,
         "steps": state.global_step, "train_tokens": state.num_input_tokens_seen,
-        "tokens_per_s": steps_logged[-1]["train_tokens_per_second"] if steps_logged else None,
-        "train_time_s": result.metrics["train_runtime"],
+        "session_steps": state.global_step - totals.step_at_start,
+        "session_tokens": session_tokens,
+        "tokens_per_s": session_tokens / train_time if train_time > 0 else None,
+        "train_time_s": train_time,
         "train_loss_final": steps_logged[-1]["loss"] if steps_logged else None,
+        "train_loss_final_steps": final_window,
         "train_loss_mean": result.training_loss,
         **_heldout_losses(model, trainer, None if stop.received else splits.heldout),
         "quantization": quantization, "world_size": world_size,

@@ -92,6 +92,26 @@ class JsonlLogCallback(TrainerCallback):
                 f.write(json.dumps({"step": state.global_step, **logs}) + "\n")
 
 
+class SessionTotals(TrainerCallback):
+    """Totals of this training session (from start or resume), for a summary that is right for any run length.
+
+    Also makes the Trainer log the last step, so that the last line of the log covers the steps since the
+    previous logging step (the Trainer logs only every ``logging_steps``, and the first step).
+    ``tokens_at_start`` / ``step_at_start``: the counters when this session began (non-zero after resume).
+    """
+
+    def __init__(self):
+        self.tokens_at_start = 0
+        self.step_at_start = 0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.tokens_at_start, self.step_at_start = state.num_input_tokens_seen, state.global_step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= state.max_steps or control.should_training_stop:
+            control.should_log = True
+
+
 def truncate_log(path: str, step: int) -> None:
     """Drop log entries after ``step`` (used on resume: those steps are trained again)."""
     if not os.path.exists(path):

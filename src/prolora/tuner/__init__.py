@@ -6,7 +6,8 @@
 * :mod:`.model` — :class:`PRoLoRAModel`, where the layers go, and :func:`get_prolora_model`;
 * :mod:`.registration` — the small shim that makes stock PEFT know ``peft_type="PROLORA"``.
 
-Nothing here imports anything of prolora above :mod:`prolora.equations`.
+Nothing here imports anything of prolora above :mod:`prolora.equations`. Importing this package registers
+PRoLoRA with PEFT (``import prolora`` arranges that for every PEFT user, see :mod:`prolora`).
 """
 
 from .config import PREFIX, PROLORA, PRoLoRAConfig, UnsupportedOptionError
@@ -16,3 +17,5 @@ from .registration import register
 
 __all__ = ["PREFIX", "PROLORA", "PRoLoRAConfig", "PRoLoRALayer", "PRoLoRALinear", "PRoLoRAModel",
            "UnsupportedOptionError", "get_prolora_model", "prolora_modules", "register"]
+
+register()

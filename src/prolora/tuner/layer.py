@@ -238,9 +238,15 @@ class PRoLoRALayer(BaseTunerLayer):
         if torch.is_grad_enabled():
             if any(t.requires_grad for t in tensors):
                 spec = self.prolora_spec[adapter_name]
-                x = self.prolora_dropout[adapter_name](x.to(a0.dtype))
+                dropout = self.prolora_dropout[adapter_name]
+                x = x.to(a0.dtype)
                 if self.lean_backward:
-                    return _AdapterFunction.apply(x, *tensors, spec)
+                    keep, p = None, 0.0
+                    if isinstance(dropout, nn.Dropout) and dropout.training and dropout.p > 0:
+                        p = dropout.p  # dropout inside the function: it keeps a 1-byte mask, not 2 copies of x
+                        keep = torch.empty(x.shape, dtype=torch.bool, device=x.device).bernoulli_(1 - p)
+                    return _AdapterFunction.apply(x, keep, p, *tensors, spec)
+                x = dropout(x)
                 a, b = _expand(_flatten(tensors), spec, x.device)  # the same gather, recorded by autograd
                 return F.linear(F.linear(x, a) * spec.scaling, b)
         elif self.cache_expanded:  # fast path: a valid cache entry and no active dropout
@@ -364,26 +370,30 @@ def _cache_key(tensors: tuple) -> tuple | None:
 
 
 class _AdapterFunction(torch.autograd.Function):
-    """``(scaling · x·Aᵀ)·Bᵀ`` with A, B gathered from the chunks in forward and again in backward.
+    """``(scaling · dropout(x)·Aᵀ)·Bᵀ`` with A, B gathered from the chunks in forward and again in backward.
 
     Saves x, the rank-r activation and the compact tensors only: the expanded A and B (r·(h+o) floats,
     which LoRA never allocates since its A and B are the parameters) live only while they are used, one
-    at a time. Backward folds the dense gradients of A and B back onto the four compact tensors (one
+    at a time. Dropout is applied here from a boolean mask ``keep`` (kept entries scaled by 1/(1−p), as
+    ``nn.Dropout``), so backward holds x — the same tensor for every module reading it, as q, k and v do —
+    and one byte per element, where ``nn.Dropout`` before the function held a float mask and the dropped
+    copy of x for each module (8 bytes per element and module; half of a training step's activations on
+    SmolLM2-135M). Backward folds the dense gradients of A and B back onto the four compact tensors (one
     ``index_add`` each) before the input gradient is allocated. Under ``torch.autocast`` backward runs
     with the forward's autocast state (as autograd does for built-in ops), and the chunk gradients are
     accumulated in the chunks' own dtype.
     """
 
     @staticmethod
-    def forward(ctx, x, a0, a_u, b0, b_u, spec):
+    def forward(ctx, x, keep, p, a0, a_u, b0, b_u, spec):
         flat = _flatten((a0, a_u, b0, b_u))
         idx = _layout(spec, x.device)[0]
         rh = spec.r * spec.h
         # A, then B: each expanded factor is alive only for its own matmul
-        z = F.linear(x, flat.index_select(0, idx[:rh]).view(spec.r, spec.h)).mul_(spec.scaling)
+        z = F.linear(_dropped(x, keep, p), flat.index_select(0, idx[:rh]).view(spec.r, spec.h)).mul_(spec.scaling)
         y = F.linear(z, flat.index_select(0, idx[rh:]).view(spec.o, spec.r))
-        ctx.save_for_backward(x, z, a0, a_u, b0, b_u)  # the parameters themselves: no copy is kept
-        ctx.spec = spec
+        ctx.save_for_backward(x, keep, z, a0, a_u, b0, b_u)  # the parameters themselves: no copy is kept
+        ctx.spec, ctx.p = spec, p
         device = x.device.type
         ctx.autocast = (device, torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
         return y
@@ -399,7 +409,7 @@ class _AdapterFunction(torch.autograd.Function):
 
     @staticmethod
     def _backward(ctx, grad_y):
-        x, z, *compact = ctx.saved_tensors
+        x, keep, z, *compact = ctx.saved_tensors
         spec = ctx.spec
         idx = _layout(spec, x.device)[0]
         rh = spec.r * spec.h
@@ -409,7 +419,7 @@ class _AdapterFunction(torch.autograd.Function):
         del b
         # fold ∂A = grad_zᵀ·x and ∂B = grad_yᵀ·z onto the compact tensors before ∂x (tokens × h) is allocated
         grad_flat = flat.new_zeros(flat.numel())
-        grad_a = grad_z.reshape(-1, spec.r).t() @ x.reshape(-1, spec.h)
+        grad_a = grad_z.reshape(-1, spec.r).t() @ _dropped(x, keep, ctx.p).reshape(-1, spec.h)
         grad_flat.index_add_(0, idx[:rh], grad_a.reshape(-1).to(flat.dtype))
         del grad_a
         grad_b = grad_y.reshape(-1, spec.o).t() @ z.reshape(-1, spec.r)
@@ -419,7 +429,14 @@ class _AdapterFunction(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             # torch.matmul, not a reshaped mm: a view would stop autograd from accumulating in place
             grad_x = torch.matmul(grad_z, flat.index_select(0, idx[:rh]).view(spec.r, spec.h))
-        return (grad_x, *_split(grad_flat, spec), None)
+            if keep is not None:
+                grad_x = grad_x.mul_(keep).mul_(1 / (1 - ctx.p))
+        return (grad_x, None, None, *_split(grad_flat, spec), None)
+
+
+def _dropped(x: torch.Tensor, keep: torch.Tensor | None, p: float) -> torch.Tensor:
+    """Dropout of ``x`` from its boolean ``keep`` mask: x·keep/(1−p), as ``nn.Dropout``; x itself when no mask."""
+    return x if keep is None else (x * keep).mul_(1 / (1 - p))
 
 
 @functools.lru_cache(maxsize=256)
