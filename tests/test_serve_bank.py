@@ -19,10 +19,10 @@ from prolora import PRoLoRAConfig, get_prolora_model
 from prolora.inference.adapter_bank import AdapterBank
 
 CONFIGS = {
-    "pro": dict(r=8, unshared_r=1, sharing_rate_a=5, sharing_rate_b=3),
-    "pro_u0": dict(r=4, unshared_r=0, sharing_rate_a=2, sharing_rate_b=2, rotation=False,
-                   overrides={"mlp\\..*": {"r": 6, "unshared_r": 2}}),
-    "pro_rank": dict(r=6, unshared_r=2, sharing_rate_a=2, sharing_rate_b=2, share="rank"),
+    "pro": {"r": 8, "unshared_r": 1, "sharing_rate_a": 5, "sharing_rate_b": 3},
+    "pro_u0": {"r": 4, "unshared_r": 0, "sharing_rate_a": 2, "sharing_rate_b": 2, "rotation": False,
+               "overrides": {"mlp\\..*": {"r": 6, "unshared_r": 2}}},
+    "pro_rank": {"r": 6, "unshared_r": 2, "sharing_rate_a": 2, "sharing_rate_b": 2, "share": "rank"},
 }
 
 
