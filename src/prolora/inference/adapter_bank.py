@@ -79,17 +79,43 @@ class ModuleFactors:
 
 
 @dataclass(frozen=True)
+class AdapterLayout:
+    """Where each module's compact tensors sit in an adapter's flat tensor: module -> (spec, offset, numel).
+
+    Adapters of one configuration share one layout object, so a resident adapter costs its tensor bytes
+    plus a few hundred bytes of bookkeeping, however many modules it adapts.
+    """
+
+    modules: dict[str, tuple[ChunkSpec, int, int]]
+
+    @property
+    def numel(self) -> int:
+        return sum(n for _, _, n in self.modules.values())
+
+
+@dataclass(frozen=True)
 class ResidentAdapter:
-    """A loaded adapter: ``kind`` is ``"prolora"`` or ``"lora"``; ``nbytes`` its resident tensor bytes."""
+    """A loaded adapter: ``kind`` is ``"prolora"`` or ``"lora"``; all its compact tensors in one ``flat``."""
 
     name: str
     kind: str
     path: str
-    modules: dict[str, ModuleFactors]
+    flat: torch.Tensor
+    layout: AdapterLayout
 
     @property
     def nbytes(self) -> int:
-        return sum(f.flat.numel() * f.flat.element_size() for f in self.modules.values())
+        """Resident bytes: exactly the adapter's parameter bytes (compact for PRoLoRA, dense for LoRA)."""
+        return self.flat.numel() * self.flat.element_size()
+
+    @property
+    def modules(self) -> dict[str, tuple[ChunkSpec, int, int]]:
+        return self.layout.modules
+
+    def factors(self, module: str) -> ModuleFactors:
+        """The module's :class:`ModuleFactors` (a view of :attr:`flat`, no copy)."""
+        spec, offset, numel = self.layout.modules[module]
+        return ModuleFactors(self.flat.narrow(0, offset, numel), spec)
 
 
 # ------------------------------------------------------------------------------------------------ reading
@@ -312,6 +338,7 @@ class AdapterBank:
         self._expanded_bytes = 0
         self._hooks: dict[str, torch.utils.hooks.RemovableHandle] = {}
         self._modules = dict(model.named_modules())
+        self._layouts: dict[tuple, AdapterLayout] = {}
         self._plan: BatchPlan | None = None
         self._plans: OrderedDict[tuple, BatchPlan] = OrderedDict()
 
@@ -329,9 +356,14 @@ class AdapterBank:
     def add(self, name: str, kind: str, factors: dict[str, ModuleFactors], path: str = "") -> ResidentAdapter:
         """Make already-read factors resident as ``name`` (see :func:`read_factors`)."""
         device = next(self.model.parameters()).device
-        factors = {m: ModuleFactors(f.flat.to(device), f.spec) for m, f in factors.items()}
-        adapter = ResidentAdapter(name, kind, path, factors)
+        entries, offset = [], 0
+        for module, f in factors.items():
+            entries.append((module, (f.spec, offset, f.flat.numel())))
+            offset += f.flat.numel()
+        flat = torch.cat([f.flat for f in factors.values()]).to(device)
         with self.lock:
+            layout = self._layouts.setdefault(tuple(entries), AdapterLayout(dict(entries)))
+            adapter = ResidentAdapter(name, kind, str(path), flat, layout)
             if name in self.adapters:
                 raise ValueError(f"an adapter named {name!r} is already loaded; unload it first or pick another name.")
             for module in factors:
@@ -393,7 +425,9 @@ class AdapterBank:
         for i, name in enumerate(rows):
             if name is None:
                 continue
-            for module, f in self.adapters[name].modules.items():
+            adapter = self.adapters[name]
+            for module in adapter.modules:
+                f = adapter.factors(module)
                 dense = not f.chunked or self._cached(name, module) is not None
                 modules.setdefault(module, {}).setdefault(_layout_key(f, dense), []).append(i)
         out = {}
@@ -401,7 +435,7 @@ class AdapterBank:
             out[module] = []
             for key, idx in groups.items():
                 names = list(dict.fromkeys(rows[i] for i in idx))
-                factors = [self.adapters[n].modules[module] for n in names]
+                factors = [self.adapters[n].factors(module) for n in names]
                 row_ids = None if len(names) == 1 else torch.tensor([names.index(rows[i]) for i in idx],
                                                                    device=device)
                 sel = None if idx == list(range(len(rows))) else torch.tensor(idx, device=device)
@@ -419,7 +453,7 @@ class AdapterBank:
         if hit is not None:
             self._expanded.move_to_end(key)
             return hit
-        f = self.adapters[name].modules[module]
+        f = self.adapters[name].factors(module)
         size = f.spec.r * (f.spec.h + f.spec.o) * f.flat.element_size()
         if size > self.expanded_cache_bytes:
             return None
