@@ -153,6 +153,11 @@ class Engine:
         self._drop(list(range(len(self._rows))))
 
     @property
+    def accepting(self) -> bool:
+        """False once :meth:`shutdown` began."""
+        return self._accepting
+
+    @property
     def queue_length(self) -> int:
         return len(self._waiting)
 
