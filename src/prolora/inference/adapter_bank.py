@@ -274,14 +274,14 @@ class BatchPlan:
     modules: dict[str, list[_Group]]
 
 
-def _stack_rows(tensors: list[torch.Tensor], row_ids: torch.Tensor | None) -> torch.Tensor:
-    """(1, …) for one distinct tensor, else the distinct tensors stacked and gathered per row (N, …)."""
+def _stack_rows(tensors: list[torch.Tensor], row_ids: list[int] | None) -> torch.Tensor:
+    """(1, …) for one distinct tensor (broadcast over the rows), else row i's tensor at i (N, …)."""
     if row_ids is None:
         return tensors[0].unsqueeze(0)
-    return torch.stack(tensors).index_select(0, row_ids)
+    return torch.stack([tensors[j] for j in row_ids])
 
 
-def _build_group(rows: torch.Tensor | None, names: list[str], row_ids: torch.Tensor | None,
+def _build_group(rows: torch.Tensor | None, names: list[str], row_ids: list[int] | None,
                  factors: list[ModuleFactors], dense: list[tuple] | None) -> _Group:
     """One group: ``factors[j]`` belongs to ``names[j]``; ``row_ids`` maps each row to j (None: one adapter)."""
     spec = factors[0].spec
@@ -402,7 +402,8 @@ class AdapterBank:
     def plan(self, rows: Sequence[str | None]) -> BatchPlan:
         """The :class:`BatchPlan` of a batch whose row i uses adapter ``rows[i]`` (None: the base model).
 
-        Plans are cached per composition (the last 8). Raises KeyError naming an unknown adapter.
+        Plans are cached per composition (the last two: a running batch changes composition only when a
+        request joins or leaves). Raises KeyError naming an unknown adapter.
         """
         rows = tuple(rows)
         with self.lock:
@@ -415,7 +416,7 @@ class AdapterBank:
                 raise KeyError(f"adapters {unknown} are not loaded; loaded: {sorted(self.adapters)}")
             plan = BatchPlan(rows, self._build(rows))
             self._plans[rows] = plan
-            if len(self._plans) > 8:
+            if len(self._plans) > 2:
                 self._plans.popitem(last=False)
             return plan
 
@@ -436,8 +437,7 @@ class AdapterBank:
             for key, idx in groups.items():
                 names = list(dict.fromkeys(rows[i] for i in idx))
                 factors = [self.adapters[n].factors(module) for n in names]
-                row_ids = None if len(names) == 1 else torch.tensor([names.index(rows[i]) for i in idx],
-                                                                   device=device)
+                row_ids = None if len(names) == 1 else [names.index(rows[i]) for i in idx]
                 sel = None if idx == list(range(len(rows))) else torch.tensor(idx, device=device)
                 dense = [self._cached(n, module) or f.expand() for n, f in zip(names, factors)] \
                     if key[0] == "dense" else None
