@@ -66,6 +66,19 @@ def write_adapters(root: Path, count: int, variant: str = "PRoLoRA r=8", seed: i
     return paths
 
 
+def settled_rss() -> int:
+    """RSS after glibc returns freed heap pages (``malloc_trim``), so freed temporaries do not count."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+    return rss_bytes()
+
+
 def tensor_bytes(path: Path) -> int:
     from safetensors.torch import load_file
 
@@ -92,12 +105,12 @@ def section_memory(tmp: Path, count: int = 1000, lora_count: int = 50) -> dict:
     out["write_s"] = time.perf_counter() - t0
     compact = tensor_bytes(paths[0])
     registry = AdapterRegistry(AdapterBank(model), max_resident=count)
-    before = rss_bytes()
+    before = settled_rss()
     t0 = time.perf_counter()
     for i, path in enumerate(paths):
         registry.register(f"p{i}", path)
     load_s = time.perf_counter() - t0
-    grown = rss_bytes() - before
+    grown = settled_rss() - before
     bank = registry.bank
     out["prolora_1000"] = {"count": count, "compact_bytes_each": compact, "resident_tensor_bytes": bank.resident_bytes,
                            "resident_over_compact": bank.resident_bytes / (count * compact),
@@ -115,10 +128,10 @@ def section_memory(tmp: Path, count: int = 1000, lora_count: int = 50) -> dict:
     lpaths = write_adapters(lora_dir, lora_count, "LoRA r=8", seed=1)
     lora_bytes = tensor_bytes(lpaths[0])
     bank = AdapterBank(model)
-    before = rss_bytes()
+    before = settled_rss()
     for i, path in enumerate(lpaths):
         bank.load(f"l{i}", path)
-    grown = rss_bytes() - before
+    grown = settled_rss() - before
     out["lora"] = {"count": lora_count, "dense_bytes_each": lora_bytes, "rss_growth": grown,
                    "rss_over_dense": grown / (lora_count * lora_bytes),
                    "bytes_for_1000": 1000 * lora_bytes}

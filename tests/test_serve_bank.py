@@ -100,15 +100,21 @@ def test_each_row_of_a_mixed_batch_equals_that_adapter_alone(adapters):
 
 def test_one_adapter_for_all_rows_and_the_expanded_cache_agree(adapters):
     model = make_tiny_llama()
-    ids = torch.randint(0, 128, (3, 5), generator=torch.Generator().manual_seed(4))
-    expected = _peft_logits(adapters["pro"], ids)
-    for cap in (0, 10**9, 4000):  # off, everything cached, a cap that holds only some modules
+    ids = torch.randint(0, 128, (4, 5), generator=torch.Generator().manual_seed(4))
+    rows = ["pro", "pro_u0", "pro", "pro_u0"]
+    expected = torch.cat([_peft_logits(adapters[name], ids[i:i + 1]) for i, name in enumerate(rows)])
+    one = sum(4 * layer.in_features * 8 + 4 * layer.out_features * 8 for name, layer in model.named_modules()
+              if name.endswith(tuple(LLAMA_TARGETS)))  # expanded A and B of "pro" (r = 8 everywhere)
+    for cap, pro_dense in ((0, False), (10**9, True), (one, True), (one - 1, False)):  # off, all, just fits, not
         bank = AdapterBank(model, expanded_cache_bytes=cap)
-        bank.load("pro", adapters["pro"])
-        with torch.no_grad(), bank.batch(["pro"] * 3):
+        for name in ("pro", "pro_u0"):
+            bank.load(name, adapters[name])
+        with torch.no_grad(), bank.batch(rows):
             torch.testing.assert_close(model(ids).logits, expected, rtol=1e-4, atol=1e-4)
-        assert bank.expanded_bytes <= cap
-        assert (bank.expanded_bytes > 0) == (cap > 0)
+        with torch.no_grad(), bank.batch(["pro"] * 4):
+            torch.testing.assert_close(model(ids).logits, _peft_logits(adapters["pro"], ids), rtol=1e-4, atol=1e-4)
+        assert bank.expanded_bytes <= cap and (bank.expanded_bytes > 0) == (cap > 0)
+        assert bank._views["pro"].dense == pro_dense
         bank.close()
 
 

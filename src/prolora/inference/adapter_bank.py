@@ -25,6 +25,7 @@ adapters from another thread must hold :attr:`AdapterBank.lock`.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import os
@@ -228,15 +229,15 @@ def _flat(tensors) -> torch.Tensor:
 # --------------------------------------------------------------------------------------- batched compute
 @dataclass
 class _Group:
-    """Rows of one batch that use adapters of one layout on one module, with their per-row factors.
+    """Rows of one batch whose adapters share one layout, on one module, with their per-row factors.
 
     ``rows``: the batch rows (None: all rows, in order). Chunked groups hold ``a0t`` (N, c, R), ``b0t``
-    (N, R, ceil(o/n)) pre-scaled, ``aut`` (N, h, u), ``but`` (N, u, o) pre-scaled; N is 1 when the rows
-    share one adapter (broadcast by ``torch.matmul``). Dense groups hold ``aut`` (N, h, r), ``but``.
+    (N, R, ceil(o/n)), ``aut`` (N, h, u), ``but`` (N, u, o); dense groups (expanded A, B) hold ``aut``
+    (N, h, r), ``but`` (N, r, o). N is 1 when the rows share one adapter (``torch.matmul`` broadcasts).
     """
 
     rows: torch.Tensor | None
-    spec: ChunkSpec  # scaling is meaningless here (folded into the B factors)
+    spec: ChunkSpec
     a0t: torch.Tensor | None
     b0t: torch.Tensor | None
     aut: torch.Tensor | None
@@ -263,7 +264,7 @@ class _Group:
         if self.aut is not None:
             yu = torch.matmul(torch.matmul(x, self.aut), self.but)
             y = yu if y is None else y + yu
-        return y
+        return y * s.scaling
 
 
 @dataclass
@@ -274,43 +275,29 @@ class BatchPlan:
     modules: dict[str, list[_Group]]
 
 
-def _stack_rows(tensors: list[torch.Tensor], row_ids: list[int] | None) -> torch.Tensor:
+@dataclass
+class _Views:
+    """One adapter's per-module factors as the compute wants them: ``(a0t, b0t, aut, but)``, transposed
+    views of the flat tensor (chunked), or the expanded ``(None, None, Aᵀ, Bᵀ)`` (``dense``: the adapter
+    is in the expanded cache; always for modules outside the chunked identity)."""
+
+    dense: bool
+    modules: dict[str, tuple]
+    expanded_bytes: int
+
+
+def _stack_rows(tensors: list[torch.Tensor | None], row_ids: list[int] | None) -> torch.Tensor | None:
     """(1, …) for one distinct tensor (broadcast over the rows), else row i's tensor at i (N, …)."""
+    if tensors[0] is None:
+        return None
     if row_ids is None:
         return tensors[0].unsqueeze(0)
     return torch.stack([tensors[j] for j in row_ids])
 
 
-def _build_group(rows: torch.Tensor | None, names: list[str], row_ids: list[int] | None,
-                 factors: list[ModuleFactors], dense: list[tuple] | None) -> _Group:
-    """One group: ``factors[j]`` belongs to ``names[j]``; ``row_ids`` maps each row to j (None: one adapter)."""
-    spec = factors[0].spec
-    if dense is not None:  # expanded factors (Eq. 4 gather) padded to the group's largest rank
-        r = max(a.shape[0] for a, _ in dense)
-        aut = [torch.nn.functional.pad(a, (0, 0, 0, r - a.shape[0])).t() for a, _ in dense]
-        but = [torch.nn.functional.pad(b * f.spec.scaling, (0, r - b.shape[1])).t()
-               for (_, b), f in zip(dense, factors)]
-        return _Group(rows, spec, None, None, _stack_rows(aut, row_ids), _stack_rows(but, row_ids), None, None)
-    parts = [f.parts() for f in factors]
-    a0t = b0t = idx_a = idx_b = aut = but = None
-    if spec.shared:
-        a0t = _stack_rows([p[0].t() for p in parts], row_ids)
-        b0t = _stack_rows([(p[2] * f.spec.scaling).t() for p, f in zip(parts, factors)], row_ids)
-        rotate = spec.rotate is not None
-        device = factors[0].flat.device
-        idx_a = eq.roll_indices(spec.shared, spec.m, spec.stride_a, rotate, +1, device)
-        idx_b = eq.roll_indices(spec.shared, spec.n, spec.stride_b, rotate, -1, device)
-    if spec.u:
-        aut = _stack_rows([p[1].t() for p in parts], row_ids)
-        but = _stack_rows([(p[3] * f.spec.scaling).t() for p, f in zip(parts, factors)], row_ids)
-    return _Group(rows, spec, a0t, b0t, aut, but, idx_a, idx_b)
-
-
-def _layout_key(f: ModuleFactors, dense: bool) -> tuple:
-    s = f.spec
-    if dense:
-        return ("dense", f.flat.dtype)
-    return ("chunked", s.h, s.o, s.r, s.u, s.m, s.n, s.stride_a, s.stride_b, s.rotate, f.flat.dtype)
+@functools.lru_cache(maxsize=256)
+def _roll_indices(shared: int, copies: int, stride: int, rotate: bool, sign: int, device) -> torch.Tensor:
+    return eq.roll_indices(shared, copies, stride, rotate, sign, device)
 
 
 class AdapterBank:
@@ -320,6 +307,8 @@ class AdapterBank:
         model: the base model (a ``transformers`` causal LM or any ``nn.Module`` with linear layers).
         expanded_cache_bytes: byte cap of the cache of expanded (A, B) factors of hot adapters (0: off).
             A cached adapter computes with two batched matmuls per module instead of the chunked path.
+        view_cache_size: adapters whose per-module views are kept ready for building plans (working
+            memory: Python objects only, except expanded factors).
 
     Usage::
 
@@ -329,13 +318,13 @@ class AdapterBank:
             logits = model(input_ids).logits
     """
 
-    def __init__(self, model: nn.Module, expanded_cache_bytes: int = 0):
+    def __init__(self, model: nn.Module, expanded_cache_bytes: int = 0, view_cache_size: int = 64):
         self.model = model
         self.adapters: dict[str, ResidentAdapter] = {}
         self.lock = threading.RLock()
         self.expanded_cache_bytes = int(expanded_cache_bytes)
-        self._expanded: OrderedDict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
-        self._expanded_bytes = 0
+        self.view_cache_size = view_cache_size
+        self._views: OrderedDict[str, _Views] = OrderedDict()
         self._hooks: dict[str, torch.utils.hooks.RemovableHandle] = {}
         self._modules = dict(model.named_modules())
         self._layouts: dict[tuple, AdapterLayout] = {}
@@ -376,9 +365,7 @@ class AdapterBank:
         """Drop adapter ``name`` (and its cached expansions and plans). KeyError if it is not loaded."""
         with self.lock:
             del self.adapters[name]
-            for key in [k for k in self._expanded if k[0] == name]:
-                a, b = self._expanded.pop(key)
-                self._expanded_bytes -= _bytes(a) + _bytes(b)
+            self._views.pop(name, None)
             for key in [k for k, plan in self._plans.items() if name in plan.rows]:
                 del self._plans[key]
 
@@ -389,8 +376,9 @@ class AdapterBank:
 
     @property
     def expanded_bytes(self) -> int:
-        """Bytes held by the cache of expanded factors (at most ``expanded_cache_bytes``)."""
-        return self._expanded_bytes
+        """Bytes of expanded factors held (cached hot adapters: at most ``expanded_cache_bytes``; plus the
+        Table 4 variants outside the chunked identity while they are in use)."""
+        return sum(v.expanded_bytes for v in self._views.values())
 
     def close(self) -> None:
         """Remove the forward hooks: the model is the plain base model again."""
@@ -421,48 +409,59 @@ class AdapterBank:
             return plan
 
     def _build(self, rows: tuple) -> dict[str, list[_Group]]:
+        """Group the rows by adapter layout (adapters of one configuration share one), then per module stack
+        the rows' factors: four ``torch.stack`` calls per module, whatever the number of adapters."""
         device = next(self.model.parameters()).device
-        modules: dict[str, dict[tuple, list[int]]] = {}
+        groups: dict[tuple, list[int]] = {}
         for i, name in enumerate(rows):
-            if name is None:
-                continue
-            adapter = self.adapters[name]
-            for module in adapter.modules:
-                f = adapter.factors(module)
-                dense = not f.chunked or self._cached(name, module) is not None
-                modules.setdefault(module, {}).setdefault(_layout_key(f, dense), []).append(i)
-        out = {}
-        for module, groups in modules.items():
-            out[module] = []
-            for key, idx in groups.items():
-                names = list(dict.fromkeys(rows[i] for i in idx))
-                factors = [self.adapters[n].factors(module) for n in names]
-                row_ids = None if len(names) == 1 else [names.index(rows[i]) for i in idx]
-                sel = None if idx == list(range(len(rows))) else torch.tensor(idx, device=device)
-                dense = [self._cached(n, module) or f.expand() for n, f in zip(names, factors)] \
-                    if key[0] == "dense" else None
-                out[module].append(_build_group(sel, names, row_ids, factors, dense))
+            if name is not None:
+                groups.setdefault((id(self.adapters[name].layout), self._view(name).dense), []).append(i)
+        out: dict[str, list[_Group]] = {}
+        for idx in groups.values():
+            names = list(dict.fromkeys(rows[i] for i in idx))
+            views = [self._view(n).modules for n in names]
+            row_ids = None if len(names) == 1 else [names.index(rows[i]) for i in idx]
+            sel = None if len(idx) == len(rows) else torch.tensor(idx, device=device)
+            for module, (spec, _, _) in self.adapters[names[0]].layout.modules.items():
+                per = [v[module] for v in views]
+                a0t, b0t, aut, but = (_stack_rows([p[k] for p in per], row_ids) for k in range(4))
+                idx_a = idx_b = None
+                if a0t is not None:
+                    rotate = spec.rotate is not None
+                    idx_a = _roll_indices(spec.shared, spec.m, spec.stride_a, rotate, +1, device)
+                    idx_b = _roll_indices(spec.shared, spec.n, spec.stride_b, rotate, -1, device)
+                out.setdefault(module, []).append(_Group(sel, spec, a0t, b0t, aut, but, idx_a, idx_b))
         return out
 
-    def _cached(self, name: str, module: str) -> tuple | None:
-        """Expanded (A, B) of a hot adapter from the byte-capped cache, adding it when it fits (else None)."""
-        if not self.expanded_cache_bytes:
-            return None
-        key = (name, module)
-        hit = self._expanded.get(key)
+    def _view(self, name: str) -> _Views:
+        """The adapter's :class:`_Views` (LRU of ``view_cache_size``); expanded when the byte cap allows."""
+        hit = self._views.get(name)
         if hit is not None:
-            self._expanded.move_to_end(key)
+            self._views.move_to_end(name)
             return hit
-        f = self.adapters[name].factors(module)
-        size = f.spec.r * (f.spec.h + f.spec.o) * f.flat.element_size()
-        if size > self.expanded_cache_bytes:
-            return None
-        while self._expanded_bytes + size > self.expanded_cache_bytes:
-            a, b = self._expanded.popitem(last=False)[1]
-            self._expanded_bytes -= _bytes(a) + _bytes(b)
-        self._expanded[key] = f.expand()
-        self._expanded_bytes += size
-        return self._expanded[key]
+        adapter = self.adapters[name]
+        specs = [spec for spec, _, _ in adapter.modules.values()]
+        size = sum(s.r * (s.h + s.o) for s in specs) * adapter.flat.element_size()
+        cached = sum(v.expanded_bytes for v in self._views.values() if v.dense)
+        dense = 0 < size <= self.expanded_cache_bytes
+        while dense and cached + size > self.expanded_cache_bytes:  # evict the least recently used expansions
+            victim = next(n for n, v in self._views.items() if v.dense)
+            cached -= self._views.pop(victim).expanded_bytes
+        modules, expanded = {}, 0
+        for module in adapter.modules:
+            f = adapter.factors(module)
+            if dense or not f.chunked:
+                a, b = f.expand()
+                modules[module] = (None, None, a.t(), b.t())
+                expanded += _bytes(a) + _bytes(b)
+            else:
+                a0, a_u, b0, b_u = f.parts()
+                modules[module] = (a0.t() if f.spec.shared else None, b0.t() if f.spec.shared else None,
+                                   a_u.t() if f.spec.u else None, b_u.t() if f.spec.u else None)
+        view = self._views[name] = _Views(dense, modules, expanded)
+        while len(self._views) > self.view_cache_size:
+            self._views.popitem(last=False)
+        return view
 
     @contextlib.contextmanager
     def batch(self, rows: Sequence[str | None] | BatchPlan):
