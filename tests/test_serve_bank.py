@@ -157,3 +157,24 @@ def test_bad_adapters_are_refused_with_the_reason(adapters, tmp_path):
     with pytest.raises(ValueError, match="another base model"):
         bank.load("lora_bad", lora_bad)
     assert list(bank.adapters) == ["pro"]
+
+
+def test_a_recycled_plan_reuses_its_buffers_and_stays_correct(adapters):
+    model = make_tiny_llama()
+    bank = AdapterBank(model)
+    for name in ("pro", "pro_u0", "lora"):
+        bank.load(name, adapters[name])
+    bank.load("pro_copy", adapters["pro"])  # the same configuration: one layout, stacked with "pro"
+    ids = torch.randint(0, 128, (4, 6), generator=torch.Generator().manual_seed(5))
+    first = bank.plan(["pro", "pro_copy", "pro", "lora"])
+    buffers = [b.data_ptr() for b in first.buffers]
+    rows = ["pro_copy", "pro", None, "pro_u0"]
+    second = bank.plan(rows, recycle=first)
+    assert buffers and [b.data_ptr() for b in second.buffers] == buffers  # the same memory, refilled
+    assert first.modules == {}  # a stale handle adds nothing rather than another batch's adapters
+    with torch.no_grad(), bank.batch(second):
+        mixed = model(ids).logits
+    for i, name in enumerate(rows):
+        path = adapters[name.removesuffix("_copy")] if name else None
+        alone = _peft_logits(path, ids[i:i + 1])[0] if name else make_tiny_llama()(ids[i:i + 1]).logits[0]
+        torch.testing.assert_close(mixed[i], alone, rtol=1e-4, atol=1e-4)

@@ -32,7 +32,7 @@ import os
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -273,13 +273,13 @@ class BatchPlan:
 
     rows: tuple[str | None, ...]
     modules: dict[str, list[_Group]]
+    buffers: list[torch.Tensor] = field(default_factory=list)  # the stacked rows it owns (reusable)
 
 
 @dataclass
 class _Views:
-    """One adapter's per-module factors as the compute wants them: ``(a0t, b0t, aut, but)``, transposed
-    views of the flat tensor (chunked), or the expanded ``(None, None, Aᵀ, Bᵀ)`` (``dense``: the adapter
-    is in the expanded cache; always for modules outside the chunked identity)."""
+    """One adapter's expanded ``(None, None, Aᵀ, Bᵀ)`` per module: every module when the adapter is in the
+    expanded cache (``dense``), else only the modules outside the chunked identity (Table 4 variants)."""
 
     dense: bool
     modules: dict[str, tuple]
@@ -293,6 +293,16 @@ def _stack_rows(tensors: list[torch.Tensor | None], row_ids: list[int] | None) -
     if row_ids is None:
         return tensors[0].unsqueeze(0)
     return torch.stack([tensors[j] for j in row_ids])
+
+
+def _row_parts(rows: torch.Tensor, spec: ChunkSpec) -> tuple:
+    """``(A_0ᵀ, B_0ᵀ, A_uᵀ, B_uᵀ)`` per row (None where empty) as views of ``rows`` (N, numel): the
+    module's compact tensors in the order (A_0, A_u, B_0, B_u), as :func:`_flat` lays them out."""
+    shape_a0, shape_b0 = eq.chunk_shapes(spec.h, spec.o, spec.r, spec.u, spec.m, spec.n, spec.share)
+    shapes = (shape_a0, (spec.u, spec.h), shape_b0, (spec.o, spec.u))
+    a0, a_u, b0, b_u = (p.unflatten(1, shape).transpose(1, 2)
+                        for p, shape in zip(rows.split([math.prod(sh) for sh in shapes], dim=1), shapes))
+    return a0 if spec.shared else None, b0 if spec.shared else None, a_u if spec.u else None, b_u if spec.u else None
 
 
 @functools.lru_cache(maxsize=256)
@@ -387,11 +397,13 @@ class AdapterBank:
         self._hooks.clear()
 
     # ----------------------------------------------------------------------------------------- batches
-    def plan(self, rows: Sequence[str | None]) -> BatchPlan:
+    def plan(self, rows: Sequence[str | None], recycle: BatchPlan | None = None) -> BatchPlan:
         """The :class:`BatchPlan` of a batch whose row i uses adapter ``rows[i]`` (None: the base model).
 
-        Plans are cached per composition (the last two: a running batch changes composition only when a
-        request joins or leaves). Raises KeyError naming an unknown adapter.
+        Plans are cached per composition (the last four: a running batch changes composition only when a
+        request joins or leaves). ``recycle``: a plan the caller no longer uses (the running batch's
+        previous one); its buffers are reused, which avoids fresh allocations (page faults cost more than
+        the copy). Raises KeyError naming an unknown adapter.
         """
         rows = tuple(rows)
         with self.lock:
@@ -402,15 +414,22 @@ class AdapterBank:
             unknown = sorted({r for r in rows if r is not None and r not in self.adapters})
             if unknown:
                 raise KeyError(f"adapters {unknown} are not loaded; loaded: {sorted(self.adapters)}")
-            plan = BatchPlan(rows, self._build(rows))
+            free = []
+            if recycle is not None:
+                if self._plans.get(recycle.rows) is recycle:
+                    del self._plans[recycle.rows]
+                free = recycle.buffers
+                recycle.modules, recycle.buffers = {}, []  # a stale handle now adds nothing, never wrong rows
+            plan = BatchPlan(rows, {})
+            plan.modules = self._build(rows, free, plan.buffers)
             self._plans[rows] = plan
-            if len(self._plans) > 2:
+            if len(self._plans) > 4:
                 self._plans.popitem(last=False)
             return plan
 
-    def _build(self, rows: tuple) -> dict[str, list[_Group]]:
-        """Group the rows by adapter layout (adapters of one configuration share one), then per module stack
-        the rows' factors: four ``torch.stack`` calls per module, whatever the number of adapters."""
+    def _build(self, rows: tuple, free: list[torch.Tensor], owned: list[torch.Tensor]) -> dict[str, list[_Group]]:
+        """Group the rows by adapter layout (adapters of one configuration share one); per group stack the
+        rows' flat tensors once, (N, P), and cut every module's factors out of it as strided views."""
         device = next(self.model.parameters()).device
         groups: dict[tuple, list[int]] = {}
         for i, name in enumerate(rows):
@@ -419,17 +438,35 @@ class AdapterBank:
         out: dict[str, list[_Group]] = {}
         for idx in groups.values():
             names = list(dict.fromkeys(rows[i] for i in idx))
-            views = [self._view(n).modules for n in names]
+            views = [self._view(n) for n in names]
             row_ids = None if len(names) == 1 else [names.index(rows[i]) for i in idx]
             sel = None if len(idx) == len(rows) else torch.tensor(idx, device=device)
-            for module, (spec, _, _) in self.adapters[names[0]].layout.modules.items():
-                per = [v[module] for v in views]
-                a0t, b0t, aut, but = (_stack_rows([p[k] for p in per], row_ids) for k in range(4))
-                idx_a = idx_b = None
-                if a0t is not None:
-                    rotate = spec.rotate is not None
-                    idx_a = _roll_indices(spec.shared, spec.m, spec.stride_a, rotate, +1, device)
-                    idx_b = _roll_indices(spec.shared, spec.n, spec.stride_b, rotate, -1, device)
+            layout = self.adapters[names[0]].layout
+            flats = [self.adapters[n].flat for n in names]
+            stacked = None
+            if not views[0].dense and row_ids is None:
+                stacked = flats[0].unsqueeze(0)
+            elif not views[0].dense:
+                size, dtype = len(row_ids) * flats[0].numel(), flats[0].dtype
+                buf = next((b for b in free if b.numel() >= size and b.dtype == dtype), None)
+                if buf is None:
+                    buf = torch.empty(size, dtype=dtype, device=device)
+                else:
+                    free.remove(buf)
+                owned.append(buf)
+                stacked = torch.stack([flats[j] for j in row_ids], out=buf[:size].view(len(row_ids), -1))
+            for module, (spec, offset, numel) in layout.modules.items():
+                if module in views[0].modules:  # expanded: stack the rows' (Aᵀ, Bᵀ)
+                    per = [v.modules[module] for v in views]
+                    a0t = b0t = idx_a = idx_b = None
+                    aut, but = (_stack_rows([p[k] for p in per], row_ids) for k in (2, 3))
+                else:
+                    a0t, b0t, aut, but = _row_parts(stacked.narrow(1, offset, numel), spec)
+                    idx_a = idx_b = None
+                    if a0t is not None:
+                        rotate = spec.rotate is not None
+                        idx_a = _roll_indices(spec.shared, spec.m, spec.stride_a, rotate, +1, device)
+                        idx_b = _roll_indices(spec.shared, spec.n, spec.stride_b, rotate, -1, device)
                 out.setdefault(module, []).append(_Group(sel, spec, a0t, b0t, aut, but, idx_a, idx_b))
         return out
 
@@ -448,16 +485,11 @@ class AdapterBank:
             victim = next(n for n, v in self._views.items() if v.dense)
             cached -= self._views.pop(victim).expanded_bytes
         modules, expanded = {}, 0
-        for module in adapter.modules:
-            f = adapter.factors(module)
-            if dense or not f.chunked:
-                a, b = f.expand()
+        for module, (spec, _, _) in adapter.modules.items():
+            if dense or not (spec.share == "hidden" and spec.rotate != "hidden"):
+                a, b = adapter.factors(module).expand()
                 modules[module] = (None, None, a.t(), b.t())
                 expanded += _bytes(a) + _bytes(b)
-            else:
-                a0, a_u, b0, b_u = f.parts()
-                modules[module] = (a0.t() if f.spec.shared else None, b0.t() if f.spec.shared else None,
-                                   a_u.t() if f.spec.u else None, b_u.t() if f.spec.u else None)
         view = self._views[name] = _Views(dense, modules, expanded)
         while len(self._views) > self.view_cache_size:
             self._views.popitem(last=False)

@@ -121,6 +121,7 @@ class Engine:
         self._cache = None  # the batch's DynamicCache, rows in the order of self._rows
         self._mask: torch.Tensor | None = None  # (rows, cached length): 1 for real tokens, 0 for left padding
         self._next: list[int] = []  # the token each row feeds at the next step
+        self._plan = None  # the adapter plan of the last decode step (its buffers are reused)
         self._cv = threading.Condition()
         self._accepting = True
         self._stop = False
@@ -256,7 +257,7 @@ class Engine:
         mask = torch.cat([self._mask, self._mask.new_ones(rows, 1)], dim=1)
         ids = torch.tensor(self._next, device=self.device).view(rows, 1)
         positions = torch.tensor([r.position for r in self._rows], device=self.device).view(rows, 1)
-        plan = self.bank.plan([r.adapter for r in self._rows])
+        plan = self._plan = self.bank.plan([r.adapter for r in self._rows], recycle=self._plan)
         with torch.inference_mode(), self.bank.batch(plan):
             logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
                                 past_key_values=self._cache, use_cache=True).logits[:, -1]
