@@ -1,22 +1,24 @@
 """Many adapters on one base model, resident in compact form, computed per row in one batched operation.
 
 :class:`AdapterBank` holds any number of adapters for one Hugging Face base model. A PRoLoRA adapter keeps
-only its compact tensors A_0, A_u, B_0, B_u (paper Section 3.1, Eq. 4) — one flat tensor per module, so
-its resident bytes are exactly its parameter bytes (paper Section 1 / Table 1: the memory of the resident
-adapters is the cost of serving many). Dense PEFT LoRA adapters are accepted too: LoRA is PRoLoRA with
-``u = r`` (A_u = A, B_u = B, no shared chunks), so both run through the same code.
+only its compact tensors A_0, A_u, B_0, B_u (paper Section 3.1, Eq. 4) — all of them in one flat tensor
+per adapter, with a layout shared by the adapters of one configuration — so its resident bytes are exactly
+its parameter bytes (paper Section 1 / Table 1: the memory of the resident adapters is the cost of serving
+many). Dense PEFT LoRA adapters are accepted too: LoRA is PRoLoRA with ``u = r`` (A_u = A, B_u = B, no
+shared chunks), so both run through the same code.
 
 A batch whose rows use different adapters (``None``: the base model alone) runs in one forward pass: a
-forward hook on every adapted linear layer adds ``ΔW_row · x_row`` for all rows at once. Per layer the
-rows' compact tensors are gathered once per batch composition (a :class:`BatchPlan`) and each step is a
-fixed number of batched matmuls whatever the number k of distinct adapters (bgmv-style per-row weights,
-as Punica / S-LoRA, but on the chunks): the A side is ``x_i · A_0ᵀ`` for the m input chunks followed by
-the roll-and-sum of Eq. 3, the B side one matmul of the n rolled copies of z with B_0 (the identity of
-:func:`prolora.equations.chunked_adapter_forward`), plus ``x·A_uᵀ·B_uᵀ`` for the unshared ranks. FLOPs
-equal LoRA's at the same rank; the full A and B are never formed. Table 4 variants the chunked identity
-does not cover (``share="rank"``, ``rotate_dim="hidden"``) are expanded with the Eq. 4 gather indices
-(:func:`prolora.equations.flat_gather_indices`) when a plan is built, as is every adapter whose expanded
-factors sit in the optional byte-capped cache of hot adapters (``expanded_cache_bytes``).
+forward hook on every adapted linear layer adds ``ΔW_row · x_row`` for all rows at once. Once per batch
+composition (a :class:`BatchPlan`) the rows' flat tensors are stacked, one (rows, P) copy per group of
+adapters sharing a layout, and every module's factors are strided views of that stack. Each step is then
+a fixed number of batched matmuls per layer whatever the number k of distinct adapters (bgmv-style
+per-row weights, as Punica / S-LoRA, but on the chunks): the A side is ``x_i · A_0ᵀ`` for the m input
+chunks followed by the roll-and-sum of Eq. 3, the B side one matmul of the n rolled copies of z with B_0
+(the identity of :func:`prolora.equations.chunked_adapter_forward`), plus ``x·A_uᵀ·B_uᵀ`` for the
+unshared ranks. FLOPs equal LoRA's at the same rank; the full A and B are never formed. Table 4 variants
+the chunked identity does not cover (``share="rank"``, ``rotate_dim="hidden"``) are expanded with the
+Eq. 4 gather indices (:func:`prolora.equations.flat_gather_indices`) while in use, as is every adapter
+whose expanded factors sit in the optional byte-capped cache of hot adapters (``expanded_cache_bytes``).
 
 The bank is not thread-safe by itself: one thread runs forwards (the engine's); adding and removing
 adapters from another thread must hold :attr:`AdapterBank.lock`.
