@@ -200,3 +200,24 @@ def test_client_disconnect_frees_the_slot_and_metrics(client, server):
     assert values["prolora_adapter_bytes_resident"] == engine.bank.resident_bytes > 0
     assert values["prolora_requests_total"] >= 1 and values["prolora_generation_tokens_total"] > 0
     assert values["prolora_queue_length"] == 0 and values["prolora_requests_running"] == 0
+
+
+def test_chat_uses_the_tokenizer_template_unless_the_run_recorded_tulu(files):
+    """An adapter without a run (and the base model) is prompted with the tokenizer's chat template; an
+    adapter whose training run recorded the Tulu format keeps it."""
+    from prolora.inference.generation import Generator, load_generator
+
+    engine = build_engine(str(files["model"]), [f"pa={files['pa']}", f"pb={files['pb']}"])
+    engine.tokenizer.chat_template = ("{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
+                                      "{% if add_generation_prompt %}[assistant] {% endif %}")
+    live = LiveServer(create_app(engine, BASE))
+    try:
+        client = openai.OpenAI(base_url=live.url + "/v1", api_key="none", max_retries=0, timeout=30)
+        for name, chat_format in (("pb", "template"), ("pa", "tulu")):
+            generator = load_generator(str(files["model"]), [f"{name}={files[name]}"], chat_format)
+            generator.tokenizer.chat_template = engine.tokenizer.chat_template
+            assert isinstance(generator, Generator)
+            expected = generator.reply(CHAT, max_new_tokens=12).text
+            assert _chat(client, name).choices[0].message.content.strip() == expected
+    finally:
+        live.stop()
