@@ -239,6 +239,7 @@ def section_load(tmp: Path, adapters: int = 100, requests: int = 60, rate: float
                  max_tokens: int = 24, max_resident: int = 48, seed: int = 0, timeout: float = 300) -> dict:
     import httpx
 
+    tmp.mkdir(parents=True, exist_ok=True)
     folder = tmp / "load_adapters"
     write_adapters(folder, adapters)
     shutil.rmtree(folder / "template")
@@ -268,8 +269,10 @@ def section_load(tmp: Path, adapters: int = 100, requests: int = 60, rate: float
         gaps = [rng.expovariate(rate) for _ in range(requests)]
         prompts = [" ".join(rng.choice(["alpha", "beta", "gamma", "delta", "omega"]) for _ in range(rng.randint(4, 24)))
                    for _ in range(requests)]
-        tokens_before = _metrics(httpx.get(url + "/metrics").text)["prolora_generation_tokens_total"]
+        before = _metrics(httpx.get(url + "/metrics").text)
+        cpu_before = _cpu_seconds(proc.pid)
         results = asyncio.run(_drive(url, picks, gaps, prompts, max_tokens, timeout))
+        cpu = _cpu_seconds(proc.pid) - cpu_before
         values = _metrics(httpx.get(url + "/metrics").text)
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -282,15 +285,25 @@ def section_load(tmp: Path, adapters: int = 100, requests: int = 60, rate: float
     ttft = sorted(r["ttft"] for r in ok)
     latency = sorted(r["latency"] for r in ok)
     q = lambda xs, p: xs[min(len(xs) - 1, round(p * (len(xs) - 1)))] if xs else float("nan")
-    tokens = values["prolora_generation_tokens_total"] - tokens_before
+    tokens = values["prolora_generation_tokens_total"] - before["prolora_generation_tokens_total"]
+    steps = values["prolora_decode_steps_total"] - before["prolora_decode_steps_total"]
     return {"adapters": adapters, "requests": requests, "rate": rate, "alpha": alpha, "max_tokens": max_tokens,
             "max_resident": max_resident, "distinct_adapters_used": len(set(picks)), "ok": len(ok),
             "errors": [r["error"] for r in results if r["error"]], "lost": requests - len(results),
             "wall_s": wall, "tokens": tokens, "tokens_per_s": tokens / wall,
             "requests_per_s": len(ok) / wall, "ttft_p50": q(ttft, 0.5), "ttft_p99": q(ttft, 0.99),
             "latency_p50": q(latency, 0.5), "latency_p99": q(latency, 0.99),
+            "server_cpu_s": cpu, "tokens_per_server_cpu_s": tokens / cpu if cpu else float("nan"),
+            "decode_steps": steps, "mean_rows_per_step": (tokens - len(results)) / steps if steps else 0.0,
+            "load_average": os.getloadavg()[0],
             "adapter_loads": values.get("prolora_adapter_loads_total"),
             "adapter_evictions": values.get("prolora_adapter_evictions_total")}
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` and its threads (/proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _metrics(text: str) -> dict[str, float]:
@@ -323,7 +336,11 @@ async def _drive(url, picks, gaps, prompts, max_tokens, timeout):
     return await asyncio.wait_for(asyncio.gather(*tasks), timeout)
 
 
-def report_load(r: dict) -> str:
+def report_load(runs) -> str:
+    return "\n\n".join(_report_load_run(r) for r in (runs if isinstance(runs, list) else [runs]))
+
+
+def _report_load_run(r: dict) -> str:
     return "\n".join([
         (f"{r['requests']} streaming requests, Poisson arrivals at {r['rate']}/s, Zipf(α={r['alpha']}) popularity over "
         f"{r['adapters']} PRoLoRA adapters ({r['distinct_adapters_used']} distinct used), --max-resident "
@@ -333,7 +350,10 @@ def report_load(r: dict) -> str:
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         (f"| {r['ok']} | {len(r['errors'])} | {r['lost']} | {r['wall_s']:.1f} | {r['tokens_per_s']:.1f} | "
         f"{r['requests_per_s']:.2f} | {r['ttft_p50']:.2f} s | {r['ttft_p99']:.2f} s | {r['latency_p50']:.2f} s | "
-        f"{r['latency_p99']:.2f} s |")])
+        f"{r['latency_p99']:.2f} s |"), "",
+        (f"Server: {r['server_cpu_s']:.1f} CPU s for {r['tokens']:.0f} tokens ({r['tokens_per_server_cpu_s']:.1f} tokens per "
+         f"CPU s), {r['decode_steps']:.0f} decode steps with {r['mean_rows_per_step']:.1f} rows on average; machine load "
+         f"average {r['load_average']:.1f} on {os.cpu_count()} cores (other jobs).")])
 
 
 SECTIONS = {"memory": (section_memory, report_memory), "throughput": (section_throughput, report_throughput),
@@ -345,6 +365,7 @@ def main(argv=None) -> int:
     parser.add_argument("--sections", default="memory,throughput,load")
     parser.add_argument("--json", default="serve-benchmarks.json", help="results file (merged with an existing one)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--load-rates", default="0.75,1.5", help="request rates (per s) of the load test runs")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     use_thread_cpu_time(args.threads == 1)
@@ -353,10 +374,15 @@ def main(argv=None) -> int:
         for name in args.sections.split(","):
             fn, report = SECTIONS[name]
             started = time.perf_counter()
-            results[name] = fn(Path(tmp))
-            results[name]["section_wall_s"] = time.perf_counter() - started
+            if name == "load":
+                results[name] = [fn(Path(tmp) / f"rate{rate}", rate=float(rate)) for rate in args.load_rates.split(",")]
+            else:
+                results[name] = fn(Path(tmp))
+            wall = time.perf_counter() - started
+            if isinstance(results[name], dict):
+                results[name]["section_wall_s"] = wall
             Path(args.json).write_text(json.dumps(results, indent=1))
-            print(f"## {name} ({results[name]['section_wall_s']:.0f} s)\n\n{report(results[name])}\n", flush=True)
+            print(f"## {name} ({wall:.0f} s)\n\n{report(results[name])}\n", flush=True)
     return 0
 
 
