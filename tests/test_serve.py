@@ -132,6 +132,8 @@ def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(client, ser
     for bad in ({"temperature": 5}, {"max_tokens": 0}, {"top_p": 0}):
         with pytest.raises(openai.BadRequestError):
             _chat(client, "pa", **bad)
+    with pytest.raises(openai.BadRequestError, match="logprobs"):
+        client.completions.create(model="pa", prompt="Hi", max_tokens=2, logprobs=2)
     with pytest.raises(openai.BadRequestError, match="context"):
         client.completions.create(model="pa", prompt="Hi", max_tokens=9000)
     with pytest.raises(openai.BadRequestError, match="messages"):

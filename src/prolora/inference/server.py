@@ -43,6 +43,8 @@ class _Sampling(_Body):
     seed: int | None = None
     stream: bool = False
     n: int = Field(default=1, ge=1, le=1)
+    logprobs: bool | int | None = None  # not served: refused rather than silently ignored
+    echo: bool = False
 
 
 class CompletionBody(_Sampling):
@@ -134,6 +136,9 @@ def create_app(engine: Engine, base_name: str, api_key: str | None = None, chat_
         return model
 
     def sampling(body: _Sampling, max_tokens: int | None, prompt_len: int) -> SamplingParams:
+        for name in ("logprobs", "echo"):
+            if getattr(body, name):
+                raise APIError(400, f"{name} is not supported by prolora serve; leave it unset.", param=name)
         stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
         if max_tokens is None:
             max_tokens = max(engine.max_context - prompt_len, 1)
