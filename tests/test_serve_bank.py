@@ -171,7 +171,8 @@ def test_a_recycled_plan_reuses_its_buffers_and_stays_correct(adapters):
     rows = ["pro_copy", "pro", None, "pro_u0"]
     second = bank.plan(rows, recycle=first)
     assert buffers and [b.data_ptr() for b in second.buffers] == buffers  # the same memory, refilled
-    assert first.modules == {}  # a stale handle adds nothing rather than another batch's adapters
+    with pytest.raises(ValueError, match="recycled"):  # a stale handle is refused, never silently wrong
+        bank.batch(first).__enter__()
     with torch.no_grad(), bank.batch(second):
         mixed = model(ids).logits
     for i, name in enumerate(rows):

@@ -276,6 +276,7 @@ class BatchPlan:
     rows: tuple[str | None, ...]
     modules: dict[str, list[_Group]]
     buffers: list[torch.Tensor] = field(default_factory=list)  # the stacked rows it owns (reusable)
+    recycled: bool = False  # its buffers went to a newer plan: using it is an error
 
 
 @dataclass
@@ -421,7 +422,7 @@ class AdapterBank:
                 if self._plans.get(recycle.rows) is recycle:
                     del self._plans[recycle.rows]
                 free = recycle.buffers
-                recycle.modules, recycle.buffers = {}, []  # a stale handle now adds nothing, never wrong rows
+                recycle.modules, recycle.buffers, recycle.recycled = {}, [], True
             plan = BatchPlan(rows, {})
             plan.modules = self._build(rows, free, plan.buffers)
             self._plans[rows] = plan
@@ -501,6 +502,8 @@ class AdapterBank:
     def batch(self, rows: Sequence[str | None] | BatchPlan):
         """Within the block, forwards of the model apply adapter ``rows[i]`` to batch row i."""
         plan = rows if isinstance(rows, BatchPlan) else self.plan(rows)
+        if plan.recycled:
+            raise ValueError("this BatchPlan was recycled into a newer one (plan(..., recycle=)); build it again.")
         previous, self._plan = self._plan, plan
         try:
             yield plan
