@@ -151,3 +151,19 @@ def test_cli_serves_and_exits_cleanly_on_sigterm(tmp_path, adapters):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_requests_beyond_max_batch_wait_for_a_free_row(adapters):
+    engine = _engine(adapters, max_batch=2)
+    jobs = [("d1", [1, 2, 3]), ("d2", [4, 5]), (None, [6]), ("dl", [7, 8, 9, 10]), ("d3", [11])]
+    params = SamplingParams(max_tokens=6, temperature=0)
+    alone = [engine.generate(ids, name, params).token_ids for name, ids in jobs]
+    events = {i: [] for i in range(len(jobs))}
+    reqs = [engine.submit(ids, name, params, events[i].append) for i, (name, ids) in enumerate(jobs)]
+    deadline = time.monotonic() + 30
+    while any(r.finish_reason is None for r in reqs) and time.monotonic() < deadline:
+        assert engine.running <= 2
+        time.sleep(0.001)
+    assert [r.output_ids for r in reqs] == alone
+    assert all(events[i][-1].finish_reason == "length" for i in events)
+    engine.shutdown()
