@@ -196,6 +196,15 @@ def test_client_disconnect_frees_the_slot_and_metrics(client, server):
         time.sleep(0.02)
     assert engine.running == 0 and engine.registry.entries["pb"].pins == 0
     assert engine.counters["aborted"] == aborted + 1
+    # a non-streaming request whose client gives up is cancelled too
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(server.url + "/v1/completions", headers={"Authorization": f"Bearer {KEY}"}, timeout=1.0,
+                   json={"model": "pb", "prompt": "abc", "max_tokens": 8000, "ignore_eos": True})
+    deadline = time.monotonic() + 10
+    while (engine.running or engine.registry.entries["pb"].pins) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert engine.running == 0 and engine.registry.entries["pb"].pins == 0
+    assert engine.counters["aborted"] == aborted + 2, engine.counters
     text = httpx.get(server.url + "/metrics").text
     values = {line.split()[0]: float(line.split()[1]) for line in text.splitlines() if line and not line.startswith("#")}
     assert values["prolora_adapters_resident"] == 4

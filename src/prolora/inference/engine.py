@@ -41,6 +41,7 @@ class SamplingParams:
     top_p: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    ignore_eos: bool = False  # vLLM's extension: generate past EOS up to max_tokens (benchmarks)
 
     def check(self) -> None:
         """Raises ValueError naming the field, its value and the allowed range."""
@@ -335,7 +336,7 @@ class Engine:
         if req.cancelled:
             self._finish(req, "abort", "cancelled")
             return True
-        ended = token == self.eos_token_id
+        ended = token == self.eos_token_id and not req.params.ignore_eos
         text = self.tokenizer.decode(req.output_ids[:-1] if ended else req.output_ids, skip_special_tokens=True)
         reason = "stop" if ended else None
         cut = [i for i in (text.find(s) for s in req.params.stop) if i >= 0]

@@ -45,6 +45,7 @@ class _Sampling(_Body):
     n: int = Field(default=1, ge=1, le=1)
     logprobs: bool | int | None = None  # not served: refused rather than silently ignored
     echo: bool = False
+    ignore_eos: bool = False  # vLLM's extension
 
 
 class CompletionBody(_Sampling):
@@ -143,7 +144,7 @@ def create_app(engine: Engine, base_name: str, api_key: str | None = None, chat_
         if max_tokens is None:
             max_tokens = max(engine.max_context - prompt_len, 1)
         return SamplingParams(max_tokens=max_tokens, temperature=body.temperature, top_p=body.top_p,
-                              seed=body.seed, stop=stop)
+                              seed=body.seed, stop=stop, ignore_eos=body.ignore_eos)
 
     async def run(adapter: str | None, ids: list[int], params: SamplingParams, request: Request, body: _Sampling,
                   chat: bool):
@@ -170,20 +171,21 @@ def create_app(engine: Engine, base_name: str, api_key: str | None = None, chat_
         if body.stream:
             return StreamingResponse(_stream(events, handle, rid, created, body.model, chat, usage),
                                      media_type="text/event-stream")
+        async def watch_disconnect():  # the body is read: the next ASGI message is the client leaving
+            while (await request.receive())["type"] != "http.disconnect":
+                pass
+            handle.cancel()
+
+        watcher = asyncio.create_task(watch_disconnect())
         parts = []
         try:
             while True:
-                try:
-                    event = await asyncio.wait_for(events.get(), timeout=0.5)
-                except asyncio.TimeoutError:
-                    if await request.is_disconnected():
-                        handle.cancel()
-                        return Response(status_code=499)
-                    continue
+                event = await events.get()
                 parts.append(event.text)
                 if event.finish_reason is not None:
                     break
         finally:
+            watcher.cancel()
             if handle.finish_reason is None:
                 handle.cancel()
         if event.error:
