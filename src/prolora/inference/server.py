@@ -171,6 +171,7 @@ def create_app(engine: Engine, base_name: str, api_key: str | None = None, chat_
         if body.stream:
             return StreamingResponse(_stream(events, handle, rid, created, body.model, chat, usage),
                                      media_type="text/event-stream")
+
         async def watch_disconnect():  # the body is read: the next ASGI message is the client leaving
             while (await request.receive())["type"] != "http.disconnect":
                 pass
