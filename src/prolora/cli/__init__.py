@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "chat": ("prolora.cli.chat", "Chat interactively with a base model and saved adapters"),
     "eval": ("prolora.cli.eval", "Evaluate a base model with or without adapters on MMLU, BBH, GSM8K, TyDi QA, HumanEval"),
     "params": ("prolora.cli.params", "Trainable parameters and adapter bytes for a config on a model or paper preset"),
+    "serve": ("prolora.cli.serve", "Serve a base model and many adapters over an OpenAI-compatible HTTP API"),
     "compare": ("prolora.cli.compare", "Train and evaluate methods at equal parameter budgets (paper Table 2/4, Figure 2)"),
 }
 

@@ -1,0 +1,43 @@
+"""``prolora serve``: an OpenAI-compatible server for a base model and many adapters (docs/serve.md).
+
+Flags follow vLLM's where they overlap (``--model``, ``--host``, ``--port``, ``--api-key``,
+``--max-loras``-like ``--max-resident``). Binds 127.0.0.1 unless told otherwise.
+"""
+
+from __future__ import annotations
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--adapter", action="append", default=[], metavar="[NAME=]PATH",
+                        help="a run directory of `prolora train` or an adapter directory (PRoLoRA or PEFT LoRA); "
+                             "repeat for several; clients pick it by `model`=NAME")
+    parser.add_argument("--adapters-dir", metavar="DIR", help="a folder of adapter folders, loaded on first use "
+                        "under their folder names")
+    parser.add_argument("--max-resident", type=int, metavar="N", help="most adapters resident at once; the least "
+                        "recently used idle one is evicted (default: no limit)")
+    parser.add_argument("--model", help="base model (default: the first run's model, else the embedded SmolLM2-135M)")
+    parser.add_argument("--served-model-name", help="the base model's name in the API (default: --model or "
+                        "smollm2-135m)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /v1 routes")
+    parser.add_argument("--chat-format", choices=("tulu", "template"), help="chat format for the base model and "
+                        "adapters whose run recorded none (default: the tokenizer's template if any, else tulu)")
+    parser.add_argument("--max-batch", type=int, default=32, help="most requests decoded together")
+    parser.add_argument("--expanded-cache-mb", type=float, default=0.0, help="byte cap (MiB) of the cache of "
+                        "expanded factors of hot adapters (default 0: compact tensors only)")
+
+
+def run(args) -> int:
+    import uvicorn
+
+    from prolora.base_models import DEFAULT_MODEL
+    from prolora.inference.server import build_engine, create_app
+
+    if args.max_batch < 1:
+        raise ValueError(f"--max-batch {args.max_batch} must be at least 1")
+    engine = build_engine(args.model, args.adapter, args.adapters_dir, args.max_resident, args.max_batch,
+                          int(args.expanded_cache_mb * 2**20))
+    app = create_app(engine, args.served_model_name or args.model or DEFAULT_MODEL, args.api_key, args.chat_format)
+    uvicorn.run(app, host=args.host, port=args.port, timeout_graceful_shutdown=30, log_level="info")
+    return 0

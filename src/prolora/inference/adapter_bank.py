@@ -1,0 +1,535 @@
+"""Many adapters on one base model, resident in compact form, computed per row in one batched operation.
+
+:class:`AdapterBank` holds any number of adapters for one Hugging Face base model. A PRoLoRA adapter keeps
+only its compact tensors A_0, A_u, B_0, B_u (paper Section 3.1, Eq. 4) — all of them in one flat tensor
+per adapter, with a layout shared by the adapters of one configuration — so its resident bytes are exactly
+its parameter bytes (paper Section 1 / Table 1: the memory of the resident adapters is the cost of serving
+many). Dense PEFT LoRA adapters are accepted too: LoRA is PRoLoRA with ``u = r`` (A_u = A, B_u = B, no
+shared chunks), so both run through the same code.
+
+A batch whose rows use different adapters (``None``: the base model alone) runs in one forward pass: a
+forward hook on every adapted linear layer adds ``ΔW_row · x_row`` for all rows at once. Once per batch
+composition (a :class:`BatchPlan`) the rows' flat tensors are stacked, one (rows, P) copy per group of
+adapters sharing a layout, and every module's factors are strided views of that stack. Each step is then
+a fixed number of batched matmuls per layer whatever the number k of distinct adapters (bgmv-style
+per-row weights, as Punica / S-LoRA, but on the chunks): the A side is ``x_i · A_0ᵀ`` for the m input
+chunks followed by the roll-and-sum of Eq. 3, the B side one matmul of the n rolled copies of z with B_0
+(the identity of :func:`prolora.equations.chunked_adapter_forward`), plus ``x·A_uᵀ·B_uᵀ`` for the
+unshared ranks. FLOPs equal LoRA's at the same rank; the full A and B are never formed. Table 4 variants
+the chunked identity does not cover (``share="rank"``, ``rotate_dim="hidden"``) are expanded with the
+Eq. 4 gather indices (:func:`prolora.equations.flat_gather_indices`) while in use, as is every adapter
+whose expanded factors sit in the optional byte-capped cache of hot adapters (``expanded_cache_bytes``).
+
+The bank is not thread-safe by itself: one thread runs forwards (the engine's); adding and removing
+adapters from another thread must hold :attr:`AdapterBank.lock`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import math
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from prolora import equations as eq
+from prolora.format import CONFIG_NAME, TENSOR_NAMES, WEIGHTS_NAME, adapter_dir, read_adapter
+from prolora.tuner.layer import ChunkSpec, base_shape
+
+LORA_WEIGHTS = ("lora_A.weight", "lora_B.weight")
+
+
+@dataclass(frozen=True)
+class ModuleFactors:
+    """One adapter on one module: the compact tensors as one flat tensor, in the order (A_0, A_u, B_0, B_u).
+
+    For a dense LoRA module ``spec.u == spec.r`` and A_0, B_0 are empty (A_u = A (r, h), B_u = B (o, r)).
+    """
+
+    flat: torch.Tensor
+    spec: ChunkSpec
+
+    def parts(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Views ``(A_0, A_u, B_0, B_u)`` of :attr:`flat` (no copy)."""
+        s = self.spec
+        shape_a0, shape_b0 = eq.chunk_shapes(s.h, s.o, s.r, s.u, s.m, s.n, s.share)
+        shapes = (shape_a0, (s.u, s.h), shape_b0, (s.o, s.u))
+        pieces = self.flat.split([math.prod(shape) for shape in shapes])
+        return tuple(p.view(shape) for p, shape in zip(pieces, shapes))
+
+    def expand(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Full ``(A, B)``, shapes (r, h) and (o, r), by the Eq. 4 gather indices (one gather each)."""
+        s = self.spec
+        a0, a_u, b0, b_u = self.parts()
+        idx_a, idx_b = eq.flat_gather_indices(s.h, s.o, s.r, s.u, s.m, s.n, s.stride_a, s.stride_b, s.rotate,
+                                              s.share, self.flat.device)
+        a = torch.cat([a0.reshape(-1), a_u.reshape(-1)]).index_select(0, idx_a).view(s.r, s.h)
+        b = torch.cat([b0.reshape(-1), b_u.reshape(-1)]).index_select(0, idx_b).view(s.o, s.r)
+        return a, b
+
+    @property
+    def chunked(self) -> bool:
+        """Whether the chunked identity applies (the paper's default sharing; any rotation along the rank)."""
+        return self.spec.share == "hidden" and self.spec.rotate != "hidden"
+
+
+@dataclass(frozen=True)
+class AdapterLayout:
+    """Where each module's compact tensors sit in an adapter's flat tensor: module -> (spec, offset, numel).
+
+    Adapters of one configuration share one layout object, so a resident adapter costs its tensor bytes
+    plus a few hundred bytes of bookkeeping, however many modules it adapts.
+    """
+
+    modules: dict[str, tuple[ChunkSpec, int, int]]
+
+    @property
+    def numel(self) -> int:
+        return sum(n for _, _, n in self.modules.values())
+
+
+@dataclass(frozen=True)
+class ResidentAdapter:
+    """A loaded adapter: ``kind`` is ``"prolora"`` or ``"lora"``; all its compact tensors in one ``flat``."""
+
+    name: str
+    kind: str
+    path: str
+    flat: torch.Tensor
+    layout: AdapterLayout
+
+    @property
+    def nbytes(self) -> int:
+        """Resident bytes: exactly the adapter's parameter bytes (compact for PRoLoRA, dense for LoRA)."""
+        return self.flat.numel() * self.flat.element_size()
+
+    @property
+    def modules(self) -> dict[str, tuple[ChunkSpec, int, int]]:
+        return self.layout.modules
+
+    def factors(self, module: str) -> ModuleFactors:
+        """The module's :class:`ModuleFactors` (a view of :attr:`flat`, no copy)."""
+        spec, offset, numel = self.layout.modules[module]
+        return ModuleFactors(self.flat.narrow(0, offset, numel), spec)
+
+
+# ------------------------------------------------------------------------------------------------ reading
+def read_factors(path: str | os.PathLike, model: nn.Module) -> tuple[str, dict[str, ModuleFactors]]:
+    """Read a PRoLoRA or dense PEFT LoRA adapter directory and check it against ``model``.
+
+    Returns ``(kind, module name -> ModuleFactors)``; module names are ``model.named_modules()`` names.
+
+    Raises:
+        FileNotFoundError: a missing directory or file.
+        ValueError: a corrupt file, an unsupported adapter type/feature, or a module the base model lacks
+            or has with another shape (naming the module and both shapes).
+    """
+    path = adapter_dir(path)
+    config_file = path / CONFIG_NAME
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{config_file} not found: is {path} an adapter directory (save_pretrained)?")
+    try:
+        peft_type = json.loads(config_file.read_text()).get("peft_type")
+    except (json.JSONDecodeError, AttributeError) as exc:
+        raise ValueError(f"{config_file} is not a valid JSON object ({exc}).") from None
+    if peft_type == "PROLORA":
+        kind, factors = "prolora", _prolora_factors(path)
+    elif peft_type == "LORA":
+        kind, factors = "lora", _lora_factors(path)
+    else:
+        raise ValueError(f"{config_file} has peft_type={peft_type!r}; the server takes PROLORA and LORA adapters.")
+    modules = dict(model.named_modules())
+    for name, f in factors.items():
+        if name not in modules:
+            raise ValueError(f"{path}: module {name} is not in the base model; the adapter was made for another "
+                             "base model (adapter_config.json: base_model_name_or_path).")
+        h, o = base_shape(modules[name])
+        if (h, o) != (f.spec.h, f.spec.o):
+            raise ValueError(f"{path}: module {name} has (in, out) = {(f.spec.h, f.spec.o)} in the adapter but "
+                             f"{(h, o)} in the base model; the adapter was made for another base model.")
+    return kind, factors
+
+
+def _prolora_factors(path: Path) -> dict[str, ModuleFactors]:
+    config, tensors = read_adapter(path)  # checks names and shapes against the config (Eq. 4 chunking)
+    out = {}
+    rotate = config.rotate_dim if config.rotation else None
+    for module, (o, h) in config.module_shapes.items():
+        v = config.module_values(module)
+        r, u, m, n = v["r"], v["unshared_r"], v["sharing_rate_a"], v["sharing_rate_b"]
+        spec = ChunkSpec(h=h, o=o, r=r, u=u, m=m, n=n,
+                         stride_a=eq.default_stride(r, u, m) if v["stride_a"] is None else v["stride_a"],
+                         stride_b=eq.default_stride(r, u, n) if v["stride_b"] is None else v["stride_b"],
+                         rotate=rotate, share=config.share, scaling=v["lora_alpha"] / r)
+        key = f"base_model.model.{module}."
+        a0, b0, a_u, b_u = (tensors[key + t] for t in TENSOR_NAMES)
+        out[module] = ModuleFactors(_flat((a0, a_u, b0, b_u)), spec)
+    return out
+
+
+def _lora_factors(path: Path) -> dict[str, ModuleFactors]:
+    from peft import LoraConfig
+    from peft.utils.other import get_pattern_key
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        config = LoraConfig.from_pretrained(str(path))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{path / CONFIG_NAME} is not a valid LoRA config: {exc}") from None
+    unsupported = [name for name, bad in (("use_dora", config.use_dora), ("bias", config.bias != "none"),
+                                          ("modules_to_save", bool(config.modules_to_save)))
+                   if bad]
+    if unsupported:
+        raise ValueError(f"{path}: LoRA adapters with {', '.join(unsupported)} are not served; merge or "
+                         "re-train without them.")
+    weights = path / WEIGHTS_NAME
+    if not weights.is_file():
+        raise FileNotFoundError(f"{weights} not found (only safetensors adapters are read; nothing is unpickled).")
+    try:
+        tensors = load_file(str(weights))
+    except (SafetensorError, OSError) as exc:
+        raise ValueError(f"{weights} is not a readable safetensors file ({exc}).") from None
+    out = {}
+    prefix, suffix_a = "base_model.model.", "." + LORA_WEIGHTS[0]
+    for key in sorted(k for k in tensors if k.endswith(suffix_a)):
+        module = key[len(prefix):-len(suffix_a)] if key.startswith(prefix) else None
+        b = tensors.get(key[:-len(suffix_a)] + "." + LORA_WEIGHTS[1])
+        a = tensors[key]
+        if module is None or b is None or a.dim() != 2 or b.dim() != 2 or a.shape[0] != b.shape[1]:
+            raise ValueError(f"{weights}: {key} has no matching lora_B of shape (out, {a.shape[0]}); the file is "
+                             "not a PEFT LoRA adapter.")
+        r = a.shape[0]
+        rank_key = get_pattern_key(config.rank_pattern.keys(), module) if config.rank_pattern else None
+        alpha_key = get_pattern_key(config.alpha_pattern.keys(), module) if config.alpha_pattern else None
+        r_cfg = config.rank_pattern.get(rank_key, config.r)
+        alpha = config.alpha_pattern.get(alpha_key, config.lora_alpha)
+        if r != r_cfg:
+            raise ValueError(f"{weights}: {key} has rank {r} but the config says r={r_cfg}.")
+        scaling = alpha / math.sqrt(r) if config.use_rslora else alpha / r
+        spec = ChunkSpec(h=a.shape[1], o=b.shape[0], r=r, u=r, m=1, n=1, stride_a=1, stride_b=1, rotate=None,
+                         share="hidden", scaling=scaling)
+        empty = a.new_zeros(0)
+        out[module] = ModuleFactors(_flat((empty, a, empty, b)), spec)
+    if not out:
+        raise ValueError(f"{weights} holds no lora_A/lora_B tensors.")
+    return out
+
+
+def _flat(tensors) -> torch.Tensor:
+    return torch.cat([t.reshape(-1) for t in tensors]).contiguous()
+
+
+# --------------------------------------------------------------------------------------- batched compute
+@dataclass
+class _Group:
+    """Rows of one batch whose adapters share one layout, on one module, with their per-row factors.
+
+    ``rows``: the batch rows (None: all rows, in order). Chunked groups hold ``a0t`` (N, c, R), ``b0t``
+    (N, R, ceil(o/n)), ``aut`` (N, h, u), ``but`` (N, u, o); dense groups (expanded A, B) hold ``aut``
+    (N, h, r), ``but`` (N, r, o). N is 1 when the rows share one adapter (``torch.matmul`` broadcasts).
+    """
+
+    rows: torch.Tensor | None
+    spec: ChunkSpec
+    a0t: torch.Tensor | None
+    b0t: torch.Tensor | None
+    aut: torch.Tensor | None
+    but: torch.Tensor | None
+    idx_a: torch.Tensor | None
+    idx_b: torch.Tensor | None
+
+    def delta(self, x: torch.Tensor) -> torch.Tensor:
+        """``ΔW_row · x_row`` for x (N, T, h) → (N, T, o)."""
+        s = self.spec
+        y = None
+        if self.a0t is not None:
+            rows, t = x.shape[0], x.shape[1]
+            c, shared = self.a0t.shape[-2], self.a0t.shape[-1]
+            pad = s.m * c - s.h
+            xp = torch.nn.functional.pad(x, (0, pad)) if pad else x
+            z = torch.matmul(xp.reshape(rows, t * s.m, c), self.a0t)                    # x_i · A_0ᵀ
+            z = z.view(rows, t, s.m * shared).index_select(-1, self.idx_a)
+            z = z.view(rows, t, s.m, shared).sum(-2)                                     # Σ_i Roll(·, i·s_A)
+            zb = z.index_select(-1, self.idx_b).view(rows, t * s.n, shared)             # Roll(z, −j·s_B)
+            y = torch.matmul(zb, self.b0t).view(rows, t, -1)
+            if y.shape[-1] != s.o:
+                y = y[..., :s.o]
+        if self.aut is not None:
+            yu = torch.matmul(torch.matmul(x, self.aut), self.but)
+            y = yu if y is None else y + yu
+        return y * s.scaling
+
+
+@dataclass
+class BatchPlan:
+    """The per-module groups of one batch composition (``rows``: adapter name or None per batch row)."""
+
+    rows: tuple[str | None, ...]
+    modules: dict[str, list[_Group]]
+    buffers: list[torch.Tensor] = field(default_factory=list)  # the stacked rows it owns (reusable)
+    recycled: bool = False  # its buffers went to a newer plan: using it is an error
+
+
+@dataclass
+class _Views:
+    """One adapter's expanded ``(None, None, Aᵀ, Bᵀ)`` per module: every module when the adapter is in the
+    expanded cache (``dense``), else only the modules outside the chunked identity (Table 4 variants)."""
+
+    dense: bool
+    modules: dict[str, tuple]
+    expanded_bytes: int
+
+
+def _stack_rows(tensors: list[torch.Tensor | None], row_ids: list[int] | None) -> torch.Tensor | None:
+    """(1, …) for one distinct tensor (broadcast over the rows), else row i's tensor at i (N, …)."""
+    if tensors[0] is None:
+        return None
+    if row_ids is None:
+        return tensors[0].unsqueeze(0)
+    return torch.stack([tensors[j] for j in row_ids])
+
+
+def _row_parts(rows: torch.Tensor, spec: ChunkSpec) -> tuple:
+    """``(A_0ᵀ, B_0ᵀ, A_uᵀ, B_uᵀ)`` per row (None where empty) as views of ``rows`` (N, numel): the
+    module's compact tensors in the order (A_0, A_u, B_0, B_u), as :func:`_flat` lays them out."""
+    shape_a0, shape_b0 = eq.chunk_shapes(spec.h, spec.o, spec.r, spec.u, spec.m, spec.n, spec.share)
+    shapes = (shape_a0, (spec.u, spec.h), shape_b0, (spec.o, spec.u))
+    a0, a_u, b0, b_u = (p.unflatten(1, shape).transpose(1, 2)
+                        for p, shape in zip(rows.split([math.prod(sh) for sh in shapes], dim=1), shapes))
+    return a0 if spec.shared else None, b0 if spec.shared else None, a_u if spec.u else None, b_u if spec.u else None
+
+
+@functools.lru_cache(maxsize=256)
+def _roll_indices(shared: int, copies: int, stride: int, rotate: bool, sign: int, device) -> torch.Tensor:
+    return eq.roll_indices(shared, copies, stride, rotate, sign, device)
+
+
+class AdapterBank:
+    """Adapters of one base model, resident as compact tensors, applied per row by forward hooks.
+
+    Args:
+        model: the base model (a ``transformers`` causal LM or any ``nn.Module`` with linear layers).
+        expanded_cache_bytes: byte cap of the cache of expanded (A, B) factors of hot adapters (0: off).
+            A cached adapter computes with two batched matmuls per module instead of the chunked path.
+        view_cache_size: adapters whose per-module views are kept ready for building plans (working
+            memory: Python objects only, except expanded factors).
+
+    Usage::
+
+        bank = AdapterBank(model)
+        bank.load("sql", "runs/sql/adapter")
+        with bank.batch(["sql", None, "code"]):      # one adapter (or None) per batch row
+            logits = model(input_ids).logits
+    """
+
+    def __init__(self, model: nn.Module, expanded_cache_bytes: int = 0, view_cache_size: int = 64):
+        self.model = model
+        self.adapters: dict[str, ResidentAdapter] = {}
+        self.lock = threading.RLock()
+        self.expanded_cache_bytes = int(expanded_cache_bytes)
+        self.view_cache_size = view_cache_size
+        self._views: OrderedDict[str, _Views] = OrderedDict()
+        self._hooks: dict[str, torch.utils.hooks.RemovableHandle] = {}
+        self._modules = dict(model.named_modules())
+        self._layouts: dict[tuple, AdapterLayout] = {}
+        self._plan: BatchPlan | None = None
+        self._plans: OrderedDict[tuple, BatchPlan] = OrderedDict()
+
+    # ------------------------------------------------------------------------------------- residency
+    def load(self, name: str, path: str | os.PathLike) -> ResidentAdapter:
+        """Read the adapter at ``path`` (PRoLoRA or dense LoRA) and make it resident as ``name``.
+
+        Raises:
+            ValueError: ``name`` is taken, or the adapter is corrupt or made for another base model.
+            FileNotFoundError: ``path`` lacks the adapter files.
+        """
+        kind, factors = read_factors(path, self.model)
+        return self.add(name, kind, factors, str(path))
+
+    def add(self, name: str, kind: str, factors: dict[str, ModuleFactors], path: str = "") -> ResidentAdapter:
+        """Make already-read factors resident as ``name`` (see :func:`read_factors`)."""
+        device = next(self.model.parameters()).device
+        entries, offset = [], 0
+        for module, f in factors.items():
+            entries.append((module, (f.spec, offset, f.flat.numel())))
+            offset += f.flat.numel()
+        flat = torch.cat([f.flat for f in factors.values()]).to(device)
+        with self.lock:
+            layout = self._layouts.setdefault(tuple(entries), AdapterLayout(dict(entries)))
+            adapter = ResidentAdapter(name, kind, str(path), flat, layout)
+            if name in self.adapters:
+                raise ValueError(f"an adapter named {name!r} is already loaded; unload it first or pick another name.")
+            for module in factors:
+                if module not in self._hooks:
+                    self._hooks[module] = self._modules[module].register_forward_hook(self._hook(module))
+            self.adapters[name] = adapter
+        return adapter
+
+    def remove(self, name: str) -> None:
+        """Drop adapter ``name`` (and its cached expansions and plans). KeyError if it is not loaded."""
+        with self.lock:
+            del self.adapters[name]
+            self._views.pop(name, None)
+            for key in [k for k, plan in self._plans.items() if name in plan.rows]:
+                del self._plans[key]
+
+    @property
+    def resident_bytes(self) -> int:
+        """Bytes of all resident adapter tensors (compact for PRoLoRA, dense for LoRA); excludes the cache."""
+        return sum(a.nbytes for a in self.adapters.values())
+
+    @property
+    def expanded_bytes(self) -> int:
+        """Bytes of expanded factors held (cached hot adapters: at most ``expanded_cache_bytes``; plus the
+        Table 4 variants outside the chunked identity while they are in use)."""
+        return sum(v.expanded_bytes for v in self._views.values())
+
+    def close(self) -> None:
+        """Remove the forward hooks: the model is the plain base model again."""
+        for handle in self._hooks.values():
+            handle.remove()
+        self._hooks.clear()
+
+    # ----------------------------------------------------------------------------------------- batches
+    def plan(self, rows: Sequence[str | None], recycle: BatchPlan | None = None) -> BatchPlan:
+        """The :class:`BatchPlan` of a batch whose row i uses adapter ``rows[i]`` (None: the base model).
+
+        Plans are cached per composition (the last four: a running batch changes composition only when a
+        request joins or leaves). ``recycle``: a plan the caller no longer uses (the running batch's
+        previous one); its buffers are reused, which avoids fresh allocations (page faults cost more than
+        the copy). Raises KeyError naming an unknown adapter.
+        """
+        rows = tuple(rows)
+        with self.lock:
+            hit = self._plans.get(rows)
+            if hit is not None:
+                self._plans.move_to_end(rows)
+                return hit
+            unknown = sorted({r for r in rows if r is not None and r not in self.adapters})
+            if unknown:
+                raise KeyError(f"adapters {unknown} are not loaded; loaded: {sorted(self.adapters)}")
+            free = []
+            if recycle is not None:
+                if self._plans.get(recycle.rows) is recycle:
+                    del self._plans[recycle.rows]
+                free = recycle.buffers
+                recycle.modules, recycle.buffers, recycle.recycled = {}, [], True
+            plan = BatchPlan(rows, {})
+            plan.modules = self._build(rows, free, plan.buffers)
+            self._plans[rows] = plan
+            if len(self._plans) > 4:
+                self._plans.popitem(last=False)
+            return plan
+
+    def _build(self, rows: tuple, free: list[torch.Tensor], owned: list[torch.Tensor]) -> dict[str, list[_Group]]:
+        """Group the rows by adapter layout (adapters of one configuration share one); per group stack the
+        rows' flat tensors once, (N, P), and cut every module's factors out of it as strided views."""
+        device = next(self.model.parameters()).device
+        groups: dict[tuple, list[int]] = {}
+        for i, name in enumerate(rows):
+            if name is not None:
+                groups.setdefault((id(self.adapters[name].layout), self._view(name).dense), []).append(i)
+        out: dict[str, list[_Group]] = {}
+        for idx in groups.values():
+            names = list(dict.fromkeys(rows[i] for i in idx))
+            views = [self._view(n) for n in names]
+            row_ids = None if len(names) == 1 else [names.index(rows[i]) for i in idx]
+            sel = None if len(idx) == len(rows) else torch.tensor(idx, device=device)
+            layout = self.adapters[names[0]].layout
+            flats = [self.adapters[n].flat for n in names]
+            stacked = None
+            if not views[0].dense and row_ids is None:
+                stacked = flats[0].unsqueeze(0)
+            elif not views[0].dense:
+                size, dtype = len(row_ids) * flats[0].numel(), flats[0].dtype
+                buf = next((b for b in free if b.numel() >= size and b.dtype == dtype), None)
+                if buf is None:
+                    buf = torch.empty(size, dtype=dtype, device=device)
+                else:
+                    free.remove(buf)
+                owned.append(buf)
+                stacked = torch.stack([flats[j] for j in row_ids], out=buf[:size].view(len(row_ids), -1))
+            for module, (spec, offset, numel) in layout.modules.items():
+                if module in views[0].modules:  # expanded: stack the rows' (Aᵀ, Bᵀ)
+                    per = [v.modules[module] for v in views]
+                    a0t = b0t = idx_a = idx_b = None
+                    aut, but = (_stack_rows([p[k] for p in per], row_ids) for k in (2, 3))
+                else:
+                    a0t, b0t, aut, but = _row_parts(stacked.narrow(1, offset, numel), spec)
+                    idx_a = idx_b = None
+                    if a0t is not None:
+                        rotate = spec.rotate is not None
+                        idx_a = _roll_indices(spec.shared, spec.m, spec.stride_a, rotate, +1, device)
+                        idx_b = _roll_indices(spec.shared, spec.n, spec.stride_b, rotate, -1, device)
+                out.setdefault(module, []).append(_Group(sel, spec, a0t, b0t, aut, but, idx_a, idx_b))
+        return out
+
+    def _view(self, name: str) -> _Views:
+        """The adapter's :class:`_Views` (LRU of ``view_cache_size``); expanded when the byte cap allows."""
+        hit = self._views.get(name)
+        if hit is not None:
+            self._views.move_to_end(name)
+            return hit
+        adapter = self.adapters[name]
+        specs = [spec for spec, _, _ in adapter.modules.values()]
+        size = sum(s.r * (s.h + s.o) for s in specs) * adapter.flat.element_size()
+        cached = sum(v.expanded_bytes for v in self._views.values() if v.dense)
+        dense = 0 < size <= self.expanded_cache_bytes
+        while dense and cached + size > self.expanded_cache_bytes:  # evict the least recently used expansions
+            victim = next(n for n, v in self._views.items() if v.dense)
+            cached -= self._views.pop(victim).expanded_bytes
+        modules, expanded = {}, 0
+        for module, (spec, _, _) in adapter.modules.items():
+            if dense or not (spec.share == "hidden" and spec.rotate != "hidden"):
+                a, b = adapter.factors(module).expand()
+                modules[module] = (None, None, a.t(), b.t())
+                expanded += _bytes(a) + _bytes(b)
+        view = self._views[name] = _Views(dense, modules, expanded)
+        while len(self._views) > self.view_cache_size:
+            self._views.popitem(last=False)
+        return view
+
+    @contextlib.contextmanager
+    def batch(self, rows: Sequence[str | None] | BatchPlan):
+        """Within the block, forwards of the model apply adapter ``rows[i]`` to batch row i."""
+        plan = rows if isinstance(rows, BatchPlan) else self.plan(rows)
+        if plan.recycled:
+            raise ValueError("this BatchPlan was recycled into a newer one (plan(..., recycle=)); build it again.")
+        previous, self._plan = self._plan, plan
+        try:
+            yield plan
+        finally:
+            self._plan = previous
+
+    def _hook(self, module: str):
+        def hook(_layer, args, output):
+            plan = self._plan
+            groups = plan.modules.get(module) if plan is not None else None
+            if not groups:
+                return None
+            x = args[0]
+            if x.shape[0] != len(plan.rows):
+                raise ValueError(f"the batch has {x.shape[0]} rows but the adapter plan {len(plan.rows)}")
+            shape = x.shape
+            x3 = x.reshape(shape[0], -1, shape[-1])
+            out = output.reshape(shape[0], -1, output.shape[-1])
+            for g in groups:
+                xs = x3 if g.rows is None else x3.index_select(0, g.rows)
+                dtype = (g.a0t if g.a0t is not None else g.aut).dtype
+                d = g.delta(xs.to(dtype)).to(out.dtype)
+                out = out + d if g.rows is None else out.index_add(0, g.rows, d)
+            return out.view(output.shape)
+        return hook
+
+
+def _bytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()

@@ -1,0 +1,359 @@
+"""An OpenAI-compatible HTTP server over the :class:`~.engine.Engine` (FastAPI + uvicorn).
+
+Endpoints follow OpenAI's and vLLM's conventions (docs/serve.md): ``GET /v1/models``,
+``POST /v1/completions``, ``POST /v1/chat/completions`` (server-sent events ending with ``data: [DONE]``
+when ``stream`` is true), ``POST /v1/load_lora_adapter`` / ``/v1/unload_lora_adapter`` (vLLM's bodies),
+``GET /health`` and ``GET /metrics`` (Prometheus text). The request's ``model`` field picks the adapter;
+the base model answers under its own name. Errors use OpenAI's JSON shape
+``{"error": {"message", "type", "param", "code"}}`` with the HTTP status in ``code``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from contextlib import asynccontextmanager
+from typing import Literal
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .adapter_bank import AdapterBank
+from .engine import Engine, Event, SamplingParams, ShuttingDown
+from .generation import AdapterSpec
+from .registry import AdapterBusy, AdapterRegistry, UnknownAdapter
+
+
+# ------------------------------------------------------------------------------------------ bodies
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class _Sampling(_Body):
+    model: str
+    max_tokens: int | None = Field(default=None, ge=1)
+    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    stream: bool = False
+    n: int = Field(default=1, ge=1, le=1)
+    logprobs: bool | int | None = None  # not served: refused rather than silently ignored
+    echo: bool = False
+    ignore_eos: bool = False  # vLLM's extension
+
+
+class CompletionBody(_Sampling):
+    prompt: str | list[str] | list[int]
+
+
+class Message(_Body):
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class ChatBody(_Sampling):
+    messages: list[Message] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+
+
+class LoadBody(_Body):
+    lora_name: str = Field(min_length=1)
+    lora_path: str = Field(min_length=1)
+
+
+class UnloadBody(_Body):
+    lora_name: str = Field(min_length=1)
+    lora_int_id: int | None = None
+
+
+class APIError(Exception):
+    """An error answered in OpenAI's shape."""
+
+    def __init__(self, status: int, message: str, kind: str = "invalid_request_error", param: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.kind, self.param = status, message, kind, param
+
+
+def _error(status: int, message: str, kind: str = "invalid_request_error", param: str | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": status}}, status)
+
+
+# ----------------------------------------------------------------------------------------------- app
+def create_app(engine: Engine, base_name: str, api_key: str | None = None, chat_format: str | None = None,
+               shutdown_timeout: float = 30.0) -> FastAPI:
+    """The FastAPI app serving ``engine`` (started here if needed; stopped when the app shuts down).
+
+    Args:
+        base_name: the name under which the base model answers (``model`` field, ``/v1/models``).
+        api_key: when set, every ``/v1`` route needs ``Authorization: Bearer <api_key>``.
+        chat_format: ``"tulu"`` or ``"template"`` for chats with the base model and with adapters whose
+            training run recorded none (default: the tokenizer's chat template if it has one, else tulu).
+    """
+    tokenizer = engine.tokenizer
+    registry = engine.registry
+    default_format = chat_format or ("template" if getattr(tokenizer, "chat_template", None) else "tulu")
+
+    @asynccontextmanager
+    async def lifespan(_app):
+        engine.start()
+        yield
+        await run_in_threadpool(engine.shutdown, shutdown_timeout)
+
+    app = FastAPI(title="prolora serve", lifespan=lifespan)
+
+    async def authorize(request: Request) -> None:
+        if api_key is not None and request.headers.get("authorization") != f"Bearer {api_key}":
+            raise APIError(401, "missing or wrong API key: send 'Authorization: Bearer <key>'.", "authentication_error")
+
+    @app.exception_handler(APIError)
+    async def _api_error(_request, exc: APIError):
+        return _error(exc.status, exc.message, exc.kind, exc.param)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_request, exc: RequestValidationError):
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ())[1:]) or None
+        return _error(400, f"invalid request: {where or 'body'}: {first.get('msg', 'malformed body')}", param=where)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_request, exc: StarletteHTTPException):
+        return _error(exc.status_code, str(exc.detail), "not_found_error" if exc.status_code == 404 else "api_error")
+
+    def resolve(model: str) -> str | None:
+        """The adapter of a request's ``model`` (None: the base model); 404 lists what exists."""
+        if model == base_name:
+            return None
+        try:
+            registry.entry(model)
+        except UnknownAdapter:
+            raise APIError(404, f"The model '{model}' does not exist. Available models: "
+                           f"{', '.join([base_name, *registry.names()])}.", "not_found_error", "model") from None
+        return model
+
+    def sampling(body: _Sampling, max_tokens: int | None, prompt_len: int) -> SamplingParams:
+        for name in ("logprobs", "echo"):
+            if getattr(body, name):
+                raise APIError(400, f"{name} is not supported by prolora serve; leave it unset.", param=name)
+        stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
+        if max_tokens is None:
+            max_tokens = max(engine.max_context - prompt_len, 1)
+        return SamplingParams(max_tokens=max_tokens, temperature=body.temperature, top_p=body.top_p,
+                              seed=body.seed, stop=stop, ignore_eos=body.ignore_eos)
+
+    async def run(adapter: str | None, ids: list[int], params: SamplingParams, request: Request, body: _Sampling,
+                  chat: bool):
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[Event] = asyncio.Queue()
+
+        def sink(event: Event) -> None:
+            loop.call_soon_threadsafe(events.put_nowait, event)
+
+        try:
+            handle = await run_in_threadpool(engine.submit, ids, adapter, params, sink)
+        except ShuttingDown as exc:
+            raise APIError(503, str(exc), "service_unavailable") from None
+        except UnknownAdapter as exc:
+            raise APIError(404, f"The model '{exc.args[0]}' does not exist.", "not_found_error", "model") from None
+        except AdapterBusy as exc:
+            raise APIError(503, str(exc), "service_unavailable") from None
+        except (ValueError, OSError) as exc:
+            raise APIError(400, str(exc)) from None
+        rid = ("chatcmpl-" if chat else "cmpl-") + handle.id
+        created = int(time.time())
+        usage = lambda: {"prompt_tokens": len(ids), "completion_tokens": len(handle.output_ids),
+                         "total_tokens": len(ids) + len(handle.output_ids)}
+        if body.stream:
+            return StreamingResponse(_stream(events, handle, rid, created, body.model, chat, usage),
+                                     media_type="text/event-stream")
+
+        async def watch_disconnect():  # the body is read: the next ASGI message is the client leaving
+            while (await request.receive())["type"] != "http.disconnect":
+                pass
+            handle.cancel()
+
+        watcher = asyncio.create_task(watch_disconnect())
+        parts = []
+        try:
+            while True:
+                event = await events.get()
+                parts.append(event.text)
+                if event.finish_reason is not None:
+                    break
+        finally:
+            watcher.cancel()
+            if handle.finish_reason is None:
+                handle.cancel()
+        if event.error:
+            raise APIError(503 if "shutting down" in event.error else 500, event.error, "api_error")
+        text = "".join(parts)
+        choice = ({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": event.finish_reason}
+                  if chat else {"index": 0, "text": text, "logprobs": None, "finish_reason": event.finish_reason})
+        return {"id": rid, "object": "chat.completion" if chat else "text_completion", "created": created,
+                "model": body.model, "choices": [choice], "usage": usage()}
+
+    @app.get("/health")
+    async def health():
+        if not engine.accepting:
+            return _error(503, "shutting down", "service_unavailable")
+        return {"status": "ok"}
+
+    @app.get("/v1/models", dependencies=[Depends(authorize)])
+    async def models():
+        created = int(time.time())
+        data = [{"id": base_name, "object": "model", "created": created, "owned_by": "prolora", "root": base_name,
+                 "parent": None}]
+        for name in registry.names():
+            entry = registry.entries.get(name)
+            data.append({"id": name, "object": "model", "created": created, "owned_by": "prolora",
+                         "root": entry.path if entry else name, "parent": base_name})
+        return {"object": "list", "data": data}
+
+    @app.post("/v1/completions", dependencies=[Depends(authorize)])
+    async def completions(body: CompletionBody, request: Request):
+        adapter = resolve(body.model)
+        prompt = body.prompt
+        if isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
+            if len(prompt) != 1:
+                raise APIError(400, f"prompt holds {len(prompt)} strings; send one prompt per request.", param="prompt")
+            prompt = prompt[0]
+        ids = list(prompt) if isinstance(prompt, list) else tokenizer(prompt)["input_ids"]
+        if any(not 0 <= t < len(tokenizer) for t in ids):
+            raise APIError(400, f"prompt token ids must be in [0, {len(tokenizer)}).", param="prompt")
+        return await run(adapter, ids, sampling(body, body.max_tokens or 16, len(ids)), request, body, chat=False)
+
+    @app.post("/v1/chat/completions", dependencies=[Depends(authorize)])
+    async def chat_completions(body: ChatBody, request: Request):
+        from prolora.data.chat import render
+
+        adapter = resolve(body.model)
+        fmt = (registry.entry(adapter).chat_format if adapter else None) or default_format
+        messages = [m.model_dump() for m in body.messages]
+        try:
+            text, _ = render(tokenizer, messages, fmt, add_generation_prompt=True)
+        except ValueError as exc:
+            raise APIError(400, str(exc), param="messages") from None
+        ids = tokenizer(text, add_special_tokens=fmt == "tulu")["input_ids"]  # as prolora generate does
+        params = sampling(body, body.max_completion_tokens or body.max_tokens, len(ids))
+        return await run(adapter, ids, params, request, body, chat=True)
+
+    @app.post("/v1/load_lora_adapter", dependencies=[Depends(authorize)])
+    async def load_lora_adapter(body: LoadBody):
+        if body.lora_name == base_name:
+            raise APIError(400, f"'{body.lora_name}' is the base model's name; pick another.", param="lora_name")
+        try:
+            await run_in_threadpool(registry.register, body.lora_name, body.lora_path)
+        except AdapterBusy as exc:
+            raise APIError(503, str(exc), "service_unavailable") from None
+        except (ValueError, OSError) as exc:
+            raise APIError(400, f"cannot load adapter '{body.lora_name}' from {body.lora_path}: {exc}",
+                           param="lora_path") from None
+        return PlainTextResponse(f"Success: LoRA adapter '{body.lora_name}' added successfully.")
+
+    @app.post("/v1/unload_lora_adapter", dependencies=[Depends(authorize)])
+    async def unload_lora_adapter(body: UnloadBody):
+        try:
+            await run_in_threadpool(registry.unload, body.lora_name)
+        except UnknownAdapter:
+            raise APIError(404, f"The lora adapter '{body.lora_name}' cannot be found.", "not_found_error",
+                           "lora_name") from None
+        except AdapterBusy as exc:
+            raise APIError(409, str(exc), "conflict_error", "lora_name") from None
+        return PlainTextResponse(f"Success: LoRA adapter '{body.lora_name}' removed successfully.")
+
+    @app.get("/metrics")
+    async def metrics():
+        return Response(_prometheus_text(engine), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    return app
+
+
+async def _stream(events, handle, rid, created, model, chat, usage):
+    """Server-sent events of one request; closing it (client gone) cancels the generation."""
+    kind = "chat.completion.chunk" if chat else "text_completion"
+
+    def chunk(text, reason):
+        choice = ({"index": 0, "delta": {"role": "assistant", "content": text} if text or reason is None else {},
+                   "finish_reason": reason} if chat else
+                  {"index": 0, "text": text, "logprobs": None, "finish_reason": reason})
+        return "data: " + json.dumps({"id": rid, "object": kind, "created": created, "model": model,
+                                      "choices": [choice]}) + "\n\n"
+
+    try:
+        while True:
+            event = await events.get()
+            if event.error:
+                yield "data: " + json.dumps({"error": {"message": event.error, "type": "api_error", "param": None,
+                                                       "code": 500}}) + "\n\n"
+                break
+            if event.text or event.finish_reason is None:
+                yield chunk(event.text, None)
+            if event.finish_reason is not None:
+                yield chunk("", event.finish_reason)
+                break
+        yield "data: [DONE]\n\n"
+    finally:
+        if handle.finish_reason is None:
+            handle.cancel()
+
+
+def _prometheus_text(engine: Engine) -> bytes:
+    """The engine's counters and gauges in the Prometheus text format (prometheus_client)."""
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    counters, registry = engine.counters, engine.registry
+
+    class _Collector:
+        def collect(self):
+            for name, key, doc in (("requests", "requests", "Requests accepted"),
+                                   ("requests_finished", "finished", "Requests finished (stop or length)"),
+                                   ("requests_aborted", "aborted", "Requests cancelled or failed"),
+                                   ("prompt_tokens", "prompt_tokens", "Prompt tokens processed"),
+                                   ("generation_tokens", "generation_tokens", "Tokens generated"),
+                                   ("decode_steps", "decode_steps", "Batched decode steps")):
+                yield CounterMetricFamily(f"prolora_{name}", doc, value=counters[key])
+            yield CounterMetricFamily("prolora_adapter_loads", "Adapter loads", value=registry.loads)
+            yield CounterMetricFamily("prolora_adapter_evictions", "Adapter LRU evictions", value=registry.evictions)
+            for name, value, doc in (
+                    ("queue_length", engine.queue_length, "Requests waiting to join the batch"),
+                    ("requests_running", engine.running, "Requests in the running batch"),
+                    ("adapters_resident", len(registry.resident()), "Adapters resident in memory"),
+                    ("adapter_bytes_resident", engine.bank.resident_bytes, "Bytes of resident adapter tensors"),
+                    ("expanded_cache_bytes", engine.bank.expanded_bytes, "Bytes of cached expanded factors")):
+                yield GaugeMetricFamily(f"prolora_{name}", doc, value=value)
+
+    collectors = CollectorRegistry()
+    collectors.register(_Collector())
+    return generate_latest(collectors)
+
+
+def build_engine(model: str | None, adapters: list[str], adapters_dir: str | None = None,
+                 max_resident: int | None = None, max_batch: int = 32, expanded_cache_bytes: int = 0) -> Engine:
+    """Load the base model and tokenizer, hook an :class:`AdapterBank` into it and register ``adapters``.
+
+    ``adapters`` are ``[NAME=]PATH`` specs (run directories of ``prolora train`` or adapter directories);
+    ``model`` defaults to the first run's base model, else the embedded SmolLM2-135M.
+
+    Raises:
+        ValueError / FileNotFoundError: a bad adapter, model or directory, naming it.
+    """
+    from prolora.base_models import load_model, load_tokenizer
+
+    specs = [AdapterSpec.parse(s) for s in adapters]
+    names = [s.name for s in specs]
+    if len(set(names)) < len(names):
+        raise ValueError(f"adapter names {names} repeat; name them with NAME=PATH")
+    run_models = [s.run_config.get("model") for s in specs if s.run_config.get("model")]
+    model = model or (run_models[0] if run_models else None)
+    tokenizer = load_tokenizer(model)
+    base = load_model(model).eval()
+    registry = AdapterRegistry(AdapterBank(base, expanded_cache_bytes), adapters_dir, max_resident)
+    for spec in specs:
+        registry.register(spec.name, spec.path)
+    return Engine(base, tokenizer, registry, max_batch)
