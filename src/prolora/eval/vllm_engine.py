@@ -94,29 +94,20 @@ def load(model_name: str | None, adapter_specs: list[str], chat_format: str | No
 
     Raises:
         ImportError: vLLM is not installed, with the install command.
-        ValueError: as :func:`prolora.inference.generation.load_generator` (names, mixed runs) and
+        ValueError: as :func:`prolora.inference.generation.resolve_adapters` (names, mixed runs) and
             :func:`prolora.inference.vllm_plugin.dense_lora` (adapter types vLLM cannot serve).
     """
     from prolora.base_models import DEFAULT_MODEL, load_tokenizer
-    from prolora.inference.generation import AdapterSpec
+    from prolora.inference.generation import resolve_adapters
     from prolora.inference.vllm_plugin import dense_base_model, dense_lora, read_peft_type
 
     if vllm_version() is None:
         raise ImportError("--engine vllm needs vLLM: build its environment with scripts/vllm_env.sh "
                           "(docs/vllm.md), or use --engine transformers")
-    specs = [AdapterSpec.parse(spec) for spec in adapter_specs]
-    names = [s.name for s in specs]
-    if len(set(names)) < len(names):
-        raise ValueError(f"adapter names {names} repeat; name them with NAME=PATH")
-    if reserved in names:
+    specs, model_id, chat_format = resolve_adapters(model_name, adapter_specs, chat_format)
+    if reserved in [s.name for s in specs]:
         raise ValueError(f"an adapter may not be named {reserved!r}; rename it with NAME=PATH")
-    configs = [s.run_config for s in specs if s.run_config]
-    if model_name is None and len({c.get("model") for c in configs}) > 1:
-        raise ValueError("the adapters were trained on different base models; pass --model")
-    if chat_format is None and len({c.get("chat_format") for c in configs}) > 1:
-        raise ValueError("the adapters were trained with different chat formats; pass --chat-format")
-    model_id = model_name or next((c["model"] for c in configs if c.get("model")), None) or DEFAULT_MODEL
-    chat_format = chat_format or (configs[0].get("chat_format") if configs else None) or "tulu"
+    model_id = model_id or DEFAULT_MODEL
 
     dense = {s.name: str(dense_lora(s.path)) for s in specs}  # PRoLoRA exported once; LoRA as it is
     peft_types = {s.name: SimpleNamespace(peft_type=read_peft_type(s.path)[1]["peft_type"]) for s in specs}

@@ -114,8 +114,12 @@ class Generator:
         return Reply(self.tokenizer.decode(new, skip_special_tokens=True).strip(), len(new), seconds)
 
 
-def load_generator(model: str | None, adapter_specs: list[str], chat_format: str | None) -> Generator:
-    """Build a :class:`Generator`; the base model and chat format default to the first run's config.
+def resolve_adapters(model: str | None, adapter_specs: list[str],
+                     chat_format: str | None) -> tuple[list[AdapterSpec], str | None, str]:
+    """Parse ``[NAME=]PATH`` adapter specs; the base model and chat format default to the first run's config.
+
+    Returns ``(specs, model, chat_format)``; ``model`` stays ``None`` when neither the caller nor a run names
+    one (the embedded default).
 
     Raises:
         ValueError: repeated adapter names, or adapters from runs on different base models or chat formats
@@ -130,6 +134,16 @@ def load_generator(model: str | None, adapter_specs: list[str], chat_format: str
         raise ValueError("the adapters were trained on different base models; pass --model")
     if chat_format is None and len({c.get("chat_format") for c in configs}) > 1:
         raise ValueError("the adapters were trained with different chat formats; pass --chat-format")
-    model = model or (configs[0].get("model") if configs else None)
+    model = model or next((c["model"] for c in configs if c.get("model")), None)
     chat_format = chat_format or (configs[0].get("chat_format") if configs else None) or "tulu"
+    return specs, model, chat_format
+
+
+def load_generator(model: str | None, adapter_specs: list[str], chat_format: str | None) -> Generator:
+    """Build a :class:`Generator` over :func:`resolve_adapters`' choices.
+
+    Raises:
+        ValueError: as :func:`resolve_adapters`.
+    """
+    specs, model, chat_format = resolve_adapters(model, adapter_specs, chat_format)
     return Generator(model, specs, chat_format)
