@@ -27,6 +27,12 @@ import torch
 
 from .registry import AdapterRegistry
 
+# torch.Generator.manual_seed takes a signed or unsigned 64-bit integer
+SEED_MIN, SEED_MAX = -(1 << 63), (1 << 64) - 1
+# temperatures below this are greedy (vLLM's _SAMPLING_EPS): dividing the logits by a smaller temperature
+# overflows float32 and turns the probabilities into NaN
+GREEDY_TEMPERATURE = 1e-5
+
 
 class ShuttingDown(RuntimeError):
     """The engine no longer accepts requests (HTTP 503)."""
@@ -53,6 +59,8 @@ class SamplingParams:
             raise ValueError(f"top_p={self.top_p!r} must be in (0, 1].")
         if any(not isinstance(s, str) or not s for s in self.stop) or len(self.stop) > 4:
             raise ValueError(f"stop={list(self.stop)!r} must be at most 4 non-empty strings.")
+        if self.seed is not None and not SEED_MIN <= self.seed <= SEED_MAX:
+            raise ValueError(f"seed={self.seed!r} must be an integer in [{SEED_MIN}, {SEED_MAX}] (a 64-bit seed).")
 
 
 @dataclass
@@ -186,12 +194,12 @@ class Engine:
             raise ValueError(f"the prompt ({len(prompt_ids)} tokens) plus max_tokens ({params.max_tokens}) is "
                              f"{len(prompt_ids) + params.max_tokens} tokens, beyond the model's context of "
                              f"{self.max_context}; shorten the prompt or lower max_tokens.")
-        if adapter is not None:
-            self.registry.acquire(adapter)
         req = Request(list(prompt_ids), adapter, params, sink)
-        if params.temperature > 0:
+        if params.temperature >= GREEDY_TEMPERATURE:
             req.generator = torch.Generator(device=self.device)
             req.generator.manual_seed(params.seed if params.seed is not None else torch.seed())
+        if adapter is not None:  # last: nothing after the pin may fail, or the adapter stays pinned forever
+            self.registry.acquire(adapter)
         with self._cv:
             self._waiting.append(req)
             self.counters["requests"] += 1
@@ -312,11 +320,12 @@ class Engine:
 
     # -------------------------------------------------------------------------------------- sampling
     def _sample(self, logits: torch.Tensor, reqs: list[Request]) -> torch.Tensor:
-        """Next token per row: argmax for greedy rows; temperature + nucleus (top_p) sampling otherwise."""
+        """Next token per row: argmax for greedy rows (temperature below ``GREEDY_TEMPERATURE``, as vLLM);
+        temperature + nucleus (top_p) sampling otherwise."""
         tokens = logits.argmax(-1)
         for i, req in enumerate(reqs):
             p = req.params
-            if p.temperature <= 0:
+            if p.temperature < GREEDY_TEMPERATURE:
                 continue
             probs = torch.softmax(logits[i].float() / p.temperature, dim=-1)
             if p.top_p < 1.0:

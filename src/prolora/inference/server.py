@@ -14,12 +14,12 @@ import asyncio
 import json
 import time
 from contextlib import asynccontextmanager
-from typing import Literal
+from typing import Annotated, Literal
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -30,16 +30,30 @@ from .registry import AdapterBusy, AdapterRegistry, UnknownAdapter
 
 
 # ------------------------------------------------------------------------------------------ bodies
+def _utf8(text: str) -> str:
+    """JSON may carry lone UTF-16 surrogates (``"\\ud800"``) that no UTF-8 text holds: refuse them (400)
+    rather than let the tokenizer or the response encoder fail (500)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"the text holds {exc.object[exc.start:exc.end]!r}, a lone UTF-16 surrogate: "
+                         "send valid Unicode") from None
+    return text
+
+
+Text = Annotated[str, AfterValidator(_utf8)]
+
+
 class _Body(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
 
 class _Sampling(_Body):
-    model: str
+    model: Text
     max_tokens: int | None = Field(default=None, ge=1)
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    stop: str | list[str] | None = None
+    stop: Text | list[Text] | None = None
     seed: int | None = None
     stream: bool = False
     n: int = Field(default=1, ge=1, le=1)
@@ -49,12 +63,12 @@ class _Sampling(_Body):
 
 
 class CompletionBody(_Sampling):
-    prompt: str | list[str] | list[int]
+    prompt: Text | list[Text] | list[int]
 
 
 class Message(_Body):
     role: Literal["system", "user", "assistant"]
-    content: str
+    content: Text
 
 
 class ChatBody(_Sampling):
@@ -63,12 +77,12 @@ class ChatBody(_Sampling):
 
 
 class LoadBody(_Body):
-    lora_name: str = Field(min_length=1)
-    lora_path: str = Field(min_length=1)
+    lora_name: Text = Field(min_length=1)
+    lora_path: Text = Field(min_length=1)
 
 
 class UnloadBody(_Body):
-    lora_name: str = Field(min_length=1)
+    lora_name: Text = Field(min_length=1)
     lora_int_id: int | None = None
 
 
@@ -97,6 +111,9 @@ def create_app(engine: Engine, base_name: str, api_key: str | None = None, chat_
     """
     tokenizer = engine.tokenizer
     registry = engine.registry
+    embeddings = engine.model.get_input_embeddings() if hasattr(engine.model, "get_input_embeddings") else None
+    # a token id the tokenizer knows but the embedding lacks would fail the whole batch's forward
+    vocab = min(len(tokenizer), getattr(embeddings, "num_embeddings", None) or len(tokenizer))
     default_format = chat_format or ("template" if getattr(tokenizer, "chat_template", None) else "tulu")
 
     @asynccontextmanager
@@ -117,13 +134,22 @@ def create_app(engine: Engine, base_name: str, api_key: str | None = None, chat_
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request, exc: RequestValidationError):
-        first = exc.errors()[0] if exc.errors() else {}
-        where = ".".join(str(p) for p in first.get("loc", ())[1:]) or None
+        errors = exc.errors()
+        # of a union's branches (prompt: str | list[str] | list[int]) report the one our validators refused
+        first = next((e for e in errors if e.get("type") == "value_error"), errors[0] if errors else {})
+        if first.get("type") == "json_invalid":  # loc is ("body", character offset)
+            return _error(400, f"invalid request: the body is not valid JSON ({first.get('ctx', {}).get('error', '')} "
+                          f"at character {first.get('loc', ('', '?'))[-1]}).")
+        # the path of the field, without pydantic's union-branch and validator tags ("str", "function-after[...]")
+        where = ".".join(str(p) for p in first.get("loc", ())[1:]
+                         if not (isinstance(p, str) and ("[" in p or p in ("str", "int", "float", "bool"))))
+        where = where or None
         return _error(400, f"invalid request: {where or 'body'}: {first.get('msg', 'malformed body')}", param=where)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_request, exc: StarletteHTTPException):
-        return _error(exc.status_code, str(exc.detail), "not_found_error" if exc.status_code == 404 else "api_error")
+        kind = {404: "not_found_error", 405: "invalid_request_error", 400: "invalid_request_error"}
+        return _error(exc.status_code, str(exc.detail), kind.get(exc.status_code, "api_error"))
 
     def resolve(model: str) -> str | None:
         """The adapter of a request's ``model`` (None: the base model); 404 lists what exists."""
@@ -223,8 +249,8 @@ def create_app(engine: Engine, base_name: str, api_key: str | None = None, chat_
                 raise APIError(400, f"prompt holds {len(prompt)} strings; send one prompt per request.", param="prompt")
             prompt = prompt[0]
         ids = list(prompt) if isinstance(prompt, list) else tokenizer(prompt)["input_ids"]
-        if any(not 0 <= t < len(tokenizer) for t in ids):
-            raise APIError(400, f"prompt token ids must be in [0, {len(tokenizer)}).", param="prompt")
+        if any(not 0 <= t < vocab for t in ids):
+            raise APIError(400, f"prompt token ids must be in [0, {vocab}).", param="prompt")
         return await run(adapter, ids, sampling(body, body.max_tokens or 16, len(ids)), request, body, chat=False)
 
     @app.post("/v1/chat/completions", dependencies=[Depends(authorize)])

@@ -1,0 +1,129 @@
+"""``prolora serve`` against hostile clients: every bad request gets an OpenAI-shaped 4xx and the server keeps
+serving, with nothing left behind (no pinned adapter, no failed batch). Live uvicorn server on 127.0.0.1,
+tiny random Llama, random adapters (tests/serve_utils.py)."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from serve_utils import LiveServer, save_lora, save_model, save_prolora
+
+from prolora.inference.server import build_engine, create_app
+
+KEY = "hostile-key"
+BASE = "tiny-base"
+HEADERS = {"Authorization": f"Bearer {KEY}"}
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hostile")
+    return {"root": root, "model": save_model(root / "model"), "pa": save_prolora(root / "pa", seed=1),
+            "lo": save_lora(root / "lo", seed=3), "spare": save_prolora(root / "spare", seed=5)}
+
+
+@pytest.fixture(scope="module")
+def server(files):
+    engine = build_engine(str(files["model"]), [f"pa={files['pa']}", f"lo={files['lo']}"])
+    live = LiveServer(create_app(engine, BASE, api_key=KEY))
+    live.engine = engine
+    yield live
+    live.stop()
+
+
+@pytest.fixture
+def http(server):
+    with httpx.Client(base_url=server.url, headers=HEADERS, timeout=60) as client:
+        yield client
+
+
+def _complete(http, **body):
+    return http.post("/v1/completions", json={"model": "pa", "prompt": "Hi", "max_tokens": 4, **body})
+
+
+def _assert_error(response, status: int, *words: str, param: str | None = None):
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["code"] == status and set(error) == {"message", "type", "param", "code"}
+    for word in words:
+        assert word in error["message"], error["message"]
+    if param is not None:
+        assert error["param"] == param
+
+
+def _serves(http):
+    """The server still answers a normal request, on the same (keep-alive) connection."""
+    r = _complete(http, temperature=0)
+    assert r.status_code == 200 and r.json()["choices"][0]["finish_reason"] in ("stop", "length"), r.text
+
+
+def test_a_seed_outside_64_bits_is_a_400_naming_seed_and_leaves_the_adapter_unpinned(http, server, files):
+    # before: torch's "Overflow when unpacking long long" after the adapter was pinned, so it stayed pinned
+    # forever (unload answered 409, LRU eviction skipped it)
+    assert http.post("/v1/load_lora_adapter", json={"lora_name": "seeded", "lora_path": str(files["spare"])}
+                     ).status_code == 200
+    for seed in (2 ** 64, -(2 ** 63) - 1, 2 ** 70):
+        _assert_error(_complete(http, model="seeded", seed=seed), 400, "seed", str(seed))
+    assert server.engine.registry.entries["seeded"].pins == 0
+    assert http.post("/v1/unload_lora_adapter", json={"lora_name": "seeded"}).status_code == 200
+    ok = [_complete(http, seed=s, temperature=1.0).json()["choices"][0]["text"] for s in (2 ** 64 - 1, 2 ** 64 - 1)]
+    assert ok[0] == ok[1]  # the largest 64-bit seed is accepted and reproducible
+    _serves(http)
+
+
+@pytest.mark.parametrize("temperature", [1e-300, 1e-30, 1e-7])
+def test_a_tiny_temperature_is_greedy_not_a_failed_batch(http, temperature):
+    # before: logits / 1e-300 overflowed float32, the probabilities were NaN and torch.multinomial raised
+    # inside the engine loop: a 500 for this request and an abort for every other request in the batch
+    greedy = _complete(http, temperature=0, max_tokens=6).json()["choices"][0]["text"]
+    r = _complete(http, temperature=temperature, max_tokens=6)
+    assert r.status_code == 200, r.text
+    assert r.json()["choices"][0]["text"] == greedy
+
+
+@pytest.mark.parametrize("route, body, param", [
+    ("/v1/completions", b'{"model": "pa", "prompt": "a\\ud800b", "max_tokens": 2}', "prompt"),
+    ("/v1/completions", b'{"model": "pa", "prompt": ["\\udc00"], "max_tokens": 2}', "prompt.0"),
+    ("/v1/completions", b'{"model": "\\ud800", "prompt": "a", "max_tokens": 2}', "model"),
+    ("/v1/completions", b'{"model": "pa", "prompt": "a", "stop": "\\ud800", "max_tokens": 2}', "stop"),
+    ("/v1/chat/completions", b'{"model": "pa", "messages": [{"role": "user", "content": "\\udfff"}]}',
+     "messages.0.content"),
+    ("/v1/load_lora_adapter", b'{"lora_name": "x\\ud800", "lora_path": "/nowhere"}', "lora_name"),
+])
+def test_lone_surrogates_are_a_400_not_a_500(http, route, body, param):
+    # before: the tokenizer (or the response encoder) raised: a bare 500 "Internal Server Error" and a
+    # reset keep-alive connection
+    r = http.post(route, content=body, headers={"Content-Type": "application/json"})
+    _assert_error(r, 400, param=param)
+    assert "surrogate" in r.json()["error"]["message"] or "unicode" in r.json()["error"]["message"]
+    _serves(http)
+
+
+def test_malformed_json_names_the_problem_and_its_place(http):
+    r = http.post("/v1/completions", content=b'{"model": "pa", "prompt": }', headers={"Content-Type": "application/json"})
+    _assert_error(r, 400, "not valid JSON", "character")
+    assert r.json()["error"]["param"] is None
+    r = http.post("/v1/completions", content=b'{"model": "pa", "prompt": "\xff"}',
+                  headers={"Content-Type": "application/json"})
+    _assert_error(r, 400)
+    assert r.json()["error"]["type"] == "invalid_request_error"
+    _serves(http)
+
+
+def test_a_lora_adapter_holding_nan_is_refused_at_load(http, files, tmp_path):
+    # before: it loaded, and every answer of its rows was argmax over NaN logits (silently wrong tokens)
+    bad = save_lora(tmp_path / "nan_lora", seed=7)
+    tensors = load_file(bad / "adapter_model.safetensors")
+    key = min(k for k in tensors if "lora_B" in k)
+    tensors[key][0, 0] = float("nan")
+    save_file(tensors, bad / "adapter_model.safetensors")
+    r = http.post("/v1/load_lora_adapter", json={"lora_name": "nan", "lora_path": str(bad)})
+    _assert_error(r, 400, "NaN", key, param="lora_path")
+    assert "nan" not in [m["id"] for m in http.get("/v1/models").json()["data"]]
+    tensors[key][0, 0] = float("inf")
+    save_file(tensors, bad / "adapter_model.safetensors")
+    _assert_error(http.post("/v1/load_lora_adapter", json={"lora_name": "nan", "lora_path": str(bad)}), 400, "inf")
+    assert torch.isfinite(load_file(files["lo"] / "adapter_model.safetensors")[key]).all()
+    _serves(http)
