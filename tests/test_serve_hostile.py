@@ -127,3 +127,42 @@ def test_a_lora_adapter_holding_nan_is_refused_at_load(http, files, tmp_path):
     _assert_error(http.post("/v1/load_lora_adapter", json={"lora_name": "nan", "lora_path": str(bad)}), 400, "inf")
     assert torch.isfinite(load_file(files["lo"] / "adapter_model.safetensors")[key]).all()
     _serves(http)
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--port", "-1"], "--port -1 must be in [0, 65535]"),          # before: a traceback after the model loaded
+    (["--port", "70000"], "--port 70000 must be in [0, 65535]"),
+    (["--expanded-cache-mb", "-5"], "--expanded-cache-mb -5.0 must be a finite number"),  # before: served
+    (["--expanded-cache-mb", "nan"], "--expanded-cache-mb nan must be a finite number"),  # "cannot convert"
+    (["--max-resident", "0"], "--max-resident 0 must be at least 1"),
+    (["--host", "no-such-host.invalid"], "cannot listen on --host no-such-host.invalid"),
+])
+def test_bad_serve_flags_fail_in_one_line_before_the_model_loads(argv, message, capsys, tmp_path):
+    from prolora.cli import main
+
+    assert main(["serve", "--model", str(tmp_path / "never-loaded"), *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("prolora serve: error:") and message in err and "Traceback" not in err
+
+
+def test_serve_on_a_taken_port_fails_in_one_line(capsys, tmp_path):
+    import socket
+
+    from prolora.cli import main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", "--model", str(tmp_path / "never-loaded"), "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert f"--port {port}" in err and "in use" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("name", ["..", ".", "a/b", "a\\b", " x", "x\n", "a\tb", "a\x00b"])
+def test_load_refuses_names_that_are_not_folder_names_as_a_400_on_lora_name(http, files, name):
+    # before: '..', '.', 'a\\b' and 'a\tb' were served names; the others were refused with param lora_path
+    r = http.post("/v1/load_lora_adapter", json={"lora_name": name, "lora_path": str(files["spare"])})
+    _assert_error(r, 400, "adapter name", param="lora_name")
+    assert name not in [m["id"] for m in http.get("/v1/models").json()["data"]]
+    _serves(http)

@@ -26,7 +26,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .adapter_bank import AdapterBank
 from .engine import Engine, Event, SamplingParams, ShuttingDown
 from .generation import AdapterSpec
-from .registry import AdapterBusy, AdapterRegistry, UnknownAdapter
+from .registry import AdapterBusy, AdapterRegistry, UnknownAdapter, check_name
 
 
 # ------------------------------------------------------------------------------------------ bodies
@@ -272,6 +272,10 @@ def create_app(engine: Engine, base_name: str, api_key: str | None = None, chat_
     async def load_lora_adapter(body: LoadBody):
         if body.lora_name == base_name:
             raise APIError(400, f"'{body.lora_name}' is the base model's name; pick another.", param="lora_name")
+        try:
+            check_name(body.lora_name)
+        except ValueError as exc:
+            raise APIError(400, str(exc), param="lora_name") from None
         try:
             await run_in_threadpool(registry.register, body.lora_name, body.lora_path)
         except AdapterBusy as exc:
