@@ -4,6 +4,8 @@ tiny random Llama, random adapters (tests/serve_utils.py)."""
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import pytest
 import torch
@@ -166,3 +168,39 @@ def test_load_refuses_names_that_are_not_folder_names_as_a_400_on_lora_name(http
     _assert_error(r, 400, "adapter name", param="lora_name")
     assert name not in [m["id"] for m in http.get("/v1/models").json()["data"]]
     _serves(http)
+
+
+def test_shutdown_ends_open_streams_with_an_error_chunk_and_done(files):
+    # before (uvicorn.run + lifespan): uvicorn's graceful timeout cancelled the streaming tasks first, so
+    # clients got a cut chunked body (httpx.RemoteProtocolError) and no [DONE]; the engine drained after
+    import threading
+
+    from serve_utils import free_port
+
+    from prolora.inference.server import graceful_server
+
+    engine = build_engine(str(files["model"]), [f"pa={files['pa']}"])
+    port = free_port()
+    server = graceful_server(create_app(engine, BASE), engine, grace=0.5, host="127.0.0.1", port=port,
+                             log_level="warning")
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(300):
+        if server.started:
+            break
+        threading.Event().wait(0.05)
+    lines = []
+    body = {"model": "pa", "prompt": "Hi", "max_tokens": 7000, "ignore_eos": True, "stream": True, "temperature": 0}
+    with httpx.stream("POST", url + "/v1/completions", json=body, timeout=60) as r:
+        for line in r.iter_lines():
+            if line:
+                lines.append(line)
+            if len(lines) == 3:
+                server.should_exit = True  # what uvicorn's SIGTERM handler does
+    thread.join(timeout=60)
+    assert not thread.is_alive()
+    assert lines[-1] == "data: [DONE]"
+    error = json.loads(lines[-2].removeprefix("data: "))["error"]
+    assert error["code"] == 503 and "shutting down" in error["message"]
+    assert 3 <= len(lines) - 2 < 7000 and engine.running == 0

@@ -45,10 +45,8 @@ def _check_bind(host: str, port: int) -> None:
 
 
 def run(args) -> int:
-    import uvicorn
-
     from prolora.base_models import DEFAULT_MODEL
-    from prolora.inference.server import build_engine, create_app
+    from prolora.inference.server import build_engine, create_app, graceful_server
 
     if args.max_batch < 1:
         raise ValueError(f"--max-batch {args.max_batch} must be at least 1")
@@ -63,5 +61,6 @@ def run(args) -> int:
     engine = build_engine(args.model, args.adapter, args.adapters_dir, args.max_resident, args.max_batch,
                           int(args.expanded_cache_mb * 2**20))
     app = create_app(engine, args.served_model_name or args.model or DEFAULT_MODEL, args.api_key, args.chat_format)
-    uvicorn.run(app, host=args.host, port=args.port, timeout_graceful_shutdown=30, log_level="info")
+    # SIGTERM: running requests get 25 s, then open streams end with an error chunk and [DONE]
+    graceful_server(app, engine, 25.0, host=args.host, port=args.port, log_level="info").run()
     return 0

@@ -318,8 +318,9 @@ async def _stream(events, handle, rid, created, model, chat, usage):
         while True:
             event = await events.get()
             if event.error:
+                code = 503 if "shutting down" in event.error else 500
                 yield "data: " + json.dumps({"error": {"message": event.error, "type": "api_error", "param": None,
-                                                       "code": 500}}) + "\n\n"
+                                                       "code": code}}) + "\n\n"
                 break
             if event.text or event.finish_reason is None:
                 yield chunk(event.text, None)
@@ -330,6 +331,26 @@ async def _stream(events, handle, rid, created, model, chat, usage):
     finally:
         if handle.finish_reason is None:
             handle.cancel()
+
+
+def graceful_server(app, engine: Engine, grace: float = 25.0, **config):
+    """A ``uvicorn.Server`` for ``app`` whose shutdown (SIGTERM, SIGINT) drains ``engine`` first.
+
+    Running requests get ``grace`` seconds to finish; the engine then aborts the rest, so each open stream
+    ends with an error chunk (code 503) and ``data: [DONE]`` and each waiting non-streamed request gets a
+    503, before uvicorn closes the connections (``timeout_graceful_shutdown``, default 5 s, after that).
+    Without this, uvicorn's own timeout cancelled the streams first: clients saw a cut connection.
+    ``config``: keyword arguments of ``uvicorn.Config`` (``host``, ``port``, ``log_level``, ...).
+    """
+    import uvicorn
+
+    class _Server(uvicorn.Server):
+        async def shutdown(self, sockets=None):
+            await asyncio.to_thread(engine.shutdown, grace)
+            await super().shutdown(sockets)
+
+    config.setdefault("timeout_graceful_shutdown", 5)
+    return _Server(uvicorn.Config(app, **config))
 
 
 def _prometheus_text(engine: Engine) -> bytes:
