@@ -124,11 +124,22 @@ def dense_lora(adapter: str | os.PathLike, cache: str | os.PathLike | None = Non
     staging = tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=root)
     try:
         export_lora(path, staging, overwrite=True)
+        complete = lambda: (final / CONFIG_NAME).is_file() and (final / WEIGHTS_NAME).is_file()
         try:
             os.rename(staging, final)
-        except OSError:
-            if not (final / CONFIG_NAME).is_file():  # not another process's complete copy: a real error
-                raise
+        except OSError:  # `final` exists: another process's complete copy is as good as ours
+            if not complete():
+                if not final.is_dir():  # not a folder in the way: a real error (permissions, disk)
+                    raise
+                # a damaged copy (a file removed by hand or a cache cleaner): set it aside, put ours in place
+                aside = f"{staging}.stale"
+                os.rename(final, aside)
+                shutil.rmtree(aside, ignore_errors=True)
+                try:
+                    os.rename(staging, final)
+                except OSError:
+                    if not complete():
+                        raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     logger.info("prolora: exported PRoLoRA adapter %s to dense LoRA %s", path, final)
