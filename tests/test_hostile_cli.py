@@ -38,3 +38,14 @@ def test_a_data_file_that_is_not_utf8_is_named_with_its_line_and_the_fix(tmp_pat
     err = capsys.readouterr().err
     assert f"{name} {where}" in err and "save the file as UTF-8" in err and "Traceback" not in err
     assert not out.exists()
+
+
+def test_a_benchmark_file_that_is_not_utf8_is_named(tmp_path, capsys):
+    # before: "prolora eval: error: 'utf-8' codec can't decode byte 0xff in position 0: invalid start byte"
+    (tmp_path / "he.jsonl").write_bytes(b'{"task_id": "\xff"}\n')
+    out = tmp_path / "out"
+    assert main(["eval", "--tasks", "humaneval", "--humaneval", str(tmp_path / "he.jsonl"), "--predictions",
+                 str(tmp_path / "he.jsonl"), "--output-dir", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "he.jsonl is not UTF-8 text (byte b'\\xff'" in err and "save it as UTF-8" in err
+    assert not out.exists()

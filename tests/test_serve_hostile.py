@@ -204,3 +204,38 @@ def test_shutdown_ends_open_streams_with_an_error_chunk_and_done(files):
     error = json.loads(lines[-2].removeprefix("data: "))["error"]
     assert error["code"] == 503 and "shutting down" in error["message"]
     assert 3 <= len(lines) - 2 < 7000 and engine.running == 0
+
+
+def test_prompts_are_tokenized_off_the_event_loop(files):
+    # before: tokenizing a long prompt ran on the event loop: a 2 MB prompt stalled /health and every open
+    # stream for about 2 s on the real tokenizer (then got its 400)
+    import threading
+
+    engine = build_engine(str(files["model"]), [f"pa={files['pa']}"])
+    threads = []
+
+    class Recording:
+        def __init__(self, tokenizer):
+            self._tokenizer = tokenizer
+
+        def __call__(self, *args, **kwargs):
+            threads.append(threading.current_thread())
+            return self._tokenizer(*args, **kwargs)
+
+        def __getattr__(self, name):
+            return getattr(self._tokenizer, name)
+
+        def __len__(self):
+            return len(self._tokenizer)
+
+    engine.tokenizer = Recording(engine.tokenizer)
+    live = LiveServer(create_app(engine, BASE, chat_format="tulu"))
+    try:
+        with httpx.Client(base_url=live.url, timeout=60) as http:
+            assert _complete(http, temperature=0).status_code == 200
+            r = http.post("/v1/chat/completions", json={"model": "pa", "max_tokens": 2,
+                                                        "messages": [{"role": "user", "content": "Hi"}]})
+            assert r.status_code == 200, r.text
+    finally:
+        live.stop()
+    assert len(threads) >= 2 and live.thread not in threads  # live.thread runs uvicorn's event loop

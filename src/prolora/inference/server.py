@@ -248,7 +248,8 @@ def create_app(engine: Engine, base_name: str, api_key: str | None = None, chat_
             if len(prompt) != 1:
                 raise APIError(400, f"prompt holds {len(prompt)} strings; send one prompt per request.", param="prompt")
             prompt = prompt[0]
-        ids = list(prompt) if isinstance(prompt, list) else tokenizer(prompt)["input_ids"]
+        # a long prompt takes seconds to tokenize: off the event loop, which serves every other stream
+        ids = list(prompt) if isinstance(prompt, list) else (await run_in_threadpool(tokenizer, prompt))["input_ids"]
         if any(not 0 <= t < vocab for t in ids):
             raise APIError(400, f"prompt token ids must be in [0, {vocab}).", param="prompt")
         return await run(adapter, ids, sampling(body, body.max_tokens or 16, len(ids)), request, body, chat=False)
@@ -260,11 +261,14 @@ def create_app(engine: Engine, base_name: str, api_key: str | None = None, chat_
         adapter = resolve(body.model)
         fmt = (registry.entry(adapter).chat_format if adapter else None) or default_format
         messages = [m.model_dump() for m in body.messages]
-        try:
+        def tokenize() -> list[int]:  # off the event loop (a long chat takes seconds)
             text, _ = render(tokenizer, messages, fmt, add_generation_prompt=True)
+            return tokenizer(text, add_special_tokens=fmt == "tulu")["input_ids"]  # as prolora generate does
+
+        try:
+            ids = await run_in_threadpool(tokenize)
         except ValueError as exc:
             raise APIError(400, str(exc), param="messages") from None
-        ids = tokenizer(text, add_special_tokens=fmt == "tulu")["input_ids"]  # as prolora generate does
         params = sampling(body, body.max_completion_tokens or body.max_tokens, len(ids))
         return await run(adapter, ids, params, request, body, chat=True)
 
