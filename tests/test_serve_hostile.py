@@ -239,3 +239,63 @@ def test_prompts_are_tokenized_off_the_event_loop(files):
     finally:
         live.stop()
     assert len(threads) >= 2 and live.thread not in threads  # live.thread runs uvicorn's event loop
+
+
+def _tiny_engine(files):
+    from test_eval_cli import make_tiny_model
+
+    from prolora.inference.adapter_bank import AdapterBank
+    from prolora.inference.engine import Engine
+    from prolora.inference.registry import AdapterRegistry
+
+    model, tokenizer = make_tiny_model()
+    registry = AdapterRegistry(AdapterBank(model))
+    registry.register("pa", files["pa"])
+    return Engine(model, tokenizer, registry).start()
+
+
+def test_engine_refuses_token_ids_outside_the_embedding_without_pinning(files):
+    # before: Engine.submit (the Python API) queued them and the prefill's IndexError failed the batch
+    from prolora.inference.engine import SamplingParams
+
+    engine = _tiny_engine(files)
+    try:
+        for bad in ([engine.vocab_size], [-1]):
+            with pytest.raises(ValueError, match=r"token ids must be in \[0, "):
+                engine.submit(bad, "pa", SamplingParams(max_tokens=2), lambda e: None)
+        assert engine.registry.entries["pa"].pins == 0
+    finally:
+        engine.shutdown()
+
+
+def test_a_failing_prefill_fails_its_request_alone(files, monkeypatch):
+    # before: any exception in one new request's prefill aborted every running request of the batch
+    import time
+
+    from prolora.inference.engine import SamplingParams
+
+    engine = _tiny_engine(files)
+    params = SamplingParams(max_tokens=40, temperature=0, ignore_eos=True)
+    alone = engine.generate([1, 2, 3], "pa", params, timeout=60)
+    prefill = engine._prefill
+
+    def failing(req):
+        if req.prompt_ids == [9, 9, 9]:
+            raise RuntimeError("injected prefill failure")
+        return prefill(req)
+
+    monkeypatch.setattr(engine, "_prefill", failing)
+    events = []
+    try:
+        running = engine.submit([1, 2, 3], "pa", params, events.append)
+        while len(running.output_ids) < 3:
+            time.sleep(0.005)
+        failed = []
+        engine.submit([9, 9, 9], "pa", SamplingParams(max_tokens=4, temperature=0), failed.append)
+        while running.finish_reason is None:
+            time.sleep(0.01)
+        assert failed[-1].finish_reason == "abort" and "injected prefill failure" in failed[-1].error
+        assert running.finish_reason == "length" and running.output_ids == alone.token_ids
+        assert engine.registry.entries["pa"].pins == 0
+    finally:
+        engine.shutdown()

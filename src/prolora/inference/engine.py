@@ -124,6 +124,9 @@ class Engine:
         self.max_batch = max_batch
         self.max_context = int(getattr(model.config, "max_position_embeddings", 0) or 2048)
         self.eos_token_id = tokenizer.eos_token_id
+        embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+        # ids the tokenizer knows but the embedding lacks would fail the forward
+        self.vocab_size = min(len(tokenizer), getattr(embeddings, "num_embeddings", None) or len(tokenizer))
         self.device = next(model.parameters()).device
         self._waiting: deque[Request] = deque()
         self._rows: list[Request] = []
@@ -190,6 +193,8 @@ class Engine:
         params.check()
         if not prompt_ids:
             raise ValueError("the prompt is empty.")
+        if any(not 0 <= t < self.vocab_size for t in prompt_ids):
+            raise ValueError(f"prompt token ids must be in [0, {self.vocab_size}).")
         if len(prompt_ids) + params.max_tokens > self.max_context:
             raise ValueError(f"the prompt ({len(prompt_ids)} tokens) plus max_tokens ({params.max_tokens}) is "
                              f"{len(prompt_ids) + params.max_tokens} tokens, beyond the model's context of "
@@ -230,14 +235,17 @@ class Engine:
                 if self._stop:
                     return
                 new = [self._waiting.popleft() for _ in range(min(len(self._waiting), self.max_batch - len(self._rows)))]
-            try:
-                for req in new:
+            for req in new:  # a request whose prefill fails fails alone, not the running batch
+                try:
                     self._prefill(req)
+                except Exception as exc:  # noqa: BLE001
+                    self._finish(req, "abort", f"generation failed: {type(exc).__name__}: {exc}")
+            try:
                 self._drop([i for i, r in enumerate(self._rows) if r.cancelled])
                 if self._rows:
                     self._step()
             except Exception as exc:  # noqa: BLE001  (a failing forward fails its requests, never the server)
-                for req in new + self._rows:
+                for req in self._rows:
                     self._finish(req, "abort", f"generation failed: {type(exc).__name__}: {exc}")
                 self._drop(list(range(len(self._rows))))
             with self._cv:

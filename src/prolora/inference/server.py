@@ -111,9 +111,7 @@ def create_app(engine: Engine, base_name: str, api_key: str | None = None, chat_
     """
     tokenizer = engine.tokenizer
     registry = engine.registry
-    embeddings = engine.model.get_input_embeddings() if hasattr(engine.model, "get_input_embeddings") else None
-    # a token id the tokenizer knows but the embedding lacks would fail the whole batch's forward
-    vocab = min(len(tokenizer), getattr(embeddings, "num_embeddings", None) or len(tokenizer))
+    vocab = engine.vocab_size
     default_format = chat_format or ("template" if getattr(tokenizer, "chat_template", None) else "tulu")
 
     @asynccontextmanager
