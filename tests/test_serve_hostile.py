@@ -299,3 +299,11 @@ def test_a_failing_prefill_fails_its_request_alone(files, monkeypatch):
         assert engine.registry.entries["pa"].pins == 0
     finally:
         engine.shutdown()
+
+
+def test_a_long_stop_list_is_refused_in_a_short_message(http):
+    # before: the 400 echoed all 100 strings
+    r = _complete(http, stop=["x"] * 100)
+    _assert_error(r, 400, "stop holds 100 strings; send at most 4")
+    assert len(r.json()["error"]["message"]) < 80
+    _serves(http)

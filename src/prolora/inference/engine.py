@@ -57,7 +57,9 @@ class SamplingParams:
             raise ValueError(f"temperature={self.temperature!r} must be in [0, 2].")
         if not 0.0 < self.top_p <= 1.0:
             raise ValueError(f"top_p={self.top_p!r} must be in (0, 1].")
-        if any(not isinstance(s, str) or not s for s in self.stop) or len(self.stop) > 4:
+        if len(self.stop) > 4:
+            raise ValueError(f"stop holds {len(self.stop)} strings; send at most 4.")
+        if any(not isinstance(s, str) or not s for s in self.stop):
             raise ValueError(f"stop={list(self.stop)!r} must be at most 4 non-empty strings.")
         if self.seed is not None and not SEED_MIN <= self.seed <= SEED_MAX:
             raise ValueError(f"seed={self.seed!r} must be an integer in [{SEED_MIN}, {SEED_MAX}] (a 64-bit seed).")
