@@ -307,3 +307,22 @@ def test_a_long_stop_list_is_refused_in_a_short_message(http):
     _assert_error(r, 400, "stop holds 100 strings; send at most 4")
     assert len(r.json()["error"]["message"]) < 80
     _serves(http)
+
+
+def test_a_removed_adapters_dir_does_not_turn_models_and_404s_into_500s(files, tmp_path):
+    # before: /v1/models and every unknown-model 404 (which lists the models) raised FileNotFoundError: 500
+    import shutil
+
+    folder = tmp_path / "adapters"
+    save_prolora(folder / "d1", seed=11)
+    engine = build_engine(str(files["model"]), [f"pa={files['pa']}"], adapters_dir=str(folder))
+    live = LiveServer(create_app(engine, BASE))
+    try:
+        with httpx.Client(base_url=live.url, timeout=60) as http:
+            assert {m["id"] for m in http.get("/v1/models").json()["data"]} == {BASE, "pa", "d1"}
+            shutil.rmtree(folder)
+            assert {m["id"] for m in http.get("/v1/models").json()["data"]} == {BASE, "pa"}
+            _assert_error(_complete(http, model="d1"), 404, "'d1' does not exist", "pa")
+            _serves(http)
+    finally:
+        live.stop()

@@ -108,8 +108,11 @@ class AdapterRegistry:
         with self._lock:
             names = set(self.entries)
         if self.adapters_dir is not None:
-            names.update(p.name for p in self.adapters_dir.iterdir()
-                         if (p / CONFIG_NAME).is_file() or (p / ADAPTER_DIR / CONFIG_NAME).is_file())
+            try:
+                names.update(p.name for p in self.adapters_dir.iterdir()
+                             if (p / CONFIG_NAME).is_file() or (p / ADAPTER_DIR / CONFIG_NAME).is_file())
+            except OSError:  # the folder was removed or made unreadable while serving: list what is registered
+                pass
         return sorted(names)
 
     def entry(self, name: str) -> AdapterEntry:
