@@ -122,8 +122,15 @@ def dense_lora(adapter: str | os.PathLike, cache: str | os.PathLike | None = Non
         return final
     root.mkdir(parents=True, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=root)
+    source = Path(f"{staging}.source")
     try:
-        export_lora(path, staging, overwrite=True)
+        # export a private copy and key the cache by the copy's hash: an adapter rewritten meanwhile cannot
+        # leave one content's export under another content's key
+        source.mkdir()
+        for name in (CONFIG_NAME, WEIGHTS_NAME):
+            shutil.copyfile(path / name, source / name)
+        final = root / _sha256([source / CONFIG_NAME, source / WEIGHTS_NAME], _EXPORT_VERSION)
+        export_lora(source, staging, overwrite=True)
         complete = lambda: (final / CONFIG_NAME).is_file() and (final / WEIGHTS_NAME).is_file()
         try:
             os.rename(staging, final)
@@ -142,6 +149,7 @@ def dense_lora(adapter: str | os.PathLike, cache: str | os.PathLike | None = Non
                         raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(source, ignore_errors=True)
     logger.info("prolora: exported PRoLoRA adapter %s to dense LoRA %s", path, final)
     return final
 
