@@ -228,3 +228,60 @@ def test_registered_resolver_answers_vllm(folder, monkeypatch):
     finally:
         LoRAResolverRegistry.resolvers.clear()
         LoRAResolverRegistry.resolvers.update(before)
+
+
+@pytest.mark.parametrize("lost", ["adapter_model.safetensors", "adapter_config.json"])
+def test_a_damaged_cached_copy_is_replaced_not_served(folder, lost):
+    # before: with its config left, the damaged folder was returned to vLLM forever (its load failed)
+    resolver, _ = folder
+    first = resolver.resolve(BASE, "pro")
+    expected = (first / "adapter_model.safetensors").read_bytes()
+    (first / lost).unlink()  # a cache cleaner, or a hand
+    again = resolver.resolve(BASE, "pro")
+    assert again == first and (again / "adapter_model.safetensors").read_bytes() == expected
+    assert (again / "adapter_config.json").is_file()
+    assert [p.name for p in (resolver.cache / "lora").iterdir()] == [first.name]  # nothing set aside remains
+
+
+def test_concurrent_resolutions_of_one_adapter_share_one_complete_copy(folder, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from safetensors.torch import load_file
+
+    resolver, _ = folder
+    with ThreadPoolExecutor(8) as pool:
+        paths = set(pool.map(lambda _: resolver.resolve(BASE, "pro"), range(16)))
+    assert len(paths) == 1 and None not in paths
+    (path,) = paths
+    assert [p.name for p in (resolver.cache / "lora").iterdir()] == [path.name]
+    prolora.export_lora(resolver.adapters_dir / "pro", tmp_path / "alone")
+    served, alone = load_file(path / "adapter_model.safetensors"), load_file(tmp_path / "alone" / "adapter_model.safetensors")
+    assert served.keys() == alone.keys() and all(torch.equal(served[k], alone[k]) for k in alone)
+
+
+def test_an_adapter_rewritten_during_its_export_is_cached_under_the_content_exported(folder, monkeypatch):
+    # before: the key hashed the files, then the export read them again: a rewrite in between left the new
+    # weights' export under the old weights' key, served whenever the old weights came back
+    from safetensors.torch import load_file
+
+    from prolora.format import export_lora
+
+    resolver, _ = folder
+    adapter = resolver.adapters_dir / "pro"
+    old = {n: (adapter / n).read_bytes() for n in ("adapter_config.json", "adapter_model.safetensors")}
+
+    def rewritten_meanwhile(source, out_dir, **kwargs):
+        _save(adapter, seed=9)  # another process saves new weights under the same name
+        export_lora(source, out_dir, **kwargs)
+
+    monkeypatch.setattr("prolora.format.export_lora", rewritten_meanwhile)
+    path = vp.dense_lora(adapter, resolver.cache)
+    monkeypatch.undo()
+    for name, data in old.items():  # the old content is back
+        (adapter / name).write_bytes(data)
+    assert vp.dense_lora(adapter, resolver.cache) == path  # its key...
+    fresh = resolver.cache.parent / "fresh"
+    export_lora(adapter, fresh)  # ...holds its own export
+    served, expected = load_file(path / "adapter_model.safetensors"), load_file(fresh / "adapter_model.safetensors")
+    assert all(torch.equal(served[k], expected[k]) for k in expected)
+    assert sorted(p.name for p in (resolver.cache / "lora").iterdir()) == [path.name]

@@ -33,8 +33,14 @@ def add_arguments(parser) -> None:
 
 def open_generator(args):
     """The :class:`~prolora.inference.generation.Generator` of the parsed flags, with ``--use`` applied."""
+    import math
+
     from prolora.inference.generation import load_generator
 
+    if args.max_new_tokens < 1:  # before the model loads (transformers said `max_new_tokens` after it)
+        raise ValueError(f"--max-new-tokens {args.max_new_tokens} must be at least 1")
+    if not math.isfinite(args.temperature) or args.temperature < 0:  # was silently greedy
+        raise ValueError(f"--temperature {args.temperature} must be a finite number ≥ 0 (0: greedy)")
     set_threads(args.threads)
     generator = load_generator(args.model, args.adapter, args.chat_format)
     if args.use:

@@ -6,6 +6,9 @@ Flags follow vLLM's where they overlap (``--model``, ``--host``, ``--port``, ``-
 
 from __future__ import annotations
 
+import math
+import socket
+
 
 def add_arguments(parser) -> None:
     parser.add_argument("--adapter", action="append", default=[], metavar="[NAME=]PATH",
@@ -28,16 +31,36 @@ def add_arguments(parser) -> None:
                         "expanded factors of hot adapters (default 0: compact tensors only)")
 
 
-def run(args) -> int:
-    import uvicorn
+def _check_bind(host: str, port: int) -> None:
+    """Raise OSError naming ``--host``/``--port`` when uvicorn could not bind them (taken, unknown host)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, kind, proto, _, address = infos[0]
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+            sock.bind(address)
+    except OSError as exc:
+        raise OSError(f"cannot listen on --host {host} --port {port}: {exc.strerror or exc}; pick another port "
+                      "(or stop what uses it) or a local address") from None
 
+
+def run(args) -> int:
     from prolora.base_models import DEFAULT_MODEL
-    from prolora.inference.server import build_engine, create_app
+    from prolora.inference.server import build_engine, create_app, graceful_server
 
     if args.max_batch < 1:
         raise ValueError(f"--max-batch {args.max_batch} must be at least 1")
+    if not 0 <= args.port <= 65535:
+        raise ValueError(f"--port {args.port} must be in [0, 65535] (0: any free port)")
+    if not math.isfinite(args.expanded_cache_mb) or args.expanded_cache_mb < 0:
+        raise ValueError(f"--expanded-cache-mb {args.expanded_cache_mb} must be a finite number of MiB ≥ 0 "
+                         "(0: compact tensors only)")
+    if args.max_resident is not None and args.max_resident < 1:
+        raise ValueError(f"--max-resident {args.max_resident} must be at least 1 (leave it out for no limit)")
+    _check_bind(args.host, args.port)  # before the model loads: a taken port fails in a second, not a minute
     engine = build_engine(args.model, args.adapter, args.adapters_dir, args.max_resident, args.max_batch,
                           int(args.expanded_cache_mb * 2**20))
     app = create_app(engine, args.served_model_name or args.model or DEFAULT_MODEL, args.api_key, args.chat_format)
-    uvicorn.run(app, host=args.host, port=args.port, timeout_graceful_shutdown=30, log_level="info")
+    # SIGTERM: running requests get 25 s, then open streams end with an error chunk and [DONE]
+    graceful_server(app, engine, 25.0, host=args.host, port=args.port, log_level="info").run()
     return 0

@@ -112,17 +112,34 @@ def _parse(items) -> tuple[list[Record], list[Issue]]:
     return records, issues
 
 
+def _not_utf8(path: str) -> ValueError:
+    """The error for a data file that is not UTF-8, naming the first bad line and byte."""
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                return ValueError(f"{path} line {lineno} is not UTF-8 text (byte {raw[exc.start:exc.start + 1]!r} at "
+                                  f"column {exc.start + 1}); save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)")
+    return ValueError(f"{path} is not UTF-8 text; save it as UTF-8")
+
+
 def _jsonl_lines(path: str):
     with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if line.strip():
-                yield f"{path} line {lineno}", line
+        try:
+            for lineno, line in enumerate(f, start=1):
+                if line.strip():
+                    yield f"{path} line {lineno}", line
+        except UnicodeDecodeError:  # a ValueError whose message names neither the file nor the fix
+            raise _not_utf8(path) from None
 
 
 def _json_array(path: str):
     with open(path, encoding="utf-8") as f:
         try:
             data = json.load(f)
+        except UnicodeDecodeError:
+            raise _not_utf8(path) from None
         except json.JSONDecodeError as exc:
             raise ValueError(f"{path} is not valid JSON ({exc}); a .json data file holds one JSON array of "
                              "records, a .jsonl file one record per line") from None

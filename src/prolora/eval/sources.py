@@ -79,13 +79,18 @@ def _read_json(path: Path, benchmark: str):
 def _read_jsonl(path: Path, benchmark: str) -> list[dict]:
     opener = gzip.open if path.suffix == ".gz" else open
     rows = []
+    number = 0
     with opener(path, "rt", encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise _fail(benchmark, f"{path} line {number} is not valid JSON ({e})") from e
+        try:
+            for number, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        rows.append(json.loads(line))
+                    except json.JSONDecodeError as e:
+                        raise _fail(benchmark, f"{path} line {number} is not valid JSON ({e})") from e
+        except UnicodeDecodeError as e:  # its own message names neither the file nor the fix
+            raise _fail(benchmark, f"{path} is not UTF-8 text (byte {e.object[e.start:e.start + 1]!r} past line "
+                        f"{number}); save it as UTF-8") from None
     return rows
 
 

@@ -214,6 +214,10 @@ def _lora_factors(path: Path) -> dict[str, ModuleFactors]:
         alpha = config.alpha_pattern.get(alpha_key, config.lora_alpha)
         if r != r_cfg:
             raise ValueError(f"{weights}: {key} has rank {r} but the config says r={r_cfg}.")
+        for t, k in ((a, key), (b, key[:-len(suffix_a)] + "." + LORA_WEIGHTS[1])):
+            if not torch.isfinite(t).all():  # would turn its rows' logits into NaN: silently wrong tokens
+                raise ValueError(f"{weights}: {k} holds NaN or inf values; the adapter is corrupt (re-train or "
+                                 "re-export it).")
         scaling = alpha / math.sqrt(r) if config.use_rslora else alpha / r
         spec = ChunkSpec(h=a.shape[1], o=b.shape[0], r=r, u=r, m=1, n=1, stride_a=1, stride_b=1, rotate=None,
                          share="hidden", scaling=scaling)

@@ -27,6 +27,12 @@ import torch
 
 from .registry import AdapterRegistry
 
+# torch.Generator.manual_seed takes a signed or unsigned 64-bit integer
+SEED_MIN, SEED_MAX = -(1 << 63), (1 << 64) - 1
+# temperatures below this are greedy (vLLM's _SAMPLING_EPS): dividing the logits by a smaller temperature
+# overflows float32 and turns the probabilities into NaN
+GREEDY_TEMPERATURE = 1e-5
+
 
 class ShuttingDown(RuntimeError):
     """The engine no longer accepts requests (HTTP 503)."""
@@ -51,8 +57,12 @@ class SamplingParams:
             raise ValueError(f"temperature={self.temperature!r} must be in [0, 2].")
         if not 0.0 < self.top_p <= 1.0:
             raise ValueError(f"top_p={self.top_p!r} must be in (0, 1].")
-        if any(not isinstance(s, str) or not s for s in self.stop) or len(self.stop) > 4:
+        if len(self.stop) > 4:
+            raise ValueError(f"stop holds {len(self.stop)} strings; send at most 4.")
+        if any(not isinstance(s, str) or not s for s in self.stop):
             raise ValueError(f"stop={list(self.stop)!r} must be at most 4 non-empty strings.")
+        if self.seed is not None and not SEED_MIN <= self.seed <= SEED_MAX:
+            raise ValueError(f"seed={self.seed!r} must be an integer in [{SEED_MIN}, {SEED_MAX}] (a 64-bit seed).")
 
 
 @dataclass
@@ -116,6 +126,9 @@ class Engine:
         self.max_batch = max_batch
         self.max_context = int(getattr(model.config, "max_position_embeddings", 0) or 2048)
         self.eos_token_id = tokenizer.eos_token_id
+        embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+        # ids the tokenizer knows but the embedding lacks would fail the forward
+        self.vocab_size = min(len(tokenizer), getattr(embeddings, "num_embeddings", None) or len(tokenizer))
         self.device = next(model.parameters()).device
         self._waiting: deque[Request] = deque()
         self._rows: list[Request] = []
@@ -182,16 +195,18 @@ class Engine:
         params.check()
         if not prompt_ids:
             raise ValueError("the prompt is empty.")
+        if any(not 0 <= t < self.vocab_size for t in prompt_ids):
+            raise ValueError(f"prompt token ids must be in [0, {self.vocab_size}).")
         if len(prompt_ids) + params.max_tokens > self.max_context:
             raise ValueError(f"the prompt ({len(prompt_ids)} tokens) plus max_tokens ({params.max_tokens}) is "
                              f"{len(prompt_ids) + params.max_tokens} tokens, beyond the model's context of "
                              f"{self.max_context}; shorten the prompt or lower max_tokens.")
-        if adapter is not None:
-            self.registry.acquire(adapter)
         req = Request(list(prompt_ids), adapter, params, sink)
-        if params.temperature > 0:
+        if params.temperature >= GREEDY_TEMPERATURE:
             req.generator = torch.Generator(device=self.device)
             req.generator.manual_seed(params.seed if params.seed is not None else torch.seed())
+        if adapter is not None:  # last: nothing after the pin may fail, or the adapter stays pinned forever
+            self.registry.acquire(adapter)
         with self._cv:
             self._waiting.append(req)
             self.counters["requests"] += 1
@@ -222,14 +237,17 @@ class Engine:
                 if self._stop:
                     return
                 new = [self._waiting.popleft() for _ in range(min(len(self._waiting), self.max_batch - len(self._rows)))]
-            try:
-                for req in new:
+            for req in new:  # a request whose prefill fails fails alone, not the running batch
+                try:
                     self._prefill(req)
+                except Exception as exc:  # noqa: BLE001
+                    self._finish(req, "abort", f"generation failed: {type(exc).__name__}: {exc}")
+            try:
                 self._drop([i for i, r in enumerate(self._rows) if r.cancelled])
                 if self._rows:
                     self._step()
             except Exception as exc:  # noqa: BLE001  (a failing forward fails its requests, never the server)
-                for req in new + self._rows:
+                for req in self._rows:
                     self._finish(req, "abort", f"generation failed: {type(exc).__name__}: {exc}")
                 self._drop(list(range(len(self._rows))))
             with self._cv:
@@ -312,11 +330,12 @@ class Engine:
 
     # -------------------------------------------------------------------------------------- sampling
     def _sample(self, logits: torch.Tensor, reqs: list[Request]) -> torch.Tensor:
-        """Next token per row: argmax for greedy rows; temperature + nucleus (top_p) sampling otherwise."""
+        """Next token per row: argmax for greedy rows (temperature below ``GREEDY_TEMPERATURE``, as vLLM);
+        temperature + nucleus (top_p) sampling otherwise."""
         tokens = logits.argmax(-1)
         for i, req in enumerate(reqs):
             p = req.params
-            if p.temperature <= 0:
+            if p.temperature < GREEDY_TEMPERATURE:
                 continue
             probs = torch.softmax(logits[i].float() / p.temperature, dim=-1)
             if p.top_p < 1.0:

@@ -39,6 +39,15 @@ class AdapterEntry:
     pins: int = field(default=0)
 
 
+def check_name(name: str) -> None:
+    """Raise ValueError unless ``name`` can name an adapter: non-empty, no ``/`` or ``\\``, not ``.`` or
+    ``..`` (an ``adapters_dir`` folder name could never be those), no surrounding spaces or control characters."""
+    if (not name or "/" in name or "\\" in name or name in (".", "..") or name != name.strip()
+            or any(not ch.isprintable() for ch in name)):
+        raise ValueError(f"adapter name {name!r} is invalid: use a non-empty name without '/', '\\', control "
+                         "characters or surrounding spaces, and not '.' or '..'.")
+
+
 def run_chat_format(path: str | os.PathLike) -> str | None:
     """The ``chat_format`` of the ``prolora train`` run an adapter came from (``run_config.json`` in the run
     directory, or the parent of its ``adapter/``), or None."""
@@ -84,8 +93,7 @@ class AdapterRegistry:
             FileNotFoundError: the path holds no adapter.
             AdapterBusy: every resident adapter has requests in flight.
         """
-        if not name or "/" in name or name != name.strip():
-            raise ValueError(f"adapter name {name!r} is invalid: use a non-empty name without '/' or spaces.")
+        check_name(name)
         with self._lock:
             if name in self.entries:
                 raise ValueError(f"an adapter named {name!r} is already loaded; unload it first or pick another name.")
@@ -100,8 +108,11 @@ class AdapterRegistry:
         with self._lock:
             names = set(self.entries)
         if self.adapters_dir is not None:
-            names.update(p.name for p in self.adapters_dir.iterdir()
-                         if (p / CONFIG_NAME).is_file() or (p / ADAPTER_DIR / CONFIG_NAME).is_file())
+            try:
+                names.update(p.name for p in self.adapters_dir.iterdir()
+                             if (p / CONFIG_NAME).is_file() or (p / ADAPTER_DIR / CONFIG_NAME).is_file())
+            except OSError:  # the folder was removed or made unreadable while serving: list what is registered
+                pass
         return sorted(names)
 
     def entry(self, name: str) -> AdapterEntry:

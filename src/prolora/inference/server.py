@@ -14,32 +14,46 @@ import asyncio
 import json
 import time
 from contextlib import asynccontextmanager
-from typing import Literal
+from typing import Annotated, Literal
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .adapter_bank import AdapterBank
 from .engine import Engine, Event, SamplingParams, ShuttingDown
 from .generation import AdapterSpec
-from .registry import AdapterBusy, AdapterRegistry, UnknownAdapter
+from .registry import AdapterBusy, AdapterRegistry, UnknownAdapter, check_name
 
 
 # ------------------------------------------------------------------------------------------ bodies
+def _utf8(text: str) -> str:
+    """JSON may carry lone UTF-16 surrogates (``"\\ud800"``) that no UTF-8 text holds: refuse them (400)
+    rather than let the tokenizer or the response encoder fail (500)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"the text holds {exc.object[exc.start:exc.end]!r}, a lone UTF-16 surrogate: "
+                         "send valid Unicode") from None
+    return text
+
+
+Text = Annotated[str, AfterValidator(_utf8)]
+
+
 class _Body(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
 
 class _Sampling(_Body):
-    model: str
+    model: Text
     max_tokens: int | None = Field(default=None, ge=1)
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    stop: str | list[str] | None = None
+    stop: Text | list[Text] | None = None
     seed: int | None = None
     stream: bool = False
     n: int = Field(default=1, ge=1, le=1)
@@ -49,12 +63,12 @@ class _Sampling(_Body):
 
 
 class CompletionBody(_Sampling):
-    prompt: str | list[str] | list[int]
+    prompt: Text | list[Text] | list[int]
 
 
 class Message(_Body):
     role: Literal["system", "user", "assistant"]
-    content: str
+    content: Text
 
 
 class ChatBody(_Sampling):
@@ -63,12 +77,12 @@ class ChatBody(_Sampling):
 
 
 class LoadBody(_Body):
-    lora_name: str = Field(min_length=1)
-    lora_path: str = Field(min_length=1)
+    lora_name: Text = Field(min_length=1)
+    lora_path: Text = Field(min_length=1)
 
 
 class UnloadBody(_Body):
-    lora_name: str = Field(min_length=1)
+    lora_name: Text = Field(min_length=1)
     lora_int_id: int | None = None
 
 
@@ -97,6 +111,7 @@ def create_app(engine: Engine, base_name: str, api_key: str | None = None, chat_
     """
     tokenizer = engine.tokenizer
     registry = engine.registry
+    vocab = engine.vocab_size
     default_format = chat_format or ("template" if getattr(tokenizer, "chat_template", None) else "tulu")
 
     @asynccontextmanager
@@ -117,13 +132,22 @@ def create_app(engine: Engine, base_name: str, api_key: str | None = None, chat_
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request, exc: RequestValidationError):
-        first = exc.errors()[0] if exc.errors() else {}
-        where = ".".join(str(p) for p in first.get("loc", ())[1:]) or None
+        errors = exc.errors()
+        # of a union's branches (prompt: str | list[str] | list[int]) report the one our validators refused
+        first = next((e for e in errors if e.get("type") == "value_error"), errors[0] if errors else {})
+        if first.get("type") == "json_invalid":  # loc is ("body", character offset)
+            return _error(400, f"invalid request: the body is not valid JSON ({first.get('ctx', {}).get('error', '')} "
+                          f"at character {first.get('loc', ('', '?'))[-1]}).")
+        # the path of the field, without pydantic's union-branch and validator tags ("str", "function-after[...]")
+        where = ".".join(str(p) for p in first.get("loc", ())[1:]
+                         if not (isinstance(p, str) and ("[" in p or p in ("str", "int", "float", "bool"))))
+        where = where or None
         return _error(400, f"invalid request: {where or 'body'}: {first.get('msg', 'malformed body')}", param=where)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_request, exc: StarletteHTTPException):
-        return _error(exc.status_code, str(exc.detail), "not_found_error" if exc.status_code == 404 else "api_error")
+        kind = {404: "not_found_error", 405: "invalid_request_error", 400: "invalid_request_error"}
+        return _error(exc.status_code, str(exc.detail), kind.get(exc.status_code, "api_error"))
 
     def resolve(model: str) -> str | None:
         """The adapter of a request's ``model`` (None: the base model); 404 lists what exists."""
@@ -222,9 +246,10 @@ def create_app(engine: Engine, base_name: str, api_key: str | None = None, chat_
             if len(prompt) != 1:
                 raise APIError(400, f"prompt holds {len(prompt)} strings; send one prompt per request.", param="prompt")
             prompt = prompt[0]
-        ids = list(prompt) if isinstance(prompt, list) else tokenizer(prompt)["input_ids"]
-        if any(not 0 <= t < len(tokenizer) for t in ids):
-            raise APIError(400, f"prompt token ids must be in [0, {len(tokenizer)}).", param="prompt")
+        # a long prompt takes seconds to tokenize: off the event loop, which serves every other stream
+        ids = list(prompt) if isinstance(prompt, list) else (await run_in_threadpool(tokenizer, prompt))["input_ids"]
+        if any(not 0 <= t < vocab for t in ids):
+            raise APIError(400, f"prompt token ids must be in [0, {vocab}).", param="prompt")
         return await run(adapter, ids, sampling(body, body.max_tokens or 16, len(ids)), request, body, chat=False)
 
     @app.post("/v1/chat/completions", dependencies=[Depends(authorize)])
@@ -234,11 +259,14 @@ def create_app(engine: Engine, base_name: str, api_key: str | None = None, chat_
         adapter = resolve(body.model)
         fmt = (registry.entry(adapter).chat_format if adapter else None) or default_format
         messages = [m.model_dump() for m in body.messages]
-        try:
+        def tokenize() -> list[int]:  # off the event loop (a long chat takes seconds)
             text, _ = render(tokenizer, messages, fmt, add_generation_prompt=True)
+            return tokenizer(text, add_special_tokens=fmt == "tulu")["input_ids"]  # as prolora generate does
+
+        try:
+            ids = await run_in_threadpool(tokenize)
         except ValueError as exc:
             raise APIError(400, str(exc), param="messages") from None
-        ids = tokenizer(text, add_special_tokens=fmt == "tulu")["input_ids"]  # as prolora generate does
         params = sampling(body, body.max_completion_tokens or body.max_tokens, len(ids))
         return await run(adapter, ids, params, request, body, chat=True)
 
@@ -246,6 +274,10 @@ def create_app(engine: Engine, base_name: str, api_key: str | None = None, chat_
     async def load_lora_adapter(body: LoadBody):
         if body.lora_name == base_name:
             raise APIError(400, f"'{body.lora_name}' is the base model's name; pick another.", param="lora_name")
+        try:
+            check_name(body.lora_name)
+        except ValueError as exc:
+            raise APIError(400, str(exc), param="lora_name") from None
         try:
             await run_in_threadpool(registry.register, body.lora_name, body.lora_path)
         except AdapterBusy as exc:
@@ -288,8 +320,9 @@ async def _stream(events, handle, rid, created, model, chat, usage):
         while True:
             event = await events.get()
             if event.error:
+                code = 503 if "shutting down" in event.error else 500
                 yield "data: " + json.dumps({"error": {"message": event.error, "type": "api_error", "param": None,
-                                                       "code": 500}}) + "\n\n"
+                                                       "code": code}}) + "\n\n"
                 break
             if event.text or event.finish_reason is None:
                 yield chunk(event.text, None)
@@ -300,6 +333,26 @@ async def _stream(events, handle, rid, created, model, chat, usage):
     finally:
         if handle.finish_reason is None:
             handle.cancel()
+
+
+def graceful_server(app, engine: Engine, grace: float = 25.0, **config):
+    """A ``uvicorn.Server`` for ``app`` whose shutdown (SIGTERM, SIGINT) drains ``engine`` first.
+
+    Running requests get ``grace`` seconds to finish; the engine then aborts the rest, so each open stream
+    ends with an error chunk (code 503) and ``data: [DONE]`` and each waiting non-streamed request gets a
+    503, before uvicorn closes the connections (``timeout_graceful_shutdown``, default 5 s, after that).
+    Without this, uvicorn's own timeout cancelled the streams first: clients saw a cut connection.
+    ``config``: keyword arguments of ``uvicorn.Config`` (``host``, ``port``, ``log_level``, ...).
+    """
+    import uvicorn
+
+    class _Server(uvicorn.Server):
+        async def shutdown(self, sockets=None):
+            await asyncio.to_thread(engine.shutdown, grace)
+            await super().shutdown(sockets)
+
+    config.setdefault("timeout_graceful_shutdown", 5)
+    return _Server(uvicorn.Config(app, **config))
 
 
 def _prometheus_text(engine: Engine) -> bytes:

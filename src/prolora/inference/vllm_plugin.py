@@ -122,15 +122,34 @@ def dense_lora(adapter: str | os.PathLike, cache: str | os.PathLike | None = Non
         return final
     root.mkdir(parents=True, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=root)
+    source = Path(f"{staging}.source")
     try:
-        export_lora(path, staging, overwrite=True)
+        # export a private copy and key the cache by the copy's hash: an adapter rewritten meanwhile cannot
+        # leave one content's export under another content's key
+        source.mkdir()
+        for name in (CONFIG_NAME, WEIGHTS_NAME):
+            shutil.copyfile(path / name, source / name)
+        final = root / _sha256([source / CONFIG_NAME, source / WEIGHTS_NAME], _EXPORT_VERSION)
+        export_lora(source, staging, overwrite=True)
+        complete = lambda: (final / CONFIG_NAME).is_file() and (final / WEIGHTS_NAME).is_file()
         try:
             os.rename(staging, final)
-        except OSError:
-            if not (final / CONFIG_NAME).is_file():  # not another process's complete copy: a real error
-                raise
+        except OSError:  # `final` exists: another process's complete copy is as good as ours
+            if not complete():
+                if not final.is_dir():  # not a folder in the way: a real error (permissions, disk)
+                    raise
+                # a damaged copy (a file removed by hand or a cache cleaner): set it aside, put ours in place
+                aside = f"{staging}.stale"
+                os.rename(final, aside)
+                shutil.rmtree(aside, ignore_errors=True)
+                try:
+                    os.rename(staging, final)
+                except OSError:
+                    if not complete():
+                        raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(source, ignore_errors=True)
     logger.info("prolora: exported PRoLoRA adapter %s to dense LoRA %s", path, final)
     return final
 

@@ -1,0 +1,328 @@
+"""``prolora serve`` against hostile clients: every bad request gets an OpenAI-shaped 4xx and the server keeps
+serving, with nothing left behind (no pinned adapter, no failed batch). Live uvicorn server on 127.0.0.1,
+tiny random Llama, random adapters (tests/serve_utils.py)."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from serve_utils import LiveServer, save_lora, save_model, save_prolora
+
+from prolora.inference.server import build_engine, create_app
+
+KEY = "hostile-key"
+BASE = "tiny-base"
+HEADERS = {"Authorization": f"Bearer {KEY}"}
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hostile")
+    return {"root": root, "model": save_model(root / "model"), "pa": save_prolora(root / "pa", seed=1),
+            "lo": save_lora(root / "lo", seed=3), "spare": save_prolora(root / "spare", seed=5)}
+
+
+@pytest.fixture(scope="module")
+def server(files):
+    engine = build_engine(str(files["model"]), [f"pa={files['pa']}", f"lo={files['lo']}"])
+    live = LiveServer(create_app(engine, BASE, api_key=KEY))
+    live.engine = engine
+    yield live
+    live.stop()
+
+
+@pytest.fixture
+def http(server):
+    with httpx.Client(base_url=server.url, headers=HEADERS, timeout=60) as client:
+        yield client
+
+
+def _complete(http, **body):
+    return http.post("/v1/completions", json={"model": "pa", "prompt": "Hi", "max_tokens": 4, **body})
+
+
+def _assert_error(response, status: int, *words: str, param: str | None = None):
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["code"] == status and set(error) == {"message", "type", "param", "code"}
+    for word in words:
+        assert word in error["message"], error["message"]
+    if param is not None:
+        assert error["param"] == param
+
+
+def _serves(http):
+    """The server still answers a normal request, on the same (keep-alive) connection."""
+    r = _complete(http, temperature=0)
+    assert r.status_code == 200 and r.json()["choices"][0]["finish_reason"] in ("stop", "length"), r.text
+
+
+def test_a_seed_outside_64_bits_is_a_400_naming_seed_and_leaves_the_adapter_unpinned(http, server, files):
+    # before: torch's "Overflow when unpacking long long" after the adapter was pinned, so it stayed pinned
+    # forever (unload answered 409, LRU eviction skipped it)
+    assert http.post("/v1/load_lora_adapter", json={"lora_name": "seeded", "lora_path": str(files["spare"])}
+                     ).status_code == 200
+    for seed in (2 ** 64, -(2 ** 63) - 1, 2 ** 70):
+        _assert_error(_complete(http, model="seeded", seed=seed), 400, "seed", str(seed))
+    assert server.engine.registry.entries["seeded"].pins == 0
+    assert http.post("/v1/unload_lora_adapter", json={"lora_name": "seeded"}).status_code == 200
+    ok = [_complete(http, seed=s, temperature=1.0).json()["choices"][0]["text"] for s in (2 ** 64 - 1, 2 ** 64 - 1)]
+    assert ok[0] == ok[1]  # the largest 64-bit seed is accepted and reproducible
+    _serves(http)
+
+
+@pytest.mark.parametrize("temperature", [1e-300, 1e-30, 1e-7])
+def test_a_tiny_temperature_is_greedy_not_a_failed_batch(http, temperature):
+    # before: logits / 1e-300 overflowed float32, the probabilities were NaN and torch.multinomial raised
+    # inside the engine loop: a 500 for this request and an abort for every other request in the batch
+    greedy = _complete(http, temperature=0, max_tokens=6).json()["choices"][0]["text"]
+    r = _complete(http, temperature=temperature, max_tokens=6)
+    assert r.status_code == 200, r.text
+    assert r.json()["choices"][0]["text"] == greedy
+
+
+@pytest.mark.parametrize("route, body, param", [
+    ("/v1/completions", b'{"model": "pa", "prompt": "a\\ud800b", "max_tokens": 2}', "prompt"),
+    ("/v1/completions", b'{"model": "pa", "prompt": ["\\udc00"], "max_tokens": 2}', "prompt.0"),
+    ("/v1/completions", b'{"model": "\\ud800", "prompt": "a", "max_tokens": 2}', "model"),
+    ("/v1/completions", b'{"model": "pa", "prompt": "a", "stop": "\\ud800", "max_tokens": 2}', "stop"),
+    ("/v1/chat/completions", b'{"model": "pa", "messages": [{"role": "user", "content": "\\udfff"}]}',
+     "messages.0.content"),
+    ("/v1/load_lora_adapter", b'{"lora_name": "x\\ud800", "lora_path": "/nowhere"}', "lora_name"),
+])
+def test_lone_surrogates_are_a_400_not_a_500(http, route, body, param):
+    # before: the tokenizer (or the response encoder) raised: a bare 500 "Internal Server Error" and a
+    # reset keep-alive connection
+    r = http.post(route, content=body, headers={"Content-Type": "application/json"})
+    _assert_error(r, 400, param=param)
+    assert "surrogate" in r.json()["error"]["message"] or "unicode" in r.json()["error"]["message"]
+    _serves(http)
+
+
+def test_malformed_json_names_the_problem_and_its_place(http):
+    r = http.post("/v1/completions", content=b'{"model": "pa", "prompt": }', headers={"Content-Type": "application/json"})
+    _assert_error(r, 400, "not valid JSON", "character")
+    assert r.json()["error"]["param"] is None
+    r = http.post("/v1/completions", content=b'{"model": "pa", "prompt": "\xff"}',
+                  headers={"Content-Type": "application/json"})
+    _assert_error(r, 400)
+    assert r.json()["error"]["type"] == "invalid_request_error"
+    _serves(http)
+
+
+def test_a_lora_adapter_holding_nan_is_refused_at_load(http, files, tmp_path):
+    # before: it loaded, and every answer of its rows was argmax over NaN logits (silently wrong tokens)
+    bad = save_lora(tmp_path / "nan_lora", seed=7)
+    tensors = load_file(bad / "adapter_model.safetensors")
+    key = min(k for k in tensors if "lora_B" in k)
+    tensors[key][0, 0] = float("nan")
+    save_file(tensors, bad / "adapter_model.safetensors")
+    r = http.post("/v1/load_lora_adapter", json={"lora_name": "nan", "lora_path": str(bad)})
+    _assert_error(r, 400, "NaN", key, param="lora_path")
+    assert "nan" not in [m["id"] for m in http.get("/v1/models").json()["data"]]
+    tensors[key][0, 0] = float("inf")
+    save_file(tensors, bad / "adapter_model.safetensors")
+    _assert_error(http.post("/v1/load_lora_adapter", json={"lora_name": "nan", "lora_path": str(bad)}), 400, "inf")
+    assert torch.isfinite(load_file(files["lo"] / "adapter_model.safetensors")[key]).all()
+    _serves(http)
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--port", "-1"], "--port -1 must be in [0, 65535]"),          # before: a traceback after the model loaded
+    (["--port", "70000"], "--port 70000 must be in [0, 65535]"),
+    (["--expanded-cache-mb", "-5"], "--expanded-cache-mb -5.0 must be a finite number"),  # before: served
+    (["--expanded-cache-mb", "nan"], "--expanded-cache-mb nan must be a finite number"),  # "cannot convert"
+    (["--max-resident", "0"], "--max-resident 0 must be at least 1"),
+    (["--host", "no-such-host.invalid"], "cannot listen on --host no-such-host.invalid"),
+])
+def test_bad_serve_flags_fail_in_one_line_before_the_model_loads(argv, message, capsys, tmp_path):
+    from prolora.cli import main
+
+    assert main(["serve", "--model", str(tmp_path / "never-loaded"), *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("prolora serve: error:") and message in err and "Traceback" not in err
+
+
+def test_serve_on_a_taken_port_fails_in_one_line(capsys, tmp_path):
+    import socket
+
+    from prolora.cli import main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", "--model", str(tmp_path / "never-loaded"), "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert f"--port {port}" in err and "in use" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("name", ["..", ".", "a/b", "a\\b", " x", "x\n", "a\tb", "a\x00b"])
+def test_load_refuses_names_that_are_not_folder_names_as_a_400_on_lora_name(http, files, name):
+    # before: '..', '.', 'a\\b' and 'a\tb' were served names; the others were refused with param lora_path
+    r = http.post("/v1/load_lora_adapter", json={"lora_name": name, "lora_path": str(files["spare"])})
+    _assert_error(r, 400, "adapter name", param="lora_name")
+    assert name not in [m["id"] for m in http.get("/v1/models").json()["data"]]
+    _serves(http)
+
+
+def test_shutdown_ends_open_streams_with_an_error_chunk_and_done(files):
+    # before (uvicorn.run + lifespan): uvicorn's graceful timeout cancelled the streaming tasks first, so
+    # clients got a cut chunked body (httpx.RemoteProtocolError) and no [DONE]; the engine drained after
+    import threading
+
+    from serve_utils import free_port
+
+    from prolora.inference.server import graceful_server
+
+    engine = build_engine(str(files["model"]), [f"pa={files['pa']}"])
+    port = free_port()
+    server = graceful_server(create_app(engine, BASE), engine, grace=0.5, host="127.0.0.1", port=port,
+                             log_level="warning")
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(300):
+        if server.started:
+            break
+        threading.Event().wait(0.05)
+    lines = []
+    body = {"model": "pa", "prompt": "Hi", "max_tokens": 7000, "ignore_eos": True, "stream": True, "temperature": 0}
+    with httpx.stream("POST", url + "/v1/completions", json=body, timeout=60) as r:
+        for line in r.iter_lines():
+            if line:
+                lines.append(line)
+            if len(lines) == 3:
+                server.should_exit = True  # what uvicorn's SIGTERM handler does
+    thread.join(timeout=60)
+    assert not thread.is_alive()
+    assert lines[-1] == "data: [DONE]"
+    error = json.loads(lines[-2].removeprefix("data: "))["error"]
+    assert error["code"] == 503 and "shutting down" in error["message"]
+    assert 3 <= len(lines) - 2 < 7000 and engine.running == 0
+
+
+def test_prompts_are_tokenized_off_the_event_loop(files):
+    # before: tokenizing a long prompt ran on the event loop: a 2 MB prompt stalled /health and every open
+    # stream for about 2 s on the real tokenizer (then got its 400)
+    import threading
+
+    engine = build_engine(str(files["model"]), [f"pa={files['pa']}"])
+    threads = []
+
+    class Recording:
+        def __init__(self, tokenizer):
+            self._tokenizer = tokenizer
+
+        def __call__(self, *args, **kwargs):
+            threads.append(threading.current_thread())
+            return self._tokenizer(*args, **kwargs)
+
+        def __getattr__(self, name):
+            return getattr(self._tokenizer, name)
+
+        def __len__(self):
+            return len(self._tokenizer)
+
+    engine.tokenizer = Recording(engine.tokenizer)
+    live = LiveServer(create_app(engine, BASE, chat_format="tulu"))
+    try:
+        with httpx.Client(base_url=live.url, timeout=60) as http:
+            assert _complete(http, temperature=0).status_code == 200
+            r = http.post("/v1/chat/completions", json={"model": "pa", "max_tokens": 2,
+                                                        "messages": [{"role": "user", "content": "Hi"}]})
+            assert r.status_code == 200, r.text
+    finally:
+        live.stop()
+    assert len(threads) >= 2 and live.thread not in threads  # live.thread runs uvicorn's event loop
+
+
+def _tiny_engine(files):
+    from test_eval_cli import make_tiny_model
+
+    from prolora.inference.adapter_bank import AdapterBank
+    from prolora.inference.engine import Engine
+    from prolora.inference.registry import AdapterRegistry
+
+    model, tokenizer = make_tiny_model()
+    registry = AdapterRegistry(AdapterBank(model))
+    registry.register("pa", files["pa"])
+    return Engine(model, tokenizer, registry).start()
+
+
+def test_engine_refuses_token_ids_outside_the_embedding_without_pinning(files):
+    # before: Engine.submit (the Python API) queued them and the prefill's IndexError failed the batch
+    from prolora.inference.engine import SamplingParams
+
+    engine = _tiny_engine(files)
+    try:
+        for bad in ([engine.vocab_size], [-1]):
+            with pytest.raises(ValueError, match=r"token ids must be in \[0, "):
+                engine.submit(bad, "pa", SamplingParams(max_tokens=2), lambda e: None)
+        assert engine.registry.entries["pa"].pins == 0
+    finally:
+        engine.shutdown()
+
+
+def test_a_failing_prefill_fails_its_request_alone(files, monkeypatch):
+    # before: any exception in one new request's prefill aborted every running request of the batch
+    import time
+
+    from prolora.inference.engine import SamplingParams
+
+    engine = _tiny_engine(files)
+    params = SamplingParams(max_tokens=40, temperature=0, ignore_eos=True)
+    alone = engine.generate([1, 2, 3], "pa", params, timeout=60)
+    prefill = engine._prefill
+
+    def failing(req):
+        if req.prompt_ids == [9, 9, 9]:
+            raise RuntimeError("injected prefill failure")
+        return prefill(req)
+
+    monkeypatch.setattr(engine, "_prefill", failing)
+    events = []
+    try:
+        running = engine.submit([1, 2, 3], "pa", params, events.append)
+        while len(running.output_ids) < 3:
+            time.sleep(0.005)
+        failed = []
+        engine.submit([9, 9, 9], "pa", SamplingParams(max_tokens=4, temperature=0), failed.append)
+        while running.finish_reason is None:
+            time.sleep(0.01)
+        assert failed[-1].finish_reason == "abort" and "injected prefill failure" in failed[-1].error
+        assert running.finish_reason == "length" and running.output_ids == alone.token_ids
+        assert engine.registry.entries["pa"].pins == 0
+    finally:
+        engine.shutdown()
+
+
+def test_a_long_stop_list_is_refused_in_a_short_message(http):
+    # before: the 400 echoed all 100 strings
+    r = _complete(http, stop=["x"] * 100)
+    _assert_error(r, 400, "stop holds 100 strings; send at most 4")
+    assert len(r.json()["error"]["message"]) < 80
+    _serves(http)
+
+
+def test_a_removed_adapters_dir_does_not_turn_models_and_404s_into_500s(files, tmp_path):
+    # before: /v1/models and every unknown-model 404 (which lists the models) raised FileNotFoundError: 500
+    import shutil
+
+    folder = tmp_path / "adapters"
+    save_prolora(folder / "d1", seed=11)
+    engine = build_engine(str(files["model"]), [f"pa={files['pa']}"], adapters_dir=str(folder))
+    live = LiveServer(create_app(engine, BASE))
+    try:
+        with httpx.Client(base_url=live.url, timeout=60) as http:
+            assert {m["id"] for m in http.get("/v1/models").json()["data"]} == {BASE, "pa", "d1"}
+            shutil.rmtree(folder)
+            assert {m["id"] for m in http.get("/v1/models").json()["data"]} == {BASE, "pa"}
+            _assert_error(_complete(http, model="d1"), 404, "'d1' does not exist", "pa")
+            _serves(http)
+    finally:
+        live.stop()
