@@ -52,3 +52,13 @@ def test_failed_setup_leaves_no_run_directory(tmp_path, capsys):
     assert main(["train", "--data", str(tmp_path / "missing.jsonl"), "--output-dir", str(out)]) == 2
     assert "data file not found" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_version_flag(capsys):
+    from importlib import metadata
+
+    from prolora.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"prolora {metadata.version('prolora')}"

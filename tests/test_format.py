@@ -260,3 +260,17 @@ def test_adapter_saved_by_v0_1_0_loads_and_gives_its_outputs():
     config, tensors = prolora.format.read_adapter(fixture)
     assert len(tensors) == 4 * 14
     assert (config.r, config.unshared_r, config.sharing_rate_a, config.sharing_rate_b) == (4, 1, 3, 2)
+
+
+def test_written_files_are_readable_by_other_users(saved, tmp_path):
+    """Atomic writes start from an owner-only temporary file; the result must get the usual 0666 & ~umask,
+    or a server running as another user cannot read an exported adapter."""
+    import stat
+
+    mask = os.umask(0o022)
+    try:
+        out = prolora.export_lora(saved[3], tmp_path / "lora")
+    finally:
+        os.umask(mask)
+    for name in ("adapter_model.safetensors", "adapter_config.json"):
+        assert stat.S_IMODE(os.stat(out / name).st_mode) == 0o644

@@ -305,3 +305,14 @@ def test_train_help_lists_the_flags(capsys):
     assert exit_.value.code == 0
     text = capsys.readouterr().out
     assert all(flag in text for flag in ("--sharing-rate-a", "--m SHARING_RATE_A", "--warmup-ratio", "--resume"))
+
+
+def test_resume_with_other_settings_is_refused_naming_them(tiny, tmp_path):
+    """Following "continue with: prolora train --resume ..." without the run's flags must not silently train
+    a different run (e.g. 30 steps instead of 3, another schedule)."""
+    out = tmp_path / "run"
+    train(config(tiny, out))
+    before = (out / "run_config.json").read_text()
+    with pytest.raises(ValueError, match=r"max_steps 6 \(the run\) vs 9 \(now\).*learning_rate"):
+        train(config(tiny, out, resume=True, max_steps=9, learning_rate=1e-3))
+    assert (out / "run_config.json").read_text() == before  # nothing rewritten

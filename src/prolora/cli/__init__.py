@@ -33,10 +33,20 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("prolora")
+    except metadata.PackageNotFoundError:  # run from a source tree that is not installed
+        return "unknown"
+
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The parser of every sub-command, or, with ``command``, of that one only (the others are listed in
     the help but their modules are not imported: ``prolora --help`` and a mistyped flag answer at once)."""
     parser = argparse.ArgumentParser(prog="prolora", description="PRoLoRA adapters: train, evaluate, export.")
+    parser.add_argument("--version", action="version", version=f"prolora {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module, help_) in COMMANDS.items():
         p = sub.add_parser(name, help=help_, description=help_)

@@ -84,8 +84,37 @@ def prepare_output_dir(config: TrainConfig, world_size: int) -> tuple[str, str |
     if not config.resume and checkpoint is not None:
         raise FileExistsError(f"{out} already holds {os.path.basename(checkpoint)}; pass --resume to continue "
                               "that run, or choose another --output-dir")
+    if checkpoint is not None:
+        _check_same_settings(config, out)
     os.makedirs(out, exist_ok=True)
     return out, checkpoint
+
+
+# settings that may differ when a run is resumed: where and how often it writes, and the CPU threads
+_RESUMABLE_CHANGES = {"resume", "output_dir", "threads", "logging_steps", "save_steps", "save_total_limit"}
+
+
+def _check_same_settings(config: TrainConfig, out: str) -> None:
+    """``--resume`` continues the run recorded in ``out/run_config.json``: any other training setting (steps,
+    learning rate, data, adapter...) would silently give a different run, so it is refused, naming each.
+
+    Raises:
+        ValueError: the settings differ from the recorded run's.
+    """
+    import json
+
+    path = os.path.join(out, "run_config.json")
+    if not os.path.isfile(path):
+        return
+    with open(path, encoding="utf-8") as f:
+        recorded = json.load(f)
+    now = json.loads(json.dumps(config.to_dict()))  # lists and numbers as the recorded JSON has them
+    changed = [f"{name} {recorded[name]!r} (the run) vs {value!r} (now)" for name, value in now.items()
+               if name in recorded and name not in _RESUMABLE_CHANGES and recorded[name] != value]
+    if changed:
+        raise ValueError(f"--resume continues the run in {out} with its own settings, but these differ: "
+                         f"{'; '.join(changed)}. Pass the run's values (its run_config.json), or start a new "
+                         "run with another --output-dir")
 
 
 def training_arguments(config: TrainConfig, output_dir: str, world_size: int, quantization: str):
