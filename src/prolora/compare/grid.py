@@ -86,6 +86,8 @@ def resolve(spec: MethodSpec, preset: Preset, seed: int) -> tuple[dict, int, int
     fields = {**preset.train, "method": spec.method, "r": spec.r, "target_modules": targets, "seed": seed,
               "learning_rate": spec.lr or preset.train["learning_rate"],
               "lr_shared_scale": spec.lr_shared_scale}
+    if spec.use_rslora:  # only when set, so that the keys of cells from before the option stay the same
+        fields["use_rslora"] = True
     if spec.method not in PROLORA_FAMILY:
         count = count_parameters(model, spec.method, r=spec.r, target_modules=count_targets).params
         return fields, count, None

@@ -33,6 +33,8 @@ class MethodSpec:
         lr_shared_scale: learning rate of PRoLoRA's shared chunks as a multiple of ``lr`` (paper Section 6).
         target_modules: modules to adapt; ``None`` takes the preset's.
         adapter: extra PRoLoRAConfig fields, e.g. ``{"share": "rank"}`` (Table 4 variants).
+        use_rslora: scale by ``lora_alpha / √r`` instead of ``lora_alpha / r`` (rsLoRA, beyond the paper;
+            LoRA and the PRoLoRA family only).
     """
 
     label: str
@@ -44,6 +46,7 @@ class MethodSpec:
     lr_shared_scale: float = 1.0
     target_modules: str | None = None
     adapter: dict = field(default_factory=dict)
+    use_rslora: bool = False
 
 
 @dataclass(frozen=True)
