@@ -123,6 +123,11 @@ def test_lr_sweep_report_picks_each_rows_best_rate(tmp_path):
     # both best rates sit at an end of the grid: flagged, since the optimum may lie beyond it
     assert "| PRoLoRA | 2.0460 | 2.0310 | 2.0010 | 0.005 | 2.0010 | **high edge** |" in text
     assert rows["LoRA r=2"]["edge"] == "low" and rows["PRoLoRA"]["edge"] == "high"
+    # with a rate of its grid unfinished, a row's edge is not judged yet
+    partial = {k: v for k, v in results.items()
+               if not (v["cell"]["label"] == "PRoLoRA" and v["cell"]["train"]["learning_rate"] == 5e-4)}
+    rows = {row["label"]: row for row in summarize(SMALL, cells, partial)["lr_sweep"]["rows"]}
+    assert rows["PRoLoRA"]["edge"] is None and rows["LoRA r=2"]["edge"] == "low"
 
 
 def test_resolve_on_tiny_model_matches_budget(tiny_preset):

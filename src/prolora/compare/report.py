@@ -93,7 +93,8 @@ def _lr_sweep(cells: list[Cell], results: dict[str, dict], metric: str) -> dict 
 
     ``values[j]`` is the row's metric at ``lrs[j]`` (``None``: not finished or not in the row's grid);
     ``best_lr``/``best`` are the best finished rate and value; ``grid`` the row's own rates; ``edge``
-    ``"low"``/``"high"`` when the best rate is the lowest/highest of its grid (extend the grid there). One seed: the best rate is selected and reported on the same held-out
+    ``"low"``/``"high"`` when the best rate is the lowest/highest of its grid (extend the grid there),
+    judged only once every rate of the row's grid has finished. One seed: the best rate is selected and reported on the same held-out
     data, which favours every row alike.
     """
     mine = [c for c in cells if c.group == "lrs"]
@@ -113,7 +114,8 @@ def _lr_sweep(cells: list[Cell], results: dict[str, dict], metric: str) -> dict 
                 row["best_lr"], row["best"] = c.coords["lr"], value
                 row["per_seed"] = {c.seed: _metrics_of(results[c.key])}
     for row in rows.values():  # a best rate at an end of the row's own grid may not be its optimum
-        if row["best_lr"] is not None and len(row["grid"]) > 1:
+        finished = all(row["values"][lrs.index(lr)] is not None for lr in row["grid"])
+        if finished and row["best_lr"] is not None and len(row["grid"]) > 1:  # judged on the whole grid
             row["edge"] = ("low" if row["best_lr"] == row["grid"][0] else
                            "high" if row["best_lr"] == row["grid"][-1] else None)
     return {"lrs": lrs, "seed": mine[0].seed, "rows": list(rows.values())}
