@@ -119,8 +119,15 @@ def test_lr_sweep_report_picks_each_rows_best_rate(tmp_path):
     claim = next(c for c in summary["claims_best_lr"] if c["claim"] == "PRoLoRA > LoRA r=2")
     assert claim["gain"] == pytest.approx(0.0) and claim["n"] == 1
     text = markdown(summary)
-    assert "## Every method over one learning-rate grid (seed 1)" in text
-    assert "| PRoLoRA | 2.0460 | 2.0310 | 2.0010 | 0.005 | 2.0010 |" in text
+    assert "## Every method over its learning-rate grid (seed 1)" in text
+    # both best rates sit at an end of the grid: flagged, since the optimum may lie beyond it
+    assert "| PRoLoRA | 2.0460 | 2.0310 | 2.0010 | 0.005 | 2.0010 | **high edge** |" in text
+    assert rows["LoRA r=2"]["edge"] == "low" and rows["PRoLoRA"]["edge"] == "high"
+    # with a rate of its grid unfinished, a row's edge is not judged yet
+    partial = {k: v for k, v in results.items()
+               if not (v["cell"]["label"] == "PRoLoRA" and v["cell"]["train"]["learning_rate"] == 5e-4)}
+    rows = {row["label"]: row for row in summarize(SMALL, cells, partial)["lr_sweep"]["rows"]}
+    assert rows["PRoLoRA"]["edge"] is None and rows["LoRA r=2"]["edge"] == "low"
 
 
 def test_resolve_on_tiny_model_matches_budget(tiny_preset):
@@ -291,3 +298,51 @@ def test_lr_shared_scale_must_be_positive():
 
     with pytest.raises(ValueError, match="lr_shared_scale"):
         TrainConfig(lr_shared_scale=0)
+
+
+def test_rank_pilot_and_study_presets_build_the_cells_they_should():
+    """issue 14: the pilot is LoRA r=1/4/8 at both scalings (r=1 once); the study reuses the pilot's runs."""
+    from prolora.compare.presets import PRESETS, TOP6_DOWN
+
+    pilot, study = PRESETS["pilot-down6"], PRESETS["study-down6"]
+    pilot_cells = build_cells(pilot)
+    assert len(pilot_cells) == 5 * 3 == len({c.key for c in pilot_cells})
+    by_label = {c.label: c for c in pilot_cells if c.seed == 1}
+    assert [by_label[f"LoRA r={r}"].params for r in (1, 4, 8)] == [12_672, 50_688, 101_376]  # 6 × r·(1536+576)
+    assert by_label["LoRA r=8 (α/√r)"].train["use_rslora"] is True
+    assert "use_rslora" not in by_label["LoRA r=1"].train  # r=1: both scalings are one run
+    cells = build_cells(study)
+    main = [c for c in cells if c.group == "main"]
+    assert len(main) == len(study.methods) * 3 and {c.seed for c in main} == {1, 2, 3}
+    assert {c.key for c in pilot_cells} <= {c.key for c in cells}  # the pilot's finished cells are reused
+    rows = {c.label: c for c in main if c.seed == 1}
+    assert all(c.train["target_modules"] == TOP6_DOWN and c.train["learning_rate"] == 2e-3 for c in main)
+    # budgets: LoRA r=2 = 25,344; PRoLoRA r=8 u=1 m=n=7 within 1%; at LoRA r=1's budget u=0, m=n=8 exactly
+    assert (rows["PRoLoRA"].train["unshared_r"], rows["PRoLoRA"].train["sharing_rate_a"]) == (1, 7)
+    assert rows["PRoLoRA"].budget == 25_344 and abs(rows["PRoLoRA"].params / 25_344 - 1) < 0.01
+    assert rows["RoLoRA @r1"].params == rows["LoRA r=1"].params == 12_672
+    assert rows["RoLoRA @r1"].train["sharing_rate_a"] == 8 and rows["RoLoRA @r1"].train["unshared_r"] == 0
+    assert rows["PRoLoRA (α/√r)"].train["use_rslora"] is True
+    # every row with a grid is trained at each of its own rates (seed 1); the default rate is the main cell
+    sweep = [c for c in cells if c.group == "lrs"]
+    for spec in study.methods:
+        got = sorted(c.coords["lr"] for c in sweep if c.label == spec.label)
+        assert got == sorted(spec.lr_grid or ())
+    assert all(c.seed == 1 for c in sweep)
+    assert len({c.key for c in cells}) == 83
+
+
+@pytest.mark.parametrize("method", ["vera", "tied-lora", "rolora"])
+def test_study_methods_adapt_only_the_regex_modules(method):
+    """The study adapts down_proj of some layers by regex: VeRA, Tied-LoRA and PRoLoRA accept it."""
+    from peft import get_peft_model
+
+    from prolora.compare.cells import build_adapter_config, train_config
+
+    regex = r"model\.layers\.(1)\.mlp\.down_proj"
+    train = {"method": method, "r": 4, "unshared_r": 0, "sharing_rate_a": 2, "sharing_rate_b": 2,
+             "target_modules": regex, "seed": 1}
+    config = train_config(train, "unused")
+    model = get_peft_model(make_tiny_llama(), build_adapter_config(config, method, {}))
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(".layers.1.mlp.down_proj." in n for n in trainable)

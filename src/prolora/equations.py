@@ -175,6 +175,16 @@ def flat_gather_indices(h: int, o: int, r: int, u: int, m: int, n: int, stride_a
     return idx_a, idx_b
 
 
+def lora_scaling(lora_alpha: float, r: int, use_rslora: bool = False) -> float:
+    """The factor ΔW = factor · B · A: ``lora_alpha / r`` (LoRA, the paper Section 4) or, with ``use_rslora``,
+    ``lora_alpha / √r`` (rank-stabilised LoRA, Kalajdzievski 2023; PEFT's ``LoraConfig.use_rslora``).
+
+    rsLoRA keeps the update's scale stable as r grows at a fixed ``lora_alpha``; with the paper's α/r a
+    PRoLoRA of rank 8 is scaled 4× less than a LoRA of rank 2 at the same α.
+    """
+    return lora_alpha / math.sqrt(r) if use_rslora else lora_alpha / r
+
+
 def delta_weight(a: torch.Tensor, b: torch.Tensor, scaling: float) -> torch.Tensor:
     """``ΔW = scaling · B · A`` (Eq. 1 with LoRA's ``scaling = lora_alpha / r``), shape (o, h)."""
     return (b @ a) * scaling

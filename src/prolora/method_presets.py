@@ -47,6 +47,7 @@ def make_adapter_config(
     lora_dropout: float = 0.1,
     target_modules: str | list[str] = "all-linear",
     task_type: str = "CAUSAL_LM",
+    use_rslora: bool = False,
 ):
     """Return the PEFT config of ``method`` (one of :data:`METHODS`).
 
@@ -56,20 +57,25 @@ def make_adapter_config(
         u: unshared rank of PRoLoRA (ignored by ``lora``; forced to 0 by ``clora`` and ``rolora``).
         m: sharing rate of A: A_0 is broadcast m times along the hidden size h (ignored by ``lora``).
         n: sharing rate of B: B_0 is broadcast n times along the output size o (ignored by ``lora``).
-        lora_alpha: scaling numerator; the update is ``(lora_alpha / r) · B · A``.
+        lora_alpha: scaling numerator; the update is ``(lora_alpha / r) · B · A`` (see ``use_rslora``).
         lora_dropout: dropout probability on the adapter's input.
         target_modules: module names, a regex (full match), or ``"all-linear"``.
         task_type: PEFT task type.
+        use_rslora: scale by ``lora_alpha / √r`` instead (rsLoRA; PEFT's ``LoraConfig.use_rslora``), for
+            ``lora`` and the PRoLoRA family; VeRA has no such scaling and Tied-LoRA does not offer it.
 
     Raises:
-        ValueError: for an unknown method, naming the known ones.
+        ValueError: for an unknown method, naming the known ones, or ``use_rslora`` with VeRA/Tied-LoRA.
     """
+    if use_rslora and method in ("vera", "tied-lora"):
+        raise ValueError(f"use_rslora is not available for {method!r}: it applies to lora and the PRoLoRA "
+                         "family; drop --use-rslora for this method")
     common = {"r": r, "lora_alpha": lora_alpha, "lora_dropout": lora_dropout, "target_modules": target_modules,
               "task_type": task_type}
     if method == "lora":
         from peft import LoraConfig
 
-        return LoraConfig(**common)
+        return LoraConfig(**common, use_rslora=use_rslora)
     if method == "vera":
         from prolora.baselines import make_vera_config
 
@@ -85,4 +91,4 @@ def make_adapter_config(
     from prolora.tuner import PRoLoRAConfig
 
     kwargs = {"unshared_r": u, "sharing_rate_a": m, "sharing_rate_b": n, **_PROLORA_VARIANTS[method]}
-    return PRoLoRAConfig(**common, **kwargs)
+    return PRoLoRAConfig(**common, **kwargs, use_rslora=use_rslora)

@@ -126,7 +126,8 @@ def build_adapter_config(config, method: str, adapter: dict):
         peft_config = make_adapter_config(method, r=config.r, u=config.unshared_r, m=config.sharing_rate_a,
                                           n=config.sharing_rate_b, lora_alpha=config.lora_alpha,
                                           lora_dropout=config.lora_dropout,
-                                          target_modules=config.target_modules)
+                                          target_modules=config.target_modules,
+                                          use_rslora=config.use_rslora)
     return dataclasses.replace(peft_config, **adapter) if adapter else peft_config
 
 

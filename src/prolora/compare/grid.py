@@ -86,6 +86,8 @@ def resolve(spec: MethodSpec, preset: Preset, seed: int) -> tuple[dict, int, int
     fields = {**preset.train, "method": spec.method, "r": spec.r, "target_modules": targets, "seed": seed,
               "learning_rate": spec.lr or preset.train["learning_rate"],
               "lr_shared_scale": spec.lr_shared_scale}
+    if spec.use_rslora:  # only when set, so that the keys of cells from before the option stay the same
+        fields["use_rslora"] = True
     if spec.method not in PROLORA_FAMILY:
         count = count_parameters(model, spec.method, r=spec.r, target_modules=count_targets).params
         return fields, count, None
@@ -109,8 +111,8 @@ def _cell(group: str, spec: MethodSpec, preset: Preset, seed: int, coords: dict 
 
 
 def lr_sweep_cells(preset: Preset) -> list[Cell]:
-    """The main-table rows of ``preset.lr_grid_rows`` (default: all) at every rate of ``preset.lr_grid``
-    (seed ``preset.lr_grid_seed``).
+    """The main-table rows of ``preset.lr_grid_rows`` (default: all) at every rate of their own grid
+    (``MethodSpec.lr_grid``) or else ``preset.lr_grid`` (seed ``preset.lr_grid_seed``).
 
     The same grid for every method: a method's best rate can then be read off instead of being assumed
     (PRoLoRA at rank 8 and LoRA at rank 2 share ``lora_alpha``, so their update scales ``lora_alpha / r``
@@ -119,7 +121,7 @@ def lr_sweep_cells(preset: Preset) -> list[Cell]:
     """
     rows = [spec for spec in preset.methods if preset.lr_grid_rows is None or spec.label in preset.lr_grid_rows]
     return [_cell("lrs", replace(spec, lr=lr), preset, preset.lr_grid_seed, {"lr": lr})
-            for spec in rows for lr in preset.lr_grid]
+            for spec in rows for lr in (spec.lr_grid or preset.lr_grid)]
 
 
 def heatmap_cells(preset: Preset) -> list[Cell]:
@@ -158,7 +160,7 @@ def build_cells(preset: Preset, groups: tuple[str, ...] = GROUPS) -> list[Cell]:
     cells = []
     if "main" in groups:
         cells += [_cell("main", spec, preset, seed) for seed in preset.seeds for spec in preset.methods]
-    if "lrs" in groups and preset.lr_grid:
+    if "lrs" in groups and (preset.lr_grid or any(m.lr_grid for m in preset.methods)):
         cells += lr_sweep_cells(preset)
     if "heatmap" in groups and preset.heatmap:
         cells += heatmap_cells(preset)

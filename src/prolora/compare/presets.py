@@ -33,6 +33,10 @@ class MethodSpec:
         lr_shared_scale: learning rate of PRoLoRA's shared chunks as a multiple of ``lr`` (paper Section 6).
         target_modules: modules to adapt; ``None`` takes the preset's.
         adapter: extra PRoLoRAConfig fields, e.g. ``{"share": "rank"}`` (Table 4 variants).
+        use_rslora: scale by ``lora_alpha / √r`` instead of ``lora_alpha / r`` (rsLoRA, beyond the paper;
+            LoRA and the PRoLoRA family only).
+        lr_grid: this row's own learning-rate grid for the ``lrs`` group; ``None`` takes the preset's. A
+            method's grid should bracket its best rate (the report flags a best rate at the grid's edge).
     """
 
     label: str
@@ -44,6 +48,8 @@ class MethodSpec:
     lr_shared_scale: float = 1.0
     target_modules: str | None = None
     adapter: dict = field(default_factory=dict)
+    use_rslora: bool = False
+    lr_grid: tuple[float, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -195,4 +201,122 @@ PAPER = Preset(
     ),
 )
 
-PRESETS: dict[str, Preset] = {p.name: p for p in (SMALL, PAPER)}
+# --- Step 1 of issue 14: pilots in search of a CPU setting where LoRA's quality grows with its rank --------
+# A pilot is the rank check alone: LoRA r=1, 4, 8 over three seeds, at the paper's scaling lora_alpha/r and
+# at rsLoRA's lora_alpha/sqrt(r) (for r=1 the two are the same run, so it is trained once). It passes when
+# r=8 beats r=1 and r=4 beats r=1, each by at least 3x the seed-to-seed std of the paired gap
+# (docs/results/rank-pilots/pilots.md). Levers: more updates at a short length; few adapted modules (the
+# budget binds; adapting only the top layers also stops backpropagation there: cheaper steps on a CPU).
+TOP6_DOWN = r"model\.layers\.(2[4-9])\.mlp\.down_proj"  # SmolLM2-135M has 30 layers: down_proj of 24..29
+RS = " (α/√r)"  # label suffix of rows scaled by lora_alpha / sqrt(r) (rsLoRA)
+RANK_CHECK_ROWS = (
+    *(MethodSpec(f"LoRA r={r}", "lora", r=r) for r in (1, 4, 8)),
+    *(MethodSpec(f"LoRA r={r}{RS}", "lora", r=r, use_rslora=True) for r in (4, 8)),
+)
+RANK_CHECK_CLAIMS = (
+    ("LoRA r=8", "LoRA r=1", "rank check (α/r): r=8 beats r=1 (pass: gain >= 3x spread)"),
+    ("LoRA r=4", "LoRA r=1", "rank check (α/r): r=4 beats r=1 (pass: gain >= 3x spread)"),
+    (f"LoRA r=8{RS}", "LoRA r=1", "rank check (α/√r): r=8 beats r=1 (pass: gain >= 3x spread)"),
+    (f"LoRA r=4{RS}", "LoRA r=1", "rank check (α/√r): r=4 beats r=1 (pass: gain >= 3x spread)"),
+    ("LoRA r=8", "LoRA r=4", "not in the rule: r=8 beats r=4 (α/r)"),
+    (f"LoRA r=8{RS}", f"LoRA r=4{RS}", "not in the rule: r=8 beats r=4 (α/√r)"),
+)
+_PILOT_TRAIN = {"batch_size": 4, "micro_batch_size": 4, "max_length": 64, "heldout_size": 128,
+                "learning_rate": 2e-3, "logging_steps": 20, "save_steps": 10_000, "save_total_limit": 1}
+
+
+def _pilot(name: str, description: str, **train) -> Preset:
+    return Preset(name=name, description=description, train={**_PILOT_TRAIN, **train}, seeds=(1, 2, 3),
+                  methods=RANK_CHECK_ROWS, claims=RANK_CHECK_CLAIMS,
+                  notes=("A Step-1 pilot of issue 14 (docs/results/rank-pilots/pilots.md): the rank check only.",))
+
+
+PILOTS = (
+    _pilot("pilot-down6", "rank pilot: LoRA r=1/4/8 (α/r and α/√r) on down_proj of the top 6 layers, "
+           "80 steps x 4, length 64", max_steps=80, target_modules=TOP6_DOWN),
+)
+
+# --- Step 2 of issue 14: the paper's comparison in the pilot's setting --------------------------------------
+# Every row on down_proj of the top 6 layers of SmolLM2-135M (h = 1536, o = 576); budgets: LoRA r=1 = 12,672
+# and LoRA r=2 = 25,344 trainable parameters. At LoRA r=1's budget no u >= 1 fits (u = 1 alone is LoRA r=1),
+# so PRoLoRA there is RoLoRA (u = 0). The main table is at the shared rate 2e-3; the lrs group trains each
+# row of STUDY_GRID_ROWS over its own grid (seed 1), and the report flags a best rate at a grid's edge.
+_LOW, _MID, _HIGH = (5e-4, 2e-3, 5e-3), (1e-3, 2e-3, 5e-3), (2e-3, 5e-3, 1e-2)
+
+
+def _study_rows() -> tuple[MethodSpec, ...]:
+    """LoRA r=1..8 (both scalings), the PRoLoRA family at LoRA r=1's and r=2's budgets, VeRA, Tied-LoRA.
+
+    Grids: with ``lora_alpha = 16`` the update scale is 16/r (α/r) or 16/√r (α/√r); a smaller scale wants a
+    higher rate, so each grid is centred where its scale suggests (checked by the report's edge flag).
+    """
+    at1 = {"r": 8, "u": 0, "budget": "lora:1"}
+    at2 = {"r": 8, "u": 1, "budget": "lora:2"}
+    return (
+        MethodSpec("LoRA r=1", "lora", r=1, lr_grid=_LOW),
+        MethodSpec("LoRA r=2", "lora", r=2, lr_grid=_LOW),
+        MethodSpec("LoRA r=4", "lora", r=4, lr_grid=_MID),
+        MethodSpec("LoRA r=8", "lora", r=8, lr_grid=_HIGH),
+        MethodSpec(f"LoRA r=2{RS}", "lora", r=2, use_rslora=True, lr_grid=_LOW),
+        MethodSpec(f"LoRA r=4{RS}", "lora", r=4, use_rslora=True, lr_grid=_LOW),
+        MethodSpec(f"LoRA r=8{RS}", "lora", r=8, use_rslora=True, lr_grid=_MID),
+        MethodSpec("RoLoRA @r1", "rolora", **at1, lr_grid=_HIGH),
+        MethodSpec("CLoRA @r1", "clora", **at1),
+        MethodSpec("PRoLoRA", "prolora", **at2, lr_grid=_HIGH),
+        MethodSpec("RoLoRA", "rolora", r=8, u=0, budget="lora:2", lr_grid=_HIGH),
+        MethodSpec("CLoRA", "clora", r=8, u=0, budget="lora:2"),
+        MethodSpec("PRoLoRA^-r", "prolora-r", **at2),
+        MethodSpec("PRoLoRA^-i", "prolora-i", **at2),
+        MethodSpec(f"PRoLoRA{RS}", "prolora", **at2, use_rslora=True, lr_grid=_MID),
+        MethodSpec(f"RoLoRA @r1{RS}", "rolora", **at1, use_rslora=True, lr_grid=_MID),
+        # VeRA: the paper's far-below-budget baseline (r = 1024: 9,600 trainable); Tied-LoRA r = 10: 24,636
+        # (-2.8% of LoRA r=2's budget; r = 11 would be +5.6%). The paper tuned both at higher rates (App. A.2).
+        MethodSpec("VeRA", "vera", r=1024, lr_grid=(5e-3, 1e-2, 2e-2)),
+        MethodSpec("Tied-LoRA", "tied-lora", r=10, lr_grid=_HIGH),
+    )
+
+
+STUDY = Preset(
+    name="study-down6",
+    description=("issue 14 Step 2: LoRA r=1..8 vs the PRoLoRA family at LoRA r=1's and r=2's budgets, VeRA, "
+                 "Tied-LoRA, both scalings, on down_proj of SmolLM2-135M's top 6 layers, 80 steps x 4, "
+                 "length 64, held-out loss"),
+    train={**_PILOT_TRAIN, "max_steps": 80, "target_modules": TOP6_DOWN},
+    seeds=(1, 2, 3),
+    methods=_study_rows(),
+    lr_grid=(),
+    lr_grid_rows=None,
+    claims=(
+        ("LoRA r=8", "LoRA r=1", "rank check (α/r): the setting rewards rank (issue 14 rule: gain >= 3x spread)"),
+        ("LoRA r=4", "LoRA r=1", "rank check (α/r): r=4 beats r=1"),
+        (f"LoRA r=8{RS}", "LoRA r=1", "rank check (α/√r)"),
+        ("LoRA r=4", "LoRA r=2", "twice the budget helps (α/r)"),
+        ("PRoLoRA", "LoRA r=2", "parameter efficiency at the same budget (Table 2)"),
+        ("PRoLoRA", "LoRA r=4", "'twice the parameter efficiency' (Section 4.2): as good as LoRA at 2x budget"),
+        ("RoLoRA @r1", "LoRA r=1", "at LoRA r=1's budget: sharing beats LoRA"),
+        ("RoLoRA @r1", "LoRA r=2", "half the budget vs LoRA at twice"),
+        ("PRoLoRA", "VeRA", "vs inter-layer sharing baseline VeRA (Table 2)"),
+        ("PRoLoRA", "Tied-LoRA", "vs inter-layer sharing baseline Tied-LoRA (Table 2)"),
+        ("PRoLoRA", "RoLoRA", "partially-sharing refinement (Table 2)"),
+        ("RoLoRA", "CLoRA", "rotation enhancement without unshared ranks (Table 2)"),
+        ("RoLoRA @r1", "CLoRA @r1", "rotation at LoRA r=1's budget"),
+        ("PRoLoRA", "PRoLoRA^-r", "rotation enhancement (Table 2)"),
+        ("PRoLoRA", "PRoLoRA^-i", "rectified initialization (Table 2)"),
+        (f"PRoLoRA{RS}", "PRoLoRA", "beyond the paper: α/√r instead of α/r for PRoLoRA (r=8)"),
+        (f"PRoLoRA{RS}", f"LoRA r=2{RS}", "Table 2 headline with both at α/√r"),
+        (f"LoRA r=2{RS}", "LoRA r=2", "beyond the paper: α/√r for LoRA r=2"),
+    ),
+    notes=(
+        ("Setting from the Step-1 pilot pilot-down6 (docs/results/rank-pilots/pilots.md); its cells are the same "
+         "runs as this preset's LoRA r=1/4/8 rows (same settings, same cell keys)."),
+        ("Metric: held-out loss (nats per assistant token) on the embedded held-out split (128 examples, those "
+         "with an assistant token within 64 tokens are scored)."),
+        ("Budgets on down_proj of layers 24-29: LoRA r=1 12,672, r=2 25,344. PRoLoRA r=8 u=1 m=n=7 (25,398, "
+         "+0.2%); RoLoRA/CLoRA r=8 u=0 m=n=4 (exact) at r=2's budget and m=n=8 (exact) at r=1's; Tied-LoRA "
+         "r=10 (24,636); VeRA r=1024 (9,600, far below as in the paper)."),
+        ("At the paper's scaling α/r with α = 16, PRoLoRA r=8 is scaled 4x less than LoRA r=2; the α/√r rows "
+         "(rsLoRA, use_rslora) show how much of any gap is that scale. For r=1 both scalings are equal."),
+    ),
+)
+
+PRESETS: dict[str, Preset] = {p.name: p for p in (SMALL, PAPER, *PILOTS, STUDY)}

@@ -91,8 +91,10 @@ def _grid(cells: list[Cell], results: dict[str, dict], group: str, row_key: str,
 def _lr_sweep(cells: list[Cell], results: dict[str, dict], metric: str) -> dict | None:
     """The learning-rate sweep: ``{"lrs", "seed", "rows": [{"label", "values", "best_lr", "best"}]}``.
 
-    ``values[j]`` is the row's metric at ``lrs[j]`` (``None``: not finished); ``best_lr``/``best`` are the
-    best finished rate and value. One seed: the best rate is selected and reported on the same held-out
+    ``values[j]`` is the row's metric at ``lrs[j]`` (``None``: not finished or not in the row's grid);
+    ``best_lr``/``best`` are the best finished rate and value; ``grid`` the row's own rates; ``edge``
+    ``"low"``/``"high"`` when the best rate is the lowest/highest of its grid (extend the grid there),
+    judged only once every rate of the row's grid has finished. One seed: the best rate is selected and reported on the same held-out
     data, which favours every row alike.
     """
     mine = [c for c in cells if c.group == "lrs"]
@@ -103,13 +105,19 @@ def _lr_sweep(cells: list[Cell], results: dict[str, dict], metric: str) -> dict 
     rows: dict[str, dict] = {}
     for c in mine:
         row = rows.setdefault(c.label, {"label": c.label, "values": [None] * len(lrs), "best_lr": None,
-                                        "best": None, "per_seed": {}})
+                                        "best": None, "per_seed": {}, "grid": [], "edge": None})
+        row["grid"] = sorted({*row["grid"], c.coords["lr"]})
         if c.key in results:
             value = _metrics_of(results[c.key]).get(metric)
             row["values"][lrs.index(c.coords["lr"])] = value
             if value is not None and (row["best"] is None or sign * value < sign * row["best"]):
                 row["best_lr"], row["best"] = c.coords["lr"], value
                 row["per_seed"] = {c.seed: _metrics_of(results[c.key])}
+    for row in rows.values():  # a best rate at an end of the row's own grid may not be its optimum
+        finished = all(row["values"][lrs.index(lr)] is not None for lr in row["grid"])
+        if finished and row["best_lr"] is not None and len(row["grid"]) > 1:  # judged on the whole grid
+            row["edge"] = ("low" if row["best_lr"] == row["grid"][0] else
+                           "high" if row["best_lr"] == row["grid"][-1] else None)
     return {"lrs": lrs, "seed": mine[0].seed, "rows": list(rows.values())}
 
 
@@ -134,7 +142,8 @@ def _claims(preset: Preset, rows: list[dict], metric: str) -> list[dict]:
         stat = mean_std(diffs)
         checks.append({"claim": f"{better} > {worse}", "what": what, "gain": stat["mean"],
                        "spread": stat["std"], "wins": sum(d > 0 for d in diffs), "n": stat["n"],
-                       "holds": stat["mean"] > 0, "beyond_spread": abs(stat["mean"]) > stat["std"]})
+                       "holds": stat["mean"] > 0, "beyond_spread": abs(stat["mean"]) > stat["std"],
+                       "beyond_3_spread": stat["n"] > 1 and abs(stat["mean"]) >= 3 * stat["std"]})
     return checks
 
 
@@ -234,25 +243,33 @@ def markdown(summary: dict) -> str:
                   (f"Paired by seed (both rows of a seed see the same data order): gain = mean over seeds of "
                    f"how much the first beats the second on {metric} (positive: the paper's order), spread = "
                    "standard deviation of those per-seed gains, wins = seeds where the order holds. "
-                   "'|gain| > spread' is a screen, not a significance test."), "",
-                  "| Claim | What it tests | Gain | Spread | Wins | Holds on average | \\|gain\\| > spread |",
-                  "|---|---|---|---|---|---|---|"]
+                   "'|gain| > spread' is a screen, not a significance test; '|gain| ≥ 3×spread' is the "
+                   "rank-separation rule of issue 14."), "",
+                  ("| Claim | What it tests | Gain | Spread | Wins | Holds on average | \\|gain\\| > spread | "
+                   "\\|gain\\| ≥ 3×spread |"),
+                  "|---|---|---|---|---|---|---|---|"]
         for c in summary["claims"]:
             lines.append(f"| {c['claim']} | {c['what']} | {c['gain']:+.4f} | {c['spread']:.4f} | "
                          f"{c['wins']}/{c['n']} | {'yes' if c['holds'] else 'no'} | "
-                         f"{'yes' if c['beyond_spread'] else 'no'} |")
+                         f"{'yes' if c['beyond_spread'] else 'no'} | "
+                         f"{'yes' if c.get('beyond_3_spread') else 'no'} |")
     if summary.get("lr_sweep"):
         sweep = summary["lr_sweep"]
-        lines += ["", f"## Every method over one learning-rate grid (seed {sweep['seed']})", "",
-                  (f"{metric} at each rate of the grid, the same for every method; 'best' is the row's best "
-                   "rate, selected on the same held-out data it is reported on (one seed: no spread)."), ""]
-        head = ["Method", *(f"lr {lr:g}" for lr in sweep["lrs"]), "best lr", "best"]
+        lines += ["", f"## Every method over its learning-rate grid (seed {sweep['seed']})", "",
+                  (f"{metric} at each rate of the row's grid ('·': not in its grid, '—': not finished); "
+                   "'best' is the row's best rate, selected on the same held-out data it is reported on (one "
+                   "seed: no spread); 'edge' flags a best rate at the low or high end of the row's grid, "
+                   "which may not be its optimum (extend the grid there)."), ""]
+        head = ["Method", *(f"lr {lr:g}" for lr in sweep["lrs"]), "best lr", "best", "edge"]
         lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         digits = _digits(metric)
         for row in sweep["rows"]:
-            values = ["—" if v is None else f"{v:.{digits}f}" for v in row["values"]]
+            grid = row.get("grid") or sweep["lrs"]
+            values = ["·" if lr not in grid else "—" if v is None else f"{v:.{digits}f}"
+                      for lr, v in zip(sweep["lrs"], row["values"])]
             best = ["—", "—"] if row["best"] is None else [f"{row['best_lr']:g}", f"{row['best']:.{digits}f}"]
-            lines.append("| " + " | ".join([row["label"], *values, *best]) + " |")
+            edge = {"low": "**low edge**", "high": "**high edge**"}.get(row.get("edge"), "")
+            lines.append("| " + " | ".join([row["label"], *values, *best, edge]) + " |")
         if summary.get("claims_best_lr"):
             lines += ["", ("The paper's ordering with every row at its best rate of the grid (seed "
                            f"{sweep['seed']}; gain as above, one seed):"), "",

@@ -82,7 +82,8 @@ def read_adapter(path: str | os.PathLike, others: bool = False) -> tuple[PRoLoRA
 
 
 def expand_adapter(config: PRoLoRAConfig, tensors: dict[str, torch.Tensor]) -> dict[str, tuple]:
-    """Module name → full ``(A, B, scaling)`` (A: (r, h), B: (o, r)) from compact tensors (Eq. 4)."""
+    """Module name → full ``(A, B, scaling)`` (A: (r, h), B: (o, r)) from compact tensors (Eq. 4); scaling is
+    ``lora_alpha / r`` (``lora_alpha / √r`` with ``use_rslora``)."""
     out = {}
     for module, (o, h) in config.module_shapes.items():
         key = f"base_model.model.{module}."
@@ -98,7 +99,7 @@ def expand_adapter(config: PRoLoRAConfig, tensors: dict[str, torch.Tensor]) -> d
         rotate = config.rotate_dim if config.rotation else None
         a = eq.expand_a(a0, a_u, h, r, m, s_a, rotate, config.share)
         b = eq.expand_b(b0, b_u, o, r, n, s_b, rotate, config.share)
-        out[module] = (a, b, v["lora_alpha"] / r)
+        out[module] = (a, b, eq.lora_scaling(v["lora_alpha"], r, getattr(config, "use_rslora", False)))
     return out
 
 

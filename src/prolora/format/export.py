@@ -71,7 +71,7 @@ def export_lora(model_or_path, out_dir: str | os.PathLike, adapter_name: str = "
     # the name servers know the base model by (adapters saved before 0.2 record the embedded model's folder)
     base_name = model_name(config.base_model_name_or_path) if config.base_model_name_or_path else None
     lora = LoraConfig(
-        r=config.r, lora_alpha=config.lora_alpha, target_modules=sorted(factors),
+        r=config.r, lora_alpha=config.lora_alpha, use_rslora=config.use_rslora, target_modules=sorted(factors),
         rank_pattern={k: v for k, v in ranks.items() if v != config.r},
         alpha_pattern={k: v for k, v in alphas.items() if v != config.lora_alpha},
         fan_in_fan_out=config.fan_in_fan_out, base_model_name_or_path=base_name,

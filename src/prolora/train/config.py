@@ -47,6 +47,8 @@ class TrainConfig:
     sharing_rate_a: int = _field(7, "PRoLoRA sharing rate m of A (chunks along the input size)", "--m")
     sharing_rate_b: int = _field(7, "PRoLoRA sharing rate n of B (chunks along the output size)", "--n")
     lora_alpha: float = _field(16.0, "scaling numerator: the update is (lora_alpha / r)·B·A (App. A.2: 16)")
+    use_rslora: bool = _field(False, "scale the update by lora_alpha / sqrt(r) instead of lora_alpha / r "
+                              "(rsLoRA; PEFT's LoraConfig.use_rslora; beyond the paper)")
     lora_dropout: float = _field(0.1, "dropout on the adapter input (App. A.2: 0.1)")
     target_modules: str | list = _field(  # noqa: RUF009  (_field returns a dataclasses.field)
         "all-linear", "modules to adapt: 'all-linear' (every linear layer of the transformer blocks; on "

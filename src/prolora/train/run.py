@@ -176,7 +176,8 @@ def _plan(config: TrainConfig, args, quantization: str, splits, world_size: int,
         adapter += f" u={config.unshared_r} m={config.sharing_rate_a} n={config.sharing_rate_b}"
     held = f" / {len(splits.heldout):,} held-out" if splits.heldout is not None else ""
     lines = [
-        (f"prolora train — {adapter}, alpha {config.lora_alpha:g}, dropout {config.lora_dropout:g}, "
+        (f"prolora train — {adapter}, alpha {config.lora_alpha:g}{' (rsLoRA: /√r)' if config.use_rslora else ''}, "
+         f"dropout {config.lora_dropout:g}, "
          f"target {config.target_modules}"),
         f"  model     : {config.model or DEFAULT_MODEL + ' (embedded SmolLM2-135M-Instruct)'} on {device}, {precision}",
         *([] if torch.cuda.is_available() else [f"  threads   : {threads[0]} ({threads[1]})"]),
@@ -341,7 +342,8 @@ def _train(config: TrainConfig, threads: tuple[int, str], started: float, base_m
 
         model = get_peft_model(model, adapter_config or make_adapter_config(
             config.method, r=config.r, u=config.unshared_r, m=config.sharing_rate_a, n=config.sharing_rate_b,
-            lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout, target_modules=config.target_modules))
+            lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout, target_modules=config.target_modules,
+            use_rslora=config.use_rslora))
         trainable, _ = model.get_nb_trainable_parameters()
 
         log_path = os.path.join(output_dir, "train_log.jsonl")

@@ -68,6 +68,9 @@ class PRoLoRAConfig(PeftConfig):
             A_0 of shape (r−u, ceil(h/m)), is trained. ``1 ≤ m ≤ h``.
         sharing_rate_b: ``n``, number of chunks of B along its output dimension o; B_0 is (ceil(o/n), r−u).
         lora_alpha: Scaling numerator: ΔW is multiplied by ``lora_alpha / r`` (as LoRA; paper Section 4).
+        use_rslora: Beyond the paper: scale ΔW by ``lora_alpha / √r`` instead (rank-stabilised LoRA,
+            Kalajdzievski 2023), with the same name and meaning as PEFT's ``LoraConfig.use_rslora``. Default
+            ``False`` (the paper's ``lora_alpha / r``); adapters saved without the field load as ``False``.
         lora_dropout: Dropout probability on the adapter's input (off in eval mode).
         target_modules: Module names (suffix match), a regex (full match), or ``"all-linear"``. ``None`` uses
             PEFT's LoRA defaults for known architectures.
@@ -103,6 +106,8 @@ class PRoLoRAConfig(PeftConfig):
     sharing_rate_a: int = field(default=7, metadata={"help": "m: chunks of A along its input dimension."})
     sharing_rate_b: int = field(default=7, metadata={"help": "n: chunks of B along its output dimension."})
     lora_alpha: float = field(default=16, metadata={"help": "ΔW is scaled by lora_alpha / r."})
+    use_rslora: bool = field(default=False, metadata={
+        "help": "Scale ΔW by lora_alpha / sqrt(r) (rsLoRA, as PEFT's LoraConfig.use_rslora) instead of lora_alpha / r."})
     lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the adapter input."})
     target_modules: list[str] | str | None = field(default=None, metadata={"help": "Modules to adapt."})
     exclude_modules: list[str] | str | None = field(default=None, metadata={"help": "Never adapt."})
@@ -138,7 +143,7 @@ class PRoLoRAConfig(PeftConfig):
                 for v in self.module_shapes.values()):
             raise ValueError("module_shapes must map module names to [out_features, in_features] (positive "
                              "integers); it is written by prolora when the adapter is created, do not edit it.")
-        for name in ("rotation", "fan_in_fan_out", "init_weights"):
+        for name in ("rotation", "fan_in_fan_out", "init_weights", "use_rslora"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name}={getattr(self, name)!r} must be true or false.")  # noqa: TRY004  (bad user input: a ValueError for prolora.cli)
         for name, value in self.overrides.items():

@@ -49,7 +49,7 @@ class ChunkSpec:
     stride_b: int
     rotate: str | None  # "rank", "hidden" or None (no rotation)
     share: str  # "hidden" or "rank"
-    scaling: float  # lora_alpha / r
+    scaling: float  # lora_alpha / r, or lora_alpha / √r with use_rslora
 
     @property
     def shared(self) -> int:
@@ -110,7 +110,7 @@ class PRoLoRALayer(BaseTunerLayer):
     # ----------------------------------------------------------------------------------------- creation
     def update_layer(self, adapter_name: str, values: dict, lora_dropout: float, rotation: bool, init: str,
                      share: str, rotate_dim: str, module_name: str = "", inference_mode: bool = False,
-                     init_weights: bool = True) -> None:
+                     init_weights: bool = True, use_rslora: bool = False) -> None:
         """Add adapter ``adapter_name``: allocate A_0, B_0, A_u, B_u and initialise them (Eq. 5).
 
         Raises:
@@ -123,7 +123,8 @@ class PRoLoRALayer(BaseTunerLayer):
             h=h, o=o, r=r, u=u, m=m, n=n,
             stride_a=eq.default_stride(r, u, m) if values["stride_a"] is None else values["stride_a"],
             stride_b=eq.default_stride(r, u, n) if values["stride_b"] is None else values["stride_b"],
-            rotate=rotate_dim if rotation else None, share=share, scaling=values["lora_alpha"] / r,
+            rotate=rotate_dim if rotation else None, share=share,
+            scaling=eq.lora_scaling(values["lora_alpha"], r, use_rslora),
         )
         self.prolora_spec[adapter_name] = spec
         self._empties.pop(adapter_name, None)

@@ -106,6 +106,7 @@ class PRoLoRAModel(BaseTuner):
                              "(adapter_config.json: base_model_name_or_path).")
         kwargs = {
             "values": config.module_values(current_key), "lora_dropout": config.lora_dropout,
+            "use_rslora": config.use_rslora,
             "rotation": config.rotation, "init": config.init, "init_weights": config.init_weights,
             "share": config.share,
             "rotate_dim": config.rotate_dim, "module_name": current_key, "inference_mode": config.inference_mode,

@@ -6,7 +6,7 @@ A loaded adapter must give exactly the ΔW it was saved with, or fail with an er
   ``module_shapes``, with the shapes the config implies (names of missing and unexpected tensors);
 * :func:`check_finite`: no NaN or infinity (the tensor's name);
 * :func:`check_delta_w_record`: the fields that decide ΔW from the tensors (:data:`DELTA_W_FIELDS`:
-  r, unshared_r, sharing rates, strides, lora_alpha, rotation, share, rotate_dim, overrides,
+  r, unshared_r, sharing rates, strides, lora_alpha, use_rslora, rotation, share, rotate_dim, overrides,
   module_shapes) equal those recorded in the safetensors metadata (key :data:`DELTA_W_KEY`) when the
   adapter was saved. Files written before this record existed (prolora ≤ 0.1.0) have none and load.
 * :func:`check_adapter_name`: the one rule for adapter names (PEFT uses the name as a sub-folder of
@@ -32,7 +32,7 @@ WEIGHTS_NAME = "adapter_model.safetensors"
 TENSOR_NAMES = ("prolora_A0", "prolora_B0", "prolora_A_u", "prolora_B_u")
 DELTA_W_KEY = "prolora.delta_w"
 DELTA_W_FIELDS = ("r", "unshared_r", "sharing_rate_a", "sharing_rate_b", "stride_a", "stride_b", "lora_alpha",
-                  "rotation", "share", "rotate_dim", "overrides", "module_shapes")
+                  "use_rslora", "rotation", "share", "rotate_dim", "overrides", "module_shapes")
 ADAPTER_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,63}")
 RESERVED_NAMES = ("__base__",)  # the row selector of mixed batches: "no adapter"
 LOAD_HINT = ("This is a PRoLoRA adapter (peft_type 'PROLORA'): `import prolora` before loading it with peft or "
