@@ -7,6 +7,7 @@ the default test run); see docs/peft-conformance.md.
 import pytest
 import torch
 from conftest import make_tiny_gpt2, make_tiny_llama
+from test_tuner import _randomise
 
 from prolora import PRoLoRAConfig, equations, get_prolora_model
 from prolora.tuner import layer as layer_module
@@ -18,14 +19,6 @@ TARGETS = ["q_proj", "v_proj", "down_proj"]
 def _config(**kw):
     kw.setdefault("target_modules", TARGETS)
     return PRoLoRAConfig(**{"r": 8, "unshared_r": 1, "sharing_rate_a": 5, "sharing_rate_b": 3, **kw})
-
-
-def _randomise(model, std=0.2, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "prolora_" in name:
-                p.copy_(torch.randn(p.shape, generator=g) * std)
 
 
 def _clear_index_caches():
