@@ -14,7 +14,7 @@ from reference import ref_params
 
 from prolora.compare.cells import LOSS, CellsFailed, load_results, result_path, run_cells
 from prolora.compare.grid import Cell, build_cells, resolve
-from prolora.compare.plots import HEATMAP, LR_SWEEP, SCORE_VS_PARAMS, TABLE4, write_plots
+from prolora.compare.plots import BEST_VS_PARAMS, HEATMAP, LR_SWEEP, SCORE_VS_PARAMS, TABLE4, write_plots
 from prolora.compare.presets import SMALL, MethodSpec
 from prolora.compare.report import markdown, mean_std, summarize
 
@@ -128,6 +128,47 @@ def test_lr_sweep_report_picks_each_rows_best_rate(tmp_path):
                if not (v["cell"]["label"] == "PRoLoRA" and v["cell"]["train"]["learning_rate"] == 5e-4)}
     rows = {row["label"]: row for row in summarize(SMALL, cells, partial)["lr_sweep"]["rows"]}
     assert rows["PRoLoRA"]["edge"] is None and rows["LoRA r=2"]["edge"] == "low"
+
+
+def test_best_group_trains_each_row_at_its_best_rate_for_every_seed(tmp_path):
+    """The best group: every sweep row at the rate with its lowest loss (a whole grid only), for every seed;
+    the sweep's seed at that rate is the sweep's own cell; the report pairs the rows over all seeds."""
+    from prolora.compare.grid import best_lr, best_lr_cells, lr_sweep_cells
+    from prolora.compare.report import score
+
+    preset = dataclasses.replace(SMALL, seeds=(1, 2, 3))
+    best = {"PRoLoRA": 2e-3, "LoRA r=2": 5e-4}  # the others: 5e-3
+
+    def runner(cell, output_dir):
+        lr = cell.train["learning_rate"]
+        return {LOSS: 2.0 + abs(lr - best.get(cell.label, 5e-3)) * 10 + 0.001 * cell.seed}, {}
+
+    cells = build_cells(preset, ("main", "lrs"))
+    results = run_cells(cells, tmp_path, runner, log=lambda _: None)
+    sweep = lr_sweep_cells(preset)
+    rates = best_lr(sweep, results, score)
+    assert rates == {label: best.get(label, 5e-3) for label in preset.lr_grid_rows}
+    chosen = best_lr_cells(preset, results, score)
+    assert len(chosen) == len(preset.lr_grid_rows) * 3
+    for cell in chosen:
+        assert cell.group == "best" and cell.train["learning_rate"] == rates[cell.label] == cell.coords["lr"]
+    by_seed1 = {c.label: c.key for c in chosen if c.seed == preset.lr_grid_seed}
+    assert all(by_seed1[c.label] == c.key for c in sweep if c.coords["lr"] == rates[c.label])
+    # a row with an unfinished rate is not in the group
+    partial = {k: v for k, v in results.items()
+               if not (v["cell"]["label"] == "PRoLoRA" and v["cell"]["train"]["learning_rate"] == 5e-3)}
+    assert "PRoLoRA" not in best_lr(sweep, partial, score) and "LoRA r=2" in best_lr(sweep, partial, score)
+
+    cells += chosen
+    results = run_cells(cells, tmp_path, runner, log=lambda _: None)
+    summary = summarize(preset, cells, results)
+    rows = {row["label"]: row for row in summary["best_rows"]}
+    assert rows["PRoLoRA"]["lr"] == 2e-3 and rows["PRoLoRA"]["metrics"][LOSS]["n"] == 3
+    assert rows["PRoLoRA"]["metrics"][LOSS]["mean"] == pytest.approx(2.002)
+    claim = next(c for c in summary["claims_best_lr"] if c["claim"] == "PRoLoRA > LoRA r=2")
+    assert claim["n"] == 3 and claim["gain"] == pytest.approx(0.0, abs=1e-9)
+    assert "## Every method at its own best rate (all seeds)" in markdown(summary)
+    assert BEST_VS_PARAMS in {p.name for p in write_plots(summary, tmp_path / "report")}
 
 
 def test_resolve_on_tiny_model_matches_budget(tiny_preset):
@@ -329,7 +370,9 @@ def test_rank_pilot_and_study_presets_build_the_cells_they_should():
         got = sorted(c.coords["lr"] for c in sweep if c.label == spec.label)
         assert got == sorted(spec.lr_grid or ())
     assert all(c.seed == 1 for c in sweep)
-    assert len({c.key for c in cells}) == 83
+    # distinct runs: the main table, plus each grid's rates other than the shared 2e-3 (that one is a main cell)
+    extra = sum(len([lr for lr in spec.lr_grid if lr != 2e-3]) for spec in study.methods)
+    assert len({c.key for c in cells}) == len(main) + extra == 54 + 57
 
 
 @pytest.mark.parametrize("method", ["vera", "tied-lora", "rolora"])

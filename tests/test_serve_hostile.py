@@ -137,6 +137,7 @@ def test_a_lora_adapter_holding_nan_is_refused_at_load(http, files, tmp_path):
     (["--expanded-cache-mb", "-5"], "--expanded-cache-mb -5.0 must be a finite number"),  # before: served
     (["--expanded-cache-mb", "nan"], "--expanded-cache-mb nan must be a finite number"),  # "cannot convert"
     (["--max-resident", "0"], "--max-resident 0 must be at least 1"),
+    (["--max-request-bytes", "0"], "--max-request-bytes 0 must be at least 1"),
     (["--host", "no-such-host.invalid"], "cannot listen on --host no-such-host.invalid"),
 ])
 def test_bad_serve_flags_fail_in_one_line_before_the_model_loads(argv, message, capsys, tmp_path):
@@ -326,3 +327,22 @@ def test_a_removed_adapters_dir_does_not_turn_models_and_404s_into_500s(files, t
             _serves(http)
     finally:
         live.stop()
+
+
+def test_a_body_over_the_cap_is_a_413_and_the_server_keeps_serving(http, server):
+    """A declared Content-Length over the cap is refused unread; a chunked body (no length) once it passes
+    the cap; both name the limit and the flag that raises it, and the next request is served."""
+    from prolora.inference.server import MAX_REQUEST_BYTES
+
+    big = json.dumps({"model": "pa", "prompt": "x" * MAX_REQUEST_BYTES, "max_tokens": 1}).encode()
+    _assert_error(http.post("/v1/completions", content=big, headers={"content-type": "application/json"}), 413,
+                  f"{MAX_REQUEST_BYTES:,} bytes", "--max-request-bytes")
+
+    def chunks():
+        for start in range(0, len(big), 2**16):
+            yield big[start:start + 2**16]
+
+    with httpx.Client(base_url=server.url, headers=HEADERS, timeout=60) as fresh:
+        _assert_error(fresh.post("/v1/chat/completions", content=chunks(),
+                                 headers={"content-type": "application/json"}), 413, "--max-request-bytes")
+    _serves(http)

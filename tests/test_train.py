@@ -1,4 +1,4 @@
-"""Training: outputs, resume equality, interrupt, configuration, DDP on two CPU processes, generation.
+"""Training: outputs, resume equality, interrupt, configuration, DDP on two CPU processes.
 
 Runs on a tiny random Llama with a tiny byte-level BPE tokenizer, both saved to a temporary directory
 so that subprocesses (torchrun) load them like any local model.
@@ -26,10 +26,14 @@ from prolora.train.trainer import JsonlLogCallback
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """``(model_dir, data_file)``: a saved tiny Llama + tokenizer, and 96 short arithmetic conversations."""
+    return save_tiny(tmp_path_factory.mktemp("tiny"))
+
+
+def save_tiny(root: Path) -> tuple[str, str]:
+    """Save the tiny Llama, its byte-level BPE tokenizer and the conversations in ``root``."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    root = tmp_path_factory.mktemp("tiny")
     records = [{"messages": [{"role": "user", "content": f"What is {a} plus {b}?"},
                              {"role": "assistant", "content": f"{a} + {b} = {a + b}."}]}
                for a in range(12) for b in range(8)]
@@ -175,6 +179,36 @@ def test_three_step_summary_comes_from_totals(tiny, tmp_path):
     assert sparse["train_loss_final_steps"] == 2 and every["train_loss_final_steps"] == 1
 
 
+def test_heldout_loss_is_token_weighted_and_the_same_for_every_seed(tiny, tmp_path):
+    """The summary's held-out losses average the NLL over every assistant token of the split (an independent
+    per-example reference through the model's own loss), so the base model's loss does not move with the
+    seed (the Trainer's mean of per-batch means over seeded length-grouped batches did)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from prolora.data import load_splits
+
+    model_dir, data = tiny
+    lines = Path(data).read_text().splitlines(keepends=True)
+    heldout = tmp_path / "heldout.jsonl"  # lengths differ, so batch composition would matter
+    heldout.write_text("".join(lines[i] for i in (0, 95, 13, 50, 7, 88, 31)))
+    runs = [train(config(tiny, tmp_path / f"seed{seed}", max_steps=3, seed=seed, learning_rate=1e-2, heldout_data=str(heldout),
+                         heldout_size=None)) for seed in (1, 2)]
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    base = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    examples = load_splits(tokenizer, data, str(heldout), None, 64).heldout
+    total = tokens = 0
+    with torch.no_grad():
+        for row in examples:
+            count = sum(label != -100 for label in row["labels"][1:])
+            loss = base(input_ids=torch.tensor([row["input_ids"]]), labels=torch.tensor([row["labels"]])).loss
+            total, tokens = total + loss.item() * count, tokens + count
+    for summary in runs:
+        assert summary["heldout_examples"] == 7 and summary["heldout_tokens"] == tokens
+        assert summary["heldout_loss_base"] == pytest.approx(total / tokens, rel=1e-5)
+    assert runs[0]["heldout_loss_adapter"] != runs[1]["heldout_loss_adapter"]  # the seeds trained differently
+
+
 def test_small_data_trains_with_an_adapted_heldout_split(tiny, tmp_path, capsys):
     model, data = tiny
     small = tmp_path / "small.jsonl"
@@ -219,47 +253,6 @@ def test_ddp_two_cpu_processes_keep_identical_adapters(tiny, tmp_path):
     assert summary["world_size"] == 2 and summary["adapter_identical_across_ranks"] is True
     assert summary["steps"] == 3 and (out / "checkpoint-2" / "rng_state_1.pth").is_file()
     assert json.loads((out / "run_config.json").read_text())["gradient_accumulation_steps"] == 2
-
-
-def test_generate_with_named_adapters_and_base(tiny, tmp_path):
-    from prolora.inference.generation import load_generator
-
-    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
-    train(config(tiny, a, max_steps=2, heldout_size=0, learning_rate=1e-2))
-    train(config(tiny, b, max_steps=2, heldout_size=0, method="rolora"))
-    train(config(tiny, c, max_steps=2, heldout_size=0, method="lora"))
-    with pytest.raises(ValueError, match="different peft types"):  # one PeftModel holds one adapter type
-        load_generator(None, [str(a), str(c)], None)
-    generator = load_generator(None, [str(a), f"second={b}"], None)
-    assert generator.adapters == ["a", "second"] and generator.active == "a"
-    messages = [{"role": "user", "content": "What is 3 plus 4?"}]
-    first = generator.reply(messages, max_new_tokens=5)
-    assert 0 < first.new_tokens <= 5 and first.tokens_per_s > 0
-    assert generator.reply(messages, max_new_tokens=5).text == first.text  # greedy: deterministic
-    generator.use(None)
-    assert generator.active is None and generator.reply(messages, max_new_tokens=5).new_tokens > 0
-    generator.use("second")
-    assert generator.active == "second" and generator.reply(messages, max_new_tokens=5).new_tokens > 0
-    with pytest.raises(ValueError, match="no adapter named 'c'; loaded: a, second"):
-        generator.use("c")
-
-
-def test_chat_reads_turns_and_commands_from_stdin(tiny, tmp_path, monkeypatch, capsys):
-    import argparse
-    import io
-
-    from prolora.cli import chat as chat_cmd
-
-    run = tmp_path / "run"
-    train(config(tiny, run, max_steps=1, heldout_size=0))
-    parser = argparse.ArgumentParser()
-    chat_cmd.add_arguments(parser)
-    args = parser.parse_args(["--adapter", str(run), "--max-new-tokens", "3"])
-    monkeypatch.setattr("sys.stdin", io.StringIO("What is 1 plus 2?\n/use nope\n/use base\nAnd 2 plus 2?\n/exit\n"))
-    capsys.readouterr()
-    assert chat_cmd.run(args) == 0
-    captured = capsys.readouterr()
-    assert captured.err.count("tokens/s]") == 2 and "no adapter named 'nope'; loaded: run" in captured.err
 
 
 def test_nf4_base_trains_every_adapter_layer_even_after_an_eval_forward(tiny, tmp_path):

@@ -1,7 +1,9 @@
 """``prolora compare``: train and evaluate methods at equal parameter budgets (paper Table 2/4, Figure 2).
 
 Runs the cells of a preset into ``--output-dir`` (finished cells are skipped, so rerunning the same
-command resumes), then writes ``results.md``, ``results.json`` and the PNG plots into ``--report-dir``.
+command resumes; the ``best`` group, every row at its best rate of the learning-rate sweep for every seed,
+runs after the sweep and takes only rows whose whole grid has finished), then writes ``results.md``,
+``results.json`` and the PNG plots into ``--report-dir``.
 """
 
 from __future__ import annotations
@@ -102,7 +104,8 @@ def run(args) -> int:
         run_cells,
         train_config,
     )
-    from prolora.compare.grid import build_cells
+    from prolora.compare.grid import best_lr_cells, build_cells, lr_sweep_cells
+    from prolora.compare.report import score
 
     groups = tuple(g.strip() for g in args.groups.split(",") if g.strip())
     if unknown := set(groups) - set(GROUPS):
@@ -122,19 +125,31 @@ def run(args) -> int:
     command = "prolora " + shlex.join(sys.argv[1:]) if Path(sys.argv[0]).name in ("prolora", "cli.py") else ""
     if args.report_only:
         results = load_results(out, cells)
+        if "best" in groups:  # the best group follows from the sweep's results
+            cells += best_lr_cells(preset, load_results(out, lr_sweep_cells(preset)), score)
+            results = load_results(out, cells)
     else:
         evaluate = None
         if preset.benchmarks:
             evaluate = benchmark_evaluator(preset.train.get("model"), preset.benchmarks, args.data_dir,
                                            preset.eval_limit)
-        try:
-            def refresh(done):
-                write_report(preset, cells, done, report_dir, command)
+        runner, failed = TrainRunner(evaluate), None
 
-            results = run_cells(cells, out, TrainRunner(evaluate), after_each=refresh)
+        def refresh(done):
+            write_report(preset, cells, done, report_dir, command)
+
+        try:
+            results = run_cells(cells, out, runner, after_each=refresh)
         except CellsFailed as error:
-            print(f"error: {error}", file=sys.stderr)
-            results = error.results
+            failed, results = error, error.results
+        if "best" in groups:  # then every row at its best rate of the (finished) sweep, for every seed
+            cells += best_lr_cells(preset, load_results(out, lr_sweep_cells(preset)), score)
+            try:
+                results = run_cells(cells, out, runner, after_each=refresh)
+            except CellsFailed as error:
+                failed, results = error, error.results
+        if failed is not None:
+            print(f"error: {failed}", file=sys.stderr)
     md = write_report(preset, cells, results, report_dir, command)
     total = len({c.key for c in cells})
     print(f"report: {md} ({len(results)} of {total} cells finished)")

@@ -29,6 +29,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--max-batch", type=int, default=32, help="most requests decoded together")
     parser.add_argument("--expanded-cache-mb", type=float, default=0.0, help="byte cap (MiB) of the cache of "
                         "expanded factors of hot adapters (default 0: compact tensors only)")
+    # = inference.server.MAX_REQUEST_BYTES (not imported here: --help stays free of FastAPI and torch)
+    parser.add_argument("--max-request-bytes", type=int, default=4 * 2**20, metavar="N",
+                        help="a larger request body is answered 413 (default 4 MiB)")
 
 
 def _check_bind(host: str, port: int) -> None:
@@ -55,12 +58,15 @@ def run(args) -> int:
     if not math.isfinite(args.expanded_cache_mb) or args.expanded_cache_mb < 0:
         raise ValueError(f"--expanded-cache-mb {args.expanded_cache_mb} must be a finite number of MiB ≥ 0 "
                          "(0: compact tensors only)")
+    if args.max_request_bytes < 1:
+        raise ValueError(f"--max-request-bytes {args.max_request_bytes} must be at least 1")
     if args.max_resident is not None and args.max_resident < 1:
         raise ValueError(f"--max-resident {args.max_resident} must be at least 1 (leave it out for no limit)")
     _check_bind(args.host, args.port)  # before the model loads: a taken port fails in a second, not a minute
     engine = build_engine(args.model, args.adapter, args.adapters_dir, args.max_resident, args.max_batch,
                           int(args.expanded_cache_mb * 2**20))
-    app = create_app(engine, args.served_model_name or args.model or DEFAULT_MODEL, args.api_key, args.chat_format)
+    app = create_app(engine, args.served_model_name or args.model or DEFAULT_MODEL, args.api_key, args.chat_format,
+                     max_request_bytes=args.max_request_bytes)
     # SIGTERM: running requests get 25 s, then open streams end with an error chunk and [DONE]
     graceful_server(app, engine, 25.0, host=args.host, port=args.port, log_level="info").run()
     return 0

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from prolora.params import count_parameters, parse_budget, solve_budget
@@ -19,7 +20,7 @@ from prolora.train.config import parse_target_modules
 
 from .presets import MethodSpec, Preset
 
-GROUPS = ("main", "lrs", "heatmap", "table4")
+GROUPS = ("main", "lrs", "best", "heatmap", "table4")
 PROLORA_FAMILY = ("prolora", "clora", "rolora", "prolora-r", "prolora-i")
 # Table 4 defaults of PRoLoRAConfig: the paper's PRoLoRA shares along hidden and rotates along rank.
 TABLE4_DEFAULTS = {"share": "hidden", "rotate_dim": "rank"}
@@ -31,13 +32,14 @@ class Cell:
 
     Attributes:
         group: ``main`` (Table 2 rows × seeds), ``lrs`` (every row at every rate of the preset's
-            learning-rate grid, one seed), ``heatmap`` (Figure 2) or ``table4``.
+            learning-rate grid, one seed), ``best`` (every row at its best rate of ``lrs``, all seeds),
+            ``heatmap`` (Figure 2) or ``table4``.
         label: the row's name.
         train: TrainConfig fields of the run (the preset's, then the method's, then the seed).
         adapter: extra PRoLoRAConfig fields (Table 4's ``share``/``rotate_dim``), empty otherwise.
         params: trainable parameters, counted from the architecture.
         budget: the parameter budget the configuration was matched to, or ``None``.
-        coords: the cell's place in its group: ``{"lr"}`` (lrs), ``{"u", "lr"}`` (heatmap),
+        coords: the cell's place in its group: ``{"lr"}`` (lrs, best), ``{"u", "lr"}`` (heatmap),
             ``{"share", "rotate"}`` (table4).
     """
 
@@ -124,6 +126,31 @@ def lr_sweep_cells(preset: Preset) -> list[Cell]:
             for spec in rows for lr in (spec.lr_grid or preset.lr_grid)]
 
 
+def best_lr(cells: list[Cell], results: dict[str, dict], score: Callable[[dict], float]) -> dict[str, float]:
+    """The best rate of each ``lrs`` row whose whole grid has finished, by label: the rate whose result has
+    the lowest ``score(result)`` (ties: the lower rate). Rows with an unfinished rate are left out, so a
+    best rate is never chosen from part of a grid."""
+    by_row: dict[str, list[Cell]] = {}
+    for cell in cells:
+        if cell.group == "lrs":
+            by_row.setdefault(cell.label, []).append(cell)
+    best = {}
+    for label, row in by_row.items():
+        if all(c.key in results for c in row):
+            best[label] = min(row, key=lambda c: (score(results[c.key]), c.coords["lr"])).coords["lr"]
+    return best
+
+
+def best_lr_cells(preset: Preset, results: dict[str, dict], score: Callable[[dict], float]) -> list[Cell]:
+    """The ``best`` group: every row of the learning-rate sweep at its best rate (:func:`best_lr`), for every
+    seed of the main table, so that each method is also compared at its own rate with a seed-to-seed
+    spread. The sweep's seed at that rate is the sweep's own cell (same key, trained once); rows whose grid
+    has not finished yet are not in the group until it has."""
+    rates = best_lr(lr_sweep_cells(preset), results, score)
+    return [_cell("best", replace(spec, lr=rates[spec.label]), preset, seed, {"lr": rates[spec.label]})
+            for seed in preset.seeds for spec in preset.methods if spec.label in rates]
+
+
 def heatmap_cells(preset: Preset) -> list[Cell]:
     """Figure 2: unshared rank × learning rate at the heatmap's budget (u = 0 is RoLoRA; u = the budget's
     LoRA rank is that LoRA, as u = 8 in Figure 2)."""
@@ -156,7 +183,9 @@ def table4_cells(preset: Preset) -> list[Cell]:
 
 
 def build_cells(preset: Preset, groups: tuple[str, ...] = GROUPS) -> list[Cell]:
-    """All cells of ``preset`` in ``groups``: main rows × seeds, the learning-rate sweep, Figure 2, Table 4."""
+    """The cells of ``preset`` in ``groups`` that do not depend on results: main rows × seeds, the
+    learning-rate sweep, Figure 2, Table 4 (the ``best`` group comes from the sweep's results:
+    :func:`best_lr_cells`)."""
     cells = []
     if "main" in groups:
         cells += [_cell("main", spec, preset, seed) for seed in preset.seeds for spec in preset.methods]

@@ -1,6 +1,7 @@
 """PNG plots of a comparison summary (:func:`prolora.compare.report.summarize`), matplotlib's Agg backend.
 
 * ``score_vs_params.png``: the primary metric (mean ± std over seeds) against trainable parameters;
+* ``best_rate_vs_params.png``: the same with every method at its own best rate (the ``best`` group);
 * ``lr_sweep.png``: the primary metric of every method against the learning rate (one grid for all);
 * ``heatmap_unshared_rank_lr.png``: Figure 2's grid, unshared rank × learning rate at a fixed budget;
 * ``table4_share_rotate.png``: Table 4's 2 × 2, sharing × rotation dimensions.
@@ -12,6 +13,7 @@ import math
 from pathlib import Path
 
 SCORE_VS_PARAMS = "score_vs_params.png"
+BEST_VS_PARAMS = "best_rate_vs_params.png"
 LR_SWEEP = "lr_sweep.png"
 HEATMAP = "heatmap_unshared_rank_lr.png"
 TABLE4 = "table4_share_rotate.png"
@@ -31,10 +33,11 @@ def _metric_label(summary: dict) -> str:
     return f"{summary['primary_metric']} ({'lower' if summary['lower_is_better'] else 'higher'} is better)"
 
 
-def score_vs_params(summary: dict, path: Path) -> Path | None:
-    """One point per method with its seed spread as an error bar; ``None`` when no row has a result."""
+def score_vs_params(summary: dict, path: Path, rows_key: str = "rows") -> Path | None:
+    """One point per method with its seed spread as an error bar; ``None`` when no row has a result.
+    ``rows_key``: ``"rows"`` (the main table, the shared rate) or ``"best_rows"`` (each at its best rate)."""
     metric = summary["primary_metric"]
-    rows = [r for r in summary["rows"] if r["metrics"].get(metric, {}).get("mean") is not None]
+    rows = [r for r in summary.get(rows_key) or [] if r["metrics"].get(metric, {}).get("mean") is not None]
     if not rows:
         return None
     plt = _pyplot()
@@ -45,12 +48,15 @@ def score_vs_params(summary: dict, path: Path) -> Path | None:
         # rows at one budget (within ~2%) share an x: dodge each by 2% so that their error bars stay visible
         budget = round(math.log10(row["params"]), 2)
         at_budget[budget] = at_budget.get(budget, -1) + 1
+        rate = f", lr {row['lr']:g}" if rows_key == "best_rows" else ""
         ax.errorbar(row["params"] * 1.02 ** at_budget[budget], stat["mean"], yerr=stat["std"],
                     fmt=MARKERS[i % len(MARKERS)], capsize=4, color=f"C{i % 10}", markersize=7, alpha=0.85,
-                    label=f"{row['label']} (n={stat['n']})")
+                    label=f"{row['label']} (n={stat['n']}{rate})")
+    where = "each method at its own best rate" if rows_key == "best_rows" else "mean ± std over seeds"
     return _finish(plt, fig, ax, summary, path,
                    "trainable parameters (log scale; rows at one budget dodged by 2% each)",
-                   f"{summary['preset']}: {metric} vs trainable parameters (mean ± std over seeds)")
+                   f"{summary['preset']}: {metric} vs trainable parameters ({where})",
+                   base_line=rows_key == "rows")  # tuned rows sit far below the base: keep their scale
 
 
 def lr_sweep(summary: dict, path: Path) -> Path | None:
@@ -68,9 +74,10 @@ def lr_sweep(summary: dict, path: Path) -> Path | None:
                    f"{summary['preset']}: every method over one learning-rate grid (seed {sweep['seed']})")
 
 
-def _finish(plt, fig, ax, summary: dict, path: Path, xlabel: str, title: str) -> Path:
-    """Base-model line (for a loss), log x axis, labels, legend outside; save and close."""
-    if summary.get("base_heldout_loss") is not None and summary["primary_metric"].endswith("loss"):
+def _finish(plt, fig, ax, summary: dict, path: Path, xlabel: str, title: str, base_line: bool = True) -> Path:
+    """Base-model line (for a loss, unless ``base_line`` is false), log x axis, labels, legend outside; save
+    and close."""
+    if base_line and summary.get("base_heldout_loss") is not None and summary["primary_metric"].endswith("loss"):
         ax.axhline(summary["base_heldout_loss"], color="grey", ls="--", lw=1, label="base model")
     ax.set_xscale("log")
     ax.set_xlabel(xlabel)
@@ -118,7 +125,8 @@ def write_plots(summary: dict, out_dir: str | Path) -> list[Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     low = summary["lower_is_better"]
-    written = [score_vs_params(summary, out / SCORE_VS_PARAMS), lr_sweep(summary, out / LR_SWEEP)]
+    written = [score_vs_params(summary, out / SCORE_VS_PARAMS), lr_sweep(summary, out / LR_SWEEP),
+               score_vs_params(summary, out / BEST_VS_PARAMS, "best_rows")]
     metric = summary["primary_metric"]
     if summary.get("heatmap"):
         seed = summary["heatmap"]["seed"]

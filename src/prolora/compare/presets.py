@@ -234,6 +234,9 @@ def _pilot(name: str, description: str, **train) -> Preset:
 PILOTS = (
     _pilot("pilot-down6", "rank pilot: LoRA r=1/4/8 (α/r and α/√r) on down_proj of the top 6 layers, "
            "80 steps x 4, length 64", max_steps=80, target_modules=TOP6_DOWN),
+    # after study-down6 put every LoRA rank's best rate at 5e-3: twice the updates at that rate
+    _pilot("pilot-down6-160", "rank pilot: as pilot-down6 with 160 steps at lr 5e-3 (the LoRA rows' best rate "
+           "in study-down6)", max_steps=160, learning_rate=5e-3, target_modules=TOP6_DOWN),
 )
 
 # --- Step 2 of issue 14: the paper's comparison in the pilot's setting --------------------------------------
@@ -241,7 +244,10 @@ PILOTS = (
 # and LoRA r=2 = 25,344 trainable parameters. At LoRA r=1's budget no u >= 1 fits (u = 1 alone is LoRA r=1),
 # so PRoLoRA there is RoLoRA (u = 0). The main table is at the shared rate 2e-3; the lrs group trains each
 # row of STUDY_GRID_ROWS over its own grid (seed 1), and the report flags a best rate at a grid's edge.
-_LOW, _MID, _HIGH = (5e-4, 2e-3, 5e-3), (1e-3, 2e-3, 5e-3), (2e-3, 5e-3, 1e-2)
+# The first grids (_LOW/_MID without 1e-2, _HIGH without 2e-2) left the best rate of every LoRA row at 5e-3
+# and PRoLoRA's at 1e-2, their top edges: extended. The PRoLoRA family at r = 8 (scale α/r = 2) takes _SHARED.
+_LOW, _MID, _HIGH = (5e-4, 2e-3, 5e-3, 1e-2), (1e-3, 2e-3, 5e-3, 1e-2), (2e-3, 5e-3, 1e-2)
+_SHARED = (*_HIGH, 2e-2)
 
 
 def _study_rows() -> tuple[MethodSpec, ...]:
@@ -260,19 +266,19 @@ def _study_rows() -> tuple[MethodSpec, ...]:
         MethodSpec(f"LoRA r=2{RS}", "lora", r=2, use_rslora=True, lr_grid=_LOW),
         MethodSpec(f"LoRA r=4{RS}", "lora", r=4, use_rslora=True, lr_grid=_LOW),
         MethodSpec(f"LoRA r=8{RS}", "lora", r=8, use_rslora=True, lr_grid=_MID),
-        MethodSpec("RoLoRA @r1", "rolora", **at1, lr_grid=_HIGH),
-        MethodSpec("CLoRA @r1", "clora", **at1),
-        MethodSpec("PRoLoRA", "prolora", **at2, lr_grid=_HIGH),
-        MethodSpec("RoLoRA", "rolora", r=8, u=0, budget="lora:2", lr_grid=_HIGH),
-        MethodSpec("CLoRA", "clora", r=8, u=0, budget="lora:2"),
-        MethodSpec("PRoLoRA^-r", "prolora-r", **at2),
-        MethodSpec("PRoLoRA^-i", "prolora-i", **at2),
+        MethodSpec("RoLoRA @r1", "rolora", **at1, lr_grid=_SHARED),
+        MethodSpec("CLoRA @r1", "clora", **at1, lr_grid=_SHARED),
+        MethodSpec("PRoLoRA", "prolora", **at2, lr_grid=_SHARED),
+        MethodSpec("RoLoRA", "rolora", r=8, u=0, budget="lora:2", lr_grid=_SHARED),
+        MethodSpec("CLoRA", "clora", r=8, u=0, budget="lora:2", lr_grid=_SHARED),
+        MethodSpec("PRoLoRA^-r", "prolora-r", **at2, lr_grid=_SHARED),
+        MethodSpec("PRoLoRA^-i", "prolora-i", **at2, lr_grid=_SHARED),
         MethodSpec(f"PRoLoRA{RS}", "prolora", **at2, use_rslora=True, lr_grid=_MID),
         MethodSpec(f"RoLoRA @r1{RS}", "rolora", **at1, use_rslora=True, lr_grid=_MID),
         # VeRA: the paper's far-below-budget baseline (r = 1024: 9,600 trainable); Tied-LoRA r = 10: 24,636
         # (-2.8% of LoRA r=2's budget; r = 11 would be +5.6%). The paper tuned both at higher rates (App. A.2).
-        MethodSpec("VeRA", "vera", r=1024, lr_grid=(5e-3, 1e-2, 2e-2)),
-        MethodSpec("Tied-LoRA", "tied-lora", r=10, lr_grid=_HIGH),
+        MethodSpec("VeRA", "vera", r=1024, lr_grid=(5e-3, 1e-2, 2e-2, 5e-2, 1e-1, 2e-1, 5e-1)),  # top edge twice
+        MethodSpec("Tied-LoRA", "tied-lora", r=10, lr_grid=_SHARED),
     )
 
 
@@ -289,7 +295,8 @@ STUDY = Preset(
     claims=(
         ("LoRA r=8", "LoRA r=1", "rank check (α/r): the setting rewards rank (issue 14 rule: gain >= 3x spread)"),
         ("LoRA r=4", "LoRA r=1", "rank check (α/r): r=4 beats r=1"),
-        (f"LoRA r=8{RS}", "LoRA r=1", "rank check (α/√r)"),
+        (f"LoRA r=8{RS}", "LoRA r=1", "rank check (α/√r): r=8 beats r=1"),
+        (f"LoRA r=4{RS}", "LoRA r=1", "rank check (α/√r): r=4 beats r=1"),
         ("LoRA r=4", "LoRA r=2", "twice the budget helps (α/r)"),
         ("PRoLoRA", "LoRA r=2", "parameter efficiency at the same budget (Table 2)"),
         ("PRoLoRA", "LoRA r=4", "'twice the parameter efficiency' (Section 4.2): as good as LoRA at 2x budget"),
@@ -309,8 +316,10 @@ STUDY = Preset(
     notes=(
         ("Setting from the Step-1 pilot pilot-down6 (docs/results/rank-pilots/pilots.md); its cells are the same "
          "runs as this preset's LoRA r=1/4/8 rows (same settings, same cell keys)."),
-        ("Metric: held-out loss (nats per assistant token) on the embedded held-out split (128 examples, those "
-         "with an assistant token within 64 tokens are scored)."),
+        ("Metric: held-out loss (nats per assistant token, token-weighted over the whole split, the same for "
+         "every seed) on the embedded held-out split (128 examples, those with an assistant token within 64 "
+         "tokens are scored: 72 examples, 1,643 tokens). Cells trained before the metric was token-weighted "
+         "were re-scored from their saved adapters (scripts/rescore_heldout.py; old values kept in the cell)."),
         ("Budgets on down_proj of layers 24-29: LoRA r=1 12,672, r=2 25,344. PRoLoRA r=8 u=1 m=n=7 (25,398, "
          "+0.2%); RoLoRA/CLoRA r=8 u=0 m=n=4 (exact) at r=2's budget and m=n=8 (exact) at r=1's; Tied-LoRA "
          "r=10 (24,636); VeRA r=1024 (9,600, far below as in the paper)."),

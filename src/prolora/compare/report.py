@@ -1,5 +1,5 @@
-"""The comparison's tables: Table 2-style rows (mean ± std over seeds), every row over one learning-rate
-grid, the Figure 2 grid and Table 4.
+"""The comparison's tables: Table 2-style rows (mean ± std over seeds), every row over its learning-rate
+grid and again at its best rate over all seeds, the Figure 2 grid and Table 4.
 
 :func:`summarize` turns cells and their results into one JSON-ready dict; :func:`markdown` renders it.
 The primary metric is the paper's average over benchmarks when benchmarks ran, else the held-out loss
@@ -40,6 +40,13 @@ def _metrics_of(result: dict) -> dict:
     return metrics
 
 
+def score(result: dict) -> float:
+    """A cell result's primary metric as a number where lower is better: the held-out loss, or minus the
+    average benchmark score when the cell has benchmark scores (what :func:`summarize` reports on)."""
+    metrics = _metrics_of(result)
+    return -metrics[AVERAGE] if AVERAGE in metrics else metrics[LOSS]
+
+
 def rank_text(cell: Cell) -> str:
     """``"2"`` for LoRA/VeRA/Tied-LoRA; ``"8 (u=1, m=n=7)"`` for the PRoLoRA family."""
     train = cell.train
@@ -50,10 +57,11 @@ def rank_text(cell: Cell) -> str:
     return f"{train['r']} (u={train['unshared_r']}, {shares})"
 
 
-def _rows(cells: list[Cell], results: dict[str, dict]) -> list[dict]:
-    """One row per main-table label, in preset order, aggregated over its seeds."""
+def _rows(cells: list[Cell], results: dict[str, dict], group: str = "main") -> list[dict]:
+    """One row per label of ``group`` (``main``, or ``best``: each row at its best rate), in preset order,
+    aggregated over its seeds."""
     rows: dict[str, dict] = {}
-    for cell in (c for c in cells if c.group == "main"):
+    for cell in (c for c in cells if c.group == group):
         row = rows.setdefault(cell.label, {"label": cell.label, "method": cell.train["method"],
                                            "rank": rank_text(cell), "params": cell.params,
                                            "budget": cell.budget,
@@ -149,7 +157,7 @@ def _claims(preset: Preset, rows: list[dict], metric: str) -> list[dict]:
 
 def summarize(preset: Preset, cells: list[Cell], results: dict[str, dict], command: str = "") -> dict:
     """Everything the report shows, JSON-ready."""
-    rows = _rows(cells, results)
+    rows, best_rows = _rows(cells, results), _rows(cells, results, "best")
     metric = AVERAGE if any(AVERAGE in row["metrics"] for row in rows) else LOSS
     base = [r["summary"]["heldout_loss_base"] for r in results.values()
             if r["summary"].get("heldout_loss_base") is not None]
@@ -166,7 +174,10 @@ def summarize(preset: Preset, cells: list[Cell], results: dict[str, dict], comma
         "base_heldout_loss": statistics.fmean(base) if base else None,
         "rows": rows,
         "lr_sweep": (sweep := _lr_sweep(cells, results, metric)),
-        "claims_best_lr": _claims(preset, sweep["rows"], metric) if sweep else [],
+        "best_rows": best_rows,
+        # at each row's best rate: over all seeds once the best group has run, else the sweep's one seed
+        "claims_best_lr": (_claims(preset, best_rows, metric) if best_rows else
+                           _claims(preset, sweep["rows"], metric) if sweep else []),
         "heatmap": (_grid(cells, results, "heatmap", "u", "lr", metric, lambda c: c.label)
                     if preset.heatmap else None),
         "table4": (_grid(cells, results, "table4", "share", "rotate", metric, lambda c: c.coords["share"])
@@ -212,6 +223,17 @@ def _main_table(summary: dict) -> list[str]:
     return lines
 
 
+def _claims_table(claims: list[dict]) -> list[str]:
+    lines = [("| Claim | What it tests | Gain | Spread | Wins | Holds on average | \\|gain\\| > spread | "
+              "\\|gain\\| ≥ 3×spread |"), "|---|---|---|---|---|---|---|---|"]
+    for c in claims:
+        lines.append(f"| {c['claim']} | {c['what']} | {c['gain']:+.4f} | {c['spread']:.4f} | "
+                     f"{c['wins']}/{c['n']} | {'yes' if c['holds'] else 'no'} | "
+                     f"{'yes' if c['beyond_spread'] else 'no'} | "
+                     f"{'yes' if c.get('beyond_3_spread') else 'no'} |")
+    return lines
+
+
 def _grid_table(grid: dict, corner: str, fmt_col) -> list[str]:
     head = [corner] + [fmt_col(c) for c in grid["cols"]]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -244,15 +266,8 @@ def markdown(summary: dict) -> str:
                    f"how much the first beats the second on {metric} (positive: the paper's order), spread = "
                    "standard deviation of those per-seed gains, wins = seeds where the order holds. "
                    "'|gain| > spread' is a screen, not a significance test; '|gain| ≥ 3×spread' is the "
-                   "rank-separation rule of issue 14."), "",
-                  ("| Claim | What it tests | Gain | Spread | Wins | Holds on average | \\|gain\\| > spread | "
-                   "\\|gain\\| ≥ 3×spread |"),
-                  "|---|---|---|---|---|---|---|---|"]
-        for c in summary["claims"]:
-            lines.append(f"| {c['claim']} | {c['what']} | {c['gain']:+.4f} | {c['spread']:.4f} | "
-                         f"{c['wins']}/{c['n']} | {'yes' if c['holds'] else 'no'} | "
-                         f"{'yes' if c['beyond_spread'] else 'no'} | "
-                         f"{'yes' if c.get('beyond_3_spread') else 'no'} |")
+                   "rank-separation rule of issue 14."), ""]
+        lines += _claims_table(summary["claims"])
     if summary.get("lr_sweep"):
         sweep = summary["lr_sweep"]
         lines += ["", f"## Every method over its learning-rate grid (seed {sweep['seed']})", "",
@@ -270,7 +285,18 @@ def markdown(summary: dict) -> str:
             best = ["—", "—"] if row["best"] is None else [f"{row['best_lr']:g}", f"{row['best']:.{digits}f}"]
             edge = {"low": "**low edge**", "high": "**high edge**"}.get(row.get("edge"), "")
             lines.append("| " + " | ".join([row["label"], *values, *best, edge]) + " |")
-        if summary.get("claims_best_lr"):
+        if summary.get("best_rows"):
+            lines += ["", "## Every method at its own best rate (all seeds)", "",
+                      ("Each row of the grid above trained at its best rate for every seed (the grid's seed "
+                       f"at that rate is the grid's own run); {metric}, mean ± standard deviation over seeds. "
+                       f"The rate was chosen on seed {sweep['seed']}'s result, which favours that seed alike "
+                       "for every row."), ""]
+            lines += _main_table({"rows": summary["best_rows"]})
+            if summary.get("claims_best_lr"):
+                lines += ["", ("The paper's ordering with every row at its own best rate (paired by seed, "
+                               "as above):"), ""]
+                lines += _claims_table(summary["claims_best_lr"])
+        elif summary.get("claims_best_lr"):
             lines += ["", ("The paper's ordering with every row at its best rate of the grid (seed "
                            f"{sweep['seed']}; gain as above, one seed):"), "",
                       "| Claim | Gain | Holds |", "|---|---|---|"]

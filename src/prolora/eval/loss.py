@@ -20,9 +20,7 @@ def heldout_loss(model, tokenizer, source: str, chat_format: str = "tulu", max_l
     Raises:
         ValueError: no record of ``source`` has an assistant token within ``max_length``.
     """
-    import torch
-
-    from prolora.data import IGNORE_INDEX, read_source, tokenize_records
+    from prolora.data import read_source, token_loss, tokenize_records
 
     records, issues = read_source(source, "heldout")
     dataset, token_issues = tokenize_records(records, tokenizer, max_length, chat_format)
@@ -30,22 +28,6 @@ def heldout_loss(model, tokenizer, source: str, chat_format: str = "tulu", max_l
     if len(dataset) == 0:
         raise ValueError(f"no usable held-out record in {source!r}: {'; '.join(map(str, issues[:3]))}")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    device = next(model.parameters()).device
-    def padded(rows: dict, column: str, value: int):
-        width = max(map(len, rows["input_ids"]))
-        return torch.tensor([seq + [value] * (width - len(seq)) for seq in rows[column]], device=device)
-
-    total, tokens = 0.0, 0
-    model.eval()
-    with torch.no_grad():
-        for start in range(0, len(dataset), batch_size):
-            rows = dataset[start:start + batch_size]
-            logits = model(input_ids=padded(rows, "input_ids", pad_id),
-                           attention_mask=padded(rows, "attention_mask", 0)).logits
-            labels = padded(rows, "labels", IGNORE_INDEX)[:, 1:]
-            total += torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels.flatten(),
-                                                       ignore_index=IGNORE_INDEX, reduction="sum").item()
-            tokens += int((labels != IGNORE_INDEX).sum())
-    loss = total / tokens
+    loss, tokens = token_loss(model, dataset, pad_id, batch_size)
     return {"loss": loss, "perplexity": math.exp(loss), "tokens": tokens, "examples": len(dataset),
             "skipped": sum(1 for issue in issues if issue.action == "skipped")}

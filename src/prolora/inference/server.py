@@ -98,9 +98,59 @@ def _error(status: int, message: str, kind: str = "invalid_request_error", param
     return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": status}}, status)
 
 
+MAX_REQUEST_BYTES = 4 * 2**20  # default body cap: far above any prompt that fits the context (a 2,048-token
+# chat is tens of KiB), far below what would strain memory when many clients send at once
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over ``max_bytes`` is answered 413 (OpenAI error shape) before the
+    app sees it. A declared ``Content-Length`` over the cap is refused without reading; otherwise the body
+    is read up to the cap and handed on whole, and later ``receive`` calls (the client leaving) go through.
+    """
+
+    def __init__(self, app, max_bytes: int = MAX_REQUEST_BYTES):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def _refuse(self, scope, receive, send, size: str) -> None:
+        message = (f"the request body ({size}) is over this server's limit of {self.max_bytes:,} bytes; send a "
+                   "shorter prompt, or start the server with a higher --max-request-bytes.")
+        await _error(413, message)(scope, receive, send)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            return await self._refuse(scope, receive, send, f"{int(declared):,} bytes")
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client left: let the app see it
+                chunks = None
+                break
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.max_bytes:
+                return await self._refuse(scope, receive, send, f"over {self.max_bytes:,} bytes")
+            if not message.get("more_body", False):
+                break
+        if chunks is None:
+            return await self.app(scope, receive, send)
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+            return await receive()
+
+        return await self.app(scope, replay, send)
+
+
 # ----------------------------------------------------------------------------------------------- app
 def create_app(engine: Engine, base_name: str, api_key: str | None = None, chat_format: str | None = None,
-               shutdown_timeout: float = 30.0) -> FastAPI:
+               shutdown_timeout: float = 30.0, max_request_bytes: int = MAX_REQUEST_BYTES) -> FastAPI:
     """The FastAPI app serving ``engine`` (started here if needed; stopped when the app shuts down).
 
     Args:
@@ -108,6 +158,7 @@ def create_app(engine: Engine, base_name: str, api_key: str | None = None, chat_
         api_key: when set, every ``/v1`` route needs ``Authorization: Bearer <api_key>``.
         chat_format: ``"tulu"`` or ``"template"`` for chats with the base model and with adapters whose
             training run recorded none (default: the tokenizer's chat template if it has one, else tulu).
+        max_request_bytes: a larger request body is answered 413 (:class:`BodyLimit`).
     """
     tokenizer = engine.tokenizer
     registry = engine.registry
@@ -121,6 +172,7 @@ def create_app(engine: Engine, base_name: str, api_key: str | None = None, chat_
         await run_in_threadpool(engine.shutdown, shutdown_timeout)
 
     app = FastAPI(title="prolora serve", lifespan=lifespan)
+    app.add_middleware(BodyLimit, max_bytes=max_request_bytes)
 
     async def authorize(request: Request) -> None:
         if api_key is not None and request.headers.get("authorization") != f"Bearer {api_key}":

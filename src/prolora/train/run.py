@@ -31,8 +31,8 @@ from prolora.threads import set_threads
 
 from .config import DEFAULT_MAX_STEPS, DEFAULT_STEPS_REASON, TrainConfig, default_output_dir
 
-# The held-out loss is the Trainer's mean over batches of this many examples (each batch's loss averaged over
-# its tokens), so it does not change with --micro-batch-size; 4 is the batch of the README's quoted runs.
+# Examples per forward pass of the held-out loss. The loss is token-weighted over the whole split, so this sets
+# memory and speed only, not the number.
 HELDOUT_BATCH_SIZE = 4
 
 
@@ -135,7 +135,6 @@ def training_arguments(config: TrainConfig, output_dir: str, world_size: int, qu
         output_dir=output_dir,
         max_steps=config.max_steps,
         per_device_train_batch_size=config.micro_batch_size,
-        per_device_eval_batch_size=HELDOUT_BATCH_SIZE,
         gradient_accumulation_steps=config.batch_size // per_step,
         learning_rate=config.learning_rate,
         lr_scheduler_type=config.lr_scheduler,
@@ -224,16 +223,22 @@ def _save_adapter(model, trainer, output_dir: str) -> str:
     return final
 
 
-def _heldout_losses(model, trainer, heldout) -> dict:
-    """Held-out loss of the base model (adapter disabled) and of the adapter: mean over held-out batches of
-    the token-averaged cross-entropy on assistant tokens (``Trainer.evaluate``), in nats per token.
-    ``heldout=None`` (no split, or an interrupted run) gives ``None`` losses."""
+def _heldout_losses(model, heldout, tokenizer) -> dict:
+    """Held-out loss of the base model (adapter disabled) and of the adapter, in nats per assistant token:
+    token-weighted over the whole held-out split in its file order (:func:`prolora.data.token_loss`), so
+    the same for every seed and batch size. ``heldout=None`` (no split, or an interrupted run) gives
+    ``None`` losses."""
+    from prolora.data import token_loss
+
     if heldout is None:
-        return {"heldout_examples": 0, "heldout_loss_base": None, "heldout_loss_adapter": None}
+        return {"heldout_examples": 0, "heldout_tokens": 0, "heldout_loss_base": None,
+                "heldout_loss_adapter": None}
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     with model.disable_adapter():
-        base = trainer.evaluate(heldout, metric_key_prefix="heldout_base")["heldout_base_loss"]
-    adapted = trainer.evaluate(heldout, metric_key_prefix="heldout")["heldout_loss"]
-    return {"heldout_examples": len(heldout), "heldout_loss_base": base, "heldout_loss_adapter": adapted}
+        base, _ = token_loss(model, heldout, pad_id, HELDOUT_BATCH_SIZE)
+    adapted, tokens = token_loss(model, heldout, pad_id, HELDOUT_BATCH_SIZE)
+    return {"heldout_examples": len(heldout), "heldout_tokens": tokens, "heldout_loss_base": base,
+            "heldout_loss_adapter": adapted}
 
 
 def _print_summary(summary: dict, path: str) -> None:
@@ -277,8 +282,9 @@ def train(config: TrainConfig, *, base_model=None, adapter_config=None) -> dict:
     run began, session_steps and session_tokens of this call (they differ after ``--resume``), tokens_per_s
     (session_tokens / train_time_s), train_time_s (the Trainer's training loop); train_loss_mean (mean over
     the session's steps), train_loss_final (mean over the last logged window, which ends at the last step)
-    and train_loss_final_steps (its length); heldout_examples, heldout_loss_base, heldout_loss_adapter
-    (nats/token); wall_time_s;
+    and train_loss_final_steps (its length); heldout_examples, heldout_tokens, heldout_loss_base,
+    heldout_loss_adapter (nats per assistant token, token-weighted over the split: the same for any seed);
+    wall_time_s;
     quantization, world_size, adapter_identical_across_ranks (None for one process); interrupted (signal
     name or None).
 
@@ -381,7 +387,7 @@ def _train(config: TrainConfig, threads: tuple[int, str], started: float, base_m
         "train_loss_final": steps_logged[-1]["loss"] if steps_logged else None,
         "train_loss_final_steps": final_window,
         "train_loss_mean": result.training_loss,
-        **_heldout_losses(model, trainer, None if stop.received else splits.heldout),
+        **_heldout_losses(model, None if stop.received else splits.heldout, tokenizer),
         "quantization": quantization, "world_size": world_size,
         "adapter_identical_across_ranks": len(set(fingerprints)) == 1 if world_size > 1 else None,
         "interrupted": stop.received,
