@@ -375,6 +375,16 @@ def test_rank_pilot_and_study_presets_build_the_cells_they_should():
     assert len({c.key for c in cells}) == len(main) + extra == 54 + 57
 
 
+def test_headline_preset_reuses_the_160_step_pilots_runs():
+    """headline-down6-160's LoRA r=1/r=4 rows at its shared rate are pilot-down6-160's cells (same keys)."""
+    from prolora.compare.presets import PRESETS
+
+    pilot = {c.key for c in build_cells(PRESETS["pilot-down6-160"]) if c.label in ("LoRA r=1", "LoRA r=4")}
+    headline = build_cells(PRESETS["headline-down6-160"])
+    assert len(pilot) == 6 and pilot <= {c.key for c in headline if c.group == "main"}
+    assert all(c.train["max_steps"] == 160 for c in headline)
+
+
 @pytest.mark.parametrize("method", ["vera", "tied-lora", "rolora"])
 def test_study_methods_adapt_only_the_regex_modules(method):
     """The study adapts down_proj of some layers by regex: VeRA, Tied-LoRA and PRoLoRA accept it."""

@@ -328,4 +328,32 @@ STUDY = Preset(
     ),
 )
 
-PRESETS: dict[str, Preset] = {p.name: p for p in (SMALL, PAPER, *PILOTS, STUDY)}
+# The Table 2 headline in the setting of pilot-down6-160, the pilot that passed the rank rule at α/r: a short
+# follow-up to study-down6 (its 80 steps met the rule for r=4 only), rows of both budgets with their own grids.
+_HEADLINE_LORA, _HEADLINE_SHARED = (2e-3, 5e-3, 1e-2), (2e-3, 5e-3, 1e-2, 2e-2)  # 2e-3 added: PRoLoRA was best at 5e-3, the first grid's low end
+HEADLINE = Preset(
+    name="headline-down6-160",
+    description=("issue 14 follow-up: the Table 2 headline (PRoLoRA vs LoRA at LoRA r=2's budget, RoLoRA vs LoRA "
+                 "at r=1's) in pilot-down6-160's setting: down_proj of SmolLM2-135M's top 6 layers, 160 steps x 4, "
+                 "length 64, held-out loss, each row at 5e-3 and at its best rate"),
+    train={**_PILOT_TRAIN, "max_steps": 160, "learning_rate": 5e-3, "target_modules": TOP6_DOWN},
+    seeds=(1, 2, 3),
+    methods=(
+        MethodSpec("LoRA r=1", "lora", r=1, lr_grid=_HEADLINE_LORA),
+        MethodSpec("LoRA r=2", "lora", r=2, lr_grid=_HEADLINE_LORA),
+        MethodSpec("LoRA r=4", "lora", r=4),  # the shared rate only (its best at 80 steps)
+        MethodSpec("RoLoRA @r1", "rolora", r=8, u=0, budget="lora:1", lr_grid=_HEADLINE_SHARED),
+        MethodSpec("PRoLoRA", "prolora", r=8, u=1, budget="lora:2", lr_grid=_HEADLINE_SHARED),
+    ),
+    claims=(
+        ("LoRA r=2", "LoRA r=1", "rank pays at the budgets compared"),
+        ("LoRA r=4", "LoRA r=1", "rank check (α/r), as in pilot-down6-160"),
+        ("PRoLoRA", "LoRA r=2", "parameter efficiency at the same budget (Table 2)"),
+        ("PRoLoRA", "LoRA r=4", "'twice the parameter efficiency' (Section 4.2)"),
+        ("RoLoRA @r1", "LoRA r=1", "at LoRA r=1's budget: sharing beats LoRA"),
+        ("RoLoRA @r1", "LoRA r=2", "half the budget vs LoRA at twice"),
+    ),
+    notes=("LoRA r=1 and r=4 at 5e-3 are pilot-down6-160's runs (same settings, same cell keys).",),
+)
+
+PRESETS: dict[str, Preset] = {p.name: p for p in (SMALL, PAPER, *PILOTS, STUDY, HEADLINE)}
