@@ -66,10 +66,10 @@ def main(argv: list[str] | None = None) -> int:
         split = (train.get("heldout_size"), train["max_length"])
         if split not in splits:
             splits[split] = load_splits(tokenizer, None, None, split[0], split[1]).heldout
-            base_losses[split] = token_loss(base, splits[split], tokenizer.pad_token_id, HELDOUT_BATCH_SIZE)
+            base_losses[split] = token_loss(base, splits[split], tokenizer, HELDOUT_BATCH_SIZE)
         started = time.perf_counter()
         model = PeftModel.from_pretrained(copy.deepcopy(base), str(adapter))
-        loss, tokens = token_loss(model, splits[split], tokenizer.pad_token_id, HELDOUT_BATCH_SIZE)
+        loss, tokens = token_loss(model, splits[split], tokenizer, HELDOUT_BATCH_SIZE)
         summary = result["summary"]
         old = {"metric": result["metrics"][LOSS], "heldout_loss_adapter": summary["heldout_loss_adapter"],
                "heldout_loss_base": summary["heldout_loss_base"]}

@@ -12,12 +12,13 @@ from __future__ import annotations
 from .chat import IGNORE_INDEX
 
 
-def token_loss(model, dataset, pad_token_id: int, batch_size: int = 8) -> tuple[float, int]:
+def token_loss(model, dataset, tokenizer, batch_size: int = 8) -> tuple[float, int]:
     """``(loss, tokens)``: mean negative log-likelihood per label token (nats) of ``model`` on ``dataset``,
     and the number of label tokens it averages over.
 
     ``dataset``: rows with ``input_ids``, ``attention_mask`` and ``labels`` (``IGNORE_INDEX`` where no loss
-    is taken), any lengths; they are right-padded per batch of ``batch_size``. The label of position ``t``
+    is taken), any lengths; they are right-padded per batch of ``batch_size`` with ``tokenizer``'s pad token
+    (its EOS when it has none; padding is masked, so the choice does not change the loss). The label of position ``t``
     is predicted from positions ``< t`` (the causal-LM shift). Runs without gradients in eval mode and
     leaves the model's training mode as it found it.
 
@@ -27,6 +28,7 @@ def token_loss(model, dataset, pad_token_id: int, batch_size: int = 8) -> tuple[
     import torch
 
     device = next(model.parameters()).device
+    pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
     def padded(rows: dict, column: str, value: int):
         width = max(map(len, rows["input_ids"]))

@@ -27,7 +27,6 @@ def heldout_loss(model, tokenizer, source: str, chat_format: str = "tulu", max_l
     issues += token_issues
     if len(dataset) == 0:
         raise ValueError(f"no usable held-out record in {source!r}: {'; '.join(map(str, issues[:3]))}")
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    loss, tokens = token_loss(model, dataset, pad_id, batch_size)
+    loss, tokens = token_loss(model, dataset, tokenizer, batch_size)
     return {"loss": loss, "perplexity": math.exp(loss), "tokens": tokens, "examples": len(dataset),
             "skipped": sum(1 for issue in issues if issue.action == "skipped")}

@@ -233,10 +233,9 @@ def _heldout_losses(model, heldout, tokenizer) -> dict:
     if heldout is None:
         return {"heldout_examples": 0, "heldout_tokens": 0, "heldout_loss_base": None,
                 "heldout_loss_adapter": None}
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     with model.disable_adapter():
-        base, _ = token_loss(model, heldout, pad_id, HELDOUT_BATCH_SIZE)
-    adapted, tokens = token_loss(model, heldout, pad_id, HELDOUT_BATCH_SIZE)
+        base, _ = token_loss(model, heldout, tokenizer, HELDOUT_BATCH_SIZE)
+    adapted, tokens = token_loss(model, heldout, tokenizer, HELDOUT_BATCH_SIZE)
     return {"heldout_examples": len(heldout), "heldout_tokens": tokens, "heldout_loss_base": base,
             "heldout_loss_adapter": adapted}
 
