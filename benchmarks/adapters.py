@@ -50,8 +50,9 @@ def lora_layer(base: nn.Linear, r: int, alpha: int = 16) -> nn.Module:
     """PEFT's ``lora.Linear`` on ``base`` (rank r, no dropout), with B randomised so ΔW ≠ 0."""
     from peft import LoraConfig, get_peft_model
 
-    holder = get_peft_model(_Holder(base), LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0,
-                                                      target_modules=["proj"]))
+    holder = get_peft_model(
+        _Holder(base), LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, target_modules=["proj"])
+    )
     layer = holder.base_model.model.proj
     with torch.no_grad():
         layer.lora_B["default"].weight.normal_(0, 0.02)
@@ -60,9 +61,15 @@ def lora_layer(base: nn.Linear, r: int, alpha: int = 16) -> nn.Module:
 
 def prolora_layer(base: nn.Linear, shape: PRoLoRAShape, alpha: int = 16) -> nn.Module:
     """prolora's ``PRoLoRALinear`` on ``base`` (no dropout), with B_0 and B_u randomised so ΔW ≠ 0."""
-    config = prolora.PRoLoRAConfig(r=shape.r, unshared_r=shape.u, sharing_rate_a=shape.m,
-                                   sharing_rate_b=shape.n, lora_alpha=alpha, lora_dropout=0.0,
-                                   target_modules=["proj"])
+    config = prolora.PRoLoRAConfig(
+        r=shape.r,
+        unshared_r=shape.u,
+        sharing_rate_a=shape.m,
+        sharing_rate_b=shape.n,
+        lora_alpha=alpha,
+        lora_dropout=0.0,
+        target_modules=["proj"],
+    )
     layer = prolora.get_prolora_model(_Holder(base), config).base_model.model.proj
     with torch.no_grad():
         layer.prolora_B0["default"].normal_(0, 0.02)

@@ -40,7 +40,10 @@ def main(argv=None) -> int:
     h, r, u, m = args.hidden, args.rank, 1, 7
     shared, stride = r - u, eq.default_stride(r, u, m)
     gen = torch.Generator().manual_seed(0)
-    a0, b0 = torch.randn(shared, math.ceil(h / m), generator=gen), torch.randn(math.ceil(h / m), shared, generator=gen)
+    a0, b0 = (
+        torch.randn(shared, math.ceil(h / m), generator=gen),
+        torch.randn(math.ceil(h / m), shared, generator=gen),
+    )
     a_u, b_u = torch.randn(u, h, generator=gen), torch.randn(h, u, generator=gen)
     idx_a = eq.roll_indices(shared, m, stride, True, +1)
     idx_b = eq.roll_indices(shared, m, stride, True, -1)
@@ -61,11 +64,20 @@ def main(argv=None) -> int:
         compiled(x)
         compile_s = time.time() - start
         assert torch.allclose(compiled(x), cached(x), rtol=1e-4, atol=1e-3)
-        times = interleaved({"cached": lambda: cached(x), "chunks (eager)": lambda: chunks(x),
-                             "chunks (compiled)": lambda: compiled(x)}, rounds=21, block_s=0.02)
+        times = interleaved(
+            {
+                "cached": lambda: cached(x),
+                "chunks (eager)": lambda: chunks(x),
+                "chunks (compiled)": lambda: compiled(x),
+            },
+            rounds=21,
+            block_s=0.02,
+        )
     print(f"h={h} r={r} tokens={args.tokens}; compile + first call {compile_s:.1f} s")
     for name in times:
-        print(f"  {name:18s} {Stat.of(times[name]).time_text():>10s}  / cached {ratio(times, name, 'cached').ratio_text()}")
+        print(
+            f"  {name:18s} {Stat.of(times[name]).time_text():>10s}  / cached {ratio(times, name, 'cached').ratio_text()}"
+        )
     return 0
 
 

@@ -86,8 +86,11 @@ def _check_same_function(layers: dict, x: torch.Tensor, g: torch.Tensor) -> None
     grads = {}
     for name, layer in (("naive", naive), ("PRoLoRA", layers["PRoLoRA"]), (PLAIN, layers[PLAIN])):
         xi = x.detach().clone().requires_grad_(True)
-        params = [naive.a0, naive.a_u, naive.b0, naive.b_u] if layer is naive else [
-            getattr(layer, f"prolora_{k}")["default"] for k in ("A0", "A_u", "B0", "B_u")]
+        params = (
+            [naive.a0, naive.a_u, naive.b0, naive.b_u]
+            if layer is naive
+            else [getattr(layer, f"prolora_{k}")["default"] for k in ("A0", "A_u", "B0", "B_u")]
+        )
         for p in params:
             p.grad = None
         out = layer(xi)
@@ -96,11 +99,14 @@ def _check_same_function(layers: dict, x: torch.Tensor, g: torch.Tensor) -> None
         for p in params:
             p.grad = None
     for name in ("PRoLoRA", PLAIN):
-        for what, a, b in zip(("output", "grad x", "grad A_0", "grad A_u", "grad B_0", "grad B_u"),
-                              grads[name], grads["naive"]):
+        for what, a, b in zip(
+            ("output", "grad x", "grad A_0", "grad A_u", "grad B_0", "grad B_u"), grads[name], grads["naive"]
+        ):
             if not torch.allclose(a, b, rtol=1e-4, atol=1e-5):
-                raise AssertionError(f"{name}: {what} disagrees with the naive reference in training "
-                                     f"(max abs diff {(a - b).abs().max().item():.3g}).")
+                raise AssertionError(
+                    f"{name}: {what} disagrees with the naive reference in training "
+                    f"(max abs diff {(a - b).abs().max().item():.3g})."
+                )
 
 
 def _twin(layer, h: int, r: int, seed: int):
@@ -129,7 +135,9 @@ def _training(grid: Grid, opts: Options, stub: bool) -> list[dict]:
                     stack.enter_context(ad.stub_base(layer, out))
             steps = {name: ad.train_step(layer, x, g) for name, layer in layers.items()}
             times = interleaved(steps, rounds=grid.train_rounds, block_s=0.2)
-            memory = {name: _param_bytes(layers[name]) + peak_tensor_bytes(step) for name, step in steps.items()}
+            memory = {
+                name: _param_bytes(layers[name]) + peak_tensor_bytes(step) for name, step in steps.items()
+            }
         rows.append({"h": h, "r": r, "times": times, "memory": memory})
     return rows
 
@@ -141,8 +149,12 @@ def _decode(grid: Grid, opts: Options) -> list[dict]:
         layers = _layers(h, r, opts.seed)
         chunks = _twin(layers["PRoLoRA"], h, r, opts.seed)
         chunks.cache_expanded = False
-        variants = {"LoRA": layers["LoRA"], "PRoLoRA (cache)": layers["PRoLoRA"],
-                    "PRoLoRA (chunks)": chunks, "naive": layers["naive"]}
+        variants = {
+            "LoRA": layers["LoRA"],
+            "PRoLoRA (cache)": layers["PRoLoRA"],
+            "PRoLoRA (chunks)": chunks,
+            "naive": layers["naive"],
+        }
         for layer in variants.values():
             layer.eval()
         for tokens in grid.decode_tokens:
@@ -155,41 +167,56 @@ def _decode(grid: Grid, opts: Options) -> list[dict]:
                 reference = steps["naive"]()
                 for name, step in steps.items():
                     # twice: the first call of the cache variant fills the cache, the second is a hit
-                    if name != "LoRA" and not all(torch.allclose(step(), reference, rtol=1e-4, atol=1e-5)
-                                                  for _ in range(2)):
+                    if name != "LoRA" and not all(
+                        torch.allclose(step(), reference, rtol=1e-4, atol=1e-5) for _ in range(2)
+                    ):
                         raise AssertionError(f"{name} disagrees with the naive reference at decode.")
                 times = interleaved(steps, rounds=grid.decode_rounds, block_s=0.02)
                 peak = {name: peak_tensor_bytes(step) for name, step in steps.items()}
             resident = {name: _param_bytes(layer) for name, layer in variants.items()}
             resident["PRoLoRA (cache)"] += 4 * r * 2 * h  # the cached expanded A (r, h) and B (h, r), fp32
-            rows.append({"h": h, "r": r, "tokens": tokens, "times": times, "peak": peak,
-                         "resident": resident})
+            rows.append(
+                {"h": h, "r": r, "tokens": tokens, "times": times, "peak": peak, "resident": resident}
+            )
     return rows
 
 
 def _train_table(rows: list[dict]) -> str:
     names = ["PRoLoRA", PLAIN, "naive"]
-    headers = (["h", "r", "LoRA time"] + [f"{n} / LoRA time" for n in names] + ["LoRA memory"]
-               + [f"{n} / LoRA memory" for n in names[:2]])
+    headers = (
+        ["h", "r", "LoRA time"]
+        + [f"{n} / LoRA time" for n in names]
+        + ["LoRA memory"]
+        + [f"{n} / LoRA memory" for n in names[:2]]
+    )
     out = []
     for row in rows:
         t, mem = row["times"], row["memory"]
-        out.append([row["h"], row["r"], format_seconds(Stat.of(t["LoRA"]).median)]
-                   + [ratio(t, n, "LoRA").ratio_text() for n in names]
-                   + [format_bytes(mem["LoRA"])] + [f"{mem[n] / mem['LoRA']:.4f}×" for n in names[:2]])
+        out.append(
+            [row["h"], row["r"], format_seconds(Stat.of(t["LoRA"]).median)]
+            + [ratio(t, n, "LoRA").ratio_text() for n in names]
+            + [format_bytes(mem["LoRA"])]
+            + [f"{mem[n] / mem['LoRA']:.4f}×" for n in names[:2]]
+        )
     return table(headers, out)
 
 
 def _decode_table(rows: list[dict]) -> str:
     names = ["PRoLoRA (cache)", "PRoLoRA (chunks)", "naive"]
-    headers = ["h", "r", "tokens", "LoRA"] + [f"{n} / LoRA" for n in names] + ["cache / naive", "chunks / naive"]
+    headers = (
+        ["h", "r", "tokens", "LoRA"] + [f"{n} / LoRA" for n in names] + ["cache / naive", "chunks / naive"]
+    )
     out = []
     for row in rows:
         t = row["times"]
-        out.append([row["h"], row["r"], row["tokens"], format_seconds(Stat.of(t["LoRA"]).median)]
-                   + [ratio(t, n, "LoRA").ratio_text() for n in names]
-                   + [ratio(t, "PRoLoRA (cache)", "naive").ratio_text(),
-                      ratio(t, "PRoLoRA (chunks)", "naive").ratio_text()])
+        out.append(
+            [row["h"], row["r"], row["tokens"], format_seconds(Stat.of(t["LoRA"]).median)]
+            + [ratio(t, n, "LoRA").ratio_text() for n in names]
+            + [
+                ratio(t, "PRoLoRA (cache)", "naive").ratio_text(),
+                ratio(t, "PRoLoRA (chunks)", "naive").ratio_text(),
+            ]
+        )
     return table(headers, out)
 
 
@@ -199,8 +226,10 @@ def _decode_memory_table(rows: list[dict]) -> str:
     for row in rows:
         if row["tokens"] != max(r["tokens"] for r in rows):
             continue
-        out.append([row["h"], row["r"], row["tokens"]]
-                   + [f"{format_bytes(row['resident'][n])} / {format_bytes(row['peak'][n])}" for n in names])
+        out.append(
+            [row["h"], row["r"], row["tokens"]]
+            + [f"{format_bytes(row['resident'][n])} / {format_bytes(row['peak'][n])}" for n in names]
+        )
     return table(["h", "r", "tokens"] + [f"{n}: resident / per-call peak" for n in names], out)
 
 
@@ -219,43 +248,71 @@ def run(opts: Options) -> Section:
     variants = (("PRoLoRA", "", False), (PLAIN, "; plain autograd, `lean_backward=False`", True))
     for name, label, informative in variants:
         stat, row = _worst(train, name, "LoRA")
-        checks.append(Check(f"Training step PRoLoRA / LoRA, same rank ≤ {TRAIN_TARGET}× (layer, adapter only"
-                            f"{label})", stat.ratio_text(), stat.median <= TRAIN_TARGET,
-                            f"worst: h={row['h']}, r={row['r']}", informative))
+        checks.append(
+            Check(
+                f"Training step PRoLoRA / LoRA, same rank ≤ {TRAIN_TARGET}× (layer, adapter only{label})",
+                stat.ratio_text(),
+                stat.median <= TRAIN_TARGET,
+                f"worst: h={row['h']}, r={row['r']}",
+                informative,
+            )
+        )
     for name, label, informative in variants:
         both = [(r, "adapter only") for r in train] + [(r, "full layer") for r in full]
         mem_row, where = max(both, key=lambda item: item[0]["memory"][name] / item[0]["memory"]["LoRA"])
         mem = mem_row["memory"][name] / mem_row["memory"]["LoRA"]
-        checks.append(Check(f"Peak memory PRoLoRA / LoRA ≤ {MEMORY_TARGET}× (layer, params + step peak{label})",
-                            f"{mem:.4f}×", mem <= MEMORY_TARGET,
-                            f"worst: {where}, h={mem_row['h']}, r={mem_row['r']}", informative))
+        checks.append(
+            Check(
+                f"Peak memory PRoLoRA / LoRA ≤ {MEMORY_TARGET}× (layer, params + step peak{label})",
+                f"{mem:.4f}×",
+                mem <= MEMORY_TARGET,
+                f"worst: {where}, h={mem_row['h']}, r={mem_row['r']}",
+                informative,
+            )
+        )
     stat, row = _worst(decode, "PRoLoRA (cache)", "LoRA")
-    checks.append(Check(f"Decode adapter overhead / LoRA's ≤ {DECODE_TARGET}× (expanded-factor cache)",
-                        stat.ratio_text(), stat.median <= DECODE_TARGET,
-                        f"worst: h={row['h']}, r={row['r']}, tokens={row['tokens']}"))
+    checks.append(
+        Check(
+            f"Decode adapter overhead / LoRA's ≤ {DECODE_TARGET}× (expanded-factor cache)",
+            stat.ratio_text(),
+            stat.median <= DECODE_TARGET,
+            f"worst: h={row['h']}, r={row['r']}, tokens={row['tokens']}",
+        )
+    )
     stat, row = _worst(decode, "PRoLoRA (cache)", "naive")
-    checks.append(Check("PRoLoRA faster than the materialise-every-forward reference at decode",
-                        stat.ratio_text(), stat.median < 1.0,
-                        f"worst: h={row['h']}, r={row['r']}, tokens={row['tokens']}"))
+    checks.append(
+        Check(
+            "PRoLoRA faster than the materialise-every-forward reference at decode",
+            stat.ratio_text(),
+            stat.median < 1.0,
+            f"worst: h={row['h']}, r={row['r']}, tokens={row['tokens']}",
+        )
+    )
 
-    body = "\n\n".join([
-        (f"Training shapes: {TRAIN_TOKENS} tokens, forward + backward, adapter only (stub base), "
-        f"{grid.train_rounds} interleaved rounds of ≈0.2 s blocks. Ratios: per-round median [interquartile "
-        "range]. Memory: adapter parameters + step peak (see `benchmarks/layer.py`), measured once "
-        "(deterministic). *PRoLoRA*: the library default (`lean_backward = True`: A and B gathered from the "
-        "chunks in forward and again in backward, never saved for it); *plain autograd*: "
-        "`lean_backward = False`, the same gathers recorded by autograd (A and B kept for backward). Before "
-        "timing, both are checked against the naive reference: output and gradients of the input and of the "
-        "four compact tensors."),
-        _train_table(train),
-        "Full layer (real frozen base included, same protocol; the base matmul dilutes every difference):",
-        _train_table(full),
-        (f"Decode shapes: forward without autograd, adapter only (stub base), {grid.decode_rounds} interleaved "
-        "rounds of ≈0.02 s blocks. *cache*: the library default (expanded A, B cached, rebuilt when a chunk "
-        "changes; a cache hit is two `F.linear` calls); *chunks*: `cache_expanded=False` (compute from the "
-        "chunks, no dense copy); *naive*: A, B rebuilt by roll+cat on every call (the authors' approach)."),
-        _decode_table(decode),
-        "Decode memory (adapter bytes that stay resident / peak bytes allocated during one call):",
-        _decode_memory_table(decode),
-    ])
+    body = "\n\n".join(
+        [
+            (
+                f"Training shapes: {TRAIN_TOKENS} tokens, forward + backward, adapter only (stub base), "
+                f"{grid.train_rounds} interleaved rounds of ≈0.2 s blocks. Ratios: per-round median [interquartile "
+                "range]. Memory: adapter parameters + step peak (see `benchmarks/layer.py`), measured once "
+                "(deterministic). *PRoLoRA*: the library default (`lean_backward = True`: A and B gathered from the "
+                "chunks in forward and again in backward, never saved for it); *plain autograd*: "
+                "`lean_backward = False`, the same gathers recorded by autograd (A and B kept for backward). Before "
+                "timing, both are checked against the naive reference: output and gradients of the input and of the "
+                "four compact tensors."
+            ),
+            _train_table(train),
+            "Full layer (real frozen base included, same protocol; the base matmul dilutes every difference):",
+            _train_table(full),
+            (
+                f"Decode shapes: forward without autograd, adapter only (stub base), {grid.decode_rounds} interleaved "
+                "rounds of ≈0.02 s blocks. *cache*: the library default (expanded A, B cached, rebuilt when a chunk "
+                "changes; a cache hit is two `F.linear` calls); *chunks*: `cache_expanded=False` (compute from the "
+                "chunks, no dense copy); *naive*: A, B rebuilt by roll+cat on every call (the authors' approach)."
+            ),
+            _decode_table(decode),
+            "Decode memory (adapter bytes that stay resident / peak bytes allocated during one call):",
+            _decode_memory_table(decode),
+        ]
+    )
     return Section("1. Layer level", body, checks)

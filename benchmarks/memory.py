@@ -28,10 +28,13 @@ def peak_tensor_bytes(fn: Callable[[], object]) -> int:
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
     allocations = sorted(
-        ((node.start_time_ns, node.typed[1].ptr, node.typed[1].alloc_size)
-         for node in _walk(prof.profiler.kineto_results.experimental_event_tree())
-         if node.typed[0] == _EventType.Allocation),
-        key=lambda item: item[0])
+        (
+            (node.start_time_ns, node.typed[1].ptr, node.typed[1].alloc_size)
+            for node in _walk(prof.profiler.kineto_results.experimental_event_tree())
+            if node.typed[0] == _EventType.Allocation
+        ),
+        key=lambda item: item[0],
+    )
     live: dict[int, int] = {}
     current = peak = 0
     for _, ptr, size in allocations:

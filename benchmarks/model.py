@@ -55,10 +55,22 @@ class Settings:
     @classmethod
     def for_options(cls, opts: Options) -> Settings:
         if opts.quick:
-            return cls(steps=((1, 32), (4, 128)), train_rounds=2, rss_steps=1, rss_repeats=0, new_tokens=4,
-                       gen_rounds=2)
-        return cls(steps=((1, 32), (1, 128), (4, 128)), train_rounds=3, rss_steps=1, rss_repeats=3, new_tokens=8,
-                   gen_rounds=3)
+            return cls(
+                steps=((1, 32), (4, 128)),
+                train_rounds=2,
+                rss_steps=1,
+                rss_repeats=0,
+                new_tokens=4,
+                gen_rounds=2,
+            )
+        return cls(
+            steps=((1, 32), (1, 128), (4, 128)),
+            train_rounds=3,
+            rss_steps=1,
+            rss_repeats=3,
+            new_tokens=8,
+            gen_rounds=3,
+        )
 
     @property
     def rss_step(self) -> tuple[int, int]:
@@ -124,12 +136,17 @@ def _peak_rss(base, settings: Settings, seed: int) -> dict[str, list[dict]]:
     with tempfile.TemporaryDirectory() as tmp:
         smollm.save_base(base, Path(tmp))
         for k in range(settings.rss_repeats):
-            order = list(smollm.VARIANTS[k % 3:] + smollm.VARIANTS[:k % 3])
+            order = list(smollm.VARIANTS[k % 3 :] + smollm.VARIANTS[: k % 3])
             for variant in order:
                 args = json.dumps([variant, tmp, *settings.rss_step, settings.rss_steps, seed])
-                proc = subprocess.run([sys.executable, "-m", "benchmarks.model", "--child", args], cwd=root,
-                                      capture_output=True, text=True, check=False,
-                                      env={**os.environ, "PYTHONPATH": str(root)})
+                proc = subprocess.run(
+                    [sys.executable, "-m", "benchmarks.model", "--child", args],
+                    cwd=root,
+                    capture_output=True,
+                    text=True,
+                    check=False,
+                    env={**os.environ, "PYTHONPATH": str(root)},
+                )
                 if proc.returncode != 0:
                     raise RuntimeError(f"peak-RSS child for {variant} failed:\n{proc.stderr[-2000:]}")
                 results[variant].append(json.loads(proc.stdout.strip().splitlines()[-1]))
@@ -151,19 +168,35 @@ def _tensor_memory(models: dict, params: dict, settings: Settings, seed: int) ->
 
 
 def _tensor_report(tensors: dict, settings: Settings) -> tuple[str, Check]:
-    rows = [[name, format_bytes(t["state"]), format_bytes(t["step_peak"]), format_bytes(t["total"]),
-             f"{t['total'] / tensors['LoRA r=8']['total']:.4f}×"] for name, t in tensors.items()]
+    rows = [
+        [
+            name,
+            format_bytes(t["state"]),
+            format_bytes(t["step_peak"]),
+            format_bytes(t["total"]),
+            f"{t['total'] / tensors['LoRA r=8']['total']:.4f}×",
+        ]
+        for name, t in tensors.items()
+    ]
     batch, seq = settings.rss_step
-    text = "\n\n".join([
-        (f"Training memory by tensors (deterministic, `torch.profiler`): one {batch} × {seq}-token step after a "
-         "warm-up step; *state* = trainable parameters and AdamW's two moments (3 × params × 4 B), *step "
-         "peak* = the most bytes the step held at once beyond what existed before it (activations, "
-         "temporaries, gradients). The frozen base weights are common to all and not counted."),
-        table(["adapter", "state", "step peak", "state + step peak", "/ LoRA r=8"], rows),
-    ])
+    text = "\n\n".join(
+        [
+            (
+                f"Training memory by tensors (deterministic, `torch.profiler`): one {batch} × {seq}-token step after a "
+                "warm-up step; *state* = trainable parameters and AdamW's two moments (3 × params × 4 B), *step "
+                "peak* = the most bytes the step held at once beyond what existed before it (activations, "
+                "temporaries, gradients). The frozen base weights are common to all and not counted."
+            ),
+            table(["adapter", "state", "step peak", "state + step peak", "/ LoRA r=8"], rows),
+        ]
+    )
     value = tensors["PRoLoRA r=8"]["total"] / tensors["LoRA r=8"]["total"]
-    check = Check(f"Peak memory PRoLoRA / LoRA ≤ {MEMORY_TARGET}× (SmolLM2-135M, tensors: state + step peak)",
-                  f"{value:.4f}×", value <= MEMORY_TARGET, f"PRoLoRA r=8 vs LoRA r=8, {batch} × {seq} tokens")
+    check = Check(
+        f"Peak memory PRoLoRA / LoRA ≤ {MEMORY_TARGET}× (SmolLM2-135M, tensors: state + step peak)",
+        f"{value:.4f}×",
+        value <= MEMORY_TARGET,
+        f"PRoLoRA r=8 vs LoRA r=8, {batch} × {seq} tokens",
+    )
     return text, check
 
 
@@ -188,8 +221,14 @@ def _generation(base, trained: dict, settings: Settings) -> dict:
     def generate(model):
         def call():
             with torch.no_grad():
-                model.generate(**prompt, max_new_tokens=settings.new_tokens, min_new_tokens=settings.new_tokens,
-                               do_sample=False, pad_token_id=tok.eos_token_id)
+                model.generate(
+                    **prompt,
+                    max_new_tokens=settings.new_tokens,
+                    min_new_tokens=settings.new_tokens,
+                    do_sample=False,
+                    pad_token_id=tok.eos_token_id,
+                )
+
         return call
 
     times = interleaved({n: generate(m) for n, m in variants.items()}, rounds=settings.gen_rounds, iters=1)
@@ -203,26 +242,46 @@ def _rss_report(rss: dict | None, settings: Settings) -> tuple[str, Check | None
         return "Peak RSS: skipped with `--quick` (one fresh process per variant takes too long).", None
     peak = {v: Stat.of([r["peak"] for r in rss[v]]) for v in smollm.VARIANTS}
     growth = {v: Stat.of([r["peak"] - r["loaded"] for r in rss[v]]) for v in smollm.VARIANTS}
-    rows = [[v, format_bytes(peak[v].median), format_bytes(growth[v].median),
-             f"{peak[v].median / peak['LoRA r=8'].median:.3f}×",
-             f"{growth[v].median / growth['LoRA r=8'].median:.3f}×"] for v in smollm.VARIANTS]
+    rows = [
+        [
+            v,
+            format_bytes(peak[v].median),
+            format_bytes(growth[v].median),
+            f"{peak[v].median / peak['LoRA r=8'].median:.3f}×",
+            f"{growth[v].median / growth['LoRA r=8'].median:.3f}×",
+        ]
+        for v in smollm.VARIANTS
+    ]
     resettable = all(r["resettable"] for runs in rss.values() for r in runs)
-    text = "\n\n".join([
-        (f"Peak RSS: {settings.rss_repeats} fresh process(es) per variant (interleaved), {settings.rss_steps} "
-         f"training step(s) each on the same {settings.rss_step[0]} × {settings.rss_step[1]}-token batch; "
-         "medians. "
-         + ("Peak reset after loading the base model (`/proc/self/clear_refs`)."
-            if resettable else "The peak could not be reset: lifetime peak.")),
-        table(["adapter", "peak RSS", "peak − loaded model", "peak / LoRA r=8", "increase / LoRA r=8"], rows),
-    ])
+    text = "\n\n".join(
+        [
+            (
+                f"Peak RSS: {settings.rss_repeats} fresh process(es) per variant (interleaved), {settings.rss_steps} "
+                f"training step(s) each on the same {settings.rss_step[0]} × {settings.rss_step[1]}-token batch; "
+                "medians. "
+                + (
+                    "Peak reset after loading the base model (`/proc/self/clear_refs`)."
+                    if resettable
+                    else "The peak could not be reset: lifetime peak."
+                )
+            ),
+            table(
+                ["adapter", "peak RSS", "peak − loaded model", "peak / LoRA r=8", "increase / LoRA r=8"], rows
+            ),
+        ]
+    )
     value = peak["PRoLoRA r=8"].median / peak["LoRA r=8"].median
     batch, seq = settings.rss_step
     # informative: one step's peak RSS moves by hundreds of MiB between fresh processes of the same variant
     # (allocator caching; LoRA r=2 has come out above LoRA r=8), so the deterministic tensor count above is
     # the memory target's measure
-    check = Check(f"Peak RSS PRoLoRA / LoRA, same rank ≤ {MEMORY_TARGET}× (SmolLM2-135M)", f"{value:.3f}×",
-                  value <= MEMORY_TARGET, f"PRoLoRA r=8 vs LoRA r=8, {batch} × {seq} tokens per step",
-                  informative=True)
+    check = Check(
+        f"Peak RSS PRoLoRA / LoRA, same rank ≤ {MEMORY_TARGET}× (SmolLM2-135M)",
+        f"{value:.3f}×",
+        value <= MEMORY_TARGET,
+        f"PRoLoRA r=8 vs LoRA r=8, {batch} × {seq} tokens per step",
+        informative=True,
+    )
     return text, check
 
 
@@ -233,16 +292,41 @@ def _train_report(runs: list[dict], params: dict) -> tuple[str, list[Check]]:
         size = f"{run_['batch']} × {run_['seq']} = {tokens}"
         for v in t:
             stat = Stat.of([tokens / s for s in t[v]])
-            rows.append([size, v, f"{params[v]:,}", f"{stat.median:.0f} [{stat.q1:.0f}–{stat.q3:.0f}]",
-                         ratio(t, v, "LoRA r=8").ratio_text(), ratio(t, v, "LoRA r=2").ratio_text()])
-        for v, label, informative in (("PRoLoRA r=8", "", False),
-                                      (PLAIN, "; plain autograd, `lean_backward=False`", True)):
+            rows.append(
+                [
+                    size,
+                    v,
+                    f"{params[v]:,}",
+                    f"{stat.median:.0f} [{stat.q1:.0f}–{stat.q3:.0f}]",
+                    ratio(t, v, "LoRA r=8").ratio_text(),
+                    ratio(t, v, "LoRA r=2").ratio_text(),
+                ]
+            )
+        for v, label, informative in (
+            ("PRoLoRA r=8", "", False),
+            (PLAIN, "; plain autograd, `lean_backward=False`", True),
+        ):
             same_rank = ratio(t, v, "LoRA r=8")
-            checks.append(Check(f"Training step PRoLoRA / LoRA, same rank ≤ {TRAIN_TARGET}× (SmolLM2-135M{label})",
-                                same_rank.ratio_text(), same_rank.median <= TRAIN_TARGET,
-                                f"{size} tokens per step", informative))
-    text = table(["tokens per step (batch × sequence)", "adapter", "trainable params", "tokens/s (median [IQR])",
-                  "step time / LoRA r=8 (same rank)", "step time / LoRA r=2 (same budget)"], rows)
+            checks.append(
+                Check(
+                    f"Training step PRoLoRA / LoRA, same rank ≤ {TRAIN_TARGET}× (SmolLM2-135M{label})",
+                    same_rank.ratio_text(),
+                    same_rank.median <= TRAIN_TARGET,
+                    f"{size} tokens per step",
+                    informative,
+                )
+            )
+    text = table(
+        [
+            "tokens per step (batch × sequence)",
+            "adapter",
+            "trainable params",
+            "tokens/s (median [IQR])",
+            "step time / LoRA r=8 (same rank)",
+            "step time / LoRA r=2 (same budget)",
+        ],
+        rows,
+    )
     return text, checks
 
 
@@ -267,30 +351,42 @@ def run(opts: Options) -> Section:
     gen_rows = []
     for name in g:
         stat = Stat.of([gen["new_tokens"] / s for s in g[name]])
-        gen_rows.append([name, f"{stat.median:.1f} [{stat.q1:.1f}–{stat.q3:.1f}]",
-                         ratio(g, name, "no adapter").ratio_text(),
-                         ratio(g, name, "LoRA r=8 unmerged").ratio_text()])
-    gen_table = table(["model", "new tokens/s (median [IQR])", "time / no adapter", "time / LoRA unmerged"],
-                      gen_rows)
+        gen_rows.append(
+            [
+                name,
+                f"{stat.median:.1f} [{stat.q1:.1f}–{stat.q3:.1f}]",
+                ratio(g, name, "no adapter").ratio_text(),
+                ratio(g, name, "LoRA r=8 unmerged").ratio_text(),
+            ]
+        )
+    gen_table = table(
+        ["model", "new tokens/s (median [IQR])", "time / no adapter", "time / LoRA unmerged"], gen_rows
+    )
 
     if rss_check:
         checks.append(rss_check)
-    body = "\n\n".join([
-        (f"Training: AdamW, dropout {DROPOUT}, {settings.train_rounds} interleaved rounds of one step per "
-         f"variant after one warm-up step, {torch.get_num_threads()} thread(s), at each step size (batch × "
-         "sequence length; the short steps show the fixed per-module cost, 4 × 128 is the size of the "
-         "trainer's default micro-batch). *PRoLoRA r=8*: the library default (lean backward: A and B "
-         "gathered in forward and again in backward, not kept); *plain autograd*: "
-         "`set_lean_backward(False)`, the same gathers recorded by autograd."),
-        train_text,
-        tensor_text,
-        rss_text,
-        (f"Generation: greedy, {gen['new_tokens']} new tokens after a {gen['prompt']}-token prompt, batch 1, "
-         f"{settings.gen_rounds} interleaved rounds. *merged*: `merge_adapter()` (wrappers stay, ΔW added to "
-         "the base weights); *unmerged*: PRoLoRA with its expanded-factor cache (the default; a cache hit is "
-         "two `F.linear` calls per module); *chunks*: `set_expanded_cache(False)`."),
-        gen_table,
-    ])
+    body = "\n\n".join(
+        [
+            (
+                f"Training: AdamW, dropout {DROPOUT}, {settings.train_rounds} interleaved rounds of one step per "
+                f"variant after one warm-up step, {torch.get_num_threads()} thread(s), at each step size (batch × "
+                "sequence length; the short steps show the fixed per-module cost, 4 × 128 is the size of the "
+                "trainer's default micro-batch). *PRoLoRA r=8*: the library default (lean backward: A and B "
+                "gathered in forward and again in backward, not kept); *plain autograd*: "
+                "`set_lean_backward(False)`, the same gathers recorded by autograd."
+            ),
+            train_text,
+            tensor_text,
+            rss_text,
+            (
+                f"Generation: greedy, {gen['new_tokens']} new tokens after a {gen['prompt']}-token prompt, batch 1, "
+                f"{settings.gen_rounds} interleaved rounds. *merged*: `merge_adapter()` (wrappers stay, ΔW added to "
+                "the base weights); *unmerged*: PRoLoRA with its expanded-factor cache (the default; a cache hit is "
+                "two `F.linear` calls per module); *chunks*: `set_expanded_cache(False)`."
+            ),
+            gen_table,
+        ]
+    )
     return Section("2. Model level (SmolLM2-135M-Instruct)", body, checks)
 
 

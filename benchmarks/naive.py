@@ -14,8 +14,18 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def materialise(a0: torch.Tensor, a_u: torch.Tensor, b0: torch.Tensor, b_u: torch.Tensor, h: int, o: int,
-                m: int, n: int, stride_a: int, stride_b: int) -> tuple[torch.Tensor, torch.Tensor]:
+def materialise(
+    a0: torch.Tensor,
+    a_u: torch.Tensor,
+    b0: torch.Tensor,
+    b_u: torch.Tensor,
+    h: int,
+    o: int,
+    m: int,
+    n: int,
+    stride_a: int,
+    stride_b: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Full ``(A, B)`` by the paper's literal roll-and-concatenate (Eq. 4, rotation along the rank)."""
     a_shared = torch.cat([torch.roll(a0, shifts=i * stride_a, dims=0) for i in range(m)], dim=1)[:, :h]
     b_shared = torch.cat([torch.roll(b0, shifts=j * stride_b, dims=1) for j in range(n)], dim=0)[:o, :]

@@ -65,10 +65,21 @@ def environment(threads: int) -> str:
     except (OSError, StopIteration):
         pass
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
-    return table(["item", "value"], [
-        ["machine", f"{platform.machine()}, {os.cpu_count()} logical CPUs ({cpu}); load average at start {load}"],
-        ["torch threads", f"{threads} (`torch.set_num_threads`)"],
-        ["versions", (f"python {platform.python_version()}, torch {torch.__version__}, "
-                     f"transformers {transformers.__version__}, peft {peft.__version__}")],
-        ["accelerator", "none: CPU only. No GPU machine was lent to this task, so no GPU numbers exist."],
-    ])
+    return table(
+        ["item", "value"],
+        [
+            [
+                "machine",
+                f"{platform.machine()}, {os.cpu_count()} logical CPUs ({cpu}); load average at start {load}",
+            ],
+            ["torch threads", f"{threads} (`torch.set_num_threads`)"],
+            [
+                "versions",
+                (
+                    f"python {platform.python_version()}, torch {torch.__version__}, "
+                    f"transformers {transformers.__version__}, peft {peft.__version__}"
+                ),
+            ],
+            ["accelerator", "none: CPU only. No GPU machine was lent to this task, so no GPU numbers exist."],
+        ],
+    )

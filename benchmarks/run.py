@@ -30,10 +30,12 @@ SECTIONS = ("layer", "model", "size", "scaling")
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer shapes and repeats")
-    parser.add_argument("--sections", default=",".join(SECTIONS),
-                        help=f"comma-separated subset of {','.join(SECTIONS)}")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads (default 1: steadier on a shared machine)")
+    parser.add_argument(
+        "--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads (default 1: steadier on a shared machine)"
+    )
     parser.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"), help="report path")
     parser.add_argument("--plots", default=str(ROOT / "docs" / "benchmarks"), help="folder for plots")
     parser.add_argument("--seed", type=int, default=0)
@@ -61,7 +63,9 @@ def quiet_stderr():
 def summary(sections) -> str:
     from .report import table, verdict
 
-    rows = [[c.target, c.measured, c.where, verdict(c.met, c.informative)] for s in sections for c in s.checks]
+    rows = [
+        [c.target, c.measured, c.where, verdict(c.met, c.informative)] for s in sections for c in s.checks
+    ]
     return table(["target", "measured (median [IQR])", "configuration", "verdict"], rows)
 
 
@@ -74,8 +78,10 @@ def closing_note(sections) -> str:
         lines.append("Missed: " + "; ".join(missed) + ". The sections above say why.")
     extra = [c for s in sections for c in s.checks if c.informative]
     if extra:
-        lines.append(f"Informative rows (plain-autograd training, `lean_backward=False`, not the default): "
-                     f"{sum(c.met for c in extra)} of {len(extra)} within the same targets.")
+        lines.append(
+            f"Informative rows (plain-autograd training, `lean_backward=False`, not the default): "
+            f"{sum(c.met for c in extra)} of {len(extra)} within the same targets."
+        )
     return " ".join(lines)
 
 
@@ -90,7 +96,9 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(args.threads)
     use_thread_cpu_time(args.threads == 1)
-    opts = Options(quick=args.quick, threads=args.threads, out_dir=args.plots, report=args.out, seed=args.seed)
+    opts = Options(
+        quick=args.quick, threads=args.threads, out_dir=args.plots, report=args.out, seed=args.seed
+    )
     command = "python benchmarks/run.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     started = time.time()
     env = environment(args.threads) + f"\n| clock | {clock_name()} |"
@@ -124,14 +132,18 @@ def write_report(out: Path, command: str, started: float, env: str, results: lis
     state = "" if final else " — **partial: the run is still going or was interrupted**"
     parts = [
         "# Benchmarks",
-        (f"Produced by `{command.strip()}` in {total / 60:.1f} min wall-clock, {cpu / 60:.1f} min CPU of the "
-         "main process "
-         f"({time.strftime('%Y-%m-%d %H:%M %Z')}){state}. Method and code: `benchmarks/README.md`."),
-        ("Every comparison is a ratio formed inside one run: the variants are timed in interleaved rounds "
-         "(order rotating each round), a ratio is taken per round, and the median is reported with the "
-         "interquartile range in brackets. The machine is shared with other jobs (load average in the "
-         "environment table), so blocks are timed by the CPU time of the benchmarking thread (torch on one "
-         "thread); absolute times still move from run to run, the ratios are what to read."),
+        (
+            f"Produced by `{command.strip()}` in {total / 60:.1f} min wall-clock, {cpu / 60:.1f} min CPU of the "
+            "main process "
+            f"({time.strftime('%Y-%m-%d %H:%M %Z')}){state}. Method and code: `benchmarks/README.md`."
+        ),
+        (
+            "Every comparison is a ratio formed inside one run: the variants are timed in interleaved rounds "
+            "(order rotating each round), a ratio is taken per round, and the median is reported with the "
+            "interquartile range in brackets. The machine is shared with other jobs (load average in the "
+            "environment table), so blocks are timed by the CPU time of the benchmarking thread (torch on one "
+            "thread); absolute times still move from run to run, the ratios are what to read."
+        ),
         environment_block(env),
         "## Targets",
         summary(results),

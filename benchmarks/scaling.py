@@ -42,8 +42,10 @@ def _point(r: int, m: int, n: int, decode: bool, rounds: int, seed: int) -> dict
         for layer in variants.values():
             layer.train(not decode)
             stack.enter_context(ad.stub_base(layer, out))
-        steps = {name: ad.decode_step(layer, x) if decode else ad.train_step(layer, x, grad)
-                 for name, layer in variants.items()}
+        steps = {
+            name: ad.decode_step(layer, x) if decode else ad.train_step(layer, x, grad)
+            for name, layer in variants.items()
+        }
         times = interleaved(steps, rounds=rounds, block_s=0.02 if decode else 0.05)
     return {name: ratio(times, name, "LoRA") for name in variants if name != "LoRA"}
 
@@ -54,11 +56,26 @@ def _sweeps(opts: Options) -> dict[str, tuple[str, list[int], list[dict[str, Sta
     train_rounds, decode_rounds = (3, 5) if opts.quick else (4, 9)
     seed = opts.seed
     return {
-        "training vs m (n = 1, r = 8)": ("m", rates, [_point(8, m, 1, False, train_rounds, seed) for m in rates]),
-        "training vs n (m = 1, r = 8)": ("n", rates, [_point(8, 1, n, False, train_rounds, seed) for n in rates]),
-        "training vs r (m = n = 8)": ("r", ranks, [_point(r, 8, 8, False, train_rounds, seed) for r in ranks]),
-        "decode (1 token) vs m = n (r = 8)": ("m = n", rates,
-                                              [_point(8, k, k, True, decode_rounds, seed) for k in rates]),
+        "training vs m (n = 1, r = 8)": (
+            "m",
+            rates,
+            [_point(8, m, 1, False, train_rounds, seed) for m in rates],
+        ),
+        "training vs n (m = 1, r = 8)": (
+            "n",
+            rates,
+            [_point(8, 1, n, False, train_rounds, seed) for n in rates],
+        ),
+        "training vs r (m = n = 8)": (
+            "r",
+            ranks,
+            [_point(r, 8, 8, False, train_rounds, seed) for r in ranks],
+        ),
+        "decode (1 token) vs m = n (r = 8)": (
+            "m = n",
+            rates,
+            [_point(8, k, k, True, decode_rounds, seed) for k in rates],
+        ),
     }
 
 
@@ -73,7 +90,10 @@ def plot(sweeps, path: Path) -> None:
     for ax, (title, (xlabel, xs, points)) in zip(axes.flat, sweeps.items()):
         for name in points[0]:
             med = [p[name].median for p in points]
-            err = [[p[name].median - p[name].q1 for p in points], [p[name].q3 - p[name].median for p in points]]
+            err = [
+                [p[name].median - p[name].q1 for p in points],
+                [p[name].q3 - p[name].median for p in points],
+            ]
             ax.errorbar(xs, med, yerr=err, marker="o", capsize=3, label=name)
         ax.axhline(1.0, color="grey", lw=1, ls="--", label="LoRA (same rank)")
         ax.set_xscale("log", base=2)
@@ -97,9 +117,11 @@ def run(opts: Options) -> Section:
         names = list(points[0])
         rows = [[x] + [p[name].ratio_text() for name in names] for x, p in zip(xs, points)]
         tables += [f"**{title}** (time / LoRA time)", table([xlabel] + names, rows)]
-    body = "\n\n".join([
-        f"h = o = {H}; training over {TOKENS} tokens (forward + backward), decode over 1 token; adapter only.",
-        f"![scaling]({os.path.relpath(path, Path(opts.report).resolve().parent)})",
-        *tables,
-    ])
+    body = "\n\n".join(
+        [
+            f"h = o = {H}; training over {TOKENS} tokens (forward + backward), decode over 1 token; adapter only.",
+            f"![scaling]({os.path.relpath(path, Path(opts.report).resolve().parent)})",
+            *tables,
+        ]
+    )
     return Section("4. Scaling with m, n and r", body)

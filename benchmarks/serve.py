@@ -60,8 +60,11 @@ def write_adapters(root: Path, count: int, variant: str = "PRoLoRA r=8", seed: i
         path = root / f"a{i:04d}"
         path.mkdir(parents=True, exist_ok=True)
         shutil.copy(template / "adapter_config.json", path / "adapter_config.json")
-        save_file({k: torch.randn(s, generator=g) * 0.02 for k, s in shapes.items()},
-                  str(path / "adapter_model.safetensors"), metadata={"format": "pt"})
+        save_file(
+            {k: torch.randn(s, generator=g) * 0.02 for k, s in shapes.items()},
+            str(path / "adapter_model.safetensors"),
+            metadata={"format": "pt"},
+        )
         paths.append(path)
     return paths
 
@@ -82,7 +85,9 @@ def settled_rss() -> int:
 def tensor_bytes(path: Path) -> int:
     from safetensors.torch import load_file
 
-    return sum(t.numel() * t.element_size() for t in load_file(str(path / "adapter_model.safetensors")).values())
+    return sum(
+        t.numel() * t.element_size() for t in load_file(str(path / "adapter_model.safetensors")).values()
+    )
 
 
 # -------------------------------------------------------------------------------------------- memory
@@ -92,12 +97,21 @@ def section_memory(tmp: Path, count: int = 1000, lora_count: int = 50) -> dict:
     from prolora.inference.registry import AdapterRegistry
 
     model = smollm.base_model()
-    shapes = [m.weight.shape for name, m in model.named_modules()
-              if name.split(".")[-1] in smollm.TARGETS and hasattr(m, "weight")]
-    counts = {"PRoLoRA r=8 (u=1, m=n=7)": sum(trainable_params(h, o, 8, 1, 7, 7) for o, h in shapes),
-              "LoRA r=8 (same rank)": sum(8 * (h + o) for o, h in shapes),
-              "LoRA r=2 (same budget)": sum(2 * (h + o) for o, h in shapes)}
-    out = {"per_adapter": {k: {"params": v, "bytes_fp32": 4 * v, "per_gib": 2**30 // (4 * v)} for k, v in counts.items()}}
+    shapes = [
+        m.weight.shape
+        for name, m in model.named_modules()
+        if name.split(".")[-1] in smollm.TARGETS and hasattr(m, "weight")
+    ]
+    counts = {
+        "PRoLoRA r=8 (u=1, m=n=7)": sum(trainable_params(h, o, 8, 1, 7, 7) for o, h in shapes),
+        "LoRA r=8 (same rank)": sum(8 * (h + o) for o, h in shapes),
+        "LoRA r=2 (same budget)": sum(2 * (h + o) for o, h in shapes),
+    }
+    out = {
+        "per_adapter": {
+            k: {"params": v, "bytes_fp32": 4 * v, "per_gib": 2**30 // (4 * v)} for k, v in counts.items()
+        }
+    }
 
     pro_dir = tmp / "prolora"
     t0 = time.perf_counter()
@@ -112,9 +126,15 @@ def section_memory(tmp: Path, count: int = 1000, lora_count: int = 50) -> dict:
     load_s = time.perf_counter() - t0
     grown = settled_rss() - before
     bank = registry.bank
-    out["prolora_1000"] = {"count": count, "compact_bytes_each": compact, "resident_tensor_bytes": bank.resident_bytes,
-                           "resident_over_compact": bank.resident_bytes / (count * compact),
-                           "rss_growth": grown, "rss_over_compact": grown / (count * compact), "load_s": load_s}
+    out["prolora_1000"] = {
+        "count": count,
+        "compact_bytes_each": compact,
+        "resident_tensor_bytes": bank.resident_bytes,
+        "resident_over_compact": bank.resident_bytes / (count * compact),
+        "rss_growth": grown,
+        "rss_over_compact": grown / (count * compact),
+        "load_s": load_s,
+    }
     # a mixed batch over resident adapters still answers (one forward, 8 rows, 8 adapters)
     with torch.no_grad(), bank.batch([f"p{i * 111}" for i in range(8)]):
         model(torch.randint(0, 1000, (8, 6)))
@@ -132,9 +152,13 @@ def section_memory(tmp: Path, count: int = 1000, lora_count: int = 50) -> dict:
     for i, path in enumerate(lpaths):
         bank.load(f"l{i}", path)
     grown = settled_rss() - before
-    out["lora"] = {"count": lora_count, "dense_bytes_each": lora_bytes, "rss_growth": grown,
-                   "rss_over_dense": grown / (lora_count * lora_bytes),
-                   "bytes_for_1000": 1000 * lora_bytes}
+    out["lora"] = {
+        "count": lora_count,
+        "dense_bytes_each": lora_bytes,
+        "rss_growth": grown,
+        "rss_over_dense": grown / (lora_count * lora_bytes),
+        "bytes_for_1000": 1000 * lora_bytes,
+    }
     bank.close()
     shutil.rmtree(lora_dir)
     return out
@@ -145,12 +169,19 @@ def report_memory(r: dict) -> str:
     for name, v in r["per_adapter"].items():
         lines.append(f"| {name} | {v['params']:,} | {format_bytes(v['bytes_fp32'])} | {v['per_gib']} |")
     p, lo = r["prolora_1000"], r["lora"]
-    lines += ["", (f"1,000 PRoLoRA r=8 adapters resident in one engine: {format_bytes(p['resident_tensor_bytes'])} of "
-              f"tensors ({p['resident_over_compact']:.4f} × their compact bytes); process RSS grew by "
-              f"{format_bytes(p['rss_growth'])} ({p['rss_over_compact']:.4f} × compact); loaded in {p['load_s']:.1f} s."),
-              (f"1,000 LoRA r=8 adapters would hold {format_bytes(lo['bytes_for_1000'])} of tensors "
-              f"({lo['bytes_for_1000'] / p['resident_tensor_bytes']:.2f} × the PRoLoRA set); {lo['count']} LoRA r=8 "
-              f"adapters loaded grew RSS by {format_bytes(lo['rss_growth'])} ({lo['rss_over_dense']:.4f} × dense bytes).")]
+    lines += [
+        "",
+        (
+            f"1,000 PRoLoRA r=8 adapters resident in one engine: {format_bytes(p['resident_tensor_bytes'])} of "
+            f"tensors ({p['resident_over_compact']:.4f} × their compact bytes); process RSS grew by "
+            f"{format_bytes(p['rss_growth'])} ({p['rss_over_compact']:.4f} × compact); loaded in {p['load_s']:.1f} s."
+        ),
+        (
+            f"1,000 LoRA r=8 adapters would hold {format_bytes(lo['bytes_for_1000'])} of tensors "
+            f"({lo['bytes_for_1000'] / p['resident_tensor_bytes']:.2f} × the PRoLoRA set); {lo['count']} LoRA r=8 "
+            f"adapters loaded grew RSS by {format_bytes(lo['rss_growth'])} ({lo['rss_over_dense']:.4f} × dense bytes)."
+        ),
+    ]
     return "\n".join(lines)
 
 
@@ -186,6 +217,7 @@ def section_throughput(tmp: Path, rows: int = 32, prompt: int = 32, rounds: int 
             with torch.inference_mode(), bank.batch(plan):
                 model(step_ids, attention_mask=mask, past_key_values=cache, use_cache=True)
             cache.crop(-1)
+
         return step
 
     def peft_mixed(k):
@@ -193,8 +225,15 @@ def section_throughput(tmp: Path, rows: int = 32, prompt: int = 32, rounds: int 
 
         def step():
             with torch.inference_mode():
-                peft(input_ids=step_ids, attention_mask=mask, past_key_values=cache, use_cache=True, adapter_names=names)
+                peft(
+                    input_ids=step_ids,
+                    attention_mask=mask,
+                    past_key_values=cache,
+                    use_cache=True,
+                    adapter_names=names,
+                )
             cache.crop(-1)
+
         return step
 
     def peft_one():
@@ -207,18 +246,31 @@ def section_throughput(tmp: Path, rows: int = 32, prompt: int = 32, rounds: int 
             model(step_ids, attention_mask=mask, past_key_values=cache, use_cache=True)
         cache.crop(-1)
 
-    fns = {"base model": base, "PRoLoRA bank, 1 adapter": ours(1), "PRoLoRA bank, 8 adapters": ours(8),
-           "PRoLoRA bank, 32 adapters": ours(32), "PEFT LoRA, 1 adapter": peft_one,
-           "PEFT LoRA mixed, 8 adapters": peft_mixed(8), "PEFT LoRA mixed, 32 adapters": peft_mixed(32)}
+    fns = {
+        "base model": base,
+        "PRoLoRA bank, 1 adapter": ours(1),
+        "PRoLoRA bank, 8 adapters": ours(8),
+        "PRoLoRA bank, 32 adapters": ours(32),
+        "PEFT LoRA, 1 adapter": peft_one,
+        "PEFT LoRA mixed, 8 adapters": peft_mixed(8),
+        "PEFT LoRA mixed, 32 adapters": peft_mixed(32),
+    }
     times = interleaved(fns, rounds=rounds, block_s=1.0, warmup=1)
-    out = {"rows": rows, "prompt": prompt, "rounds": rounds,
-           "tokens_per_s": {k: rows / statistics.median(v) for k, v in times.items()}, "ratios": {}}
-    for num, den in (("PRoLoRA bank, 1 adapter", "PRoLoRA bank, 32 adapters"),
-                     ("PRoLoRA bank, 1 adapter", "PRoLoRA bank, 8 adapters"),
-                     ("PEFT LoRA mixed, 32 adapters", "PRoLoRA bank, 32 adapters"),
-                     ("PEFT LoRA mixed, 8 adapters", "PRoLoRA bank, 8 adapters"),
-                     ("PEFT LoRA, 1 adapter", "PRoLoRA bank, 32 adapters"),
-                     ("base model", "PRoLoRA bank, 32 adapters")):
+    out = {
+        "rows": rows,
+        "prompt": prompt,
+        "rounds": rounds,
+        "tokens_per_s": {k: rows / statistics.median(v) for k, v in times.items()},
+        "ratios": {},
+    }
+    for num, den in (
+        ("PRoLoRA bank, 1 adapter", "PRoLoRA bank, 32 adapters"),
+        ("PRoLoRA bank, 1 adapter", "PRoLoRA bank, 8 adapters"),
+        ("PEFT LoRA mixed, 32 adapters", "PRoLoRA bank, 32 adapters"),
+        ("PEFT LoRA mixed, 8 adapters", "PRoLoRA bank, 8 adapters"),
+        ("PEFT LoRA, 1 adapter", "PRoLoRA bank, 32 adapters"),
+        ("base model", "PRoLoRA bank, 32 adapters"),
+    ):
         s = ratio(times, num, den)  # time(num)/time(den) = throughput(den)/throughput(num)
         out["ratios"][f"{den} / {num}"] = {"median": s.median, "q1": s.q1, "q3": s.q3}
     bank.close()
@@ -226,8 +278,12 @@ def section_throughput(tmp: Path, rows: int = 32, prompt: int = 32, rounds: int 
 
 
 def report_throughput(r: dict) -> str:
-    lines = [f"Batch of {r['rows']} rows, {r['prompt']}-token cache, one decode step; {r['rounds']} interleaved rounds.",
-             "", "| variant | tokens/s (median) |", "|---|---:|"]
+    lines = [
+        f"Batch of {r['rows']} rows, {r['prompt']}-token cache, one decode step; {r['rounds']} interleaved rounds.",
+        "",
+        "| variant | tokens/s (median) |",
+        "|---|---:|",
+    ]
     lines += [f"| {k} | {v:.1f} |" for k, v in r["tokens_per_s"].items()]
     lines += ["", "| throughput ratio (per round, same moment) | median | IQR |", "|---|---:|---:|"]
     lines += [f"| {k} | {v['median']:.3f} | {v['q1']:.3f}–{v['q3']:.3f} |" for k, v in r["ratios"].items()]
@@ -235,8 +291,17 @@ def report_throughput(r: dict) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- load
-def section_load(tmp: Path, adapters: int = 100, requests: int = 60, rate: float = 1.5, alpha: float = 1.0,
-                 max_tokens: int = 24, max_resident: int = 48, seed: int = 0, timeout: float = 300) -> dict:
+def section_load(
+    tmp: Path,
+    adapters: int = 100,
+    requests: int = 60,
+    rate: float = 1.5,
+    alpha: float = 1.0,
+    max_tokens: int = 24,
+    max_resident: int = 48,
+    seed: int = 0,
+    timeout: float = 300,
+) -> dict:
     import httpx
 
     tmp.mkdir(parents=True, exist_ok=True)
@@ -246,10 +311,23 @@ def section_load(tmp: Path, adapters: int = 100, requests: int = 60, rate: float
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "prolora.cli", "serve", "--adapters-dir", str(folder),
-                             "--max-resident", str(max_resident), "--port", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "prolora.cli",
+            "serve",
+            "--adapters-dir",
+            str(folder),
+            "--max-resident",
+            str(max_resident),
+            "--port",
+            str(port),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")},
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 180
@@ -267,8 +345,12 @@ def section_load(tmp: Path, adapters: int = 100, requests: int = 60, rate: float
         weights = [1 / (i + 1) ** alpha for i in range(len(names))]
         picks = rng.choices(names, weights, k=requests)
         gaps = [rng.expovariate(rate) for _ in range(requests)]
-        prompts = [" ".join(rng.choice(["alpha", "beta", "gamma", "delta", "omega"]) for _ in range(rng.randint(4, 24)))
-                   for _ in range(requests)]
+        prompts = [
+            " ".join(
+                rng.choice(["alpha", "beta", "gamma", "delta", "omega"]) for _ in range(rng.randint(4, 24))
+            )
+            for _ in range(requests)
+        ]
         before = _metrics(httpx.get(url + "/metrics").text)
         cpu_before = _cpu_seconds(proc.pid)
         results = asyncio.run(_drive(url, picks, gaps, prompts, max_tokens, timeout))
@@ -287,17 +369,33 @@ def section_load(tmp: Path, adapters: int = 100, requests: int = 60, rate: float
     q = lambda xs, p: xs[min(len(xs) - 1, round(p * (len(xs) - 1)))] if xs else float("nan")
     tokens = values["prolora_generation_tokens_total"] - before["prolora_generation_tokens_total"]
     steps = values["prolora_decode_steps_total"] - before["prolora_decode_steps_total"]
-    return {"adapters": adapters, "requests": requests, "rate": rate, "alpha": alpha, "max_tokens": max_tokens,
-            "max_resident": max_resident, "distinct_adapters_used": len(set(picks)), "ok": len(ok),
-            "errors": [r["error"] for r in results if r["error"]], "lost": requests - len(results),
-            "wall_s": wall, "tokens": tokens, "tokens_per_s": tokens / wall,
-            "requests_per_s": len(ok) / wall, "ttft_p50": q(ttft, 0.5), "ttft_p99": q(ttft, 0.99),
-            "latency_p50": q(latency, 0.5), "latency_p99": q(latency, 0.99),
-            "server_cpu_s": cpu, "tokens_per_server_cpu_s": tokens / cpu if cpu else float("nan"),
-            "decode_steps": steps, "mean_rows_per_step": (tokens - len(results)) / steps if steps else 0.0,
-            "load_average": os.getloadavg()[0],
-            "adapter_loads": values.get("prolora_adapter_loads_total"),
-            "adapter_evictions": values.get("prolora_adapter_evictions_total")}
+    return {
+        "adapters": adapters,
+        "requests": requests,
+        "rate": rate,
+        "alpha": alpha,
+        "max_tokens": max_tokens,
+        "max_resident": max_resident,
+        "distinct_adapters_used": len(set(picks)),
+        "ok": len(ok),
+        "errors": [r["error"] for r in results if r["error"]],
+        "lost": requests - len(results),
+        "wall_s": wall,
+        "tokens": tokens,
+        "tokens_per_s": tokens / wall,
+        "requests_per_s": len(ok) / wall,
+        "ttft_p50": q(ttft, 0.5),
+        "ttft_p99": q(ttft, 0.99),
+        "latency_p50": q(latency, 0.5),
+        "latency_p99": q(latency, 0.99),
+        "server_cpu_s": cpu,
+        "tokens_per_server_cpu_s": tokens / cpu if cpu else float("nan"),
+        "decode_steps": steps,
+        "mean_rows_per_step": (tokens - len(results)) / steps if steps else 0.0,
+        "load_average": os.getloadavg()[0],
+        "adapter_loads": values.get("prolora_adapter_loads_total"),
+        "adapter_evictions": values.get("prolora_adapter_evictions_total"),
+    }
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -319,15 +417,22 @@ async def _drive(url, picks, gaps, prompts, max_tokens, timeout):
         start = time.perf_counter()
         first, error = None, None
         try:
-            stream = await client.completions.create(model=name, prompt=prompt, max_tokens=max_tokens, temperature=0.7,
-                                                     seed=1, stream=True)
+            stream = await client.completions.create(
+                model=name, prompt=prompt, max_tokens=max_tokens, temperature=0.7, seed=1, stream=True
+            )
             async for chunk in stream:
                 if first is None and chunk.choices and chunk.choices[0].text:
                     first = time.perf_counter()
         except Exception as exc:  # noqa: BLE001  (every failure is an error of the load test)
             error = f"{type(exc).__name__}: {exc}"
         end = time.perf_counter()
-        return {"start": start, "end": end, "ttft": (first or end) - start, "latency": end - start, "error": error}
+        return {
+            "start": start,
+            "end": end,
+            "ttft": (first or end) - start,
+            "latency": end - start,
+            "error": error,
+        }
 
     tasks = []
     for name, gap, prompt in zip(picks, gaps, prompts):
@@ -341,31 +446,49 @@ def report_load(runs) -> str:
 
 
 def _report_load_run(r: dict) -> str:
-    return "\n".join([
-        (f"{r['requests']} streaming requests, Poisson arrivals at {r['rate']}/s, Zipf(α={r['alpha']}) popularity over "
-        f"{r['adapters']} PRoLoRA adapters ({r['distinct_adapters_used']} distinct used), --max-resident "
-        f"{r['max_resident']} ({r['adapter_loads']:.0f} loads, {r['adapter_evictions']:.0f} evictions), "
-        f"max_tokens {r['max_tokens']}."), "",
-        "| requests ok | errors | lost | wall s | tokens/s | requests/s | TTFT p50 | TTFT p99 | latency p50 | latency p99 |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-        (f"| {r['ok']} | {len(r['errors'])} | {r['lost']} | {r['wall_s']:.1f} | {r['tokens_per_s']:.1f} | "
-        f"{r['requests_per_s']:.2f} | {r['ttft_p50']:.2f} s | {r['ttft_p99']:.2f} s | {r['latency_p50']:.2f} s | "
-        f"{r['latency_p99']:.2f} s |"), "",
-        (f"Server: {r['server_cpu_s']:.1f} CPU s for {r['tokens']:.0f} tokens ({r['tokens_per_server_cpu_s']:.1f} tokens per "
-         f"CPU s), {r['decode_steps']:.0f} decode steps with {r['mean_rows_per_step']:.1f} rows on average; machine load "
-         f"average {r['load_average']:.1f} on {os.cpu_count()} cores (other jobs).")])
+    return "\n".join(
+        [
+            (
+                f"{r['requests']} streaming requests, Poisson arrivals at {r['rate']}/s, Zipf(α={r['alpha']}) popularity over "
+                f"{r['adapters']} PRoLoRA adapters ({r['distinct_adapters_used']} distinct used), --max-resident "
+                f"{r['max_resident']} ({r['adapter_loads']:.0f} loads, {r['adapter_evictions']:.0f} evictions), "
+                f"max_tokens {r['max_tokens']}."
+            ),
+            "",
+            "| requests ok | errors | lost | wall s | tokens/s | requests/s | TTFT p50 | TTFT p99 | latency p50 | latency p99 |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            (
+                f"| {r['ok']} | {len(r['errors'])} | {r['lost']} | {r['wall_s']:.1f} | {r['tokens_per_s']:.1f} | "
+                f"{r['requests_per_s']:.2f} | {r['ttft_p50']:.2f} s | {r['ttft_p99']:.2f} s | {r['latency_p50']:.2f} s | "
+                f"{r['latency_p99']:.2f} s |"
+            ),
+            "",
+            (
+                f"Server: {r['server_cpu_s']:.1f} CPU s for {r['tokens']:.0f} tokens ({r['tokens_per_server_cpu_s']:.1f} tokens per "
+                f"CPU s), {r['decode_steps']:.0f} decode steps with {r['mean_rows_per_step']:.1f} rows on average; machine load "
+                f"average {r['load_average']:.1f} on {os.cpu_count()} cores (other jobs)."
+            ),
+        ]
+    )
 
 
-SECTIONS = {"memory": (section_memory, report_memory), "throughput": (section_throughput, report_throughput),
-            "load": (section_load, report_load)}
+SECTIONS = {
+    "memory": (section_memory, report_memory),
+    "throughput": (section_throughput, report_throughput),
+    "load": (section_load, report_load),
+}
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sections", default="memory,throughput,load")
-    parser.add_argument("--json", default="serve-benchmarks.json", help="results file (merged with an existing one)")
+    parser.add_argument(
+        "--json", default="serve-benchmarks.json", help="results file (merged with an existing one)"
+    )
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--load-rates", default="0.75,1.5", help="request rates (per s) of the load test runs")
+    parser.add_argument(
+        "--load-rates", default="0.75,1.5", help="request rates (per s) of the load test runs"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     use_thread_cpu_time(args.threads == 1)
@@ -375,7 +498,9 @@ def main(argv=None) -> int:
             fn, report = SECTIONS[name]
             started = time.perf_counter()
             if name == "load":
-                results[name] = [fn(Path(tmp) / f"rate{rate}", rate=float(rate)) for rate in args.load_rates.split(",")]
+                results[name] = [
+                    fn(Path(tmp) / f"rate{rate}", rate=float(rate)) for rate in args.load_rates.split(",")
+                ]
             else:
                 results[name] = fn(Path(tmp))
             wall = time.perf_counter() - started

@@ -75,15 +75,46 @@ def run(opts: Options) -> Section:
             theory = params * 4
             stored = tensor_elements(path)
             r = size / (theory + header)
-            rows.append([name, f"{params:,}", f"{stored:,}", f"{size:,}", f"{header:,}", f"{theory:,}",
-                         f"{r:.4f}×", f"{size / files['LoRA r=8'][0].stat().st_size:.3f}×"])
-            checks.append(Check(f"Adapter file ≤ {TARGET}× (theory + header): {name}", f"{r:.4f}×",
-                                r <= TARGET and stored == params, format_bytes(size)))
-    body = "\n\n".join([
-        ("Float32 adapters on all block linears of SmolLM2-135M. *theory*: parameters × 4 bytes; *header*: "
-        "the safetensors header as stored (tensor names, shapes, offsets, metadata). The config "
-        "(`adapter_config.json`, a few KiB) is not included."),
-        table(["adapter", "trainable params", "elements stored", "file bytes", "header bytes",
-               "theory bytes", "file / (theory + header)", "file / LoRA r=8 file"], rows),
-    ])
+            rows.append(
+                [
+                    name,
+                    f"{params:,}",
+                    f"{stored:,}",
+                    f"{size:,}",
+                    f"{header:,}",
+                    f"{theory:,}",
+                    f"{r:.4f}×",
+                    f"{size / files['LoRA r=8'][0].stat().st_size:.3f}×",
+                ]
+            )
+            checks.append(
+                Check(
+                    f"Adapter file ≤ {TARGET}× (theory + header): {name}",
+                    f"{r:.4f}×",
+                    r <= TARGET and stored == params,
+                    format_bytes(size),
+                )
+            )
+    body = "\n\n".join(
+        [
+            (
+                "Float32 adapters on all block linears of SmolLM2-135M. *theory*: parameters × 4 bytes; *header*: "
+                "the safetensors header as stored (tensor names, shapes, offsets, metadata). The config "
+                "(`adapter_config.json`, a few KiB) is not included."
+            ),
+            table(
+                [
+                    "adapter",
+                    "trainable params",
+                    "elements stored",
+                    "file bytes",
+                    "header bytes",
+                    "theory bytes",
+                    "file / (theory + header)",
+                    "file / LoRA r=8 file",
+                ],
+                rows,
+            ),
+        ]
+    )
     return Section("3. Adapter size", body, checks)

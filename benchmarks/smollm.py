@@ -44,8 +44,15 @@ def adapter_config(variant: str, dropout: float = 0.0):
     import prolora
 
     if variant == "PRoLoRA r=8":
-        return prolora.PRoLoRAConfig(r=8, unshared_r=1, sharing_rate_a=7, sharing_rate_b=7, lora_alpha=16,
-                                     lora_dropout=dropout, target_modules=TARGETS)
+        return prolora.PRoLoRAConfig(
+            r=8,
+            unshared_r=1,
+            sharing_rate_a=7,
+            sharing_rate_b=7,
+            lora_alpha=16,
+            lora_dropout=dropout,
+            target_modules=TARGETS,
+        )
     rank = {"LoRA r=8": 8, "LoRA r=2": 2}[variant]
     return LoraConfig(r=rank, lora_alpha=16, lora_dropout=dropout, target_modules=TARGETS)
 

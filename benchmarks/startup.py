@@ -34,8 +34,15 @@ def wall(argv: list[str], env: dict) -> tuple[float, subprocess.CompletedProcess
 
 def main() -> int:
     with tempfile.TemporaryDirectory(prefix="prolora-cache-") as cache:
-        env = {**os.environ, "PROLORA_CACHE": cache, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-        for label, args in (("prolora --help", ["--help"]), ("prolora train --no-such-flag", ["train", "--no-such-flag"])):
+        env = {
+            **os.environ,
+            "PROLORA_CACHE": cache,
+            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+        }
+        for label, args in (
+            ("prolora --help", ["--help"]),
+            ("prolora train --no-such-flag", ["train", "--no-such-flag"]),
+        ):
             seconds, _ = wall([sys.executable, "-m", "prolora.cli", *args], env)
             print(f"{label}: {seconds:.2f} s")
         for label in ("load, first run (builds the cached copy)", "load, later run (cached copy)"):

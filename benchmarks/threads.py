@@ -29,8 +29,12 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (3)")
     parser.add_argument("--steps", type=int, default=2, help="micro-steps timed per round and count (2)")
     parser.add_argument("--tokens", type=int, default=256, help="example length in tokens (256)")
-    parser.add_argument("--settle", type=float, default=60.0,
-                        help="seconds the competitors run before timing, so the load average sees them (60)")
+    parser.add_argument(
+        "--settle",
+        type=float,
+        default=60.0,
+        help="seconds the competitors run before timing, so the load average sees them (60)",
+    )
     args = parser.parse_args(argv)
     counts = [int(c) for c in args.threads.split(",")]
 
@@ -47,8 +51,12 @@ def main(argv=None) -> int:
     train = load_splits(tokenizer, heldout_size=0).train
     row = next(r for r in train if len(r["input_ids"]) >= args.tokens)
     batch = {k: torch.tensor([row[k][: args.tokens]]) for k in ("input_ids", "attention_mask", "labels")}
-    model = get_peft_model(load_model(), make_adapter_config(
-        "prolora", r=8, u=1, m=7, n=7, lora_alpha=16, lora_dropout=0.1, target_modules="all-linear"))
+    model = get_peft_model(
+        load_model(),
+        make_adapter_config(
+            "prolora", r=8, u=1, m=7, n=7, lora_alpha=16, lora_dropout=0.1, target_modules="all-linear"
+        ),
+    )
     model.train()
 
     def micro_step() -> None:
@@ -62,7 +70,7 @@ def main(argv=None) -> int:
         torch.set_num_threads(counts[0])
         micro_step()  # warm-up
         for round_ in range(args.rounds):
-            order = counts[round_ % len(counts):] + counts[: round_ % len(counts)]
+            order = counts[round_ % len(counts) :] + counts[: round_ % len(counts)]
             for c in order:
                 torch.set_num_threads(c)
                 start = time.perf_counter()
@@ -78,8 +86,10 @@ def main(argv=None) -> int:
     medians = {c: statistics.median(t) for c, t in times.items()}
     best = min(medians.values())
     chosen = default_threads(usable_cpus(), load)
-    print(f"\n{usable_cpus()} usable cores, {args.competitors} busy-loop competitor(s), load average {load:.2f}, "
-          f"1 × {args.tokens} tokens per micro-step, {args.rounds} rounds × {args.steps} micro-steps")
+    print(
+        f"\n{usable_cpus()} usable cores, {args.competitors} busy-loop competitor(s), load average {load:.2f}, "
+        f"1 × {args.tokens} tokens per micro-step, {args.rounds} rounds × {args.steps} micro-steps"
+    )
     print("| threads | s per micro-step (median) | / best |\n|---|---|---|")
     for c in counts:
         print(f"| {c}{' (default)' if c == chosen else ''} | {medians[c]:.2f} | {medians[c] / best:.2f}× |")

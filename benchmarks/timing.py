@@ -95,8 +95,13 @@ def calibrate(fn: Callable[[], object], block_s: float, max_iters: int = 10_000)
     return max(1, min(max_iters, round(block_s / max(one, 1e-9))))
 
 
-def interleaved(fns: dict[str, Callable[[], object]], rounds: int, block_s: float = 0.1,
-                warmup: int = 1, iters: int | None = None) -> dict[str, list[float]]:
+def interleaved(
+    fns: dict[str, Callable[[], object]],
+    rounds: int,
+    block_s: float = 0.1,
+    warmup: int = 1,
+    iters: int | None = None,
+) -> dict[str, list[float]]:
     """Seconds per call of each function, one value per round; rounds interleave all functions.
 
     Each function is warmed up ``warmup`` times and calibrated to blocks of about ``block_s`` seconds

@@ -29,33 +29,60 @@ _MLP = [
     ("u=r LoRA", {"target_modules": ["lin0"], "unshared_r": 8}),
     ("no rotation", {"target_modules": ["lin0"], "rotation": False}),
     ("u=0 no rotation CLoRA", {"target_modules": ["lin0"], "unshared_r": 0, "rotation": False}),
-    ("Table4 share rank", {"target_modules": ["lin0"], "share": "rank", "sharing_rate_a": 3, "sharing_rate_b": 3}),
+    (
+        "Table4 share rank",
+        {"target_modules": ["lin0"], "share": "rank", "sharing_rate_a": 3, "sharing_rate_b": 3},
+    ),
     ("Table4 rotate hidden", {"target_modules": ["lin0"], "rotate_dim": "hidden"}),
     ("init vanilla", {"target_modules": ["lin0"], "init": "vanilla"}),
     ("strides", {"target_modules": ["lin0"], "stride_a": 2, "stride_b": 3}),
     ("non-divisible m n", {"target_modules": ["lin0"], "sharing_rate_a": 3, "sharing_rate_b": 7}),
-    ("overrides", {"target_modules": ["lin0", "lin1"], "sharing_rate_a": 3, "sharing_rate_b": 3,
-                   "overrides": {"lin1": {"r": 4, "unshared_r": 0, "sharing_rate_b": 2}}}),
+    (
+        "overrides",
+        {
+            "target_modules": ["lin0", "lin1"],
+            "sharing_rate_a": 3,
+            "sharing_rate_b": 3,
+            "overrides": {"lin1": {"r": 4, "unshared_r": 0, "sharing_rate_b": 2}},
+        },
+    ),
     ("modules_to_save", {"target_modules": ["lin0"], "modules_to_save": ["lin1"]}),
     ("dropout", {"target_modules": ["lin0"], "lora_dropout": 0.1}),
 ]
 CUSTOM_TEST_CASES = [(f"Vanilla MLP PRoLoRA {name}", "MLP", PRoLoRAConfig, kw) for name, kw in _MLP] + [
-    ("EmbConv1D PRoLoRA Conv1D", "EmbConv1D", PRoLoRAConfig,
-     {"target_modules": ["conv1d"], "sharing_rate_a": 2, "sharing_rate_b": 1}),
+    (
+        "EmbConv1D PRoLoRA Conv1D",
+        "EmbConv1D",
+        PRoLoRAConfig,
+        {"target_modules": ["conv1d"], "sharing_rate_a": 2, "sharing_rate_b": 1},
+    ),
 ]
 
 # (test name, tuner method, config class, kwargs 1, kwargs 2): MULTIPLE_ACTIVE_ADAPTERS_TEST_CASES
 MULTIPLE_ACTIVE_ADAPTERS_TEST_CASES = [
-    ("PRoLoRA Same", "prolora", PRoLoRAConfig, _kw(target_modules=["lin0"], init_weights=False),
-     _kw(target_modules=["lin0"], init_weights=False)),
-    ("PRoLoRA Different", "prolora", PRoLoRAConfig, _kw(target_modules=["lin0"], init_weights=False),
-     _kw(target_modules=["lin1"], sharing_rate_b=2, init_weights=False)),
+    (
+        "PRoLoRA Same",
+        "prolora",
+        PRoLoRAConfig,
+        _kw(target_modules=["lin0"], init_weights=False),
+        _kw(target_modules=["lin0"], init_weights=False),
+    ),
+    (
+        "PRoLoRA Different",
+        "prolora",
+        PRoLoRAConfig,
+        _kw(target_modules=["lin0"], init_weights=False),
+        _kw(target_modules=["lin1"], sharing_rate_b=2, init_weights=False),
+    ),
 ]
 
 # (test name, config 0, config 1): MIXED_ADAPTER_TEST_CASES
 MIXED_ADAPTER_TEST_CASES = [
-    ("PRoLoRA mixed adapter", PRoLoRAConfig(**_kw(target_modules=["lin0"], init_weights=False)),
-     PRoLoRAConfig(**_kw(target_modules=["lin0"], r=16, unshared_r=0, init_weights=False))),
+    (
+        "PRoLoRA mixed adapter",
+        PRoLoRAConfig(**_kw(target_modules=["lin0"], init_weights=False)),
+        PRoLoRAConfig(**_kw(target_modules=["lin0"], r=16, unshared_r=0, init_weights=False)),
+    ),
 ]
 
 # decoder models (hub ids; served by the harness from local tiny random models)
@@ -73,10 +100,27 @@ DECODER_CONFIGS = [
     (PRoLoRAConfig, {**_CAUSAL, "target_modules": None, "unshared_r": 0}),
     (PRoLoRAConfig, {**_CAUSAL, "target_modules": None, "unshared_r": 8}),
     (PRoLoRAConfig, {**_CAUSAL, "target_modules": None, "rotation": False}),
-    (PRoLoRAConfig, {**_CAUSAL, "target_modules": None, "share": "rank", "rotate_dim": "hidden",
-                     "sharing_rate_a": 3, "sharing_rate_b": 3}),
-    (PRoLoRAConfig, {**_CAUSAL, "target_modules": None, "sharing_rate_a": 5, "sharing_rate_b": 3,
-                     "overrides": {"v_proj": {"r": 4, "unshared_r": 2}, "c_attn": {"r": 4, "unshared_r": 2}}}),
+    (
+        PRoLoRAConfig,
+        {
+            **_CAUSAL,
+            "target_modules": None,
+            "share": "rank",
+            "rotate_dim": "hidden",
+            "sharing_rate_a": 3,
+            "sharing_rate_b": 3,
+        },
+    ),
+    (
+        PRoLoRAConfig,
+        {
+            **_CAUSAL,
+            "target_modules": None,
+            "sharing_rate_a": 5,
+            "sharing_rate_b": 3,
+            "overrides": {"v_proj": {"r": 4, "unshared_r": 2}, "c_attn": {"r": 4, "unshared_r": 2}},
+        },
+    ),
 ]
 
 # (config class, mandatory kwargs): test_config.ALL_CONFIG_CLASSES

@@ -26,8 +26,13 @@ from pathlib import Path
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("cells_dirs", nargs="+", type=Path)
-    parser.add_argument("--runs-root", action="append", type=Path, required=True,
-                        help="a folder holding <cell name>/adapter (repeatable)")
+    parser.add_argument(
+        "--runs-root",
+        action="append",
+        type=Path,
+        required=True,
+        help="a folder holding <cell name>/adapter (repeatable)",
+    )
     args = parser.parse_args(argv)
 
     import torch
@@ -54,8 +59,14 @@ def main(argv: list[str] | None = None) -> int:
     splits, base_losses, missing = {}, {}, []
     for i, (path, result) in enumerate(todo, 1):
         train = result["cell"]["train"]
-        adapter = next((root / path.stem / "adapter" for root in args.runs_root
-                        if (root / path.stem / "adapter").is_dir()), None)
+        adapter = next(
+            (
+                root / path.stem / "adapter"
+                for root in args.runs_root
+                if (root / path.stem / "adapter").is_dir()
+            ),
+            None,
+        )
         if adapter is None:
             missing.append(path.name)
             print(f"[{i}/{len(todo)}] {path.name}: no saved adapter under any --runs-root; left as it is")
@@ -71,15 +82,27 @@ def main(argv: list[str] | None = None) -> int:
         model = PeftModel.from_pretrained(copy.deepcopy(base), str(adapter))
         loss, tokens = token_loss(model, splits[split], tokenizer, HELDOUT_BATCH_SIZE)
         summary = result["summary"]
-        old = {"metric": result["metrics"][LOSS], "heldout_loss_adapter": summary["heldout_loss_adapter"],
-               "heldout_loss_base": summary["heldout_loss_base"]}
+        old = {
+            "metric": result["metrics"][LOSS],
+            "heldout_loss_adapter": summary["heldout_loss_adapter"],
+            "heldout_loss_base": summary["heldout_loss_base"],
+        }
         result["metrics"][LOSS] = loss
-        summary.update(heldout_loss_adapter=loss, heldout_loss_base=base_losses[split][0], heldout_tokens=tokens)
-        result["rescored"] = {"by": "scripts/rescore_heldout.py", "adapter": str(adapter), "old": old,
-                              "on": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        summary.update(
+            heldout_loss_adapter=loss, heldout_loss_base=base_losses[split][0], heldout_tokens=tokens
+        )
+        result["rescored"] = {
+            "by": "scripts/rescore_heldout.py",
+            "adapter": str(adapter),
+            "old": old,
+            "on": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
         write_json(path, result, sort_keys=True)
-        print(f"[{i}/{len(todo)}] {path.name}: {old['metric']:.4f} -> {loss:.4f} ({tokens} tokens, "
-              f"{time.perf_counter() - started:.1f} s)", flush=True)
+        print(
+            f"[{i}/{len(todo)}] {path.name}: {old['metric']:.4f} -> {loss:.4f} ({tokens} tokens, "
+            f"{time.perf_counter() - started:.1f} s)",
+            flush=True,
+        )
     if missing:
         print(f"{len(missing)} cell(s) without an adapter: {', '.join(missing)}", file=sys.stderr)
         return 1

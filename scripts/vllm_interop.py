@@ -50,8 +50,12 @@ def make_adapters(folder: Path, seeds: dict[str, int], std: float) -> None:
     for name, seed in seeds.items():
         if (folder / name / "adapter_config.json").is_file():
             continue
-        model = get_peft_model(load_model(), PRoLoRAConfig(r=8, unshared_r=1, sharing_rate_a=2, sharing_rate_b=2,
-                                                           lora_alpha=16, target_modules=TARGETS))
+        model = get_peft_model(
+            load_model(),
+            PRoLoRAConfig(
+                r=8, unshared_r=1, sharing_rate_a=2, sharing_rate_b=2, lora_alpha=16, target_modules=TARGETS
+            ),
+        )
         g = torch.Generator().manual_seed(seed)
         with torch.no_grad():
             for pname, p in model.named_parameters():
@@ -60,7 +64,9 @@ def make_adapters(folder: Path, seeds: dict[str, int], std: float) -> None:
         model.save_pretrained(folder / name)
 
 
-def reference(base_dir: str, folder: Path, jobs: list[tuple[str | None, list[int]]], max_new: int) -> list[list[int]]:
+def reference(
+    base_dir: str, folder: Path, jobs: list[tuple[str | None, list[int]]], max_new: int
+) -> list[list[int]]:
     """Greedy continuations with prolora's transformers path (PeftModel + PRoLoRA layers), one at a time."""
     import torch
     from peft import PeftModel
@@ -83,12 +89,16 @@ def reference(base_dir: str, folder: Path, jobs: list[tuple[str | None, list[int
             else:
                 model.set_adapter(name)
                 out = model.generate(input_ids=x, max_new_tokens=max_new, do_sample=False, pad_token_id=0)
-        outs.append(out[0, len(ids):].tolist())
+        outs.append(out[0, len(ids) :].tolist())
     return outs
 
 
-def transformers_throughput(prompts: list[list[int]], new_tokens: int, threads: int, folder: Path | None = None,
-                            ) -> dict:
+def transformers_throughput(
+    prompts: list[list[int]],
+    new_tokens: int,
+    threads: int,
+    folder: Path | None = None,
+) -> dict:
     """Tokens/s of a batched greedy ``generate`` on the embedded model (left padding, EOS ignored); with
     ``folder``, through prolora's PRoLoRA layers with the batch's rows alternating between pro-a and pro-b
     (PEFT's mixed-batch ``adapter_names``)."""
@@ -112,26 +122,50 @@ def transformers_throughput(prompts: list[list[int]], new_tokens: int, threads: 
     ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts])
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
     with torch.inference_mode():
-        model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=2, do_sample=False,
-                       pad_token_id=0, **kwargs)  # warm-up
+        model.generate(
+            input_ids=ids, attention_mask=mask, max_new_tokens=2, do_sample=False, pad_token_id=0, **kwargs
+        )  # warm-up
         started = time.perf_counter()
-        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                             do_sample=False, pad_token_id=0, **kwargs)
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+            do_sample=False,
+            pad_token_id=0,
+            **kwargs,
+        )
         seconds = time.perf_counter() - started
     generated = (out.shape[1] - width) * len(prompts)
-    return {"sequences": len(prompts), "new_tokens": generated, "seconds": seconds, "tokens_per_s": generated / seconds}
+    return {
+        "sequences": len(prompts),
+        "new_tokens": generated,
+        "seconds": seconds,
+        "tokens_per_s": generated / seconds,
+    }
 
 
 def post(port: int, path: str, body: dict, timeout: float) -> dict:
-    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
     with urllib.request.urlopen(request, timeout=timeout) as response:
         return json.loads(response.read())
 
 
-def complete(port: int, model: str, ids: list[int], max_new: int, timeout: float, ignore_eos: bool = False) -> list[int]:
-    body = {"model": model, "prompt": ids, "max_tokens": max_new, "temperature": 0.0, "return_token_ids": True,
-            "ignore_eos": ignore_eos}
+def complete(
+    port: int, model: str, ids: list[int], max_new: int, timeout: float, ignore_eos: bool = False
+) -> list[int]:
+    body = {
+        "model": model,
+        "prompt": ids,
+        "max_tokens": max_new,
+        "temperature": 0.0,
+        "return_token_ids": True,
+        "ignore_eos": ignore_eos,
+    }
     choice = post(port, "/v1/completions", body, timeout)["choices"][0]
     return choice["token_ids"]
 
@@ -146,22 +180,71 @@ def run_batch(port: int, jobs, max_new: int) -> list[list[int]]:
 
 
 def compare(tok, jobs, expected, got, seconds: float) -> dict:
-    rows = [{"adapter": name, "prompt": tok.decode(p), "equal": want == have, "transformers": tok.decode(want),
-             "vllm": tok.decode(have)} for (name, p), want, have in zip(jobs, expected, got)]
+    rows = [
+        {
+            "adapter": name,
+            "prompt": tok.decode(p),
+            "equal": want == have,
+            "transformers": tok.decode(want),
+            "vllm": tok.decode(have),
+        }
+        for (name, p), want, have in zip(jobs, expected, got)
+    ]
     base = [r for r in rows if r["adapter"] is None]
-    return {"requests": len(rows), "equal": sum(r["equal"] for r in rows), "base_requests": len(base),
-            "base_equal": sum(r["equal"] for r in base), "seconds": seconds, "outputs": rows}
+    return {
+        "requests": len(rows),
+        "equal": sum(r["equal"] for r in rows),
+        "base_requests": len(base),
+        "base_equal": sum(r["equal"] for r in base),
+        "seconds": seconds,
+        "outputs": rows,
+    }
 
 
-def start_server(base_dir: str, served: str, folder: Path, cache: Path, port: int, log_path: Path,
-                 threads: int, max_loras: int) -> subprocess.Popen:
-    env = {**os.environ, "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True", "PROLORA_VLLM_ADAPTERS_DIR": str(folder),
-           "PROLORA_VLLM_CACHE_DIR": str(cache), "VLLM_CPU_KVCACHE_SPACE": "2", "OMP_NUM_THREADS": str(threads)}
-    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", base_dir, "--dtype", "float32",
-           "--host", "127.0.0.1", "--port", str(port), "--enable-lora", "--max-lora-rank", "8", "--max-loras", str(max_loras),
-           "--max-model-len", "2048", "--served-model-name", served]
+def start_server(
+    base_dir: str,
+    served: str,
+    folder: Path,
+    cache: Path,
+    port: int,
+    log_path: Path,
+    threads: int,
+    max_loras: int,
+) -> subprocess.Popen:
+    env = {
+        **os.environ,
+        "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True",
+        "PROLORA_VLLM_ADAPTERS_DIR": str(folder),
+        "PROLORA_VLLM_CACHE_DIR": str(cache),
+        "VLLM_CPU_KVCACHE_SPACE": "2",
+        "OMP_NUM_THREADS": str(threads),
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        base_dir,
+        "--dtype",
+        "float32",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--enable-lora",
+        "--max-lora-rank",
+        "8",
+        "--max-loras",
+        str(max_loras),
+        "--max-model-len",
+        "2048",
+        "--served-model-name",
+        served,
+    ]
     log(f"starting vLLM: {' '.join(cmd)}")
-    return subprocess.Popen(cmd, env=env, stdout=open(log_path, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+    return subprocess.Popen(
+        cmd, env=env, stdout=open(log_path, "w"), stderr=subprocess.STDOUT, start_new_session=True
+    )
 
 
 def wait_ready(server: subprocess.Popen, port: int, deadline_s: float) -> float:
@@ -194,15 +277,19 @@ def compare_eval(transformers_dir: str, vllm_dir: str) -> int:
             other_headline = {k: v for k, v in other.items() if isinstance(v, (int, float))}
             equal = headline == other_headline
             same &= equal
-            print(f"{label:8s} {bench:10s} transformers {headline}  vllm {other_headline}  "
-                  f"{'same' if equal else 'DIFFERENT'}; seconds {run['timings'][bench]['seconds']:.1f} vs "
-                  f"{runs['vllm'][label]['timings'][bench]['seconds']:.1f}")
+            print(
+                f"{label:8s} {bench:10s} transformers {headline}  vllm {other_headline}  "
+                f"{'same' if equal else 'DIFFERENT'}; seconds {run['timings'][bench]['seconds']:.1f} vs "
+                f"{runs['vllm'][label]['timings'][bench]['seconds']:.1f}"
+            )
         responses = []
         for engine, out in (("transformers", transformers_dir), ("vllm", vllm_dir)):
             rows = (Path(out) / "predictions" / label / "gsm8k.jsonl").read_text().splitlines()
             responses.append([json.loads(row)["response"] for row in rows])
         print(f"{label:8s} gsm8k responses identical: {responses[0] == responses[1]}")
-    print(f"total seconds: transformers {runs['transformers']['_total_s']:.1f}, vllm {runs['vllm']['_total_s']:.1f}")
+    print(
+        f"total seconds: transformers {runs['transformers']['_total_s']:.1f}, vllm {runs['vllm']['_total_s']:.1f}"
+    )
     print("EVAL", "PASS: same scores" if same else "DIFFERENT scores")
     return 0 if same else 1
 
@@ -215,8 +302,13 @@ def main() -> int:
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--max-new-tokens", type=int, default=24)
     parser.add_argument("--throughput-tokens", type=int, default=64)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads of the transformers engine "
-                        "(vLLM's CPU build computes on all cores but one: one core on a 2-core machine)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads of the transformers engine "
+        "(vLLM's CPU build computes on all cores but one: one core on a 2-core machine)",
+    )
     parser.add_argument("--max-loras", type=int, default=2, help="vLLM's adapter slots (--max-loras)")
     parser.add_argument("--std", type=float, default=0.03, help="std of the random compact tensors")
     parser.add_argument("--ready-timeout", type=float, default=600)
@@ -238,15 +330,20 @@ def main() -> int:
     tok = load_tokenizer()
     ids = [tok(p, add_special_tokens=False)["input_ids"] for p in PROMPTS]
     names = ["pro-a", "pro-b", None]
-    jobs = [(names[i % 3], ids[i]) for i in range(len(ids))] + [(names[(i + 1) % 3], ids[i]) for i in range(len(ids))]
+    jobs = [(names[i % 3], ids[i]) for i in range(len(ids))] + [
+        (names[(i + 1) % 3], ids[i]) for i in range(len(ids))
+    ]
     t0 = time.perf_counter()
     expected = reference(base_dir, folder, jobs, args.max_new_tokens)
     summary["reference_s"] = time.perf_counter() - t0
     log(f"transformers reference: {len(jobs)} continuations in {summary['reference_s']:.1f} s")
-    summary["adapters_change_outputs"] = len({tuple(expected[i]) for i in range(len(jobs)) if jobs[i][1] == ids[0]}) > 1
+    summary["adapters_change_outputs"] = (
+        len({tuple(expected[i]) for i in range(len(jobs)) if jobs[i][1] == ids[0]}) > 1
+    )
 
-    server = start_server(base_dir, EMBEDDED_HUB_ID, folder, cache, args.port, work / "vllm.log", args.threads,
-                          args.max_loras)
+    server = start_server(
+        base_dir, EMBEDDED_HUB_ID, folder, cache, args.port, work / "vllm.log", args.threads, args.max_loras
+    )
     phases: dict = {}
     try:
         summary["server_ready_s"] = wait_ready(server, args.port, args.ready_timeout)
@@ -257,43 +354,82 @@ def main() -> int:
             phases[phase] = compare(tok, jobs, expected, got, time.perf_counter() - t0)
         base_jobs = [j for j in jobs if j[0] is None]
         phases["base model alone, adapters loaded"] = compare(
-            tok, base_jobs, [e for j, e in zip(jobs, expected) if j[0] is None], run_batch(args.port, base_jobs,
-                                                                                           args.max_new_tokens), 0)
+            tok,
+            base_jobs,
+            [e for j, e in zip(jobs, expected) if j[0] is None],
+            run_batch(args.port, base_jobs, args.max_new_tokens),
+            0,
+        )
         adapter_jobs = [j for j in jobs if j[0] is not None]
         phases["adapters only (no base rows)"] = compare(
-            tok, adapter_jobs, [e for j, e in zip(jobs, expected) if j[0] is not None],
-            run_batch(args.port, adapter_jobs, args.max_new_tokens), 0)
+            tok,
+            adapter_jobs,
+            [e for j, e in zip(jobs, expected) if j[0] is not None],
+            run_batch(args.port, adapter_jobs, args.max_new_tokens),
+            0,
+        )
         summary["phases"] = phases
         for phase, r in phases.items():
-            log(f"{phase}: {r['equal']}/{r['requests']} equal token for token "
-                f"(base rows {r['base_equal']}/{r['base_requests']}; {r['seconds']:.1f} s)")
+            log(
+                f"{phase}: {r['equal']}/{r['requests']} equal token for token "
+                f"(base rows {r['base_equal']}/{r['base_requests']}; {r['seconds']:.1f} s)"
+            )
         exported = sorted((cache / "lora").iterdir())
         summary["exported_once"] = [p.name for p in exported]
         summary["adapter_bytes"] = {
-            name: {"prolora": (folder / name / "adapter_model.safetensors").stat().st_size} for name in ("pro-a", "pro-b")}
+            name: {"prolora": (folder / name / "adapter_model.safetensors").stat().st_size}
+            for name in ("pro-a", "pro-b")
+        }
         summary["dense_lora_bytes"] = [(p / "adapter_model.safetensors").stat().st_size for p in exported]
         # throughput: the base model, batch of prompts, fixed number of new tokens
         batch = [ids[i % len(ids)] for i in range(8)]
         complete(args.port, EMBEDDED_HUB_ID, batch[0], 2, 600)  # warm-up
         t0 = time.perf_counter()
         with cf.ThreadPoolExecutor(len(batch)) as pool:
-            outs = list(pool.map(lambda p: complete(args.port, EMBEDDED_HUB_ID, p, args.throughput_tokens, 600,
-                                                    ignore_eos=True), batch))
+            outs = list(
+                pool.map(
+                    lambda p: complete(
+                        args.port, EMBEDDED_HUB_ID, p, args.throughput_tokens, 600, ignore_eos=True
+                    ),
+                    batch,
+                )
+            )
         seconds = time.perf_counter() - t0
         generated = sum(len(o) for o in outs)
-        summary["throughput_vllm"] = {"sequences": len(batch), "new_tokens": generated, "seconds": seconds,
-                                      "tokens_per_s": generated / seconds}
+        summary["throughput_vllm"] = {
+            "sequences": len(batch),
+            "new_tokens": generated,
+            "seconds": seconds,
+            "tokens_per_s": generated / seconds,
+        }
         # the same batch through both adapters mixed
         t0 = time.perf_counter()
         with cf.ThreadPoolExecutor(len(batch)) as pool:
-            outs = list(pool.map(lambda a: complete(args.port, ["pro-a", "pro-b"][a[0] % 2], a[1],
-                                                    args.throughput_tokens, 600, ignore_eos=True), enumerate(batch)))
+            outs = list(
+                pool.map(
+                    lambda a: complete(
+                        args.port,
+                        ["pro-a", "pro-b"][a[0] % 2],
+                        a[1],
+                        args.throughput_tokens,
+                        600,
+                        ignore_eos=True,
+                    ),
+                    enumerate(batch),
+                )
+            )
         seconds = time.perf_counter() - t0
         generated = sum(len(o) for o in outs)
-        summary["throughput_vllm_mixed_adapters"] = {"sequences": len(batch), "new_tokens": generated,
-                                                     "seconds": seconds, "tokens_per_s": generated / seconds}
-        log(f"vLLM throughput: {summary['throughput_vllm']}; mixed adapters: "
-            f"{summary['throughput_vllm_mixed_adapters']}")
+        summary["throughput_vllm_mixed_adapters"] = {
+            "sequences": len(batch),
+            "new_tokens": generated,
+            "seconds": seconds,
+            "tokens_per_s": generated / seconds,
+        }
+        log(
+            f"vLLM throughput: {summary['throughput_vllm']}; mixed adapters: "
+            f"{summary['throughput_vllm_mixed_adapters']}"
+        )
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         try:
@@ -304,7 +440,8 @@ def main() -> int:
     log(f"transformers throughput: {summary['throughput_transformers']}")
     (work / "summary.json").write_text(json.dumps(summary, indent=2))
     summary["throughput_transformers_mixed_adapters"] = transformers_throughput(
-        batch, args.throughput_tokens, args.threads, folder)
+        batch, args.throughput_tokens, args.threads, folder
+    )
     log(f"transformers throughput, mixed adapters: {summary['throughput_transformers_mixed_adapters']}")
     (work / "summary.json").write_text(json.dumps(summary, indent=2))
     ok = bool(phases) and all(r["equal"] == r["requests"] for r in phases.values())

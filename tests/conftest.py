@@ -26,8 +26,15 @@ def make_tiny_llama(seed: int = 0, **overrides):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    cfg = {"vocab_size": 128, "hidden_size": 48, "intermediate_size": 80, "num_hidden_layers": 2,
-           "num_attention_heads": 6, "num_key_value_heads": 2, "max_position_embeddings": 64}
+    cfg = {
+        "vocab_size": 128,
+        "hidden_size": 48,
+        "intermediate_size": 80,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 6,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 64,
+    }
     cfg.update(overrides)
     return LlamaForCausalLM(LlamaConfig(**cfg)).eval()
 

@@ -65,12 +65,25 @@ def _drop_module(tensors):
         del tensors[key]
 
 
-@pytest.mark.parametrize(("edit", "message"), [
-    (_rename_one, (r"missing tensors \['base_model.model.model.layers.0.self_attn.q_proj.prolora_A0'\] \(1\); "
-                   r"unexpected tensors \['base_model.model.model.layers.0.self_attn.q_projection.prolora_A0'\]")),
-    (_drop_module, (r"missing tensors \['base_model.model.model.layers.1.mlp.down_proj.prolora_A0', .* \(4\); "
-                    r"unexpected tensors none")),
-])
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (
+            _rename_one,
+            (
+                r"missing tensors \['base_model.model.model.layers.0.self_attn.q_proj.prolora_A0'\] \(1\); "
+                r"unexpected tensors \['base_model.model.model.layers.0.self_attn.q_projection.prolora_A0'\]"
+            ),
+        ),
+        (
+            _drop_module,
+            (
+                r"missing tensors \['base_model.model.model.layers.1.mlp.down_proj.prolora_A0', .* \(4\); "
+                r"unexpected tensors none"
+            ),
+        ),
+    ],
+)
 def test_keys_that_do_not_match_module_shapes_are_refused(saved, tmp_path, edit, message):
     _, path = saved
     bad = _copy(path, tmp_path / "bad", edit=edit)
@@ -84,15 +97,26 @@ def test_keys_that_do_not_match_module_shapes_are_refused(saved, tmp_path, edit,
 
 
 # ------------------------------------------------------------- ΔW fields recorded at save time
-@pytest.mark.parametrize("changes", [{"lora_alpha": 32}, {"rotation": False}, {"stride_a": 3},
-                                     {"stride_b": 0}, {"rotate_dim": "hidden"},
-                                     {"overrides": {"down_proj": {"lora_alpha": 4}}}])
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"lora_alpha": 32},
+        {"rotation": False},
+        {"stride_a": 3},
+        {"stride_b": 0},
+        {"rotate_dim": "hidden"},
+        {"overrides": {"down_proj": {"lora_alpha": 4}}},
+    ],
+)
 def test_config_edits_that_keep_shapes_are_refused(saved, tmp_path, changes):
     _, path = saved
     edited = _copy(path, tmp_path / "edited", config_changes=changes)
     field = next(iter(changes))
-    with pytest.raises(ValueError, match=rf"disagrees with what its weights were trained with.*{field}: "
-                                         rf"adapter_config.json has"):
+    with pytest.raises(
+        ValueError,
+        match=rf"disagrees with what its weights were trained with.*{field}: "
+        rf"adapter_config.json has",
+    ):
         peft.PeftModel.from_pretrained(make_tiny_llama(), edited)
     with pytest.raises(ValueError, match=field):
         prolora.export_lora(edited, tmp_path / "out")
@@ -137,7 +161,9 @@ def test_export_from_a_model_with_non_finite_tensors_is_refused(saved, tmp_path)
     layer = pm.base_model.model.model.layers[0].self_attn.q_proj
     with torch.no_grad():
         layer.prolora_A0["default"][0, 0] = float("nan")
-    with pytest.raises(ValueError, match=r"tensor base_model.model.model.layers.0.self_attn.q_proj.prolora_A0 holds"):
+    with pytest.raises(
+        ValueError, match=r"tensor base_model.model.model.layers.0.self_attn.q_proj.prolora_A0 holds"
+    ):
         prolora.export_lora(pm, tmp_path / "dense")
     assert not (tmp_path / "dense").exists()
 
@@ -177,15 +203,19 @@ def test_failed_load_adapter_leaves_the_model_exactly_as_before(tmp_path):
             pm(x, adapter_names=["wider", "default"])
     # the first adapter of a fresh model: the base model is left without any PRoLoRA layer
     base = make_tiny_llama()
-    base_modules, base_state = dict(base.named_modules()), {k: v.clone() for k, v in base.state_dict().items()}
+    base_modules, base_state = (
+        dict(base.named_modules()),
+        {k: v.clone() for k, v in base.state_dict().items()},
+    )
     with pytest.raises(ValueError, match="weight shape"):
         peft.PeftModel.from_pretrained(base, tmp_path / "wider")
     _assert_untouched(base, base_state, base_modules)
 
 
 # ------------------------------------------------------------------------------ adapter names
-@pytest.mark.parametrize("name", ["/tmp/abs", "../up", "a/b", "a.b", "", ".hidden", "-x", "__base__", "x" * 65,
-                                  "a\\b", "ü"])
+@pytest.mark.parametrize(
+    "name", ["/tmp/abs", "../up", "a/b", "a.b", "", ".hidden", "-x", "__base__", "x" * 65, "a\\b", "ü"]
+)
 def test_unsafe_adapter_names_are_refused_at_create_and_load(saved, tmp_path, name):
     _, path = saved
     with pytest.raises(ValueError, match="adapter name .* is not allowed"):
@@ -207,8 +237,11 @@ def test_save_pretrained_writes_only_inside_its_folder(saved, tmp_path):
     pm = peft.PeftModel.from_pretrained(make_tiny_llama(), path, adapter_name="first")
     pm.load_adapter(path, adapter_name="second-1")
     pm.save_pretrained(tmp_path / "out")
-    written = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file()
-                     and not p.is_relative_to(path))
+    written = sorted(
+        str(p.relative_to(tmp_path))
+        for p in tmp_path.rglob("*")
+        if p.is_file() and not p.is_relative_to(path)
+    )
     assert all(w.startswith("out/") for w in written) and "out/second-1/adapter_model.safetensors" in written
 
 
@@ -219,8 +252,10 @@ def test_saved_readme_and_cli_say_how_to_load_without_a_bare_key_error(saved, tm
     assert "## Loading this PRoLoRA adapter" in readme and "`import prolora`" in readme
     assert readme.count("## Loading this PRoLoRA adapter") == 1
     # stock peft in a process without prolora: the KeyError the README explains
-    script = (f"import sys; sys.modules['prolora'] = None\nfrom peft import PeftConfig\n"
-              f"PeftConfig.from_pretrained({str(path)!r})")
+    script = (
+        f"import sys; sys.modules['prolora'] = None\nfrom peft import PeftConfig\n"
+        f"PeftConfig.from_pretrained({str(path)!r})"
+    )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False)
     assert result.returncode != 0 and "KeyError: 'PROLORA'" in result.stderr
     # our CLI, with peft's mapping lacking PROLORA (as in such a process): a clear message, exit 2
@@ -235,13 +270,14 @@ def test_saved_readme_and_cli_say_how_to_load_without_a_bare_key_error(saved, tm
     assert code == 2 and "peft does not know peft_type 'PROLORA'" in err and "import prolora" in err
 
 
-
 # ------------------------------------------------------------------- export_merged: all or nothing
 def _tiny_tokenizer():
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    backend = Tokenizer(models.WordLevel({f"t{i}": i for i in range(127)} | {"<unk>": 127}, unk_token="<unk>"))
+    backend = Tokenizer(
+        models.WordLevel({f"t{i}": i for i in range(127)} | {"<unk>": 127}, unk_token="<unk>")
+    )
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
     return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", eos_token="<unk>")
 

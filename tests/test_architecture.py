@@ -18,10 +18,20 @@ ROOT = Path(prolora.__file__).parent
 # Lower layers never import higher ones. Each module or package of the package has a layer; a module may
 # import only modules of its own layer or lower ones (and, for the layer of a package, its own siblings).
 LAYERS = {
-    "equations": 0, "files": 0, "threads": 0,
-    "tuner": 1, "baselines": 1,
-    "format": 2, "base_models": 2, "params": 2, "method_presets": 2, "data": 2,
-    "inference": 3, "train": 3, "eval": 4, "compare": 5,
+    "equations": 0,
+    "files": 0,
+    "threads": 0,
+    "tuner": 1,
+    "baselines": 1,
+    "format": 2,
+    "base_models": 2,
+    "params": 2,
+    "method_presets": 2,
+    "data": 2,
+    "inference": 3,
+    "train": 3,
+    "eval": 4,
+    "compare": 5,
     "cli": 6,
 }
 
@@ -47,7 +57,9 @@ def _imports(name: str, path: Path, known: set[str]) -> set[str]:
             if node.level:
                 anchor = package.split(".")[: len(package.split(".")) - (node.level - 1)]
                 base = ".".join(anchor + ([base] if base else []))
-            targets = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in known else base for alias in node.names]
+            targets = [
+                f"{base}.{alias.name}" if f"{base}.{alias.name}" in known else base for alias in node.names
+            ]
         else:
             continue
         found.update(t for t in targets if t.split(".")[0] == "prolora" and t in known and t != name)
@@ -65,8 +77,11 @@ def _layer(name: str) -> int | None:
 
 
 def test_every_top_level_name_has_a_layer():
-    names = {p.stem if p.is_file() else p.name for p in ROOT.iterdir()
-             if (p.suffix == ".py" and p.stem != "__init__") or (p / "__init__.py").exists()}
+    names = {
+        p.stem if p.is_file() else p.name
+        for p in ROOT.iterdir()
+        if (p.suffix == ".py" and p.stem != "__init__") or (p / "__init__.py").exists()
+    }
     assert names == set(LAYERS), "add the new module to LAYERS and docs/architecture.md"
 
 
@@ -80,7 +95,7 @@ def test_no_import_circle():
         state[node] = 1
         for dep in sorted(graph[node]):
             if state.get(dep) == 1:
-                pytest.fail("import circle: " + " -> ".join(stack[stack.index(dep):] + [node, dep]))
+                pytest.fail("import circle: " + " -> ".join(stack[stack.index(dep) :] + [node, dep]))
             if dep not in state:
                 visit(dep, stack + [node])
         state[node] = 2

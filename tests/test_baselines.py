@@ -64,7 +64,7 @@ def test_tied_lora_equals_dense_reference(overrides):
     outputs = {p: getattr(reference.model.layers[0].self_attn, p).out_features for p in QKV}
     with torch.no_grad():
         for p in QKV:  # B stacks B_q, B_k, B_v in this order
-            b_p = b[offset:offset + outputs[p]]
+            b_p = b[offset : offset + outputs[p]]
             offset += outputs[p]
             for l, (adapted, ref) in enumerate(zip(_attention_layers(model), reference.model.layers)):
                 v = getattr(adapted, p).tied_lora_v["default"]
@@ -128,7 +128,11 @@ def test_tied_lora_save_load_one_copy(tmp_path):
         keys = set(f.keys())
         assert f.metadata() == {"format": "pt"}
         assert sum(f.get_tensor(k).numel() for k in keys) == model.get_nb_trainable_parameters()[0]
-    assert {k for k in keys if "layers" not in k} == {"base_model.tied_A", "base_model.tied_B", "base_model.tied_u"}
+    assert {k for k in keys if "layers" not in k} == {
+        "base_model.tied_A",
+        "base_model.tied_B",
+        "base_model.tied_u",
+    }
     assert len(keys) == 3 + 3 * 2  # shared A, B, u once; v per projection per layer
     config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
     assert config["method"] == "tied-lora" and config["peft_type"] == "TIED_LORA"
@@ -197,12 +201,27 @@ def _trainer(model, out_dir, max_steps: int):
     from transformers import Trainer, TrainingArguments, default_data_collator
 
     gen = torch.Generator().manual_seed(0)
-    rows = [{"input_ids": ids, "attention_mask": [1] * 8, "labels": ids}
-            for ids in torch.randint(0, 128, (8, 8), generator=gen).tolist()]
-    args = TrainingArguments(output_dir=str(out_dir), max_steps=max_steps, save_steps=1, save_strategy="steps",
-                             per_device_train_batch_size=2, learning_rate=1e-2, use_cpu=True, report_to="none",
-                             logging_steps=1, disable_tqdm=True, seed=0, dataloader_num_workers=0)
-    return Trainer(model=model, args=args, train_dataset=Dataset.from_list(rows), data_collator=default_data_collator)
+    rows = [
+        {"input_ids": ids, "attention_mask": [1] * 8, "labels": ids}
+        for ids in torch.randint(0, 128, (8, 8), generator=gen).tolist()
+    ]
+    args = TrainingArguments(
+        output_dir=str(out_dir),
+        max_steps=max_steps,
+        save_steps=1,
+        save_strategy="steps",
+        per_device_train_batch_size=2,
+        learning_rate=1e-2,
+        use_cpu=True,
+        report_to="none",
+        logging_steps=1,
+        disable_tqdm=True,
+        seed=0,
+        dataloader_num_workers=0,
+    )
+    return Trainer(
+        model=model, args=args, train_dataset=Dataset.from_list(rows), data_collator=default_data_collator
+    )
 
 
 def test_tied_lora_hf_trainer_checkpoints_and_resume(tmp_path):
@@ -222,10 +241,16 @@ def test_tied_lora_hf_trainer_checkpoints_and_resume(tmp_path):
     base = make_tiny_llama()
     torch.manual_seed(5)  # another adapter init, which loading checkpoint-1 must overwrite
     resumed = apply_tied_lora(base, r=R, lora_dropout=0.0)
-    _trainer(resumed, tmp_path / "run", 2).train(resume_from_checkpoint=str(tmp_path / "run" / "checkpoint-1"))
+    _trainer(resumed, tmp_path / "run", 2).train(
+        resume_from_checkpoint=str(tmp_path / "run" / "checkpoint-1")
+    )
     for name in ("tied_A", "tied_B", "tied_u"):
-        torch.testing.assert_close(getattr(resumed.base_model, name)["default"],
-                                   getattr(model.base_model, name)["default"], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(
+            getattr(resumed.base_model, name)["default"],
+            getattr(model.base_model, name)["default"],
+            rtol=1e-5,
+            atol=1e-6,
+        )
 
 
 # ------------------------------------------------------------------------------------------------------ VeRA
@@ -234,17 +259,23 @@ def _vera():
 
 
 def _shapes(model):
-    return [(n, m.in_features, m.out_features) for n, m in model.named_modules() if n.rpartition(".")[2] in SEVEN]
+    return [
+        (n, m.in_features, m.out_features) for n, m in model.named_modules() if n.rpartition(".")[2] in SEVEN
+    ]
 
 
 def test_vera_all_seven_projections_train_lambdas_only():
     model = _vera()
-    adapted = [n for n, m in model.named_modules() if type(m).__name__ == "Linear" and hasattr(m, "vera_lambda_b")]
+    adapted = [
+        n for n, m in model.named_modules() if type(m).__name__ == "Linear" and hasattr(m, "vera_lambda_b")
+    ]
     assert len(adapted) == 7 * 2  # seven projections of four different shapes, two layers
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all(".vera_lambda_b." in n or ".vera_lambda_d." in n for n in trainable)
     counts = vera_param_counts(_shapes(make_tiny_llama()), r=8)
-    assert model.get_nb_trainable_parameters()[0] == counts.trainable == sum(8 + o for _, _, o in _shapes(model))
+    assert (
+        model.get_nb_trainable_parameters()[0] == counts.trainable == sum(8 + o for _, _, o in _shapes(model))
+    )
     with torch.no_grad():  # λ_b = 0 at init would give λ_d a zero gradient
         for n, p in model.named_parameters():
             if ".vera_lambda_b." in n:
@@ -276,12 +307,23 @@ def test_vera_save_load_exact(tmp_path):
 
 def test_paper_parameter_counts():
     """LLaMA2-7B (h = 4096, MLP 11008, 32 layers): Table 2's 1.42M (VeRA r=256), 4.60M / 4.99M (Tied LoRA)."""
-    shapes = {"q_proj": (4096, 4096), "k_proj": (4096, 4096), "v_proj": (4096, 4096), "o_proj": (4096, 4096),
-              "gate_proj": (4096, 11008), "up_proj": (4096, 11008), "down_proj": (11008, 4096)}
+    shapes = {
+        "q_proj": (4096, 4096),
+        "k_proj": (4096, 4096),
+        "v_proj": (4096, 4096),
+        "o_proj": (4096, 4096),
+        "gate_proj": (4096, 11008),
+        "up_proj": (4096, 11008),
+        "down_proj": (11008, 4096),
+    }
     modules = [(f"layers.{l}.{n}", h, o) for l in range(32) for n, (h, o) in shapes.items()]
     counts = vera_param_counts(modules, r=256)
     assert counts.trainable == 1_417_216
-    assert (counts.frozen_peft, counts.frozen_per_type, counts.frozen_per_shape) == (5_636_096, 19_988_480, 9_830_400)
+    assert (counts.frozen_peft, counts.frozen_per_type, counts.frozen_per_shape) == (
+        5_636_096,
+        19_988_480,
+        9_830_400,
+    )
     assert tied_lora_param_count(4096, [4096] * 3, 32, 256) == 4_595_712
     assert tied_lora_param_count(4096, [4096] * 3, 32, 280) == 4_989_696
 

@@ -7,30 +7,38 @@ import pytest
 from prolora.cli import main
 
 
-@pytest.mark.parametrize(("argv", "message"), [
-    (["train", "--lr", "-1"], "learning_rate=-1.0 must be positive"),
-    (["train", "--lora-alpha", "-16"], "lora_alpha=-16.0 must be positive"),
-    (["train", "--lora-dropout", "1.5"], "lora_dropout=1.5 must be in [0, 1)"),
-    (["train", "--max-grad-norm", "-1"], "max_grad_norm=-1.0 must be at least 0"),
-    (["eval", "--limit", "0", "--tasks", "gsm8k", "--data-dir", ".", "--output-dir", "/nonexistent/o"],
-     "limit must be at least 1, got 0"),
-    (["compare", "--seeds", "a"], "--seeds 'a': give comma-separated integers"),
-    (["compare", "--groups", ","], "names no group"),
-    (["compare", "--max-steps", "0"], "max_steps=0 must be at least 1"),
-])
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["train", "--lr", "-1"], "learning_rate=-1.0 must be positive"),
+        (["train", "--lora-alpha", "-16"], "lora_alpha=-16.0 must be positive"),
+        (["train", "--lora-dropout", "1.5"], "lora_dropout=1.5 must be in [0, 1)"),
+        (["train", "--max-grad-norm", "-1"], "max_grad_norm=-1.0 must be at least 0"),
+        (
+            ["eval", "--limit", "0", "--tasks", "gsm8k", "--data-dir", ".", "--output-dir", "/nonexistent/o"],
+            "limit must be at least 1, got 0",
+        ),
+        (["compare", "--seeds", "a"], "--seeds 'a': give comma-separated integers"),
+        (["compare", "--groups", ","], "names no group"),
+        (["compare", "--max-steps", "0"], "max_steps=0 must be at least 1"),
+    ],
+)
 def test_bad_flags(argv, message, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert f"prolora {argv[0]}: error:" in err and message in err and "Traceback" not in err
 
 
-@pytest.mark.parametrize(("name", "text", "message"), [
-    ("bad.yaml", "r: [8\n", "is not valid YAML"),
-    ("bad.json", "{r: 8}", "is not valid JSON"),
-    ("list.yaml", "- 1\n", "must be a mapping"),
-    ("types.yaml", "r: '8'\n", "r='8' must be int like the default 8"),
-    ("flag.yaml", "resume: 'yes'\n", "resume='yes' must be bool"),
-])
+@pytest.mark.parametrize(
+    ("name", "text", "message"),
+    [
+        ("bad.yaml", "r: [8\n", "is not valid YAML"),
+        ("bad.json", "{r: 8}", "is not valid JSON"),
+        ("list.yaml", "- 1\n", "must be a mapping"),
+        ("types.yaml", "r: '8'\n", "r='8' must be int like the default 8"),
+        ("flag.yaml", "resume: 'yes'\n", "resume='yes' must be bool"),
+    ],
+)
 def test_bad_train_config_files(tmp_path, capsys, name, text, message):
     (tmp_path / name).write_text(text)
     assert main(["train", "--config", str(tmp_path / name)]) == 2
@@ -61,4 +69,6 @@ def test_version_flag(capsys):
 
     with pytest.raises(SystemExit) as exit_:
         main(["--version"])
-    assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"prolora {metadata.version('prolora')}"
+    assert (
+        exit_.value.code == 0 and capsys.readouterr().out.strip() == f"prolora {metadata.version('prolora')}"
+    )

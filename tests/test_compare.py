@@ -63,8 +63,12 @@ def test_small_preset_budgets_on_smollm2():
     for r in (1, 4, 8):
         assert rows[f"LoRA r={r}"].params == r * lora2 // 2
     prolora = rows["PRoLoRA"]
-    assert (prolora.train["r"], prolora.train["unshared_r"], prolora.train["sharing_rate_a"],
-            prolora.train["sharing_rate_b"]) == (8, 1, 7, 7)
+    assert (
+        prolora.train["r"],
+        prolora.train["unshared_r"],
+        prolora.train["sharing_rate_a"],
+        prolora.train["sharing_rate_b"],
+    ) == (8, 1, 7, 7)
     assert prolora.params == _per_model(lambda h, o: ref_params(h, o, 8, 1, 7, 7)) == 162_120
     for label in ("CLoRA", "RoLoRA"):
         cell = rows[label]
@@ -94,8 +98,11 @@ def test_lr_sweep_is_every_row_at_every_rate():
         assert c.seed == SMALL.lr_grid_seed and c.coords == {"lr": c.train["learning_rate"]}
     assert all(sorted(lrs) == sorted(SMALL.lr_grid) for lrs in by_label.values())
     assert set(by_label) == set(SMALL.lr_grid_rows)
-    main_seed1 = {c.key for c in cells if c.group == "main" and c.seed == SMALL.lr_grid_seed
-                  and c.label in SMALL.lr_grid_rows}
+    main_seed1 = {
+        c.key
+        for c in cells
+        if c.group == "main" and c.seed == SMALL.lr_grid_seed and c.label in SMALL.lr_grid_rows
+    }
     at_default = {c.key for c in sweep if c.train["learning_rate"] == SMALL.train["learning_rate"]}
     assert at_default == main_seed1
     shared = [c for c in sweep if c.label == "PRoLoRA + shared lr"]
@@ -124,8 +131,11 @@ def test_lr_sweep_report_picks_each_rows_best_rate(tmp_path):
     assert "| PRoLoRA | 2.0460 | 2.0310 | 2.0010 | 0.005 | 2.0010 | **high edge** |" in text
     assert rows["LoRA r=2"]["edge"] == "low" and rows["PRoLoRA"]["edge"] == "high"
     # with a rate of its grid unfinished, a row's edge is not judged yet
-    partial = {k: v for k, v in results.items()
-               if not (v["cell"]["label"] == "PRoLoRA" and v["cell"]["train"]["learning_rate"] == 5e-4)}
+    partial = {
+        k: v
+        for k, v in results.items()
+        if not (v["cell"]["label"] == "PRoLoRA" and v["cell"]["train"]["learning_rate"] == 5e-4)
+    }
     rows = {row["label"]: row for row in summarize(SMALL, cells, partial)["lr_sweep"]["rows"]}
     assert rows["PRoLoRA"]["edge"] is None and rows["LoRA r=2"]["edge"] == "low"
 
@@ -155,8 +165,11 @@ def test_best_group_trains_each_row_at_its_best_rate_for_every_seed(tmp_path):
     by_seed1 = {c.label: c.key for c in chosen if c.seed == preset.lr_grid_seed}
     assert all(by_seed1[c.label] == c.key for c in sweep if c.coords["lr"] == rates[c.label])
     # a row with an unfinished rate is not in the group
-    partial = {k: v for k, v in results.items()
-               if not (v["cell"]["label"] == "PRoLoRA" and v["cell"]["train"]["learning_rate"] == 5e-3)}
+    partial = {
+        k: v
+        for k, v in results.items()
+        if not (v["cell"]["label"] == "PRoLoRA" and v["cell"]["train"]["learning_rate"] == 5e-3)
+    }
     assert "PRoLoRA" not in best_lr(sweep, partial, score) and "LoRA r=2" in best_lr(sweep, partial, score)
 
     cells += chosen
@@ -302,8 +315,15 @@ def test_lr_shared_scale_param_groups(tmp_path):
     from prolora.train.trainer import CheckpointTrainer
 
     model = get_peft_model(make_tiny_llama(), make_adapter_config("prolora", r=4, u=1, m=2, n=2))
-    args = TrainingArguments(output_dir=str(tmp_path), learning_rate=1e-3, max_steps=10, warmup_steps=0,
-                             lr_scheduler_type="linear", use_cpu=True, report_to="none")
+    args = TrainingArguments(
+        output_dir=str(tmp_path),
+        learning_rate=1e-3,
+        max_steps=10,
+        warmup_steps=0,
+        lr_scheduler_type="linear",
+        use_cpu=True,
+        report_to="none",
+    )
     trainer = CheckpointTrainer(model=model, args=args, lr_shared_scale=3.0)
     trainer.create_optimizer_and_scheduler(num_training_steps=10)
     names = {id(p): n for n, p in model.named_parameters()}
@@ -327,8 +347,9 @@ def test_lr_shared_scale_default_keeps_one_rate(tmp_path):
     from prolora.train.trainer import CheckpointTrainer
 
     model = get_peft_model(make_tiny_llama(), make_adapter_config("prolora", r=4, u=1, m=2, n=2))
-    args = TrainingArguments(output_dir=str(tmp_path), learning_rate=1e-3, max_steps=10, use_cpu=True,
-                             report_to="none")
+    args = TrainingArguments(
+        output_dir=str(tmp_path), learning_rate=1e-3, max_steps=10, use_cpu=True, report_to="none"
+    )
     trainer = CheckpointTrainer(model=model, args=args)
     trainer.create_optimizer()
     assert {g["lr"] for g in trainer.optimizer.param_groups} == {1e-3}
@@ -349,7 +370,11 @@ def test_rank_pilot_and_study_presets_build_the_cells_they_should():
     pilot_cells = build_cells(pilot)
     assert len(pilot_cells) == 5 * 3 == len({c.key for c in pilot_cells})
     by_label = {c.label: c for c in pilot_cells if c.seed == 1}
-    assert [by_label[f"LoRA r={r}"].params for r in (1, 4, 8)] == [12_672, 50_688, 101_376]  # 6 × r·(1536+576)
+    assert [by_label[f"LoRA r={r}"].params for r in (1, 4, 8)] == [
+        12_672,
+        50_688,
+        101_376,
+    ]  # 6 × r·(1536+576)
     assert by_label["LoRA r=8 (α/√r)"].train["use_rslora"] is True
     assert "use_rslora" not in by_label["LoRA r=1"].train  # r=1: both scalings are one run
     cells = build_cells(study)
@@ -393,8 +418,15 @@ def test_study_methods_adapt_only_the_regex_modules(method):
     from prolora.compare.cells import build_adapter_config, train_config
 
     regex = r"model\.layers\.(1)\.mlp\.down_proj"
-    train = {"method": method, "r": 4, "unshared_r": 0, "sharing_rate_a": 2, "sharing_rate_b": 2,
-             "target_modules": regex, "seed": 1}
+    train = {
+        "method": method,
+        "r": 4,
+        "unshared_r": 0,
+        "sharing_rate_a": 2,
+        "sharing_rate_b": 2,
+        "target_modules": regex,
+        "seed": 1,
+    }
     config = train_config(train, "unused")
     model = get_peft_model(make_tiny_llama(), build_adapter_config(config, method, {}))
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}

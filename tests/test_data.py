@@ -45,8 +45,10 @@ def trained_runs(enc) -> list[list[int]]:
 
 def test_tulu_text_is_open_instruct_format(tokenizer):
     text, _ = render(tokenizer, CONVERSATION, "tulu")
-    assert text == ("<|system|>\nYou are terse.\n<|user|>\nWhat is 2 + 3?\n<|assistant|>\n2 + 3 = 5.\n"
-                    "So the answer is 5.<|im_end|>\n<|user|>\nAnd 4 + 4?\n<|assistant|>\n8<|im_end|>\n")
+    assert text == (
+        "<|system|>\nYou are terse.\n<|user|>\nWhat is 2 + 3?\n<|assistant|>\n2 + 3 = 5.\n"
+        "So the answer is 5.<|im_end|>\n<|user|>\nAnd 4 + 4?\n<|assistant|>\n8<|im_end|>\n"
+    )
     prompt, _ = render(tokenizer, CONVERSATION[:2], "tulu", add_generation_prompt=True)
     assert prompt.endswith("<|user|>\nWhat is 2 + 3?\n<|assistant|>\n")
 
@@ -54,11 +56,16 @@ def test_tulu_text_is_open_instruct_format(tokenizer):
 def test_tulu_loss_is_on_assistant_tokens_and_eos_only(tokenizer):
     enc = encode(tokenizer, CONVERSATION, max_length=512, chat_format="tulu")
     runs = trained_runs(enc)
-    assert [tokenizer.decode(run) for run in runs] == ["2 + 3 = 5.\nSo the answer is 5.<|im_end|>", "8<|im_end|>"]
+    assert [tokenizer.decode(run) for run in runs] == [
+        "2 + 3 = 5.\nSo the answer is 5.<|im_end|>",
+        "8<|im_end|>",
+    ]
     assert all(run[-1] == tokenizer.eos_token_id for run in runs)
     masked = [tok for tok, label in zip(enc["input_ids"], enc["labels"]) if label == IGNORE_INDEX]
-    assert tokenizer.decode(masked) == ("<|system|>\nYou are terse.\n<|user|>\nWhat is 2 + 3?\n<|assistant|>\n\n"
-                                        "<|user|>\nAnd 4 + 4?\n<|assistant|>\n\n")
+    assert tokenizer.decode(masked) == (
+        "<|system|>\nYou are terse.\n<|user|>\nWhat is 2 + 3?\n<|assistant|>\n\n"
+        "<|user|>\nAnd 4 + 4?\n<|assistant|>\n\n"
+    )
     assert len(enc["input_ids"]) == len(enc["labels"]) == len(enc["attention_mask"])
     assert not enc["truncated"]
 
@@ -66,14 +73,20 @@ def test_tulu_loss_is_on_assistant_tokens_and_eos_only(tokenizer):
 def test_chat_template_loss_is_on_assistant_turns(tokenizer):
     enc = encode(tokenizer, CONVERSATION, max_length=512, chat_format="template")
     assert [tokenizer.decode(run) for run in trained_runs(enc)] == [
-        "2 + 3 = 5.\nSo the answer is 5.<|im_end|>", "8<|im_end|>"]
+        "2 + 3 = 5.\nSo the answer is 5.<|im_end|>",
+        "8<|im_end|>",
+    ]
     assert tokenizer.decode(enc["input_ids"]).startswith("<|im_start|>system\nYou are terse.<|im_end|>")
 
 
 def test_truncation_keeps_the_first_tokens(tokenizer):
     full = encode(tokenizer, CONVERSATION, max_length=512)
     cut = encode(tokenizer, CONVERSATION, max_length=20)
-    assert cut["truncated"] and cut["input_ids"] == full["input_ids"][:20] and cut["labels"] == full["labels"][:20]
+    assert (
+        cut["truncated"]
+        and cut["input_ids"] == full["input_ids"][:20]
+        and cut["labels"] == full["labels"][:20]
+    )
 
 
 def write_lines(path, lines):
@@ -83,27 +96,40 @@ def write_lines(path, lines):
 
 def test_jsonl_reader_reports_bad_records_with_line_numbers(tmp_path):
     good = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
-    path = write_lines(tmp_path / "d.jsonl", [
-        json.dumps(good),                                                           # 1 ok
-        "{not json",                                                                # 2
-        "",                                                                         # 3 blank: ignored
-        json.dumps({"prompt": "x"}),                                                # 4 unknown format
-        json.dumps({"messages": [{"role": "user", "content": "q"},
-                                 {"role": "assistant", "content": "  "}]}),          # 5 empty answer
-        json.dumps({"messages": [{"role": "bot", "content": "q"}]}),                 # 6 unknown role
-        json.dumps({"instruction": "Add.", "input": "1 and 2", "output": "3"}),      # 7 Alpaca ok
-        json.dumps([1, 2]),                                                         # 8 not an object
-    ])
+    path = write_lines(
+        tmp_path / "d.jsonl",
+        [
+            json.dumps(good),  # 1 ok
+            "{not json",  # 2
+            "",  # 3 blank: ignored
+            json.dumps({"prompt": "x"}),  # 4 unknown format
+            json.dumps(
+                {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "  "}]}
+            ),  # 5 empty answer
+            json.dumps({"messages": [{"role": "bot", "content": "q"}]}),  # 6 unknown role
+            json.dumps({"instruction": "Add.", "input": "1 and 2", "output": "3"}),  # 7 Alpaca ok
+            json.dumps([1, 2]),  # 8 not an object
+        ],
+    )
     records, issues = read_source(path)
     assert [r.origin for r in records] == [f"{path} line 1", f"{path} line 7"]
-    assert records[1].messages == [{"role": "user", "content": "Add.\n\n1 and 2"},
-                                   {"role": "assistant", "content": "3"}]
+    assert records[1].messages == [
+        {"role": "user", "content": "Add.\n\n1 and 2"},
+        {"role": "assistant", "content": "3"},
+    ]
     assert [(i.origin.rsplit(" line ", 1)[1], i.action) for i in issues] == [
-        ("2", "skipped"), ("4", "skipped"), ("5", "skipped"), ("6", "skipped"), ("8", "skipped")]
+        ("2", "skipped"),
+        ("4", "skipped"),
+        ("5", "skipped"),
+        ("6", "skipped"),
+        ("8", "skipped"),
+    ]
     assert "Alpaca" in issues[1].problem and "assistant" in issues[2].problem and "role" in issues[3].problem
     # one position only: the column within the line ("{not json": a property name expected at column 2)
-    assert str(issues[0]) == (f"{path} line 2: invalid JSON (Expecting property name enclosed in double quotes "
-                              "at column 2) (skipped)")
+    assert str(issues[0]) == (
+        f"{path} line 2: invalid JSON (Expecting property name enclosed in double quotes "
+        "at column 2) (skipped)"
+    )
 
 
 def test_json_array_alpaca_reader(tmp_path):
@@ -120,8 +146,12 @@ def test_missing_file_is_a_clear_error(tmp_path):
 
 
 def test_splits_report_overlong_records_and_split_off_heldout(tokenizer, tmp_path):
-    long_prompt = {"messages": [{"role": "user", "content": "word " * 300}, {"role": "assistant", "content": "ok"}]}
-    long_answer = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "word " * 300}]}
+    long_prompt = {
+        "messages": [{"role": "user", "content": "word " * 300}, {"role": "assistant", "content": "ok"}]
+    }
+    long_answer = {
+        "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "word " * 300}]
+    }
     short = [{"instruction": f"Say {i}.", "output": str(i)} for i in range(10)]
     path = write_lines(tmp_path / "d.jsonl", [json.dumps(x) for x in [long_prompt, long_answer, *short]])
     splits = load_splits(tokenizer, path, heldout_size=3, max_length=64)
@@ -153,13 +183,16 @@ def conversations(n: int) -> list[str]:
     return [json.dumps({"instruction": f"Say {i}.", "output": str(i)}) for i in range(n)]
 
 
-@pytest.mark.parametrize(("n", "size", "expected", "said"), [
-    (9, None, 0, "too few"),             # under 10 usable examples: no held-out split, training still runs
-    (30, None, 3, "3 drawn out of the data"),  # one in ten
-    (1000, None, 64, "64 drawn"),        # at most 64
-    (30, 5, 5, "(--heldout-size)"),      # explicit
-    (30, 0, 0, "--heldout-size 0"),
-])
+@pytest.mark.parametrize(
+    ("n", "size", "expected", "said"),
+    [
+        (9, None, 0, "too few"),  # under 10 usable examples: no held-out split, training still runs
+        (30, None, 3, "3 drawn out of the data"),  # one in ten
+        (1000, None, 64, "64 drawn"),  # at most 64
+        (30, 5, 5, "(--heldout-size)"),  # explicit
+        (30, 0, 0, "--heldout-size 0"),
+    ],
+)
 def test_heldout_size_adapts_to_small_data_and_says_so(tokenizer, tmp_path, n, size, expected, said):
     path = write_lines(tmp_path / "d.jsonl", conversations(n))
     splits = load_splits(tokenizer, path, heldout_size=size, max_length=64)
@@ -175,11 +208,14 @@ def test_explicit_heldout_size_larger_than_the_data_is_an_error(tokenizer, tmp_p
 
 def test_embedded_set_is_small_licensed_and_clean(tokenizer):
     folder = os.path.dirname(embedded_path("train"))
-    assert {"LICENSE", "SOURCE.md", "flan_cot_train.jsonl", "flan_cot_heldout.jsonl"} <= set(os.listdir(folder))
+    assert {"LICENSE", "SOURCE.md", "flan_cot_train.jsonl", "flan_cot_heldout.jsonl"} <= set(
+        os.listdir(folder)
+    )
     assert sum(os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder)) < 5_000_000
     train, train_issues = read_source(None, "train")
     heldout, heldout_issues = read_source(None, "heldout")
     assert len(train) > 4000 and len(heldout) == 128 and not train_issues and not heldout_issues
+
     def sources(split):
         with open(embedded_path(split), encoding="utf-8") as f:
             return {json.loads(line)["source"] for line in f}
@@ -189,5 +225,7 @@ def test_embedded_set_is_small_licensed_and_clean(tokenizer):
 
 def test_unknown_dataset_name_offline_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    with pytest.raises(FileNotFoundError, match="not a local file, and loading it as a Hugging Face dataset failed"):
+    with pytest.raises(
+        FileNotFoundError, match="not a local file, and loading it as a Hugging Face dataset failed"
+    ):
         read_source("no-such-user/no-such-dataset:train")

@@ -15,15 +15,25 @@ SHAPES = [  # (h, o, r, u, m, n): divisible, non-divisible, GQA k/v (576 -> 192)
     (40, 24, 4, 4, 3, 3),
     (9, 9, 4, 0, 9, 4),
 ]
-VARIANTS = [("hidden", "rank"), ("hidden", None), ("hidden", "hidden"), ("rank", "rank"), ("rank", "hidden"),
-            ("rank", None)]
+VARIANTS = [
+    ("hidden", "rank"),
+    ("hidden", None),
+    ("hidden", "hidden"),
+    ("rank", "rank"),
+    ("rank", "hidden"),
+    ("rank", None),
+]
 
 
 def _chunks(h, o, r, u, m, n, share="hidden", seed=0):
     g = torch.Generator().manual_seed(seed)
     sa, sb = ref_chunk_shapes(h, o, r, u, m, n, share)
-    return (torch.randn(sa, generator=g, dtype=torch.float64), torch.randn(sb, generator=g, dtype=torch.float64),
-            torch.randn(u, h, generator=g, dtype=torch.float64), torch.randn(o, u, generator=g, dtype=torch.float64))
+    return (
+        torch.randn(sa, generator=g, dtype=torch.float64),
+        torch.randn(sb, generator=g, dtype=torch.float64),
+        torch.randn(u, h, generator=g, dtype=torch.float64),
+        torch.randn(o, u, generator=g, dtype=torch.float64),
+    )
 
 
 @pytest.mark.parametrize("h,o,r,u,m,n", SHAPES)
@@ -72,7 +82,9 @@ def test_u_equals_r_is_lora():
 
 def _blocks(dw, m, n):
     o, h = dw.shape
-    return [[dw[j * o // n:(j + 1) * o // n, i * h // m:(i + 1) * h // m] for i in range(m)] for j in range(n)]
+    return [
+        [dw[j * o // n : (j + 1) * o // n, i * h // m : (i + 1) * h // m] for i in range(m)] for j in range(n)
+    ]
 
 
 def test_clora_blocks_are_identical():
@@ -109,7 +121,7 @@ def test_default_stride():
 
 def test_rectified_bound_is_loras_kaiming_bound():
     w = torch.empty(4, 300)
-    torch.nn.init.kaiming_uniform_(w, a=5 ** 0.5)  # PEFT LoRA's default init of A
+    torch.nn.init.kaiming_uniform_(w, a=5**0.5)  # PEFT LoRA's default init of A
     assert w.abs().max() <= eq.rectified_bound(300)
     assert w.abs().max() > 0.95 * eq.rectified_bound(300)
 

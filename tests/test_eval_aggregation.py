@@ -10,8 +10,11 @@ from prolora.eval.sandbox import RunResult
 
 
 def test_bbh_average_is_the_mean_over_tasks():
-    samples = [{"doc": {"task": "a"}, "exact_match": 1.0}, {"doc": {"task": "a"}, "exact_match": 0.0},
-               {"doc": {"task": "b"}, "exact_match": 1.0}]
+    samples = [
+        {"doc": {"task": "a"}, "exact_match": 1.0},
+        {"doc": {"task": "a"}, "exact_match": 0.0},
+        {"doc": {"task": "b"}, "exact_match": 1.0},
+    ]
     summary = bbh.summarize(samples)
     assert summary["per_task"] == {"a": {"exact_match": 50.0, "n": 2}, "b": {"exact_match": 100.0, "n": 1}}
     assert summary["exact_match"] == pytest.approx(75.0)  # not the 66.7 of pooling all examples
@@ -21,8 +24,12 @@ def test_mmlu_averages_pool_questions():
     def sample(subject, category, acc):
         return {"doc": {"subject": subject, "subcategory": subject, "category": category}, "acc": acc}
 
-    samples = [sample("x", "STEM", 1.0), sample("x", "STEM", 1.0), sample("y", "STEM", 0.0),
-               sample("z", "humanities", 0.0)]
+    samples = [
+        sample("x", "STEM", 1.0),
+        sample("x", "STEM", 1.0),
+        sample("y", "STEM", 0.0),
+        sample("z", "humanities", 0.0),
+    ]
     summary = mmlu.summarize(samples)
     assert summary["exact_match"] == 50.0
     assert summary["per_category"]["STEM"] == {"exact_match": pytest.approx(200 / 3), "n": 3}
@@ -39,11 +46,15 @@ def test_mmlu_generate_scoring_extracts_the_letter():
 
 def test_tydiqa_averages_over_languages():
     def sample(language, f1, em):
-        return {"doc": {"language": language, "exemplar_from": "dev", "exemplar_id": "e"}, "f1": f1,
-                "exact_match": em}
+        return {
+            "doc": {"language": language, "exemplar_from": "dev", "exemplar_id": "e"},
+            "f1": f1,
+            "exact_match": em,
+        }
 
-    summary = tydiqa.summarize([sample("english", 1.0, 1.0), sample("english", 0.5, 0.0),
-                                sample("arabic", 0.0, 0.0)])
+    summary = tydiqa.summarize(
+        [sample("english", 1.0, 1.0), sample("english", 0.5, 0.0), sample("arabic", 0.0, 0.0)]
+    )
     assert summary["per_language"]["english"]["f1"] == 75.0
     assert summary["f1"] == pytest.approx(37.5) and summary["exact_match"] == pytest.approx(25.0)
 
@@ -63,8 +74,13 @@ def test_humaneval_pass_at_1_averages_problem_estimates():
 
 
 def test_paper_average_needs_all_six_columns():
-    scores = {"mmlu": {"exact_match": 40.0}, "bbh": {"exact_match": 30.0}, "gsm8k": {"exact_match": 20.0},
-              "tydiqa": {"f1": 50.0, "exact_match": 35.0}, "humaneval": {"pass@1": 15.0}}
+    scores = {
+        "mmlu": {"exact_match": 40.0},
+        "bbh": {"exact_match": 30.0},
+        "gsm8k": {"exact_match": 20.0},
+        "tydiqa": {"f1": 50.0, "exact_match": 35.0},
+        "humaneval": {"pass@1": 15.0},
+    }
     assert paper_average(scores) == pytest.approx(190 / 6)
     del scores["bbh"]
     assert paper_average(scores) is None

@@ -31,11 +31,22 @@ def make_tiny_model():
     backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     backend.decoder = decoders.ByteLevel()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, eos_token="<|endoftext|>", pad_token="<|endoftext|>"
+    )
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=8192,
-                         eos_token_id=eos, pad_token_id=eos, bos_token_id=eos)
+    config = LlamaConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=8192,
+        eos_token_id=eos,
+        pad_token_id=eos,
+        bos_token_id=eos,
+    )
     return LlamaForCausalLM(config).eval(), tokenizer
 
 
@@ -49,26 +60,55 @@ def tiny(tmp_path_factory):
     model.save_pretrained(root / "model")
     tokenizer.save_pretrained(root / "model")
     torch.manual_seed(1)
-    get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj", "v_proj"], init_lora_weights=False)) \
-        .save_pretrained(root / "adapter")
+    get_peft_model(
+        model, LoraConfig(r=2, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    ).save_pretrained(root / "adapter")
     (root / "heldout.jsonl").write_text(
-        json.dumps({"messages": [{"role": "user", "content": "Say hi"}, {"role": "assistant", "content": "hi"}]})
-        + "\n" + json.dumps({"instruction": "Add 1 and 2", "output": "3"}) + "\n")
+        json.dumps(
+            {"messages": [{"role": "user", "content": "Say hi"}, {"role": "assistant", "content": "hi"}]}
+        )
+        + "\n"
+        + json.dumps({"instruction": "Add 1 and 2", "output": "3"})
+        + "\n"
+    )
     return root
 
 
 @pytest.fixture(scope="module")
 def run(tiny, tmp_path_factory):
     out = tmp_path_factory.mktemp("eval-out")
-    code = main(["eval", "--model", str(tiny / "model"), "--adapter", f"lora={tiny / 'adapter'}", "--include-base",
-                 "--data-dir", str(FIXTURES), "--limit", "2", "--max-new-tokens", "8", "--humaneval-samples", "2",
-                 "--sandbox-timeout", "5", "--loss-data", str(tiny / "heldout.jsonl"), "--output-dir", str(out)])
+    code = main(
+        [
+            "eval",
+            "--model",
+            str(tiny / "model"),
+            "--adapter",
+            f"lora={tiny / 'adapter'}",
+            "--include-base",
+            "--data-dir",
+            str(FIXTURES),
+            "--limit",
+            "2",
+            "--max-new-tokens",
+            "8",
+            "--humaneval-samples",
+            "2",
+            "--sandbox-timeout",
+            "5",
+            "--loss-data",
+            str(tiny / "heldout.jsonl"),
+            "--output-dir",
+            str(out),
+        ]
+    )
     assert code == 0
     return out, json.loads((out / "results.json").read_text())
 
 
 def predictions(out: Path, label: str, bench: str) -> list[dict]:
-    return [json.loads(line) for line in (out / "predictions" / label / f"{bench}.jsonl").read_text().splitlines()]
+    return [
+        json.loads(line) for line in (out / "predictions" / label / f"{bench}.jsonl").read_text().splitlines()
+    ]
 
 
 def test_writes_results_table_and_every_prediction(run):
@@ -87,7 +127,9 @@ def test_writes_results_table_and_every_prediction(run):
     assert results["sandbox"]["mode"] == "namespaces" and results["sandbox"]["processes"] == "seccomp"
     assert results["environment"]["lm_eval"] == "0.4.13"
     timing = results["runs"][0]["timings"]["mmlu"]
-    assert timing["full_size"] == 6 and timing["estimated_full_s"] == pytest.approx(timing["seconds_per_example"] * 6)
+    assert timing["full_size"] == 6 and timing["estimated_full_s"] == pytest.approx(
+        timing["seconds_per_example"] * 6
+    )
     table = (out / "results.md").read_text()
     assert "| Run | MMLU EM (0-shot) | BBH EM (3-shot, direct) |" in table and "| lora |" in table
     assert "## TyDi QA by language (F1 / EM)" in table and "Estimated full time" in table
@@ -107,7 +149,9 @@ def test_mmlu_letter_is_the_most_probable_continuation(run):
     model, tokenizer = make_tiny_model()  # same seed: the saved base model
     rows = predictions(out, "base", "mmlu")
     for row in rows:
-        expected = {letter: _continuation_logprob(model, tokenizer, row["prompt"], " " + letter) for letter in "ABCD"}
+        expected = {
+            letter: _continuation_logprob(model, tokenizer, row["prompt"], " " + letter) for letter in "ABCD"
+        }
         assert row["logprobs"] == pytest.approx(expected, abs=1e-4)
         assert row["prediction"] == max(expected, key=expected.get)
         assert row["correct"] == (row["prediction"] == row["answer"])
@@ -120,10 +164,15 @@ def test_generative_scores_recompute_from_the_predictions(run):
     for r in results["runs"]:
         scores, label = r["scores"], r["label"]
         gsm = predictions(out, label, "gsm8k")
-        assert scores["gsm8k"]["exact_match"] == pytest.approx(100 * sum(
-            metrics.numbers_equal(metrics.last_number(p["response"]), p["reference"]) for p in gsm) / len(gsm))
+        assert scores["gsm8k"]["exact_match"] == pytest.approx(
+            100
+            * sum(metrics.numbers_equal(metrics.last_number(p["response"]), p["reference"]) for p in gsm)
+            / len(gsm)
+        )
         for p in predictions(out, label, "bbh"):
-            assert p["correct"] == bool(metrics.bbh_exact_match(metrics.bbh_extract_answer(p["response"]), p["target"]))
+            assert p["correct"] == bool(
+                metrics.bbh_exact_match(metrics.bbh_extract_answer(p["response"]), p["target"])
+            )
         per_language = {}
         for p in predictions(out, label, "tydiqa"):
             assert p["f1"] == pytest.approx(metrics.squad_f1(p["response"].strip(), p["answers"]))
@@ -140,8 +189,12 @@ def test_generative_scores_recompute_from_the_predictions(run):
 
 def test_heldout_loss_is_the_mean_nll_of_assistant_tokens(tiny):
     model, tokenizer = make_tiny_model()
-    (tiny / "one.jsonl").write_text(json.dumps({"messages": [{"role": "user", "content": "Say hi"},
-                                                             {"role": "assistant", "content": "hi"}]}) + "\n")
+    (tiny / "one.jsonl").write_text(
+        json.dumps(
+            {"messages": [{"role": "user", "content": "Say hi"}, {"role": "assistant", "content": "hi"}]}
+        )
+        + "\n"
+    )
     result = heldout_loss(model, tokenizer, str(tiny / "one.jsonl"))
     # Tulu format: only "hi" + EOS are trained: 3 byte-level tokens
     context, answer = "<|user|>\nSay hi\n<|assistant|>\n", "hi<|endoftext|>"
@@ -156,7 +209,9 @@ def test_prolora_adapter_row_and_base_row(tiny, tmp_path):
     from prolora import PRoLoRAConfig, get_prolora_model
 
     model, tokenizer = make_tiny_model()
-    config = PRoLoRAConfig(r=4, unshared_r=1, sharing_rate_a=2, sharing_rate_b=2, target_modules=["q_proj", "v_proj"])
+    config = PRoLoRAConfig(
+        r=4, unshared_r=1, sharing_rate_a=2, sharing_rate_b=2, target_modules=["q_proj", "v_proj"]
+    )
     adapted = get_prolora_model(model, config)
     torch.manual_seed(2)
     for name, param in adapted.named_parameters():
@@ -164,22 +219,56 @@ def test_prolora_adapter_row_and_base_row(tiny, tmp_path):
             param.data.normal_(0, 0.5)
     adapted.save_pretrained(tmp_path / "prolora")
     out = tmp_path / "out"
-    assert main(["eval", "--model", str(tiny / "model"), "--adapter", f"pro={tmp_path / 'prolora'}", "--include-base",
-                 "--tasks", "mmlu", "--data-dir", str(FIXTURES), "--limit", "1", "--output-dir", str(out)]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--model",
+                str(tiny / "model"),
+                "--adapter",
+                f"pro={tmp_path / 'prolora'}",
+                "--include-base",
+                "--tasks",
+                "mmlu",
+                "--data-dir",
+                str(FIXTURES),
+                "--limit",
+                "1",
+                "--output-dir",
+                str(out),
+            ]
+        )
+        == 0
+    )
     results = json.loads((out / "results.json").read_text())
     assert [r["label"] for r in results["runs"]] == ["base", "pro"]
     assert results["runs"][1]["adapter"]["peft_type"] == "PROLORA"
     plain, _ = make_tiny_model()
     for row in predictions(out, "base", "mmlu"):  # the base row is the model without any adapter
-        assert row["logprobs"]["A"] == pytest.approx(_continuation_logprob(plain, tokenizer, row["prompt"], " A"),
-                                                     abs=1e-4)
+        assert row["logprobs"]["A"] == pytest.approx(
+            _continuation_logprob(plain, tokenizer, row["prompt"], " A"), abs=1e-4
+        )
     base, pro = predictions(out, "base", "mmlu")[0], predictions(out, "pro", "mmlu")[0]
     assert base["logprobs"] != pytest.approx(pro["logprobs"], abs=1e-3)
 
 
 def test_loss_alone(tiny, tmp_path):
-    assert main(["eval", "--model", str(tiny / "model"), "--tasks", "none", "--loss-data", str(tiny / "heldout.jsonl"),
-                 "--output-dir", str(tmp_path)]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--model",
+                str(tiny / "model"),
+                "--tasks",
+                "none",
+                "--loss-data",
+                str(tiny / "heldout.jsonl"),
+                "--output-dir",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["benchmarks"] == [] and set(results["runs"][0]["scores"]) == {"loss"}
     assert results["runs"][0]["scores"]["loss"]["examples"] == 2 and results["runs"][0]["average"] is None
@@ -193,8 +282,25 @@ def test_a_run_that_stops_early_keeps_the_finished_benchmarks(tiny, tmp_path, mo
 
     monkeypatch.setattr(humaneval, "score", broken)
     with pytest.raises(RuntimeError, match="stopped"):
-        main(["eval", "--model", str(tiny / "model"), "--tasks", "gsm8k,humaneval", "--data-dir", str(FIXTURES),
-              "--limit", "1", "--max-new-tokens", "4", "--humaneval-samples", "1", "--output-dir", str(tmp_path)])
+        main(
+            [
+                "eval",
+                "--model",
+                str(tiny / "model"),
+                "--tasks",
+                "gsm8k,humaneval",
+                "--data-dir",
+                str(FIXTURES),
+                "--limit",
+                "1",
+                "--max-new-tokens",
+                "4",
+                "--humaneval-samples",
+                "1",
+                "--output-dir",
+                str(tmp_path),
+            ]
+        )
     partial = json.loads((tmp_path / "results.json").read_text())
     assert partial["complete"] is False and set(partial["runs"][0]["scores"]) == {"gsm8k"}
     assert len(predictions(tmp_path, "base", "gsm8k")) == 1
@@ -202,7 +308,10 @@ def test_a_run_that_stops_early_keeps_the_finished_benchmarks(tiny, tmp_path, mo
 
 
 def test_cli_errors_name_the_problem(tmp_path, capsys):
-    assert main(["eval", "--tasks", "gsm8k", "--data-dir", str(tmp_path), "--output-dir", str(tmp_path / "o")]) == 2
+    assert (
+        main(["eval", "--tasks", "gsm8k", "--data-dir", str(tmp_path), "--output-dir", str(tmp_path / "o")])
+        == 2
+    )
     err = capsys.readouterr().err
     assert "GSM8K test file not found" in err and "--gsm8k PATH" in err
     assert main(["eval", "--tasks", "mmlu,squad", "--output-dir", str(tmp_path)]) == 2

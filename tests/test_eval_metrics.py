@@ -19,27 +19,38 @@ from prolora.eval.metrics import (
 # --------------------------------------------------------------------------------------------- GSM8K
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("So the answer is 18.", "18"),                        # sentence-final period is not a decimal point
-    ("She earns $1,234.50 in total.", "1234.50"),           # thousands comma and currency
-    ("The total is 1,000,000 dollars", "1000000"),
-    ("The temperature dropped to -5 degrees.", "-5"),       # negative
-    ("It is 3.75 now, then 0.5", "0.5"),                     # decimals, last one wins
-    ("He is 5-6 feet tall", "6"),                           # a hyphen between numbers is not a sign
-    ("Answer: 42\n\nQuestion: Tom has 3 apples", "3"),      # the *last* number, even in trailing text
-    ("about .5 of it", ".5"),
-    ("lists 1,2,3", "3"),                                   # not a thousands separator
-    ("costs \u22127 now", "-7"),                            # unicode minus sign
-    ("no digits here", None),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("So the answer is 18.", "18"),  # sentence-final period is not a decimal point
+        ("She earns $1,234.50 in total.", "1234.50"),  # thousands comma and currency
+        ("The total is 1,000,000 dollars", "1000000"),
+        ("The temperature dropped to -5 degrees.", "-5"),  # negative
+        ("It is 3.75 now, then 0.5", "0.5"),  # decimals, last one wins
+        ("He is 5-6 feet tall", "6"),  # a hyphen between numbers is not a sign
+        ("Answer: 42\n\nQuestion: Tom has 3 apples", "3"),  # the *last* number, even in trailing text
+        ("about .5 of it", ".5"),
+        ("lists 1,2,3", "3"),  # not a thousands separator
+        ("costs \u22127 now", "-7"),  # unicode minus sign
+        ("no digits here", None),
+    ],
+)
 def test_last_number(text, expected):
     assert last_number(text) == expected
 
 
-@pytest.mark.parametrize("prediction, reference, equal", [
-    ("18", "18", True), ("18.00", "18", True), ("18.5", "18", False), ("-5", "5", False),
-    ("1234.50", "1234.5", True), (None, "3", False), (".5", "0.5", True),
-])
+@pytest.mark.parametrize(
+    "prediction, reference, equal",
+    [
+        ("18", "18", True),
+        ("18.00", "18", True),
+        ("18.5", "18", False),
+        ("-5", "5", False),
+        ("1234.50", "1234.5", True),
+        (None, "3", False),
+        (".5", "0.5", True),
+    ],
+)
 def test_numbers_equal(prediction, reference, equal):
     assert numbers_equal(prediction, reference) is equal
 
@@ -51,16 +62,19 @@ def test_gsm8k_reference_strips_rationale_and_commas():
 # ----------------------------------------------------------------------------------------------- BBH
 
 
-@pytest.mark.parametrize("output, target, correct", [
-    ("(B).", "(B)", True),                                  # the 3-shot exemplars end answers with "."
-    (" (B).\n\nQ: the next question", "(B)", True),         # only the first paragraph counts
-    ("Let me see. So the answer is (C). Because", "(C)", True),
-    ("False", "false", True),                               # case is ignored
-    ("True.", "False", False),
-    ("The answer is (B)", "(B)", False),                    # open-instruct's rule wants "So the answer is"
-    ("valid", "invalid", False),
-    ("dyck ] ) }", "] ) }", False),
-])
+@pytest.mark.parametrize(
+    "output, target, correct",
+    [
+        ("(B).", "(B)", True),  # the 3-shot exemplars end answers with "."
+        (" (B).\n\nQ: the next question", "(B)", True),  # only the first paragraph counts
+        ("Let me see. So the answer is (C). Because", "(C)", True),
+        ("False", "false", True),  # case is ignored
+        ("True.", "False", False),
+        ("The answer is (B)", "(B)", False),  # open-instruct's rule wants "So the answer is"
+        ("valid", "invalid", False),
+        ("dyck ] ) }", "] ) }", False),
+    ],
+)
 def test_bbh_answer_extraction_and_exact_match(output, target, correct):
     assert bbh_exact_match(bbh_extract_answer(output), target) == float(correct)
 
@@ -73,11 +87,21 @@ def test_bbh_extract_answer_values():
 # ---------------------------------------------------------------------------------------------- MMLU
 
 
-@pytest.mark.parametrize("output, letter", [
-    ("B", "B"), (" (C)", "C"), ("D. Paris", "D"), ("The answer is (B).", "B"), ("answer: c", None),
-    ("Answer: A", "A"), ("I think C is right", "C"), ("Because it is", None), ("none of them", None),
-    ("The correct answer is D because", "D"),
-])
+@pytest.mark.parametrize(
+    "output, letter",
+    [
+        ("B", "B"),
+        (" (C)", "C"),
+        ("D. Paris", "D"),
+        ("The answer is (B).", "B"),
+        ("answer: c", None),
+        ("Answer: A", "A"),
+        ("I think C is right", "C"),
+        ("Because it is", None),
+        ("none of them", None),
+        ("The correct answer is D because", "D"),
+    ],
+)
 def test_extract_choice_letter(output, letter):
     assert extract_choice_letter(output) == letter
 
@@ -101,12 +125,18 @@ def test_squad_f1_and_em_hand_computed():
 # ----------------------------------------------------------------------------------------- HumanEval
 
 
-@pytest.mark.parametrize("n, c, k, expected", [
-    (1, 1, 1, 1.0), (1, 0, 1, 0.0), (20, 1, 1, 0.05), (20, 7, 1, 0.35),
-    (5, 2, 2, 0.7),     # 1 - C(3,2)/C(5,2) = 1 - 3/10
-    (10, 9, 2, 1.0),    # fewer failures than k: every draw of k contains a pass
-    (4, 1, 3, 0.75),    # 1 - C(3,3)/C(4,3)
-])
+@pytest.mark.parametrize(
+    "n, c, k, expected",
+    [
+        (1, 1, 1, 1.0),
+        (1, 0, 1, 0.0),
+        (20, 1, 1, 0.05),
+        (20, 7, 1, 0.35),
+        (5, 2, 2, 0.7),  # 1 - C(3,2)/C(5,2) = 1 - 3/10
+        (10, 9, 2, 1.0),  # fewer failures than k: every draw of k contains a pass
+        (4, 1, 3, 0.75),  # 1 - C(3,3)/C(4,3)
+    ],
+)
 def test_pass_at_k(n, c, k, expected):
     assert pass_at_k(n, c, k) == pytest.approx(expected)
 

@@ -62,7 +62,8 @@ def test_mmlu_prompt_is_open_instructs_zero_shot_prompt():
     assert first["prompt"] == (
         "<|user|>\nThe following are multiple choice questions (with answers) about  abstract algebra.\n\n"
         "Find the degree for the given field extension Q(sqrt(2), sqrt(3), sqrt(18)) over Q.\n"
-        "A. 0\nB. 4\nC. 2\nD. 6\nAnswer:\n<|assistant|>\nThe answer is:")
+        "A. 0\nB. 4\nC. 2\nD. 6\nAnswer:\n<|assistant|>\nThe answer is:"
+    )
     assert (first["answer"], first["answer_index"], first["category"]) == ("B", 1, "STEM")
     geography = [d for d in docs(mmlu) if d["subject"] == "high_school_geography"]
     assert {d["category"] for d in geography} == {"social sciences"}
@@ -76,7 +77,8 @@ def test_bbh_prompt_strips_the_chain_of_thought():
         "Q: not ( ( not not True ) ) is\nA: False.\n\n"
         "Q: True and False and not True and True is\nA: False.\n\n"
         "Q: not not ( not ( False ) ) is\nA: True.\n\n"
-        "Q: not ( True ) and ( True ) is\nA:")
+        "Q: not ( True ) and ( True ) is\nA:"
+    )
     assert first["target"] == "False"
     assert docs(bbh)[0]["prompt"].endswith("\n\nQ: not ( True ) and ( True ) is\n<|assistant|>\nA:")
 
@@ -89,12 +91,16 @@ def test_bbh_rejects_a_prompt_file_without_exemplar_answers():
 def test_gsm8k_prompt_has_the_eight_exemplars():
     first = docs(gsm8k)[0]
     prompt = first["prompt"]
-    assert prompt.startswith("<|user|>\nAnswer the following questions.\n\nQuestion: There are 15 trees in the grove.")
+    assert prompt.startswith(
+        "<|user|>\nAnswer the following questions.\n\nQuestion: There are 15 trees in the grove."
+    )
     assert prompt.count("Question: ") == 9 and prompt.count("So the answer is") == 8
-    assert prompt.endswith("\nQuestion: Janet’s ducks lay 16 eggs per day. She eats three for breakfast every "
-                           "morning and bakes muffins for her friends every day with four. She sells the remainder "
-                           "at the farmers' market daily for $2 per fresh duck egg. How much in dollars does she "
-                           "make every day at the farmers' market?\n<|assistant|>\nAnswer:")
+    assert prompt.endswith(
+        "\nQuestion: Janet’s ducks lay 16 eggs per day. She eats three for breakfast every "
+        "morning and bakes muffins for her friends every day with four. She sells the remainder "
+        "at the farmers' market daily for $2 per fresh duck egg. How much in dollars does she "
+        "make every day at the farmers' market?\n<|assistant|>\nAnswer:"
+    )
     assert first["reference"] == "18"
     assert docs(gsm8k, chat_format="none")[0]["prompt"].endswith("farmers' market?\nAnswer:")
 
@@ -113,7 +119,9 @@ def test_tydiqa_exemplars_come_from_train_or_a_held_out_dev_question():
     assert len(arabic) == 2 and {d["exemplar_from"] for d in arabic} == {"dev"}
     assert arabic[0]["exemplar_id"] not in {d["id"] for d in arabic}
     prompt = arabic[0]["prompt"]
-    assert prompt.startswith("<|user|>\nأجب على السؤال التالي بناءً على المعلومات في المقطع المعطى.\n\nالمقطع: ")
+    assert prompt.startswith(
+        "<|user|>\nأجب على السؤال التالي بناءً على المعلومات في المقطع المعطى.\n\nالمقطع: "
+    )
     assert prompt.count("المقطع: ") == 2 and prompt.endswith("\n\n<|assistant|>\nالإجابة:")
     assert docs(tydiqa, chat_format="none")[0]["prompt"].endswith("\nالإجابة:")
 
@@ -133,12 +141,19 @@ def test_tydiqa_rejects_unknown_languages():
 def test_humaneval_prompts():
     tulu, plain = docs(humaneval)[0], docs(humaneval, chat_format="none")[0]
     problem = tulu["problem_prompt"]
-    assert tulu["prompt"] == ("<|user|>\nComplete the following python function.\n\n\n" + problem
-                              + "\n<|assistant|>\nHere is the completed function:\n\n\n" + problem)
+    assert tulu["prompt"] == (
+        "<|user|>\nComplete the following python function.\n\n\n"
+        + problem
+        + "\n<|assistant|>\nHere is the completed function:\n\n\n"
+        + problem
+    )
     assert plain["prompt"] == problem
     built = humaneval.program(tulu, "    return True\n")
-    assert (built.source, built.test, built.entry_point) == (problem + "    return True\n\n", tulu["test"] + "\n",
-                                                             tulu["entry_point"])
+    assert (built.source, built.test, built.entry_point) == (
+        problem + "    return True\n\n",
+        tulu["test"] + "\n",
+        tulu["entry_point"],
+    )
 
 
 def test_limit_counts_per_subtask_and_size_counts_everything():
@@ -183,16 +198,41 @@ def test_humaneval_reads_gzip_and_overrides_win(tmp_path):
 
 
 def test_hub_rows_convert_to_the_local_records():
-    assert mmlu_from_hub([{"subject": "anatomy", "question": "q", "choices": ["a", "b", "c", "d"], "answer": 2}]) == \
-        {"anatomy": [{"question": "q", "choices": ["a", "b", "c", "d"], "answer": "C"}]}
-    assert gsm8k_from_hub([{"question": "q", "answer": "x\n#### 3", "extra": 1}]) == [{"question": "q",
-                                                                                        "answer": "x\n#### 3"}]
-    problem = {"task_id": "HumanEval/0", "prompt": "p", "entry_point": "f", "canonical_solution": "s", "test": "t"}
+    assert mmlu_from_hub(
+        [{"subject": "anatomy", "question": "q", "choices": ["a", "b", "c", "d"], "answer": 2}]
+    ) == {"anatomy": [{"question": "q", "choices": ["a", "b", "c", "d"], "answer": "C"}]}
+    assert gsm8k_from_hub([{"question": "q", "answer": "x\n#### 3", "extra": 1}]) == [
+        {"question": "q", "answer": "x\n#### 3"}
+    ]
+    problem = {
+        "task_id": "HumanEval/0",
+        "prompt": "p",
+        "entry_point": "f",
+        "canonical_solution": "s",
+        "test": "t",
+    }
     assert humaneval_from_hub([problem]) == [problem]
-    row = {"id": "swahili-1-0", "context": "c", "question": "q", "answers": {"text": ["a"], "answer_start": [0]}}
+    row = {
+        "id": "swahili-1-0",
+        "context": "c",
+        "question": "q",
+        "answers": {"text": ["a"], "answer_start": [0]},
+    }
     converted = tydiqa_from_hub([row], [])
-    assert converted == {"swahili": {"dev": [{"id": "swahili-1-0", "language": "swahili", "context": "c",
-                                              "question": "q", "answers": ["a"]}], "train": []}}
+    assert converted == {
+        "swahili": {
+            "dev": [
+                {
+                    "id": "swahili-1-0",
+                    "language": "swahili",
+                    "context": "c",
+                    "question": "q",
+                    "answers": ["a"],
+                }
+            ],
+            "train": [],
+        }
+    }
 
 
 def test_bbh_is_not_read_from_the_hub():

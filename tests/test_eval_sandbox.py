@@ -32,9 +32,18 @@ def weak_sandbox():
 
 
 def _problems() -> list[dict]:
-    rows = [json.loads(line) for line in (FIXTURES / "humaneval" / "HumanEval.jsonl").read_text().splitlines()]
-    return [{"problem_prompt": r["prompt"], "test": r["test"], "entry_point": r["entry_point"],
-             "canonical_solution": r["canonical_solution"]} for r in rows]
+    rows = [
+        json.loads(line) for line in (FIXTURES / "humaneval" / "HumanEval.jsonl").read_text().splitlines()
+    ]
+    return [
+        {
+            "problem_prompt": r["prompt"],
+            "test": r["test"],
+            "entry_point": r["entry_point"],
+            "canonical_solution": r["canonical_solution"],
+        }
+        for r in rows
+    ]
 
 
 def test_canonical_solutions_pass_and_corrupted_ones_fail(sandbox):
@@ -97,8 +106,10 @@ def test_deleting_files_harms_nothing(sandbox, tmp_path):
 
 
 def test_filesystem_cannot_be_made_writable_again(sandbox):
-    remount = ("import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n"
-               "assert libc.mount(None, b'/', None, 32 | 4096, None) == 0, ctypes.get_errno()")  # MS_REMOUNT|MS_BIND
+    remount = (
+        "import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+        "assert libc.mount(None, b'/', None, 32 | 4096, None) == 0, ctypes.get_errno()"
+    )  # MS_REMOUNT|MS_BIND
     assert sandbox.run(remount).status == "failed"
 
 
@@ -156,45 +167,49 @@ EARLY_EXITS = {
     "SystemExit(0) inside the candidate": "    raise SystemExit(0)\n",
     "os._exit(0) inside the candidate": "    import os\n    os._exit(0)\n",
     "atexit handler raising SystemExit(0)": "    return 0.0\nimport atexit, sys\ndef _f():\n    raise SystemExit(0)\n"
-                                            "atexit.register(_f)\nsys.exit(1)\n",
+    "atexit.register(_f)\nsys.exit(1)\n",
     "atexit handler calling os._exit(0)": "    return 0.0\nimport atexit, os\natexit.register(os._exit, 0)\n"
-                                          "raise KeyboardInterrupt\n",
+    "raise KeyboardInterrupt\n",
     "exec trick": "    return 0.0\nexec(compile('import os; os._exit(0)', 'x', 'exec'))\n",
     "patched builtins, then exit": "    return 0.0\nimport builtins, os\nbuiltins.print = lambda *a, **k: None\n"
-                                   "builtins.AssertionError = type('A', (Exception,), {})\nos._exit(0)\n",
+    "builtins.AssertionError = type('A', (Exception,), {})\nos._exit(0)\n",
     "own check() that swallows the test": "    return 0.0\ndef check(candidate):\n    pass\n_ = '''\n",
     "own check() overridden by the test's": "    return 0.0\ndef check(candidate):\n    pass\n",
     "kill the parent": "    return number % 1.0\nimport os, signal\nos.kill(os.getppid(), signal.SIGKILL)\n",
     "forged proof on every descriptor": "    return 0.0\nimport os\nfor fd in range(3, 64):\n    try:\n"
-                                        "        os.write(fd, b'0' * 32)\n    except OSError:\n        pass\n"
-                                        "os._exit(0)\n",
+    "        os.write(fd, b'0' * 32)\n    except OSError:\n        pass\n"
+    "os._exit(0)\n",
     "a thread exits 0 during check()": "    import os, threading, time\n"
-                                       "    threading.Thread(target=os._exit, args=(0,)).start()\n"
-                                       "    time.sleep(2)\n    return number % 1.0\n",
+    "    threading.Thread(target=os._exit, args=(0,)).start()\n"
+    "    time.sleep(2)\n    return number % 1.0\n",
     # written to attack this harness: steal the nonce from any pipe, or reach the checker through /proc
     "nonce read from every pipe and written back": (
         "    return 0.0\nimport os, stat\nseen = {}\nfor fd in range(3, 64):\n    try:\n"
         "        if stat.S_ISFIFO(os.fstat(fd).st_mode):\n            os.set_blocking(fd, False)\n"
         "            seen[fd] = os.read(fd, 256)\n    except OSError:\n        pass\n"
         "for fd in range(3, 64):\n    for data in seen.values():\n        try:\n"
-        "            os.write(fd, data)\n        except OSError:\n            pass\nos._exit(0)\n"),
+        "            os.write(fd, data)\n        except OSError:\n            pass\nos._exit(0)\n"
+    ),
     "the checker's descriptors through /proc": (
         "    return 0.0\nimport os\nfor pid in [p for p in os.listdir('/proc') if p.isdigit()]:\n"
         "    for fd in range(64):\n        try:\n"
         "            os.write(os.open(f'/proc/{pid}/fd/{fd}', os.O_WRONLY | os.O_NONBLOCK), b'0' * 32)\n"
-        "        except OSError:\n            pass\nos._exit(0)\n"),
+        "        except OSError:\n            pass\nos._exit(0)\n"
+    ),
     "an object equal to everything": "    class E(float):\n        def __eq__(self, other):\n"
-                                     "            return True\n        __sub__ = lambda self, other: 0.0\n"
-                                     "        __abs__ = lambda self: 0.0\n    return E(0.0)\n",
+    "            return True\n        __sub__ = lambda self, other: 0.0\n"
+    "        __abs__ = lambda self: 0.0\n    return E(0.0)\n",
 }
 
 
 def _deletes_ignoring_errors(root: Path) -> str:
-    return ("    import os, shutil, pathlib\n"
-            f"    shutil.rmtree({str(root)!r}, ignore_errors=True)\n"
-            f"    for p in pathlib.Path({str(root)!r}).rglob('*'):\n"
-            "        try:\n            p.unlink()\n        except Exception:\n            pass\n"
-            "    return number % 1.0\n")
+    return (
+        "    import os, shutil, pathlib\n"
+        f"    shutil.rmtree({str(root)!r}, ignore_errors=True)\n"
+        f"    for p in pathlib.Path({str(root)!r}).rglob('*'):\n"
+        "        try:\n            p.unlink()\n        except Exception:\n            pass\n"
+        "    return number % 1.0\n"
+    )
 
 
 def _score_predictions(tmp_path: Path, rows: list[dict], *extra: str) -> tuple[int, Path]:
@@ -203,9 +218,24 @@ def _score_predictions(tmp_path: Path, rows: list[dict], *extra: str) -> tuple[i
     samples = tmp_path / "samples.jsonl"
     samples.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "out"
-    code = main(["eval", "--tasks", "humaneval", "--predictions", str(samples), "--humaneval",
-                 str(FIXTURES / "humaneval"), "--sandbox-timeout", "5", "--sandbox-workers", "2",
-                 "--output-dir", str(out), *extra])
+    code = main(
+        [
+            "eval",
+            "--tasks",
+            "humaneval",
+            "--predictions",
+            str(samples),
+            "--humaneval",
+            str(FIXTURES / "humaneval"),
+            "--sandbox-timeout",
+            "5",
+            "--sandbox-workers",
+            "2",
+            "--output-dir",
+            str(out),
+            *extra,
+        ]
+    )
     return code, out
 
 
@@ -216,31 +246,43 @@ def test_predictions_file_early_exits_fail_and_deleting_nothing_outside_passes(s
     (precious / "sub" / "keep.bin").write_bytes(b"\0\1")
     before = {p: p.read_bytes() for p in precious.rglob("*") if p.is_file()}
     canonical = {p["task_id"]: p["canonical_solution"] for p in _problems_with_ids()}
-    rows = [{"task_id": task_id, "completion": c} for task_id, c in canonical.items() if task_id != "HumanEval/2"]
-    rows += [{"task_id": "HumanEval/2", "completion": c}
-             for c in [GOOD, _deletes_ignoring_errors(precious), *EARLY_EXITS.values()]]
+    rows = [
+        {"task_id": task_id, "completion": c} for task_id, c in canonical.items() if task_id != "HumanEval/2"
+    ]
+    rows += [
+        {"task_id": "HumanEval/2", "completion": c}
+        for c in [GOOD, _deletes_ignoring_errors(precious), *EARLY_EXITS.values()]
+    ]
     code, out = _score_predictions(tmp_path, rows)
     assert code == 0
-    results = [json.loads(line) for line in (out / "humaneval_samples_results.jsonl").read_text().splitlines()]
+    results = [
+        json.loads(line) for line in (out / "humaneval_samples_results.jsonl").read_text().splitlines()
+    ]
     assert [r["task_id"] for r in results] == [r["task_id"] for r in rows]  # file order
     assert all(r["passed"] for r in results[:5]), [r["result"] for r in results[:5]]
     outcomes = dict(zip(EARLY_EXITS, results[5:]))
     assert [name for name, r in outcomes.items() if r["passed"]] == []
-    assert before == {p: p.read_bytes() for p in precious.rglob("*") if p.is_file()}  # nothing outside changed
+    assert before == {
+        p: p.read_bytes() for p in precious.rglob("*") if p.is_file()
+    }  # nothing outside changed
     summary = json.loads((out / "results.json").read_text())
     score = summary["runs"][0]["scores"]["humaneval"]
     n = 2 + len(EARLY_EXITS)
     assert score["n"] == 4 and score["samples"] == len(rows)
     assert score["pass@1"] == pytest.approx(100 * (3 + 2 / n) / 4)
     assert summary["sandbox"]["mode"] == "namespaces" and "warning" not in summary["sandbox"]
-    per_problem = [json.loads(line) for line in
-                   (out / "predictions" / "predictions" / "humaneval.jsonl").read_text().splitlines()]
+    per_problem = [
+        json.loads(line)
+        for line in (out / "predictions" / "predictions" / "humaneval.jsonl").read_text().splitlines()
+    ]
     assert [p["id"] for p in per_problem] == ["HumanEval/0", "HumanEval/1", "HumanEval/2", "HumanEval/3"]
     assert [c["status"] for c in per_problem[2]["completions"]][:2] == ["passed", "passed"]
 
 
 def _problems_with_ids() -> list[dict]:
-    return [json.loads(line) for line in (FIXTURES / "humaneval" / "HumanEval.jsonl").read_text().splitlines()]
+    return [
+        json.loads(line) for line in (FIXTURES / "humaneval" / "HumanEval.jsonl").read_text().splitlines()
+    ]
 
 
 def test_predictions_file_errors_name_the_problem(tmp_path, capsys):
@@ -262,7 +304,9 @@ def test_rlimits_mode_warns_in_output_and_results(tmp_path, capsys):
     assert "WARNING: sandbox mode 'rlimits' has NO filesystem or network isolation" in capsys.readouterr().err
     summary = json.loads((out / "results.json").read_text())
     assert "NO filesystem or network isolation" in summary["sandbox"]["warning"]
-    results = [json.loads(line) for line in (out / "humaneval_samples_results.jsonl").read_text().splitlines()]
+    results = [
+        json.loads(line) for line in (out / "humaneval_samples_results.jsonl").read_text().splitlines()
+    ]
     assert [r["passed"] for r in results] == [True] * 4 + [False]
 
 
@@ -270,8 +314,9 @@ def test_rlimits_mode_warns_in_output_and_results(tmp_path, capsys):
 def test_total_bytes_of_the_working_folder_are_capped(mode, sandbox):
     box = Sandbox(mode, SandboxLimits(timeout_s=10.0, memory_mb=512, file_size_mb=16, folder_mb=32))
     # ten files of 8 MB: each under the file-size limit, 80 MB in all
-    result = box.run("import time\nfor i in range(10):\n    open(f'f{i}', 'wb').write(bytes(8 << 20))\n"
-                     "    time.sleep(0.2)")
+    result = box.run(
+        "import time\nfor i in range(10):\n    open(f'f{i}', 'wb').write(bytes(8 << 20))\n    time.sleep(0.2)"
+    )
     assert result.status == "failed"
     assert "No space left on device" in result.detail or "exceeded its limit (32 MB" in result.detail
     assert box.run("for i in range(2):\n    open(f'f{i}', 'wb').write(bytes(8 << 20))").passed
@@ -291,18 +336,28 @@ def test_the_check_sees_plain_values_only(sandbox):
     from prolora.eval.sandbox import Program
 
     def run(body: str, test: str):
-        return sandbox.run(Program(f"import collections\ndef f(x):\n{body}", test, "f",
-                                   prompt="def f(x):\n    'stub'\n"))
+        return sandbox.run(
+            Program(f"import collections\ndef f(x):\n{body}", test, "f", prompt="def f(x):\n    'stub'\n")
+        )
 
-    assert run("    return collections.Counter(x)\n",
-               "def check(c):\n    assert c('aab') == {'a': 2, 'b': 1} and type(c('a')) is dict\n").passed
-    assert run("    return collections.namedtuple('P', 'a b')(*x)\n",
-               "def check(c):\n    assert c([1, 2]) == (1, 2)\n").passed
-    equal_to_all = "    class E(float):\n        def __eq__(self, o):\n            return True\n    return E(1.0)\n"
+    assert run(
+        "    return collections.Counter(x)\n",
+        "def check(c):\n    assert c('aab') == {'a': 2, 'b': 1} and type(c('a')) is dict\n",
+    ).passed
+    assert run(
+        "    return collections.namedtuple('P', 'a b')(*x)\n",
+        "def check(c):\n    assert c([1, 2]) == (1, 2)\n",
+    ).passed
+    equal_to_all = (
+        "    class E(float):\n        def __eq__(self, o):\n            return True\n    return E(1.0)\n"
+    )
     assert run(equal_to_all, "def check(c):\n    assert c(0) == 1.0\n").passed  # its own value is 1.0
     assert not run(equal_to_all, "def check(c):\n    assert c(0) == 5.0\n").passed
     result = run("    return iter(x)\n", "def check(c):\n    assert list(c([1])) == [1]\n")
     assert result.status == "failed" and "not plain data" in result.detail
     # the completion's exceptions reach the test as the same built-in type
-    assert run("    raise KeyError(x)\n", "def check(c):\n    try:\n        c(1)\n    except KeyError:\n"
-               "        pass\n    else:\n        raise AssertionError\n").passed
+    assert run(
+        "    raise KeyError(x)\n",
+        "def check(c):\n    try:\n        c(1)\n    except KeyError:\n"
+        "        pass\n    else:\n        raise AssertionError\n",
+    ).passed

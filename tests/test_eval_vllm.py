@@ -29,16 +29,40 @@ def test_max_lora_rank_is_the_smallest_vllm_slot_that_fits(tmp_path):
 
 
 def test_loss_data_needs_the_transformers_engine(tmp_path, capsys):
-    code = main(["eval", "--engine", "vllm", "--tasks", "none", "--loss-data", "embedded",
-                 "--output-dir", str(tmp_path)])
+    code = main(
+        [
+            "eval",
+            "--engine",
+            "vllm",
+            "--tasks",
+            "none",
+            "--loss-data",
+            "embedded",
+            "--output-dir",
+            str(tmp_path),
+        ]
+    )
     assert code == 2 and "--engine transformers" in capsys.readouterr().err
 
 
 def test_without_vllm_the_engine_names_the_install(tmp_path, capsys):
     if vllm_version() is not None:
         pytest.skip("vLLM is installed")
-    code = main(["eval", "--engine", "vllm", "--tasks", "gsm8k", "--data-dir", str(FIXTURES), "--limit", "1",
-                 "--output-dir", str(tmp_path)])
+    code = main(
+        [
+            "eval",
+            "--engine",
+            "vllm",
+            "--tasks",
+            "gsm8k",
+            "--data-dir",
+            str(FIXTURES),
+            "--limit",
+            "1",
+            "--output-dir",
+            str(tmp_path),
+        ]
+    )
     assert code == 2 and "scripts/vllm_env.sh" in capsys.readouterr().err
 
 
@@ -68,21 +92,54 @@ def test_vllm_engine_gives_the_transformers_engines_predictions(tmp_path):
     small, tokenizer = make_tiny_model()
     config = small.config
     config.hidden_size, config.intermediate_size, config.num_attention_heads = 128, 128, 2
-    config.num_key_value_heads, config.head_dim = 1, 64  # head_dim 64: vLLM's CPU attention has no kernel for tiny heads
+    config.num_key_value_heads, config.head_dim = (
+        1,
+        64,
+    )  # head_dim 64: vLLM's CPU attention has no kernel for tiny heads
     torch.manual_seed(0)
     model = LlamaForCausalLM(config).eval()
     model.save_pretrained(tmp_path / "model")
     tokenizer.save_pretrained(tmp_path / "model")
-    pm = get_prolora_model(model, PRoLoRAConfig(r=8, unshared_r=1, sharing_rate_a=2, sharing_rate_b=2,
-                                                target_modules=["q_proj", "v_proj", "down_proj"]))
+    pm = get_prolora_model(
+        model,
+        PRoLoRAConfig(
+            r=8,
+            unshared_r=1,
+            sharing_rate_a=2,
+            sharing_rate_b=2,
+            target_modules=["q_proj", "v_proj", "down_proj"],
+        ),
+    )
     _randomise(pm, std=0.3)
     pm.save_pretrained(tmp_path / "adapter")
     runs = {}
     for engine in ("transformers", "vllm"):
         out = tmp_path / engine
-        assert main(["eval", "--engine", engine, "--model", str(tmp_path / "model"), "--include-base",
-                     "--adapter", f"pro={tmp_path / 'adapter'}", "--tasks", "gsm8k", "--data-dir", str(FIXTURES),
-                     "--limit", "2", "--max-new-tokens", "8", "--output-dir", str(out)]) == 0
+        assert (
+            main(
+                [
+                    "eval",
+                    "--engine",
+                    engine,
+                    "--model",
+                    str(tmp_path / "model"),
+                    "--include-base",
+                    "--adapter",
+                    f"pro={tmp_path / 'adapter'}",
+                    "--tasks",
+                    "gsm8k",
+                    "--data-dir",
+                    str(FIXTURES),
+                    "--limit",
+                    "2",
+                    "--max-new-tokens",
+                    "8",
+                    "--output-dir",
+                    str(out),
+                ]
+            )
+            == 0
+        )
         results = json.loads((out / "results.json").read_text())
         runs[engine] = {r["label"]: r["scores"] for r in results["runs"]}
         for label in ("base", "pro"):

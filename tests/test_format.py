@@ -42,7 +42,10 @@ def test_file_holds_only_compact_tensors_and_is_as_small_as_the_count(saved):
     header = int.from_bytes(file.read_bytes()[:8], "little")
     assert os.path.getsize(file) <= 1.01 * trainable * 4 + 8 + header
     cfg = json.loads((path / "adapter_config.json").read_text())
-    assert cfg["peft_type"] == "PROLORA" and cfg["module_shapes"]["model.layers.0.self_attn.k_proj"] == [16, 48]
+    assert cfg["peft_type"] == "PROLORA" and cfg["module_shapes"]["model.layers.0.self_attn.k_proj"] == [
+        16,
+        48,
+    ]
 
 
 def test_save_load_is_bit_exact(saved):
@@ -73,7 +76,9 @@ def test_export_lora_loads_in_stock_peft_without_prolora(saved, tmp_path):
     pm, x, y, path = saved
     out = prolora.export_lora(path, tmp_path / "lora")
     same = prolora.export_lora(pm, tmp_path / "lora_from_model")
-    assert (out / "adapter_model.safetensors").read_bytes() == (same / "adapter_model.safetensors").read_bytes()
+    assert (out / "adapter_model.safetensors").read_bytes() == (
+        same / "adapter_model.safetensors"
+    ).read_bytes()
     torch.save({"x": x, "y": y}, tmp_path / "io.pt")
     script = f"""
 import sys, torch
@@ -89,7 +94,9 @@ rel = ((got - d["y"]).abs().max() / d["y"].abs().max()).item()
 print(rel)
 assert rel <= 1e-5, rel
 """
-    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False)
+    res = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False
+    )
     assert res.returncode == 0, res.stderr[-2000:]
 
 
@@ -111,8 +118,10 @@ def test_loading_onto_other_shapes_names_module_and_shapes(saved):
         peft.PeftModel.from_pretrained(other, path)
 
 
-@pytest.mark.parametrize(("layers", "message"), [(1, "saved with modules the base model lacks"),
-                                                 (3, "has no weights for model.layers.2")])
+@pytest.mark.parametrize(
+    ("layers", "message"),
+    [(1, "saved with modules the base model lacks"), (3, "has no weights for model.layers.2")],
+)
 def test_loading_onto_a_base_with_other_layers_fails(saved, layers, message):
     """Extra layers would get fresh adapters and missing ones would drop weights, silently: refused."""
     _, _, _, path = saved
@@ -143,16 +152,22 @@ def _edited_copy(src, dst, **changes):
     return dst
 
 
-@pytest.mark.parametrize(("changes", "message"), [
-    # down_proj (h = 80, m = 5): A_0 is (r − u, 80/5) = (7, 16)
-    ({"unshared_r": 0}, r"down_proj.prolora_A0 has shape \(7, 16\), but the config .* implies \(8, 16\)"),
-    ({"r": 16}, r"has shape .* but the config .* implies"),
-    ({"sharing_rate_a": 2}, r"down_proj.prolora_A0 has shape \(7, 16\), but the config .* implies \(7, 40\)"),
-    ({"module_shapes": {}}, "module_shapes is empty"),
-    ({"rotation": "no"}, "rotation='no' must be true or false"),
-    ({"lora_alpha": "x"}, "lora_alpha='x' must be a positive number"),
-    ({"module_shapes": [1, 2]}, "module_shapes must map module names"),
-])
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        # down_proj (h = 80, m = 5): A_0 is (r − u, 80/5) = (7, 16)
+        ({"unshared_r": 0}, r"down_proj.prolora_A0 has shape \(7, 16\), but the config .* implies \(8, 16\)"),
+        ({"r": 16}, r"has shape .* but the config .* implies"),
+        (
+            {"sharing_rate_a": 2},
+            r"down_proj.prolora_A0 has shape \(7, 16\), but the config .* implies \(7, 40\)",
+        ),
+        ({"module_shapes": {}}, "module_shapes is empty"),
+        ({"rotation": "no"}, "rotation='no' must be true or false"),
+        ({"lora_alpha": "x"}, "lora_alpha='x' must be a positive number"),
+        ({"module_shapes": [1, 2]}, "module_shapes must map module names"),
+    ],
+)
 def test_config_edited_apart_from_its_weights_is_refused(saved, tmp_path, changes, message):
     """A config that no longer describes its weights must not expand into a silently wrong ΔW."""
     _, _, _, path = saved
@@ -187,8 +202,10 @@ def test_bnb_4bit_base_forward_and_merge():
     q = bnb.nn.Linear4bit(64, 32, bias=False, quant_type="nf4", compute_dtype=torch.float32)
     q.weight = bnb.nn.Params4bit(dense.weight.data.clone(), requires_grad=False, quant_type="nf4")
     q = q.to("cpu")  # quantizes
-    pm = get_prolora_model(torch.nn.Sequential(q), PRoLoRAConfig(
-        r=4, unshared_r=1, sharing_rate_a=4, sharing_rate_b=4, target_modules=["0"]))
+    pm = get_prolora_model(
+        torch.nn.Sequential(q),
+        PRoLoRAConfig(r=4, unshared_r=1, sharing_rate_a=4, sharing_rate_b=4, target_modules=["0"]),
+    )
     _randomise(pm, std=0.05)
     layer = pm.base_model.model[0]
     w0 = dequantize_bnb_weight(q.weight, state=q.weight.quant_state)

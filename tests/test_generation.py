@@ -50,7 +50,9 @@ def test_chat_reads_turns_and_commands_from_stdin(tiny, tmp_path, monkeypatch, c
     parser = argparse.ArgumentParser()
     chat_cmd.add_arguments(parser)
     args = parser.parse_args(["--adapter", str(run), "--max-new-tokens", "3"])
-    monkeypatch.setattr("sys.stdin", io.StringIO("What is 1 plus 2?\n/use nope\n/use base\nAnd 2 plus 2?\n/exit\n"))
+    monkeypatch.setattr(
+        "sys.stdin", io.StringIO("What is 1 plus 2?\n/use nope\n/use base\nAnd 2 plus 2?\n/exit\n")
+    )
     capsys.readouterr()
     assert chat_cmd.run(args) == 0
     captured = capsys.readouterr()

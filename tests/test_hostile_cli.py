@@ -9,12 +9,15 @@ from prolora.cli import main
 
 
 @pytest.mark.parametrize("command", ["generate", "chat"])
-@pytest.mark.parametrize(("flags", "message"), [
-    (["--max-new-tokens", "0"], "--max-new-tokens 0 must be at least 1"),      # was transformers' message,
-    (["--max-new-tokens", "-5"], "--max-new-tokens -5 must be at least 1"),    # after the model loaded
-    (["--temperature", "-1"], "--temperature -1.0 must be a finite number"),   # was silently greedy
-    (["--temperature", "nan"], "--temperature nan must be a finite number"),   # was silently greedy
-])
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--max-new-tokens", "0"], "--max-new-tokens 0 must be at least 1"),  # was transformers' message,
+        (["--max-new-tokens", "-5"], "--max-new-tokens -5 must be at least 1"),  # after the model loaded
+        (["--temperature", "-1"], "--temperature -1.0 must be a finite number"),  # was silently greedy
+        (["--temperature", "nan"], "--temperature nan must be a finite number"),  # was silently greedy
+    ],
+)
 def test_bad_generation_flags(command, flags, message, capsys, tmp_path):
     argv = [command, "hi"] if command == "generate" else [command]
     assert main([*argv, "--model", str(tmp_path / "never-loaded"), *flags]) == 2
@@ -22,19 +25,44 @@ def test_bad_generation_flags(command, flags, message, capsys, tmp_path):
     assert err.startswith(f"prolora {command}: error:") and message in err and "Traceback" not in err
 
 
-@pytest.mark.parametrize(("name", "data", "where"), [
-    ("latin1.jsonl", b'{"messages": []}\n{"text": "caf\xe9"}\n', "line 2 is not UTF-8 text (byte b'\\xe9' at column 14)"),
-    ("first.jsonl", b"\xff\xfe{}\n", "line 1 is not UTF-8 text (byte b'\\xff' at column 1)"),
-    ("array.json", b'[{"messages": []}, "\xff"]', "line 1 is not UTF-8 text (byte b'\\xff' at column 21)"),
-])
+@pytest.mark.parametrize(
+    ("name", "data", "where"),
+    [
+        (
+            "latin1.jsonl",
+            b'{"messages": []}\n{"text": "caf\xe9"}\n',
+            "line 2 is not UTF-8 text (byte b'\\xe9' at column 14)",
+        ),
+        ("first.jsonl", b"\xff\xfe{}\n", "line 1 is not UTF-8 text (byte b'\\xff' at column 1)"),
+        (
+            "array.json",
+            b'[{"messages": []}, "\xff"]',
+            "line 1 is not UTF-8 text (byte b'\\xff' at column 21)",
+        ),
+    ],
+)
 def test_a_data_file_that_is_not_utf8_is_named_with_its_line_and_the_fix(tmp_path, capsys, name, data, where):
     # before: "prolora train: error: 'utf-8' codec can't decode byte 0xff in position 0: invalid start byte"
     from serve_utils import save_model
 
     (tmp_path / name).write_bytes(data)
     out = tmp_path / "run"
-    assert main(["train", "--model", str(save_model(tmp_path / "model")), "--data", str(tmp_path / name),
-                 "--output-dir", str(out), "--max-steps", "1"]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "--model",
+                str(save_model(tmp_path / "model")),
+                "--data",
+                str(tmp_path / name),
+                "--output-dir",
+                str(out),
+                "--max-steps",
+                "1",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert f"{name} {where}" in err and "save the file as UTF-8" in err and "Traceback" not in err
     assert not out.exists()
@@ -44,8 +72,22 @@ def test_a_benchmark_file_that_is_not_utf8_is_named(tmp_path, capsys):
     # before: "prolora eval: error: 'utf-8' codec can't decode byte 0xff in position 0: invalid start byte"
     (tmp_path / "he.jsonl").write_bytes(b'{"task_id": "\xff"}\n')
     out = tmp_path / "out"
-    assert main(["eval", "--tasks", "humaneval", "--humaneval", str(tmp_path / "he.jsonl"), "--predictions",
-                 str(tmp_path / "he.jsonl"), "--output-dir", str(out)]) == 2
+    assert (
+        main(
+            [
+                "eval",
+                "--tasks",
+                "humaneval",
+                "--humaneval",
+                str(tmp_path / "he.jsonl"),
+                "--predictions",
+                str(tmp_path / "he.jsonl"),
+                "--output-dir",
+                str(out),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "he.jsonl is not UTF-8 text (byte b'\\xff'" in err and "save it as UTF-8" in err
     assert not out.exists()

@@ -48,8 +48,12 @@ def test_built_once_then_loaded_from_the_cache(fake_gguf):
     for (name, a), (_, b) in zip(first.state_dict().items(), second.state_dict().items(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
     reference = make_tiny_llama(seed=1).state_dict()
-    torch.testing.assert_close(first.state_dict()["model.embed_tokens.weight"],
-                               reference["model.embed_tokens.weight"], rtol=0, atol=0)
+    torch.testing.assert_close(
+        first.state_dict()["model.embed_tokens.weight"],
+        reference["model.embed_tokens.weight"],
+        rtol=0,
+        atol=0,
+    )
     (copy,) = [p for p in (cache_dir() / "gguf").iterdir() if p.name.startswith("tiny-")]
     source = json.loads((copy / "source.json").read_text())
     assert source["sha256"] == hashlib.sha256(gguf.read_bytes()).hexdigest()
@@ -65,7 +69,10 @@ def test_changed_file_gets_a_new_copy(fake_gguf):
     os.utime(gguf, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
     second = dense_gguf_dir(str(gguf.parent), gguf.name)
     assert len(builds) == 2
-    assert json.loads(Path(second, "source.json").read_text())["sha256"] == hashlib.sha256(b"\x02other").hexdigest()
+    assert (
+        json.loads(Path(second, "source.json").read_text())["sha256"]
+        == hashlib.sha256(b"\x02other").hexdigest()
+    )
     assert len([p for p in (cache_dir() / "gguf").iterdir() if p.name.startswith("tiny-")]) == 2
 
 

@@ -20,7 +20,15 @@ from prolora.params import (
 )
 
 # Tiny Llama of conftest.make_tiny_llama: hidden 48, intermediate 80, 2 layers, 6 heads, 2 KV heads (k/v out 16).
-TINY_SHAPES = [(48, 48), (48, 16), (48, 16), (48, 48), (48, 80), (48, 80), (80, 48)]  # (h, o) of q,k,v,o,gate,up,down
+TINY_SHAPES = [
+    (48, 48),
+    (48, 16),
+    (48, 16),
+    (48, 48),
+    (48, 80),
+    (48, 80),
+    (80, 48),
+]  # (h, o) of q,k,v,o,gate,up,down
 
 
 def millions(count) -> float:
@@ -96,7 +104,9 @@ def test_reproduction_table_matches_the_paper_except_two_known_rows():
 def test_tiny_llama_matches_a_hand_count(tiny_llama, method, config, rumn):
     expected = 2 * sum(trainable_params(h, o, *rumn) for h, o in TINY_SHAPES)
     assert count_parameters(tiny_llama, method, **config).params == expected
-    assert count_parameters(tiny_llama.config, method, **config).params == expected  # built on the meta device
+    assert (
+        count_parameters(tiny_llama.config, method, **config).params == expected
+    )  # built on the meta device
 
 
 @pytest.mark.parametrize(
@@ -109,22 +119,41 @@ def test_tiny_llama_matches_a_hand_count(tiny_llama, method, config, rumn):
 def test_count_equals_an_instantiated_prolora_model(make, targets, overrides):
     from prolora import PRoLoRAConfig, get_prolora_model
 
-    core_overrides = {k: {"unshared_r" if name == "u" else name: v for name, v in o.items()} for k, o in overrides.items()}
-    config = PRoLoRAConfig(r=6, unshared_r=1, sharing_rate_a=2, sharing_rate_b=4, target_modules=targets,
-                           overrides=core_overrides)
+    core_overrides = {
+        k: {"unshared_r" if name == "u" else name: v for name, v in o.items()} for k, o in overrides.items()
+    }
+    config = PRoLoRAConfig(
+        r=6,
+        unshared_r=1,
+        sharing_rate_a=2,
+        sharing_rate_b=4,
+        target_modules=targets,
+        overrides=core_overrides,
+    )
     model = get_prolora_model(make(), config)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    count = count_parameters(make(), "prolora", r=6, u=1, m=2, n=4, target_modules=targets, overrides=overrides)
+    count = count_parameters(
+        make(), "prolora", r=6, u=1, m=2, n=4, target_modules=targets, overrides=overrides
+    )
     assert count.params == trainable
 
 
 def test_lora_hand_count_without_the_equation(tiny_llama):
-    assert count_parameters(tiny_llama, "lora", r=4).params == 2 * 4 * sum(h + o for h, o in TINY_SHAPES) == 5632
+    assert (
+        count_parameters(tiny_llama, "lora", r=4).params == 2 * 4 * sum(h + o for h, o in TINY_SHAPES) == 5632
+    )
 
 
 def test_gpt2_conv1d_weights_are_in_by_out(tiny_gpt2):
-    shapes = {layer.name.split(".", 3)[-1]: (layer.h, layer.o) for layer in target_layers(tiny_gpt2, "all-linear")}
-    assert shapes == {"attn.c_attn": (48, 144), "attn.c_proj": (48, 48), "mlp.c_fc": (48, 192), "mlp.c_proj": (192, 48)}
+    shapes = {
+        layer.name.split(".", 3)[-1]: (layer.h, layer.o) for layer in target_layers(tiny_gpt2, "all-linear")
+    }
+    assert shapes == {
+        "attn.c_attn": (48, 144),
+        "attn.c_proj": (48, 48),
+        "mlp.c_fc": (48, 192),
+        "mlp.c_proj": (192, 48),
+    }
 
 
 def test_target_module_forms(tiny_llama):
@@ -149,7 +178,9 @@ def test_solver_returns_only_configs_within_the_budget(tiny_llama):
     assert [abs(f.gap) for f in fits] == sorted(abs(f.gap) for f in fits)
     for f in fits[:3]:
         assert count_parameters(tiny_llama, "prolora", r=f.r, u=f.u, m=f.m, n=f.n).params == f.params
-    strict = solve_budget(tiny_llama, budget, ranks=range(1, 17), shares=range(1, 9), tie_mn=False, strict=True)
+    strict = solve_budget(
+        tiny_llama, budget, ranks=range(1, 17), shares=range(1, 9), tie_mn=False, strict=True
+    )
     assert strict and all(f.gap <= 0 for f in strict)
     assert all(f.u == 0 for f in solve_budget(tiny_llama, "lora:2", method="rolora", ranks=range(1, 17)))
 
@@ -185,7 +216,10 @@ def test_smollm2_solver_includes_the_papers_lora_r2_match():
         ({"method": "vera", "r": 8, "m": 2}, r"vera takes only r"),
         ({"method": "dora", "r": 8}, r"unknown method 'dora'"),
         ({"method": "lora", "r": 8, "dtype": "fp8"}, r"unknown dtype 'fp8'"),
-        ({"method": "lora", "r": 8, "target_modules": ["c_attn"]}, r"matched no layer; its linear layers: .*q_proj"),
+        (
+            {"method": "lora", "r": 8, "target_modules": ["c_attn"]},
+            r"matched no layer; its linear layers: .*q_proj",
+        ),
         ({"method": "lora", "r": 8, "overrides": {"q_proj": {"rank": 2}}}, r"only r, u, m and n"),
     ],
 )
@@ -210,12 +244,17 @@ def test_cli_counts_and_reports_both_conventions(capsys):
     assert run_cli("--preset", "llama2-13b", "--method", "lora", "--r", "2") == 0
     out = capsys.readouterr().out
     assert "7,823,360 parameters" in out and "llama2-13b-paper gives 6,258,688" in out
-    assert run_cli("--preset", "llama2-7b", "--method", "prolora", "--r", "8", "--u", "1", "--m", "7", "--json") == 0
+    assert (
+        run_cli("--preset", "llama2-7b", "--method", "prolora", "--r", "8", "--u", "1", "--m", "7", "--json")
+        == 0
+    )
     assert json.loads(capsys.readouterr().out)["params"] == 4_999_520
 
 
 def test_cli_budget_json(capsys):
-    assert run_cli("--preset", "llama2-7b", "--budget", "lora:2", "--max-r", "8", "--top", "100", "--json") == 0
+    assert (
+        run_cli("--preset", "llama2-7b", "--budget", "lora:2", "--max-r", "8", "--top", "100", "--json") == 0
+    )
     fits = json.loads(capsys.readouterr().out)["fits"]
     assert {"r": 8, "u": 1, "m": 7, "n": 7, "params": 4_999_520} in [
         {k: f[k] for k in ("r", "u", "m", "n", "params")} for f in fits
@@ -234,7 +273,12 @@ def test_cli_budget_says_when_it_cuts_the_list_and_keeps_the_train_default(capsy
     result = json.loads(capsys.readouterr().out)
     assert result["cut"] and result["total_fits"] == total and len(result["fits"]) == 11
     assert {k: result["train_default"][k] for k in ("r", "u", "m", "n", "params")} == {
-        "r": 8, "u": 1, "m": 7, "n": 7, "params": 612_510}
+        "r": 8,
+        "u": 1,
+        "m": 7,
+        "n": 7,
+        "params": 612_510,
+    }
     assert run_cli("--budget", "lora:2", "--top", "100") == 0
     out = capsys.readouterr().out
     assert "all shown" in out and "..." not in out and len(out.splitlines()) == total + 2

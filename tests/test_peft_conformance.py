@@ -129,8 +129,13 @@ def test_generate_mixed_adapters_with_beam_search():
 def test_generate_beam_search_adapter_names_must_be_a_list():
     pm = _two_adapters()
     with torch.no_grad(), pytest.raises(TypeError, match="adapter_names must be a list"):
-        pm.generate(input_ids=torch.randint(1, 128, (1, 5)), adapter_names="one", max_new_tokens=2, num_beams=2,
-                    pad_token_id=0)
+        pm.generate(
+            input_ids=torch.randint(1, 128, (1, 5)),
+            adapter_names="one",
+            max_new_tokens=2,
+            num_beams=2,
+            pad_token_id=0,
+        )
 
 
 def test_mixed_batch_routes_modules_to_save_copies():
@@ -154,13 +159,18 @@ def test_mixed_batch_routes_modules_to_save_copies():
 
 
 # ------------------------------------------------------------ defect 4: layer selection checked as LoRA
-@pytest.mark.parametrize("kw,match", [
-    ({"target_modules": "all-linear", "layers_to_transform": [0]}, "layers_to_transform cannot be used"),
-    ({"target_modules": ".*proj", "layers_pattern": "layers", "layers_to_transform": [0]},
-     "layers_to_transform cannot be used"),
-    ({"target_modules": ".*proj", "layers_pattern": "layers"}, "layers_pattern cannot be used"),
-    ({"layers_pattern": "layers"}, "layers_pattern needs layers_to_transform"),
-])
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        ({"target_modules": "all-linear", "layers_to_transform": [0]}, "layers_to_transform cannot be used"),
+        (
+            {"target_modules": ".*proj", "layers_pattern": "layers", "layers_to_transform": [0]},
+            "layers_to_transform cannot be used",
+        ),
+        ({"target_modules": ".*proj", "layers_pattern": "layers"}, "layers_pattern cannot be used"),
+        ({"layers_pattern": "layers"}, "layers_pattern needs layers_to_transform"),
+    ],
+)
 def test_layer_selection_rejected_like_lora(kw, match):
     from peft import LoraConfig
 
@@ -177,12 +187,15 @@ def test_layers_to_transform_with_list_targets_adapts_only_those_layers():
 
 
 # ------------------------------------------------------------------- gaps: peft's convert_to_lora
-@pytest.mark.parametrize("make,cfg", [
-    (make_tiny_llama, {}),
-    (make_tiny_llama, {"unshared_r": 0, "share": "rank", "sharing_rate_a": 3, "sharing_rate_b": 3}),
-    (make_tiny_llama, {"unshared_r": 8}),
-    (make_tiny_gpt2, {"target_modules": ["c_attn", "c_fc"], "sharing_rate_a": 4, "sharing_rate_b": 4}),
-])
+@pytest.mark.parametrize(
+    "make,cfg",
+    [
+        (make_tiny_llama, {}),
+        (make_tiny_llama, {"unshared_r": 0, "share": "rank", "sharing_rate_a": 3, "sharing_rate_b": 3}),
+        (make_tiny_llama, {"unshared_r": 8}),
+        (make_tiny_gpt2, {"target_modules": ["c_attn", "c_fc"], "sharing_rate_a": 4, "sharing_rate_b": 4}),
+    ],
+)
 def test_peft_convert_to_lora_is_exact(make, cfg, tmp_path):
     from peft import PeftModel, convert_to_lora, get_peft_model, save_as_lora, set_peft_model_state_dict
 
@@ -204,7 +217,9 @@ def test_peft_convert_to_lora_is_exact(make, cfg, tmp_path):
             torch.testing.assert_close(model(x).logits, y, rtol=1e-4, atol=1e-4)
         lora_layers = dict(lora.named_modules())
         for name, delta in deltas.items():  # ΔW itself: exact up to float rounding (rank r SVD of rank-r ΔW)
-            torch.testing.assert_close(lora_layers[name].get_delta_weight("default"), delta, rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(
+                lora_layers[name].get_delta_weight("default"), delta, rtol=1e-4, atol=1e-5
+            )
 
 
 # ----------------------------------------------- gaps: zero-element tensors (u = 0, u = r) are not parameters
@@ -287,15 +302,18 @@ def test_init_weights_false_starts_with_nonzero_delta():
 
 
 def test_safe_merge_of_broken_adapter_raises_peft_message_and_leaves_weight():
-    pm = get_prolora_model(make_tiny_llama(), _config(target_modules=["q_proj"], layers_to_transform=[0],
-                                                      layers_pattern="layers"))
+    pm = get_prolora_model(
+        make_tiny_llama(),
+        _config(target_modules=["q_proj"], layers_to_transform=[0], layers_pattern="layers"),
+    )
     _randomise(pm)
     layer = next(layer for _, layer in prolora_modules(pm))
     before = layer.base_layer.weight.detach().clone()
     with torch.no_grad():
         layer.prolora_B0["default"][0, 0] = float("nan")
-    with pytest.raises(ValueError, match="NaNs detected in the merged weights. The adapter default seems to be "
-                                         "broken"):
+    with pytest.raises(
+        ValueError, match="NaNs detected in the merged weights. The adapter default seems to be broken"
+    ):
         pm.merge_and_unload(safe_merge=True)
     assert torch.equal(layer.base_layer.weight, before) and not layer.merged
 
@@ -309,8 +327,17 @@ def _deltas(pm, adapter):
 @pytest.mark.parametrize("combination_type", ["cat", "svd"])
 def test_add_weighted_adapter_sums_delta_weights(combination_type, tmp_path):
     pm = get_prolora_model(make_tiny_llama(), _config(), adapter_name="one")
-    pm.add_adapter("two", _config(r=4, unshared_r=0, sharing_rate_a=2, sharing_rate_b=2, lora_alpha=8,
-                                  overrides={"v_proj": {"r": 6}}))
+    pm.add_adapter(
+        "two",
+        _config(
+            r=4,
+            unshared_r=0,
+            sharing_rate_a=2,
+            sharing_rate_b=2,
+            lora_alpha=8,
+            overrides={"v_proj": {"r": 6}},
+        ),
+    )
     _randomise(pm, seed=5)
     d1, d2 = _deltas(pm, "one"), _deltas(pm, "two")
     # svd at the full rank of the sum (r_one + r_two) is exact too
@@ -345,10 +372,12 @@ def test_add_weighted_adapter_svd_truncates_and_rejects_lora_only_types():
     pm.add_weighted_adapter(["one"], [1.0], "low", svd_rank=2)
     for name, delta in _deltas(pm, "low").items():
         assert torch.linalg.matrix_rank(delta).item() <= 2
-    for bad, match in [({"combination_type": "ties"}, "convert the adapters to LoRA first"),
-                       ({"adapter_name": "one"}, "already exists"),
-                       ({"adapters": ["nope"]}, "not loaded"),
-                       ({"weights": [1.0, 2.0]}, "one weight each")]:
+    for bad, match in [
+        ({"combination_type": "ties"}, "convert the adapters to LoRA first"),
+        ({"adapter_name": "one"}, "already exists"),
+        ({"adapters": ["nope"]}, "not loaded"),
+        ({"weights": [1.0, 2.0]}, "one weight each"),
+    ]:
         kw = {"adapters": ["one"], "weights": [1.0], "adapter_name": "new", **bad}
         with pytest.raises(ValueError, match=match):
             pm.add_weighted_adapter(**kw)
@@ -366,9 +395,18 @@ def test_adapter_with_zero_size_tensors_saved_before_loads_and_resaves_identical
     model = PeftModel.from_pretrained(make_tiny_llama(), fixture).eval()
     assert all(p.numel() > 0 for _, p in model.named_parameters())
     with torch.no_grad():
-        torch.testing.assert_close(model(expected["input_ids"]).logits, expected["logits"], rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(
+            model(expected["input_ids"]).logits, expected["logits"], rtol=1e-6, atol=1e-6
+        )
     model.save_pretrained(tmp_path)
-    before, after = load_file(fixture / "adapter_model.safetensors"), load_file(tmp_path / "adapter_model.safetensors")
+    before, after = (
+        load_file(fixture / "adapter_model.safetensors"),
+        load_file(tmp_path / "adapter_model.safetensors"),
+    )
     assert before.keys() == after.keys() and any(t.numel() == 0 for t in before.values())
     for key, tensor in before.items():
-        assert after[key].shape == tensor.shape and after[key].dtype == tensor.dtype and torch.equal(after[key], tensor)
+        assert (
+            after[key].shape == tensor.shape
+            and after[key].dtype == tensor.dtype
+            and torch.equal(after[key], tensor)
+        )

@@ -62,11 +62,14 @@ def test_rslora_export_round_trip_is_exact_and_sets_peft_flag(tmp_path):
 
 def test_rslora_at_u_equal_r_is_peft_lora_with_use_rslora():
     """PRoLoRA with u = r is LoRA: with use_rslora on both, the outputs agree (same A, B)."""
-    pm = get_prolora_model(make_tiny_llama(), _config(r=4, unshared_r=4, target_modules=["q_proj"],
-                                                      use_rslora=True, lora_dropout=0.0))
+    pm = get_prolora_model(
+        make_tiny_llama(),
+        _config(r=4, unshared_r=4, target_modules=["q_proj"], use_rslora=True, lora_dropout=0.0),
+    )
     _randomise(pm)
-    lora = peft.get_peft_model(make_tiny_llama(), peft.LoraConfig(r=4, lora_alpha=16, use_rslora=True,
-                                                                  target_modules=["q_proj"]))
+    lora = peft.get_peft_model(
+        make_tiny_llama(), peft.LoraConfig(r=4, lora_alpha=16, use_rslora=True, target_modules=["q_proj"])
+    )
     with torch.no_grad():
         for name, layer in prolora_modules(pm):
             target = lora.get_submodule(name)

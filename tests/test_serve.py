@@ -31,15 +31,23 @@ def files(tmp_path_factory):
     run = root / "run_pa"  # a `prolora train` run directory: adapter/ + run_config.json
     save_prolora(run / "adapter", seed=1)
     (run / "run_config.json").write_text(json.dumps({"model": str(model), "chat_format": "tulu"}))
-    return {"root": root, "model": model, "pa": run, "pb": save_prolora(root / "pb", seed=2, unshared_r=0),
-            "lo": save_lora(root / "lo", seed=3), "pc": save_prolora(root / "pc", seed=4),
-            "other": save_prolora(root / "spare", seed=5)}
+    return {
+        "root": root,
+        "model": model,
+        "pa": run,
+        "pb": save_prolora(root / "pb", seed=2, unshared_r=0),
+        "lo": save_lora(root / "lo", seed=3),
+        "pc": save_prolora(root / "pc", seed=4),
+        "other": save_prolora(root / "spare", seed=5),
+    }
 
 
 @pytest.fixture(scope="module")
 def server(files):
-    engine = build_engine(str(files["model"]), [f"pa={files['pa']}", f"pb={files['pb']}", f"lo={files['lo']}",
-                                                f"pc={files['pc']}"])
+    engine = build_engine(
+        str(files["model"]),
+        [f"pa={files['pa']}", f"pb={files['pb']}", f"lo={files['lo']}", f"pc={files['pc']}"],
+    )
     live = LiveServer(create_app(engine, BASE, api_key=KEY))
     live.engine = engine
     yield live
@@ -66,7 +74,16 @@ def test_models_lists_the_base_and_each_adapter_with_its_parent(client):
 
 @pytest.mark.parametrize("name", ["pa", "lo", "base"])
 def test_served_greedy_answer_equals_prolora_generate(client, files, capsys, name):
-    args = ["generate", "Say something", "--max-new-tokens", "12", "--model", str(files["model"]), "--chat-format", "tulu"]
+    args = [
+        "generate",
+        "Say something",
+        "--max-new-tokens",
+        "12",
+        "--model",
+        str(files["model"]),
+        "--chat-format",
+        "tulu",
+    ]
     if name != "base":
         args += ["--adapter", f"{name}={files[name]}"]
     assert main(args) == 0
@@ -82,14 +99,32 @@ def test_adapters_change_the_answer(client):
 
 
 def test_each_row_of_a_concurrent_mixed_batch_equals_that_request_alone(client, server):
-    jobs = [(name, prompt) for prompt in ("One", "Two words", "A somewhat longer prompt here")
-            for name in ("pa", "pb", "lo", "pc", BASE)]
-    alone = {job: client.completions.create(model=job[0], prompt=job[1], max_tokens=10, temperature=0).choices[0].text
-             for job in jobs}
+    jobs = [
+        (name, prompt)
+        for prompt in ("One", "Two words", "A somewhat longer prompt here")
+        for name in ("pa", "pb", "lo", "pc", BASE)
+    ]
+    alone = {
+        job: client.completions.create(model=job[0], prompt=job[1], max_tokens=10, temperature=0)
+        .choices[0]
+        .text
+        for job in jobs
+    }
     steps = server.engine.counters["decode_steps"]
     with ThreadPoolExecutor(len(jobs)) as pool:
-        together = dict(zip(jobs, pool.map(lambda job: client.completions.create(
-            model=job[0], prompt=job[1], max_tokens=10, temperature=0).choices[0].text, jobs)))
+        together = dict(
+            zip(
+                jobs,
+                pool.map(
+                    lambda job: (
+                        client.completions.create(model=job[0], prompt=job[1], max_tokens=10, temperature=0)
+                        .choices[0]
+                        .text
+                    ),
+                    jobs,
+                ),
+            )
+        )
     assert together == alone
     assert server.engine.counters["decode_steps"] - steps < 9 * len(jobs) / 2  # rows shared decode steps
 
@@ -100,18 +135,30 @@ def test_streaming_chat_and_completion_end_with_done(client, server):
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == full
     assert chunks[-1].choices[0].finish_reason in ("stop", "length")
     text = client.completions.create(model="lo", prompt="abc", max_tokens=15, temperature=0).choices[0].text
-    streamed = list(client.completions.create(model="lo", prompt="abc", max_tokens=15, temperature=0, stream=True))
+    streamed = list(
+        client.completions.create(model="lo", prompt="abc", max_tokens=15, temperature=0, stream=True)
+    )
     assert "".join(c.choices[0].text for c in streamed) == text
-    with httpx.stream("POST", server.url + "/v1/completions", headers={"Authorization": f"Bearer {KEY}"},
-                      json={"model": "lo", "prompt": "abc", "max_tokens": 3, "stream": True}) as r:
+    with httpx.stream(
+        "POST",
+        server.url + "/v1/completions",
+        headers={"Authorization": f"Bearer {KEY}"},
+        json={"model": "lo", "prompt": "abc", "max_tokens": 3, "stream": True},
+    ) as r:
         lines = [line for line in r.iter_lines() if line]
     assert lines[-1] == "data: [DONE]" and all(line.startswith("data: ") for line in lines)
 
 
 def test_sampling_seed_stop_and_max_tokens(client):
     def sample(seed):
-        return client.completions.create(model="pa", prompt="Hi", max_tokens=16, temperature=1.0, top_p=0.9,
-                                         seed=seed).choices[0].text
+        return (
+            client.completions.create(
+                model="pa", prompt="Hi", max_tokens=16, temperature=1.0, top_p=0.9, seed=seed
+            )
+            .choices[0]
+            .text
+        )
+
     assert sample(7) == sample(7)
     assert len({sample(s) for s in range(4)}) > 1
     greedy = client.completions.create(model="pa", prompt="Hi", max_tokens=16, temperature=0)
@@ -119,8 +166,10 @@ def test_sampling_seed_stop_and_max_tokens(client):
     text = greedy.choices[0].text
     stop = text[5:8]
     cut = client.completions.create(model="pa", prompt="Hi", max_tokens=16, temperature=0, stop=[stop])
-    assert cut.choices[0].text == text[:text.find(stop)] and cut.choices[0].finish_reason == "stop"
-    streamed = client.completions.create(model="pa", prompt="Hi", max_tokens=16, temperature=0, stop=stop, stream=True)
+    assert cut.choices[0].text == text[: text.find(stop)] and cut.choices[0].finish_reason == "stop"
+    streamed = client.completions.create(
+        model="pa", prompt="Hi", max_tokens=16, temperature=0, stop=stop, stream=True
+    )
     assert "".join(c.choices[0].text for c in streamed) == cut.choices[0].text
 
 
@@ -151,7 +200,9 @@ def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(client, ser
 
 
 def test_load_and_unload_while_serving(client, server, files, tmp_path):
-    post = lambda path, body: httpx.post(server.url + path, json=body, headers={"Authorization": f"Bearer {KEY}"})
+    post = lambda path, body: httpx.post(
+        server.url + path, json=body, headers={"Authorization": f"Bearer {KEY}"}
+    )
     stream = _chat(client, "pc", max_tokens=200, stream=True)
     first = next(iter(stream))  # pc is now in flight
     assert post("/v1/unload_lora_adapter", {"lora_name": "pc"}).status_code == 409
@@ -176,18 +227,28 @@ def test_load_and_unload_while_serving(client, server, files, tmp_path):
     from conftest import make_tiny_llama
 
     from prolora import PRoLoRAConfig, get_prolora_model
-    get_prolora_model(make_tiny_llama(), PRoLoRAConfig(target_modules=["q_proj"])).save_pretrained(tmp_path / "mismatch")
+
+    get_prolora_model(make_tiny_llama(), PRoLoRAConfig(target_modules=["q_proj"])).save_pretrained(
+        tmp_path / "mismatch"
+    )
     r = post("/v1/load_lora_adapter", {"lora_name": "x", "lora_path": str(tmp_path / "mismatch")})
     assert r.status_code == 400 and "another base model" in r.json()["error"]["message"]
-    assert post("/v1/load_lora_adapter", {"lora_name": "pa", "lora_path": str(files["other"])}).status_code == 400
+    assert (
+        post("/v1/load_lora_adapter", {"lora_name": "pa", "lora_path": str(files["other"])}).status_code
+        == 400
+    )
     assert {m.id for m in client.models.list().data} == {BASE, "pa", "pb", "lo", "pc"}
 
 
 def test_client_disconnect_frees_the_slot_and_metrics(client, server):
     engine = server.engine
     aborted = engine.counters["aborted"]
-    with httpx.stream("POST", server.url + "/v1/completions", headers={"Authorization": f"Bearer {KEY}"},
-                      json={"model": "pb", "prompt": "abc", "max_tokens": 2000, "stream": True}) as r:
+    with httpx.stream(
+        "POST",
+        server.url + "/v1/completions",
+        headers={"Authorization": f"Bearer {KEY}"},
+        json={"model": "pb", "prompt": "abc", "max_tokens": 2000, "stream": True},
+    ) as r:
         for i, _ in enumerate(r.iter_lines()):
             if i > 3:
                 break
@@ -198,15 +259,23 @@ def test_client_disconnect_frees_the_slot_and_metrics(client, server):
     assert engine.counters["aborted"] == aborted + 1
     # a non-streaming request whose client gives up is cancelled too
     with pytest.raises(httpx.ReadTimeout):
-        httpx.post(server.url + "/v1/completions", headers={"Authorization": f"Bearer {KEY}"}, timeout=1.0,
-                   json={"model": "pb", "prompt": "abc", "max_tokens": 8000, "ignore_eos": True})
+        httpx.post(
+            server.url + "/v1/completions",
+            headers={"Authorization": f"Bearer {KEY}"},
+            timeout=1.0,
+            json={"model": "pb", "prompt": "abc", "max_tokens": 8000, "ignore_eos": True},
+        )
     deadline = time.monotonic() + 10
     while (engine.running or engine.registry.entries["pb"].pins) and time.monotonic() < deadline:
         time.sleep(0.02)
     assert engine.running == 0 and engine.registry.entries["pb"].pins == 0
     assert engine.counters["aborted"] == aborted + 2, engine.counters
     text = httpx.get(server.url + "/metrics").text
-    values = {line.split()[0]: float(line.split()[1]) for line in text.splitlines() if line and not line.startswith("#")}
+    values = {
+        line.split()[0]: float(line.split()[1])
+        for line in text.splitlines()
+        if line and not line.startswith("#")
+    }
     assert values["prolora_adapters_resident"] == 4
     assert values["prolora_adapter_bytes_resident"] == engine.bank.resident_bytes > 0
     assert values["prolora_requests_total"] >= 1 and values["prolora_generation_tokens_total"] > 0
@@ -219,8 +288,10 @@ def test_chat_uses_the_tokenizer_template_unless_the_run_recorded_tulu(files):
     from prolora.inference.generation import Generator, load_generator
 
     engine = build_engine(str(files["model"]), [f"pa={files['pa']}", f"pb={files['pb']}"])
-    engine.tokenizer.chat_template = ("{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
-                                      "{% if add_generation_prompt %}[assistant] {% endif %}")
+    engine.tokenizer.chat_template = (
+        "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}[assistant] {% endif %}"
+    )
     live = LiveServer(create_app(engine, BASE))
     try:
         client = openai.OpenAI(base_url=live.url + "/v1", api_key="none", max_retries=0, timeout=30)

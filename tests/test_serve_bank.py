@@ -20,8 +20,14 @@ from prolora.inference.adapter_bank import AdapterBank
 
 CONFIGS = {
     "pro": {"r": 8, "unshared_r": 1, "sharing_rate_a": 5, "sharing_rate_b": 3},
-    "pro_u0": {"r": 4, "unshared_r": 0, "sharing_rate_a": 2, "sharing_rate_b": 2, "rotation": False,
-               "overrides": {"mlp\\..*": {"r": 6, "unshared_r": 2}}},
+    "pro_u0": {
+        "r": 4,
+        "unshared_r": 0,
+        "sharing_rate_a": 2,
+        "sharing_rate_b": 2,
+        "rotation": False,
+        "overrides": {"mlp\\..*": {"r": 6, "unshared_r": 2}},
+    },
     "pro_rank": {"r": 6, "unshared_r": 2, "sharing_rate_a": 2, "sharing_rate_b": 2, "share": "rank"},
 }
 
@@ -37,8 +43,10 @@ def save_adapters(root, seed=1):
         pm.save_pretrained(root / name)
         paths[name] = root / name
     torch.manual_seed(seed + 10)
-    get_peft_model(make_tiny_llama(), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
-                                                 init_lora_weights=False)).save_pretrained(root / "lora")
+    get_peft_model(
+        make_tiny_llama(),
+        LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False),
+    ).save_pretrained(root / "lora")
     paths["lora"] = root / "lora"
     return paths
 
@@ -63,13 +71,32 @@ def _dense_reference_logits(path, ids):
     rotate = cfg["rotate_dim"] if cfg["rotation"] else None
     with torch.no_grad():
         for name, (o, h) in cfg["module_shapes"].items():
-            v = {"r": cfg["r"], "unshared_r": cfg["unshared_r"], "m": cfg["sharing_rate_a"], "n": cfg["sharing_rate_b"]}
+            v = {
+                "r": cfg["r"],
+                "unshared_r": cfg["unshared_r"],
+                "m": cfg["sharing_rate_a"],
+                "n": cfg["sharing_rate_b"],
+            }
             if name.split(".")[-2] == "mlp" and cfg["overrides"]:
                 v.update(r=6, unshared_r=2)
             r, u, m, n = v["r"], v["unshared_r"], v["m"], v["n"]
-            t = [tensors[f"base_model.model.{name}.{k}"] for k in ("prolora_A0", "prolora_B0", "prolora_A_u", "prolora_B_u")]
-            delta = ref_delta(*t, h, o, r, m, n, cfg["lora_alpha"], rotate, cfg["share"], ref_stride(r, u, m),
-                              ref_stride(r, u, n))
+            t = [
+                tensors[f"base_model.model.{name}.{k}"]
+                for k in ("prolora_A0", "prolora_B0", "prolora_A_u", "prolora_B_u")
+            ]
+            delta = ref_delta(
+                *t,
+                h,
+                o,
+                r,
+                m,
+                n,
+                cfg["lora_alpha"],
+                rotate,
+                cfg["share"],
+                ref_stride(r, u, m),
+                ref_stride(r, u, n),
+            )
             modules[name].weight += delta
     return model(ids).logits
 
@@ -90,29 +117,40 @@ def test_each_row_of_a_mixed_batch_equals_that_adapter_alone(adapters):
             if name is None:
                 torch.testing.assert_close(mixed[i], base[i], rtol=0, atol=1e-5)
                 continue
-            alone = _peft_logits(adapters[name], ids[i:i + 1])[0]
+            alone = _peft_logits(adapters[name], ids[i : i + 1])[0]
             assert (alone - base[i]).abs().max() > 1e-2  # the adapter changes the output
             torch.testing.assert_close(mixed[i], alone, rtol=1e-4, atol=1e-4)
             if name != "lora":
-                torch.testing.assert_close(mixed[i], _dense_reference_logits(adapters[name], ids[i:i + 1])[0],
-                                           rtol=1e-4, atol=1e-4)
+                torch.testing.assert_close(
+                    mixed[i], _dense_reference_logits(adapters[name], ids[i : i + 1])[0], rtol=1e-4, atol=1e-4
+                )
 
 
 def test_one_adapter_for_all_rows_and_the_expanded_cache_agree(adapters):
     model = make_tiny_llama()
     ids = torch.randint(0, 128, (4, 5), generator=torch.Generator().manual_seed(4))
     rows = ["pro", "pro_u0", "pro", "pro_u0"]
-    expected = torch.cat([_peft_logits(adapters[name], ids[i:i + 1]) for i, name in enumerate(rows)])
-    one = sum(4 * layer.in_features * 8 + 4 * layer.out_features * 8 for name, layer in model.named_modules()
-              if name.endswith(tuple(LLAMA_TARGETS)))  # expanded A and B of "pro" (r = 8 everywhere)
-    for cap, pro_dense in ((0, False), (10**9, True), (one, True), (one - 1, False)):  # off, all, just fits, not
+    expected = torch.cat([_peft_logits(adapters[name], ids[i : i + 1]) for i, name in enumerate(rows)])
+    one = sum(
+        4 * layer.in_features * 8 + 4 * layer.out_features * 8
+        for name, layer in model.named_modules()
+        if name.endswith(tuple(LLAMA_TARGETS))
+    )  # expanded A and B of "pro" (r = 8 everywhere)
+    for cap, pro_dense in (
+        (0, False),
+        (10**9, True),
+        (one, True),
+        (one - 1, False),
+    ):  # off, all, just fits, not
         bank = AdapterBank(model, expanded_cache_bytes=cap)
         for name in ("pro", "pro_u0"):
             bank.load(name, adapters[name])
         with torch.no_grad(), bank.batch(rows):
             torch.testing.assert_close(model(ids).logits, expected, rtol=1e-4, atol=1e-4)
         with torch.no_grad(), bank.batch(["pro"] * 4):
-            torch.testing.assert_close(model(ids).logits, _peft_logits(adapters["pro"], ids), rtol=1e-4, atol=1e-4)
+            torch.testing.assert_close(
+                model(ids).logits, _peft_logits(adapters["pro"], ids), rtol=1e-4, atol=1e-4
+            )
         assert bank.expanded_bytes <= cap and (bank.expanded_bytes > 0) == (cap > 0)
         assert bank._views["pro"].dense == pro_dense
         bank.close()
@@ -122,7 +160,9 @@ def test_resident_bytes_are_the_compact_parameter_bytes(adapters):
     bank = AdapterBank(make_tiny_llama())
     for name, path in adapters.items():
         adapter = bank.load(name, path)
-        on_disk = sum(t.numel() * t.element_size() for t in load_file(str(path / "adapter_model.safetensors")).values())
+        on_disk = sum(
+            t.numel() * t.element_size() for t in load_file(str(path / "adapter_model.safetensors")).values()
+        )
         assert adapter.nbytes == on_disk
         assert adapter.kind == ("lora" if name == "lora" else "prolora")
     assert bank.resident_bytes == sum(a.nbytes for a in bank.adapters.values())
@@ -152,8 +192,10 @@ def test_bad_adapters_are_refused_with_the_reason(adapters, tmp_path):
     lora_bad = tmp_path / "lora_bad"
     lora_bad.mkdir()
     (lora_bad / "adapter_config.json").write_text((adapters["lora"] / "adapter_config.json").read_text())
-    save_file({k: v[:, :3].contiguous() if "lora_A" in k else v for k, v in tensors.items()},
-              str(lora_bad / "adapter_model.safetensors"))
+    save_file(
+        {k: v[:, :3].contiguous() if "lora_A" in k else v for k, v in tensors.items()},
+        str(lora_bad / "adapter_model.safetensors"),
+    )
     with pytest.raises(ValueError, match="another base model"):
         bank.load("lora_bad", lora_bad)
     assert list(bank.adapters) == ["pro"]
@@ -177,5 +219,5 @@ def test_a_recycled_plan_reuses_its_buffers_and_stays_correct(adapters):
         mixed = model(ids).logits
     for i, name in enumerate(rows):
         path = adapters[name.removesuffix("_copy")] if name else None
-        alone = _peft_logits(path, ids[i:i + 1])[0] if name else make_tiny_llama()(ids[i:i + 1]).logits[0]
+        alone = _peft_logits(path, ids[i : i + 1])[0] if name else make_tiny_llama()(ids[i : i + 1]).logits[0]
         torch.testing.assert_close(mixed[i], alone, rtol=1e-4, atol=1e-4)

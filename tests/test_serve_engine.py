@@ -45,22 +45,38 @@ def _hf_greedy(adapter_path, prompt_ids, n):
     if adapter_path is not None:
         model = PeftModel.from_pretrained(model, str(adapter_path))
     ids = torch.tensor([prompt_ids])
-    out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False,
-                         pad_token_id=256, eos_token_id=256)
-    return out[0, ids.shape[1]:].tolist()
+    out = model.generate(
+        ids,
+        attention_mask=torch.ones_like(ids),
+        max_new_tokens=n,
+        do_sample=False,
+        pad_token_id=256,
+        eos_token_id=256,
+    )
+    return out[0, ids.shape[1] :].tolist()
 
 
 def test_requests_joining_a_running_batch_get_their_own_greedy_answer(adapters):
     engine = _engine(adapters)
-    jobs = [(name, prompt, n) for name, prompt, n in (("d1", "Hello", 30), ("d2", "A much longer prompt, padded", 12),
-                                                      (None, "x", 20), ("dl", "Mid", 25), ("d1", "Other", 8),
-                                                      ("d3", "Late joiner with a long prompt", 15))]
+    jobs = [
+        (name, prompt, n)
+        for name, prompt, n in (
+            ("d1", "Hello", 30),
+            ("d2", "A much longer prompt, padded", 12),
+            (None, "x", 20),
+            ("dl", "Mid", 25),
+            ("d1", "Other", 8),
+            ("d3", "Late joiner with a long prompt", 15),
+        )
+    ]
     results = {}
 
     def go(i, job):
         time.sleep(0.004 * i)  # arrive while earlier requests are decoding
         name, prompt, n = job
-        results[job] = engine.generate(engine.tokenizer.encode(prompt), name, SamplingParams(max_tokens=n, temperature=0))
+        results[job] = engine.generate(
+            engine.tokenizer.encode(prompt), name, SamplingParams(max_tokens=n, temperature=0)
+        )
 
     threads = [threading.Thread(target=go, args=(i, job)) for i, job in enumerate(jobs)]
     for t in threads:
@@ -68,10 +84,12 @@ def test_requests_joining_a_running_batch_get_their_own_greedy_answer(adapters):
     for t in threads:
         t.join()
     engine.shutdown()
-    assert engine.counters["decode_steps"] < sum(n for *_, n in jobs) - len(jobs)  # rows were batched together
+    assert engine.counters["decode_steps"] < sum(n for *_, n in jobs) - len(
+        jobs
+    )  # rows were batched together
     for (name, prompt, n), completion in results.items():
         expected = _hf_greedy(adapters / name if name else None, engine.tokenizer.encode(prompt), n)
-        assert completion.token_ids == expected[:len(completion.token_ids)]
+        assert completion.token_ids == expected[: len(completion.token_ids)]
         assert len(completion.token_ids) == n or completion.token_ids[-1] == 256
 
 
@@ -124,9 +142,25 @@ def test_cli_serves_and_exits_cleanly_on_sigterm(tmp_path, adapters):
     model = save_model(tmp_path / "model")
     port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "prolora.cli", "serve", "--model", str(model), "--adapter",
-                             f"a={adapters / 'd1'}", "--port", str(port), "--served-model-name", "base"],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "prolora.cli",
+            "serve",
+            "--model",
+            str(model),
+            "--adapter",
+            f"a={adapters / 'd1'}",
+            "--port",
+            str(port),
+            "--served-model-name",
+            "base",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     try:
         deadline = time.monotonic() + 90
         while True:

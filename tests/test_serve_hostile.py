@@ -22,8 +22,13 @@ HEADERS = {"Authorization": f"Bearer {KEY}"}
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     root = tmp_path_factory.mktemp("hostile")
-    return {"root": root, "model": save_model(root / "model"), "pa": save_prolora(root / "pa", seed=1),
-            "lo": save_lora(root / "lo", seed=3), "spare": save_prolora(root / "spare", seed=5)}
+    return {
+        "root": root,
+        "model": save_model(root / "model"),
+        "pa": save_prolora(root / "pa", seed=1),
+        "lo": save_lora(root / "lo", seed=3),
+        "spare": save_prolora(root / "spare", seed=5),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -64,13 +69,19 @@ def _serves(http):
 def test_a_seed_outside_64_bits_is_a_400_naming_seed_and_leaves_the_adapter_unpinned(http, server, files):
     # before: torch's "Overflow when unpacking long long" after the adapter was pinned, so it stayed pinned
     # forever (unload answered 409, LRU eviction skipped it)
-    assert http.post("/v1/load_lora_adapter", json={"lora_name": "seeded", "lora_path": str(files["spare"])}
-                     ).status_code == 200
-    for seed in (2 ** 64, -(2 ** 63) - 1, 2 ** 70):
+    assert (
+        http.post(
+            "/v1/load_lora_adapter", json={"lora_name": "seeded", "lora_path": str(files["spare"])}
+        ).status_code
+        == 200
+    )
+    for seed in (2**64, -(2**63) - 1, 2**70):
         _assert_error(_complete(http, model="seeded", seed=seed), 400, "seed", str(seed))
     assert server.engine.registry.entries["seeded"].pins == 0
     assert http.post("/v1/unload_lora_adapter", json={"lora_name": "seeded"}).status_code == 200
-    ok = [_complete(http, seed=s, temperature=1.0).json()["choices"][0]["text"] for s in (2 ** 64 - 1, 2 ** 64 - 1)]
+    ok = [
+        _complete(http, seed=s, temperature=1.0).json()["choices"][0]["text"] for s in (2**64 - 1, 2**64 - 1)
+    ]
     assert ok[0] == ok[1]  # the largest 64-bit seed is accepted and reproducible
     _serves(http)
 
@@ -85,15 +96,21 @@ def test_a_tiny_temperature_is_greedy_not_a_failed_batch(http, temperature):
     assert r.json()["choices"][0]["text"] == greedy
 
 
-@pytest.mark.parametrize("route, body, param", [
-    ("/v1/completions", b'{"model": "pa", "prompt": "a\\ud800b", "max_tokens": 2}', "prompt"),
-    ("/v1/completions", b'{"model": "pa", "prompt": ["\\udc00"], "max_tokens": 2}', "prompt.0"),
-    ("/v1/completions", b'{"model": "\\ud800", "prompt": "a", "max_tokens": 2}', "model"),
-    ("/v1/completions", b'{"model": "pa", "prompt": "a", "stop": "\\ud800", "max_tokens": 2}', "stop"),
-    ("/v1/chat/completions", b'{"model": "pa", "messages": [{"role": "user", "content": "\\udfff"}]}',
-     "messages.0.content"),
-    ("/v1/load_lora_adapter", b'{"lora_name": "x\\ud800", "lora_path": "/nowhere"}', "lora_name"),
-])
+@pytest.mark.parametrize(
+    "route, body, param",
+    [
+        ("/v1/completions", b'{"model": "pa", "prompt": "a\\ud800b", "max_tokens": 2}', "prompt"),
+        ("/v1/completions", b'{"model": "pa", "prompt": ["\\udc00"], "max_tokens": 2}', "prompt.0"),
+        ("/v1/completions", b'{"model": "\\ud800", "prompt": "a", "max_tokens": 2}', "model"),
+        ("/v1/completions", b'{"model": "pa", "prompt": "a", "stop": "\\ud800", "max_tokens": 2}', "stop"),
+        (
+            "/v1/chat/completions",
+            b'{"model": "pa", "messages": [{"role": "user", "content": "\\udfff"}]}',
+            "messages.0.content",
+        ),
+        ("/v1/load_lora_adapter", b'{"lora_name": "x\\ud800", "lora_path": "/nowhere"}', "lora_name"),
+    ],
+)
 def test_lone_surrogates_are_a_400_not_a_500(http, route, body, param):
     # before: the tokenizer (or the response encoder) raised: a bare 500 "Internal Server Error" and a
     # reset keep-alive connection
@@ -104,11 +121,18 @@ def test_lone_surrogates_are_a_400_not_a_500(http, route, body, param):
 
 
 def test_malformed_json_names_the_problem_and_its_place(http):
-    r = http.post("/v1/completions", content=b'{"model": "pa", "prompt": }', headers={"Content-Type": "application/json"})
+    r = http.post(
+        "/v1/completions",
+        content=b'{"model": "pa", "prompt": }',
+        headers={"Content-Type": "application/json"},
+    )
     _assert_error(r, 400, "not valid JSON", "character")
     assert r.json()["error"]["param"] is None
-    r = http.post("/v1/completions", content=b'{"model": "pa", "prompt": "\xff"}',
-                  headers={"Content-Type": "application/json"})
+    r = http.post(
+        "/v1/completions",
+        content=b'{"model": "pa", "prompt": "\xff"}',
+        headers={"Content-Type": "application/json"},
+    )
     _assert_error(r, 400)
     assert r.json()["error"]["type"] == "invalid_request_error"
     _serves(http)
@@ -126,20 +150,28 @@ def test_a_lora_adapter_holding_nan_is_refused_at_load(http, files, tmp_path):
     assert "nan" not in [m["id"] for m in http.get("/v1/models").json()["data"]]
     tensors[key][0, 0] = float("inf")
     save_file(tensors, bad / "adapter_model.safetensors")
-    _assert_error(http.post("/v1/load_lora_adapter", json={"lora_name": "nan", "lora_path": str(bad)}), 400, "inf")
+    _assert_error(
+        http.post("/v1/load_lora_adapter", json={"lora_name": "nan", "lora_path": str(bad)}), 400, "inf"
+    )
     assert torch.isfinite(load_file(files["lo"] / "adapter_model.safetensors")[key]).all()
     _serves(http)
 
 
-@pytest.mark.parametrize(("argv", "message"), [
-    (["--port", "-1"], "--port -1 must be in [0, 65535]"),          # before: a traceback after the model loaded
-    (["--port", "70000"], "--port 70000 must be in [0, 65535]"),
-    (["--expanded-cache-mb", "-5"], "--expanded-cache-mb -5.0 must be a finite number"),  # before: served
-    (["--expanded-cache-mb", "nan"], "--expanded-cache-mb nan must be a finite number"),  # "cannot convert"
-    (["--max-resident", "0"], "--max-resident 0 must be at least 1"),
-    (["--max-request-bytes", "0"], "--max-request-bytes 0 must be at least 1"),
-    (["--host", "no-such-host.invalid"], "cannot listen on --host no-such-host.invalid"),
-])
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--port", "-1"], "--port -1 must be in [0, 65535]"),  # before: a traceback after the model loaded
+        (["--port", "70000"], "--port 70000 must be in [0, 65535]"),
+        (["--expanded-cache-mb", "-5"], "--expanded-cache-mb -5.0 must be a finite number"),  # before: served
+        (
+            ["--expanded-cache-mb", "nan"],
+            "--expanded-cache-mb nan must be a finite number",
+        ),  # "cannot convert"
+        (["--max-resident", "0"], "--max-resident 0 must be at least 1"),
+        (["--max-request-bytes", "0"], "--max-request-bytes 0 must be at least 1"),
+        (["--host", "no-such-host.invalid"], "cannot listen on --host no-such-host.invalid"),
+    ],
+)
 def test_bad_serve_flags_fail_in_one_line_before_the_model_loads(argv, message, capsys, tmp_path):
     from prolora.cli import main
 
@@ -182,8 +214,9 @@ def test_shutdown_ends_open_streams_with_an_error_chunk_and_done(files):
 
     engine = build_engine(str(files["model"]), [f"pa={files['pa']}"])
     port = free_port()
-    server = graceful_server(create_app(engine, BASE), engine, grace=0.5, host="127.0.0.1", port=port,
-                             log_level="warning")
+    server = graceful_server(
+        create_app(engine, BASE), engine, grace=0.5, host="127.0.0.1", port=port, log_level="warning"
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{port}"
@@ -192,7 +225,14 @@ def test_shutdown_ends_open_streams_with_an_error_chunk_and_done(files):
             break
         threading.Event().wait(0.05)
     lines = []
-    body = {"model": "pa", "prompt": "Hi", "max_tokens": 7000, "ignore_eos": True, "stream": True, "temperature": 0}
+    body = {
+        "model": "pa",
+        "prompt": "Hi",
+        "max_tokens": 7000,
+        "ignore_eos": True,
+        "stream": True,
+        "temperature": 0,
+    }
     with httpx.stream("POST", url + "/v1/completions", json=body, timeout=60) as r:
         for line in r.iter_lines():
             if line:
@@ -234,8 +274,10 @@ def test_prompts_are_tokenized_off_the_event_loop(files):
     try:
         with httpx.Client(base_url=live.url, timeout=60) as http:
             assert _complete(http, temperature=0).status_code == 200
-            r = http.post("/v1/chat/completions", json={"model": "pa", "max_tokens": 2,
-                                                        "messages": [{"role": "user", "content": "Hi"}]})
+            r = http.post(
+                "/v1/chat/completions",
+                json={"model": "pa", "max_tokens": 2, "messages": [{"role": "user", "content": "Hi"}]},
+            )
             assert r.status_code == 200, r.text
     finally:
         live.stop()
@@ -335,14 +377,23 @@ def test_a_body_over_the_cap_is_a_413_and_the_server_keeps_serving(http, server)
     from prolora.inference.server import MAX_REQUEST_BYTES
 
     big = json.dumps({"model": "pa", "prompt": "x" * MAX_REQUEST_BYTES, "max_tokens": 1}).encode()
-    _assert_error(http.post("/v1/completions", content=big, headers={"content-type": "application/json"}), 413,
-                  f"{MAX_REQUEST_BYTES:,} bytes", "--max-request-bytes")
+    _assert_error(
+        http.post("/v1/completions", content=big, headers={"content-type": "application/json"}),
+        413,
+        f"{MAX_REQUEST_BYTES:,} bytes",
+        "--max-request-bytes",
+    )
 
     def chunks():
         for start in range(0, len(big), 2**16):
-            yield big[start:start + 2**16]
+            yield big[start : start + 2**16]
 
     with httpx.Client(base_url=server.url, headers=HEADERS, timeout=60) as fresh:
-        _assert_error(fresh.post("/v1/chat/completions", content=chunks(),
-                                 headers={"content-type": "application/json"}), 413, "--max-request-bytes")
+        _assert_error(
+            fresh.post(
+                "/v1/chat/completions", content=chunks(), headers={"content-type": "application/json"}
+            ),
+            413,
+            "--max-request-bytes",
+        )
     _serves(http)

@@ -17,8 +17,9 @@ def test_paper_budget_config_on_smollm2(smollm2, tmp_path):
     assert (cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers) == (576, 1536, 30)
     kv = cfg.num_key_value_heads * cfg.hidden_size // cfg.num_attention_heads
     assert kv == 192
-    pm = get_prolora_model(model, PRoLoRAConfig(r=8, unshared_r=1, sharing_rate_a=7, sharing_rate_b=7,
-                                                target_modules=TARGETS))
+    pm = get_prolora_model(
+        model, PRoLoRAConfig(r=8, unshared_r=1, sharing_rate_a=7, sharing_rate_b=7, target_modules=TARGETS)
+    )
     try:
         shapes = [(576, 576), (576, kv), (576, kv), (576, 576), (576, 1536), (576, 1536), (1536, 576)]
         expected = 30 * sum(trainable_params(h, o, 8, 1, 7, 7) for h, o in shapes)

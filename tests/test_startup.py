@@ -14,12 +14,27 @@ HEAVY = ("torch", "transformers", "peft", "datasets")
 
 def run_python(code: str) -> subprocess.CompletedProcess:
     """Run ``code`` in a fresh interpreter (this one has torch loaded already)."""
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
-                          timeout=300, check=False)
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["train", "--no-such-flag"], ["trian"],
-                                  ["params", "--help"], ["eval", "--help"], ["compare", "--help"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--help"],
+        ["train", "--help"],
+        ["train", "--no-such-flag"],
+        ["trian"],
+        ["params", "--help"],
+        ["eval", "--help"],
+        ["compare", "--help"],
+    ],
+)
 def test_help_and_argument_errors_load_no_torch(argv):
     result = run_python(f"""
         import sys
@@ -50,14 +65,19 @@ def test_peft_knows_prolora_whatever_the_import_order(order):
         "tuner module": "import prolora.tuner.config\nimport peft",
         "attribute": "import prolora\nprolora.PRoLoRAConfig\nimport peft",
     }[order]
-    result = run_python(code + """
+    result = run_python(
+        code
+        + """
         from peft import mapping
         print(mapping.PEFT_TYPE_TO_CONFIG_MAPPING["PROLORA"].__name__,
               mapping.PEFT_TYPE_TO_TUNER_MAPPING["PROLORA"].__name__,
               any(str(k).endswith("TIED_LORA") for k in mapping.PEFT_TYPE_TO_CONFIG_MAPPING),
               peft.__spec__.loader.__class__.__name__)
-    """.replace("\n        ", "\n"))
-    assert result.stdout.split() == ["PRoLoRAConfig", "PRoLoRAModel", "True", "SourceFileLoader"], result.stderr
+    """.replace("\n        ", "\n")
+    )
+    assert result.stdout.split() == ["PRoLoRAConfig", "PRoLoRAModel", "True", "SourceFileLoader"], (
+        result.stderr
+    )
 
 
 def test_public_names_load_on_first_use():

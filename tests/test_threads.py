@@ -17,14 +17,17 @@ def restore_threads():
     torch.set_num_threads(before)
 
 
-@pytest.mark.parametrize(("cpus", "load", "cap", "expected"), [
-    (2, 0.0, None, 2),   # idle: one per core
-    (2, 0.4, None, 2),   # rounding: less than half a core busy
-    (2, 1.0, None, 1),   # one competing process on two cores
-    (2, 5.3, None, 1),   # overloaded: never below one
-    (8, 2.6, None, 5),
-    (8, 0.0, 4, 4),      # capped (torch's one per physical core)
-])
+@pytest.mark.parametrize(
+    ("cpus", "load", "cap", "expected"),
+    [
+        (2, 0.0, None, 2),  # idle: one per core
+        (2, 0.4, None, 2),  # rounding: less than half a core busy
+        (2, 1.0, None, 1),  # one competing process on two cores
+        (2, 5.3, None, 1),  # overloaded: never below one
+        (8, 2.6, None, 5),
+        (8, 0.0, 4, 4),  # capped (torch's one per physical core)
+    ],
+)
 def test_default_is_one_thread_per_free_core(cpus, load, cap, expected):
     assert default_threads(cpus, load, cap) == expected
 

@@ -34,17 +34,30 @@ def save_tiny(root: Path) -> tuple[str, str]:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    records = [{"messages": [{"role": "user", "content": f"What is {a} plus {b}?"},
-                             {"role": "assistant", "content": f"{a} + {b} = {a + b}."}]}
-               for a in range(12) for b in range(8)]
+    records = [
+        {
+            "messages": [
+                {"role": "user", "content": f"What is {a} plus {b}?"},
+                {"role": "assistant", "content": f"{a} + {b} = {a + b}."},
+            ]
+        }
+        for a in range(12)
+        for b in range(8)
+    ]
     data = root / "data.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in records))
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
     corpus = ["<|user|>\n<|assistant|>\n"] + [m["content"] for r in records for m in r["messages"]]
-    bpe.train_from_iterator(corpus, trainers.BpeTrainer(
-        vocab_size=320, special_tokens=["<pad>", "</s>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    bpe.train_from_iterator(
+        corpus,
+        trainers.BpeTrainer(
+            vocab_size=320,
+            special_tokens=["<pad>", "</s>"],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        ),
+    )
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="</s>", pad_token="<pad>")
     model_dir = root / "model"
     make_tiny_llama(vocab_size=len(tokenizer)).save_pretrained(model_dir)
@@ -54,8 +67,18 @@ def save_tiny(root: Path) -> tuple[str, str]:
 
 def config(tiny, out, **overrides) -> TrainConfig:
     model, data = tiny
-    values = {"model": model, "data": data, "output_dir": str(out), "max_steps": 6, "batch_size": 4,
-              "micro_batch_size": 2, "max_length": 64, "heldout_size": 8, "logging_steps": 1, "save_steps": 3}
+    values = {
+        "model": model,
+        "data": data,
+        "output_dir": str(out),
+        "max_steps": 6,
+        "batch_size": 4,
+        "micro_batch_size": 2,
+        "max_length": 64,
+        "heldout_size": 8,
+        "logging_steps": 1,
+        "save_steps": 3,
+    }
     return TrainConfig(**{**values, **overrides})
 
 
@@ -73,8 +96,14 @@ def steps_logged(run_dir) -> list[int]:
 def test_train_writes_adapter_config_log_and_summary(tiny, tmp_path):
     out = tmp_path / "run"
     summary = train(config(tiny, out, learning_rate=1e-2, threads=1))
-    assert sorted(os.listdir(out)) == ["adapter", "checkpoint-3", "checkpoint-6", "run_config.json",
-                                       "summary.json", "train_log.jsonl"]
+    assert sorted(os.listdir(out)) == [
+        "adapter",
+        "checkpoint-3",
+        "checkpoint-6",
+        "run_config.json",
+        "summary.json",
+        "train_log.jsonl",
+    ]
     assert json.loads((out / "summary.json").read_text()) == pytest.approx(summary)
     run_config = json.loads((out / "run_config.json").read_text())
     assert run_config["method"] == "prolora" and run_config["gradient_accumulation_steps"] == 2
@@ -146,16 +175,35 @@ def test_defaults_are_appendix_a2():
     c = TrainConfig()
     assert (c.method, c.r, c.unshared_r, c.sharing_rate_a, c.sharing_rate_b) == ("prolora", 8, 1, 7, 7)
     assert (c.lora_alpha, c.lora_dropout, c.target_modules) == (16, 0.1, "all-linear")
-    assert (c.batch_size, c.max_length, c.learning_rate, c.weight_decay, c.max_grad_norm) == (16, 512, 2e-4, 0, 0.3)
+    assert (c.batch_size, c.max_length, c.learning_rate, c.weight_decay, c.max_grad_norm) == (
+        16,
+        512,
+        2e-4,
+        0,
+        0.3,
+    )
     assert (c.lr_scheduler, c.warmup_ratio, c.group_by_length) == ("linear", 0.03, True)
 
 
 def test_micro_batch_size_does_not_change_the_step(tiny, tmp_path):
     """The default micro-batch of 1 (the run's peak memory) reaches the adapter of one 4-example forward: the
     Trainer normalises the loss over the whole batch, and the sampler groups whole batches."""
-    runs = {mb: adapter_tensors(train(config(tiny, tmp_path / f"mb{mb}", micro_batch_size=mb, lora_dropout=0.0,
-                                             learning_rate=1e-2, max_steps=3, heldout_size=0))["adapter_dir"])
-            for mb in (1, 4)}
+    runs = {
+        mb: adapter_tensors(
+            train(
+                config(
+                    tiny,
+                    tmp_path / f"mb{mb}",
+                    micro_batch_size=mb,
+                    lora_dropout=0.0,
+                    learning_rate=1e-2,
+                    max_steps=3,
+                    heldout_size=0,
+                )
+            )["adapter_dir"]
+        )
+        for mb in (1, 4)
+    }
     assert runs[1].keys() == runs[4].keys()
     for name, tensor in runs[4].items():
         torch.testing.assert_close(runs[1][name], tensor, rtol=1e-4, atol=1e-6)
@@ -168,7 +216,9 @@ def test_three_step_summary_comes_from_totals(tiny, tmp_path):
     mean over all three steps and the run's own tokens / time, not step 1's figures."""
     every = train(config(tiny, tmp_path / "every", max_steps=3, logging_steps=1, heldout_size=0))
     sparse = train(config(tiny, tmp_path / "sparse", max_steps=3, logging_steps=5, heldout_size=0))
-    per_step = [e["loss"] for e in map(json.loads, (tmp_path / "every" / "train_log.jsonl").read_text().splitlines())]
+    per_step = [
+        e["loss"] for e in map(json.loads, (tmp_path / "every" / "train_log.jsonl").read_text().splitlines())
+    ]
     assert len(per_step) == 3 and steps_logged(tmp_path / "sparse") == [1, 3]
     for summary in (every, sparse):
         assert summary["train_loss_mean"] == pytest.approx(sum(per_step) / 3, rel=1e-4)
@@ -191,8 +241,20 @@ def test_heldout_loss_is_token_weighted_and_the_same_for_every_seed(tiny, tmp_pa
     lines = Path(data).read_text().splitlines(keepends=True)
     heldout = tmp_path / "heldout.jsonl"  # lengths differ, so batch composition would matter
     heldout.write_text("".join(lines[i] for i in (0, 95, 13, 50, 7, 88, 31)))
-    runs = [train(config(tiny, tmp_path / f"seed{seed}", max_steps=3, seed=seed, learning_rate=1e-2, heldout_data=str(heldout),
-                         heldout_size=None)) for seed in (1, 2)]
+    runs = [
+        train(
+            config(
+                tiny,
+                tmp_path / f"seed{seed}",
+                max_steps=3,
+                seed=seed,
+                learning_rate=1e-2,
+                heldout_data=str(heldout),
+                heldout_size=None,
+            )
+        )
+        for seed in (1, 2)
+    ]
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     base = AutoModelForCausalLM.from_pretrained(model_dir).eval()
@@ -222,7 +284,13 @@ def test_flags_override_config_file(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text("method: lora\nr: 4\nlearning_rate: 0.001\ntarget_modules: [q_proj, v_proj]\n")
     cfg = parse(["--config", str(path), "--r", "2", "--u", "0", "--m", "4", "--no-group-by-length"])
-    assert (cfg.method, cfg.r, cfg.learning_rate, cfg.unshared_r, cfg.sharing_rate_a) == ("lora", 2, 1e-3, 0, 4)
+    assert (cfg.method, cfg.r, cfg.learning_rate, cfg.unshared_r, cfg.sharing_rate_a) == (
+        "lora",
+        2,
+        1e-3,
+        0,
+        4,
+    )
     assert cfg.target_modules == ["q_proj", "v_proj"] and cfg.group_by_length is False
     assert (cfg.sharing_rate_b, cfg.lora_alpha) == (7, 16)  # untouched fields keep their defaults
     json_path = tmp_path / "run.json"
@@ -243,9 +311,34 @@ def test_bad_values_name_the_value_and_the_fix():
 def test_ddp_two_cpu_processes_keep_identical_adapters(tiny, tmp_path):
     model, data = tiny
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "prolora.cli", "train",
-           "--model", model, "--data", data, "--output-dir", str(out), "--max-steps", "3", "--batch-size", "4",
-           "--micro-batch-size", "1", "--max-length", "64", "--heldout-size", "8", "--save-steps", "2"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "prolora.cli",
+        "train",
+        "--model",
+        model,
+        "--data",
+        data,
+        "--output-dir",
+        str(out),
+        "--max-steps",
+        "3",
+        "--batch-size",
+        "4",
+        "--micro-batch-size",
+        "1",
+        "--max-length",
+        "64",
+        "--heldout-size",
+        "8",
+        "--save-steps",
+        "2",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -265,21 +358,35 @@ def test_nf4_base_trains_every_adapter_layer_even_after_an_eval_forward(tiny, tm
     out = tmp_path / "nf4"
     summary = train(config(tiny, out, max_steps=2, learning_rate=1e-2, quantization="nf4"), base_model=base)
     assert summary["quantization"] == "nf4"
-    assert summary["lora_same_rank_params"] == 8 * 2 * (96 + 64 + 64 + 96 + 128 + 128 + 128)  # r·Σ(h+o), 4-bit layers
+    assert summary["lora_same_rank_params"] == 8 * 2 * (
+        96 + 64 + 64 + 96 + 128 + 128 + 128
+    )  # r·Σ(h+o), 4-bit layers
     b_tensors = {k: v for k, v in adapter_tensors(str(out / "adapter")).items() if "_B" in k}
     assert len(b_tensors) == 28  # B_0 and B_u of 7 projections × 2 layers; all start at zero
     assert all(v.abs().sum() > 0 for v in b_tensors.values())
 
 
-@pytest.mark.parametrize("method, expected", [
-    ("lora", {"r": 8}),
-    ("prolora", {"r": 8, "unshared_r": 1, "sharing_rate_a": 7, "sharing_rate_b": 7, "rotation": True,
-                 "init": "rectified"}),
-    ("clora", {"unshared_r": 0, "rotation": False}),
-    ("rolora", {"unshared_r": 0, "rotation": True}),
-    ("prolora-r", {"unshared_r": 1, "rotation": False}),
-    ("prolora-i", {"unshared_r": 1, "rotation": True, "init": "vanilla"}),
-])
+@pytest.mark.parametrize(
+    "method, expected",
+    [
+        ("lora", {"r": 8}),
+        (
+            "prolora",
+            {
+                "r": 8,
+                "unshared_r": 1,
+                "sharing_rate_a": 7,
+                "sharing_rate_b": 7,
+                "rotation": True,
+                "init": "rectified",
+            },
+        ),
+        ("clora", {"unshared_r": 0, "rotation": False}),
+        ("rolora", {"unshared_r": 0, "rotation": True}),
+        ("prolora-r", {"unshared_r": 1, "rotation": False}),
+        ("prolora-i", {"unshared_r": 1, "rotation": True, "init": "vanilla"}),
+    ],
+)
 def test_method_presets(method, expected):
     from prolora.method_presets import make_adapter_config
 
@@ -297,7 +404,9 @@ def test_train_help_lists_the_flags(capsys):
         main(["train", "--help"])
     assert exit_.value.code == 0
     text = capsys.readouterr().out
-    assert all(flag in text for flag in ("--sharing-rate-a", "--m SHARING_RATE_A", "--warmup-ratio", "--resume"))
+    assert all(
+        flag in text for flag in ("--sharing-rate-a", "--m SHARING_RATE_A", "--warmup-ratio", "--resume")
+    )
 
 
 def test_resume_with_other_settings_is_refused_naming_them(tiny, tmp_path):

@@ -29,8 +29,19 @@ def _tensors(layer, adapter="default"):
 def _reference_delta(layer, adapter="default"):
     spec = layer.prolora_spec[adapter]
     t = _tensors(layer, adapter)
-    return ref_delta(*t, spec.h, spec.o, spec.r, spec.m, spec.n, spec.scaling * spec.r,
-                     spec.rotate, spec.share, spec.stride_a, spec.stride_b)
+    return ref_delta(
+        *t,
+        spec.h,
+        spec.o,
+        spec.r,
+        spec.m,
+        spec.n,
+        spec.scaling * spec.r,
+        spec.rotate,
+        spec.share,
+        spec.stride_a,
+        spec.stride_b,
+    )
 
 
 def _config(**kw):
@@ -41,18 +52,30 @@ def _config(**kw):
 def test_trainable_parameters_are_exactly_the_compact_tensors(tiny_llama):
     model = get_prolora_model(tiny_llama, _config())
     trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    assert trainable and all(any(t in n for t in ("prolora_A0", "prolora_B0", "prolora_A_u", "prolora_B_u"))
-                             for n in trainable)
-    expected = sum(ref_params(layer.in_features, layer.out_features, 8, 1, 5, 3)
-                   for _, layer in prolora_modules(model))
+    assert trainable and all(
+        any(t in n for t in ("prolora_A0", "prolora_B0", "prolora_A_u", "prolora_B_u")) for n in trainable
+    )
+    expected = sum(
+        ref_params(layer.in_features, layer.out_features, 8, 1, 5, 3) for _, layer in prolora_modules(model)
+    )
     assert sum(p.numel() for p in trainable.values()) == expected
     # GQA k/v: o = 16 for hidden 48 with 2 of 6 heads
     k = model.base_model.model.model.layers[0].self_attn.k_proj
     assert (k.in_features, k.out_features) == (48, 16)
 
 
-@pytest.mark.parametrize("kw", [{}, {"rotation": False}, {"unshared_r": 0}, {"unshared_r": 8},
-                                {"share": "rank"}, {"rotate_dim": "hidden"}, {"stride_a": 3, "stride_b": 2}])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {},
+        {"rotation": False},
+        {"unshared_r": 0},
+        {"unshared_r": 8},
+        {"share": "rank"},
+        {"rotate_dim": "hidden"},
+        {"stride_a": 3, "stride_b": 2},
+    ],
+)
 def test_forward_and_grads_match_dense_reference(tiny_llama, kw):
     # in float64, so that the difference is the method's and not the CPU's: float32 logits after two
     # layers differ by ~1e-5 between kernel paths (e.g. MKL's AVX2 vs AVX-512), more than a fixed 1e-5
@@ -85,8 +108,10 @@ def test_gradient_of_chunk_matches_reference():
     layer = dict(prolora_modules(model))["base_model.model.model.layers.0.mlp.down_proj"].double()
     x = torch.randn(3, layer.in_features, dtype=torch.float64)
     layer(x).pow(2).sum().backward()
-    leaves = [getattr(layer, n)["default"].detach().clone().requires_grad_()
-              for n in ("prolora_A0", "prolora_B0", "prolora_A_u", "prolora_B_u")]
+    leaves = [
+        getattr(layer, n)["default"].detach().clone().requires_grad_()
+        for n in ("prolora_A0", "prolora_B0", "prolora_A_u", "prolora_B_u")
+    ]
     spec = layer.prolora_spec["default"]
     dw = ref_delta(*leaves, spec.h, spec.o, spec.r, spec.m, spec.n, 16)
     (x @ (layer.base_layer.weight + dw).T).pow(2).sum().backward()
@@ -94,8 +119,16 @@ def test_gradient_of_chunk_matches_reference():
         torch.testing.assert_close(getattr(layer, name)["default"].grad, leaf.grad, rtol=1e-10, atol=1e-12)
 
 
-VARIANTS = [{}, {"rotation": False}, {"unshared_r": 0}, {"unshared_r": 8}, {"share": "rank"},
-            {"rotate_dim": "hidden"}, {"share": "rank", "rotate_dim": "hidden"}, {"stride_a": 3, "stride_b": 2}]
+VARIANTS = [
+    {},
+    {"rotation": False},
+    {"unshared_r": 0},
+    {"unshared_r": 8},
+    {"share": "rank"},
+    {"rotate_dim": "hidden"},
+    {"share": "rank", "rotate_dim": "hidden"},
+    {"stride_a": 3, "stride_b": 2},
+]
 
 
 @pytest.mark.parametrize("lean", [True, False], ids=["lean-backward", "plain-autograd"])
@@ -113,8 +146,19 @@ def test_layer_grads_match_reference_every_variant(kw, lean):
     x_ref = x.detach().clone().requires_grad_()
     leaves = [t.detach().clone().requires_grad_() for t in _tensors(layer)]
     spec = layer.prolora_spec["default"]
-    dw = ref_delta(*leaves, spec.h, spec.o, spec.r, spec.m, spec.n, spec.scaling * spec.r, spec.rotate,
-                   spec.share, spec.stride_a, spec.stride_b)
+    dw = ref_delta(
+        *leaves,
+        spec.h,
+        spec.o,
+        spec.r,
+        spec.m,
+        spec.n,
+        spec.scaling * spec.r,
+        spec.rotate,
+        spec.share,
+        spec.stride_a,
+        spec.stride_b,
+    )
     (x_ref @ (layer.base_layer.weight + dw).T).pow(2).sum().backward()
     torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-10, atol=1e-12)
     for name, leaf in zip(names, leaves):
@@ -135,10 +179,13 @@ def test_lean_backward_saves_no_expanded_factor(lean):
     x = torch.randn(5, layer.in_features, requires_grad=True)  # as inside a model: ∂/∂x is needed
     saved = []  # element counts of the floating-point tensors autograd keeps (indices aside)
     with torch.autograd.graph.saved_tensors_hooks(
-            lambda t: saved.append(t.numel()) or t if t.is_floating_point() else t, lambda t: t):
+        lambda t: saved.append(t.numel()) or t if t.is_floating_point() else t, lambda t: t
+    ):
         layer._adapter_output(x, "default").sum().backward()
-    compact = sum(getattr(layer, n)["default"].numel()
-                  for n in ("prolora_A0", "prolora_B0", "prolora_A_u", "prolora_B_u"))
+    compact = sum(
+        getattr(layer, n)["default"].numel()
+        for n in ("prolora_A0", "prolora_B0", "prolora_A_u", "prolora_B_u")
+    )
     activations = 5 * (spec.h + spec.r)
     # lean: x, x·Aᵀ and the compact tensors; plain autograd: x, x·Aᵀ and the expanded A and B
     assert sum(saved) == activations + (compact if lean else spec.r * (spec.h + spec.o)), saved
@@ -158,7 +205,9 @@ def test_dropout_inside_the_lean_path_matches_the_reference_and_keeps_a_byte_mas
     x = torch.randn(2, 3, layer.in_features, dtype=torch.float64, requires_grad=True)
     saved = []
     torch.manual_seed(7)
-    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append((t.dtype, t.numel())) or t, lambda t: t):
+    with torch.autograd.graph.saved_tensors_hooks(
+        lambda t: saved.append((t.dtype, t.numel())) or t, lambda t: t
+    ):
         out = layer._adapter_output(x, "default")
     out.pow(2).sum().backward()
     torch.manual_seed(7)
@@ -167,8 +216,19 @@ def test_dropout_inside_the_lean_path_matches_the_reference_and_keeps_a_byte_mas
     x_ref = x.detach().clone().requires_grad_()
     leaves = [getattr(layer, n)["default"].detach().clone().requires_grad_() for n in names]
     spec = layer.prolora_spec["default"]
-    dw = ref_delta(*leaves, spec.h, spec.o, spec.r, spec.m, spec.n, spec.scaling * spec.r, spec.rotate,
-                   spec.share, spec.stride_a, spec.stride_b)
+    dw = ref_delta(
+        *leaves,
+        spec.h,
+        spec.o,
+        spec.r,
+        spec.m,
+        spec.n,
+        spec.scaling * spec.r,
+        spec.rotate,
+        spec.share,
+        spec.stride_a,
+        spec.stride_b,
+    )
     ref = (x_ref * keep / (1 - p)) @ dw.T
     torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-12)
     ref.pow(2).sum().backward()
@@ -176,7 +236,9 @@ def test_dropout_inside_the_lean_path_matches_the_reference_and_keeps_a_byte_mas
     for name, leaf in zip(names, leaves):
         torch.testing.assert_close(getattr(layer, name)["default"].grad, leaf.grad, rtol=1e-10, atol=1e-12)
     compact = sum(getattr(layer, n)["default"].numel() for n in names)
-    assert saved[:3] == [(torch.float64, x.numel()), (torch.bool, x.numel()), (torch.float64, 6 * spec.r)], saved
+    assert saved[:3] == [(torch.float64, x.numel()), (torch.bool, x.numel()), (torch.float64, 6 * spec.r)], (
+        saved
+    )
     assert sum(n for _, n in saved[3:]) == compact, saved
 
 
@@ -203,15 +265,19 @@ def test_initialisation_bounds_rectified_and_vanilla():
     torch.manual_seed(0)
     layer = torch.nn.Linear(3000, 64)
     for init in ("rectified", "vanilla"):
-        model = get_prolora_model(torch.nn.Sequential(layer), PRoLoRAConfig(
-            r=64, unshared_r=16, sharing_rate_a=6, sharing_rate_b=2, target_modules=["0"], init=init))
-        (_, lay), = prolora_modules(model)
+        model = get_prolora_model(
+            torch.nn.Sequential(layer),
+            PRoLoRAConfig(
+                r=64, unshared_r=16, sharing_rate_a=6, sharing_rate_b=2, target_modules=["0"], init=init
+            ),
+        )
+        ((_, lay),) = prolora_modules(model)
         a0, a_u = lay.prolora_A0["default"].detach(), lay.prolora_A_u["default"].detach()
-        bound0 = 1 / 3000 ** 0.5 if init == "rectified" else 1 / 500 ** 0.5
-        for t, bound in ((a0, bound0), (a_u, 1 / 3000 ** 0.5)):
+        bound0 = 1 / 3000**0.5 if init == "rectified" else 1 / 500**0.5
+        for t, bound in ((a0, bound0), (a_u, 1 / 3000**0.5)):
             assert t.abs().max() <= bound
             assert t.abs().max() > 0.99 * bound
-            assert abs(t.var().item() - bound ** 2 / 3) < 0.03 * bound ** 2  # U(-b, b) has variance b²/3
+            assert abs(t.var().item() - bound**2 / 3) < 0.03 * bound**2  # U(-b, b) has variance b²/3
             assert abs(t.mean().item()) < 0.01 * bound
         assert lay.prolora_B0["default"].abs().sum() == 0 and lay.prolora_B_u["default"].abs().sum() == 0
         model.unload()
@@ -276,8 +342,12 @@ def test_unload_restores_base():
 
 def test_gpt2_conv1d_forward_merge():
     model = make_tiny_gpt2()
-    pm = get_prolora_model(model, PRoLoRAConfig(r=4, unshared_r=1, sharing_rate_a=3, sharing_rate_b=5,
-                                                target_modules=["c_attn", "c_proj", "c_fc"]))
+    pm = get_prolora_model(
+        model,
+        PRoLoRAConfig(
+            r=4, unshared_r=1, sharing_rate_a=3, sharing_rate_b=5, target_modules=["c_attn", "c_proj", "c_fc"]
+        ),
+    )
     _randomise(pm)
     pm.eval()
     assert pm.peft_config["default"].fan_in_fan_out
@@ -361,16 +431,19 @@ def test_bf16_base_with_fp32_adapter():
     assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
 
 
-@pytest.mark.parametrize("kw,match", [
-    ({"unshared_r": 9}, "unshared_r=9 exceeds r=8"),
-    ({"r": 0}, "r=0 is invalid"),
-    ({"sharing_rate_a": 0}, "sharing_rate_a=0 is invalid"),
-    ({"sharing_rate_b": 1.5}, "sharing_rate_b=1.5 is invalid"),
-    ({"init": "kaiming"}, "init='kaiming'"),
-    ({"share": "diagonal"}, "share='diagonal'"),
-    ({"lora_dropout": 1.0}, "lora_dropout=1.0"),
-    ({"overrides": {"q_proj": {"rank": 4}}}, "unknown keys"),
-])
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        ({"unshared_r": 9}, "unshared_r=9 exceeds r=8"),
+        ({"r": 0}, "r=0 is invalid"),
+        ({"sharing_rate_a": 0}, "sharing_rate_a=0 is invalid"),
+        ({"sharing_rate_b": 1.5}, "sharing_rate_b=1.5 is invalid"),
+        ({"init": "kaiming"}, "init='kaiming'"),
+        ({"share": "diagonal"}, "share='diagonal'"),
+        ({"lora_dropout": 1.0}, "lora_dropout=1.0"),
+        ({"overrides": {"q_proj": {"rank": 4}}}, "unknown keys"),
+    ],
+)
 def test_config_errors(kw, match):
     with pytest.raises(ValueError, match=match):
         _config(**kw)
@@ -384,5 +457,8 @@ def test_sharing_rate_larger_than_dimension_names_module(tiny_llama):
 def test_adapter_names_needs_one_name_per_row(tiny_llama):
     pm = get_prolora_model(tiny_llama, _config())
     pm.eval()
-    with torch.no_grad(), pytest.raises(ValueError, match="adapter_names has 2 entries for a batch of 1 rows"):
+    with (
+        torch.no_grad(),
+        pytest.raises(ValueError, match="adapter_names has 2 entries for a batch of 1 rows"),
+    ):
         pm(torch.randint(0, 128, (1, 5)), adapter_names=["default", "__base__"])

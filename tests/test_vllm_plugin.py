@@ -84,8 +84,9 @@ def test_dense_lora_and_run_directories(folder):
     assert resolver.resolve(BASE, "dense") == resolver.adapters_dir / "dense"  # passes through
     run = resolver.resolve(BASE, "run")  # a `prolora train` run directory: its adapter/
     x = torch.randint(0, 128, (1, 5))
-    torch.testing.assert_close(_logits(run, x), _logits(resolver.adapters_dir / "run" / "adapter", x),
-                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        _logits(run, x), _logits(resolver.adapters_dir / "run" / "adapter", x), rtol=1e-5, atol=1e-5
+    )
 
 
 def test_a_failed_export_leaves_nothing(folder, monkeypatch):
@@ -255,7 +256,10 @@ def test_concurrent_resolutions_of_one_adapter_share_one_complete_copy(folder, t
     (path,) = paths
     assert [p.name for p in (resolver.cache / "lora").iterdir()] == [path.name]
     prolora.export_lora(resolver.adapters_dir / "pro", tmp_path / "alone")
-    served, alone = load_file(path / "adapter_model.safetensors"), load_file(tmp_path / "alone" / "adapter_model.safetensors")
+    served, alone = (
+        load_file(path / "adapter_model.safetensors"),
+        load_file(tmp_path / "alone" / "adapter_model.safetensors"),
+    )
     assert served.keys() == alone.keys() and all(torch.equal(served[k], alone[k]) for k in alone)
 
 
@@ -282,6 +286,9 @@ def test_an_adapter_rewritten_during_its_export_is_cached_under_the_content_expo
     assert vp.dense_lora(adapter, resolver.cache) == path  # its key...
     fresh = resolver.cache.parent / "fresh"
     export_lora(adapter, fresh)  # ...holds its own export
-    served, expected = load_file(path / "adapter_model.safetensors"), load_file(fresh / "adapter_model.safetensors")
+    served, expected = (
+        load_file(path / "adapter_model.safetensors"),
+        load_file(fresh / "adapter_model.safetensors"),
+    )
     assert all(torch.equal(served[k], expected[k]) for k in expected)
     assert sorted(p.name for p in (resolver.cache / "lora").iterdir()) == [path.name]

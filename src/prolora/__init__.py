@@ -27,12 +27,23 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it (loaded on first access)
 _EXPORTS = {
-    "PROLORA": "prolora.tuner", "PRoLoRAConfig": "prolora.tuner", "PRoLoRALayer": "prolora.tuner",
-    "PRoLoRALinear": "prolora.tuner", "PRoLoRAModel": "prolora.tuner", "get_prolora_model": "prolora.tuner",
+    "PROLORA": "prolora.tuner",
+    "PRoLoRAConfig": "prolora.tuner",
+    "PRoLoRALayer": "prolora.tuner",
+    "PRoLoRALinear": "prolora.tuner",
+    "PRoLoRAModel": "prolora.tuner",
+    "get_prolora_model": "prolora.tuner",
     "export_lora": "prolora.format",
 }
-__all__ = ["PROLORA", "PRoLoRAConfig", "PRoLoRALayer", "PRoLoRALinear", "PRoLoRAModel", "export_lora",
-           "get_prolora_model"]
+__all__ = [
+    "PROLORA",
+    "PRoLoRAConfig",
+    "PRoLoRALayer",
+    "PRoLoRALinear",
+    "PRoLoRAModel",
+    "export_lora",
+    "get_prolora_model",
+]
 _REGISTERING = ("prolora.tuner", "prolora.baselines")  # each registers its method with PEFT when imported
 
 

@@ -63,8 +63,10 @@ def _gguf_checksum(gguf: Path, root: Path) -> str:
     from prolora.files import write_json
 
     checksum = file_sha256(gguf)
-    write_json(stamp, {"path": str(gguf.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
-                       "sha256": checksum})
+    write_json(
+        stamp,
+        {"path": str(gguf.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": checksum},
+    )
     return checksum
 
 
@@ -81,21 +83,33 @@ def dense_gguf_dir(directory: str, gguf_file: str) -> str | None:
         root.mkdir(parents=True, exist_ok=True)
         checksum = _gguf_checksum(gguf, root)
     except OSError as exc:
-        print(f"prolora: cache folder {root} not usable ({exc}); de-quantizing {gguf_file} without caching "
-              f"(set {CACHE_ENV} to a writable folder)", file=sys.stderr)
+        print(
+            f"prolora: cache folder {root} not usable ({exc}); de-quantizing {gguf_file} without caching "
+            f"(set {CACHE_ENV} to a writable folder)",
+            file=sys.stderr,
+        )
         return None
     final = root / f"{gguf.stem}-{checksum[:16]}-v{_CACHE_FORMAT}"
     if (final / "source.json").is_file():
         return str(final)
     staging = Path(tempfile.mkdtemp(dir=root, prefix=f".{final.name}-"))
     try:
-        print(f"prolora: de-quantizing {gguf_file} once into {final} (later runs load that copy)",
-              file=sys.stderr)
+        print(
+            f"prolora: de-quantizing {gguf_file} once into {final} (later runs load that copy)",
+            file=sys.stderr,
+        )
         _dequantize_gguf(directory, gguf_file, str(staging))
         from prolora.files import write_json
 
-        write_json(staging / "source.json", {"gguf": str(gguf.resolve()), "size": gguf.stat().st_size,
-                                             "sha256": checksum, "format": _CACHE_FORMAT})
+        write_json(
+            staging / "source.json",
+            {
+                "gguf": str(gguf.resolve()),
+                "size": gguf.stat().st_size,
+                "sha256": checksum,
+                "format": _CACHE_FORMAT,
+            },
+        )
         try:
             os.rename(staging, final)
         except OSError:  # another process finished the same copy first: keep that one
@@ -111,8 +125,9 @@ def _dequantize_gguf(directory: str, gguf_file: str, out: str) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
-    model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=gguf_file, dtype=torch.float32,
-                                                 quantization_config=GgufConfig(dequantize=True))
+    model = AutoModelForCausalLM.from_pretrained(
+        directory, gguf_file=gguf_file, dtype=torch.float32, quantization_config=GgufConfig(dequantize=True)
+    )
     model.config.quantization_config = None  # a plain float32 model now
     model.save_pretrained(out, safe_serialization=True)
     AutoTokenizer.from_pretrained(directory, gguf_file=gguf_file).save_pretrained(out)
@@ -151,9 +166,11 @@ def resolve_model(name_or_path: str | None) -> tuple[str, dict]:
             raise FileNotFoundError(f"GGUF file not found: {name_or_path}")
         return str(p.parent), {"gguf_file": p.name}
     if _looks_like_path(str(name_or_path)) and not p.exists():
-        raise FileNotFoundError(f"model directory not found: {name_or_path}; pass an existing directory, a .gguf "
-                                "file, a hub id such as HuggingFaceTB/SmolLM2-135M-Instruct, or nothing for "
-                                "the embedded default")
+        raise FileNotFoundError(
+            f"model directory not found: {name_or_path}; pass an existing directory, a .gguf "
+            "file, a hub id such as HuggingFaceTB/SmolLM2-135M-Instruct, or nothing for "
+            "the embedded default"
+        )
     return str(p) if p.exists() else str(name_or_path), {}
 
 
@@ -263,10 +280,15 @@ def load_base_model(name: str | None, quantization: str):
     from transformers import BitsAndBytesConfig
 
     cuda = torch.cuda.is_available()
-    nf4 = {"quantization_config": BitsAndBytesConfig(
-        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=torch.bfloat16 if cuda else torch.float32),
-        "device_map": {"": int(os.environ.get("LOCAL_RANK", "0"))} if cuda else None}
+    nf4 = {
+        "quantization_config": BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16 if cuda else torch.float32,
+        ),
+        "device_map": {"": int(os.environ.get("LOCAL_RANK", "0"))} if cuda else None,
+    }
     dense = dense_gguf_dir(path, kwargs["gguf_file"]) if "gguf_file" in kwargs else None
     if dense is not None:
         model = load_model(dense, **nf4)

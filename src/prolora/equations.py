@@ -95,8 +95,9 @@ def _roll_index(size: int, copies: int, stride: int, device: torch.device) -> to
     return ((k - i * stride) % max(size, 1)).flatten()
 
 
-def broadcast_rotate(chunk: torch.Tensor, copies: int, cat_dim: int, roll_dim: int | None, stride: int,
-                     length: int) -> torch.Tensor:
+def broadcast_rotate(
+    chunk: torch.Tensor, copies: int, cat_dim: int, roll_dim: int | None, stride: int, length: int
+) -> torch.Tensor:
     """Broadcast reduction + rotation enhancement (Eqs. 2–3): ``Roll(C, 0·s) ⊕ Roll(C, 1·s) ⊕ …``, cut.
 
     Concatenates ``copies`` copies of the 2-D ``chunk`` along ``cat_dim``, copy ``i`` rolled by ``i·stride``
@@ -126,8 +127,16 @@ def _axes(share: str, rotate: str | None, rank_dim: int) -> tuple[int, int | Non
     return cat_dim, roll_dim
 
 
-def expand_a(a0: torch.Tensor, a_u: torch.Tensor, h: int, r: int, m: int, stride: int,
-             rotate: str | None = "rank", share: str = "hidden") -> torch.Tensor:
+def expand_a(
+    a0: torch.Tensor,
+    a_u: torch.Tensor,
+    h: int,
+    r: int,
+    m: int,
+    stride: int,
+    rotate: str | None = "rank",
+    share: str = "hidden",
+) -> torch.Tensor:
     """Full ``A`` (r, h) = ``[A_0 ⊕_h A_1 ⊕_h … ⊕_h A_{m−1} ; A_u]`` cut to h columns (Eq. 4, right factor).
 
     ``A_i = Roll(A_0, i·s_A)`` along the rank dimension (dim 0) by default. ``a0``: (r−u, ceil(h/m)) (see
@@ -139,8 +148,16 @@ def expand_a(a0: torch.Tensor, a_u: torch.Tensor, h: int, r: int, m: int, stride
     return torch.cat([shared, a_u], dim=0)
 
 
-def expand_b(b0: torch.Tensor, b_u: torch.Tensor, o: int, r: int, n: int, stride: int,
-             rotate: str | None = "rank", share: str = "hidden") -> torch.Tensor:
+def expand_b(
+    b0: torch.Tensor,
+    b_u: torch.Tensor,
+    o: int,
+    r: int,
+    n: int,
+    stride: int,
+    rotate: str | None = "rank",
+    share: str = "hidden",
+) -> torch.Tensor:
     """Full ``B`` (o, r) = ``[B_0 ⊕_v B_1 ⊕_v … ⊕_v B_{n−1} | B_u]`` cut to o rows (Eq. 4, left factor).
 
     ``B_j = Roll(B_0, j·s_B)`` along the rank dimension (dim 1) by default. ``b0``: (ceil(o/n), r−u);
@@ -154,9 +171,19 @@ def expand_b(b0: torch.Tensor, b_u: torch.Tensor, o: int, r: int, n: int, stride
 
 @functools.lru_cache(maxsize=64)
 @normal_tensors
-def flat_gather_indices(h: int, o: int, r: int, u: int, m: int, n: int, stride_a: int, stride_b: int,
-                        rotate: str | None = "rank", share: str = "hidden",
-                        device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def flat_gather_indices(
+    h: int,
+    o: int,
+    r: int,
+    u: int,
+    m: int,
+    n: int,
+    stride_a: int,
+    stride_b: int,
+    rotate: str | None = "rank",
+    share: str = "hidden",
+    device: torch.device | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Flat indices ``(idx_a, idx_b)`` such that A and B are one gather each from the compact tensors.
 
     ``A = cat([a0.flatten(), a_u.flatten()])[idx_a].view(r, h)`` and
@@ -199,8 +226,17 @@ def rectified_bound(h: int) -> float:
     return 1.0 / math.sqrt(h)
 
 
-def chunked_adapter_forward(x: torch.Tensor, a0: torch.Tensor, b0: torch.Tensor, h: int, o: int, m: int,
-                            n: int, idx_a: torch.Tensor, idx_b: torch.Tensor) -> torch.Tensor:
+def chunked_adapter_forward(
+    x: torch.Tensor,
+    a0: torch.Tensor,
+    b0: torch.Tensor,
+    h: int,
+    o: int,
+    m: int,
+    n: int,
+    idx_a: torch.Tensor,
+    idx_b: torch.Tensor,
+) -> torch.Tensor:
     """``x · A_sharedᵀ · B_sharedᵀ`` computed from the chunks, without forming A or B (default sharing).
 
     Cutting x (…, h) into m chunks x_i of width c = ceil(h/m) (zero-padded), ``x_i · Roll(A_0, k)ᵀ =
@@ -214,15 +250,14 @@ def chunked_adapter_forward(x: torch.Tensor, a0: torch.Tensor, b0: torch.Tensor,
     pad = m * width - h
     if pad:
         x = torch.nn.functional.pad(x, (0, pad))
-    z = x.unflatten(-1, (m, width)) @ a0.t()                                    # (…, m, R): x_i · A_0ᵀ
+    z = x.unflatten(-1, (m, width)) @ a0.t()  # (…, m, R): x_i · A_0ᵀ
     z = z.flatten(-2).index_select(-1, idx_a).unflatten(-1, (m, shared)).sum(-2)  # Σ_i Roll(·, i·s_A)
-    zb = z.index_select(-1, idx_b).unflatten(-1, (n, shared))                   # (…, n, R): Roll(z, −j·s_B)
-    y = (zb @ b0.t()).flatten(-2)                                              # (…, n·ceil(o/n))
+    zb = z.index_select(-1, idx_b).unflatten(-1, (n, shared))  # (…, n, R): Roll(z, −j·s_B)
+    y = (zb @ b0.t()).flatten(-2)  # (…, n·ceil(o/n))
     return y[..., :o] if y.shape[-1] != o else y
 
 
-def roll_indices(shared: int, copies: int, stride: int, rotate: bool, sign: int,
-                 device=None) -> torch.Tensor:
+def roll_indices(shared: int, copies: int, stride: int, rotate: bool, sign: int, device=None) -> torch.Tensor:
     """Flat gather indices for :func:`chunked_adapter_forward`.
 
     For copy i and rank position j the index is ``i·R·(sign>0) + (j − sign·i·s) mod R`` — ``sign=+1``

@@ -24,7 +24,16 @@ and never the output head.
 
 from __future__ import annotations
 
-METHODS: tuple[str, ...] = ("prolora", "lora", "clora", "rolora", "prolora-r", "prolora-i", "vera", "tied-lora")
+METHODS: tuple[str, ...] = (
+    "prolora",
+    "lora",
+    "clora",
+    "rolora",
+    "prolora-r",
+    "prolora-i",
+    "vera",
+    "tied-lora",
+)
 
 # PRoLoRAConfig keyword overrides of each PRoLoRA-family preset (applied after r, u, m, n).
 _PROLORA_VARIANTS: dict[str, dict] = {
@@ -68,10 +77,17 @@ def make_adapter_config(
         ValueError: for an unknown method, naming the known ones, or ``use_rslora`` with VeRA/Tied-LoRA.
     """
     if use_rslora and method in ("vera", "tied-lora"):
-        raise ValueError(f"use_rslora is not available for {method!r}: it applies to lora and the PRoLoRA "
-                         "family; drop --use-rslora for this method")
-    common = {"r": r, "lora_alpha": lora_alpha, "lora_dropout": lora_dropout, "target_modules": target_modules,
-              "task_type": task_type}
+        raise ValueError(
+            f"use_rslora is not available for {method!r}: it applies to lora and the PRoLoRA "
+            "family; drop --use-rslora for this method"
+        )
+    common = {
+        "r": r,
+        "lora_alpha": lora_alpha,
+        "lora_dropout": lora_dropout,
+        "target_modules": target_modules,
+        "task_type": task_type,
+    }
     if method == "lora":
         from peft import LoraConfig
 
@@ -79,13 +95,18 @@ def make_adapter_config(
     if method == "vera":
         from prolora.baselines import make_vera_config
 
-        return make_vera_config(r=r, target_modules=target_modules, vera_dropout=lora_dropout, task_type=task_type)
+        return make_vera_config(
+            r=r, target_modules=target_modules, vera_dropout=lora_dropout, task_type=task_type
+        )
     if method == "tied-lora":
         from prolora.baselines import make_tied_lora_config
 
-        targets = None if target_modules == "all-linear" else target_modules  # None: q/k/v (paper Section 4.1)
-        return make_tied_lora_config(r=r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
-                                     target_modules=targets, task_type=task_type)
+        targets = (
+            None if target_modules == "all-linear" else target_modules
+        )  # None: q/k/v (paper Section 4.1)
+        return make_tied_lora_config(
+            r=r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=targets, task_type=task_type
+        )
     if method not in _PROLORA_VARIANTS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     from prolora.tuner import PRoLoRAConfig

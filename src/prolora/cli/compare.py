@@ -22,32 +22,51 @@ REPORT_JSON = "results.json"
 def add_arguments(parser) -> None:
     from prolora.compare.presets import PRESETS
 
-    parser.add_argument("--preset", default="small", choices=sorted(PRESETS),
-                        help="the experiment: 'small' (embedded SmolLM2-135M, CPU, about an hour) or 'paper' "
-                             "(LLaMA2-7B, 10k steps, five benchmarks; GPU) (default: small)")
-    parser.add_argument("--output-dir", help="comparison directory: cells/ results and runs/ (default: "
-                                             "runs/compare-<preset>); rerun with the same one to resume")
-    parser.add_argument("--report-dir",
-                        help="where results.md, results.json and the PNGs go (default: --output-dir)")
-    parser.add_argument("--groups", default=",".join(GROUPS),
-                        help=f"comma-separated parts to run: {', '.join(GROUPS)} (default: all)")
-    parser.add_argument("--methods", help="comma-separated row labels of the main table to run, e.g. "
-                                          "'LoRA r=2,PRoLoRA' (default: all the preset's rows)")
+    parser.add_argument(
+        "--preset",
+        default="small",
+        choices=sorted(PRESETS),
+        help="the experiment: 'small' (embedded SmolLM2-135M, CPU, about an hour) or 'paper' "
+        "(LLaMA2-7B, 10k steps, five benchmarks; GPU) (default: small)",
+    )
+    parser.add_argument(
+        "--output-dir",
+        help="comparison directory: cells/ results and runs/ (default: "
+        "runs/compare-<preset>); rerun with the same one to resume",
+    )
+    parser.add_argument(
+        "--report-dir", help="where results.md, results.json and the PNGs go (default: --output-dir)"
+    )
+    parser.add_argument(
+        "--groups",
+        default=",".join(GROUPS),
+        help=f"comma-separated parts to run: {', '.join(GROUPS)} (default: all)",
+    )
+    parser.add_argument(
+        "--methods",
+        help="comma-separated row labels of the main table to run, e.g. "
+        "'LoRA r=2,PRoLoRA' (default: all the preset's rows)",
+    )
     parser.add_argument("--seeds", help="comma-separated seeds of the main table (default: the preset's)")
     parser.add_argument("--model", help="base model (default: the preset's)")
     parser.add_argument("--data", help="training data, as for prolora train (default: the preset's)")
     parser.add_argument("--heldout-data", help="held-out data for the loss (default: the preset's)")
     parser.add_argument("--max-steps", type=int, help="optimizer steps per cell (default: the preset's)")
-    parser.add_argument("--lr", type=float,
-                        help="learning rate of the LoRA/PRoLoRA rows (default: the preset's)")
-    parser.add_argument("--lr-shared-scale", type=float,
-                        help="learning-rate multiple of the shared chunks in the 'shared lr' row "
-                             "(default: the preset's)")
-    parser.add_argument("--data-dir",
-                        help="benchmark data (prolora eval layout); needed by presets with benchmarks")
+    parser.add_argument(
+        "--lr", type=float, help="learning rate of the LoRA/PRoLoRA rows (default: the preset's)"
+    )
+    parser.add_argument(
+        "--lr-shared-scale",
+        type=float,
+        help="learning-rate multiple of the shared chunks in the 'shared lr' row (default: the preset's)",
+    )
+    parser.add_argument(
+        "--data-dir", help="benchmark data (prolora eval layout); needed by presets with benchmarks"
+    )
     parser.add_argument("--limit", type=int, help="benchmark examples per sub-task (default: the preset's)")
-    parser.add_argument("--report-only", action="store_true",
-                        help="write the report from finished cells, train nothing")
+    parser.add_argument(
+        "--report-only", action="store_true", help="write the report from finished cells, train nothing"
+    )
 
 
 def configure(args):
@@ -56,15 +75,21 @@ def configure(args):
 
     preset = PRESETS[args.preset]
     train = dict(preset.train)
-    for flag, name in (("model", "model"), ("data", "data"), ("heldout_data", "heldout_data"),
-                       ("max_steps", "max_steps"), ("lr", "learning_rate")):
+    for flag, name in (
+        ("model", "model"),
+        ("data", "data"),
+        ("heldout_data", "heldout_data"),
+        ("max_steps", "max_steps"),
+        ("lr", "learning_rate"),
+    ):
         if getattr(args, flag) is not None:
             train[name] = getattr(args, flag)
     methods = preset.methods
     if args.lr_shared_scale is not None:
         scale = args.lr_shared_scale
-        methods = tuple(m if m.lr_shared_scale == 1 else dataclasses.replace(m, lr_shared_scale=scale)
-                        for m in methods)
+        methods = tuple(
+            m if m.lr_shared_scale == 1 else dataclasses.replace(m, lr_shared_scale=scale) for m in methods
+        )
     if args.methods:
         wanted = [label.strip() for label in args.methods.split(",")]
         if unknown := set(wanted) - {m.label for m in methods}:
@@ -115,8 +140,9 @@ def run(args) -> int:
     preset = configure(args)
     if preset.benchmarks and not args.data_dir and not args.report_only:
         benchmarks = ", ".join(preset.benchmarks)
-        raise ValueError(f"preset {preset.name} evaluates {benchmarks}: pass --data-dir DIR "
-                         "(layout: docs/eval.md)")
+        raise ValueError(
+            f"preset {preset.name} evaluates {benchmarks}: pass --data-dir DIR (layout: docs/eval.md)"
+        )
     out = Path(args.output_dir or f"runs/compare-{preset.name}")
     report_dir = Path(args.report_dir) if args.report_dir else out
     cells = build_cells(preset, groups)
@@ -131,8 +157,9 @@ def run(args) -> int:
     else:
         evaluate = None
         if preset.benchmarks:
-            evaluate = benchmark_evaluator(preset.train.get("model"), preset.benchmarks, args.data_dir,
-                                           preset.eval_limit)
+            evaluate = benchmark_evaluator(
+                preset.train.get("model"), preset.benchmarks, args.data_dir, preset.eval_limit
+            )
         runner, failed = TrainRunner(evaluate), None
 
         def refresh(done):

@@ -6,15 +6,26 @@ import argparse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("adapter", help="PRoLoRA adapter directory (save_pretrained), or a prolora train run "
-                                        "directory (its adapter/)")
+    parser.add_argument(
+        "adapter",
+        help="PRoLoRA adapter directory (save_pretrained), or a prolora train run directory (its adapter/)",
+    )
     parser.add_argument("out_dir", help="where to write the result")
-    parser.add_argument("--merged", action="store_true",
-                        help="write the base model with ΔW merged in (the base: --model) instead of a LoRA adapter")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace an adapter or model already in out_dir (never the source adapter)")
-    parser.add_argument("--model", default=None,
-                        help="base model for --merged: path, hub id or .gguf (default: the embedded SmolLM2-135M)")
+    parser.add_argument(
+        "--merged",
+        action="store_true",
+        help="write the base model with ΔW merged in (the base: --model) instead of a LoRA adapter",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an adapter or model already in out_dir (never the source adapter)",
+    )
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="base model for --merged: path, hub id or .gguf (default: the embedded SmolLM2-135M)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -28,6 +39,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     out = export_lora(args.adapter, args.out_dir, overwrite=args.overwrite)
     size = os.path.getsize(out / WEIGHTS_NAME)
-    print(f"wrote dense LoRA adapter to {out} ({size:,} bytes); load it with stock peft: "
-          f"PeftModel.from_pretrained(base, {str(out)!r})")
+    print(
+        f"wrote dense LoRA adapter to {out} ({size:,} bytes); load it with stock peft: "
+        f"PeftModel.from_pretrained(base, {str(out)!r})"
+    )
     return 0

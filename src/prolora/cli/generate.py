@@ -12,14 +12,25 @@ from prolora.threads import add_threads_argument, set_threads
 
 def add_generator_arguments(parser) -> None:
     """Flags shared with ``prolora chat``."""
-    parser.add_argument("--adapter", action="append", default=[], metavar="[NAME=]PATH",
-                        help="a run directory of `prolora train` or a PEFT adapter directory; repeat to load "
-                             "several (named by NAME, else by the folder name)")
-    parser.add_argument("--use", metavar="NAME", help="the adapter to answer with (default: the first); "
-                        "'base' for the base model alone")
-    parser.add_argument("--model", help="base model (default: the run's model, else the embedded SmolLM2-135M)")
-    parser.add_argument("--chat-format", choices=("tulu", "template"),
-                        help="prompt format (default: the run's, else tulu)")
+    parser.add_argument(
+        "--adapter",
+        action="append",
+        default=[],
+        metavar="[NAME=]PATH",
+        help="a run directory of `prolora train` or a PEFT adapter directory; repeat to load "
+        "several (named by NAME, else by the folder name)",
+    )
+    parser.add_argument(
+        "--use",
+        metavar="NAME",
+        help="the adapter to answer with (default: the first); 'base' for the base model alone",
+    )
+    parser.add_argument(
+        "--model", help="base model (default: the run's model, else the embedded SmolLM2-135M)"
+    )
+    parser.add_argument(
+        "--chat-format", choices=("tulu", "template"), help="prompt format (default: the run's, else tulu)"
+    )
     parser.add_argument("--max-new-tokens", type=int, default=256, help="reply length limit in tokens")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     parser.add_argument("--system", help="an optional system message")
@@ -49,11 +60,16 @@ def open_generator(args):
 
 
 def run(args) -> int:
-    generator = open_generator(args)  # bad --model/--adapter: ValueError/FileNotFoundError, shown by prolora.cli
+    generator = open_generator(
+        args
+    )  # bad --model/--adapter: ValueError/FileNotFoundError, shown by prolora.cli
     messages = [{"role": "system", "content": args.system}] if args.system else []
     messages.append({"role": "user", "content": args.prompt})
     reply = generator.reply(messages, args.max_new_tokens, args.temperature)
     print(reply.text)
-    print(f"[{generator.active or 'base model'}: {reply.new_tokens} tokens in {reply.seconds:.1f} s, "
-          f"{reply.tokens_per_s:.1f} tokens/s]", file=sys.stderr)
+    print(
+        f"[{generator.active or 'base model'}: {reply.new_tokens} tokens in {reply.seconds:.1f} s, "
+        f"{reply.tokens_per_s:.1f} tokens/s]",
+        file=sys.stderr,
+    )
     return 0

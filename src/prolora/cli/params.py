@@ -46,38 +46,61 @@ def _json_object(text: str) -> dict:
     except json.JSONDecodeError as e:
         raise argparse.ArgumentTypeError(f"not valid JSON ({e}): {text!r}") from None
     if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError(f'expected a JSON object like {{"down_proj": {{"r": 4}}}}, got {text!r}')
+        raise argparse.ArgumentTypeError(
+            f'expected a JSON object like {{"down_proj": {{"r": 4}}}}, got {text!r}'
+        )
     return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     where = parser.add_mutually_exclusive_group()
-    where.add_argument("--model", help="model name, local directory, .gguf file or hub id; only its config is "
-                                       "read (default: the embedded smollm2-135m)")
-    where.add_argument("--preset", choices=list(PRESETS),
-                       help=f"LLaMA2 dimensions without download; '-paper' variants use {PAPER_CONVENTION}")
-    parser.add_argument("--method", choices=METHODS, help="adapter to count (default lora; with --budget: prolora)")
+    where.add_argument(
+        "--model",
+        help="model name, local directory, .gguf file or hub id; only its config is "
+        "read (default: the embedded smollm2-135m)",
+    )
+    where.add_argument(
+        "--preset",
+        choices=list(PRESETS),
+        help=f"LLaMA2 dimensions without download; '-paper' variants use {PAPER_CONVENTION}",
+    )
+    parser.add_argument(
+        "--method", choices=METHODS, help="adapter to count (default lora; with --budget: prolora)"
+    )
     parser.add_argument("--r", type=_int_at_least(1), default=8, help="rank (default 8)")
     parser.add_argument("--u", type=_int_at_least(0), help="unshared rank, 0 ≤ u ≤ r (prolora)")
     parser.add_argument("--m", type=_int_at_least(1), default=1, help="sharing rate of A (chunks along h)")
     parser.add_argument("--n", type=_int_at_least(1), help="sharing rate of B (chunks along o; default m)")
     targets = parser.add_mutually_exclusive_group()
-    targets.add_argument("--target-modules", type=_targets,
-                         help="comma-separated module names (suffix match, as PEFT) or all-linear "
-                              "(default: q,k,v,o,gate,up,down_proj; q,k,v_proj for tied-lora)")
+    targets.add_argument(
+        "--target-modules",
+        type=_targets,
+        help="comma-separated module names (suffix match, as PEFT) or all-linear "
+        "(default: q,k,v,o,gate,up,down_proj; q,k,v_proj for tied-lora)",
+    )
     targets.add_argument("--target-regex", help="regex matched against full module paths (as PEFT)")
-    parser.add_argument("--overrides", type=_json_object, metavar="JSON",
-                        help='per-module values by name pattern, as PEFT rank_pattern: \'{"down_proj": {"r": 4}}\'')
+    parser.add_argument(
+        "--overrides",
+        type=_json_object,
+        metavar="JSON",
+        help='per-module values by name pattern, as PEFT rank_pattern: \'{"down_proj": {"r": 4}}\'',
+    )
     parser.add_argument("--dtype", choices=DTYPES, default="float32", help="adapter element type for bytes")
     solver = parser.add_argument_group("budget solver")
-    solver.add_argument("--budget", help="parameter count or METHOD:R (e.g. lora:8): list PRoLoRA configs that fit")
-    solver.add_argument("--tolerance", type=float, default=0.01, help="relative band around the budget (0.01)")
+    solver.add_argument(
+        "--budget", help="parameter count or METHOD:R (e.g. lora:8): list PRoLoRA configs that fit"
+    )
+    solver.add_argument(
+        "--tolerance", type=float, default=0.01, help="relative band around the budget (0.01)"
+    )
     solver.add_argument("--strict", action="store_true", help="only configs at or under the budget")
     solver.add_argument("--max-r", type=_int_at_least(1), default=64, help="largest rank searched (64)")
     solver.add_argument("--max-share", type=_int_at_least(1), default=16, help="largest m, n searched (16)")
     solver.add_argument("--untie-mn", action="store_true", help="also search m ≠ n")
     solver.add_argument("--top", type=_int_at_least(1), default=10, help="configs shown (10)")
-    parser.add_argument("--paper", action="store_true", help="reproduce the Param. values of paper Tables 1-3")
+    parser.add_argument(
+        "--paper", action="store_true", help="reproduce the Param. values of paper Tables 1-3"
+    )
     parser.add_argument("--json", action="store_true", help="machine-readable output")
 
 
@@ -91,8 +114,9 @@ def _describe(method: str, r: int, u: int | None, m: int, n: int | None) -> str:
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(cell) for cell in column) for column in zip(header, *rows, strict=True)]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip()
-                     for line in (header, *rows))
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in (header, *rows)
+    )
 
 
 def _millions(params: int) -> str:
@@ -101,12 +125,24 @@ def _millions(params: int) -> str:
 
 def _count(args: argparse.Namespace, source: Any, targets: Any) -> dict[str, Any] | str:
     config = {"method": args.method or "lora", "r": args.r, "u": args.u, "m": args.m, "n": args.n}
-    count = count_parameters(source, **config, target_modules=targets, overrides=args.overrides, dtype=args.dtype)
-    result = {"model": args.preset or args.model or DEFAULT_MODEL, **config, "target_modules": targets,
-              "overrides": args.overrides, **count.as_dict()}
+    count = count_parameters(
+        source, **config, target_modules=targets, overrides=args.overrides, dtype=args.dtype
+    )
+    result = {
+        "model": args.preset or args.model or DEFAULT_MODEL,
+        **config,
+        "target_modules": targets,
+        "overrides": args.overrides,
+        **count.as_dict(),
+    }
     if f"{args.preset}-paper" in PRESETS:
-        paper = count_parameters(f"{args.preset}-paper", **config, target_modules=targets,
-                                 overrides=args.overrides, dtype=args.dtype)
+        paper = count_parameters(
+            f"{args.preset}-paper",
+            **config,
+            target_modules=targets,
+            overrides=args.overrides,
+            dtype=args.dtype,
+        )
         result["paper_convention"] = {"preset": f"{args.preset}-paper", "params": paper.params}
     if args.json:
         return result
@@ -115,13 +151,17 @@ def _count(args: argparse.Namespace, source: Any, targets: Any) -> dict[str, Any
         f"adapter    {_describe(**config)} on {count.modules} layers"
         + (f", overrides {json.dumps(args.overrides)}" if args.overrides else ""),
         f"trainable  {count.params:,} parameters ({count.params / 1e6:.2f}M)",
-        (f"size       {count.bytes:,} bytes at {count.dtype} ({count.bytes_per_param} B/param)"
-         f" = {count.megabytes:,.2f} MB = {count.mebibytes:,.2f} MiB"),
+        (
+            f"size       {count.bytes:,} bytes at {count.dtype} ({count.bytes_per_param} B/param)"
+            f" = {count.megabytes:,.2f} MB = {count.mebibytes:,.2f} MiB"
+        ),
     ]
     paper = result.get("paper_convention", {}).get("params", count.params)
     if paper != count.params:
-        lines += [f"The numbers above are for the released architecture. The paper counts {PAPER_CONVENTION}:",
-                  f"{args.preset}-paper gives {paper:,} parameters ({paper / 1e6:.2f}M)."]
+        lines += [
+            f"The numbers above are for the released architecture. The paper counts {PAPER_CONVENTION}:",
+            f"{args.preset}-paper gives {paper:,} parameters ({paper / 1e6:.2f}M).",
+        ]
     return "\n".join(lines)
 
 
@@ -130,25 +170,52 @@ def _budget(args: argparse.Namespace, source: Any, targets: Any) -> dict[str, An
     if method not in SOLVER_METHODS:
         raise ValueError(f"--budget searches --method {', '.join(SOLVER_METHODS)}, not {method}")
     fits = solve_budget(
-        source, args.budget, method=method, target_modules=targets or PAPER_TARGET_MODULES,
-        ranks=range(1, args.max_r + 1), shares=range(1, args.max_share + 1), tie_mn=not args.untie_mn,
-        tolerance=args.tolerance, strict=args.strict,
+        source,
+        args.budget,
+        method=method,
+        target_modules=targets or PAPER_TARGET_MODULES,
+        ranks=range(1, args.max_r + 1),
+        shares=range(1, args.max_share + 1),
+        tie_mn=not args.untie_mn,
+        tolerance=args.tolerance,
+        strict=args.strict,
     )
     shown = fits[: args.top]
     default = next((f for f in fits if (f.r, f.u, f.m, f.n) == TRAIN_DEFAULT), None)
     if default is not None and default not in shown:
         shown = [*shown, default]  # always list the configuration `prolora train` uses
     if args.json:
-        return {"budget": args.budget, "method": method, "fits": [fit.as_dict() for fit in shown],
-                "total_fits": len(fits), "cut": len(shown) < len(fits),
-                "train_default": None if default is None else default.as_dict()}
+        return {
+            "budget": args.budget,
+            "method": method,
+            "fits": [fit.as_dict() for fit in shown],
+            "total_fits": len(fits),
+            "cut": len(shown) < len(fits),
+            "train_default": None if default is None else default.as_dict(),
+        }
     band = f"up to {args.tolerance:.1%} under" if args.strict else f"within ±{args.tolerance:.1%} of"
-    listed = (f"the {min(args.top, len(fits))} closest shown (--top N for more)" if len(fits) > args.top
-              else "all shown")
-    head = (f"{len(fits)} {method} configs {band} the budget {args.budget}"
-            f"{f' = {fits[0].budget:,} parameters' if fits else ''}; closest first, then higher rank; {listed}:")
-    rows = [[str(f.r), str(f.u), str(f.m), str(f.n), f"{f.params:,}", f"{f.gap:+,}", f"{f.relative_gap:+.2%}",
-             "prolora train's default" if f is default else ""] for f in shown]
+    listed = (
+        f"the {min(args.top, len(fits))} closest shown (--top N for more)"
+        if len(fits) > args.top
+        else "all shown"
+    )
+    head = (
+        f"{len(fits)} {method} configs {band} the budget {args.budget}"
+        f"{f' = {fits[0].budget:,} parameters' if fits else ''}; closest first, then higher rank; {listed}:"
+    )
+    rows = [
+        [
+            str(f.r),
+            str(f.u),
+            str(f.m),
+            str(f.n),
+            f"{f.params:,}",
+            f"{f.gap:+,}",
+            f"{f.relative_gap:+.2%}",
+            "prolora train's default" if f is default else "",
+        ]
+        for f in shown
+    ]
     if default is not None and default not in fits[: args.top]:
         rows.insert(len(rows) - 1, ["...", "", "", "", "", "", "", ""])
     return head + "\n" + _table(["r", "u", "m", "n", "params", "gap", "gap %", ""], rows)
@@ -161,23 +228,33 @@ def _paper(args: argparse.Namespace) -> list[dict[str, Any]] | str:
     sized, unsized = [], []
     for row in rows:
         paper, real = row["paper_convention"], row["real"]
-        cells = [row["source"], row["preset"], _describe(row["method"], row["r"], row["u"], row["m"], row["n"]),
-                 row["paper"], _millions(paper["params"]), "yes" if row["matches"] else "NO",
-                 _millions(real["params"])]
+        cells = [
+            row["source"],
+            row["preset"],
+            _describe(row["method"], row["r"], row["u"], row["m"], row["n"]),
+            row["paper"],
+            _millions(paper["params"]),
+            "yes" if row["matches"] else "NO",
+            _millions(real["params"]),
+        ]
         if row["paper_size"] is None:
             unsized.append([*cells, row["note"]])
         else:
             sized.append([*cells, row["paper_size"], f"{paper['MiB']:,.1f} MiB = {paper['MB']:,.1f} MB"])
     header = ["where", "model", "config", "paper", "ours, paper conv.", "same", "ours, real arch."]
-    return "\n\n".join([
-        ("Paper Tables 1-3 (LLaMA2): trainable parameters, M = 10^6.\n"
-         f"'paper conv.' counts as the paper does: {PAPER_CONVENTION}.\n"
-         "'real arch.' is the released model: 13B has 40 layers; 70B has 80 layers and 8 KV heads (k/v out 1024).\n"
-         "'same': the paper's value equals ours under the paper's convention, rounded as the paper prints it."),
-        _table([*header, "paper size", "ours size, fp32, paper conv."], sized),
-        "The paper's size unit 'MB' is MiB (2^20 bytes): 159.91M params x 4 B = 639.6e6 B = 610 MiB.",
-        _table([*header, "note"], unsized),
-    ])
+    return "\n\n".join(
+        [
+            (
+                "Paper Tables 1-3 (LLaMA2): trainable parameters, M = 10^6.\n"
+                f"'paper conv.' counts as the paper does: {PAPER_CONVENTION}.\n"
+                "'real arch.' is the released model: 13B has 40 layers; 70B has 80 layers and 8 KV heads (k/v out 1024).\n"
+                "'same': the paper's value equals ours under the paper's convention, rounded as the paper prints it."
+            ),
+            _table([*header, "paper size", "ours size, fp32, paper conv."], sized),
+            "The paper's size unit 'MB' is MiB (2^20 bytes): 159.91M params x 4 B = 639.6e6 B = 610 MiB.",
+            _table([*header, "note"], unsized),
+        ]
+    )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -11,27 +11,59 @@ import socket
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--adapter", action="append", default=[], metavar="[NAME=]PATH",
-                        help="a run directory of `prolora train` or an adapter directory (PRoLoRA or PEFT LoRA); "
-                             "repeat for several; clients pick it by `model`=NAME")
-    parser.add_argument("--adapters-dir", metavar="DIR", help="a folder of adapter folders, loaded on first use "
-                        "under their folder names")
-    parser.add_argument("--max-resident", type=int, metavar="N", help="most adapters resident at once; the least "
-                        "recently used idle one is evicted (default: no limit)")
-    parser.add_argument("--model", help="base model (default: the first run's model, else the embedded SmolLM2-135M)")
-    parser.add_argument("--served-model-name", help="the base model's name in the API (default: --model or "
-                        "smollm2-135m)")
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    parser.add_argument(
+        "--adapter",
+        action="append",
+        default=[],
+        metavar="[NAME=]PATH",
+        help="a run directory of `prolora train` or an adapter directory (PRoLoRA or PEFT LoRA); "
+        "repeat for several; clients pick it by `model`=NAME",
+    )
+    parser.add_argument(
+        "--adapters-dir",
+        metavar="DIR",
+        help="a folder of adapter folders, loaded on first use under their folder names",
+    )
+    parser.add_argument(
+        "--max-resident",
+        type=int,
+        metavar="N",
+        help="most adapters resident at once; the least "
+        "recently used idle one is evicted (default: no limit)",
+    )
+    parser.add_argument(
+        "--model", help="base model (default: the first run's model, else the embedded SmolLM2-135M)"
+    )
+    parser.add_argument(
+        "--served-model-name", help="the base model's name in the API (default: --model or smollm2-135m)"
+    )
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)"
+    )
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /v1 routes")
-    parser.add_argument("--chat-format", choices=("tulu", "template"), help="chat format for the base model and "
-                        "adapters whose run recorded none (default: the tokenizer's template if any, else tulu)")
+    parser.add_argument(
+        "--chat-format",
+        choices=("tulu", "template"),
+        help="chat format for the base model and "
+        "adapters whose run recorded none (default: the tokenizer's template if any, else tulu)",
+    )
     parser.add_argument("--max-batch", type=int, default=32, help="most requests decoded together")
-    parser.add_argument("--expanded-cache-mb", type=float, default=0.0, help="byte cap (MiB) of the cache of "
-                        "expanded factors of hot adapters (default 0: compact tensors only)")
+    parser.add_argument(
+        "--expanded-cache-mb",
+        type=float,
+        default=0.0,
+        help="byte cap (MiB) of the cache of "
+        "expanded factors of hot adapters (default 0: compact tensors only)",
+    )
     # = inference.server.MAX_REQUEST_BYTES (not imported here: --help stays free of FastAPI and torch)
-    parser.add_argument("--max-request-bytes", type=int, default=4 * 2**20, metavar="N",
-                        help="a larger request body is answered 413 (default 4 MiB)")
+    parser.add_argument(
+        "--max-request-bytes",
+        type=int,
+        default=4 * 2**20,
+        metavar="N",
+        help="a larger request body is answered 413 (default 4 MiB)",
+    )
 
 
 def _check_bind(host: str, port: int) -> None:
@@ -43,8 +75,10 @@ def _check_bind(host: str, port: int) -> None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
             sock.bind(address)
     except OSError as exc:
-        raise OSError(f"cannot listen on --host {host} --port {port}: {exc.strerror or exc}; pick another port "
-                      "(or stop what uses it) or a local address") from None
+        raise OSError(
+            f"cannot listen on --host {host} --port {port}: {exc.strerror or exc}; pick another port "
+            "(or stop what uses it) or a local address"
+        ) from None
 
 
 def run(args) -> int:
@@ -56,17 +90,30 @@ def run(args) -> int:
     if not 0 <= args.port <= 65535:
         raise ValueError(f"--port {args.port} must be in [0, 65535] (0: any free port)")
     if not math.isfinite(args.expanded_cache_mb) or args.expanded_cache_mb < 0:
-        raise ValueError(f"--expanded-cache-mb {args.expanded_cache_mb} must be a finite number of MiB ≥ 0 "
-                         "(0: compact tensors only)")
+        raise ValueError(
+            f"--expanded-cache-mb {args.expanded_cache_mb} must be a finite number of MiB ≥ 0 "
+            "(0: compact tensors only)"
+        )
     if args.max_request_bytes < 1:
         raise ValueError(f"--max-request-bytes {args.max_request_bytes} must be at least 1")
     if args.max_resident is not None and args.max_resident < 1:
         raise ValueError(f"--max-resident {args.max_resident} must be at least 1 (leave it out for no limit)")
     _check_bind(args.host, args.port)  # before the model loads: a taken port fails in a second, not a minute
-    engine = build_engine(args.model, args.adapter, args.adapters_dir, args.max_resident, args.max_batch,
-                          int(args.expanded_cache_mb * 2**20))
-    app = create_app(engine, args.served_model_name or args.model or DEFAULT_MODEL, args.api_key, args.chat_format,
-                     max_request_bytes=args.max_request_bytes)
+    engine = build_engine(
+        args.model,
+        args.adapter,
+        args.adapters_dir,
+        args.max_resident,
+        args.max_batch,
+        int(args.expanded_cache_mb * 2**20),
+    )
+    app = create_app(
+        engine,
+        args.served_model_name or args.model or DEFAULT_MODEL,
+        args.api_key,
+        args.chat_format,
+        max_request_bytes=args.max_request_bytes,
+    )
     # SIGTERM: running requests get 25 s, then open streams end with an error chunk and [DONE]
     graceful_server(app, engine, 25.0, host=args.host, port=args.port, log_level="info").run()
     return 0

@@ -58,8 +58,13 @@ def load_results(run_dir: str | Path, cells: list[Cell]) -> dict[str, dict]:
     return found
 
 
-def run_cells(cells: list[Cell], run_dir: str | Path, runner: Runner, log: Callable[[str], None] = print,
-              after_each: Callable[[dict[str, dict]], object] | None = None) -> dict[str, dict]:
+def run_cells(
+    cells: list[Cell],
+    run_dir: str | Path,
+    runner: Runner,
+    log: Callable[[str], None] = print,
+    after_each: Callable[[dict[str, dict]], object] | None = None,
+) -> dict[str, dict]:
     """Run every unfinished cell of ``cells`` (each distinct key once) with ``runner``; return all results
     by key.
 
@@ -85,8 +90,10 @@ def run_cells(cells: list[Cell], run_dir: str | Path, runner: Runner, log: Calla
             continue
         cell_dir = run_dir / RUNS_DIR / cell.name
         shutil.rmtree(cell_dir, ignore_errors=True)  # an unfinished earlier attempt
-        log(f"[{i}/{len(todo)}] {cell.group}: {cell.label}, seed {cell.seed} ({cell.params:,} params) "
-            f"-> {cell_dir}")
+        log(
+            f"[{i}/{len(todo)}] {cell.group}: {cell.label}, seed {cell.seed} ({cell.params:,} params) "
+            f"-> {cell_dir}"
+        )
         started = time.perf_counter()
         try:
             metrics, summary = runner(cell, cell_dir)
@@ -96,8 +103,13 @@ def run_cells(cells: list[Cell], run_dir: str | Path, runner: Runner, log: Calla
             continue
         seconds = time.perf_counter() - started
         finished = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        result = {"cell": {**dataclasses.asdict(cell), "key": cell.key}, "metrics": metrics,
-                  "summary": summary, "seconds": seconds, "finished": finished}
+        result = {
+            "cell": {**dataclasses.asdict(cell), "key": cell.key},
+            "metrics": metrics,
+            "summary": summary,
+            "seconds": seconds,
+            "finished": finished,
+        }
         write_json(path, result, sort_keys=True)
         results[cell.key] = result
         log(f"    done in {seconds:.0f} s: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
@@ -116,18 +128,28 @@ def build_adapter_config(config, method: str, adapter: dict):
     from prolora.method_presets import make_adapter_config
 
     if method == "vera":
-        peft_config = baselines.make_vera_config(r=config.r, target_modules=config.target_modules,
-                                                 vera_dropout=config.lora_dropout)
+        peft_config = baselines.make_vera_config(
+            r=config.r, target_modules=config.target_modules, vera_dropout=config.lora_dropout
+        )
     elif method == "tied-lora":
-        peft_config = baselines.make_tied_lora_config(r=config.r, lora_alpha=config.lora_alpha,
-                                                      lora_dropout=config.lora_dropout,
-                                                      target_modules=config.target_modules)
+        peft_config = baselines.make_tied_lora_config(
+            r=config.r,
+            lora_alpha=config.lora_alpha,
+            lora_dropout=config.lora_dropout,
+            target_modules=config.target_modules,
+        )
     else:
-        peft_config = make_adapter_config(method, r=config.r, u=config.unshared_r, m=config.sharing_rate_a,
-                                          n=config.sharing_rate_b, lora_alpha=config.lora_alpha,
-                                          lora_dropout=config.lora_dropout,
-                                          target_modules=config.target_modules,
-                                          use_rslora=config.use_rslora)
+        peft_config = make_adapter_config(
+            method,
+            r=config.r,
+            u=config.unshared_r,
+            m=config.sharing_rate_a,
+            n=config.sharing_rate_b,
+            lora_alpha=config.lora_alpha,
+            lora_dropout=config.lora_dropout,
+            target_modules=config.target_modules,
+            use_rslora=config.use_rslora,
+        )
     return dataclasses.replace(peft_config, **adapter) if adapter else peft_config
 
 
@@ -141,8 +163,11 @@ def train_config(train: dict, output_dir: Path):
     from prolora.method_presets import METHODS
     from prolora.train.config import TrainConfig, parse_target_modules
 
-    fields = {**train, "output_dir": str(output_dir),
-              "target_modules": parse_target_modules(train["target_modules"])}
+    fields = {
+        **train,
+        "output_dir": str(output_dir),
+        "target_modules": parse_target_modules(train["target_modules"]),
+    }
     if fields["method"] not in METHODS:
         fields["method"] = "lora"
     return TrainConfig(**fields)
@@ -173,8 +198,11 @@ class TrainRunner:
         from prolora.train.run import train
 
         config = train_config(cell.train, output_dir)
-        summary = train(config, base_model=self._base_model(config),
-                        adapter_config=build_adapter_config(config, cell.train["method"], cell.adapter))
+        summary = train(
+            config,
+            base_model=self._base_model(config),
+            adapter_config=build_adapter_config(config, cell.train["method"], cell.adapter),
+        )
         if summary["interrupted"]:  # stopped early by a signal: not a result; stop the comparison too
             raise KeyboardInterrupt(f"{cell.label} seed {cell.seed}: stopped by {summary['interrupted']}")
         metrics = {LOSS: summary["heldout_loss_adapter"]}
@@ -194,8 +222,14 @@ def benchmark_evaluator(model: str | None, benchmarks: tuple[str, ...], data_dir
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        results, _ = run_eval(model, [str(run_dir)], list(benchmarks), DataSources.from_dir(data_dir),
-                              EvalSettings(limit=limit), device=device)
+        results, _ = run_eval(
+            model,
+            [str(run_dir)],
+            list(benchmarks),
+            DataSources.from_dir(data_dir),
+            EvalSettings(limit=limit),
+            device=device,
+        )
         scores = results["runs"][0]["scores"]
         return {header: scores[bench][metric] for header, bench, metric in COLUMNS if bench in benchmarks}
 

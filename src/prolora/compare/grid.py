@@ -85,9 +85,15 @@ def resolve(spec: MethodSpec, preset: Preset, seed: int) -> tuple[dict, int, int
     model = preset.train.get("model")
     targets = spec.target_modules or preset.train.get("target_modules", "all-linear")
     count_targets = parse_target_modules(targets)
-    fields = {**preset.train, "method": spec.method, "r": spec.r, "target_modules": targets, "seed": seed,
-              "learning_rate": spec.lr or preset.train["learning_rate"],
-              "lr_shared_scale": spec.lr_shared_scale}
+    fields = {
+        **preset.train,
+        "method": spec.method,
+        "r": spec.r,
+        "target_modules": targets,
+        "seed": seed,
+        "learning_rate": spec.lr or preset.train["learning_rate"],
+        "lr_shared_scale": spec.lr_shared_scale,
+    }
     if spec.use_rslora:  # only when set, so that the keys of cells from before the option stay the same
         fields["use_rslora"] = True
     if spec.method not in PROLORA_FAMILY:
@@ -96,12 +102,16 @@ def resolve(spec: MethodSpec, preset: Preset, seed: int) -> tuple[dict, int, int
     if spec.budget is None:
         raise ValueError(f"{spec.label}: a PRoLoRA-family row needs a budget (e.g. 'lora:2') to choose m, n")
     solver = spec.method if spec.method in ("clora", "rolora") else ("rolora" if spec.u == 0 else "prolora")
-    fits = [f for f in solve_budget(model, spec.budget, method=solver, target_modules=count_targets,
-                                    ranks=[spec.r])
-            if spec.u is None or f.u == spec.u]
+    fits = [
+        f
+        for f in solve_budget(model, spec.budget, method=solver, target_modules=count_targets, ranks=[spec.r])
+        if spec.u is None or f.u == spec.u
+    ]
     if not fits:
-        raise ValueError(f"{spec.label}: no {solver} configuration at r={spec.r}"
-                         f"{'' if spec.u is None else f', u={spec.u}'} is within 1% of budget {spec.budget}")
+        raise ValueError(
+            f"{spec.label}: no {solver} configuration at r={spec.r}"
+            f"{'' if spec.u is None else f', u={spec.u}'} is within 1% of budget {spec.budget}"
+        )
     fit = fits[0]
     fields.update(unshared_r=fit.u, sharing_rate_a=fit.m, sharing_rate_b=fit.n)
     return fields, fit.params, fit.budget
@@ -121,9 +131,14 @@ def lr_sweep_cells(preset: Preset) -> list[Cell]:
     differ fourfold; the paper also searched VeRA and Tied-LoRA over their own range, App. A.2). The
     shared-lr row keeps its multiple (``lr_shared_scale``) of each rate.
     """
-    rows = [spec for spec in preset.methods if preset.lr_grid_rows is None or spec.label in preset.lr_grid_rows]
-    return [_cell("lrs", replace(spec, lr=lr), preset, preset.lr_grid_seed, {"lr": lr})
-            for spec in rows for lr in (spec.lr_grid or preset.lr_grid)]
+    rows = [
+        spec for spec in preset.methods if preset.lr_grid_rows is None or spec.label in preset.lr_grid_rows
+    ]
+    return [
+        _cell("lrs", replace(spec, lr=lr), preset, preset.lr_grid_seed, {"lr": lr})
+        for spec in rows
+        for lr in (spec.lr_grid or preset.lr_grid)
+    ]
 
 
 def best_lr(cells: list[Cell], results: dict[str, dict], score: Callable[[dict], float]) -> dict[str, float]:
@@ -147,8 +162,12 @@ def best_lr_cells(preset: Preset, results: dict[str, dict], score: Callable[[dic
     spread. The sweep's seed at that rate is the sweep's own cell (same key, trained once); rows whose grid
     has not finished yet are not in the group until it has."""
     rates = best_lr(lr_sweep_cells(preset), results, score)
-    return [_cell("best", replace(spec, lr=rates[spec.label]), preset, seed, {"lr": rates[spec.label]})
-            for seed in preset.seeds for spec in preset.methods if spec.label in rates]
+    return [
+        _cell("best", replace(spec, lr=rates[spec.label]), preset, seed, {"lr": rates[spec.label]})
+        for seed in preset.seeds
+        for spec in preset.methods
+        if spec.label in rates
+    ]
 
 
 def heatmap_cells(preset: Preset) -> list[Cell]:

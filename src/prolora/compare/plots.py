@@ -49,14 +49,28 @@ def score_vs_params(summary: dict, path: Path, rows_key: str = "rows") -> Path |
         budget = round(math.log10(row["params"]), 2)
         at_budget[budget] = at_budget.get(budget, -1) + 1
         rate = f", lr {row['lr']:g}" if rows_key == "best_rows" else ""
-        ax.errorbar(row["params"] * 1.02 ** at_budget[budget], stat["mean"], yerr=stat["std"],
-                    fmt=MARKERS[i % len(MARKERS)], capsize=4, color=f"C{i % 10}", markersize=7, alpha=0.85,
-                    label=f"{row['label']} (n={stat['n']}{rate})")
+        ax.errorbar(
+            row["params"] * 1.02 ** at_budget[budget],
+            stat["mean"],
+            yerr=stat["std"],
+            fmt=MARKERS[i % len(MARKERS)],
+            capsize=4,
+            color=f"C{i % 10}",
+            markersize=7,
+            alpha=0.85,
+            label=f"{row['label']} (n={stat['n']}{rate})",
+        )
     where = "each method at its own best rate" if rows_key == "best_rows" else "mean ± std over seeds"
-    return _finish(plt, fig, ax, summary, path,
-                   "trainable parameters (log scale; rows at one budget dodged by 2% each)",
-                   f"{summary['preset']}: {metric} vs trainable parameters ({where})",
-                   base_line=rows_key == "rows")  # tuned rows sit far below the base: keep their scale
+    return _finish(
+        plt,
+        fig,
+        ax,
+        summary,
+        path,
+        "trainable parameters (log scale; rows at one budget dodged by 2% each)",
+        f"{summary['preset']}: {metric} vs trainable parameters ({where})",
+        base_line=rows_key == "rows",
+    )  # tuned rows sit far below the base: keep their scale
 
 
 def lr_sweep(summary: dict, path: Path) -> Path | None:
@@ -70,14 +84,25 @@ def lr_sweep(summary: dict, path: Path) -> Path | None:
     for i, row in enumerate(rows):
         points = [(lr, v) for lr, v in zip(sweep["lrs"], row["values"]) if v is not None]
         ax.plot(*zip(*points), marker=MARKERS[i % len(MARKERS)], color=f"C{i % 10}", label=row["label"])
-    return _finish(plt, fig, ax, summary, path, "learning rate (log scale)",
-                   f"{summary['preset']}: every method over one learning-rate grid (seed {sweep['seed']})")
+    return _finish(
+        plt,
+        fig,
+        ax,
+        summary,
+        path,
+        "learning rate (log scale)",
+        f"{summary['preset']}: every method over one learning-rate grid (seed {sweep['seed']})",
+    )
 
 
 def _finish(plt, fig, ax, summary: dict, path: Path, xlabel: str, title: str, base_line: bool = True) -> Path:
     """Base-model line (for a loss, unless ``base_line`` is false), log x axis, labels, legend outside; save
     and close."""
-    if base_line and summary.get("base_heldout_loss") is not None and summary["primary_metric"].endswith("loss"):
+    if (
+        base_line
+        and summary.get("base_heldout_loss") is not None
+        and summary["primary_metric"].endswith("loss")
+    ):
         ax.axhline(summary["base_heldout_loss"], color="grey", ls="--", lw=1, label="base model")
     ax.set_xscale("log")
     ax.set_xlabel(xlabel)
@@ -90,8 +115,9 @@ def _finish(plt, fig, ax, summary: dict, path: Path, xlabel: str, title: str, ba
     return path
 
 
-def grid_heatmap(grid: dict, path: Path, title: str, xlabel: str, ylabel: str, lower_is_better: bool,
-                 fmt_col=str) -> Path | None:
+def grid_heatmap(
+    grid: dict, path: Path, title: str, xlabel: str, ylabel: str, lower_is_better: bool, fmt_col=str
+) -> Path | None:
     """A heatmap of a report grid with every value written in its square; ``None`` when nothing finished."""
     import numpy as np
 
@@ -125,16 +151,34 @@ def write_plots(summary: dict, out_dir: str | Path) -> list[Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     low = summary["lower_is_better"]
-    written = [score_vs_params(summary, out / SCORE_VS_PARAMS), lr_sweep(summary, out / LR_SWEEP),
-               score_vs_params(summary, out / BEST_VS_PARAMS, "best_rows")]
+    written = [
+        score_vs_params(summary, out / SCORE_VS_PARAMS),
+        lr_sweep(summary, out / LR_SWEEP),
+        score_vs_params(summary, out / BEST_VS_PARAMS, "best_rows"),
+    ]
     metric = summary["primary_metric"]
     if summary.get("heatmap"):
         seed = summary["heatmap"]["seed"]
-        written.append(grid_heatmap(summary["heatmap"], out / HEATMAP,
-                                    f"Figure 2 style: {metric}, fixed budget, seed {seed}",
-                                    "learning rate", "unshared rank", low, fmt_col=lambda c: f"{c:g}"))
+        written.append(
+            grid_heatmap(
+                summary["heatmap"],
+                out / HEATMAP,
+                f"Figure 2 style: {metric}, fixed budget, seed {seed}",
+                "learning rate",
+                "unshared rank",
+                low,
+                fmt_col=lambda c: f"{c:g}",
+            )
+        )
     if summary.get("table4"):
-        written.append(grid_heatmap(summary["table4"], out / TABLE4,
-                                    f"Table 4 style: {metric} (PRoLoRA: hidden / rank)",
-                                    "rotation dimension", "sharing dimension", low))
+        written.append(
+            grid_heatmap(
+                summary["table4"],
+                out / TABLE4,
+                f"Table 4 style: {metric} (PRoLoRA: hidden / rank)",
+                "rotation dimension",
+                "sharing dimension",
+                low,
+            )
+        )
     return [p for p in written if p is not None]

@@ -79,11 +79,11 @@ class Table4Spec:
 class Preset:
     """A whole comparison: training setup, seeds, table rows, Figure 2 grid, Table 4, evaluation.
 
-``lr_grid``: learning rates the main-table rows named in ``lr_grid_rows`` (``None``: every row) are also
-trained at (seed ``lr_grid_seed``), so that each method is reported at the shared default rate and at its
-best rate of one grid.
+    ``lr_grid``: learning rates the main-table rows named in ``lr_grid_rows`` (``None``: every row) are also
+    trained at (seed ``lr_grid_seed``), so that each method is reported at the shared default rate and at its
+    best rate of one grid.
 
-    ``claims``: ``(better label, worse label, what it tests)``, the paper's orderings that the report checks.
+        ``claims``: ``(better label, worse label, what it tests)``, the paper's orderings that the report checks.
     """
 
     name: str
@@ -102,9 +102,16 @@ best rate of one grid.
     notes: tuple[str, ...] = ()
 
 
-def _table2_rows(budget_rank: int, prolora_r: int, prolora_u: int, shared_scale: float,
-                 baseline_lr: float | None = None, vera_r: int = 256, tied_lora_r: int = 256,
-                 target_modules: str | None = None) -> tuple[MethodSpec, ...]:
+def _table2_rows(
+    budget_rank: int,
+    prolora_r: int,
+    prolora_u: int,
+    shared_scale: float,
+    baseline_lr: float | None = None,
+    vera_r: int = 256,
+    tied_lora_r: int = 256,
+    target_modules: str | None = None,
+) -> tuple[MethodSpec, ...]:
     """Table 2's rows at the budget of LoRA with rank ``budget_rank`` (plus LoRA at twice that rank).
 
     ``baseline_lr``: VeRA's and Tied-LoRA's rate (``None``: the preset's, as every other row);
@@ -147,16 +154,31 @@ def _table2_claims(budget_rank: int) -> tuple[tuple[str, str, str], ...]:
 
 SMALL = Preset(
     name="small",
-    description=("embedded SmolLM2-135M-Instruct + FLAN-CoT on a CPU: q, k, v projections, 16 steps, "
-                 "held-out loss"),
-    train={"max_steps": 16, "batch_size": 4, "micro_batch_size": 4, "max_length": 96, "heldout_size": 32,
-           "learning_rate": 2e-3, "target_modules": QKV, "logging_steps": 8, "save_steps": 1000,
-           "save_total_limit": 1},
+    description=(
+        "embedded SmolLM2-135M-Instruct + FLAN-CoT on a CPU: q, k, v projections, 16 steps, held-out loss"
+    ),
+    train={
+        "max_steps": 16,
+        "batch_size": 4,
+        "micro_batch_size": 4,
+        "max_length": 96,
+        "heldout_size": 32,
+        "learning_rate": 2e-3,
+        "target_modules": QKV,
+        "logging_steps": 8,
+        "save_steps": 1000,
+        "save_total_limit": 1,
+    },
     seeds=(1, 2, 3),
-    methods=(MethodSpec("LoRA r=1", "lora", r=1), MethodSpec("LoRA r=8", "lora", r=8),
-             *_table2_rows(budget_rank=2, prolora_r=8, prolora_u=1, shared_scale=3.0, tied_lora_r=85)),
-    claims=(("LoRA r=8", "LoRA r=1", "rank check: does this setting reward rank at all (findings.md)?"),
-            *_table2_claims(budget_rank=2)),
+    methods=(
+        MethodSpec("LoRA r=1", "lora", r=1),
+        MethodSpec("LoRA r=8", "lora", r=8),
+        *_table2_rows(budget_rank=2, prolora_r=8, prolora_u=1, shared_scale=3.0, tied_lora_r=85),
+    ),
+    claims=(
+        ("LoRA r=8", "LoRA r=1", "rank check: does this setting reward rank at all (findings.md)?"),
+        *_table2_claims(budget_rank=2),
+    ),
     lr_grid=(5e-4, 2e-3, 5e-3),
     # the Table 2 methods and the Figure 2 rows; the ablations (CLoRA, ^-r, ^-i) and the rank-check rows
     # stay at the shared rate to keep the preset near an hour on two cores
@@ -164,29 +186,45 @@ SMALL = Preset(
     heatmap=HeatmapSpec(budget="lora:2", r=8, unshared=(0, 1, 2), lrs=(5e-4, 2e-3, 5e-3)),
     table4=Table4Spec(base=MethodSpec("PRoLoRA", "prolora", r=8, u=1, budget="lora:2")),
     notes=(
-        ("Metric: held-out loss (nats per assistant token, lower is better) on 32 examples of the embedded "
-         "held-out split; no benchmark (a GSM8K or BBH subset large enough to rank methods does not fit "
-         "the hour on a CPU)."),
-        ("Every method adapts q_proj, k_proj, v_proj (Tied-LoRA ties one A across them, which needs one input "
-         "size; the paper applied it there, Section 4.1), so all rows compete on the same modules. "
-         "Budget: LoRA r=2 on them, 161,280 parameters. Tied-LoRA at r=85 matches it (161,910); VeRA keeps "
-         "the paper's r=256 (51,840 trainable, far below, as in the paper's Table 2)."),
-        ("One learning-rate grid for every method (5e-4, 2e-3, 5e-3; the paper's 2e-4 barely moves a "
-         "16-step run): the main table is at the shared 2e-3, the sweep shows each method at its best. "
-         "LoRA r=2 and PRoLoRA r=8 share lora_alpha = 16, so their scalings alpha/r differ fourfold and "
-         "their best rates may differ too (Figure 2: more sharing wants a higher rate)."),
-        ("Rank check (first claim): if LoRA r=8 does not beat LoRA r=1 beyond the spread, 16 steps on this "
-         "model are not capacity-constrained and the table measures how fast each method learns in its "
-         "first steps, not parameter efficiency (findings.md; docs/compare.md)."),
+        (
+            "Metric: held-out loss (nats per assistant token, lower is better) on 32 examples of the embedded "
+            "held-out split; no benchmark (a GSM8K or BBH subset large enough to rank methods does not fit "
+            "the hour on a CPU)."
+        ),
+        (
+            "Every method adapts q_proj, k_proj, v_proj (Tied-LoRA ties one A across them, which needs one input "
+            "size; the paper applied it there, Section 4.1), so all rows compete on the same modules. "
+            "Budget: LoRA r=2 on them, 161,280 parameters. Tied-LoRA at r=85 matches it (161,910); VeRA keeps "
+            "the paper's r=256 (51,840 trainable, far below, as in the paper's Table 2)."
+        ),
+        (
+            "One learning-rate grid for every method (5e-4, 2e-3, 5e-3; the paper's 2e-4 barely moves a "
+            "16-step run): the main table is at the shared 2e-3, the sweep shows each method at its best. "
+            "LoRA r=2 and PRoLoRA r=8 share lora_alpha = 16, so their scalings alpha/r differ fourfold and "
+            "their best rates may differ too (Figure 2: more sharing wants a higher rate)."
+        ),
+        (
+            "Rank check (first claim): if LoRA r=8 does not beat LoRA r=1 beyond the spread, 16 steps on this "
+            "model are not capacity-constrained and the table measures how fast each method learns in its "
+            "first steps, not parameter efficiency (findings.md; docs/compare.md)."
+        ),
     ),
 )
 
 PAPER = Preset(
     name="paper",
     description="the paper's setting: LLaMA2-7B, QLoRA, 10k steps × batch 16, length 512, five benchmarks",
-    train={"model": "meta-llama/Llama-2-7b-hf", "max_steps": 10_000, "batch_size": 16, "micro_batch_size": 4,
-           "max_length": 512, "heldout_size": 128, "learning_rate": 2e-4, "quantization": "auto",
-           "save_steps": 500},
+    train={
+        "model": "meta-llama/Llama-2-7b-hf",
+        "max_steps": 10_000,
+        "batch_size": 16,
+        "micro_batch_size": 4,
+        "max_length": 512,
+        "heldout_size": 128,
+        "learning_rate": 2e-4,
+        "quantization": "auto",
+        "save_steps": 500,
+    },
     seeds=(1, 2, 3),
     methods=_table2_rows(budget_rank=2, prolora_r=8, prolora_u=1, shared_scale=3.0, baseline_lr=5e-3),
     claims=_table2_claims(budget_rank=2),
@@ -194,9 +232,11 @@ PAPER = Preset(
     table4=Table4Spec(base=MethodSpec("PRoLoRA", "prolora", r=32, u=4, budget="lora:8")),
     benchmarks=("mmlu", "bbh", "gsm8k", "tydiqa", "humaneval"),
     notes=(
-        ("The paper searched lr in {1e-5 … 1e-3} for LoRA (2e-4 best except HumanEval: 5e-5) and "
-        "{2e-3 … 5e-2} for VeRA and Tied-LoRA (App. A.2); the rows here use 2e-4 and 5e-3 (--lr sets "
-         "the first)."),
+        (
+            "The paper searched lr in {1e-5 … 1e-3} for LoRA (2e-4 best except HumanEval: 5e-5) and "
+            "{2e-3 … 5e-2} for VeRA and Tied-LoRA (App. A.2); the rows here use 2e-4 and 5e-3 (--lr sets "
+            "the first)."
+        ),
         "Figure 2 and Table 4 are at the 19.99M budget (LoRA r=8) with PRoLoRA rank 32, as in Section 4.4.",
     ),
 )
@@ -221,22 +261,45 @@ RANK_CHECK_CLAIMS = (
     ("LoRA r=8", "LoRA r=4", "not in the rule: r=8 beats r=4 (α/r)"),
     (f"LoRA r=8{RS}", f"LoRA r=4{RS}", "not in the rule: r=8 beats r=4 (α/√r)"),
 )
-_PILOT_TRAIN = {"batch_size": 4, "micro_batch_size": 4, "max_length": 64, "heldout_size": 128,
-                "learning_rate": 2e-3, "logging_steps": 20, "save_steps": 10_000, "save_total_limit": 1}
+_PILOT_TRAIN = {
+    "batch_size": 4,
+    "micro_batch_size": 4,
+    "max_length": 64,
+    "heldout_size": 128,
+    "learning_rate": 2e-3,
+    "logging_steps": 20,
+    "save_steps": 10_000,
+    "save_total_limit": 1,
+}
 
 
 def _pilot(name: str, description: str, **train) -> Preset:
-    return Preset(name=name, description=description, train={**_PILOT_TRAIN, **train}, seeds=(1, 2, 3),
-                  methods=RANK_CHECK_ROWS, claims=RANK_CHECK_CLAIMS,
-                  notes=("A Step-1 pilot of issue 14 (docs/results/rank-pilots/pilots.md): the rank check only.",))
+    return Preset(
+        name=name,
+        description=description,
+        train={**_PILOT_TRAIN, **train},
+        seeds=(1, 2, 3),
+        methods=RANK_CHECK_ROWS,
+        claims=RANK_CHECK_CLAIMS,
+        notes=("A Step-1 pilot of issue 14 (docs/results/rank-pilots/pilots.md): the rank check only.",),
+    )
 
 
 PILOTS = (
-    _pilot("pilot-down6", "rank pilot: LoRA r=1/4/8 (α/r and α/√r) on down_proj of the top 6 layers, "
-           "80 steps x 4, length 64", max_steps=80, target_modules=TOP6_DOWN),
+    _pilot(
+        "pilot-down6",
+        "rank pilot: LoRA r=1/4/8 (α/r and α/√r) on down_proj of the top 6 layers, 80 steps x 4, length 64",
+        max_steps=80,
+        target_modules=TOP6_DOWN,
+    ),
     # after study-down6 put every LoRA rank's best rate at 5e-3: twice the updates at that rate
-    _pilot("pilot-down6-160", "rank pilot: as pilot-down6 with 160 steps at lr 5e-3 (the LoRA rows' best rate "
-           "in study-down6)", max_steps=160, learning_rate=5e-3, target_modules=TOP6_DOWN),
+    _pilot(
+        "pilot-down6-160",
+        "rank pilot: as pilot-down6 with 160 steps at lr 5e-3 (the LoRA rows' best rate in study-down6)",
+        max_steps=160,
+        learning_rate=5e-3,
+        target_modules=TOP6_DOWN,
+    ),
 )
 
 # --- Step 2 of issue 14: the paper's comparison in the pilot's setting --------------------------------------
@@ -277,29 +340,41 @@ def _study_rows() -> tuple[MethodSpec, ...]:
         MethodSpec(f"RoLoRA @r1{RS}", "rolora", **at1, use_rslora=True, lr_grid=_MID),
         # VeRA: the paper's far-below-budget baseline (r = 1024: 9,600 trainable); Tied-LoRA r = 10: 24,636
         # (-2.8% of LoRA r=2's budget; r = 11 would be +5.6%). The paper tuned both at higher rates (App. A.2).
-        MethodSpec("VeRA", "vera", r=1024, lr_grid=(5e-3, 1e-2, 2e-2, 5e-2, 1e-1, 2e-1, 5e-1)),  # top edge twice
+        MethodSpec(
+            "VeRA", "vera", r=1024, lr_grid=(5e-3, 1e-2, 2e-2, 5e-2, 1e-1, 2e-1, 5e-1)
+        ),  # top edge twice
         MethodSpec("Tied-LoRA", "tied-lora", r=10, lr_grid=_SHARED),
     )
 
 
 STUDY = Preset(
     name="study-down6",
-    description=("issue 14 Step 2: LoRA r=1..8 vs the PRoLoRA family at LoRA r=1's and r=2's budgets, VeRA, "
-                 "Tied-LoRA, both scalings, on down_proj of SmolLM2-135M's top 6 layers, 80 steps x 4, "
-                 "length 64, held-out loss"),
+    description=(
+        "issue 14 Step 2: LoRA r=1..8 vs the PRoLoRA family at LoRA r=1's and r=2's budgets, VeRA, "
+        "Tied-LoRA, both scalings, on down_proj of SmolLM2-135M's top 6 layers, 80 steps x 4, "
+        "length 64, held-out loss"
+    ),
     train={**_PILOT_TRAIN, "max_steps": 80, "target_modules": TOP6_DOWN},
     seeds=(1, 2, 3),
     methods=_study_rows(),
     lr_grid=(),
     lr_grid_rows=None,
     claims=(
-        ("LoRA r=8", "LoRA r=1", "rank check (α/r): the setting rewards rank (issue 14 rule: gain >= 3x spread)"),
+        (
+            "LoRA r=8",
+            "LoRA r=1",
+            "rank check (α/r): the setting rewards rank (issue 14 rule: gain >= 3x spread)",
+        ),
         ("LoRA r=4", "LoRA r=1", "rank check (α/r): r=4 beats r=1"),
         (f"LoRA r=8{RS}", "LoRA r=1", "rank check (α/√r): r=8 beats r=1"),
         (f"LoRA r=4{RS}", "LoRA r=1", "rank check (α/√r): r=4 beats r=1"),
         ("LoRA r=4", "LoRA r=2", "twice the budget helps (α/r)"),
         ("PRoLoRA", "LoRA r=2", "parameter efficiency at the same budget (Table 2)"),
-        ("PRoLoRA", "LoRA r=4", "'twice the parameter efficiency' (Section 4.2): as good as LoRA at 2x budget"),
+        (
+            "PRoLoRA",
+            "LoRA r=4",
+            "'twice the parameter efficiency' (Section 4.2): as good as LoRA at 2x budget",
+        ),
         ("RoLoRA @r1", "LoRA r=1", "at LoRA r=1's budget: sharing beats LoRA"),
         ("RoLoRA @r1", "LoRA r=2", "half the budget vs LoRA at twice"),
         ("PRoLoRA", "VeRA", "vs inter-layer sharing baseline VeRA (Table 2)"),
@@ -314,28 +389,41 @@ STUDY = Preset(
         (f"LoRA r=2{RS}", "LoRA r=2", "beyond the paper: α/√r for LoRA r=2"),
     ),
     notes=(
-        ("Setting from the Step-1 pilot pilot-down6 (docs/results/rank-pilots/pilots.md); its cells are the same "
-         "runs as this preset's LoRA r=1/4/8 rows (same settings, same cell keys)."),
-        ("Metric: held-out loss (nats per assistant token, token-weighted over the whole split, the same for "
-         "every seed) on the embedded held-out split (128 examples, those with an assistant token within 64 "
-         "tokens are scored: 72 examples, 1,643 tokens). Cells trained before the metric was token-weighted "
-         "were re-scored from their saved adapters (scripts/rescore_heldout.py; old values kept in the cell)."),
-        ("Budgets on down_proj of layers 24-29: LoRA r=1 12,672, r=2 25,344. PRoLoRA r=8 u=1 m=n=7 (25,398, "
-         "+0.2%); RoLoRA/CLoRA r=8 u=0 m=n=4 (exact) at r=2's budget and m=n=8 (exact) at r=1's; Tied-LoRA "
-         "r=10 (24,636); VeRA r=1024 (9,600, far below as in the paper)."),
-        ("At the paper's scaling α/r with α = 16, PRoLoRA r=8 is scaled 4x less than LoRA r=2; the α/√r rows "
-         "(rsLoRA, use_rslora) show how much of any gap is that scale. For r=1 both scalings are equal."),
+        (
+            "Setting from the Step-1 pilot pilot-down6 (docs/results/rank-pilots/pilots.md); its cells are the same "
+            "runs as this preset's LoRA r=1/4/8 rows (same settings, same cell keys)."
+        ),
+        (
+            "Metric: held-out loss (nats per assistant token, token-weighted over the whole split, the same for "
+            "every seed) on the embedded held-out split (128 examples, those with an assistant token within 64 "
+            "tokens are scored: 72 examples, 1,643 tokens). Cells trained before the metric was token-weighted "
+            "were re-scored from their saved adapters (scripts/rescore_heldout.py; old values kept in the cell)."
+        ),
+        (
+            "Budgets on down_proj of layers 24-29: LoRA r=1 12,672, r=2 25,344. PRoLoRA r=8 u=1 m=n=7 (25,398, "
+            "+0.2%); RoLoRA/CLoRA r=8 u=0 m=n=4 (exact) at r=2's budget and m=n=8 (exact) at r=1's; Tied-LoRA "
+            "r=10 (24,636); VeRA r=1024 (9,600, far below as in the paper)."
+        ),
+        (
+            "At the paper's scaling α/r with α = 16, PRoLoRA r=8 is scaled 4x less than LoRA r=2; the α/√r rows "
+            "(rsLoRA, use_rslora) show how much of any gap is that scale. For r=1 both scalings are equal."
+        ),
     ),
 )
 
 # The Table 2 headline in the setting of pilot-down6-160, the pilot that passed the rank rule at α/r: a short
 # follow-up to study-down6 (its 80 steps met the rule for r=4 only), rows of both budgets with their own grids.
-_HEADLINE_LORA, _HEADLINE_SHARED = (2e-3, 5e-3, 1e-2), (2e-3, 5e-3, 1e-2, 2e-2)  # 2e-3 added: PRoLoRA was best at 5e-3, the first grid's low end
+_HEADLINE_LORA, _HEADLINE_SHARED = (
+    (2e-3, 5e-3, 1e-2),
+    (2e-3, 5e-3, 1e-2, 2e-2),
+)  # 2e-3 added: PRoLoRA was best at 5e-3, the first grid's low end
 HEADLINE = Preset(
     name="headline-down6-160",
-    description=("issue 14 follow-up: the Table 2 headline (PRoLoRA vs LoRA at LoRA r=2's budget, RoLoRA vs LoRA "
-                 "at r=1's) in pilot-down6-160's setting: down_proj of SmolLM2-135M's top 6 layers, 160 steps x 4, "
-                 "length 64, held-out loss, each row at 5e-3 and at its best rate"),
+    description=(
+        "issue 14 follow-up: the Table 2 headline (PRoLoRA vs LoRA at LoRA r=2's budget, RoLoRA vs LoRA "
+        "at r=1's) in pilot-down6-160's setting: down_proj of SmolLM2-135M's top 6 layers, 160 steps x 4, "
+        "length 64, held-out loss, each row at 5e-3 and at its best rate"
+    ),
     train={**_PILOT_TRAIN, "max_steps": 160, "learning_rate": 5e-3, "target_modules": TOP6_DOWN},
     seeds=(1, 2, 3),
     methods=(

@@ -13,5 +13,17 @@ from .dataset import Splits, load_splits, tokenize_records
 from .loss import token_loss
 from .readers import Issue, Record, read_source, to_messages
 
-__all__ = ["CHAT_FORMATS", "IGNORE_INDEX", "Issue", "Record", "Splits", "encode", "load_splits", "read_source",
-           "render", "to_messages", "token_loss", "tokenize_records"]
+__all__ = [
+    "CHAT_FORMATS",
+    "IGNORE_INDEX",
+    "Issue",
+    "Record",
+    "Splits",
+    "encode",
+    "load_splits",
+    "read_source",
+    "render",
+    "to_messages",
+    "token_loss",
+    "tokenize_records",
+]

@@ -27,24 +27,34 @@ import random
 # (user template, assistant template) per task; fields: question, answer, cot.
 TEMPLATES: dict[str, list[tuple[str, str]]] = {
     "strategyqa": [
-        ("{question}\nThink it through step by step, then answer yes or no.",
-         "{cot}\nSo the answer is {answer}."),
-        ("Answer the following yes/no question after reasoning about it.\nQuestion: {question}",
-         "Reasoning: {cot}\nAnswer: {answer}."),
-        ("Question: {question}\nGive your reasoning first, then the answer (yes or no).",
-         "{cot} Therefore, the answer is {answer}."),
-        ("Use common knowledge to decide: {question}",
-         "Let's reason step by step. {cot}\nThe answer is {answer}."),
+        (
+            "{question}\nThink it through step by step, then answer yes or no.",
+            "{cot}\nSo the answer is {answer}.",
+        ),
+        (
+            "Answer the following yes/no question after reasoning about it.\nQuestion: {question}",
+            "Reasoning: {cot}\nAnswer: {answer}.",
+        ),
+        (
+            "Question: {question}\nGive your reasoning first, then the answer (yes or no).",
+            "{cot} Therefore, the answer is {answer}.",
+        ),
+        (
+            "Use common knowledge to decide: {question}",
+            "Let's reason step by step. {cot}\nThe answer is {answer}.",
+        ),
     ],
     "gsm8k": [
-        ("{question}\nSolve the problem step by step.",
-         "{cot}\nSo the answer is {answer}."),
-        ("Solve this math word problem. Show your work, then give the final number.\n{question}",
-         "{cot}\nFinal answer: {answer}."),
-        ("Question: {question}\nExplain your calculation before answering.",
-         "Let's work it out. {cot} Therefore, the answer is {answer}."),
-        ("{question} Let's think step by step.",
-         "{cot}\nThe answer is {answer}."),
+        ("{question}\nSolve the problem step by step.", "{cot}\nSo the answer is {answer}."),
+        (
+            "Solve this math word problem. Show your work, then give the final number.\n{question}",
+            "{cot}\nFinal answer: {answer}.",
+        ),
+        (
+            "Question: {question}\nExplain your calculation before answering.",
+            "Let's work it out. {cot} Therefore, the answer is {answer}.",
+        ),
+        ("{question} Let's think step by step.", "{cot}\nThe answer is {answer}."),
     ],
 }
 FILES = {"strategyqa": "strategyqa_train.tsv", "gsm8k": "gsm8k_train.tsv"}
@@ -66,8 +76,10 @@ def read_tsv(path: str) -> list[tuple[int, dict]]:
 def render(task: str, row: dict, rng: random.Random) -> list[dict]:
     """The two-turn conversation of one row in a randomly chosen template of ``task``."""
     user, assistant = rng.choice(TEMPLATES[task])
-    return [{"role": "user", "content": user.format(**row)},
-            {"role": "assistant", "content": assistant.format(**row)}]
+    return [
+        {"role": "user", "content": user.format(**row)},
+        {"role": "assistant", "content": assistant.format(**row)},
+    ]
 
 
 def build(source_dir: str, heldout_per_task: int, max_gsm8k: int, seed: int) -> tuple[list, list]:

@@ -29,7 +29,9 @@ TULU_TAGS = {"system": "<|system|>\n", "user": "<|user|>\n", "assistant": "<|ass
 Span = tuple[int, int]  # [start, end) character offsets in the rendered text
 
 
-def render_tulu(messages: list[dict], eos_token: str, add_generation_prompt: bool = False) -> tuple[str, list[Span]]:
+def render_tulu(
+    messages: list[dict], eos_token: str, add_generation_prompt: bool = False
+) -> tuple[str, list[Span]]:
     """Render ``messages`` in the Tulu format; returns ``(text, trained spans)``.
 
     ``add_generation_prompt`` appends ``<|assistant|>\\n`` so that a model continues with its reply.
@@ -48,7 +50,9 @@ def render_tulu(messages: list[dict], eos_token: str, add_generation_prompt: boo
     return text, spans
 
 
-def render_template(tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> tuple[str, list[Span]]:
+def render_template(
+    tokenizer, messages: list[dict], add_generation_prompt: bool = False
+) -> tuple[str, list[Span]]:
     """Render ``messages`` with ``tokenizer``'s chat template; returns ``(text, trained spans)``.
 
     Raises:
@@ -68,14 +72,17 @@ def render_template(tokenizer, messages: list[dict], add_generation_prompt: bool
             continue
         prompt, turn = render(messages[:i], True), render(messages[: i + 1], False)
         if not (turn.startswith(prompt) and text.startswith(turn)):
-            raise ValueError("the chat template does not render a conversation as an extension of its "
-                             "prefixes, so assistant turns cannot be located; use chat_format='tulu'")
+            raise ValueError(
+                "the chat template does not render a conversation as an extension of its "
+                "prefixes, so assistant turns cannot be located; use chat_format='tulu'"
+            )
         spans.append((len(prompt), len(turn.rstrip())))
     return text, spans
 
 
-def render(tokenizer, messages: list[dict], chat_format: str = "tulu",
-           add_generation_prompt: bool = False) -> tuple[str, list[Span]]:
+def render(
+    tokenizer, messages: list[dict], chat_format: str = "tulu", add_generation_prompt: bool = False
+) -> tuple[str, list[Span]]:
     """Render ``messages`` in ``chat_format`` (one of :data:`CHAT_FORMATS`); returns ``(text, spans)``."""
     if chat_format == "tulu":
         return render_tulu(messages, tokenizer.eos_token, add_generation_prompt)
@@ -92,8 +99,10 @@ def encode(tokenizer, messages: list[dict], max_length: int, chat_format: str = 
     ``truncated`` says whether tokens were cut. Needs a fast tokenizer (character offsets).
     """
     if not getattr(tokenizer, "is_fast", False):
-        raise ValueError(f"{type(tokenizer).__name__} is not a fast tokenizer; loss masking needs character "
-                         "offsets (load the tokenizer with use_fast=True)")
+        raise ValueError(
+            f"{type(tokenizer).__name__} is not a fast tokenizer; loss masking needs character "
+            "offsets (load the tokenizer with use_fast=True)"
+        )
     text, spans = render(tokenizer, messages, chat_format)
     enc = tokenizer(text, add_special_tokens=chat_format == "tulu", return_offsets_mapping=True)
     ids, offsets = enc["input_ids"][:max_length], enc["offset_mapping"][:max_length]
@@ -101,5 +110,9 @@ def encode(tokenizer, messages: list[dict], max_length: int, chat_format: str = 
         tok if end > start and any(s <= start < e for s, e in spans) else IGNORE_INDEX
         for tok, (start, end) in zip(ids, offsets)
     ]
-    return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels,
-            "truncated": len(enc["input_ids"]) > max_length}
+    return {
+        "input_ids": ids,
+        "attention_mask": [1] * len(ids),
+        "labels": labels,
+        "truncated": len(enc["input_ids"]) > max_length,
+    }

@@ -41,8 +41,9 @@ def tokenize_records(records: list[Record], tokenizer, max_length: int, chat_for
             issues.append(Issue(record.origin, str(exc), "skipped"))
             continue
         if all(label == IGNORE_INDEX for label in enc["labels"]):
-            issues.append(Issue(record.origin, f"no assistant token within the first {max_length} tokens",
-                                "skipped"))
+            issues.append(
+                Issue(record.origin, f"no assistant token within the first {max_length} tokens", "skipped")
+            )
             continue
         if enc["truncated"]:
             issues.append(Issue(record.origin, f"longer than max_length={max_length} tokens", "truncated"))
@@ -51,8 +52,15 @@ def tokenize_records(records: list[Record], tokenizer, max_length: int, chat_for
     return Dataset.from_dict(rows), issues
 
 
-def load_splits(tokenizer, data: str | None = None, heldout_data: str | None = None, heldout_size: int | None = None,
-                max_length: int = 512, chat_format: str = "tulu", seed: int = 1) -> Splits:
+def load_splits(
+    tokenizer,
+    data: str | None = None,
+    heldout_data: str | None = None,
+    heldout_size: int | None = None,
+    max_length: int = 512,
+    chat_format: str = "tulu",
+    seed: int = 1,
+) -> Splits:
     """Read, tokenize and split the training and held-out data.
 
     Held-out examples come from ``heldout_data`` when given, else from the embedded held-out file when
@@ -70,8 +78,10 @@ def load_splits(tokenizer, data: str | None = None, heldout_data: str | None = N
     issues += train_issues
     heldout, note = None, "no held-out loss (--heldout-size 0)"
     if len(train) == 0:
-        raise ValueError(f"no usable training example in {data or EMBEDDED!r}: {len(issues)} record(s) skipped; "
-                         f"{'; '.join(summarize_issues(issues))}")
+        raise ValueError(
+            f"no usable training example in {data or EMBEDDED!r}: {len(issues)} record(s) skipped; "
+            f"{'; '.join(summarize_issues(issues))}"
+        )
     if heldout_size != 0 and (heldout_data or data in (None, "", EMBEDDED)):
         size = DEFAULT_HELDOUT if heldout_size is None else heldout_size
         records, heldout_issues = read_source(heldout_data, "heldout")
@@ -82,16 +92,22 @@ def load_splits(tokenizer, data: str | None = None, heldout_data: str | None = N
         if heldout_size is None:
             size = min(DEFAULT_HELDOUT, len(train) // HELDOUT_FRACTION)
             if size == 0:
-                note = (f"no held-out loss: {len(train)} usable examples are too few to hold {HELDOUT_FRACTION}% "
-                        "out (pass --heldout-data or --heldout-size N)")
+                note = (
+                    f"no held-out loss: {len(train)} usable examples are too few to hold {HELDOUT_FRACTION}% "
+                    "out (pass --heldout-data or --heldout-size N)"
+                )
             else:
-                note = (f"{size} drawn out of the data (at most {DEFAULT_HELDOUT}, at most 1 in {HELDOUT_FRACTION}; "
-                        "--heldout-size N to change)")
+                note = (
+                    f"{size} drawn out of the data (at most {DEFAULT_HELDOUT}, at most 1 in {HELDOUT_FRACTION}; "
+                    "--heldout-size N to change)"
+                )
         else:
             size = heldout_size
             if size >= len(train):
-                raise ValueError(f"--heldout-size {size} needs more usable examples than that in {data!r} (it has "
-                                 f"{len(train)}); lower --heldout-size, or pass --heldout-data")
+                raise ValueError(
+                    f"--heldout-size {size} needs more usable examples than that in {data!r} (it has "
+                    f"{len(train)}); lower --heldout-size, or pass --heldout-data"
+                )
             note = f"{size} drawn out of the data (--heldout-size)"
         if size:
             parts = train.train_test_split(test_size=size, seed=seed)

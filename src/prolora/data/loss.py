@@ -40,13 +40,18 @@ def token_loss(model, dataset, tokenizer, batch_size: int = 8) -> tuple[float, i
     try:
         with torch.no_grad():
             for start in range(0, len(dataset), batch_size):
-                rows = dataset[start:start + batch_size]
-                logits = model(input_ids=padded(rows, "input_ids", pad_token_id),
-                               attention_mask=padded(rows, "attention_mask", 0)).logits
+                rows = dataset[start : start + batch_size]
+                logits = model(
+                    input_ids=padded(rows, "input_ids", pad_token_id),
+                    attention_mask=padded(rows, "attention_mask", 0),
+                ).logits
                 labels = padded(rows, "labels", IGNORE_INDEX)[:, 1:]
                 total += torch.nn.functional.cross_entropy(
-                    logits[:, :-1].flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX,
-                    reduction="sum").item()
+                    logits[:, :-1].flatten(0, 1).float(),
+                    labels.flatten(),
+                    ignore_index=IGNORE_INDEX,
+                    reduction="sum",
+                ).item()
                 tokens += int((labels != IGNORE_INDEX).sum())
     finally:
         model.train(was_training)

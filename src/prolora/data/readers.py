@@ -57,8 +57,10 @@ def summarize_issues(issues: list[Issue], kinds: int = 3) -> list[str]:
     where: dict[tuple[str, str], list[str]] = {}
     for issue in issues:
         where.setdefault((issue.problem, issue.action), []).append(issue.origin)
-    lines = [f"{origins[0]}{f' (and {len(origins) - 1} more)' if len(origins) > 1 else ''}: {problem} ({action})"
-             for (problem, action), origins in list(where.items())[:kinds]]
+    lines = [
+        f"{origins[0]}{f' (and {len(origins) - 1} more)' if len(origins) > 1 else ''}: {problem} ({action})"
+        for (problem, action), origins in list(where.items())[:kinds]
+    ]
     if len(where) > kinds:
         lines.append(f"... and {len(where) - kinds} other kind(s) of problem")
     return lines
@@ -79,7 +81,9 @@ def to_messages(obj) -> list[dict]:
             raise ValueError("'messages' must be a non-empty list")
         for i, m in enumerate(messages):
             if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
-                raise ValueError(f"messages[{i}] must be {{'role': one of {ROLES}, 'content': str}}, got {m!r:.80}")
+                raise ValueError(
+                    f"messages[{i}] must be {{'role': one of {ROLES}, 'content': str}}, got {m!r:.80}"
+                )
         messages = [{"role": m["role"], "content": m["content"]} for m in messages]
     elif "instruction" in obj and "output" in obj:
         parts = [obj["instruction"], obj.get("input") or ""]
@@ -90,7 +94,9 @@ def to_messages(obj) -> list[dict]:
             raise ValueError("empty 'instruction' and 'input'")
         messages = [{"role": "user", "content": user}, {"role": "assistant", "content": obj["output"]}]
     else:
-        raise ValueError(f"neither a 'messages' list nor Alpaca 'instruction'/'output' fields (keys: {sorted(obj)})")
+        raise ValueError(
+            f"neither a 'messages' list nor Alpaca 'instruction'/'output' fields (keys: {sorted(obj)})"
+        )
     if not any(m["role"] == "assistant" and m["content"].strip() for m in messages):
         raise ValueError("no non-empty assistant turn to train on")
     return messages
@@ -119,8 +125,10 @@ def _not_utf8(path: str) -> ValueError:
             try:
                 raw.decode("utf-8")
             except UnicodeDecodeError as exc:
-                return ValueError(f"{path} line {lineno} is not UTF-8 text (byte {raw[exc.start:exc.start + 1]!r} at "
-                                  f"column {exc.start + 1}); save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)")
+                return ValueError(
+                    f"{path} line {lineno} is not UTF-8 text (byte {raw[exc.start : exc.start + 1]!r} at "
+                    f"column {exc.start + 1}); save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)"
+                )
     return ValueError(f"{path} is not UTF-8 text; save it as UTF-8")
 
 
@@ -141,11 +149,14 @@ def _json_array(path: str):
         except UnicodeDecodeError:
             raise _not_utf8(path) from None
         except json.JSONDecodeError as exc:
-            raise ValueError(f"{path} is not valid JSON ({exc}); a .json data file holds one JSON array of "
-                             "records, a .jsonl file one record per line") from None
+            raise ValueError(
+                f"{path} is not valid JSON ({exc}); a .json data file holds one JSON array of "
+                "records, a .jsonl file one record per line"
+            ) from None
     if not isinstance(data, list):
         raise ValueError(  # noqa: TRY004  (bad user input: reported as ValueError by prolora.cli)
-            f"{path}: a .json data file must hold a JSON array of records; use .jsonl for one per line")
+            f"{path}: a .json data file must hold a JSON array of records; use .jsonl for one per line"
+        )
     return ((f"{path}[{i}]", obj) for i, obj in enumerate(data))
 
 

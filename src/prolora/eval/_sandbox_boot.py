@@ -57,9 +57,16 @@ MS_NOATIME, MS_NODIRATIME, MS_BIND, MS_REC, MS_PRIVATE = 1024, 2048, 4096, 16384
 MS_RELATIME, MS_STRICTATIME = 1 << 21, 1 << 24
 PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP = 1, 4, 24, 38, 22
 SECCOMP_MODE_FILTER = 2
-_MOUNT_FLAGS = {"ro": MS_RDONLY, "nosuid": MS_NOSUID, "nodev": MS_NODEV, "noexec": MS_NOEXEC,
-                "noatime": MS_NOATIME, "nodiratime": MS_NODIRATIME, "relatime": MS_RELATIME,
-                "strictatime": MS_STRICTATIME}
+_MOUNT_FLAGS = {
+    "ro": MS_RDONLY,
+    "nosuid": MS_NOSUID,
+    "nodev": MS_NODEV,
+    "noexec": MS_NOEXEC,
+    "noatime": MS_NOATIME,
+    "nodiratime": MS_NODIRATIME,
+    "relatime": MS_RELATIME,
+    "strictatime": MS_STRICTATIME,
+}
 
 libc = ctypes.CDLL(None, use_errno=True)
 libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_void_p]
@@ -130,8 +137,14 @@ def make_filesystem_readonly(workdir: str, folder_bytes: int, folder_files: int)
     for name in os.listdir(workdir):  # the program (and its test), written there by the evaluator
         with open(os.path.join(workdir, name), "rb") as f:
             files[name] = f.read()
-    _mount("tmpfs", workdir, "tmpfs", MS_NOSUID | MS_NODEV, f"mount a {folder_bytes}-byte tmpfs on {workdir}",
-           f"size={folder_bytes},nr_inodes={folder_files},mode=0700")
+    _mount(
+        "tmpfs",
+        workdir,
+        "tmpfs",
+        MS_NOSUID | MS_NODEV,
+        f"mount a {folder_bytes}-byte tmpfs on {workdir}",
+        f"size={folder_bytes},nr_inodes={folder_files},mode=0700",
+    )
     for name, content in files.items():
         with open(os.path.join(workdir, name), "wb") as f:
             f.write(content)
@@ -165,16 +178,22 @@ def drop_capabilities() -> None:
 def set_limits(cfg: dict) -> None:
     """Step 5."""
     cpu = int(cfg["cpu_seconds"])
-    for limit, value in ((resource.RLIMIT_AS, cfg["memory_bytes"]), (resource.RLIMIT_CPU, cpu),
-                         (resource.RLIMIT_FSIZE, cfg["file_size_bytes"]), (resource.RLIMIT_NOFILE, 64),
-                         (resource.RLIMIT_CORE, 0)):
+    for limit, value in (
+        (resource.RLIMIT_AS, cfg["memory_bytes"]),
+        (resource.RLIMIT_CPU, cpu),
+        (resource.RLIMIT_FSIZE, cfg["file_size_bytes"]),
+        (resource.RLIMIT_NOFILE, 64),
+        (resource.RLIMIT_CORE, 0),
+    ):
         resource.setrlimit(limit, (value, value + 1 if limit == resource.RLIMIT_CPU else value))
 
 
 # seccomp: audit arch, syscalls refused outright, clone, clone3. Refused: fork, vfork (x86-64 only), and
 # kill, tkill, tgkill, ptrace, process_vm_readv, process_vm_writev, pidfd_send_signal, pidfd_open, pidfd_getfd
-_ARCHES = {"x86_64": (0xC000003E, (57, 58, 62, 200, 234, 101, 310, 311, 424, 434, 438), 56, 435),
-           "aarch64": (0xC00000B7, (129, 130, 131, 117, 270, 271, 424, 434, 438), 220, 435)}
+_ARCHES = {
+    "x86_64": (0xC000003E, (57, 58, 62, 200, 234, 101, 310, 311, 424, 434, 438), 56, 435),
+    "aarch64": (0xC00000B7, (129, 130, 131, 117, 270, 271, 424, 434, 438), 220, 435),
+}
 
 
 def _bpf(code: int, k: int, jt: int = 0, jf: int = 0) -> bytes:
@@ -191,18 +210,33 @@ def forbid_new_processes() -> str:
     audit_arch, refused, clone, clone3 = arch
     ld, jeq, jge, jset, ret = 0x20, 0x15, 0x35, 0x45, 0x06
     allow, eperm, enosys = 0x7FFF0000, 0x00050000 | 1, 0x00050000 | 38  # SECCOMP_RET_ALLOW / _ERRNO
-    prog = [_bpf(ld, 4), _bpf(jeq, audit_arch, 1, 0), _bpf(ret, eperm),  # foreign ABI (e.g. i386): refuse
-            _bpf(ld, 0), _bpf(jge, 0x40000000, 0, 1), _bpf(ret, eperm)]  # x32 ABI: refuse
+    prog = [
+        _bpf(ld, 4),
+        _bpf(jeq, audit_arch, 1, 0),
+        _bpf(ret, eperm),  # foreign ABI (e.g. i386): refuse
+        _bpf(ld, 0),
+        _bpf(jge, 0x40000000, 0, 1),
+        _bpf(ret, eperm),
+    ]  # x32 ABI: refuse
     for nr in refused:
         prog += [_bpf(jeq, nr, 0, 1), _bpf(ret, eperm)]
     # clone3 -> ENOSYS, so glibc falls back to clone for threads; clone -> allowed only for threads
-    prog += [_bpf(jeq, clone3, 0, 1), _bpf(ret, enosys),
-             _bpf(jeq, clone, 0, 4), _bpf(ld, 16), _bpf(jset, CLONE_THREAD, 0, 1), _bpf(ret, allow),
-             _bpf(ret, eperm), _bpf(ret, allow)]
+    prog += [
+        _bpf(jeq, clone3, 0, 1),
+        _bpf(ret, enosys),
+        _bpf(jeq, clone, 0, 4),
+        _bpf(ld, 16),
+        _bpf(jset, CLONE_THREAD, 0, 1),
+        _bpf(ret, allow),
+        _bpf(ret, eperm),
+        _bpf(ret, allow),
+    ]
     program = ctypes.create_string_buffer(b"".join(prog))
     fprog = ctypes.create_string_buffer(struct.pack("HP", len(prog), ctypes.addressof(program)))
-    _check(libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(fprog), 0, 0),
-           "install seccomp filter")
+    _check(
+        libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(fprog), 0, 0),
+        "install seccomp filter",
+    )
     return "seccomp"
 
 
@@ -212,9 +246,34 @@ def disable_destructive_functions() -> None:
     import shutil
     import subprocess
 
-    for name in ("kill", "killpg", "system", "putenv", "remove", "removedirs", "rmdir", "unlink", "rename",
-                 "renames", "replace", "truncate", "chmod", "fchmod", "chown", "fchown", "lchown", "chroot",
-                 "fchdir", "setuid", "fork", "forkpty", "execv", "execve", "spawnv", "popen"):
+    for name in (
+        "kill",
+        "killpg",
+        "system",
+        "putenv",
+        "remove",
+        "removedirs",
+        "rmdir",
+        "unlink",
+        "rename",
+        "renames",
+        "replace",
+        "truncate",
+        "chmod",
+        "fchmod",
+        "chown",
+        "fchown",
+        "lchown",
+        "chroot",
+        "fchdir",
+        "setuid",
+        "fork",
+        "forkpty",
+        "execv",
+        "execve",
+        "spawnv",
+        "popen",
+    ):
         setattr(os, name, None)
     for name in ("rmtree", "move", "chown"):
         setattr(shutil, name, None)
@@ -273,11 +332,12 @@ def _send(fd: int, message: dict) -> None:
     data = json.dumps(message).encode()
     data = len(data).to_bytes(8, "big") + data
     while data:
-        data = data[os.write(fd, data):]
+        data = data[os.write(fd, data) :]
 
 
 def _receive(fd: int):
     """The next message on ``fd``, or ``None`` at end of file."""
+
     def exactly(n):
         chunks = []
         while n:
@@ -323,10 +383,16 @@ def encode(value, depth: int = 0):
         if isinstance(value, kind):
             return {tag: [encode(v, depth + 1) for v in kind.__iter__(value)]}
     if isinstance(value, dict):
-        return {"d": [[encode(k, depth + 1), encode(dict.__getitem__(value, k), depth + 1)]
-                      for k in list(dict.__iter__(value))]}
-    raise TypeError(f"a {type(value).__name__} is not plain data (None, bool, int, float, complex, str, bytes, "
-                    "list, tuple, dict, set)")
+        return {
+            "d": [
+                [encode(k, depth + 1), encode(dict.__getitem__(value, k), depth + 1)]
+                for k in list(dict.__iter__(value))
+            ]
+        }
+    raise TypeError(
+        f"a {type(value).__name__} is not plain data (None, bool, int, float, complex, str, bytes, "
+        "list, tuple, dict, set)"
+    )
 
 
 def decode(value):
@@ -335,7 +401,7 @@ def decode(value):
         return value
     if type(value) is not dict or len(value) != 1:
         raise ValueError("malformed value from the candidate process")
-    (tag, inner), = value.items()
+    ((tag, inner),) = value.items()
     if tag == "f" and type(inner) is str:
         return float(inner)
     if tag == "c" and type(inner) is list and len(inner) == 2:
@@ -409,7 +475,9 @@ def run_check(cfg: dict, role: dict) -> None:
             try:
                 return decode(answer["value"])
             except (KeyError, TypeError, ValueError, OverflowError) as exc:
-                raise CandidateError(f"the candidate returned something that is not plain data ({exc})") from None
+                raise CandidateError(
+                    f"the candidate returned something that is not plain data ({exc})"
+                ) from None
 
         namespace = {"__name__": "__main__", "__builtins__": __builtins__}
         for path in (cfg["prompt"], cfg["test"]):

@@ -28,7 +28,8 @@ def mmlu_from_hub(rows) -> dict[str, list[dict]]:
     subjects: dict[str, list[dict]] = {}
     for r in rows:
         subjects.setdefault(r["subject"], []).append(
-            {"question": r["question"], "choices": list(r["choices"]), "answer": "ABCD"[r["answer"]]})
+            {"question": r["question"], "choices": list(r["choices"]), "answer": "ABCD"[r["answer"]]}
+        )
     return dict(sorted(subjects.items()))
 
 
@@ -41,13 +42,20 @@ def humaneval_from_hub(rows) -> list[dict]:
 def tydiqa_from_hub(validation, train) -> dict[str, dict[str, list[dict]]]:
     """``google-research-datasets/tydiqa`` ``secondary_task`` rows (GoldP; ``answers`` as
     ``{"text": [...], "answer_start": [...]}``) -> TyDi QA records per language."""
+
     def records(rows):
         by_language: dict[str, list[dict]] = {}
         for r in rows:
             language = r["id"].split("-")[0]
             by_language.setdefault(language, []).append(
-                {"id": r["id"], "language": language, "context": r["context"], "question": r["question"],
-                 "answers": list(r["answers"]["text"])})
+                {
+                    "id": r["id"],
+                    "language": language,
+                    "context": r["context"],
+                    "question": r["question"],
+                    "answers": list(r["answers"]["text"]),
+                }
+            )
         return by_language
 
     dev, train_by_language = records(validation), records(train)
@@ -57,8 +65,10 @@ def tydiqa_from_hub(validation, train) -> dict[str, dict[str, list[dict]]]:
 def read_hub(benchmark: str, spec: str):
     """Load ``NAME[:CONFIG]`` from the Hub with :func:`datasets.load_dataset` and convert it."""
     if benchmark not in _HUB_LAYOUT:
-        raise DataError(f"{benchmark} cannot be read from the Hugging Face Hub: its few-shot prompts are only "
-                        f"in the original files. Pass a local folder with --{benchmark} or --data-dir.")
+        raise DataError(
+            f"{benchmark} cannot be read from the Hugging Face Hub: its few-shot prompts are only "
+            f"in the original files. Pass a local folder with --{benchmark} or --data-dir."
+        )
     import datasets
 
     name, _, config = spec.partition(":")
@@ -66,8 +76,14 @@ def read_hub(benchmark: str, spec: str):
     try:
         loaded = [datasets.load_dataset(name, config or default_config, split=s) for s in splits]
     except Exception as e:  # offline, unknown name, missing split: all surface the same way
-        raise DataError(f"could not load {benchmark} from the Hugging Face Hub as {spec!r} ({e}). Check the "
-                        f"name and network access, or pass a local path with --{benchmark}.") from e
-    converters = {"gsm8k": gsm8k_from_hub, "mmlu": mmlu_from_hub, "humaneval": humaneval_from_hub,
-                  "tydiqa": tydiqa_from_hub}
+        raise DataError(
+            f"could not load {benchmark} from the Hugging Face Hub as {spec!r} ({e}). Check the "
+            f"name and network access, or pass a local path with --{benchmark}."
+        ) from e
+    converters = {
+        "gsm8k": gsm8k_from_hub,
+        "mmlu": mmlu_from_hub,
+        "humaneval": humaneval_from_hub,
+        "tydiqa": tydiqa_from_hub,
+    }
     return converters[benchmark](*loaded)

@@ -12,8 +12,9 @@ from __future__ import annotations
 import math
 
 
-def heldout_loss(model, tokenizer, source: str, chat_format: str = "tulu", max_length: int = 512,
-                 batch_size: int = 8) -> dict:
+def heldout_loss(
+    model, tokenizer, source: str, chat_format: str = "tulu", max_length: int = 512, batch_size: int = 8
+) -> dict:
     """Loss of ``model`` on ``source`` (a ``.jsonl``/``.json`` file, a Hub dataset name, or ``embedded``
     for the shipped held-out split); returns ``{"loss", "perplexity", "tokens", "examples", "skipped"}``.
 
@@ -28,5 +29,10 @@ def heldout_loss(model, tokenizer, source: str, chat_format: str = "tulu", max_l
     if len(dataset) == 0:
         raise ValueError(f"no usable held-out record in {source!r}: {'; '.join(map(str, issues[:3]))}")
     loss, tokens = token_loss(model, dataset, tokenizer, batch_size)
-    return {"loss": loss, "perplexity": math.exp(loss), "tokens": tokens, "examples": len(dataset),
-            "skipped": sum(1 for issue in issues if issue.action == "skipped")}
+    return {
+        "loss": loss,
+        "perplexity": math.exp(loss),
+        "tokens": tokens,
+        "examples": len(dataset),
+        "skipped": sum(1 for issue in issues if issue.action == "skipped"),
+    }

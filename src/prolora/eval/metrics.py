@@ -68,8 +68,11 @@ def bbh_exact_match(prediction: str, target: str) -> float:
     ``ignore_case=True, ignore_punctuation=True``, as open-instruct scores BBH): ``"(A)."`` matches ``"(A)"``."""
     from lm_eval.api.metrics import exact_match_hf_evaluate
 
-    return float(exact_match_hf_evaluate([prediction], [target], ignore_case=True,
-                                         ignore_punctuation=True)["exact_match"])
+    return float(
+        exact_match_hf_evaluate([prediction], [target], ignore_case=True, ignore_punctuation=True)[
+            "exact_match"
+        ]
+    )
 
 
 # ---------------------------------------------------------------------------------------------- MMLU

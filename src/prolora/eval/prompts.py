@@ -45,10 +45,13 @@ def render(prompt: Prompt, chat_format: str, tokenizer=None) -> str:
         wrapped = tulu_chat(prompt.user)
     elif chat_format == "template":
         if tokenizer is None or not getattr(tokenizer, "chat_template", None):
-            raise ValueError("--chat-format template needs a tokenizer with a chat template; this one has "
-                             "none. Use --chat-format tulu or none.")
-        wrapped = tokenizer.apply_chat_template([{"role": "user", "content": prompt.user}], tokenize=False,
-                                                add_generation_prompt=True)
+            raise ValueError(
+                "--chat-format template needs a tokenizer with a chat template; this one has "
+                "none. Use --chat-format tulu or none."
+            )
+        wrapped = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt.user}], tokenize=False, add_generation_prompt=True
+        )
     else:
         raise ValueError(f"unknown chat format {chat_format!r}; choose one of {', '.join(CHAT_FORMATS)}")
     if not prompt.assistant_prefix:

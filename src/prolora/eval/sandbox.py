@@ -41,9 +41,11 @@ _SETUP_TIMEOUT_S = 60.0  # interpreter start and isolation, before the program's
 _POLL_S = 0.1  # how often the rlimits mode measures the working folder
 _READY = ("Rseccomp\n", "RRLIMIT_NPROC\n")  # the boot script's ready reports
 
-RLIMITS_WARNING = ("sandbox mode 'rlimits' has NO filesystem or network isolation: generated code runs as this "
-                   "user, can read and write any file this user can and reach the network; use it only inside a "
-                   "disposable container or VM (docs/security.md)")
+RLIMITS_WARNING = (
+    "sandbox mode 'rlimits' has NO filesystem or network isolation: generated code runs as this "
+    "user, can read and write any file this user can and reach the network; use it only inside a "
+    "disposable container or VM (docs/security.md)"
+)
 
 
 class SandboxUnavailable(RuntimeError):
@@ -119,18 +121,26 @@ class Sandbox:
         if self.mode not in SANDBOX_MODES:
             raise ValueError(f"unknown sandbox mode {self.mode!r}; choose one of {', '.join(SANDBOX_MODES)}")
         if not sys.platform.startswith("linux"):
-            raise SandboxUnavailable("the code sandbox needs Linux (namespaces, seccomp, rlimits); "
-                                     "run HumanEval on Linux or leave it out of --tasks")
+            raise SandboxUnavailable(
+                "the code sandbox needs Linux (namespaces, seccomp, rlimits); "
+                "run HumanEval on Linux or leave it out of --tasks"
+            )
 
     def run(self, program: str | Program) -> RunResult:
         """Run ``program`` (Python source, or a :class:`Program`) in a fresh sandbox and report how it ended."""
         if isinstance(program, str):
             program = Program(program)
-        with tempfile.TemporaryDirectory(prefix="prolora-sandbox-", ignore_cleanup_errors=True) as workdir, \
-                tempfile.TemporaryFile() as output:
+        with (
+            tempfile.TemporaryDirectory(prefix="prolora-sandbox-", ignore_cleanup_errors=True) as workdir,
+            tempfile.TemporaryFile() as output,
+        ):
             workdir = os.path.realpath(workdir)
             paths = {name: os.path.join(workdir, f"{name}.py") for name in ("program", "test", "prompt")}
-            for name, text in (("program", program.source), ("test", program.test), ("prompt", program.prompt)):
+            for name, text in (
+                ("program", program.source),
+                ("test", program.test),
+                ("prompt", program.prompt),
+            ):
                 Path(paths[name]).write_text(text, encoding="utf-8")
             nonce = secrets.token_hex(16).encode()
             status_r, status_w = os.pipe()
@@ -138,17 +148,39 @@ class Sandbox:
             proof_r, proof_w = os.pipe()
             os.write(nonce_w, nonce)  # read by the harness only after the program returned
             os.close(nonce_w)
-            cfg = {"mode": self.mode, "workdir": workdir, **paths, "entry_point": program.entry_point,
-                   "status_fd": status_w, "nonce_fd": nonce_r, "proof_fd": proof_w,
-                   "cpu_seconds": int(self.limits.timeout_s) + 1,
-                   "memory_bytes": self.limits.memory_mb << 20, "file_size_bytes": self.limits.file_size_mb << 20,
-                   "folder_bytes": self.limits.folder_mb << 20, "folder_files": self.limits.folder_files}
-            env = {"PATH": "/usr/bin:/bin", "HOME": workdir, "TMPDIR": workdir, "LANG": "C.UTF-8",
-                   "PYTHONHASHSEED": "0", "PYTHONDONTWRITEBYTECODE": "1"}
+            cfg = {
+                "mode": self.mode,
+                "workdir": workdir,
+                **paths,
+                "entry_point": program.entry_point,
+                "status_fd": status_w,
+                "nonce_fd": nonce_r,
+                "proof_fd": proof_w,
+                "cpu_seconds": int(self.limits.timeout_s) + 1,
+                "memory_bytes": self.limits.memory_mb << 20,
+                "file_size_bytes": self.limits.file_size_mb << 20,
+                "folder_bytes": self.limits.folder_mb << 20,
+                "folder_files": self.limits.folder_files,
+            }
+            env = {
+                "PATH": "/usr/bin:/bin",
+                "HOME": workdir,
+                "TMPDIR": workdir,
+                "LANG": "C.UTF-8",
+                "PYTHONHASHSEED": "0",
+                "PYTHONDONTWRITEBYTECODE": "1",
+            }
             try:
-                proc = subprocess.Popen([sys.executable, "-I", "-S", str(_BOOT), json.dumps(cfg)], cwd=workdir,
-                                        env=env, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
-                                        pass_fds=(status_w, nonce_r, proof_w), start_new_session=True)
+                proc = subprocess.Popen(
+                    [sys.executable, "-I", "-S", str(_BOOT), json.dumps(cfg)],
+                    cwd=workdir,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=output,
+                    stderr=subprocess.STDOUT,
+                    pass_fds=(status_w, nonce_r, proof_w),
+                    start_new_session=True,
+                )
             except OSError:
                 os.close(status_r)
                 os.close(proof_r)
@@ -161,15 +193,17 @@ class Sandbox:
             finally:
                 os.close(proof_r)
 
-    def _wait(self, proc: subprocess.Popen, status_r: int, proof_r: int, nonce: bytes, output,
-              workdir: str) -> RunResult:
+    def _wait(
+        self, proc: subprocess.Popen, status_r: int, proof_r: int, nonce: bytes, output, workdir: str
+    ) -> RunResult:
         status = _read_status(status_r)
         if status not in _READY:
             _kill(proc)
             if status.startswith("R"):  # more than the boot script wrote: only the program can have done it
                 return RunResult("failed", "the program wrote to the sandbox's status pipe", 0.0, "")
-            raise SandboxUnavailable(f"sandbox setup failed ({self.mode} mode): {status[1:].strip() or 'no report'}. "
-                                     + _FIX_HINT)
+            raise SandboxUnavailable(
+                f"sandbox setup failed ({self.mode} mode): {status[1:].strip() or 'no report'}. " + _FIX_HINT
+            )
         processes, start = status[1:].strip(), time.monotonic()
         deadline, over = start + self.limits.timeout_s, None
         while True:  # in rlimits mode the folder has no cap of its own: measure it while the program runs
@@ -179,8 +213,12 @@ class Sandbox:
             except subprocess.TimeoutExpired:
                 if time.monotonic() >= deadline:
                     _kill(proc)
-                    return RunResult("timeout", f"timed out after {self.limits.timeout_s:g} s",
-                                     time.monotonic() - start, processes)
+                    return RunResult(
+                        "timeout",
+                        f"timed out after {self.limits.timeout_s:g} s",
+                        time.monotonic() - start,
+                        processes,
+                    )
                 if self.mode == "rlimits" and (over := self._folder_over(workdir)):
                     _kill(proc)
                     code = proc.returncode
@@ -196,7 +234,9 @@ class Sandbox:
         if code == 0 and secrets.compare_digest(proof, nonce):
             return RunResult("passed", "", seconds, processes)
         if code == 0:  # status 0, but the harness never handed back the proof
-            detail = "left before the program (and its check) returned" + (f"; last output: {detail}" if detail else "")
+            detail = "left before the program (and its check) returned" + (
+                f"; last output: {detail}" if detail else ""
+            )
         return RunResult("failed", detail, seconds, processes)
 
     def _folder_over(self, workdir: str) -> str | None:
@@ -210,8 +250,10 @@ class Sandbox:
                 except OSError:
                     continue
                 if files > self.limits.folder_files or total > self.limits.folder_mb << 20:
-                    return (f"the working folder exceeded its limit ({self.limits.folder_mb} MB, "
-                            f"{self.limits.folder_files} files)")
+                    return (
+                        f"the working folder exceeded its limit ({self.limits.folder_mb} MB, "
+                        f"{self.limits.folder_files} files)"
+                    )
         return None
 
     def run_many(self, programs: list[str | Program], workers: int | None = None) -> list[RunResult]:
@@ -224,18 +266,19 @@ class Sandbox:
         how processes are refused; raises :class:`SandboxUnavailable` with the fix if isolation fails."""
         ok, bad = self.run("assert 1 + 1 == 2"), self.run("import os\nos._exit(0)")
         if not ok.passed or bad.passed:
-            raise SandboxUnavailable(f"sandbox self-test failed ({ok.status}/{bad.status}: {ok.detail or bad.detail})."
-                                     + _FIX_HINT)
+            raise SandboxUnavailable(
+                f"sandbox self-test failed ({ok.status}/{bad.status}: {ok.detail or bad.detail})." + _FIX_HINT
+            )
         return {**self.describe(), "processes": ok.processes}
 
     def describe(self) -> dict:
         """The isolation in effect, for the results file; ``warning`` says what is missing (rlimits mode)."""
         isolation = {
             "namespaces": "user+mount+network+PID namespaces; read-only filesystem except a size-capped temporary "
-                          "working directory (tmpfs); no network; no capabilities; seccomp forbids new processes "
-                          "and signals to other processes; a pass needs the harness's proof that check() returned",
+            "working directory (tmpfs); no network; no capabilities; seccomp forbids new processes "
+            "and signals to other processes; a pass needs the harness's proof that check() returned",
             "rlimits": "resource limits and seccomp only: NO network or filesystem isolation; a pass needs the "
-                       "harness's proof that check() returned",
+            "harness's proof that check() returned",
         }[self.mode]
         info = {"mode": self.mode, "isolation": isolation, **asdict(self.limits)}
         if self.mode == "rlimits":
@@ -243,9 +286,11 @@ class Sandbox:
         return info
 
 
-_FIX_HINT = (" The namespaces mode needs unprivileged user namespaces (e.g. sysctl kernel.unprivileged_userns_clone=1,"
-             " or on Ubuntu 24.04 kernel.apparmor_restrict_unprivileged_userns=0; Docker's default seccomp profile"
-             " blocks them). Inside a disposable container or VM you may use --sandbox rlimits instead.")
+_FIX_HINT = (
+    " The namespaces mode needs unprivileged user namespaces (e.g. sysctl kernel.unprivileged_userns_clone=1,"
+    " or on Ubuntu 24.04 kernel.apparmor_restrict_unprivileged_userns=0; Docker's default seccomp profile"
+    " blocks them). Inside a disposable container or VM you may use --sandbox rlimits instead."
+)
 
 
 def _read_available(fd: int, limit: int = 4096) -> bytes:

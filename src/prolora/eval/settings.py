@@ -50,10 +50,16 @@ class EvalSettings:
     def __post_init__(self):
         choices = {"chat_format": CHAT_FORMATS, "mmlu_scoring": MMLU_SCORINGS, "sandbox": SANDBOX_MODES}
         for name, allowed in choices.items():
-            if getattr(self, name) not in allowed and not (name == "chat_format" and self.chat_format is None):
+            if getattr(self, name) not in allowed and not (
+                name == "chat_format" and self.chat_format is None
+            ):
                 raise ValueError(f"{name}={getattr(self, name)!r} is not one of {', '.join(allowed)}")
-        positive = {"batch_size": self.batch_size, "max_new_tokens": self.max_new_tokens,
-                    "humaneval_samples": self.humaneval_samples, "limit": 1 if self.limit is None else self.limit}
+        positive = {
+            "batch_size": self.batch_size,
+            "max_new_tokens": self.max_new_tokens,
+            "humaneval_samples": self.humaneval_samples,
+            "limit": 1 if self.limit is None else self.limit,
+        }
         for name, value in positive.items():
             if value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}")

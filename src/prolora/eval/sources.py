@@ -24,7 +24,13 @@ from pathlib import Path
 BENCHMARKS = ("mmlu", "bbh", "gsm8k", "tydiqa", "humaneval")
 
 # where each benchmark sits under --data-dir, and what the reader looks for there
-_DEFAULT_LAYOUT = {"mmlu": "mmlu/data", "bbh": "bbh", "gsm8k": "gsm8k", "tydiqa": "tydiqa", "humaneval": "humaneval"}
+_DEFAULT_LAYOUT = {
+    "mmlu": "mmlu/data",
+    "bbh": "bbh",
+    "gsm8k": "gsm8k",
+    "tydiqa": "tydiqa",
+    "humaneval": "humaneval",
+}
 _EXPECTED = {
     "mmlu": "mmlu/data/test/<subject>_test.csv",
     "bbh": "bbh/bbh/<task>.json and bbh/cot-prompts/<task>.txt",
@@ -39,8 +45,10 @@ class DataError(FileNotFoundError):
 
 
 def _fail(benchmark: str, problem: str) -> DataError:
-    return DataError(f"{problem}. Set --{benchmark} PATH, or --data-dir DIR with {_EXPECTED[benchmark]} "
-                     f"inside it (layout: docs/eval.md).")
+    return DataError(
+        f"{problem}. Set --{benchmark} PATH, or --data-dir DIR with {_EXPECTED[benchmark]} "
+        f"inside it (layout: docs/eval.md)."
+    )
 
 
 @dataclass(frozen=True)
@@ -56,7 +64,9 @@ class DataSources:
     @classmethod
     def from_dir(cls, data_dir: str | None, **overrides: str | None) -> DataSources:
         """Sources under ``data_dir`` (standard layout), replaced by any non-``None`` override."""
-        base = {name: str(Path(data_dir) / _DEFAULT_LAYOUT[name]) if data_dir else None for name in BENCHMARKS}
+        base = {
+            name: str(Path(data_dir) / _DEFAULT_LAYOUT[name]) if data_dir else None for name in BENCHMARKS
+        }
         base.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**base)
 
@@ -89,8 +99,11 @@ def _read_jsonl(path: Path, benchmark: str) -> list[dict]:
                     except json.JSONDecodeError as e:
                         raise _fail(benchmark, f"{path} line {number} is not valid JSON ({e})") from e
         except UnicodeDecodeError as e:  # its own message names neither the file nor the fix
-            raise _fail(benchmark, f"{path} is not UTF-8 text (byte {e.object[e.start:e.start + 1]!r} past line "
-                        f"{number}); save it as UTF-8") from None
+            raise _fail(
+                benchmark,
+                f"{path} is not UTF-8 text (byte {e.object[e.start : e.start + 1]!r} past line "
+                f"{number}); save it as UTF-8",
+            ) from None
     return rows
 
 
@@ -150,8 +163,11 @@ def _read_mmlu_csv(path: Path) -> list[dict]:
     with path.open(encoding="utf-8", newline="") as f:
         for number, row in enumerate(csv.reader(f), 1):
             if len(row) != 6 or row[5] not in ("A", "B", "C", "D"):
-                raise _fail("mmlu", f"{path} line {number}: expected 6 columns question,A,B,C,D,answer-letter "
-                                    f"(no header), got {row[:1]}... with {len(row)} columns")
+                raise _fail(
+                    "mmlu",
+                    f"{path} line {number}: expected 6 columns question,A,B,C,D,answer-letter "
+                    f"(no header), got {row[:1]}... with {len(row)} columns",
+                )
             rows.append({"question": row[0], "choices": row[1:5], "answer": row[5]})
     return rows
 
@@ -183,8 +199,9 @@ def read_bbh(path: str) -> dict[str, dict]:
         if not prompt_file.exists():
             raise _fail("bbh", f"BBH task {f.stem} has no prompt file {prompt_file}")
         data = _read_json(f, "bbh")
-        examples = _require_keys(data.get("examples", []) if isinstance(data, dict) else [],
-                                 ("input", "target"), f, "bbh")
+        examples = _require_keys(
+            data.get("examples", []) if isinstance(data, dict) else [], ("input", "target"), f, "bbh"
+        )
         tasks[f.stem] = {"examples": examples, "cot_prompt": prompt_file.read_text(encoding="utf-8")}
     if not tasks:
         raise _fail("bbh", f"no <task>.json files in {examples_dir}")
@@ -199,9 +216,16 @@ def squad_records(data: dict, path: Path) -> list[dict]:
     the language is the prefix of the question id (``english--123-4`` -> ``english``)."""
     try:
         return [
-            {"id": qa["id"], "language": qa["id"].split("-")[0], "context": paragraph["context"],
-             "question": qa["question"], "answers": [a["text"] for a in qa["answers"]]}
-            for article in data["data"] for paragraph in article["paragraphs"] for qa in paragraph["qas"]
+            {
+                "id": qa["id"],
+                "language": qa["id"].split("-")[0],
+                "context": paragraph["context"],
+                "question": qa["question"],
+                "answers": [a["text"] for a in qa["answers"]],
+            }
+            for article in data["data"]
+            for paragraph in article["paragraphs"]
+            for qa in paragraph["qas"]
         ]
     except (KeyError, TypeError) as e:
         raise _fail("tydiqa", f"{path} is not SQuAD format (data/paragraphs/qas; missing {e})") from e
@@ -229,5 +253,10 @@ def read_tydiqa(path: str) -> dict[str, dict[str, list[dict]]]:
     return {lang: {"dev": dev[lang], "train": train.get(lang, [])} for lang in sorted(dev)}
 
 
-READERS = {"mmlu": read_mmlu, "bbh": read_bbh, "gsm8k": read_gsm8k, "tydiqa": read_tydiqa,
-            "humaneval": read_humaneval}
+READERS = {
+    "mmlu": read_mmlu,
+    "bbh": read_bbh,
+    "gsm8k": read_gsm8k,
+    "tydiqa": read_tydiqa,
+    "humaneval": read_humaneval,
+}

@@ -86,8 +86,13 @@ class VllmLoaded:
     chat_format: str
 
 
-def load(model_name: str | None, adapter_specs: list[str], chat_format: str | None, settings,
-         reserved: str = "base") -> VllmLoaded:
+def load(
+    model_name: str | None,
+    adapter_specs: list[str],
+    chat_format: str | None,
+    settings,
+    reserved: str = "base",
+) -> VllmLoaded:
     """The vLLM engine: an lm-eval ``VLLM`` (float32, LoRA enabled with one slot per adapter and a spare
     when there are adapters) behind a :class:`VllmAdapters`, and the tokenizer prompts are built with.
     ``reserved``: a name no adapter may take (the base model's row).
@@ -102,8 +107,10 @@ def load(model_name: str | None, adapter_specs: list[str], chat_format: str | No
     from prolora.inference.vllm_plugin import dense_base_model, dense_lora, read_peft_type
 
     if vllm_version() is None:
-        raise ImportError("--engine vllm needs vLLM: build its environment with scripts/vllm_env.sh "
-                          "(docs/vllm.md), or use --engine transformers")
+        raise ImportError(
+            "--engine vllm needs vLLM: build its environment with scripts/vllm_env.sh "
+            "(docs/vllm.md), or use --engine transformers"
+        )
     specs, model_id, chat_format = resolve_adapters(model_name, adapter_specs, chat_format)
     if reserved in [s.name for s in specs]:
         raise ValueError(f"an adapter may not be named {reserved!r}; rename it with NAME=PATH")
@@ -128,7 +135,15 @@ def load(model_name: str | None, adapter_specs: list[str], chat_format: str | No
         # vLLM's CPU build otherwise reserves 92% of the machine's memory (--gpu-memory-utilization) and
         # refuses to start when that much is not free
         extra["kv_cache_memory_bytes"] = _CPU_KV_CACHE_GIB << 30
-    lm = VLLM(pretrained=base_dir, dtype="float32", batch_size=settings.batch_size, seed=settings.seed,
-              max_model_len=context, max_lora_rank=max_lora_rank(list(dense.values())), **extra)
-    return VllmLoaded(VllmAdapters(lm, dense, peft_types), tokenizer, model_id, {s.name: s.path for s in specs},
-                      chat_format)
+    lm = VLLM(
+        pretrained=base_dir,
+        dtype="float32",
+        batch_size=settings.batch_size,
+        seed=settings.seed,
+        max_model_len=context,
+        max_lora_rank=max_lora_rank(list(dense.values())),
+        **extra,
+    )
+    return VllmLoaded(
+        VllmAdapters(lm, dense, peft_types), tokenizer, model_id, {s.name: s.path for s in specs}, chat_format
+    )

@@ -17,5 +17,16 @@ from .compact import (
 )
 from .export import export_lora, export_merged
 
-__all__ = ["ADAPTER_DIR", "CONFIG_NAME", "TENSOR_NAMES", "WEIGHTS_NAME", "adapter_dir", "check_output_dir", "check_tensors",
-           "expand_adapter", "export_lora", "export_merged", "read_adapter"]
+__all__ = [
+    "ADAPTER_DIR",
+    "CONFIG_NAME",
+    "TENSOR_NAMES",
+    "WEIGHTS_NAME",
+    "adapter_dir",
+    "check_output_dir",
+    "check_tensors",
+    "expand_adapter",
+    "export_lora",
+    "export_merged",
+    "read_adapter",
+]

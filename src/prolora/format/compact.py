@@ -23,8 +23,18 @@ from prolora import equations as eq
 from prolora.tuner import PRoLoRAConfig
 from prolora.tuner.saved import TENSOR_NAMES, check_delta_w_record, check_finite, check_tensors
 
-__all__ = ["ADAPTER_DIR", "CONFIG_NAME", "TENSOR_NAMES", "WEIGHTS_NAME", "adapter_dir", "check_finite",
-           "check_output_dir", "check_tensors", "expand_adapter", "read_adapter"]
+__all__ = [
+    "ADAPTER_DIR",
+    "CONFIG_NAME",
+    "TENSOR_NAMES",
+    "WEIGHTS_NAME",
+    "adapter_dir",
+    "check_finite",
+    "check_output_dir",
+    "check_tensors",
+    "expand_adapter",
+    "read_adapter",
+]
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -39,7 +49,9 @@ def adapter_dir(path: str | os.PathLike) -> Path:
     return path
 
 
-def read_adapter(path: str | os.PathLike, others: bool = False) -> tuple[PRoLoRAConfig, dict[str, torch.Tensor]]:
+def read_adapter(
+    path: str | os.PathLike, others: bool = False
+) -> tuple[PRoLoRAConfig, dict[str, torch.Tensor]]:
     """Read a PRoLoRA adapter directory without a base model (safetensors only: nothing is unpickled).
 
     ``path`` is an adapter directory (``save_pretrained``) or a ``prolora train`` run directory (its
@@ -57,8 +69,10 @@ def read_adapter(path: str | os.PathLike, others: bool = False) -> tuple[PRoLoRA
     path = adapter_dir(path)
     for name in (CONFIG_NAME, WEIGHTS_NAME):
         if not (path / name).is_file():
-            raise FileNotFoundError(f"{path / name} not found: is {path} a PRoLoRA adapter directory "
-                                    "(written by save_pretrained)?")
+            raise FileNotFoundError(
+                f"{path / name} not found: is {path} a PRoLoRA adapter directory "
+                "(written by save_pretrained)?"
+            )
     try:
         raw = json.loads((path / CONFIG_NAME).read_text())
     except json.JSONDecodeError as exc:
@@ -103,8 +117,9 @@ def expand_adapter(config: PRoLoRAConfig, tensors: dict[str, torch.Tensor]) -> d
     return out
 
 
-def check_output_dir(out_dir: str | os.PathLike, source: str | os.PathLike | None = None,
-                     overwrite: bool = False) -> Path:
+def check_output_dir(
+    out_dir: str | os.PathLike, source: str | os.PathLike | None = None, overwrite: bool = False
+) -> Path:
     """``out_dir`` as a Path, refusing to write over a file, the ``source`` adapter, or (unless
     ``overwrite``) a directory that already holds an adapter or model.
 
@@ -114,12 +129,24 @@ def check_output_dir(out_dir: str | os.PathLike, source: str | os.PathLike | Non
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ValueError(f"output {out} is an existing file; choose a directory path.")
-    if source is not None and Path(source).exists() and out.exists() and out.resolve() == Path(source).resolve():
-        raise ValueError(f"output {out} is the source adapter itself; writing there would destroy it. "
-                         "Choose another directory.")
-    held = [name for name in (WEIGHTS_NAME, CONFIG_NAME, "model.safetensors", "config.json")
-            if (out / name).exists()]
+    if (
+        source is not None
+        and Path(source).exists()
+        and out.exists()
+        and out.resolve() == Path(source).resolve()
+    ):
+        raise ValueError(
+            f"output {out} is the source adapter itself; writing there would destroy it. "
+            "Choose another directory."
+        )
+    held = [
+        name
+        for name in (WEIGHTS_NAME, CONFIG_NAME, "model.safetensors", "config.json")
+        if (out / name).exists()
+    ]
     if held and not overwrite:
-        raise ValueError(f"output {out} already holds {', '.join(held)}; choose another directory, or replace "
-                         "it with overwrite=True (prolora export --overwrite).")
+        raise ValueError(
+            f"output {out} already holds {', '.join(held)}; choose another directory, or replace "
+            "it with overwrite=True (prolora export --overwrite)."
+        )
     return out

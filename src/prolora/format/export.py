@@ -28,8 +28,13 @@ from .compact import (
 )
 
 
-def export_lora(model_or_path, out_dir: str | os.PathLike, adapter_name: str = "default",
-                dtype: torch.dtype | None = None, overwrite: bool = False) -> Path:
+def export_lora(
+    model_or_path,
+    out_dir: str | os.PathLike,
+    adapter_name: str = "default",
+    dtype: torch.dtype | None = None,
+    overwrite: bool = False,
+) -> Path:
     """Write a PRoLoRA adapter as a standard dense PEFT LoRA adapter (rank r, same ``lora_alpha``).
 
     ``model_or_path`` is a ``PeftModel`` holding a PRoLoRA adapter ``adapter_name``, or a saved PRoLoRA
@@ -50,8 +55,10 @@ def export_lora(model_or_path, out_dir: str | os.PathLike, adapter_name: str = "
         config, tensors = read_adapter(model_or_path)
     else:
         if adapter_name not in model_or_path.peft_config:
-            raise ValueError(f"the model has no adapter named {adapter_name!r}; it has "
-                             f"{sorted(model_or_path.peft_config)}.")
+            raise ValueError(
+                f"the model has no adapter named {adapter_name!r}; it has "
+                f"{sorted(model_or_path.peft_config)}."
+            )
         config = model_or_path.peft_config[adapter_name]
         if not isinstance(config, PRoLoRAConfig):
             raise TypeError(f"adapter {adapter_name!r} is a {type(config).__name__}, not a PRoLoRA adapter.")
@@ -71,24 +78,32 @@ def export_lora(model_or_path, out_dir: str | os.PathLike, adapter_name: str = "
     # the name servers know the base model by (adapters saved before 0.2 record the embedded model's folder)
     base_name = model_name(config.base_model_name_or_path) if config.base_model_name_or_path else None
     lora = LoraConfig(
-        r=config.r, lora_alpha=config.lora_alpha, use_rslora=config.use_rslora, target_modules=sorted(factors),
+        r=config.r,
+        lora_alpha=config.lora_alpha,
+        use_rslora=config.use_rslora,
+        target_modules=sorted(factors),
         rank_pattern={k: v for k, v in ranks.items() if v != config.r},
         alpha_pattern={k: v for k, v in alphas.items() if v != config.lora_alpha},
-        fan_in_fan_out=config.fan_in_fan_out, base_model_name_or_path=base_name,
-        task_type=config.task_type, bias="none", lora_dropout=0.0,
+        fan_in_fan_out=config.fan_in_fan_out,
+        base_model_name_or_path=base_name,
+        task_type=config.task_type,
+        bias="none",
+        lora_dropout=0.0,
     )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / WEIGHTS_NAME, lambda tmp: save_file(weights, tmp, metadata={"format": "pt"}))
     lora_dict = lora.to_dict()
     lora_dict["target_modules"] = sorted(factors)
-    atomic_write(out / CONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(lora_dict, indent=2,
-                                                                                  default=list)))
+    atomic_write(
+        out / CONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(lora_dict, indent=2, default=list))
+    )
     return out
 
 
-def export_merged(adapter: str | os.PathLike, out_dir: str | os.PathLike, model: str | None = None,
-                  overwrite: bool = False) -> Path:
+def export_merged(
+    adapter: str | os.PathLike, out_dir: str | os.PathLike, model: str | None = None, overwrite: bool = False
+) -> Path:
     """Write the base model ``model`` with the adapter's ΔW merged in (``merge_and_unload``), plus its tokenizer.
 
     All or nothing: everything is written to a temporary folder beside ``out_dir``, which replaces
@@ -122,4 +137,3 @@ def export_merged(adapter: str | os.PathLike, out_dir: str | os.PathLike, model:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return out
-

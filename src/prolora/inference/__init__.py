@@ -14,5 +14,13 @@ from .engine import Engine, SamplingParams
 from .generation import AdapterSpec, Generator, Reply, load_generator
 from .registry import AdapterRegistry
 
-__all__ = ["AdapterBank", "AdapterRegistry", "AdapterSpec", "Engine", "Generator", "Reply", "SamplingParams",
-           "load_generator"]
+__all__ = [
+    "AdapterBank",
+    "AdapterRegistry",
+    "AdapterSpec",
+    "Engine",
+    "Generator",
+    "Reply",
+    "SamplingParams",
+    "load_generator",
+]

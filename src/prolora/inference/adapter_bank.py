@@ -69,8 +69,9 @@ class ModuleFactors:
         """Full ``(A, B)``, shapes (r, h) and (o, r), by the Eq. 4 gather indices (one gather each)."""
         s = self.spec
         a0, a_u, b0, b_u = self.parts()
-        idx_a, idx_b = eq.flat_gather_indices(s.h, s.o, s.r, s.u, s.m, s.n, s.stride_a, s.stride_b, s.rotate,
-                                              s.share, self.flat.device)
+        idx_a, idx_b = eq.flat_gather_indices(
+            s.h, s.o, s.r, s.u, s.m, s.n, s.stride_a, s.stride_b, s.rotate, s.share, self.flat.device
+        )
         a = torch.cat([a0.reshape(-1), a_u.reshape(-1)]).index_select(0, idx_a).view(s.r, s.h)
         b = torch.cat([b0.reshape(-1), b_u.reshape(-1)]).index_select(0, idx_b).view(s.o, s.r)
         return a, b
@@ -145,16 +146,22 @@ def read_factors(path: str | os.PathLike, model: nn.Module) -> tuple[str, dict[s
     elif peft_type == "LORA":
         kind, factors = "lora", _lora_factors(path)
     else:
-        raise ValueError(f"{config_file} has peft_type={peft_type!r}; the server takes PROLORA and LORA adapters.")
+        raise ValueError(
+            f"{config_file} has peft_type={peft_type!r}; the server takes PROLORA and LORA adapters."
+        )
     modules = dict(model.named_modules())
     for name, f in factors.items():
         if name not in modules:
-            raise ValueError(f"{path}: module {name} is not in the base model; the adapter was made for another "
-                             "base model (adapter_config.json: base_model_name_or_path).")
+            raise ValueError(
+                f"{path}: module {name} is not in the base model; the adapter was made for another "
+                "base model (adapter_config.json: base_model_name_or_path)."
+            )
         h, o = base_shape(modules[name])
         if (h, o) != (f.spec.h, f.spec.o):
-            raise ValueError(f"{path}: module {name} has (in, out) = {(f.spec.h, f.spec.o)} in the adapter but "
-                             f"{(h, o)} in the base model; the adapter was made for another base model.")
+            raise ValueError(
+                f"{path}: module {name} has (in, out) = {(f.spec.h, f.spec.o)} in the adapter but "
+                f"{(h, o)} in the base model; the adapter was made for another base model."
+            )
     return kind, factors
 
 
@@ -165,10 +172,19 @@ def _prolora_factors(path: Path) -> dict[str, ModuleFactors]:
     for module, (o, h) in config.module_shapes.items():
         v = config.module_values(module)
         r, u, m, n = v["r"], v["unshared_r"], v["sharing_rate_a"], v["sharing_rate_b"]
-        spec = ChunkSpec(h=h, o=o, r=r, u=u, m=m, n=n,
-                         stride_a=eq.default_stride(r, u, m) if v["stride_a"] is None else v["stride_a"],
-                         stride_b=eq.default_stride(r, u, n) if v["stride_b"] is None else v["stride_b"],
-                         rotate=rotate, share=config.share, scaling=v["lora_alpha"] / r)
+        spec = ChunkSpec(
+            h=h,
+            o=o,
+            r=r,
+            u=u,
+            m=m,
+            n=n,
+            stride_a=eq.default_stride(r, u, m) if v["stride_a"] is None else v["stride_a"],
+            stride_b=eq.default_stride(r, u, n) if v["stride_b"] is None else v["stride_b"],
+            rotate=rotate,
+            share=config.share,
+            scaling=v["lora_alpha"] / r,
+        )
         key = f"base_model.model.{module}."
         a0, b0, a_u, b_u = (tensors[key + t] for t in TENSOR_NAMES)
         out[module] = ModuleFactors(_flat((a0, a_u, b0, b_u)), spec)
@@ -185,15 +201,25 @@ def _lora_factors(path: Path) -> dict[str, ModuleFactors]:
         config = LoraConfig.from_pretrained(str(path))
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{path / CONFIG_NAME} is not a valid LoRA config: {exc}") from None
-    unsupported = [name for name, bad in (("use_dora", config.use_dora), ("bias", config.bias != "none"),
-                                          ("modules_to_save", bool(config.modules_to_save)))
-                   if bad]
+    unsupported = [
+        name
+        for name, bad in (
+            ("use_dora", config.use_dora),
+            ("bias", config.bias != "none"),
+            ("modules_to_save", bool(config.modules_to_save)),
+        )
+        if bad
+    ]
     if unsupported:
-        raise ValueError(f"{path}: LoRA adapters with {', '.join(unsupported)} are not served; merge or "
-                         "re-train without them.")
+        raise ValueError(
+            f"{path}: LoRA adapters with {', '.join(unsupported)} are not served; merge or "
+            "re-train without them."
+        )
     weights = path / WEIGHTS_NAME
     if not weights.is_file():
-        raise FileNotFoundError(f"{weights} not found (only safetensors adapters are read; nothing is unpickled).")
+        raise FileNotFoundError(
+            f"{weights} not found (only safetensors adapters are read; nothing is unpickled)."
+        )
     try:
         tensors = load_file(str(weights))
     except (SafetensorError, OSError) as exc:
@@ -201,12 +227,14 @@ def _lora_factors(path: Path) -> dict[str, ModuleFactors]:
     out = {}
     prefix, suffix_a = "base_model.model.", "." + LORA_WEIGHTS[0]
     for key in sorted(k for k in tensors if k.endswith(suffix_a)):
-        module = key[len(prefix):-len(suffix_a)] if key.startswith(prefix) else None
-        b = tensors.get(key[:-len(suffix_a)] + "." + LORA_WEIGHTS[1])
+        module = key[len(prefix) : -len(suffix_a)] if key.startswith(prefix) else None
+        b = tensors.get(key[: -len(suffix_a)] + "." + LORA_WEIGHTS[1])
         a = tensors[key]
         if module is None or b is None or a.dim() != 2 or b.dim() != 2 or a.shape[0] != b.shape[1]:
-            raise ValueError(f"{weights}: {key} has no matching lora_B of shape (out, {a.shape[0]}); the file is "
-                             "not a PEFT LoRA adapter.")
+            raise ValueError(
+                f"{weights}: {key} has no matching lora_B of shape (out, {a.shape[0]}); the file is "
+                "not a PEFT LoRA adapter."
+            )
         r = a.shape[0]
         rank_key = get_pattern_key(config.rank_pattern.keys(), module) if config.rank_pattern else None
         alpha_key = get_pattern_key(config.alpha_pattern.keys(), module) if config.alpha_pattern else None
@@ -214,13 +242,26 @@ def _lora_factors(path: Path) -> dict[str, ModuleFactors]:
         alpha = config.alpha_pattern.get(alpha_key, config.lora_alpha)
         if r != r_cfg:
             raise ValueError(f"{weights}: {key} has rank {r} but the config says r={r_cfg}.")
-        for t, k in ((a, key), (b, key[:-len(suffix_a)] + "." + LORA_WEIGHTS[1])):
+        for t, k in ((a, key), (b, key[: -len(suffix_a)] + "." + LORA_WEIGHTS[1])):
             if not torch.isfinite(t).all():  # would turn its rows' logits into NaN: silently wrong tokens
-                raise ValueError(f"{weights}: {k} holds NaN or inf values; the adapter is corrupt (re-train or "
-                                 "re-export it).")
+                raise ValueError(
+                    f"{weights}: {k} holds NaN or inf values; the adapter is corrupt (re-train or "
+                    "re-export it)."
+                )
         scaling = alpha / math.sqrt(r) if config.use_rslora else alpha / r
-        spec = ChunkSpec(h=a.shape[1], o=b.shape[0], r=r, u=r, m=1, n=1, stride_a=1, stride_b=1, rotate=None,
-                         share="hidden", scaling=scaling)
+        spec = ChunkSpec(
+            h=a.shape[1],
+            o=b.shape[0],
+            r=r,
+            u=r,
+            m=1,
+            n=1,
+            stride_a=1,
+            stride_b=1,
+            rotate=None,
+            share="hidden",
+            scaling=scaling,
+        )
         empty = a.new_zeros(0)
         out[module] = ModuleFactors(_flat((empty, a, empty, b)), spec)
     if not out:
@@ -260,13 +301,13 @@ class _Group:
             c, shared = self.a0t.shape[-2], self.a0t.shape[-1]
             pad = s.m * c - s.h
             xp = torch.nn.functional.pad(x, (0, pad)) if pad else x
-            z = torch.matmul(xp.reshape(rows, t * s.m, c), self.a0t)                    # x_i · A_0ᵀ
+            z = torch.matmul(xp.reshape(rows, t * s.m, c), self.a0t)  # x_i · A_0ᵀ
             z = z.view(rows, t, s.m * shared).index_select(-1, self.idx_a)
-            z = z.view(rows, t, s.m, shared).sum(-2)                                     # Σ_i Roll(·, i·s_A)
-            zb = z.index_select(-1, self.idx_b).view(rows, t * s.n, shared)             # Roll(z, −j·s_B)
+            z = z.view(rows, t, s.m, shared).sum(-2)  # Σ_i Roll(·, i·s_A)
+            zb = z.index_select(-1, self.idx_b).view(rows, t * s.n, shared)  # Roll(z, −j·s_B)
             y = torch.matmul(zb, self.b0t).view(rows, t, -1)
             if y.shape[-1] != s.o:
-                y = y[..., :s.o]
+                y = y[..., : s.o]
         if self.aut is not None:
             yu = torch.matmul(torch.matmul(x, self.aut), self.but)
             y = yu if y is None else y + yu
@@ -307,9 +348,16 @@ def _row_parts(rows: torch.Tensor, spec: ChunkSpec) -> tuple:
     module's compact tensors in the order (A_0, A_u, B_0, B_u), as :func:`_flat` lays them out."""
     shape_a0, shape_b0 = eq.chunk_shapes(spec.h, spec.o, spec.r, spec.u, spec.m, spec.n, spec.share)
     shapes = (shape_a0, (spec.u, spec.h), shape_b0, (spec.o, spec.u))
-    a0, a_u, b0, b_u = (p.unflatten(1, shape).transpose(1, 2)
-                        for p, shape in zip(rows.split([math.prod(sh) for sh in shapes], dim=1), shapes))
-    return a0 if spec.shared else None, b0 if spec.shared else None, a_u if spec.u else None, b_u if spec.u else None
+    a0, a_u, b0, b_u = (
+        p.unflatten(1, shape).transpose(1, 2)
+        for p, shape in zip(rows.split([math.prod(sh) for sh in shapes], dim=1), shapes)
+    )
+    return (
+        a0 if spec.shared else None,
+        b0 if spec.shared else None,
+        a_u if spec.u else None,
+        b_u if spec.u else None,
+    )
 
 
 @functools.lru_cache(maxsize=256)
@@ -371,7 +419,9 @@ class AdapterBank:
             layout = self._layouts.setdefault(tuple(entries), AdapterLayout(dict(entries)))
             adapter = ResidentAdapter(name, kind, str(path), flat, layout)
             if name in self.adapters:
-                raise ValueError(f"an adapter named {name!r} is already loaded; unload it first or pick another name.")
+                raise ValueError(
+                    f"an adapter named {name!r} is already loaded; unload it first or pick another name."
+                )
             for module in factors:
                 if module not in self._hooks:
                     self._hooks[module] = self._modules[module].register_forward_hook(self._hook(module))
@@ -434,7 +484,9 @@ class AdapterBank:
                 self._plans.popitem(last=False)
             return plan
 
-    def _build(self, rows: tuple, free: list[torch.Tensor], owned: list[torch.Tensor]) -> dict[str, list[_Group]]:
+    def _build(
+        self, rows: tuple, free: list[torch.Tensor], owned: list[torch.Tensor]
+    ) -> dict[str, list[_Group]]:
         """Group the rows by adapter layout (adapters of one configuration share one); per group stack the
         rows' flat tensors once, (N, P), and cut every module's factors out of it as strided views."""
         device = next(self.model.parameters()).device
@@ -507,7 +559,9 @@ class AdapterBank:
         """Within the block, forwards of the model apply adapter ``rows[i]`` to batch row i."""
         plan = rows if isinstance(rows, BatchPlan) else self.plan(rows)
         if plan.recycled:
-            raise ValueError("this BatchPlan was recycled into a newer one (plan(..., recycle=)); build it again.")
+            raise ValueError(
+                "this BatchPlan was recycled into a newer one (plan(..., recycle=)); build it again."
+            )
         previous, self._plan = self._plan, plan
         try:
             yield plan
@@ -532,6 +586,7 @@ class AdapterBank:
                 d = g.delta(xs.to(dtype)).to(out.dtype)
                 out = out + d if g.rows is None else out.index_add(0, g.rows, d)
             return out.view(output.shape)
+
         return hook
 
 

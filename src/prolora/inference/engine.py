@@ -62,7 +62,9 @@ class SamplingParams:
         if any(not isinstance(s, str) or not s for s in self.stop):
             raise ValueError(f"stop={list(self.stop)!r} must be at most 4 non-empty strings.")
         if self.seed is not None and not SEED_MIN <= self.seed <= SEED_MAX:
-            raise ValueError(f"seed={self.seed!r} must be an integer in [{SEED_MIN}, {SEED_MAX}] (a 64-bit seed).")
+            raise ValueError(
+                f"seed={self.seed!r} must be an integer in [{SEED_MIN}, {SEED_MAX}] (a 64-bit seed)."
+            )
 
 
 @dataclass
@@ -140,8 +142,14 @@ class Engine:
         self._accepting = True
         self._stop = False
         self._thread: threading.Thread | None = None
-        self.counters = {"requests": 0, "finished": 0, "aborted": 0, "prompt_tokens": 0, "generation_tokens": 0,
-                         "decode_steps": 0}
+        self.counters = {
+            "requests": 0,
+            "finished": 0,
+            "aborted": 0,
+            "prompt_tokens": 0,
+            "generation_tokens": 0,
+            "decode_steps": 0,
+        }
 
     # --------------------------------------------------------------------------------------- control
     def start(self) -> Engine:
@@ -181,8 +189,13 @@ class Engine:
         return len(self._rows)
 
     # -------------------------------------------------------------------------------------- requests
-    def submit(self, prompt_ids: list[int], adapter: str | None, params: SamplingParams,
-               sink: Callable[[Event], None]) -> Request:
+    def submit(
+        self,
+        prompt_ids: list[int],
+        adapter: str | None,
+        params: SamplingParams,
+        sink: Callable[[Event], None],
+    ) -> Request:
         """Queue a request; ``sink`` receives its :class:`Event` s on the engine thread.
 
         Raises:
@@ -198,9 +211,11 @@ class Engine:
         if any(not 0 <= t < self.vocab_size for t in prompt_ids):
             raise ValueError(f"prompt token ids must be in [0, {self.vocab_size}).")
         if len(prompt_ids) + params.max_tokens > self.max_context:
-            raise ValueError(f"the prompt ({len(prompt_ids)} tokens) plus max_tokens ({params.max_tokens}) is "
-                             f"{len(prompt_ids) + params.max_tokens} tokens, beyond the model's context of "
-                             f"{self.max_context}; shorten the prompt or lower max_tokens.")
+            raise ValueError(
+                f"the prompt ({len(prompt_ids)} tokens) plus max_tokens ({params.max_tokens}) is "
+                f"{len(prompt_ids) + params.max_tokens} tokens, beyond the model's context of "
+                f"{self.max_context}; shorten the prompt or lower max_tokens."
+            )
         req = Request(list(prompt_ids), adapter, params, sink)
         if params.temperature >= GREEDY_TEMPERATURE:
             req.generator = torch.Generator(device=self.device)
@@ -214,8 +229,13 @@ class Engine:
             self._cv.notify_all()
         return req
 
-    def generate(self, prompt_ids: list[int], adapter: str | None = None, params: SamplingParams | None = None,
-                 timeout: float | None = None) -> Completion:
+    def generate(
+        self,
+        prompt_ids: list[int],
+        adapter: str | None = None,
+        params: SamplingParams | None = None,
+        timeout: float | None = None,
+    ) -> Completion:
         """Submit and wait for the whole answer (the engine thread must be running)."""
         events: queue.Queue[Event] = queue.Queue()
         req = self.submit(prompt_ids, adapter, params or SamplingParams(), events.put)
@@ -236,7 +256,10 @@ class Engine:
                     self._cv.wait()
                 if self._stop:
                     return
-                new = [self._waiting.popleft() for _ in range(min(len(self._waiting), self.max_batch - len(self._rows)))]
+                new = [
+                    self._waiting.popleft()
+                    for _ in range(min(len(self._waiting), self.max_batch - len(self._rows)))
+                ]
             for req in new:  # a request whose prefill fails fails alone, not the running batch
                 try:
                     self._prefill(req)
@@ -278,8 +301,13 @@ class Engine:
         positions = torch.tensor([r.position for r in self._rows], device=self.device).view(rows, 1)
         plan = self._plan = self.bank.plan([r.adapter for r in self._rows], recycle=self._plan)
         with torch.inference_mode(), self.bank.batch(plan):
-            logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                                past_key_values=self._cache, use_cache=True).logits[:, -1]
+            logits = self.model(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=positions,
+                past_key_values=self._cache,
+                use_cache=True,
+            ).logits[:, -1]
         self._mask = mask
         self.counters["decode_steps"] += 1
         tokens = self._sample(logits, self._rows).tolist()
@@ -303,8 +331,9 @@ class Engine:
         for old, new in zip(self._cache.layers, cache.layers):
             old.keys = torch.cat([_pad_left(old.keys, pad_old), _pad_left(new.keys, pad_new)])
             old.values = torch.cat([_pad_left(old.values, pad_old), _pad_left(new.values, pad_new)])
-        self._mask = torch.cat([torch.nn.functional.pad(self._mask, (pad_old, 0)),
-                                torch.nn.functional.pad(ones, (pad_new, 0))])
+        self._mask = torch.cat(
+            [torch.nn.functional.pad(self._mask, (pad_old, 0)), torch.nn.functional.pad(ones, (pad_new, 0))]
+        )
 
     def _drop(self, indices: list[int]) -> None:
         """Remove rows ``indices`` from the batch (finishing cancelled ones) and trim common left padding."""
@@ -340,7 +369,9 @@ class Engine:
             probs = torch.softmax(logits[i].float() / p.temperature, dim=-1)
             if p.top_p < 1.0:
                 sorted_probs, order = probs.sort(descending=True)
-                outside = sorted_probs.cumsum(0) - sorted_probs > p.top_p  # keeps the token that crosses top_p
+                outside = (
+                    sorted_probs.cumsum(0) - sorted_probs > p.top_p
+                )  # keeps the token that crosses top_p
                 sorted_probs[outside] = 0.0
                 probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
             tokens[i] = torch.multinomial(probs, 1, generator=req.generator)[0]
@@ -356,18 +387,23 @@ class Engine:
             self._finish(req, "abort", "cancelled")
             return True
         ended = token == self.eos_token_id and not req.params.ignore_eos
-        text = self.tokenizer.decode(req.output_ids[:-1] if ended else req.output_ids, skip_special_tokens=True)
+        text = self.tokenizer.decode(
+            req.output_ids[:-1] if ended else req.output_ids, skip_special_tokens=True
+        )
         reason = "stop" if ended else None
         cut = [i for i in (text.find(s) for s in req.params.stop) if i >= 0]
         if cut:
-            text, reason = text[:min(cut)], "stop"
+            text, reason = text[: min(cut)], "stop"
         elif reason is None and len(req.output_ids) >= req.params.max_tokens:
             reason = "length"
         if reason is None:
             safe = len(text.rstrip("\ufffd"))  # an incomplete UTF-8 sequence decodes to U+FFFD
-            held = max((k for s in req.params.stop for k in range(1, len(s)) if text[:safe].endswith(s[:k])), default=0)
-            text = text[:safe - held]
-        delta = text[len(req.text):] if text.startswith(req.text) else ""
+            held = max(
+                (k for s in req.params.stop for k in range(1, len(s)) if text[:safe].endswith(s[:k])),
+                default=0,
+            )
+            text = text[: safe - held]
+        delta = text[len(req.text) :] if text.startswith(req.text) else ""
         req.text += delta
         if reason is not None:
             self._finish(req, reason, None, delta)
@@ -396,4 +432,3 @@ def _send(req: Request, event: Event) -> None:
 def _pad_left(t: torch.Tensor, n: int) -> torch.Tensor:
     """Zero-pad a (rows, heads, length, dim) cache tensor by ``n`` positions on the left of its length."""
     return torch.nn.functional.pad(t, (0, 0, n, 0)) if n else t
-

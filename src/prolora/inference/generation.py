@@ -43,8 +43,10 @@ class AdapterSpec:
                 run_config = json.load(f)
             name, path = name or os.path.basename(path), os.path.join(path, ADAPTER_DIR)
         elif not os.path.isfile(os.path.join(path, "adapter_config.json")):
-            raise FileNotFoundError(f"{spec!r}: no adapter_config.json in {path} or {os.path.join(path, ADAPTER_DIR)}; "
-                                    "pass a run directory of `prolora train` or a PEFT adapter directory")
+            raise FileNotFoundError(
+                f"{spec!r}: no adapter_config.json in {path} or {os.path.join(path, ADAPTER_DIR)}; "
+                "pass a run directory of `prolora train` or a PEFT adapter directory"
+            )
         return cls(name or os.path.basename(path), path, run_config)
 
 
@@ -103,19 +105,31 @@ class Generator:
 
         text, _ = render(self.tokenizer, messages, self.chat_format, add_generation_prompt=True)
         inputs = self.tokenizer(text, return_tensors="pt", add_special_tokens=self.chat_format == "tulu")
-        sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
-        base_only = self.model.disable_adapter() if self.active is None and self.adapters else contextlib.nullcontext()
+        sampling = (
+            {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
+        )
+        base_only = (
+            self.model.disable_adapter()
+            if self.active is None and self.adapters
+            else contextlib.nullcontext()
+        )
         started = time.perf_counter()
         with torch.inference_mode(), base_only:
-            out = self.model.generate(**inputs, max_new_tokens=max_new_tokens, pad_token_id=self.tokenizer.pad_token_id,
-                                      eos_token_id=self.tokenizer.eos_token_id, **sampling)
+            out = self.model.generate(
+                **inputs,
+                max_new_tokens=max_new_tokens,
+                pad_token_id=self.tokenizer.pad_token_id,
+                eos_token_id=self.tokenizer.eos_token_id,
+                **sampling,
+            )
         seconds = time.perf_counter() - started
-        new = out[0, inputs["input_ids"].shape[1]:]
+        new = out[0, inputs["input_ids"].shape[1] :]
         return Reply(self.tokenizer.decode(new, skip_special_tokens=True).strip(), len(new), seconds)
 
 
-def resolve_adapters(model: str | None, adapter_specs: list[str],
-                     chat_format: str | None) -> tuple[list[AdapterSpec], str | None, str]:
+def resolve_adapters(
+    model: str | None, adapter_specs: list[str], chat_format: str | None
+) -> tuple[list[AdapterSpec], str | None, str]:
     """Parse ``[NAME=]PATH`` adapter specs; the base model and chat format default to the first run's config.
 
     Returns ``(specs, model, chat_format)``; ``model`` stays ``None`` when neither the caller nor a run names

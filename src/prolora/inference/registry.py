@@ -42,10 +42,18 @@ class AdapterEntry:
 def check_name(name: str) -> None:
     """Raise ValueError unless ``name`` can name an adapter: non-empty, no ``/`` or ``\\``, not ``.`` or
     ``..`` (an ``adapters_dir`` folder name could never be those), no surrounding spaces or control characters."""
-    if (not name or "/" in name or "\\" in name or name in (".", "..") or name != name.strip()
-            or any(not ch.isprintable() for ch in name)):
-        raise ValueError(f"adapter name {name!r} is invalid: use a non-empty name without '/', '\\', control "
-                         "characters or surrounding spaces, and not '.' or '..'.")
+    if (
+        not name
+        or "/" in name
+        or "\\" in name
+        or name in (".", "..")
+        or name != name.strip()
+        or any(not ch.isprintable() for ch in name)
+    ):
+        raise ValueError(
+            f"adapter name {name!r} is invalid: use a non-empty name without '/', '\\', control "
+            "characters or surrounding spaces, and not '.' or '..'."
+        )
 
 
 def run_chat_format(path: str | os.PathLike) -> str | None:
@@ -70,8 +78,12 @@ class AdapterRegistry:
         max_resident: most adapters resident at once (None: no limit).
     """
 
-    def __init__(self, bank: AdapterBank, adapters_dir: str | os.PathLike | None = None,
-                 max_resident: int | None = None):
+    def __init__(
+        self,
+        bank: AdapterBank,
+        adapters_dir: str | os.PathLike | None = None,
+        max_resident: int | None = None,
+    ):
         if max_resident is not None and max_resident < 1:
             raise ValueError(f"max_resident={max_resident} must be at least 1 (or None for no limit).")
         if adapters_dir is not None and not Path(adapters_dir).is_dir():
@@ -96,7 +108,9 @@ class AdapterRegistry:
         check_name(name)
         with self._lock:
             if name in self.entries:
-                raise ValueError(f"an adapter named {name!r} is already loaded; unload it first or pick another name.")
+                raise ValueError(
+                    f"an adapter named {name!r} is already loaded; unload it first or pick another name."
+                )
             entry = AdapterEntry(name, str(adapter_dir(path)), run_chat_format(path))
             if load:
                 self._make_resident(entry)
@@ -109,9 +123,14 @@ class AdapterRegistry:
             names = set(self.entries)
         if self.adapters_dir is not None:
             try:
-                names.update(p.name for p in self.adapters_dir.iterdir()
-                             if (p / CONFIG_NAME).is_file() or (p / ADAPTER_DIR / CONFIG_NAME).is_file())
-            except OSError:  # the folder was removed or made unreadable while serving: list what is registered
+                names.update(
+                    p.name
+                    for p in self.adapters_dir.iterdir()
+                    if (p / CONFIG_NAME).is_file() or (p / ADAPTER_DIR / CONFIG_NAME).is_file()
+                )
+            except (
+                OSError
+            ):  # the folder was removed or made unreadable while serving: list what is registered
                 pass
         return sorted(names)
 
@@ -165,7 +184,9 @@ class AdapterRegistry:
             if entry is None:
                 raise UnknownAdapter(name)
             if entry.pins:
-                raise AdapterBusy(f"adapter {name!r} has {entry.pins} request(s) in flight; unload it when they end.")
+                raise AdapterBusy(
+                    f"adapter {name!r} has {entry.pins} request(s) in flight; unload it when they end."
+                )
             if name in self._lru:
                 self.bank.remove(name)
                 del self._lru[name]
@@ -180,8 +201,10 @@ class AdapterRegistry:
             while len(self._lru) >= self.max_resident:
                 victim = next((n for n in self._lru if self.entries[n].pins == 0), None)
                 if victim is None:
-                    raise AdapterBusy(f"all {self.max_resident} resident adapters have requests in flight "
-                                      "(--max-resident); retry later.")
+                    raise AdapterBusy(
+                        f"all {self.max_resident} resident adapters have requests in flight "
+                        "(--max-resident); retry later."
+                    )
                 self.bank.remove(victim)
                 del self._lru[victim]
                 self.evictions += 1

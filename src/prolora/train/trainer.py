@@ -29,14 +29,17 @@ def scale_shared_lr(optimizer: torch.optim.Optimizer, model, scale: float) -> No
     """Split each param group of a fresh ``optimizer`` into its unshared and shared parameters (PRoLoRA's
     A_0 and B_0), the shared part at ``scale`` × the group's learning rate (paper Section 6: separate
     learning rates for shared and unshared parameters). Schedulers created afterwards scale both alike."""
-    shared = {id(p) for name, p in model.named_parameters() if any(f".{k}." in name for k in SHARED_PARAMETERS)}
+    shared = {
+        id(p) for name, p in model.named_parameters() if any(f".{k}." in name for k in SHARED_PARAMETERS)
+    }
     groups, optimizer.param_groups = optimizer.param_groups, []
     for group in groups:
         for is_shared in (False, True):
             params = [p for p in group["params"] if (id(p) in shared) == is_shared]
             if params:
-                optimizer.add_param_group({**group, "params": params,
-                                           "lr": group["lr"] * (scale if is_shared else 1.0)})
+                optimizer.add_param_group(
+                    {**group, "params": params, "lr": group["lr"] * (scale if is_shared else 1.0)}
+                )
 
 
 class CheckpointTrainer(Trainer):
@@ -141,8 +144,11 @@ class StopOnSignal(TrainerCallback):
             self._restore()
             raise KeyboardInterrupt
         self.received = signal.Signals(signum).name
-        print(f"\n{self.received} received: saving a checkpoint after this step (send it again to abort).",
-              file=sys.stderr, flush=True)
+        print(
+            f"\n{self.received} received: saving a checkpoint after this step (send it again to abort).",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def _restore(self):
         for sig, handler in self._previous.items():

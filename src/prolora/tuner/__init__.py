@@ -15,7 +15,17 @@ from .layer import PRoLoRALayer, PRoLoRALinear
 from .model import PRoLoRAModel, get_prolora_model, prolora_modules
 from .registration import register
 
-__all__ = ["PREFIX", "PROLORA", "PRoLoRAConfig", "PRoLoRALayer", "PRoLoRALinear", "PRoLoRAModel",
-           "UnsupportedOptionError", "get_prolora_model", "prolora_modules", "register"]
+__all__ = [
+    "PREFIX",
+    "PROLORA",
+    "PRoLoRAConfig",
+    "PRoLoRALayer",
+    "PRoLoRALinear",
+    "PRoLoRAModel",
+    "UnsupportedOptionError",
+    "get_prolora_model",
+    "prolora_modules",
+    "register",
+]
 
 register()

@@ -106,16 +106,28 @@ class PRoLoRAConfig(PeftConfig):
     sharing_rate_a: int = field(default=7, metadata={"help": "m: chunks of A along its input dimension."})
     sharing_rate_b: int = field(default=7, metadata={"help": "n: chunks of B along its output dimension."})
     lora_alpha: float = field(default=16, metadata={"help": "ΔW is scaled by lora_alpha / r."})
-    use_rslora: bool = field(default=False, metadata={
-        "help": "Scale ΔW by lora_alpha / sqrt(r) (rsLoRA, as PEFT's LoraConfig.use_rslora) instead of lora_alpha / r."})
+    use_rslora: bool = field(
+        default=False,
+        metadata={
+            "help": "Scale ΔW by lora_alpha / sqrt(r) (rsLoRA, as PEFT's LoraConfig.use_rslora) instead of lora_alpha / r."
+        },
+    )
     lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the adapter input."})
     target_modules: list[str] | str | None = field(default=None, metadata={"help": "Modules to adapt."})
     exclude_modules: list[str] | str | None = field(default=None, metadata={"help": "Never adapt."})
     rotation: bool = field(default=True, metadata={"help": "Rotation enhancement (Eq. 3)."})
-    stride_a: int | None = field(default=None, metadata={"help": "Base stride s_A (default max(⌊(r−u)/m⌋,1))."})
-    stride_b: int | None = field(default=None, metadata={"help": "Base stride s_B (default max(⌊(r−u)/n⌋,1))."})
-    init: str = field(default="rectified", metadata={"help": "'rectified' (Eq. 5) or 'vanilla' (PRoLoRA^-i)."})
-    init_weights: bool = field(default=True, metadata={"help": "False: B starts random too (tests/debugging)."})
+    stride_a: int | None = field(
+        default=None, metadata={"help": "Base stride s_A (default max(⌊(r−u)/m⌋,1))."}
+    )
+    stride_b: int | None = field(
+        default=None, metadata={"help": "Base stride s_B (default max(⌊(r−u)/n⌋,1))."}
+    )
+    init: str = field(
+        default="rectified", metadata={"help": "'rectified' (Eq. 5) or 'vanilla' (PRoLoRA^-i)."}
+    )
+    init_weights: bool = field(
+        default=True, metadata={"help": "False: B starts random too (tests/debugging)."}
+    )
     share: str = field(default="hidden", metadata={"help": "Table 4: chunk along 'hidden' or 'rank'."})
     rotate_dim: str = field(default="rank", metadata={"help": "Table 4: roll along 'rank' or 'hidden'."})
     overrides: dict = field(default_factory=dict, metadata={"help": "Per-module r/u/m/n by name pattern."})
@@ -124,25 +136,40 @@ class PRoLoRAConfig(PeftConfig):
     layers_to_transform: list[int] | int | None = field(default=None, metadata={"help": "Layer ids."})
     layers_pattern: list[str] | str | None = field(default=None, metadata={"help": "Layer list name."})
     target_parameters: list[str] | None = field(default=None, metadata={"help": "Unsupported; keep None."})
-    module_shapes: dict = field(default_factory=dict, metadata={
-        "help": "Filled by prolora: module name -> [o, h] of its base weight, so that tools can expand the "
-                "compact tensors without the base model, and loading onto a different base fails clearly."})
-    fan_in_fan_out: bool = field(default=False, metadata={
-        "help": "Set by prolora when a base layer is a transformers Conv1D (weight stored as (h, o))."})
+    module_shapes: dict = field(
+        default_factory=dict,
+        metadata={
+            "help": "Filled by prolora: module name -> [o, h] of its base weight, so that tools can expand the "
+            "compact tensors without the base model, and loading onto a different base fails clearly."
+        },
+    )
+    fan_in_fan_out: bool = field(
+        default=False,
+        metadata={
+            "help": "Set by prolora when a base layer is a transformers Conv1D (weight stored as (h, o))."
+        },
+    )
 
     def __post_init__(self):
         super().__post_init__()
         self.peft_type = PROLORA
         if isinstance(self.target_modules, (list, tuple, set)):
             self.target_modules = sorted(set(self.target_modules))
-        if not isinstance(self.overrides, dict) or not all(isinstance(v, dict) for v in self.overrides.values()):
-            raise ValueError(f"overrides={self.overrides!r} must map module-name regexes to dicts of values, "
-                             "e.g. {'mlp\\..*': {'r': 4}}.")
+        if not isinstance(self.overrides, dict) or not all(
+            isinstance(v, dict) for v in self.overrides.values()
+        ):
+            raise ValueError(
+                f"overrides={self.overrides!r} must map module-name regexes to dicts of values, "
+                "e.g. {'mlp\\..*': {'r': 4}}."
+            )
         if not isinstance(self.module_shapes, dict) or not all(
-                isinstance(v, (list, tuple)) and len(v) == 2 and all(_is_int(d) and d > 0 for d in v)
-                for v in self.module_shapes.values()):
-            raise ValueError("module_shapes must map module names to [out_features, in_features] (positive "
-                             "integers); it is written by prolora when the adapter is created, do not edit it.")
+            isinstance(v, (list, tuple)) and len(v) == 2 and all(_is_int(d) and d > 0 for d in v)
+            for v in self.module_shapes.values()
+        ):
+            raise ValueError(
+                "module_shapes must map module names to [out_features, in_features] (positive "
+                "integers); it is written by prolora when the adapter is created, do not edit it."
+            )
         for name in ("rotation", "fan_in_fan_out", "init_weights", "use_rslora"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name}={getattr(self, name)!r} must be true or false.")  # noqa: TRY004  (bad user input: a ValueError for prolora.cli)
@@ -153,7 +180,9 @@ class PRoLoRAConfig(PeftConfig):
                 raise ValueError(f"overrides key {name!r} is not a valid regex: {exc}") from None
             unknown = set(value) - set(OVERRIDABLE)
             if unknown:
-                raise ValueError(f"overrides[{name!r}] has unknown keys {sorted(unknown)}; allowed: {OVERRIDABLE}")
+                raise ValueError(
+                    f"overrides[{name!r}] has unknown keys {sorted(unknown)}; allowed: {OVERRIDABLE}"
+                )
         self.validate_values(self.module_values(None), where="")
         for name, value in self.overrides.items():
             self.validate_values({**self.module_values(None), **value}, where=f"overrides[{name!r}]")
@@ -178,17 +207,26 @@ class PRoLoRAConfig(PeftConfig):
             ValueError: naming the combination that would otherwise be silently ignored.
         """
         if isinstance(self.target_modules, str) and self.layers_to_transform is not None:
-            raise ValueError(f"layers_to_transform cannot be used when target_modules is a str "
-                             f"({self.target_modules!r}): give target_modules as a list of module names.")
+            raise ValueError(
+                f"layers_to_transform cannot be used when target_modules is a str "
+                f"({self.target_modules!r}): give target_modules as a list of module names."
+            )
         if isinstance(self.target_modules, str) and self.layers_pattern is not None:
-            raise ValueError(f"layers_pattern cannot be used when target_modules is a str "
-                             f"({self.target_modules!r}): give target_modules as a list of module names.")
+            raise ValueError(
+                f"layers_pattern cannot be used when target_modules is a str "
+                f"({self.target_modules!r}): give target_modules as a list of module names."
+            )
         if self.layers_pattern and self.layers_to_transform is None:
             raise ValueError("layers_pattern needs layers_to_transform (the layer indices to adapt).")
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str, subfolder: str | None = None,
-                        verify_weights: bool = True, **kwargs):
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str,
+        subfolder: str | None = None,
+        verify_weights: bool = True,
+        **kwargs,
+    ):
         """Read ``adapter_config.json`` (as PEFT does) and, for a local folder (unless ``verify_weights`` is
         false), check the weights file beside it before anything is loaded
         (:func:`~prolora.tuner.saved.verify_saved`: tensor names against ``module_shapes``, shapes,
@@ -200,7 +238,11 @@ class PRoLoRAConfig(PeftConfig):
         from .saved import verify_saved
 
         config = super().from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
-        path = os.path.join(pretrained_model_name_or_path, subfolder) if subfolder else pretrained_model_name_or_path
+        path = (
+            os.path.join(pretrained_model_name_or_path, subfolder)
+            if subfolder
+            else pretrained_model_name_or_path
+        )
         if verify_weights and os.path.isdir(path):
             verify_saved(config, path)
         return config
@@ -218,8 +260,12 @@ class PRoLoRAConfig(PeftConfig):
         if "## Loading this PRoLoRA adapter" not in text:
             from prolora.files import write_text
 
-            write_text(readme, text.rstrip("\n") + ("\n\n" if text else "")
-                       + f"## Loading this PRoLoRA adapter\n\n{LOAD_HINT}\n")
+            write_text(
+                readme,
+                text.rstrip("\n")
+                + ("\n\n" if text else "")
+                + f"## Loading this PRoLoRA adapter\n\n{LOAD_HINT}\n",
+            )
 
     def module_values(self, key: str | None) -> dict:
         """r, unshared_r, sharing rates, strides and lora_alpha for the module named ``key`` (overrides applied).
@@ -243,18 +289,24 @@ class PRoLoRAConfig(PeftConfig):
         u = values["unshared_r"]
         _require_int("unshared_r" + at, u, 0, "unshared ranks")
         if u > values["r"]:
-            raise ValueError(f"unshared_r={u}{at} exceeds r={values['r']}: use 0 ≤ unshared_r ≤ r "
-                             "(unshared_r = r is plain LoRA).")
+            raise ValueError(
+                f"unshared_r={u}{at} exceeds r={values['r']}: use 0 ≤ unshared_r ≤ r "
+                "(unshared_r = r is plain LoRA)."
+            )
         for name, dim, dim_name in (("sharing_rate_a", h, "h"), ("sharing_rate_b", o, "o")):
             k = values[name]
             _require_int(name + at, k, 1, "number of chunks")
             if dim is not None and k > dim:
-                raise ValueError(f"{name}={k}{at} exceeds the dimension it chunks ({dim_name}={dim}); "
-                                 f"use 1 ≤ {name} ≤ {dim}.")
+                raise ValueError(
+                    f"{name}={k}{at} exceeds the dimension it chunks ({dim_name}={dim}); "
+                    f"use 1 ≤ {name} ≤ {dim}."
+                )
         for name in ("stride_a", "stride_b"):
             if values[name] is not None:
                 _require_int(name + at, values[name], 0, "rotation stride; None = default")
         alpha = values["lora_alpha"]
         if not _is_number(alpha) or alpha <= 0:
-            raise ValueError(f"lora_alpha={alpha!r}{at} must be a positive number (ΔW is scaled by "
-                             "lora_alpha / r; the paper uses 16).")
+            raise ValueError(
+                f"lora_alpha={alpha!r}{at} must be a positive number (ΔW is scaled by "
+                "lora_alpha / r; the paper uses 16)."
+            )

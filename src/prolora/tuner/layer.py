@@ -71,8 +71,10 @@ def base_shape(base: nn.Module) -> tuple[int, int]:
         return h, o
     if isinstance(base, nn.Linear) or _is_bnb(base):
         return base.in_features, base.out_features
-    raise TypeError(f"PRoLoRA cannot adapt {type(base).__name__}: supported base layers are torch.nn.Linear, "
-                    "transformers Conv1D and bitsandbytes Linear4bit/Linear8bitLt. Adjust target_modules.")
+    raise TypeError(
+        f"PRoLoRA cannot adapt {type(base).__name__}: supported base layers are torch.nn.Linear, "
+        "transformers Conv1D and bitsandbytes Linear4bit/Linear8bitLt. Adjust target_modules."
+    )
 
 
 def _is_bnb(base: nn.Module) -> str | None:
@@ -100,7 +102,9 @@ class PRoLoRALayer(BaseTunerLayer):
         self.prolora_dropout = nn.ModuleDict({})
         self.prolora_spec: dict[str, ChunkSpec] = {}
         self._expanded: dict[str, tuple] = {}  # name -> (key, A, B, compact tensors)
-        self._empties: dict[str, tuple] = {}  # name -> (A_0, A_u, B_0, B_u) with zero-element tensors (_compact)
+        self._empties: dict[
+            str, tuple
+        ] = {}  # name -> (A_0, A_u, B_0, B_u) with zero-element tensors (_compact)
         self._disable_adapters = False
         self.merged_adapters: list[str] = []
         self.in_features, self.out_features = base_shape(self.get_base_layer())
@@ -108,9 +112,20 @@ class PRoLoRALayer(BaseTunerLayer):
         self.kwargs = kwargs
 
     # ----------------------------------------------------------------------------------------- creation
-    def update_layer(self, adapter_name: str, values: dict, lora_dropout: float, rotation: bool, init: str,
-                     share: str, rotate_dim: str, module_name: str = "", inference_mode: bool = False,
-                     init_weights: bool = True, use_rslora: bool = False) -> None:
+    def update_layer(
+        self,
+        adapter_name: str,
+        values: dict,
+        lora_dropout: float,
+        rotation: bool,
+        init: str,
+        share: str,
+        rotate_dim: str,
+        module_name: str = "",
+        inference_mode: bool = False,
+        init_weights: bool = True,
+        use_rslora: bool = False,
+    ) -> None:
         """Add adapter ``adapter_name``: allocate A_0, B_0, A_u, B_u and initialise them (Eq. 5).
 
         Raises:
@@ -120,10 +135,16 @@ class PRoLoRALayer(BaseTunerLayer):
         PRoLoRAConfig.validate_values(values, module_name or type(self.get_base_layer()).__name__, h=h, o=o)
         r, u, m, n = values["r"], values["unshared_r"], values["sharing_rate_a"], values["sharing_rate_b"]
         spec = ChunkSpec(
-            h=h, o=o, r=r, u=u, m=m, n=n,
+            h=h,
+            o=o,
+            r=r,
+            u=u,
+            m=m,
+            n=n,
             stride_a=eq.default_stride(r, u, m) if values["stride_a"] is None else values["stride_a"],
             stride_b=eq.default_stride(r, u, n) if values["stride_b"] is None else values["stride_b"],
-            rotate=rotate_dim if rotation else None, share=share,
+            rotate=rotate_dim if rotation else None,
+            share=share,
             scaling=eq.lora_scaling(values["lora_alpha"], r, use_rslora),
         )
         self.prolora_spec[adapter_name] = spec
@@ -173,27 +194,41 @@ class PRoLoRALayer(BaseTunerLayer):
         identity for the expansion cache.
         """
         try:
-            return (self.prolora_A0._parameters[adapter_name], self.prolora_A_u._parameters[adapter_name],
-                    self.prolora_B0._parameters[adapter_name], self.prolora_B_u._parameters[adapter_name])
+            return (
+                self.prolora_A0._parameters[adapter_name],
+                self.prolora_A_u._parameters[adapter_name],
+                self.prolora_B0._parameters[adapter_name],
+                self.prolora_B_u._parameters[adapter_name],
+            )
         except KeyError:
             return self._compact_with_empties(adapter_name)
 
     def _compact_with_empties(self, adapter_name: str) -> tuple:
-        dicts = (self.prolora_A0._parameters, self.prolora_A_u._parameters, self.prolora_B0._parameters,
-                 self.prolora_B_u._parameters)
+        dicts = (
+            self.prolora_A0._parameters,
+            self.prolora_A_u._parameters,
+            self.prolora_B0._parameters,
+            self.prolora_B_u._parameters,
+        )
         present = tuple(d.get(adapter_name) for d in dicts)
         hit = self._empties.get(adapter_name)
         if hit is not None and all(p is t for p, t in zip(present, hit) if p is not None):
             like = next(p for p in present if p is not None)
-            if all(t.dtype == like.dtype and t.device == like.device for p, t in zip(present, hit) if p is None):
+            if all(
+                t.dtype == like.dtype and t.device == like.device for p, t in zip(present, hit) if p is None
+            ):
                 return hit
         if all(p is None for p in present):
             raise KeyError(adapter_name)
         like = next(p for p in present if p is not None)
         shapes = compact_shapes(self.prolora_spec[adapter_name])
         order = (0, 2, 1, 3)  # compact_shapes is (A_0, B_0, A_u, B_u); _compact is (A_0, A_u, B_0, B_u)
-        with torch.inference_mode(False):  # normal tensors: autograd may save them (see equations.normal_tensors)
-            hit = tuple(p if p is not None else like.new_zeros(shapes[order[i]]) for i, p in enumerate(present))
+        with torch.inference_mode(
+            False
+        ):  # normal tensors: autograd may save them (see equations.normal_tensors)
+            hit = tuple(
+                p if p is not None else like.new_zeros(shapes[order[i]]) for i, p in enumerate(present)
+            )
         self._empties[adapter_name] = hit
         return hit
 
@@ -244,7 +279,9 @@ class PRoLoRALayer(BaseTunerLayer):
                 if self.lean_backward:
                     keep, p = None, 0.0
                     if isinstance(dropout, nn.Dropout) and dropout.training and dropout.p > 0:
-                        p = dropout.p  # dropout inside the function: it keeps a 1-byte mask, not 2 copies of x
+                        p = (
+                            dropout.p
+                        )  # dropout inside the function: it keeps a 1-byte mask, not 2 copies of x
                         keep = torch.empty(x.shape, dtype=torch.bool, device=x.device).bernoulli_(1 - p)
                     return _AdapterFunction.apply(x, keep, p, *tensors, spec)
                 x = dropout(x)
@@ -253,8 +290,12 @@ class PRoLoRALayer(BaseTunerLayer):
         elif self.cache_expanded:  # fast path: a valid cache entry and no active dropout
             hit = self._expanded.get(adapter_name)
             dropout = self.prolora_dropout[adapter_name]
-            if (hit is not None and hit[0] == _cache_key(tensors) and x.dtype == a0.dtype
-                    and (not dropout.training or isinstance(dropout, nn.Identity))):
+            if (
+                hit is not None
+                and hit[0] == _cache_key(tensors)
+                and x.dtype == a0.dtype
+                and (not dropout.training or isinstance(dropout, nn.Identity))
+            ):
                 return F.linear(F.linear(x, hit[1]) * self.prolora_spec[adapter_name].scaling, hit[2])
         spec = self.prolora_spec[adapter_name]
         x = self.prolora_dropout[adapter_name](x.to(a0.dtype))
@@ -284,7 +325,8 @@ class PRoLoRALayer(BaseTunerLayer):
                 from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
 
                 base.weight.data, base.weight.quant_state = _convert_weight_packed_for_cpu_inverse(
-                    base.weight.data, base.weight.quant_state)
+                    base.weight.data, base.weight.quant_state
+                )
             state = base.weight.quant_state if kind == "4bit" else base.state
             if kind == "8bit" and state.SCB is None:
                 state.SCB = base.weight.SCB
@@ -305,8 +347,9 @@ class PRoLoRALayer(BaseTunerLayer):
             import bitsandbytes as bnb
 
             old = base.weight
-            base.weight = bnb.nn.Int8Params(w.to("cpu"), requires_grad=False,
-                                            has_fp16_weights=old.has_fp16_weights).to(old.device)
+            base.weight = bnb.nn.Int8Params(
+                w.to("cpu"), requires_grad=False, has_fp16_weights=old.has_fp16_weights
+            ).to(old.device)
             base.state.reset_grads()
         else:
             base.weight.data = (w.t() if self.fan_in_fan_out else w).contiguous()
@@ -322,15 +365,18 @@ class PRoLoRALayer(BaseTunerLayer):
             if name not in self.prolora_spec:
                 continue
             if _is_bnb(self.get_base_layer()):
-                warnings.warn("Merging into a quantized base rounds the result (as PEFT's LoRA does).",
-                              stacklevel=2)
+                warnings.warn(
+                    "Merging into a quantized base rounds the result (as PEFT's LoRA does).", stacklevel=2
+                )
             w = self._base_weight()
             delta = self.get_delta_weight(name)
             delta = delta.t() if self.fan_in_fan_out else delta
             merged = w.to(torch.float32) + delta.detach().to(w.device, torch.float32)
             if safe_merge and not torch.isfinite(merged).all():
-                raise ValueError(f"NaNs detected in the merged weights. The adapter {name} seems to be broken "
-                                 f"(NaN/inf in the merged weight of adapter {name!r}); nothing was merged.")
+                raise ValueError(
+                    f"NaNs detected in the merged weights. The adapter {name} seems to be broken "
+                    f"(NaN/inf in the merged weight of adapter {name!r}); nothing was merged."
+                )
             self._set_base_weight(merged.to(w.dtype))
             self.merged_adapters.append(name)
 
@@ -345,7 +391,9 @@ class PRoLoRALayer(BaseTunerLayer):
                 w = self._base_weight()
                 delta = self.get_delta_weight(name)
                 delta = delta.t() if self.fan_in_fan_out else delta
-                self._set_base_weight((w.to(torch.float32) - delta.detach().to(w.device, torch.float32)).to(w.dtype))
+                self._set_base_weight(
+                    (w.to(torch.float32) - delta.detach().to(w.device, torch.float32)).to(w.dtype)
+                )
 
     def supports_lora_conversion(self, adapter_name: str = "default") -> bool:
         """True: W' = W + ΔW with ΔW = B·A of rank ≤ r (Eq. 4), so peft's ``convert_to_lora`` /
@@ -391,7 +439,9 @@ class _AdapterFunction(torch.autograd.Function):
         idx = _layout(spec, x.device)[0]
         rh = spec.r * spec.h
         # A, then B: each expanded factor is alive only for its own matmul
-        z = F.linear(_dropped(x, keep, p), flat.index_select(0, idx[:rh]).view(spec.r, spec.h)).mul_(spec.scaling)
+        z = F.linear(_dropped(x, keep, p), flat.index_select(0, idx[:rh]).view(spec.r, spec.h)).mul_(
+            spec.scaling
+        )
         y = F.linear(z, flat.index_select(0, idx[rh:]).view(spec.o, spec.r))
         ctx.save_for_backward(x, keep, z, a0, a_u, b0, b_u)  # the parameters themselves: no copy is kept
         ctx.spec, ctx.p = spec, p
@@ -446,8 +496,19 @@ def _layout(spec: ChunkSpec, device: torch.device) -> tuple[torch.Tensor, tuple]
     """``(idx, shapes)``: ``cat(A.flatten(), B.flatten()) = flat[idx]`` for ``flat`` = the four compact
     tensors flattened and concatenated (:func:`_flatten`), and their shapes in that order. The indices are
     :func:`~prolora.equations.flat_gather_indices` (Eq. 4 applied to element numbers)."""
-    idx_a, idx_b = eq.flat_gather_indices(spec.h, spec.o, spec.r, spec.u, spec.m, spec.n, spec.stride_a,
-                                          spec.stride_b, spec.rotate, spec.share, device)
+    idx_a, idx_b = eq.flat_gather_indices(
+        spec.h,
+        spec.o,
+        spec.r,
+        spec.u,
+        spec.m,
+        spec.n,
+        spec.stride_a,
+        spec.stride_b,
+        spec.rotate,
+        spec.share,
+        device,
+    )
     shape_a0, shape_b0 = eq.chunk_shapes(spec.h, spec.o, spec.r, spec.u, spec.m, spec.n, spec.share)
     shapes = (shape_a0, (spec.u, spec.h), shape_b0, (spec.o, spec.u))
     n_a = math.prod(shape_a0) + spec.u * spec.h
@@ -504,17 +565,22 @@ class PRoLoRALinear(nn.Module, PRoLoRALayer):
                 result = result + self._adapter_output(x, name).to(result.dtype)
         return result
 
-    def _mixed_batch_forward(self, x: torch.Tensor, *args: Any, adapter_names: list[str],
-                             **kwargs: Any) -> torch.Tensor:
+    def _mixed_batch_forward(
+        self, x: torch.Tensor, *args: Any, adapter_names: list[str], **kwargs: Any
+    ) -> torch.Tensor:
         """Row ``i`` of the batch uses adapter ``adapter_names[i]`` (``"__base__"``: none)."""
         if self.merged:
-            raise ValueError("Cannot pass `adapter_names` when there are merged adapters, please call "
-                             "`unmerge_adapter` first.")
+            raise ValueError(
+                "Cannot pass `adapter_names` when there are merged adapters, please call "
+                "`unmerge_adapter` first."
+            )
         if len(adapter_names) != x.shape[0]:
-            raise ValueError(f"Length of `adapter_names` should be the same as the number of inputs, but got "
-                             f"{len(adapter_names)} and {x.shape[0]} respectively: adapter_names has "
-                             f"{len(adapter_names)} entries for a batch of {x.shape[0]} rows; give one adapter name "
-                             "(or '__base__') per row.")
+            raise ValueError(
+                f"Length of `adapter_names` should be the same as the number of inputs, but got "
+                f"{len(adapter_names)} and {x.shape[0]} respectively: adapter_names has "
+                f"{len(adapter_names)} entries for a batch of {x.shape[0]} rows; give one adapter name "
+                "(or '__base__') per row."
+            )
         result = self.base_layer(x, *args, **kwargs)
         for name in set(adapter_names):
             if name not in self.prolora_spec:

@@ -33,9 +33,11 @@ def _record_shape(config: PRoLoRAConfig, key: str, base: torch.nn.Module) -> Non
     h, o = base_shape(base)
     expected = config.module_shapes.get(key)
     if expected is not None and list(expected) != [o, h]:
-        raise ValueError(f"This adapter was made for a base model whose {key} has weight shape (o, h) = "
-                         f"{tuple(expected)}, but this base model's is {(o, h)}. Load it onto the base model it "
-                         "was trained on (adapter_config.json: base_model_name_or_path).")
+        raise ValueError(
+            f"This adapter was made for a base model whose {key} has weight shape (o, h) = "
+            f"{tuple(expected)}, but this base model's is {(o, h)}. Load it onto the base model it "
+            "was trained on (adapter_config.json: base_model_name_or_path)."
+        )
     config.module_shapes[key] = [o, h]
     if type(base).__name__ == "Conv1D":
         config.fan_in_fan_out = True
@@ -76,9 +78,12 @@ class PRoLoRAModel(BaseTuner):
         if untied:
             import warnings
 
-            warnings.warn(f"untied {untied} from the weights they shared (tie_word_embeddings) before merging, so "
-                          "that the merge leaves the other module (e.g. embed_tokens) unchanged; the merged model "
-                          "has a separate lm_head.", stacklevel=3)
+            warnings.warn(
+                f"untied {untied} from the weights they shared (tie_word_embeddings) before merging, so "
+                "that the merge leaves the other module (e.g. embed_tokens) unchanged; the merged model "
+                "has a separate lm_head.",
+                stacklevel=3,
+            )
         super()._check_merge_allowed()
 
     def _check_new_adapter_config(self, config: PRoLoRAConfig) -> None:
@@ -90,26 +95,38 @@ class PRoLoRAModel(BaseTuner):
         """After injection: a loaded adapter must have found every module it was saved with."""
         for name, config in self.peft_config.items():
             saved = getattr(config, "_saved_modules", frozenset())
-            missing = sorted(saved - {key for key, layer in prolora_modules(model) if name in layer.prolora_spec})
+            missing = sorted(
+                saved - {key for key, layer in prolora_modules(model) if name in layer.prolora_spec}
+            )
             if missing:
-                raise ValueError(f"This adapter was saved with modules the base model lacks ({missing[:3]}"
-                                 f"{' …' if len(missing) > 3 else ''}); load it onto the base model it was "
-                                 "trained on (adapter_config.json: base_model_name_or_path).")
+                raise ValueError(
+                    f"This adapter was saved with modules the base model lacks ({missing[:3]}"
+                    f"{' …' if len(missing) > 3 else ''}); load it onto the base model it was "
+                    "trained on (adapter_config.json: base_model_name_or_path)."
+                )
         super()._mark_only_adapters_as_trainable(model)
 
-    def _create_and_replace(self, config: PRoLoRAConfig, adapter_name, target, target_name, parent, current_key,
-                            **optional_kwargs):
+    def _create_and_replace(
+        self, config: PRoLoRAConfig, adapter_name, target, target_name, parent, current_key, **optional_kwargs
+    ):
         saved = getattr(config, "_saved_modules", frozenset())
         if saved and current_key not in saved:
-            raise ValueError(f"This adapter has no weights for {current_key}: it was saved for a base model "
-                             "with other layers. Load it onto the base model it was trained on "
-                             "(adapter_config.json: base_model_name_or_path).")
+            raise ValueError(
+                f"This adapter has no weights for {current_key}: it was saved for a base model "
+                "with other layers. Load it onto the base model it was trained on "
+                "(adapter_config.json: base_model_name_or_path)."
+            )
         kwargs = {
-            "values": config.module_values(current_key), "lora_dropout": config.lora_dropout,
+            "values": config.module_values(current_key),
+            "lora_dropout": config.lora_dropout,
             "use_rslora": config.use_rslora,
-            "rotation": config.rotation, "init": config.init, "init_weights": config.init_weights,
+            "rotation": config.rotation,
+            "init": config.init,
+            "init_weights": config.init_weights,
             "share": config.share,
-            "rotate_dim": config.rotate_dim, "module_name": current_key, "inference_mode": config.inference_mode,
+            "rotate_dim": config.rotate_dim,
+            "module_name": current_key,
+            "inference_mode": config.inference_mode,
         }
         base = target.get_base_layer() if isinstance(target, BaseTunerLayer) else target
         _record_shape(config, current_key, base)
@@ -140,36 +157,46 @@ class PRoLoRAModel(BaseTuner):
             yield
             return
         if self.training:
-            raise ValueError("Cannot pass `adapter_names` when the model is in training mode (adapter_names= is "
-                             "for inference); call model.eval() first.")
+            raise ValueError(
+                "Cannot pass `adapter_names` when the model is in training mode (adapter_names= is "
+                "for inference); call model.eval() first."
+            )
         num_beams = kwargs.get("num_beams")
         beams = num_beams if isinstance(num_beams, int) else 1
         if beams > 1 and not isinstance(adapter_names, (list, tuple)):
-            raise TypeError(f"adapter_names must be a list of str (one per input row) with num_beams > 1, got "
-                            f"{type(adapter_names).__name__}.")
+            raise TypeError(
+                f"adapter_names must be a list of str (one per input row) with num_beams > 1, got "
+                f"{type(adapter_names).__name__}."
+            )
         known = set()
         for layer in self.model.modules():
             if isinstance(layer, PRoLoRALayer):
                 known |= set(layer.prolora_spec)
         unknown = sorted(set(adapter_names) - known - {"__base__"})
         if unknown:
-            raise ValueError(f"Unknown adapter name(s) {unknown} in adapter_names; loaded adapters: {sorted(known)} "
-                             "(use '__base__' for rows without an adapter).")
+            raise ValueError(
+                f"Unknown adapter name(s) {unknown} in adapter_names; loaded adapters: {sorted(known)} "
+                "(use '__base__' for rows without an adapter)."
+            )
         original = list(adapter_names)
         if beams > 1:
             adapter_names = [name for name in adapter_names for _ in range(beams)]
         routed = (PRoLoRALayer, AuxiliaryTrainingWrapper)
         handles = [
-            module.register_forward_pre_hook(partial(_inject_adapter_names, adapter_names=list(adapter_names)),
-                                             with_kwargs=True)
-            for module in self.model.modules() if isinstance(module, routed)
+            module.register_forward_pre_hook(
+                partial(_inject_adapter_names, adapter_names=list(adapter_names)), with_kwargs=True
+            )
+            for module in self.model.modules()
+            if isinstance(module, routed)
         ]
         encoder = self.model.get_encoder() if hasattr(self.model, "get_encoder") else None
         if encoder is not None and encoder is not self.model and len(adapter_names) != len(original):
             handles += [  # registered later, so it runs later and wins
-                module.register_forward_pre_hook(partial(_inject_adapter_names, adapter_names=original),
-                                                 with_kwargs=True)
-                for module in encoder.modules() if isinstance(module, routed)
+                module.register_forward_pre_hook(
+                    partial(_inject_adapter_names, adapter_names=original), with_kwargs=True
+                )
+                for module in encoder.modules()
+                if isinstance(module, routed)
             ]
         try:
             yield
@@ -182,7 +209,9 @@ class PRoLoRAModel(BaseTuner):
         """PEFT's selection of the adapter's tensors, plus a zero-size tensor for each compact tensor that has no
         elements (A_u, B_u when u = 0; A_0, B_0 when u = r): they are not parameters in memory, but every adapter
         file has all four keys per module, whatever u (docs/format.md)."""
-        to_return = super()._get_adapter_state_dict(model, config, adapter_name, state_dict, unwanted_adapter_names)
+        to_return = super()._get_adapter_state_dict(
+            model, config, adapter_name, state_dict, unwanted_adapter_names
+        )
         for name, layer in model.named_modules():
             if not isinstance(layer, PRoLoRALayer) or adapter_name not in layer.prolora_spec:
                 continue
@@ -199,12 +228,21 @@ class PRoLoRAModel(BaseTuner):
     def _remap_adapter_state_dict_for_load(cls, model, config, adapter_name, state_dict):
         """Drop the zero-size compact tensors of an adapter file (see :meth:`_get_adapter_state_dict`)."""
         names = PRoLoRALayer.adapter_layer_names
-        state_dict = {key: value for key, value in state_dict.items()
-                      if not (value.numel() == 0 and key.rsplit(".", 1)[-1] in names)}
+        state_dict = {
+            key: value
+            for key, value in state_dict.items()
+            if not (value.numel() == 0 and key.rsplit(".", 1)[-1] in names)
+        }
         return super()._remap_adapter_state_dict_for_load(model, config, adapter_name, state_dict)
 
-    def add_weighted_adapter(self, adapters: list[str], weights: list[float], adapter_name: str,
-                             combination_type: str = "svd", **kwargs) -> None:
+    def add_weighted_adapter(
+        self,
+        adapters: list[str],
+        weights: list[float],
+        adapter_name: str,
+        combination_type: str = "svd",
+        **kwargs,
+    ) -> None:
         """New adapter ``adapter_name`` with ΔW = Σ weights[i]·ΔW(adapters[i]): LoRA's "cat" (exact) and "svd"
         combinations, stored in PRoLoRA's LoRA layout (u = r); see :mod:`prolora.tuner.weighted`.
 
@@ -266,8 +304,9 @@ def untie_targets(model: torch.nn.Module) -> list[str]:
             untied.append(name)
     if untied:
         config = getattr(model, "config", None)
-        for cfg in {id(c): c for c in (config, getattr(config, "get_text_config", lambda: None)())
-                    if c is not None}.values():
+        for cfg in {
+            id(c): c for c in (config, getattr(config, "get_text_config", lambda: None)()) if c is not None
+        }.values():
             if getattr(cfg, "tie_word_embeddings", False):
                 cfg.tie_word_embeddings = False
     return untied

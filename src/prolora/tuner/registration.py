@@ -33,7 +33,9 @@ def register() -> None:
     for table, value in wanted:
         current = table.get(PROLORA)
         if current is not None and current is not value:
-            raise RuntimeError(f"peft already maps {PROLORA.value!r} to {current!r}; cannot register PRoLoRA.")
+            raise RuntimeError(
+                f"peft already maps {PROLORA.value!r} to {current!r}; cannot register PRoLoRA."
+            )
     if any(p == PREFIX for k, p in mapping.PEFT_TYPE_TO_PREFIX_MAPPING.items() if k != PROLORA):
         raise RuntimeError(f"another PEFT method already uses the parameter prefix {PREFIX!r}.")
     for table, value in wanted:

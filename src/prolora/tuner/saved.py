@@ -31,14 +31,29 @@ from prolora import equations as eq
 WEIGHTS_NAME = "adapter_model.safetensors"
 TENSOR_NAMES = ("prolora_A0", "prolora_B0", "prolora_A_u", "prolora_B_u")
 DELTA_W_KEY = "prolora.delta_w"
-DELTA_W_FIELDS = ("r", "unshared_r", "sharing_rate_a", "sharing_rate_b", "stride_a", "stride_b", "lora_alpha",
-                  "use_rslora", "rotation", "share", "rotate_dim", "overrides", "module_shapes")
+DELTA_W_FIELDS = (
+    "r",
+    "unshared_r",
+    "sharing_rate_a",
+    "sharing_rate_b",
+    "stride_a",
+    "stride_b",
+    "lora_alpha",
+    "use_rslora",
+    "rotation",
+    "share",
+    "rotate_dim",
+    "overrides",
+    "module_shapes",
+)
 ADAPTER_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,63}")
 RESERVED_NAMES = ("__base__",)  # the row selector of mixed batches: "no adapter"
-LOAD_HINT = ("This is a PRoLoRA adapter (peft_type 'PROLORA'): `import prolora` before loading it with peft or "
-             "transformers (pip install prolora), so that peft knows the method; a bare KeyError: 'PROLORA' "
-             "means it was not imported. Or convert it once with `prolora export ADAPTER OUT` into a standard "
-             "LoRA adapter that stock peft, vLLM and TGI load.")
+LOAD_HINT = (
+    "This is a PRoLoRA adapter (peft_type 'PROLORA'): `import prolora` before loading it with peft or "
+    "transformers (pip install prolora), so that peft knows the method; a bare KeyError: 'PROLORA' "
+    "means it was not imported. Or convert it once with `prolora export ADAPTER OUT` into a standard "
+    "LoRA adapter that stock peft, vLLM and TGI load."
+)
 
 
 def check_adapter_name(name) -> None:
@@ -52,10 +67,12 @@ def check_adapter_name(name) -> None:
         ValueError: naming the value and the rule.
     """
     if not isinstance(name, str) or not ADAPTER_NAME.fullmatch(name) or name in RESERVED_NAMES:
-        raise ValueError(f"adapter name {name!r} is not allowed: use 1-64 letters, digits, '_' or '-' (not "
-                         f"starting with '-'), e.g. 'math_v2'; {', '.join(RESERVED_NAMES)} is reserved. Names "
-                         "become folder names in save_pretrained, so they may not be paths (prolora's "
-                         "commands take --adapter NAME=PATH to choose one).")
+        raise ValueError(
+            f"adapter name {name!r} is not allowed: use 1-64 letters, digits, '_' or '-' (not "
+            f"starting with '-'), e.g. 'math_v2'; {', '.join(RESERVED_NAMES)} is reserved. Names "
+            "become folder names in save_pretrained, so they may not be paths (prolora's "
+            "commands take --adapter NAME=PATH to choose one)."
+        )
 
 
 def expected_shapes(config) -> dict[str, tuple]:
@@ -65,7 +82,9 @@ def expected_shapes(config) -> dict[str, tuple]:
         v = config.module_values(module)
         r, u = v["r"], v["unshared_r"]
         type(config).validate_values(v, where=module, h=h, o=o)  # a PRoLoRAConfig (not imported: no circle)
-        shape_a0, shape_b0 = eq.chunk_shapes(h, o, r, u, v["sharing_rate_a"], v["sharing_rate_b"], config.share)
+        shape_a0, shape_b0 = eq.chunk_shapes(
+            h, o, r, u, v["sharing_rate_a"], v["sharing_rate_b"], config.share
+        )
         for name, shape in zip(TENSOR_NAMES, (shape_a0, shape_b0, (u, h), (o, u))):
             expected[f"base_model.model.{module}.{name}"] = tuple(shape)
     return expected
@@ -88,21 +107,28 @@ def check_tensors(config, tensors: dict, source: str = "the adapter", others: bo
         ValueError: naming the missing and unexpected tensors, or the module, tensor and both shapes.
     """
     if not config.module_shapes:
-        raise ValueError(f"{source}: module_shapes is empty, so the adapter adapts no module; it is written "
-                         "by prolora at creation: re-save the adapter with prolora.")
+        raise ValueError(
+            f"{source}: module_shapes is empty, so the adapter adapts no module; it is written "
+            "by prolora at creation: re-save the adapter with prolora."
+        )
     expected = expected_shapes(config)
     missing = sorted(set(expected) - set(tensors))
-    extra = sorted(k for k in set(tensors) - set(expected)
-                   if not others or any(f".{name}" in k for name in TENSOR_NAMES))
+    extra = sorted(
+        k for k in set(tensors) - set(expected) if not others or any(f".{name}" in k for name in TENSOR_NAMES)
+    )
     if missing or extra:
-        raise ValueError(f"{source}: the weights do not match the config's module_shapes: missing tensors "
-                         f"{_some(missing)}; unexpected tensors {_some(extra)}. The weights file and "
-                         "adapter_config.json must come from the same save_pretrained.")
+        raise ValueError(
+            f"{source}: the weights do not match the config's module_shapes: missing tensors "
+            f"{_some(missing)}; unexpected tensors {_some(extra)}. The weights file and "
+            "adapter_config.json must come from the same save_pretrained."
+        )
     for key, shape in expected.items():
         found = tuple(getattr(tensors[key], "shape", tensors[key]))
         if found != shape:
-            raise ValueError(f"{source}: {key} has shape {found}, but the config (r, unshared_r, sharing rates, "
-                             f"module_shapes) implies {shape}; the config and weights file belong together.")
+            raise ValueError(
+                f"{source}: {key} has shape {found}, but the config (r, unshared_r, sharing rates, "
+                f"module_shapes) implies {shape}; the config and weights file belong together."
+            )
 
 
 def check_finite(tensors: dict[str, torch.Tensor], source: str = "the adapter") -> None:
@@ -116,8 +142,10 @@ def check_finite(tensors: dict[str, torch.Tensor], source: str = "the adapter") 
         if t.is_floating_point() or t.is_complex():
             bad = (~torch.isfinite(t)).sum().item()
             if bad:
-                raise ValueError(f"{source}: tensor {key} holds {bad} NaN or infinite value(s) of {t.numel()}; "
-                                 "the adapter is broken (e.g. training diverged). Use an earlier checkpoint.")
+                raise ValueError(
+                    f"{source}: tensor {key} holds {bad} NaN or infinite value(s) of {t.numel()}; "
+                    "the adapter is broken (e.g. training diverged). Use an earlier checkpoint."
+                )
 
 
 def delta_w_record(config) -> dict:
@@ -137,15 +165,22 @@ def check_delta_w_record(config, metadata: dict | None, source: str = "the adapt
     try:
         recorded = json.loads(raw)
     except json.JSONDecodeError:
-        raise ValueError(f"{source}: the {DELTA_W_KEY!r} metadata of {WEIGHTS_NAME} is not JSON; the file is "
-                         "damaged.") from None
+        raise ValueError(
+            f"{source}: the {DELTA_W_KEY!r} metadata of {WEIGHTS_NAME} is not JSON; the file is damaged."
+        ) from None
     current = delta_w_record(config)
-    differ = [f"{name}: adapter_config.json has {current.get(name)!r}, the weights were saved with "
-              f"{recorded[name]!r}" for name in DELTA_W_FIELDS if name in recorded and recorded[name] != current.get(name)]
+    differ = [
+        f"{name}: adapter_config.json has {current.get(name)!r}, the weights were saved with "
+        f"{recorded[name]!r}"
+        for name in DELTA_W_FIELDS
+        if name in recorded and recorded[name] != current.get(name)
+    ]
     if differ:
-        raise ValueError(f"{source}: adapter_config.json disagrees with what its weights were trained with, so the "
-                         f"adapter would give another ΔW ({'; '.join(differ)}). Restore adapter_config.json (e.g. "
-                         "from the run's checkpoint), or re-save the adapter after changing it on purpose.")
+        raise ValueError(
+            f"{source}: adapter_config.json disagrees with what its weights were trained with, so the "
+            f"adapter would give another ΔW ({'; '.join(differ)}). Restore adapter_config.json (e.g. "
+            "from the run's checkpoint), or re-save the adapter after changing it on purpose."
+        )
 
 
 def verify_saved(config, directory: str) -> None:
@@ -159,7 +194,9 @@ def verify_saved(config, directory: str) -> None:
     try:
         with safe_open(path, "pt") as f:
             names = list(f.keys())
-            check_tensors(config, {k: f.get_slice(k).get_shape() for k in names}, source=directory, others=True)
+            check_tensors(
+                config, {k: f.get_slice(k).get_shape() for k in names}, source=directory, others=True
+            )
             check_delta_w_record(config, f.metadata(), source=directory)
             check_finite({k: f.get_tensor(k) for k in names}, source=directory)
     except (SafetensorError, OSError) as exc:

@@ -27,11 +27,19 @@ from .layer import PRoLoRALayer
 COMBINATIONS = ("cat", "svd")
 
 
-def add_weighted_adapter(tuner, adapters: list[str], weights: list[float], adapter_name: str,
-                         combination_type: str = "svd", svd_rank: int | None = None,
-                         svd_clamp: float | None = None, svd_full_matrices: bool = True,
-                         svd_driver: str | None = None, density: float | None = None,
-                         majority_sign_method: str = "total") -> None:
+def add_weighted_adapter(
+    tuner,
+    adapters: list[str],
+    weights: list[float],
+    adapter_name: str,
+    combination_type: str = "svd",
+    svd_rank: int | None = None,
+    svd_clamp: float | None = None,
+    svd_full_matrices: bool = True,
+    svd_driver: str | None = None,
+    density: float | None = None,
+    majority_sign_method: str = "total",
+) -> None:
     """Add adapter ``adapter_name`` whose ΔW is ``Σ_i weights[i] · ΔW(adapters[i])`` (see the module docstring).
 
     Signature as LoRA's ``LoraModel.add_weighted_adapter``; ``svd_clamp`` clamps the SVD factors at that
@@ -42,25 +50,42 @@ def add_weighted_adapter(tuner, adapters: list[str], weights: list[float], adapt
             ``adapter_name``, unknown adapters, ``weights`` of another length, or adapters on different modules.
     """
     if combination_type not in COMBINATIONS:
-        raise ValueError(f"Invalid combination_type {combination_type!r} for PRoLoRA: use 'cat' (exact, rank Σ r) or "
-                         "'svd' (rank svd_rank). For LoRA's factor-wise types (linear, ties, dare_*, magnitude_prune*) "
-                         "convert the adapters to LoRA first (peft.convert_to_lora, exact for PRoLoRA, or prolora "
-                         "export) and use LoRA's add_weighted_adapter.")
+        raise ValueError(
+            f"Invalid combination_type {combination_type!r} for PRoLoRA: use 'cat' (exact, rank Σ r) or "
+            "'svd' (rank svd_rank). For LoRA's factor-wise types (linear, ties, dare_*, magnitude_prune*) "
+            "convert the adapters to LoRA first (peft.convert_to_lora, exact for PRoLoRA, or prolora "
+            "export) and use LoRA's add_weighted_adapter."
+        )
     if adapter_name in tuner.peft_config:
-        raise ValueError(f"adapter {adapter_name!r} already exists; choose a new name (or delete_adapter it first).")
+        raise ValueError(
+            f"adapter {adapter_name!r} already exists; choose a new name (or delete_adapter it first)."
+        )
     unknown = [name for name in adapters if name not in tuner.peft_config]
     if unknown or not adapters:
-        raise ValueError(f"adapters {unknown or adapters!r} are not loaded; loaded: {sorted(tuner.peft_config)}.")
+        raise ValueError(
+            f"adapters {unknown or adapters!r} are not loaded; loaded: {sorted(tuner.peft_config)}."
+        )
     if len(weights) != len(adapters):
-        raise ValueError(f"weights has {len(weights)} entries for {len(adapters)} adapters; give one weight each.")
-    layers = {key: layer for key, layer in tuner.model.named_modules()
-              if isinstance(layer, PRoLoRALayer) and any(name in layer.prolora_spec for name in adapters)}
-    partial = [key for key, layer in layers.items() if not all(name in layer.prolora_spec for name in adapters)]
+        raise ValueError(
+            f"weights has {len(weights)} entries for {len(adapters)} adapters; give one weight each."
+        )
+    layers = {
+        key: layer
+        for key, layer in tuner.model.named_modules()
+        if isinstance(layer, PRoLoRALayer) and any(name in layer.prolora_spec for name in adapters)
+    }
+    partial = [
+        key for key, layer in layers.items() if not all(name in layer.prolora_spec for name in adapters)
+    ]
     if partial:
-        raise ValueError(f"adapters {adapters} are not all on the same modules (e.g. {partial[0]}); combine adapters "
-                         "that target the same modules.")
+        raise ValueError(
+            f"adapters {adapters} are not all on the same modules (e.g. {partial[0]}); combine adapters "
+            "that target the same modules."
+        )
     if svd_rank is not None and (isinstance(svd_rank, bool) or not isinstance(svd_rank, int) or svd_rank < 1):
-        raise ValueError(f"svd_rank={svd_rank!r} must be a positive integer (or None: the largest input rank).")
+        raise ValueError(
+            f"svd_rank={svd_rank!r} must be a positive integer (or None: the largest input rank)."
+        )
 
     # per module: the new rank (cat: Σ r_i; svd: svd_rank or max r_i, at most min(o, h))
     ranks = {}
@@ -72,18 +97,40 @@ def add_weighted_adapter(tuner, adapters: list[str], weights: list[float], adapt
             ranks[key] = min(svd_rank or max(spec.r for spec in specs), layer.in_features, layer.out_features)
     base = tuner.peft_config[adapters[0]]
     rank = max(set(ranks.values()), key=list(ranks.values()).count)
-    overrides = {re.escape(key): {"r": r, "unshared_r": r, "lora_alpha": r} for key, r in ranks.items() if r != rank}
+    overrides = {
+        re.escape(key): {"r": r, "unshared_r": r, "lora_alpha": r} for key, r in ranks.items() if r != rank
+    }
     tuner.peft_config[adapter_name] = replace(
-        base, r=rank, unshared_r=rank, lora_alpha=rank, sharing_rate_a=1, sharing_rate_b=1, stride_a=None,
-        stride_b=None, rotation=False, overrides=overrides, module_shapes={}, init_weights=True,
-        target_modules=sorted(layers) if layers else base.target_modules, layers_to_transform=None,
-        layers_pattern=None)
+        base,
+        r=rank,
+        unshared_r=rank,
+        lora_alpha=rank,
+        sharing_rate_a=1,
+        sharing_rate_b=1,
+        stride_a=None,
+        stride_b=None,
+        rotation=False,
+        overrides=overrides,
+        module_shapes={},
+        init_weights=True,
+        target_modules=sorted(layers) if layers else base.target_modules,
+        layers_to_transform=None,
+        layers_pattern=None,
+    )
     tuner.inject_adapter(tuner.model, adapter_name)
 
     with torch.no_grad():
         for key, layer in layers.items():
-            a, b = _combine(layer, adapters, weights, combination_type, ranks[key], svd_clamp, svd_full_matrices,
-                            svd_driver)
+            a, b = _combine(
+                layer,
+                adapters,
+                weights,
+                combination_type,
+                ranks[key],
+                svd_clamp,
+                svd_full_matrices,
+                svd_driver,
+            )
             a_u, b_u = layer.prolora_A_u[adapter_name], layer.prolora_B_u[adapter_name]
             a_u.copy_(a.to(a_u.dtype))
             b_u.copy_(b.to(b_u.dtype))
@@ -91,8 +138,9 @@ def add_weighted_adapter(tuner, adapters: list[str], weights: list[float], adapt
         layer.set_requires_grad(adapter_name, requires_grad=False)  # as LoRA: the new adapter starts frozen
 
 
-def _combine(layer: PRoLoRALayer, adapters, weights, combination_type, rank, svd_clamp, svd_full_matrices,
-             svd_driver) -> tuple[torch.Tensor, torch.Tensor]:
+def _combine(
+    layer: PRoLoRALayer, adapters, weights, combination_type, rank, svd_clamp, svd_full_matrices, svd_driver
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(A (rank, h), B (o, rank)) of the weighted sum on one layer, in float32."""
     factors = []
     for name, weight in zip(adapters, weights):

@@ -25,8 +25,10 @@ def direct_answer_exemplars(task: str, cot_prompt: str) -> str:
     for field in "".join(cot_prompt.splitlines(keepends=True)[2:]).split("\n\n"):
         if field.startswith("Q:"):
             if "So the answer is" not in field or "\nA:" not in field:
-                raise DataError(f"BBH prompt of task {task}: an exemplar lacks 'A:' or 'So the answer is'; "
-                                f"is cot-prompts/{task}.txt the official file?")
+                raise DataError(
+                    f"BBH prompt of task {task}: an exemplar lacks 'A:' or 'So the answer is'; "
+                    f"is cot-prompts/{task}.txt the official file?"
+                )
             field = field.split("\nA:")[0].strip() + "\nA: " + field.split("So the answer is")[-1].strip()
         fields.append(field)
     return "\n\n".join(fields)
@@ -46,8 +48,14 @@ def build_docs(tasks: dict[str, dict], settings: EvalSettings, tokenizer) -> lis
     for name, data in tasks.items():
         exemplars = direct_answer_exemplars(name, data["cot_prompt"])
         for i, example in enumerate(first(data["examples"], settings.limit)):
-            docs.append({"id": f"{name}/{i}", "task": name, "target": example["target"],
-                         "prompt": render(prompt(exemplars, example), settings.chat_format, tokenizer)})
+            docs.append(
+                {
+                    "id": f"{name}/{i}",
+                    "task": name,
+                    "target": example["target"],
+                    "prompt": render(prompt(exemplars, example), settings.chat_format, tokenizer),
+                }
+            )
     return docs
 
 
@@ -61,14 +69,22 @@ def task(docs: list[dict], settings: EvalSettings) -> dict:
 
 def summarize(samples: list[dict]) -> dict:
     """Exact match in percent per task, and their mean."""
-    per_task = {name: {"exact_match": percent(s["exact_match"] for s in group), "n": len(group)}
-                for name, group in by_key(samples, "task").items()}
+    per_task = {
+        name: {"exact_match": percent(s["exact_match"] for s in group), "n": len(group)}
+        for name, group in by_key(samples, "task").items()
+    }
     average = sum(t["exact_match"] for t in per_task.values()) / len(per_task) if per_task else 0.0
     return {"exact_match": average, "n": len(samples), "per_task": per_task}
 
 
 def prediction(sample: dict) -> dict:
     doc, output = sample["doc"], response(sample)
-    return {"id": doc["id"], "task": doc["task"], "prompt": doc["prompt"], "response": output,
-            "prediction": bbh_extract_answer(output), "target": doc["target"],
-            "correct": bool(sample["exact_match"])}
+    return {
+        "id": doc["id"],
+        "task": doc["task"],
+        "prompt": doc["prompt"],
+        "response": output,
+        "prediction": bbh_extract_answer(output),
+        "target": doc["target"],
+        "correct": bool(sample["exact_match"]),
+    }

@@ -27,8 +27,9 @@ def task_config(yaml_name: str, docs: list[dict], settings: EvalSettings, **over
     config = yaml.safe_load((TASKS_DIR / f"{yaml_name}.yaml").read_text(encoding="utf-8"))
     generation = {**config.get("generation_kwargs", {}), **overrides.pop("generation_kwargs", {})}
     if generation:
-        generation["max_gen_toks"] = min(generation.get("max_gen_toks", settings.max_new_tokens),
-                                         settings.max_new_tokens)
+        generation["max_gen_toks"] = min(
+            generation.get("max_gen_toks", settings.max_new_tokens), settings.max_new_tokens
+        )
         config["generation_kwargs"] = generation
     config["custom_dataset"] = _DocsDataset(docs)
     config.update(overrides)

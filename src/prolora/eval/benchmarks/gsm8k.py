@@ -40,9 +40,15 @@ def size(rows: list[dict]) -> int:
 
 
 def build_docs(rows: list[dict], settings: EvalSettings, tokenizer) -> list[dict]:
-    return [{"id": str(i), "question": row["question"], "reference": gsm8k_reference(row["answer"]),
-             "prompt": render(prompt(row["question"]), settings.chat_format, tokenizer)}
-            for i, row in enumerate(first(rows, settings.limit))]
+    return [
+        {
+            "id": str(i),
+            "question": row["question"],
+            "reference": gsm8k_reference(row["answer"]),
+            "prompt": render(prompt(row["question"]), settings.chat_format, tokenizer),
+        }
+        for i, row in enumerate(first(rows, settings.limit))
+    ]
 
 
 def process_results(doc: dict, results: list[str]) -> dict[str, float]:
@@ -51,8 +57,9 @@ def process_results(doc: dict, results: list[str]) -> dict[str, float]:
 
 def task(docs: list[dict], settings: EvalSettings) -> dict:
     until = ["\n"] if settings.chat_format == "none" else []
-    return task_config("gsm8k", docs, settings, process_results=process_results,
-                       generation_kwargs={"until": until})
+    return task_config(
+        "gsm8k", docs, settings, process_results=process_results, generation_kwargs={"until": until}
+    )
 
 
 def summarize(samples: list[dict]) -> dict:
@@ -61,6 +68,12 @@ def summarize(samples: list[dict]) -> dict:
 
 def prediction(sample: dict) -> dict:
     doc, output = sample["doc"], response(sample)
-    return {"id": doc["id"], "question": doc["question"], "prompt": doc["prompt"], "response": output,
-            "prediction": last_number(output), "reference": doc["reference"],
-            "correct": bool(sample["exact_match"])}
+    return {
+        "id": doc["id"],
+        "question": doc["question"],
+        "prompt": doc["prompt"],
+        "response": output,
+        "prediction": last_number(output),
+        "reference": doc["reference"],
+        "correct": bool(sample["exact_match"]),
+    }

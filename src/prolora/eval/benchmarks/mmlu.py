@@ -34,9 +34,11 @@ def prompt(subject: str, row: dict) -> Prompt:
     """open-instruct's 0-shot MMLU prompt (``gen_prompt`` + ``format_example``; note its double space
     before the subject, kept for fidelity)."""
     about = "".join(" " + word for word in subject.split("_"))
-    body = (f"The following are multiple choice questions (with answers) about {about}.\n\n{row['question']}"
-            + "".join(f"\n{letter}. {choice}" for letter, choice in zip(MMLU_LETTERS, row["choices"]))
-            + "\nAnswer:")
+    body = (
+        f"The following are multiple choice questions (with answers) about {about}.\n\n{row['question']}"
+        + "".join(f"\n{letter}. {choice}" for letter, choice in zip(MMLU_LETTERS, row["choices"]))
+        + "\nAnswer:"
+    )
     return Prompt(user=body, assistant_prefix="The answer is:", plain=body)
 
 
@@ -49,11 +51,17 @@ def build_docs(subjects: dict[str, list[dict]], settings: EvalSettings, tokenize
     for subject, rows in subjects.items():
         subcategory, category = categories().get(subject, ("other", "other (business, health, misc.)"))
         for i, row in enumerate(first(rows, settings.limit)):
-            docs.append({
-                "id": f"{subject}/{i}", "subject": subject, "subcategory": subcategory, "category": category,
-                "prompt": render(prompt(subject, row), settings.chat_format, tokenizer),
-                "answer": row["answer"], "answer_index": MMLU_LETTERS.index(row["answer"]),
-            })
+            docs.append(
+                {
+                    "id": f"{subject}/{i}",
+                    "subject": subject,
+                    "subcategory": subcategory,
+                    "category": category,
+                    "prompt": render(prompt(subject, row), settings.chat_format, tokenizer),
+                    "answer": row["answer"],
+                    "answer_index": MMLU_LETTERS.index(row["answer"]),
+                }
+            )
     return docs
 
 
@@ -70,11 +78,13 @@ def task(docs: list[dict], settings: EvalSettings) -> dict:
 
 def summarize(samples: list[dict]) -> dict:
     """Accuracy in percent: overall, per category, per subcategory, per subject (all micro averages)."""
+
     def accuracy(group):
         return {"exact_match": percent(s["acc"] for s in group), "n": len(group)}
 
     return {
-        "exact_match": percent(s["acc"] for s in samples), "n": len(samples),
+        "exact_match": percent(s["acc"] for s in samples),
+        "n": len(samples),
         "per_category": {k: accuracy(v) for k, v in sorted(by_key(samples, "category").items())},
         "per_subcategory": {k: accuracy(v) for k, v in sorted(by_key(samples, "subcategory").items())},
         "per_subject": {k: accuracy(v) for k, v in by_key(samples, "subject").items()},
@@ -84,7 +94,9 @@ def summarize(samples: list[dict]) -> dict:
 def prediction(sample: dict) -> dict:
     doc = sample["doc"]
     record = {"id": doc["id"], "subject": doc["subject"], "prompt": doc["prompt"], "answer": doc["answer"]}
-    if isinstance(sample["filtered_resps"][0], (list, tuple)):  # logprob scoring: (loglik, is_greedy) per letter
+    if isinstance(
+        sample["filtered_resps"][0], (list, tuple)
+    ):  # logprob scoring: (loglik, is_greedy) per letter
         logprobs = [float(r[0]) for r in sample["filtered_resps"]]
         record["logprobs"] = dict(zip(MMLU_LETTERS, logprobs))
         record["prediction"] = MMLU_LETTERS[logprobs.index(max(logprobs))]

@@ -24,20 +24,44 @@ MAX_CONTEXT_TOKENS = 512
 
 # language -> (instruction, passage label, question label, answer label), from open-instruct
 TEMPLATES = {
-    "english": ("Answer the following question based on the information in the given passage.",
-                "Passage:", "Question:", "Answer:"),
-    "arabic": ("أجب على السؤال التالي بناءً على المعلومات في المقطع المعطى.", "المقطع:", "السؤال:", "الإجابة:"),
-    "bengali": ("প্রদত্ত অধ্যায়ের তথ্যের উপর ভিত্তি করে নিম্নলিখিত প্রশ্নের উত্তর দিন।", "অধ্যায়:", "প্রশ্ন:",
-                "উত্তর:"),
-    "finnish": ("Vastaa seuraavaan kysymykseen annetun kappaleen tiedon perusteella.", "Kappale:", "Kysymys:",
-                "Vastaus:"),
-    "indonesian": ("Jawab pertanyaan berikut berdasarkan informasi di bagian yang diberikan.", "Bagian:",
-                   "Pertanyaan:", "Jawaban:"),
+    "english": (
+        "Answer the following question based on the information in the given passage.",
+        "Passage:",
+        "Question:",
+        "Answer:",
+    ),
+    "arabic": (
+        "أجب على السؤال التالي بناءً على المعلومات في المقطع المعطى.",
+        "المقطع:",
+        "السؤال:",
+        "الإجابة:",
+    ),
+    "bengali": ("প্রদত্ত অধ্যায়ের তথ্যের উপর ভিত্তি করে নিম্নলিখিত প্রশ্নের উত্তর দিন।", "অধ্যায়:", "প্রশ্ন:", "উত্তর:"),
+    "finnish": (
+        "Vastaa seuraavaan kysymykseen annetun kappaleen tiedon perusteella.",
+        "Kappale:",
+        "Kysymys:",
+        "Vastaus:",
+    ),
+    "indonesian": (
+        "Jawab pertanyaan berikut berdasarkan informasi di bagian yang diberikan.",
+        "Bagian:",
+        "Pertanyaan:",
+        "Jawaban:",
+    ),
     "korean": ("주어진 문단의 정보에 기반하여 다음 질문에 답하십시오.", "문단:", "질문:", "답변:"),
-    "russian": ("Ответьте на следующий вопрос на основе информации в данном отрывке.", "Отрывок:", "Вопрос:",
-                "Ответ:"),
-    "swahili": ("Jibu swali lifuatalo kulingana na habari kwenye kifungu kilichotolewa.", "Kifungu:", "Swali:",
-                "Jibu:"),
+    "russian": (
+        "Ответьте на следующий вопрос на основе информации в данном отрывке.",
+        "Отрывок:",
+        "Вопрос:",
+        "Ответ:",
+    ),
+    "swahili": (
+        "Jibu swali lifuatalo kulingana na habari kwenye kifungu kilichotolewa.",
+        "Kifungu:",
+        "Swali:",
+        "Jibu:",
+    ),
     "telugu": ("ఇచ్చిన పేరాలోని సమాచారం ఆధారంగా కింది ప్రశ్నకు సమాధానం ఇవ్వండి.", "పేరా:", "ప్రశ్న:", "సమాధానం:"),
 }
 
@@ -47,8 +71,10 @@ def exemplar_and_questions(language: str, data: dict[str, list[dict]]) -> tuple[
     if data["train"]:
         return data["train"][0], data["dev"], "train"
     if len(data["dev"]) < 2:
-        raise DataError(f"TyDi QA {language}: no train file and fewer than two dev questions, so no exemplar "
-                        f"can be held out. Add train/{language}_tydiqa_train.json under the --tydiqa folder.")
+        raise DataError(
+            f"TyDi QA {language}: no train file and fewer than two dev questions, so no exemplar "
+            f"can be held out. Add train/{language}_tydiqa_train.json under the --tydiqa folder."
+        )
     return data["dev"][0], data["dev"][1:], "dev"
 
 
@@ -61,21 +87,27 @@ def truncate(text: str, tokenizer) -> str:
 def demonstration(language: str, exemplar: dict, tokenizer) -> str:
     """The 1-shot block: passage, question and first gold answer of the exemplar."""
     _, passage, question, answer = TEMPLATES[language]
-    return (f"{passage} {truncate(exemplar['context'], tokenizer)}\n{question} {exemplar['question']}\n"
-            f"{answer} {exemplar['answers'][0]}")
+    return (
+        f"{passage} {truncate(exemplar['context'], tokenizer)}\n{question} {exemplar['question']}\n"
+        f"{answer} {exemplar['answers'][0]}"
+    )
 
 
 def prompt(language: str, demo: str, record: dict, tokenizer) -> Prompt:
     instruction, passage, question, answer = TEMPLATES[language]
-    body = (f"{instruction}\n\n{demo}\n\n"
-            f"{passage} {truncate(record['context'], tokenizer)}\n{question} {record['question']}\n")
+    body = (
+        f"{instruction}\n\n{demo}\n\n"
+        f"{passage} {truncate(record['context'], tokenizer)}\n{question} {record['question']}\n"
+    )
     return Prompt(user=body, assistant_prefix=answer, plain=body + answer)
 
 
 def _check_languages(languages) -> None:
     unknown = sorted(set(languages) - set(TEMPLATES))
     if unknown:
-        raise DataError(f"TyDi QA: no prompt template for language(s) {unknown}; supported: {sorted(TEMPLATES)}")
+        raise DataError(
+            f"TyDi QA: no prompt template for language(s) {unknown}; supported: {sorted(TEMPLATES)}"
+        )
 
 
 def size(languages: dict[str, dict]) -> int:
@@ -89,11 +121,19 @@ def build_docs(languages: dict[str, dict], settings: EvalSettings, tokenizer) ->
         exemplar, questions, origin = exemplar_and_questions(language, data)
         demo = demonstration(language, exemplar, tokenizer)
         for record in first(questions, settings.limit):
-            docs.append({
-                "id": record["id"], "language": language, "answers": record["answers"],
-                "first_answer": record["answers"][0], "exemplar_id": exemplar["id"], "exemplar_from": origin,
-                "prompt": render(prompt(language, demo, record, tokenizer), settings.chat_format, tokenizer),
-            })
+            docs.append(
+                {
+                    "id": record["id"],
+                    "language": language,
+                    "answers": record["answers"],
+                    "first_answer": record["answers"][0],
+                    "exemplar_id": exemplar["id"],
+                    "exemplar_from": origin,
+                    "prompt": render(
+                        prompt(language, demo, record, tokenizer), settings.chat_format, tokenizer
+                    ),
+                }
+            )
     return docs
 
 
@@ -104,25 +144,42 @@ def process_results(doc: dict, results: list[str]) -> dict[str, float]:
 
 def task(docs: list[dict], settings: EvalSettings) -> dict:
     until = ["\n"] if settings.chat_format == "none" else []
-    return task_config("tydiqa", docs, settings, process_results=process_results,
-                       generation_kwargs={"until": until})
+    return task_config(
+        "tydiqa", docs, settings, process_results=process_results, generation_kwargs={"until": until}
+    )
 
 
 def summarize(samples: list[dict]) -> dict:
     """F1 and EM in percent per language, and their means over languages."""
     per_language = {
-        lang: {"f1": percent(s["f1"] for s in group), "exact_match": percent(s["exact_match"] for s in group),
-               "n": len(group), "exemplar": f"{group[0]['doc']['exemplar_from']}:{group[0]['doc']['exemplar_id']}"}
+        lang: {
+            "f1": percent(s["f1"] for s in group),
+            "exact_match": percent(s["exact_match"] for s in group),
+            "n": len(group),
+            "exemplar": f"{group[0]['doc']['exemplar_from']}:{group[0]['doc']['exemplar_id']}",
+        }
         for lang, group in sorted(by_key(samples, "language").items())
     }
+
     def mean(metric):
         return sum(v[metric] for v in per_language.values()) / len(per_language) if per_language else 0.0
 
-    return {"f1": mean("f1"), "exact_match": mean("exact_match"), "n": len(samples), "per_language": per_language}
+    return {
+        "f1": mean("f1"),
+        "exact_match": mean("exact_match"),
+        "n": len(samples),
+        "per_language": per_language,
+    }
 
 
 def prediction(sample: dict) -> dict:
     doc = sample["doc"]
-    return {"id": doc["id"], "language": doc["language"], "prompt": doc["prompt"],
-            "response": response(sample), "answers": doc["answers"],
-            "f1": sample["f1"], "exact_match": sample["exact_match"]}
+    return {
+        "id": doc["id"],
+        "language": doc["language"],
+        "prompt": doc["prompt"],
+        "response": response(sample),
+        "answers": doc["answers"],
+        "f1": sample["f1"],
+        "exact_match": sample["exact_match"],
+    }
