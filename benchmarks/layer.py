@@ -100,7 +100,10 @@ def _check_same_function(layers: dict, x: torch.Tensor, g: torch.Tensor) -> None
             p.grad = None
     for name in ("PRoLoRA", PLAIN):
         for what, a, b in zip(
-            ("output", "grad x", "grad A_0", "grad A_u", "grad B_0", "grad B_u"), grads[name], grads["naive"]
+            ("output", "grad x", "grad A_0", "grad A_u", "grad B_0", "grad B_u"),
+            grads[name],
+            grads["naive"],
+            strict=False,
         ):
             if not torch.allclose(a, b, rtol=1e-4, atol=1e-5):
                 raise AssertionError(

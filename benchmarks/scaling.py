@@ -87,7 +87,7 @@ def plot(sweeps, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(2, 2, figsize=(11, 8), constrained_layout=True)
-    for ax, (title, (xlabel, xs, points)) in zip(axes.flat, sweeps.items()):
+    for ax, (title, (xlabel, xs, points)) in zip(axes.flat, sweeps.items(), strict=False):
         for name in points[0]:
             med = [p[name].median for p in points]
             err = [
@@ -115,7 +115,7 @@ def run(opts: Options) -> Section:
     tables = []
     for title, (xlabel, xs, points) in sweeps.items():
         names = list(points[0])
-        rows = [[x] + [p[name].ratio_text() for name in names] for x, p in zip(xs, points)]
+        rows = [[x] + [p[name].ratio_text() for name in names] for x, p in zip(xs, points, strict=False)]
         tables += [f"**{title}** (time / LoRA time)", table([xlabel] + names, rows)]
     body = "\n\n".join(
         [

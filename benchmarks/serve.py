@@ -366,7 +366,10 @@ def section_load(
     wall = max(r["end"] for r in results) - min(r["start"] for r in results)
     ttft = sorted(r["ttft"] for r in ok)
     latency = sorted(r["latency"] for r in ok)
-    q = lambda xs, p: xs[min(len(xs) - 1, round(p * (len(xs) - 1)))] if xs else float("nan")
+
+    def q(xs, p):
+        return xs[min(len(xs) - 1, round(p * (len(xs) - 1)))] if xs else float("nan")
+
     tokens = values["prolora_generation_tokens_total"] - before["prolora_generation_tokens_total"]
     steps = values["prolora_decode_steps_total"] - before["prolora_decode_steps_total"]
     return {
@@ -435,7 +438,7 @@ async def _drive(url, picks, gaps, prompts, max_tokens, timeout):
         }
 
     tasks = []
-    for name, gap, prompt in zip(picks, gaps, prompts):
+    for name, gap, prompt in zip(picks, gaps, prompts, strict=False):
         await asyncio.sleep(gap)
         tasks.append(asyncio.create_task(one(name, prompt)))
     return await asyncio.wait_for(asyncio.gather(*tasks), timeout)

@@ -126,12 +126,12 @@ def interleaved(
 
 def ratio(times: dict[str, list[float]], num: str, den: str) -> Stat:
     """Per-round ratio ``times[num] / times[den]`` summarised (paired: same round, same moment)."""
-    return Stat.of([a / b for a, b in zip(times[num], times[den])])
+    return Stat.of([a / b for a, b in zip(times[num], times[den], strict=False)])
 
 
 def diff_ratio(times: dict[str, list[float]], num: str, den: str, base: str) -> Stat:
     """Per-round ratio of overheads ``(num − base) / (den − base)`` (what each adds over ``base``)."""
     out = []
-    for a, b, c in zip(times[num], times[den], times[base]):
+    for a, b, c in zip(times[num], times[den], times[base], strict=False):
         out.append((a - c) / (b - c) if b > c else float("nan"))
     return Stat.of(out)

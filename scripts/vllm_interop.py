@@ -188,7 +188,7 @@ def compare(tok, jobs, expected, got, seconds: float) -> dict:
             "transformers": tok.decode(want),
             "vllm": tok.decode(have),
         }
-        for (name, p), want, have in zip(jobs, expected, got)
+        for (name, p), want, have in zip(jobs, expected, got, strict=False)
     ]
     base = [r for r in rows if r["adapter"] is None]
     return {
@@ -283,7 +283,7 @@ def compare_eval(transformers_dir: str, vllm_dir: str) -> int:
                 f"{runs['vllm'][label]['timings'][bench]['seconds']:.1f}"
             )
         responses = []
-        for engine, out in (("transformers", transformers_dir), ("vllm", vllm_dir)):
+        for out in (transformers_dir, vllm_dir):
             rows = (Path(out) / "predictions" / label / "gsm8k.jsonl").read_text().splitlines()
             responses.append([json.loads(row)["response"] for row in rows])
         print(f"{label:8s} gsm8k responses identical: {responses[0] == responses[1]}")
@@ -356,7 +356,7 @@ def main() -> int:
         phases["base model alone, adapters loaded"] = compare(
             tok,
             base_jobs,
-            [e for j, e in zip(jobs, expected) if j[0] is None],
+            [e for j, e in zip(jobs, expected, strict=False) if j[0] is None],
             run_batch(args.port, base_jobs, args.max_new_tokens),
             0,
         )
@@ -364,7 +364,7 @@ def main() -> int:
         phases["adapters only (no base rows)"] = compare(
             tok,
             adapter_jobs,
-            [e for j, e in zip(jobs, expected) if j[0] is not None],
+            [e for j, e in zip(jobs, expected, strict=False) if j[0] is not None],
             run_batch(args.port, adapter_jobs, args.max_new_tokens),
             0,
         )

@@ -66,9 +66,11 @@ def test_tied_lora_equals_dense_reference(overrides):
         for p in QKV:  # B stacks B_q, B_k, B_v in this order
             b_p = b[offset : offset + outputs[p]]
             offset += outputs[p]
-            for l, (adapted, ref) in enumerate(zip(_attention_layers(model), reference.model.layers)):
+            for layer, (adapted, ref) in enumerate(
+                zip(_attention_layers(model), reference.model.layers, strict=True)
+            ):
                 v = getattr(adapted, p).tied_lora_v["default"]
-                delta = (16 / R) * torch.diag(v) @ b_p @ torch.diag(u[l]) @ a
+                delta = (16 / R) * torch.diag(v) @ b_p @ torch.diag(u[layer]) @ a
                 getattr(ref.self_attn, p).weight += delta
     assert offset == b.shape[0]
     torch.testing.assert_close(_logits(model), _logits(reference), rtol=1e-5, atol=1e-5)
@@ -316,7 +318,7 @@ def test_paper_parameter_counts():
         "up_proj": (4096, 11008),
         "down_proj": (11008, 4096),
     }
-    modules = [(f"layers.{l}.{n}", h, o) for l in range(32) for n, (h, o) in shapes.items()]
+    modules = [(f"layers.{i}.{n}", h, o) for i in range(32) for n, (h, o) in shapes.items()]
     counts = vera_param_counts(modules, r=256)
     assert counts.trainable == 1_417_216
     assert (counts.frozen_peft, counts.frozen_per_type, counts.frozen_per_shape) == (

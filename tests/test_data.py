@@ -32,7 +32,7 @@ def tokenizer():
 def trained_runs(enc) -> list[list[int]]:
     """The maximal runs of consecutive labelled tokens."""
     runs, current = [], []
-    for tok, label in zip(enc["input_ids"], enc["labels"]):
+    for tok, label in zip(enc["input_ids"], enc["labels"], strict=False):
         if label == IGNORE_INDEX:
             if current:
                 runs.append(current)
@@ -61,7 +61,9 @@ def test_tulu_loss_is_on_assistant_tokens_and_eos_only(tokenizer):
         "8<|im_end|>",
     ]
     assert all(run[-1] == tokenizer.eos_token_id for run in runs)
-    masked = [tok for tok, label in zip(enc["input_ids"], enc["labels"]) if label == IGNORE_INDEX]
+    masked = [
+        tok for tok, label in zip(enc["input_ids"], enc["labels"], strict=False) if label == IGNORE_INDEX
+    ]
     assert tokenizer.decode(masked) == (
         "<|system|>\nYou are terse.\n<|user|>\nWhat is 2 + 3?\n<|assistant|>\n\n"
         "<|user|>\nAnd 4 + 4?\n<|assistant|>\n\n"

@@ -136,5 +136,5 @@ def test_gradients_flow_to_chunks_like_reference():
     (x @ eq.expand_a(a0, a_u, h, r, m, s_a).T @ eq.expand_b(b0, b_u, o, r, n, s_b).T).pow(2).sum().backward()
     ra0, rb0, ra_u, rb_u = ref_leaves
     (x @ ref_A(ra0, ra_u, h, r, m, s_a).T @ ref_B(rb0, rb_u, o, r, n, s_b).T).pow(2).sum().backward()
-    for got, want in zip(leaves, ref_leaves):
+    for got, want in zip(leaves, ref_leaves, strict=False):
         torch.testing.assert_close(got.grad, want.grad, rtol=1e-12, atol=1e-12)

@@ -214,7 +214,7 @@ def test_prolora_adapter_row_and_base_row(tiny, tmp_path):
     )
     adapted = get_prolora_model(model, config)
     torch.manual_seed(2)
-    for name, param in adapted.named_parameters():
+    for _name, param in adapted.named_parameters():
         if param.requires_grad:  # B starts at zero; make the adapter change the model
             param.data.normal_(0, 0.5)
     adapted.save_pretrained(tmp_path / "prolora")

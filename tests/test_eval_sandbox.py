@@ -260,7 +260,7 @@ def test_predictions_file_early_exits_fail_and_deleting_nothing_outside_passes(s
     ]
     assert [r["task_id"] for r in results] == [r["task_id"] for r in rows]  # file order
     assert all(r["passed"] for r in results[:5]), [r["result"] for r in results[:5]]
-    outcomes = dict(zip(EARLY_EXITS, results[5:]))
+    outcomes = dict(zip(EARLY_EXITS, results[5:], strict=False))
     assert [name for name, r in outcomes.items() if r["passed"]] == []
     assert before == {
         p: p.read_bytes() for p in precious.rglob("*") if p.is_file()

@@ -370,7 +370,7 @@ def test_add_weighted_adapter_svd_truncates_and_rejects_lora_only_types():
     for name in d1:
         torch.testing.assert_close(d2[name], 2 * d1[name], rtol=1e-4, atol=1e-5)
     pm.add_weighted_adapter(["one"], [1.0], "low", svd_rank=2)
-    for name, delta in _deltas(pm, "low").items():
+    for delta in _deltas(pm, "low").values():
         assert torch.linalg.matrix_rank(delta).item() <= 2
     for bad, match in [
         ({"combination_type": "ties"}, "convert the adapters to LoRA first"),

@@ -115,7 +115,7 @@ def test_gradient_of_chunk_matches_reference():
     spec = layer.prolora_spec["default"]
     dw = ref_delta(*leaves, spec.h, spec.o, spec.r, spec.m, spec.n, 16)
     (x @ (layer.base_layer.weight + dw).T).pow(2).sum().backward()
-    for name, leaf in zip(("prolora_A0", "prolora_B0", "prolora_A_u", "prolora_B_u"), leaves):
+    for name, leaf in zip(("prolora_A0", "prolora_B0", "prolora_A_u", "prolora_B_u"), leaves, strict=False):
         torch.testing.assert_close(getattr(layer, name)["default"].grad, leaf.grad, rtol=1e-10, atol=1e-12)
 
 
@@ -161,7 +161,7 @@ def test_layer_grads_match_reference_every_variant(kw, lean):
     )
     (x_ref @ (layer.base_layer.weight + dw).T).pow(2).sum().backward()
     torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-10, atol=1e-12)
-    for name, leaf in zip(names, leaves):
+    for name, leaf in zip(names, leaves, strict=False):
         if leaf.numel() == 0:  # u = 0 or u = r: not a parameter at all
             assert "default" not in getattr(layer, name)
             continue
@@ -233,7 +233,7 @@ def test_dropout_inside_the_lean_path_matches_the_reference_and_keeps_a_byte_mas
     torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-12)
     ref.pow(2).sum().backward()
     torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-10, atol=1e-12)
-    for name, leaf in zip(names, leaves):
+    for name, leaf in zip(names, leaves, strict=False):
         torch.testing.assert_close(getattr(layer, name)["default"].grad, leaf.grad, rtol=1e-10, atol=1e-12)
     compact = sum(getattr(layer, n)["default"].numel() for n in names)
     assert saved[:3] == [(torch.float64, x.numel()), (torch.bool, x.numel()), (torch.float64, 6 * spec.r)], (

@@ -279,7 +279,9 @@ class TiedLoRAModel(BaseTuner):
                 f"model gives {layout}. Load it onto the base model it was trained on."
             )
         config.layout = layout
-        offsets = dict(zip(outputs, accumulate(outputs.values(), initial=0)))  # row of B_p in the stacked B
+        offsets = dict(
+            zip(outputs, accumulate(outputs.values(), initial=0), strict=False)
+        )  # row of B_p in the stacked B
         self._slots[adapter_name] = {
             k: (groups[k.rpartition(".")[0]], offsets[k.rpartition(".")[2]], o) for k, (_, o) in found.items()
         }

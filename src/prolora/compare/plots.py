@@ -82,8 +82,13 @@ def lr_sweep(summary: dict, path: Path) -> Path | None:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(10, 5))
     for i, row in enumerate(rows):
-        points = [(lr, v) for lr, v in zip(sweep["lrs"], row["values"]) if v is not None]
-        ax.plot(*zip(*points), marker=MARKERS[i % len(MARKERS)], color=f"C{i % 10}", label=row["label"])
+        points = [(lr, v) for lr, v in zip(sweep["lrs"], row["values"], strict=False) if v is not None]
+        ax.plot(
+            *zip(*points, strict=False),
+            marker=MARKERS[i % len(MARKERS)],
+            color=f"C{i % 10}",
+            label=row["label"],
+        )
     return _finish(
         plt,
         fig,

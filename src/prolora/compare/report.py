@@ -320,7 +320,7 @@ def _grid_table(grid: dict, corner: str, fmt_col) -> list[str]:
     head = [corner] + [fmt_col(c) for c in grid["cols"]]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     digits = _digits(grid["metric"])
-    for name, row in zip(grid["row_names"], grid["values"]):
+    for name, row in zip(grid["row_names"], grid["values"], strict=False):
         values = ["—" if v is None else f"{v:.{digits}f}" for v in row]
         lines.append("| " + " | ".join([name] + values) + " |")
     return lines
@@ -383,7 +383,7 @@ def markdown(summary: dict) -> str:
             grid = row.get("grid") or sweep["lrs"]
             values = [
                 "·" if lr not in grid else "—" if v is None else f"{v:.{digits}f}"
-                for lr, v in zip(sweep["lrs"], row["values"])
+                for lr, v in zip(sweep["lrs"], row["values"], strict=False)
             ]
             best = ["—", "—"] if row["best"] is None else [f"{row['best_lr']:g}", f"{row['best']:.{digits}f}"]
             edge = {"low": "**low edge**", "high": "**high edge**"}.get(row.get("edge"), "")

@@ -108,7 +108,7 @@ def encode(tokenizer, messages: list[dict], max_length: int, chat_format: str = 
     ids, offsets = enc["input_ids"][:max_length], enc["offset_mapping"][:max_length]
     labels = [
         tok if end > start and any(s <= start < e for s, e in spans) else IGNORE_INDEX
-        for tok, (start, end) in zip(ids, offsets)
+        for tok, (start, end) in zip(ids, offsets, strict=False)
     ]
     return {
         "input_ids": ids,

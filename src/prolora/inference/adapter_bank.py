@@ -63,7 +63,7 @@ class ModuleFactors:
         shape_a0, shape_b0 = eq.chunk_shapes(s.h, s.o, s.r, s.u, s.m, s.n, s.share)
         shapes = (shape_a0, (s.u, s.h), shape_b0, (s.o, s.u))
         pieces = self.flat.split([math.prod(shape) for shape in shapes])
-        return tuple(p.view(shape) for p, shape in zip(pieces, shapes))
+        return tuple(p.view(shape) for p, shape in zip(pieces, shapes, strict=False))
 
     def expand(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Full ``(A, B)``, shapes (r, h) and (o, r), by the Eq. 4 gather indices (one gather each)."""
@@ -350,7 +350,7 @@ def _row_parts(rows: torch.Tensor, spec: ChunkSpec) -> tuple:
     shapes = (shape_a0, (spec.u, spec.h), shape_b0, (spec.o, spec.u))
     a0, a_u, b0, b_u = (
         p.unflatten(1, shape).transpose(1, 2)
-        for p, shape in zip(rows.split([math.prod(sh) for sh in shapes], dim=1), shapes)
+        for p, shape in zip(rows.split([math.prod(sh) for sh in shapes], dim=1), shapes, strict=False)
     )
     return (
         a0 if spec.shared else None,

@@ -312,7 +312,7 @@ class Engine:
         self.counters["decode_steps"] += 1
         tokens = self._sample(logits, self._rows).tolist()
         done = []
-        for i, (req, token) in enumerate(zip(self._rows, tokens)):
+        for i, (req, token) in enumerate(zip(self._rows, tokens, strict=False)):
             req.position += 1
             self._next[i] = token
             if self._emit(req, token):
@@ -328,7 +328,7 @@ class Engine:
             return
         total = max(self._mask.shape[1], length)
         pad_old, pad_new = total - self._mask.shape[1], total - length
-        for old, new in zip(self._cache.layers, cache.layers):
+        for old, new in zip(self._cache.layers, cache.layers, strict=False):
             old.keys = torch.cat([_pad_left(old.keys, pad_old), _pad_left(new.keys, pad_new)])
             old.values = torch.cat([_pad_left(old.values, pad_old), _pad_left(new.values, pad_new)])
         self._mask = torch.cat(

@@ -156,7 +156,7 @@ class BodyLimit:
 
 
 # ----------------------------------------------------------------------------------------------- app
-def create_app(
+def create_app(  # noqa: C901 -- to be split into module-level routes (issue 21)
     engine: Engine,
     base_name: str,
     api_key: str | None = None,
@@ -284,11 +284,14 @@ def create_app(
             raise APIError(400, str(exc)) from None
         rid = ("chatcmpl-" if chat else "cmpl-") + handle.id
         created = int(time.time())
-        usage = lambda: {
-            "prompt_tokens": len(ids),
-            "completion_tokens": len(handle.output_ids),
-            "total_tokens": len(ids) + len(handle.output_ids),
-        }
+
+        def usage():
+            return {
+                "prompt_tokens": len(ids),
+                "completion_tokens": len(handle.output_ids),
+                "total_tokens": len(ids) + len(handle.output_ids),
+            }
+
         if body.stream:
             return StreamingResponse(
                 _stream(events, handle, rid, created, body.model, chat, usage), media_type="text/event-stream"

@@ -135,7 +135,10 @@ def dense_lora(adapter: str | os.PathLike, cache: str | os.PathLike | None = Non
             shutil.copyfile(path / name, source / name)
         final = root / _sha256([source / CONFIG_NAME, source / WEIGHTS_NAME], _EXPORT_VERSION)
         export_lora(source, staging, overwrite=True)
-        complete = lambda: (final / CONFIG_NAME).is_file() and (final / WEIGHTS_NAME).is_file()
+
+        def complete():
+            return (final / CONFIG_NAME).is_file() and (final / WEIGHTS_NAME).is_file()
+
         try:
             os.rename(staging, final)
         except OSError:  # `final` exists: another process's complete copy is as good as ours

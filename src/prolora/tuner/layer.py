@@ -152,7 +152,7 @@ class PRoLoRALayer(BaseTunerLayer):
         # u = 0 (no unshared part) or u = r (no shared part) would leave two tensors with zero elements: they are
         # not parameters (nothing to train; generic tooling indexes every adapter parameter), but the adapter
         # file keeps their keys, as zero-size tensors (see PRoLoRAModel._get_adapter_state_dict)
-        for name, shape in zip(self.adapter_layer_names, compact_shapes(spec)):
+        for name, shape in zip(self.adapter_layer_names, compact_shapes(spec), strict=False):
             params = getattr(self, name)
             if math.prod(shape):
                 params[adapter_name] = nn.Parameter(torch.zeros(shape))
@@ -212,10 +212,12 @@ class PRoLoRALayer(BaseTunerLayer):
         )
         present = tuple(d.get(adapter_name) for d in dicts)
         hit = self._empties.get(adapter_name)
-        if hit is not None and all(p is t for p, t in zip(present, hit) if p is not None):
+        if hit is not None and all(p is t for p, t in zip(present, hit, strict=False) if p is not None):
             like = next(p for p in present if p is not None)
             if all(
-                t.dtype == like.dtype and t.device == like.device for p, t in zip(present, hit) if p is None
+                t.dtype == like.dtype and t.device == like.device
+                for p, t in zip(present, hit, strict=False)
+                if p is None
             ):
                 return hit
         if all(p is None for p in present):
@@ -531,7 +533,7 @@ def _split(flat: torch.Tensor, spec: ChunkSpec) -> tuple[torch.Tensor, ...]:
     """Inverse of :func:`_flatten`: views of ``flat`` shaped as (A_0, A_u, B_0, B_u)."""
     shapes = _layout(spec, flat.device)[1]
     parts = flat.split([math.prod(shape) for shape in shapes])
-    return tuple(part.view(shape) for part, shape in zip(parts, shapes))
+    return tuple(part.view(shape) for part, shape in zip(parts, shapes, strict=False))
 
 
 class PRoLoRALinear(nn.Module, PRoLoRALayer):

@@ -219,7 +219,7 @@ class PRoLoRAModel(BaseTuner):
             if not any(key in to_return for key in keys):
                 continue  # the model's keys are named differently here (e.g. wrapped): nothing to complete
             like = next(to_return[key] for key in keys if key in to_return)
-            for key, shape in zip(keys, compact_shapes(layer.prolora_spec[adapter_name])):
+            for key, shape in zip(keys, compact_shapes(layer.prolora_spec[adapter_name]), strict=False):
                 if key not in to_return:
                     to_return[key] = like.new_zeros(shape)
         return to_return

@@ -85,7 +85,7 @@ def expected_shapes(config) -> dict[str, tuple]:
         shape_a0, shape_b0 = eq.chunk_shapes(
             h, o, r, u, v["sharing_rate_a"], v["sharing_rate_b"], config.share
         )
-        for name, shape in zip(TENSOR_NAMES, (shape_a0, shape_b0, (u, h), (o, u))):
+        for name, shape in zip(TENSOR_NAMES, (shape_a0, shape_b0, (u, h), (o, u)), strict=False):
             expected[f"base_model.model.{module}.{name}"] = tuple(shape)
     return expected
 

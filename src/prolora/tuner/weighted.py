@@ -143,7 +143,7 @@ def _combine(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(A (rank, h), B (o, rank)) of the weighted sum on one layer, in float32."""
     factors = []
-    for name, weight in zip(adapters, weights):
+    for name, weight in zip(adapters, weights, strict=False):
         a, b = layer.expanded_factors(name)
         factors.append((a.float(), b.float() * (weight * layer.prolora_spec[name].scaling)))
     if combination_type == "cat":

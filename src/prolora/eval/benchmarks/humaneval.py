@@ -110,7 +110,7 @@ def prediction(sample: dict) -> dict:
         "pass@1": sample["pass@1"],
         "completions": [
             {"completion": c, "status": r.status, "detail": r.detail}
-            for c, r in zip(sample["filtered_resps"][0], sample["runs"])
+            for c, r in zip(sample["filtered_resps"][0], sample["runs"], strict=False)
         ],
     }
 

@@ -36,7 +36,9 @@ def prompt(subject: str, row: dict) -> Prompt:
     about = "".join(" " + word for word in subject.split("_"))
     body = (
         f"The following are multiple choice questions (with answers) about {about}.\n\n{row['question']}"
-        + "".join(f"\n{letter}. {choice}" for letter, choice in zip(MMLU_LETTERS, row["choices"]))
+        + "".join(
+            f"\n{letter}. {choice}" for letter, choice in zip(MMLU_LETTERS, row["choices"], strict=False)
+        )
         + "\nAnswer:"
     )
     return Prompt(user=body, assistant_prefix="The answer is:", plain=body)
@@ -98,7 +100,7 @@ def prediction(sample: dict) -> dict:
         sample["filtered_resps"][0], (list, tuple)
     ):  # logprob scoring: (loglik, is_greedy) per letter
         logprobs = [float(r[0]) for r in sample["filtered_resps"]]
-        record["logprobs"] = dict(zip(MMLU_LETTERS, logprobs))
+        record["logprobs"] = dict(zip(MMLU_LETTERS, logprobs, strict=False))
         record["prediction"] = MMLU_LETTERS[logprobs.index(max(logprobs))]
     else:
         record["response"] = sample["filtered_resps"][0]
