@@ -50,6 +50,17 @@ def render_tulu(
     return text, spans
 
 
+# the Tulu format as a Jinja chat template, for servers that render chats themselves (vLLM's --chat-template
+# or a request's chat_template; docs/vllm.md): renders exactly as render_tulu (tests/test_vllm_plugin.py)
+TULU_CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{{ '<|' + message['role'] + '|>\\n' + message['content'] | trim }}"
+    "{%- if message['role'] == 'assistant' %}{{ eos_token }}{% endif %}{{ '\\n' }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif -%}"
+)
+
+
 def render_template(
     tokenizer, messages: list[dict], add_generation_prompt: bool = False
 ) -> tuple[str, list[Span]]:
