@@ -308,7 +308,9 @@ def hooks():
     was = vllm_hooks.installed()
     assert vllm_hooks.install()
     yield vllm_hooks
-    if not was:
+    if was:
+        vllm_hooks.install()  # as it was (a test may have undone them)
+    else:
         vllm_hooks.uninstall()
 
 
@@ -418,6 +420,7 @@ def tiny_vllm(tmp_path_factory):
         mp.delenv(vp.ADAPTERS_ENV, raising=False)
         from vllm import LLM
 
+        assert vllm_hooks.install()  # what the plugin's entry point does in each vLLM process
         llm = LLM(
             model=str(root / "base"),
             dtype="float32",
@@ -431,7 +434,6 @@ def tiny_vllm(tmp_path_factory):
             enforce_eager=True,
             seed=0,
         )
-        assert vllm_hooks.installed()  # vLLM ran the plugin's entry point
         try:
             yield llm, root
         finally:

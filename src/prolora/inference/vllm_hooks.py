@@ -52,10 +52,13 @@ def vllm_version() -> str:
     return str(vllm.__version__).split("+", 1)[0]
 
 
+_INHERITED = object()  # the attribute was not the owner's own: uninstall() deletes ours
+
+
 def _patch(owner, name: str, new) -> None:
     key = (owner, name)
     if key not in _originals:
-        _originals[key] = getattr(owner, name)
+        _originals[key] = vars(owner).get(name, _INHERITED)  # the raw descriptor (a classmethod stays one)
     setattr(owner, name, new)
 
 
@@ -96,7 +99,10 @@ def uninstall() -> None:
     """Undo :func:`install` (tests restore vLLM as it was)."""
     while _originals:
         (owner, name), original = _originals.popitem()
-        setattr(owner, name, original)
+        if original is _INHERITED:
+            delattr(owner, name)
+        else:
+            setattr(owner, name, original)
 
 
 # --- 1. base rows -------------------------------------------------------------------------------------
