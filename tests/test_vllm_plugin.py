@@ -185,9 +185,12 @@ def test_resolver_refuses_a_missing_folder(tmp_path):
         vp.AdapterFolder(tmp_path / "nope")
 
 
-def test_register_without_a_folder_does_nothing(monkeypatch):
+def test_register_without_a_folder_registers_no_resolver(monkeypatch):
     monkeypatch.delenv(vp.ADAPTERS_ENV, raising=False)
-    assert vp.register() is None  # and does not import vLLM
+    monkeypatch.setenv("PROLORA_VLLM_HOOKS", "0")  # hooks off: nothing of vLLM's changes in this process
+    registered = {}
+    monkeypatch.setattr(vp, "_resolver_class", lambda: registered.setdefault("resolver", True))
+    assert vp.register() is None and not registered
 
 
 def test_entry_point_is_declared_in_vllms_plugin_group():
@@ -206,29 +209,41 @@ def test_command_line_prints_the_dense_folder(folder, capsys, monkeypatch):
     assert "VERA" in capsys.readouterr().err
 
 
-def test_registered_resolver_answers_vllm(folder, monkeypatch):
-    """With vLLM installed: the entry point registers a LoRAResolver that vLLM's registry returns."""
+@pytest.mark.parametrize("hooks_on", [True, False])
+def test_registered_resolver_answers_vllm(folder, monkeypatch, hooks_on):
+    """With vLLM installed: the entry point registers a LoRAResolver that vLLM's registry returns; with
+    prolora's hooks it serves a PRoLoRA adapter from its own folder (vLLM loads it compact), without them
+    (PROLORA_VLLM_HOOKS=0) as its dense export."""
     pytest.importorskip("vllm")
     import asyncio
 
     from vllm.lora.request import LoRARequest
     from vllm.lora.resolver import LoRAResolver, LoRAResolverRegistry
 
+    from prolora.inference import vllm_hooks
+
+    if vllm_hooks.installed():
+        pytest.skip("hooks already applied in this process")
     resolver, _ = folder
     monkeypatch.setenv(vp.ADAPTERS_ENV, str(resolver.adapters_dir))
     monkeypatch.setenv(vp.CACHE_ENV, str(resolver.cache))
+    monkeypatch.setenv(vllm_hooks.HOOKS_ENV, "1" if hooks_on else "0")
     before = dict(LoRAResolverRegistry.resolvers)
     try:
         vp.register()
+        assert vllm_hooks.installed() is hooks_on
         registered = LoRAResolverRegistry.get_resolver(vp.RESOLVER_NAME)
         assert isinstance(registered, LoRAResolver)
         request = asyncio.run(registered.resolve_lora(BASE, "pro"))
         assert isinstance(request, LoRARequest) and request.lora_name == "pro"
-        assert Path(request.lora_path) == resolver.resolve(BASE, "pro")
+        served = resolver.adapters_dir / "pro" if hooks_on else resolver.resolve(BASE, "pro")
+        assert Path(request.lora_path) == served
+        assert (resolver.cache / "lora").is_dir() is not hooks_on  # nothing exported with the hooks
         assert asyncio.run(registered.resolve_lora(BASE, "missing")) is None
     finally:
         LoRAResolverRegistry.resolvers.clear()
         LoRAResolverRegistry.resolvers.update(before)
+        vllm_hooks.uninstall()
 
 
 @pytest.mark.parametrize("lost", ["adapter_model.safetensors", "adapter_config.json"])
@@ -442,12 +457,15 @@ def tiny_vllm(tmp_path_factory):
                 vllm_hooks.uninstall()
 
 
+_LORA_IDS: dict[str, int] = {}
+
+
 def _generate(llm, jobs):
     """Greedy token ids for ``[(adapter folder or None, prompt ids)]`` in one batch."""
     from vllm import SamplingParams
     from vllm.lora.request import LoRARequest
 
-    ids = {}
+    ids = _LORA_IDS  # vLLM knows an adapter by its int id: one id per folder for the engine's life
     requests = [
         LoRARequest(Path(path).name, ids.setdefault(str(path), len(ids) + 1), str(path)) if path else None
         for path, _ in jobs
@@ -475,6 +493,15 @@ def test_vllm_base_rows_stay_right_after_every_slot_held_an_adapter(tiny_vllm):
         assert mixed[k] == (alone if path else base)[PROMPTS.index(p)], (k, path)
 
 
+def _cached_adapters(worker) -> dict:
+    """In vLLM's worker: adapter id -> (type of the cached LoRAModel, whether it holds a dense copy)."""
+    manager = worker.model_runner.lora_manager._adapter_manager
+    return {
+        i: (type(m).__name__, getattr(m, "_dense", None) is not None)
+        for i, m in manager.list_adapters().items()
+    }
+
+
 def test_vllm_serves_prolora_folders_compact_with_the_dense_exports_outputs(tiny_vllm):
     """A PRoLoRA folder loaded by vLLM itself (kept compact in its LoRA cache, expanded into a slot) gives
     the tokens of its dense export, in a batch mixing both with the base model."""
@@ -482,6 +509,9 @@ def test_vllm_serves_prolora_folders_compact_with_the_dense_exports_outputs(tiny
     jobs = [(root / name, p) for name in ("pro3", "dense3") for p in PROMPTS]
     got = _generate(llm, jobs)
     assert got[:4] == got[4:]
+    cached = llm.collective_rpc(_cached_adapters)[0]  # vLLM's host-side LoRA cache, in its worker
+    assert cached[_LORA_IDS[str(root / "pro3")]] == ("CompactLoRAModel", False)  # compact, no dense copy
+    assert cached[_LORA_IDS[str(root / "dense3")]][0] == "LoRAModel"
     jobs = [(root / name, p) for name in ("pro4", "dense4") for p in PROMPTS[:2]] + [(None, PROMPTS[0])]
     got = _generate(llm, jobs)
     assert got[:2] == got[2:4]
