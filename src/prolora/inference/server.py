@@ -23,10 +23,12 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from prolora.tuner.saved import check_adapter_name
+
 from .adapter_bank import AdapterBank
 from .engine import Engine, Event, SamplingParams, ShuttingDown
 from .generation import AdapterSpec
-from .registry import AdapterBusy, AdapterRegistry, UnknownAdapter, check_name
+from .registry import AdapterBusy, AdapterRegistry, UnknownAdapter
 
 
 # ------------------------------------------------------------------------------------------ bodies
@@ -416,7 +418,7 @@ def create_app(  # noqa: C901 -- to be split into module-level routes (issue 21)
                 400, f"'{body.lora_name}' is the base model's name; pick another.", param="lora_name"
             )
         try:
-            check_name(body.lora_name)
+            check_adapter_name(body.lora_name)
         except ValueError as exc:
             raise APIError(400, str(exc), param="lora_name") from None
         try:
