@@ -275,6 +275,7 @@ def test_predictions_file_early_exits_fail_and_deleting_nothing_outside_passes(s
     assert score["n"] == 4 and score["samples"] == len(rows)
     assert score["pass@1"] == pytest.approx(100 * (3 + 2 / n) / 4)
     assert summary["sandbox"]["mode"] == "namespaces" and "warning" not in summary["sandbox"]
+    assert summary["sandbox"]["tests_hidden"] is True and "allow_visible_tests" not in summary["sandbox"]
     per_problem = [
         json.loads(line)
         for line in (out / "predictions" / "predictions" / "humaneval.jsonl").read_text().splitlines()
@@ -300,14 +301,26 @@ def test_predictions_file_errors_name_the_problem(tmp_path, capsys):
     assert code == 2 and "drop --adapter" in capsys.readouterr().err
 
 
+def test_allow_visible_tests_without_predictions_is_an_error(tmp_path, capsys):
+    from prolora.cli import main
+
+    code = main(["eval", "--tasks", "humaneval", "--allow-visible-tests", "--output-dir", str(tmp_path)])
+    assert code == 2 and "--allow-visible-tests applies to --predictions only" in capsys.readouterr().err
+
+
 def test_rlimits_mode_warns_in_output_and_results(tmp_path, capsys):
     rows = [{"task_id": p["task_id"], "completion": p["canonical_solution"]} for p in _problems_with_ids()]
     rows.append({"task_id": "HumanEval/2", "completion": EARLY_EXITS["os._exit(0) at top level"]})
+    # it cannot hide the tests: a predictions file is refused there unless the user opts in
     code, out = _score_predictions(tmp_path, rows, "--sandbox", "rlimits")
+    assert code == 2 and not out.exists()
+    assert "cannot hide the tests" in capsys.readouterr().err
+    code, out = _score_predictions(tmp_path, rows, "--sandbox", "rlimits", "--allow-visible-tests")
     assert code == 0
     assert "WARNING: sandbox mode 'rlimits' has NO filesystem or network isolation" in capsys.readouterr().err
     summary = json.loads((out / "results.json").read_text())
     assert "NO filesystem or network isolation" in summary["sandbox"]["warning"]
+    assert summary["sandbox"]["tests_hidden"] is False and summary["sandbox"]["allow_visible_tests"] is True
     results = [
         json.loads(line) for line in (out / "humaneval_samples_results.jsonl").read_text().splitlines()
     ]

@@ -44,8 +44,9 @@ _READY = ("Rseccomp\n", "RRLIMIT_NPROC\n")  # the boot script's ready reports
 
 RLIMITS_WARNING = (
     "sandbox mode 'rlimits' has NO filesystem or network isolation: generated code runs as this "
-    "user, can read and write any file this user can and reach the network; use it only inside a "
-    "disposable container or VM (docs/security.md)"
+    "user, can read and write any file this user can (the benchmark's data set, tests included: a "
+    "completion written to cheat can pass) and reach the network; use it only inside a "
+    "disposable container or VM, for completions you trust (docs/security.md)"
 )
 
 
@@ -161,6 +162,12 @@ class Sandbox:
                 "the code sandbox needs Linux (namespaces, seccomp, rlimits); "
                 "run HumanEval on Linux or leave it out of --tasks"
             )
+
+    @property
+    def hides_tests(self) -> bool:
+        """Whether a completion cannot see its test, the data set or the checker (``namespaces`` mode only;
+        in ``rlimits`` mode it can read any file this user can)."""
+        return self.mode == "namespaces"
 
     def run(self, program: str | Program) -> RunResult:
         """Run ``program`` (Python source, or a :class:`Program`) in a fresh sandbox and report how it ended."""
@@ -353,7 +360,12 @@ class Sandbox:
             "rlimits": "resource limits and seccomp only: NO network or filesystem isolation; a pass needs the "
             "harness's proof that check() returned",
         }[self.mode]
-        info = {"mode": self.mode, "isolation": isolation, **asdict(self.limits)}
+        info = {
+            "mode": self.mode,
+            "isolation": isolation,
+            "tests_hidden": self.hides_tests,
+            **asdict(self.limits),
+        }
         if self.mode == "rlimits":
             info["warning"] = RLIMITS_WARNING
         return info
