@@ -605,3 +605,22 @@ def test_the_candidate_cannot_find_the_test_or_the_dataset(sandbox):
     )
     outcomes = {name: (r.status, r.detail) for name, r in zip(_ATTACKS, results, strict=True)}
     assert [name for name, r in zip(_ATTACKS, results, strict=True) if r.passed] == [], outcomes
+
+
+def test_the_view_of_files_cannot_be_changed(sandbox, weak_sandbox):
+    """No new namespaces, mounts or root, in either mode (seccomp), so what is hidden stays hidden."""
+    calls = {
+        "unshare(CLONE_NEWUSER | CLONE_NEWNS)": "libc.unshare(0x10000000 | 0x00020000)",
+        "setns": "libc.setns(0, 0)",
+        "umount2 of /proc": "libc.umount2(b'/proc', 2)",
+        "chroot": "libc.chroot(b'/tmp')",
+        "open_tree": "libc.syscall(428, -100, b'/', 0)",
+    }
+    programs = [
+        f"import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\nassert {call} == -1\n"
+        "assert ctypes.get_errno() == 1, ctypes.get_errno()  # EPERM"
+        for call in calls.values()
+    ]
+    for box in (sandbox, weak_sandbox):
+        results = box.run_many(programs, workers=2)
+        assert [r.status for r in results] == ["passed"] * len(calls), dict(zip(calls, results, strict=True))

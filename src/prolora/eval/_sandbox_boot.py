@@ -111,9 +111,13 @@ def enter_namespaces(parent_fds: tuple) -> None:
     uid, gid = os.geteuid(), os.getegid()
     flags = CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWPID | CLONE_NEWIPC
     _check(libc.unshare(flags), "unshare namespaces")
+    # a non-dumpable process's /proc files belong to root: dumpable only while it writes its own maps (no
+    # candidate can see it meanwhile: each lives in a PID namespace of its own)
+    _check(libc.prctl(PR_SET_DUMPABLE, 1, 0, 0, 0), "make the process dumpable")
     _write("/proc/self/setgroups", "deny")
     _write("/proc/self/uid_map", f"{uid} {uid} 1\n")
     _write("/proc/self/gid_map", f"{gid} {gid} 1\n")
+    _check(libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0), "make the process not dumpable")
     pid = os.fork()
     if pid:  # stays outside the PID namespace only to hand on the exit status
         for fd in parent_fds:
@@ -284,10 +288,23 @@ def set_limits(cfg: dict) -> None:
 
 
 # seccomp: audit arch, syscalls refused outright, clone, clone3. Refused: fork, vfork (x86-64 only), and
-# kill, tkill, tgkill, ptrace, process_vm_readv, process_vm_writev, pidfd_send_signal, pidfd_open, pidfd_getfd
+# kill, tkill, tgkill, ptrace, process_vm_readv, process_vm_writev, pidfd_send_signal, pidfd_open, pidfd_getfd;
+# and anything that changes the view of files: unshare, setns, mount, umount2, pivot_root, chroot and the new
+# mount API (open_tree, move_mount, fsopen, fsconfig, fsmount, fspick, mount_setattr)
+_MOUNT_API = (428, 429, 430, 431, 432, 433, 442)  # the same numbers on every architecture
 _ARCHES = {
-    "x86_64": (0xC000003E, (57, 58, 62, 200, 234, 101, 310, 311, 424, 434, 438), 56, 435),
-    "aarch64": (0xC00000B7, (129, 130, 131, 117, 270, 271, 424, 434, 438), 220, 435),
+    "x86_64": (
+        0xC000003E,
+        (57, 58, 62, 200, 234, 101, 310, 311, 424, 434, 438, 272, 308, 165, 166, 155, 161, *_MOUNT_API),
+        56,
+        435,
+    ),
+    "aarch64": (
+        0xC00000B7,
+        (129, 130, 131, 117, 270, 271, 424, 434, 438, 97, 268, 40, 39, 41, 51, *_MOUNT_API),
+        220,
+        435,
+    ),
 }
 
 
@@ -384,8 +401,6 @@ def isolate(cfg: dict) -> str:
         drop_capabilities()
     else:  # rlimits: as root, no capabilities means no access to other processes' /proc/<pid>/mem
         drop_capabilities(bounding=False)
-    # nobody (not even a process of the same user) may read this one's memory or descriptors through /proc
-    _check(libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0), "make the process not dumpable")
     set_limits(cfg)
     if cfg["mode"] == "rlimits":
         disable_destructive_functions()
@@ -604,6 +619,9 @@ def _read_config() -> dict:
 
 
 def main() -> None:
+    # first of all, before it holds any code: nobody (not even a process of the same user, such as the
+    # candidate in rlimits mode) may read this process's memory or descriptors through /proc
+    _check(libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0), "make the process not dumpable")
     cfg = _read_config()
     status = os.fdopen(cfg["status_fd"], "w")
     try:
