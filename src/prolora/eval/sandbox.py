@@ -1,23 +1,28 @@
-"""Run untrusted generated code (HumanEval completions) in a separate, isolated, resource-limited process.
+"""Run untrusted generated code (HumanEval completions) in separate, isolated, resource-limited processes.
 
-The evaluating process never executes generated code. Each program gets a fresh temporary working
-directory, a scrubbed environment, a new session, and is started through :mod:`._sandbox_boot`, which
-(in the default ``namespaces`` mode) puts it in new user/mount/network/PID namespaces with every mount
-read-only and its working directory a size-capped ``tmpfs`` (nothing it writes reaches the host's disk),
-no network, drops all capabilities, applies address-space, CPU, file-size and open-file limits, and with
-seccomp forbids new processes and signals to or debugging of other processes. The wall-clock timeout
-kills the whole process group. ``rlimits`` mode keeps the limits and the seccomp filter but has no
-namespaces: NO network or filesystem isolation (the folder cap is enforced by polling); use it only
-inside a disposable container or VM. :meth:`Sandbox.describe` (written to ``results.json``) and a warning
-on stderr say so whenever it is chosen.
+The evaluating process never executes generated code. Each process gets its code and configuration on
+standard input (never in a file, ``argv`` or the environment), a scrubbed environment, a new session and
+a fresh empty folder, and is started through :mod:`._sandbox_boot`, which (in the default
+``namespaces`` mode) puts it in new user/mount/network/PID/IPC namespaces with a new read-only root that
+holds only the interpreter's shared-library and standard-library folders, a private ``/proc`` and a
+size-capped ``tmpfs`` on ``/tmp`` as its working folder (nothing of the host's files otherwise, the data
+set included; nothing it writes reaches the host's disk), no network, drops all capabilities, applies
+address-space, CPU, file-size and open-file limits, and with seccomp forbids new processes, signals to or
+debugging of other processes, and changes to its view of files. The wall-clock timeout kills the whole
+process group. ``rlimits`` mode keeps the limits and the seccomp filter but has no namespaces: NO
+network or filesystem isolation (the folder cap is enforced by polling), and a completion can read the
+data set's tests; use it only inside a disposable container or VM. :meth:`Sandbox.describe` (written to
+``results.json``: ``tests_hidden``) and a warning on stderr say so whenever it is chosen.
 
-A program *passes* only when the harness proves that it (for HumanEval: ``check(entry_point)``)
-returned: after that, the harness reads the run's random nonce from a pipe and hands it back; the
-evaluator compares it with the nonce it generated. Leaving early with status 0 (``os._exit``,
-``sys.exit``, ``SystemExit`` in an ``atexit`` handler, killing a parent), an exception, a failed
-assertion, a timeout or a limit is a failure. For HumanEval (:class:`Program` with an ``entry_point``) the
-test runs in a second process that the completion cannot reach, which alone holds the nonce; the
-completion only answers calls with plain data. docs/security.md says what this does and does not guarantee.
+For HumanEval (:class:`Program` with an ``entry_point``) the completion and the test run in two
+processes started apart, which share nothing but the two pipes of the calls: the *candidate* only ever
+receives the problem's prompt and the completion and answers calls with plain data; the *checker*
+receives the prompt and the test and calls ``check``. A program *passes* only when the harness proves
+that it (for HumanEval: ``check(entry_point)``) returned: after that, the harness reads the run's random
+nonce from a pipe that only it holds and hands it back; the evaluator compares it with the nonce it
+generated. Leaving early with status 0 (``os._exit``, ``sys.exit``, ``SystemExit`` in an ``atexit``
+handler, killing a parent), an exception, a failed assertion, a timeout or a limit is a failure.
+docs/security.md says what this does and does not guarantee.
 """
 
 from __future__ import annotations
@@ -78,9 +83,10 @@ class Program:
     Without ``entry_point``: ``source``, then ``test`` (compiled on its own, so that no text in
     ``source`` can swallow it), in one process; it passes when both ran to their end.
 
-    With ``entry_point`` (HumanEval): two processes. One runs ``source`` (the problem's prompt and the
-    untrusted completion) and answers calls of ``entry_point`` with plain data; the other, which the first
-    cannot touch, runs ``prompt`` (the problem's prompt alone, from the dataset) and ``test``, then calls
+    With ``entry_point`` (HumanEval): two processes, started apart. The candidate gets ``source`` alone
+    (the problem's prompt and the untrusted completion), runs it and answers calls of ``entry_point`` with
+    plain data; the checker, which the candidate can neither see nor touch, gets ``prompt`` (the
+    problem's prompt alone, from the dataset) and ``test``, runs them and calls
     ``check(<proxy of entry_point>)``; it passes when ``check`` returned.
     """
 
@@ -354,11 +360,13 @@ class Sandbox:
     def describe(self) -> dict:
         """The isolation in effect, for the results file; ``warning`` says what is missing (rlimits mode)."""
         isolation = {
-            "namespaces": "user+mount+network+PID namespaces; read-only filesystem except a size-capped temporary "
-            "working directory (tmpfs); no network; no capabilities; seccomp forbids new processes "
-            "and signals to other processes; a pass needs the harness's proof that check() returned",
-            "rlimits": "resource limits and seccomp only: NO network or filesystem isolation; a pass needs the "
-            "harness's proof that check() returned",
+            "namespaces": "user+mount+network+PID+IPC namespaces; a read-only root with only the shared and "
+            "standard libraries and a size-capped temporary working directory (tmpfs); the completion runs "
+            "apart from its test and never receives it (nor sees the data set); no network; no "
+            "capabilities; seccomp forbids new processes, signals to other processes and mounts; a pass "
+            "needs the harness's proof that check() returned",
+            "rlimits": "resource limits and seccomp only: NO network or filesystem isolation (a completion can "
+            "read the data set's tests); a pass needs the harness's proof that check() returned",
         }[self.mode]
         info = {
             "mode": self.mode,
