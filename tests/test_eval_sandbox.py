@@ -372,6 +372,10 @@ def test_the_check_sees_plain_values_only(sandbox):
     assert not run(equal_to_all, "def check(c):\n    assert c(0) == 5.0\n").passed
     result = run("    return iter(x)\n", "def check(c):\n    assert list(c([1])) == [1]\n")
     assert result.status == "failed" and "not plain data" in result.detail
+    # a completion that does not run: the result names its own error
+    result = run("    return (\n", "def check(c):\n    assert c(1) == 1\n")
+    assert result.status == "failed" and "did not run to its end" in result.detail
+    assert "SyntaxError" in result.detail
     # the completion's exceptions reach the test as the same built-in type
     assert run(
         "    raise KeyError(x)\n",

