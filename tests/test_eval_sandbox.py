@@ -140,6 +140,23 @@ def test_host_processes_are_hidden(sandbox):
     assert sandbox.run("import os\nassert len([p for p in os.listdir('/proc') if p.isdigit()]) <= 2").passed
 
 
+def test_host_folders_are_not_in_its_root(sandbox, tmp_path):
+    """The project, its virtual environment, the temporary folders and home are not there at all."""
+    import sys
+    import tempfile
+
+    absent = [
+        str(Path(__file__).parent),
+        sys.prefix,
+        str(tmp_path),
+        tempfile.gettempdir() + "/pytest-of-root",
+    ]
+    absent = [path for path in absent if Path(path).exists()]  # each exists here, outside
+    assert len(absent) >= 3
+    result = sandbox.run(f"import os\nassert not [p for p in {absent!r} if os.path.exists(p)]")
+    assert result.passed, result.detail
+
+
 def test_describe_names_the_isolation(sandbox):
     info = sandbox.describe()
     assert info["mode"] == "namespaces" and "no network" in info["isolation"] and info["timeout_s"] == 2.0
