@@ -181,34 +181,30 @@ def _compact_model_class():
         """A PRoLoRA adapter in vLLM's LoRA cache: the compact tensors, expanded to dense A and B only while
         vLLM copies the adapter into a compute slot.
 
-        ``names``: vLLM module name -> PRoLoRA module name. ``packed``: vLLM's packed module name (e.g.
-        ``qkv_proj``) -> the vLLM module names it packs, recorded by the manager when the adapter is added.
+        ``saved``: the adapter as :func:`prolora.format.read_adapter` read it, its ``modules`` keyed by vLLM's
+        module names. ``packed``: vLLM's packed module name (e.g. ``...qkv_proj``) -> the module names it
+        packs, recorded by the manager when the adapter is added. ``dtype``: vLLM's LoRA dtype.
         """
 
-        def __init__(self, lora_model_id, config, tensors, names, dtype, packed=None):
-            ranks = [config.module_values(m)["r"] for m in names.values()]
-            super().__init__(lora_model_id, max(ranks), loras={})
-            self.config, self.tensors, self.names, self.dtype = config, tensors, names, dtype
-            self.packed = packed or {}
+        def __init__(self, lora_model_id, saved, dtype, packed=None):
+            super().__init__(lora_model_id, max(spec.r for spec, _ in saved.modules.values()), loras={})
+            self.saved, self.dtype, self.packed = saved, dtype, packed or {}
             self._dense = None
 
         def clone(self, lora_model_id):
-            return type(self)(lora_model_id, self.config, self.tensors, self.names, self.dtype, self.packed)
+            return type(self)(lora_model_id, self.saved, self.dtype, self.packed)
 
         def check_lora_name(self, lora_name):
-            return lora_name in self.names or lora_name in self.packed
+            return lora_name in self.saved.modules or lora_name in self.packed
 
         def expand(self) -> dict:
-            """vLLM module name -> dense ``LoRALayerWeights`` (scaling folded into B, as vLLM does)."""
-            from prolora.format import expand_adapter
-
-            factors = expand_adapter(self.config, self.tensors)
+            """vLLM module name -> dense ``LoRALayerWeights`` (scaling folded into B, as vLLM does), expanded by
+            the one expansion every path uses (:meth:`prolora.format.SavedAdapter.expand`)."""
             dense = {}
-            for name, module in self.names.items():
-                a, b, scaling = factors[module]
-                alpha = self.config.module_values(module)["lora_alpha"]
+            for name, (a, b, scaling) in self.saved.expand().items():
+                a, b = a.to(self.dtype or a.dtype), b.to(self.dtype or b.dtype)
                 dense[name] = LoRALayerWeights(
-                    name, a.shape[0], alpha, a.to(self.dtype), b.to(self.dtype), scaling
+                    name, a.shape[0], scaling * a.shape[0], a, b, scaling
                 ).optimize()
             return dense
 
@@ -250,39 +246,41 @@ def load_compact(
     skip_prefixes=None,
 ):
     """A :class:`CompactLoRAModel` for the PRoLoRA folder ``lora_dir`` (what ``from_local_checkpoint`` returns
-    for it): the tensors read and checked by :func:`prolora.format.read_adapter`, module names mapped as vLLM
-    maps a LoRA's (``parse_fine_tuned_lora_name``).
+    for it): read and checked by :func:`prolora.format.read_adapter`, module names mapped as vLLM maps a
+    LoRA's (``parse_fine_tuned_lora_name``).
 
     Raises:
         FileNotFoundError, ValueError: as :func:`prolora.format.read_adapter`; ValueError for a module this
             model has no LoRA layer for (vLLM's own rule for LoRA adapters).
     """
+    import dataclasses
+
     from vllm.lora.utils import parse_fine_tuned_lora_name
 
     from prolora.format import read_adapter
 
-    config, tensors = read_adapter(lora_dir)
-    names, unexpected = {}, []
-    for module in config.module_shapes:
+    saved = read_adapter(lora_dir)
+    modules, unexpected = {}, []
+    for module, layout in saved.modules.items():
         if skip_prefixes and any(f".{p}" in module or module.startswith(p) for p in skip_prefixes):
             continue
         name, _ = parse_fine_tuned_lora_name(f"base_model.model.{module}.lora_A.weight", weights_mapper)
         if name.rsplit(".", 1)[-1] not in expected_lora_modules:
             unexpected.append(name)
-        names[name] = module
+        modules[name] = layout
     if unexpected:
         raise ValueError(
             f"While loading {lora_dir}, expected target modules in {sorted(expected_lora_modules)} but "
             f"received {unexpected}: this model has no LoRA layer for them"
         )
-    keep = {f"base_model.model.{m}." for m in names.values()}
-    tensors = {k: v for k, v in tensors.items() if k[: k.rfind(".") + 1] in keep}
-    config.module_shapes = {m: config.module_shapes[m] for m in names.values()}
     if lora_model_id is None:
         from vllm.lora.utils import get_lora_id
 
         lora_model_id = get_lora_id()
-    return compact_model_class()(lora_model_id, config, tensors, names, dtype)
+    # the modules hold the compact tensors; the flat tensor dict is not kept (nothing else reads it)
+    return compact_model_class()(
+        lora_model_id, dataclasses.replace(saved, tensors={}, modules=modules), dtype
+    )
 
 
 def compact_adapters() -> None:
@@ -313,7 +311,7 @@ def compact_adapters() -> None:
             raise ValueError(
                 f"LoRA rank {lora_model.rank} is greater than max_lora_rank {self.lora_config.max_lora_rank}."
             )
-        names = lora_model.names
+        names = lora_model.saved.modules
         lora_model.packed = {
             packed: parts for packed, parts in self.packed_modules.items() if any(p in names for p in parts)
         }
