@@ -12,7 +12,7 @@ serves PRoLoRA adapters as before: exported to dense LoRA). ``PROLORA_VLLM_HOOKS
    base-model rows in a batch with adapter rows get that adapter's delta (the Triton kernels skip ``-1``).
    The hook wraps the three ``bgmv_*`` ops: the gather uses a valid index and the rows marked ``-1`` get
    no delta (zero input to the shrink and expand; rows an expand would overwrite are kept), as the Triton
-   kernels do. Upstream: vllm-project/vllm pull request 48421 (clamp and zero). Remove this hook once
+   kernels do. Upstream: vllm-project/vllm pull requests 48421 and 49656 (open). Remove this hook once
    vLLM carries the fix.
 2. **Compact PRoLoRA adapters** (:func:`compact_adapters`). vLLM loads an adapter folder into a
    ``LoRAModel`` of dense A (r, h) and B (o, r) per module, keeps it in its host-side LRU cache
