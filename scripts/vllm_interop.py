@@ -190,17 +190,23 @@ def post_status(port: int, path: str, body: dict, timeout: float) -> tuple[int, 
         return exc.code, exc.read().decode()
 
 
-def tree_rss(pid: int) -> int:
-    """Resident bytes of a process and all its descendants (vLLM's API server, engine core, workers)."""
+def tree_memory(pid: int) -> dict:
+    """Resident bytes of a process and all its descendants (vLLM's API server, engine core, workers): ``rss``
+    (all resident pages, including file-backed ones such as the mmapped model, which the kernel may drop on
+    a busy machine) and ``anon`` (``RssAnon``: the processes' own memory, where an adapter cache lives)."""
     import psutil
 
     root = psutil.Process(pid)
-    total = 0
+    total = {"rss": 0, "anon": 0}
     for proc in [root, *root.children(recursive=True)]:
         try:
-            total += proc.memory_info().rss
-        except psutil.NoSuchProcess:
-            pass
+            total["rss"] += proc.memory_info().rss
+            status = Path(f"/proc/{proc.pid}/status").read_text()
+        except (psutil.NoSuchProcess, OSError):
+            continue
+        for line in status.splitlines():
+            if line.startswith("RssAnon:"):
+                total["anon"] += int(line.split()[1]) * 1024
     return total
 
 
@@ -363,14 +369,18 @@ TRAFFIC = [f"t{i}" for i in range(8)]
 
 def traffic(port: int, server: subprocess.Popen, prompt: list[int], names: list[str]) -> dict:
     """Request each adapter in ``names`` once (vLLM loads it into its host-side LoRA cache and a slot), the
-    server process tree's RSS before and after each."""
-    before = tree_rss(server.pid)
+    server process tree's memory (:func:`tree_memory`) before and after each."""
+    before = tree_memory(server.pid)
     rows = []
     for name in names:
         complete(port, name, prompt, 1, 600)
-        rows.append({"adapter": name, "rss_bytes": tree_rss(server.pid)})
-    growth = rows[-1]["rss_bytes"] - before
-    return {"rss_before_bytes": before, "after_each": rows, "growth_per_adapter_bytes": growth / len(names)}
+        rows.append({"adapter": name, **tree_memory(server.pid)})
+    return {
+        "before": before,
+        "after_each": rows,
+        "anon_growth_per_adapter_bytes": (rows[-1]["anon"] - before["anon"]) / len(names),
+        "rss_growth_per_adapter_bytes": (rows[-1]["rss"] - before["rss"]) / len(names),
+    }
 
 
 def mixed_checks(port, tok, jobs, expected, max_new: int, phases: dict, label: str) -> None:
@@ -552,8 +562,8 @@ def main() -> int:
         )
         summary["traffic"] = traffic(args.port, server, ids[0], TRAFFIC)
         log(
-            f"traffic through {len(TRAFFIC)} more adapters: {summary['traffic']['growth_per_adapter_bytes']:.0f} "
-            f"bytes of RSS per adapter (compact file {compact_bytes} bytes)"
+            f"traffic through {len(TRAFFIC)} more adapters: {summary['traffic']['anon_growth_per_adapter_bytes']:.0f} "
+            f"bytes of anonymous RSS per adapter (compact file {compact_bytes} bytes)"
         )
         mixed_checks(
             args.port,
@@ -648,7 +658,7 @@ def main() -> int:
                 f"{r['base_requests']})"
             )
         log(
-            f"without hooks: {summary['traffic_unhooked']['growth_per_adapter_bytes']:.0f} bytes of RSS per adapter"
+            f"without hooks: {summary['traffic_unhooked']['anon_growth_per_adapter_bytes']:.0f} bytes of anonymous RSS per adapter"
         )
         (work / "summary.json").write_text(json.dumps(summary, indent=2))
 
