@@ -15,7 +15,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-from prolora.params import count_parameters, parse_budget, solve_budget
+from prolora.params import count_parameters, solve_budget
 from prolora.train.config import parse_target_modules
 
 from .presets import MethodSpec, Preset
@@ -66,11 +66,6 @@ class Cell:
         """File-name stem: readable method and seed, then the key."""
         slug = re.sub(r"[^a-z0-9]+", "-", self.train["method"] + f"-r{self.train['r']}").strip("-")
         return f"{slug}-seed{self.seed}-{self.key}"
-
-
-def _count_method(method: str) -> str:
-    """The name :func:`prolora.params.count_parameters` knows (^-r and ^-i count as PRoLoRA)."""
-    return "prolora" if method in ("prolora-r", "prolora-i") else method
 
 
 def resolve(spec: MethodSpec, preset: Preset, seed: int) -> tuple[dict, int, int | None]:
@@ -215,8 +210,3 @@ def build_cells(preset: Preset, groups: tuple[str, ...] = GROUPS) -> list[Cell]:
     if "table4" in groups and preset.table4:
         cells += table4_cells(preset)
     return cells
-
-
-def budget_of(preset: Preset, budget: str) -> int:
-    """A budget string of ``preset`` (``"lora:2"``) as a parameter count on its model."""
-    return parse_budget(preset.train.get("model"), budget)
