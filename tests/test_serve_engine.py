@@ -137,6 +137,8 @@ def test_cli_serves_and_exits_cleanly_on_sigterm(tmp_path, adapters):
             str(port),
             "--served-model-name",
             "base",
+            "--threads",
+            "1",
         ],
         env=env,
         stdout=subprocess.PIPE,
@@ -161,7 +163,8 @@ def test_cli_serves_and_exits_cleanly_on_sigterm(tmp_path, adapters):
         assert first.choices[0].text is not None and rest[-1].choices[0].finish_reason == "length"
         # uvicorn re-raises the signal after its graceful shutdown (the engine drained first: lifespan)
         assert proc.wait(timeout=60) in (0, -signal.SIGTERM)
-        assert "Application shutdown complete" in proc.stdout.read().decode()
+        output = proc.stdout.read().decode()
+        assert "torch threads: 1 (--threads)" in output and "Application shutdown complete" in output
     finally:
         if proc.poll() is None:
             proc.kill()
