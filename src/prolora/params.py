@@ -551,10 +551,11 @@ def _millions(params: int) -> str:
     return f"{params / 1e6:.2f}M ({params:,})"
 
 
-def count_text(result: dict[str, Any]) -> str:
+def count_text(result: dict[str, Any], default_config: dict[str, Any] | None = None) -> str:
     """A count as text: ``result`` holds ``model``, the config (``method, r, u, m, n``), ``overrides``,
-    :meth:`ParamCount.as_dict` and, for a preset with a paper twin, ``paper_convention`` (``preset``,
-    ``params``)."""
+    :meth:`ParamCount.as_dict`, optionally ``defaulted`` (the config keys taken from ``default_config``,
+    the library's default PRoLoRA config) and, for a preset with a paper twin, ``paper_convention``
+    (``preset``, ``params``)."""
     config = {key: result[key] for key in ("method", "r", "u", "m", "n")}
     params = result["params"]
     overrides = result.get("overrides")
@@ -568,6 +569,12 @@ def count_text(result: dict[str, Any]) -> str:
             f" = {result['MB']:,.2f} MB = {result['MiB']:,.2f} MiB"
         ),
     ]
+    if result.get("defaulted"):
+        lines.append(
+            f"defaults   {', '.join(f'{key}={config[key]}' for key in result['defaulted'])} (not given): from "
+            f"the library's default PRoLoRA config, {describe_config(**default_config)} (PRoLoRAConfig(), "
+            "make_adapter_config() and prolora train's default)"
+        )
     paper = result.get("paper_convention") or {"params": params}
     if paper["params"] != params:
         lines += [
