@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import time
 from pathlib import Path
@@ -84,8 +85,31 @@ def test_fork_bomb_is_contained(sandbox):
     assert result.status == "failed" and "Operation not permitted" in result.detail
     assert time.monotonic() - started < LIMITS.timeout_s  # refused at the first fork, nothing to wait for
     assert sandbox.run("import subprocess\nsubprocess.run(['true'])").status == "failed"
-    # threads are not processes: they keep working
-    assert sandbox.run("import threading\nt = threading.Thread(target=print)\nt.start()\nt.join()").passed
+    # nor threads: each one takes a host PID outside the address-space limit (see the thread bomb below)
+    result = sandbox.run("import threading\nt = threading.Thread(target=print)\nt.start()\nt.join()")
+    assert result.status == "failed" and "can't start new thread" in result.detail
+
+
+# A thread bomb that needs no memory: raw clone(CLONE_THREAD) of libc's pause() on 4 KiB stacks. Before
+# threads were refused, 3000 of them started in 0.34 s in a 512 MB sandbox; 30000 (the host's pid_max
+# is 32768 here) would leave the whole machine unable to start a process until the timeout.
+_THREAD_BOMB = (
+    "import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+    "libc.clone.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p]\n"
+    "stacks = ctypes.create_string_buffer(100 * 4096)\nstarted = 0\n"
+    "for i in range(100):\n"
+    "    top = ctypes.c_void_p(ctypes.addressof(stacks) + (i + 1) * 4096 - 64)\n"
+    "    # CLONE_VM | CLONE_FS | CLONE_FILES | CLONE_SIGHAND | CLONE_THREAD | CLONE_SYSVSEM\n"
+    "    started += libc.clone(ctypes.cast(libc.pause, ctypes.c_void_p), top, 0x50F00, None) > 0\n"
+    "assert started == 0 and ctypes.get_errno() == 1, (started, ctypes.get_errno())\n"
+    "assert os.listdir('/proc/self/task') == [str(os.getpid())]\n"
+)
+
+
+@pytest.mark.parametrize("mode", ["namespaces", "rlimits"])
+def test_thread_bomb_is_contained(mode, sandbox):
+    result = Sandbox(mode, LIMITS).run(_THREAD_BOMB)
+    assert result.passed, result.detail
 
 
 def test_writes_outside_the_working_directory_are_not_visible(sandbox, tmp_path):
@@ -359,9 +383,70 @@ def test_total_bytes_of_the_working_folder_are_capped(mode, sandbox):
 
 
 def test_signals_to_other_processes_are_refused_in_both_modes(sandbox, weak_sandbox):
-    probe = "import ctypes, os\nassert ctypes.CDLL(None, use_errno=True).kill(os.getppid() or 1, 0) == -1"
-    assert sandbox.run(probe).passed
-    assert weak_sandbox.run(probe).passed
+    # in rlimits mode the parent is the evaluating process: sigqueue (rt_sigqueueinfo) could kill it, and
+    # prlimit could set its CPU limit to 0
+    probe = (
+        "import ctypes, os, resource\nlibc = ctypes.CDLL(None, use_errno=True)\nppid = os.getppid() or 2\n"
+        "assert libc.kill(ppid, 0) == -1\n"
+        "assert libc.sigqueue(ppid, 0, None) == -1 and ctypes.get_errno() == 1, ctypes.get_errno()\n"
+        "limits = (ctypes.c_ulonglong * 2)()\n"
+        "assert libc.prlimit(ppid, 7, None, limits) == -1 and ctypes.get_errno() == 1, ctypes.get_errno()\n"
+        "soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)\n"  # its own limits: as before
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (soft - 1, hard))\n"
+        "assert resource.getrlimit(resource.RLIMIT_NOFILE) == (soft - 1, hard)\n"
+    )
+    for box in (sandbox, weak_sandbox):
+        result = box.run(probe)
+        assert result.passed, (box.mode, result.detail)
+
+
+def test_host_devices_cannot_be_changed(sandbox):
+    """The devices it sees are the host's: as root (the namespace maps the evaluator's user) it owns them,
+    so it could once ``chmod 0 /dev/null`` on the whole host, through the path or its standard input. Here
+    each chmod keeps the mode it finds (harmless if it worked); it must be refused."""
+    before = os.stat("/dev/null").st_ctime_ns
+    result = sandbox.run(
+        "import os, stat\nchanged = []\n"
+        "for path in (0, '/proc/self/fd/0', '/dev/null', '/dev/zero', '/dev/full', '/dev/random', "
+        "'/dev/urandom'):\n"
+        "    try:\n        os.chmod(path, stat.S_IMODE(os.stat(path).st_mode))\n"
+        "        changed.append(path)\n    except OSError:\n        pass\n"
+        "assert changed == [], changed\n"
+        "with open('/dev/null', 'w') as f:\n    f.write('written')\n"  # the devices still work
+        "assert len(open('/dev/urandom', 'rb').read(8)) == 8 and open('/dev/zero', 'rb').read(2) == bytes(2)\n"
+    )
+    assert result.passed, result.detail
+    assert os.stat("/dev/null").st_ctime_ns == before
+
+
+_KEYCTL = {"x86_64": 250, "aarch64": 219}
+
+
+@pytest.mark.parametrize("mode", ["namespaces", "rlimits"])
+def test_memory_outside_the_address_space_and_keyrings_are_refused(mode, sandbox):
+    """System V shared memory outlives ``shmdt`` in the IPC namespace, outside ``RLIMIT_AS``: 3 segments of
+    400 MB filled in a 512 MB sandbox raised the host's Shmem by 1.2 GB (bounded only by the timeout and
+    the writing speed); memfds hold 16 MB each per descriptor. The keyrings are the user's (in rlimits
+    mode root's ``_uid_ses.0``, shared with every root process): nothing to add keys to or read from."""
+    probe = (
+        "import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\nlibc.syscall.restype = ctypes.c_long\n"
+        "made = []\n"  # each refused with EPERM; what was made is removed again (in rlimits mode it would outlive us)
+        "for name, make, remove in [\n"
+        "    ('shmget', lambda: libc.shmget(0, ctypes.c_size_t(1 << 20), 0o1600), libc.shmctl),\n"
+        "    ('msgget', lambda: libc.msgget(0, 0o1600), libc.msgctl),\n"
+        "    ('semget', lambda: libc.semget(0, 1, 0o1600), libc.semctl),\n"
+        f"    ('keyctl', lambda: libc.syscall({_KEYCTL.get(os.uname().machine, -1)}, 0, ctypes.c_long(-3), 0), None),\n"
+        "]:\n"
+        "    ident = make()\n"
+        "    if ident != -1 or ctypes.get_errno() != 1:\n"
+        "        made.append((name, ident, ctypes.get_errno()))\n"
+        "        if remove is not None and ident >= 0:\n"
+        "            remove(ident, 0, None)  # IPC_RMID\n"
+        "try:\n    os.close(os.memfd_create('x'))\n    made.append('memfd')\nexcept PermissionError:\n    pass\n"
+        "assert made == [], made\n"
+    )
+    result = Sandbox(mode, LIMITS).run(probe)
+    assert result.passed, result.detail
 
 
 def test_the_check_sees_plain_values_only(sandbox):

@@ -21,7 +21,8 @@ the evaluator, sharing nothing but the two pipes of the calls: the candidate nev
      read-only, the folders of the interpreter's shared libraries and standard library
      (:func:`visible_paths`, with any ``site-packages``/``dist-packages`` below them hidden), the
      system library folder, ``/etc/ld.so.cache``, ``/dev/null``, ``zero``, ``full``, ``random``,
-     ``urandom``; a fresh ``/proc`` (its own processes only); and ``/tmp``, the working folder, a fresh
+     ``urandom`` (read-only mounts: usable, but their modes cannot change; standard input is reopened
+     from there); a fresh ``/proc`` (its own processes only); and ``/tmp``, the working folder, a fresh
      ``tmpfs`` of at most ``folder_bytes`` bytes and ``folder_files`` files. No data set, home, project
      or temporary folder of the host is in it, and nothing written reaches the host's disk.
   4. Drop all capabilities (bounding set and current sets), so nothing can be remounted or unhidden.
@@ -32,11 +33,15 @@ the evaluator, sharing nothing but the two pipes of the calls: the candidate nev
   get around. The program can read every file its user can, the data set included.
 Both modes
   5. Resource limits: address space, CPU seconds, file size, open files, no core dumps.
-  6. ``no_new_privs`` and a seccomp filter that refuses new processes (``fork``, ``vfork``, ``clone``
-     without ``CLONE_THREAD``, ``clone3``), so a fork bomb fails at its first fork; threads still work.
-     It also refuses signals and debugging of other processes (``kill``, ``tkill``, ``tgkill``,
-     ``pidfd_send_signal``, ``ptrace``, ``process_vm_readv/writev``), and changes to the view of files
-     (``unshare``, ``setns``, ``mount`` and the new mount API, ``umount2``, ``pivot_root``, ``chroot``).
+  6. ``no_new_privs`` and a seccomp filter that refuses new processes and threads (``fork``, ``vfork``,
+     ``clone``, ``clone3``: every thread is a task with a host PID that no memory limit bounds), so a
+     fork or thread bomb fails at its first call. It also refuses signals to, debugging of and limits on
+     other processes (``kill``, ``tkill``, ``tgkill``, ``rt_sigqueueinfo``, ``rt_tgsigqueueinfo``,
+     ``pidfd_*``, ``ptrace``, ``process_vm_readv/writev``, ``prlimit64`` other than on itself), changes
+     to the view of files (``unshare``, ``setns``, ``mount`` and the new mount API, ``umount2``,
+     ``pivot_root``, ``chroot``), memory outside the address-space limit (System V shared memory,
+     message queues and semaphores, ``memfd_create``) and the user's keyrings (``add_key``,
+     ``request_key``, ``keyctl``).
      On CPU architectures the filter does not know (not x86-64 / AArch64), ``RLIMIT_NPROC`` is used
      (which the kernel does not apply to root).
   7. Report ``R<how processes are limited>`` (one line) on the status pipe and close it; run the role.
@@ -66,7 +71,6 @@ CLONE_NEWNS, CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x00020000, 0x10000000,
 CLONE_NEWIPC = 0x08000000
 MNT_DETACH = 2
 _PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "ppc64le": 203, "s390x": 217}  # syscall numbers
-CLONE_THREAD = 0x00010000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT = 1, 2, 4, 8, 32
 MS_NOATIME, MS_NODIRATIME, MS_BIND, MS_REC, MS_PRIVATE = 1024, 2048, 4096, 16384, 1 << 18
 MS_RELATIME, MS_STRICTATIME = 1 << 21, 1 << 24
@@ -259,7 +263,9 @@ def make_root(root: str, folder_bytes: int, folder_files: int) -> None:
         _mount("proc", root + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY, "mount /proc")
     except SetupError:  # e.g. a container that masks parts of /proc: the program gets none
         pass
-    writable = {root + "/tmp", root + "/proc", *(root + d for d in devices)}
+    # the devices too: they are the host's nodes, and as root the program owns them (a read-only mount
+    # still lets it read and write a device, but not chmod it)
+    writable = {root + "/tmp", root + "/proc"}
     for point, options, _ in _mounts():
         if not (point == root or point.startswith(root + "/")) or point in writable:
             continue
@@ -274,6 +280,13 @@ def make_root(root: str, folder_bytes: int, folder_files: int) -> None:
     _check(libc.syscall(_PIVOT_ROOT[os.uname().machine], b".", b"."), "pivot_root")
     _check(libc.umount2(b".", MNT_DETACH), "detach the host's root")
     os.chdir("/tmp")
+    try:  # standard input: the new root's read-only /dev/null, no longer the host's (which it could chmod)
+        null = os.open("/dev/null", os.O_RDONLY)
+    except OSError:  # a host without /dev/null: an empty pipe
+        null, write = os.pipe()
+        os.close(write)
+    os.dup2(null, 0)
+    os.close(null)
 
 
 def drop_capabilities(bounding: bool = True) -> None:
@@ -303,23 +316,29 @@ def set_limits(cfg: dict) -> None:
         resource.setrlimit(limit, (value, value + 1 if limit == resource.RLIMIT_CPU else value))
 
 
-# seccomp: audit arch, syscalls refused outright, clone, clone3. Refused: fork, vfork (x86-64 only), and
-# kill, tkill, tgkill, ptrace, process_vm_readv, process_vm_writev, pidfd_send_signal, pidfd_open, pidfd_getfd;
-# and anything that changes the view of files: unshare, setns, mount, umount2, pivot_root, chroot and the new
-# mount API (open_tree, move_mount, fsopen, fsconfig, fsmount, fspick, mount_setattr)
+# seccomp: audit arch, syscalls refused outright, clone3, prlimit64. Refused: clone (threads too: each takes
+# a PID of the host's, outside every memory limit), fork, vfork (x86-64 only); kill, tkill, tgkill,
+# rt_sigqueueinfo, rt_tgsigqueueinfo, ptrace, process_vm_readv, process_vm_writev, pidfd_send_signal,
+# pidfd_open, pidfd_getfd; anything that changes the view of files: unshare, setns, mount, umount2,
+# pivot_root, chroot and the new mount API (open_tree, move_mount, fsopen, fsconfig, fsmount, fspick,
+# mount_setattr); memory outside the address-space limit: System V shared memory, message queues and
+# semaphores (they outlive their creator), memfd_create; the user's keyrings (add_key, request_key,
+# keyctl). prlimit64 only on the process itself (pid 0: what getrlimit and setrlimit use).
 _MOUNT_API = (428, 429, 430, 431, 432, 433, 442)  # the same numbers on every architecture
 _ARCHES = {
     "x86_64": (
         0xC000003E,
-        (57, 58, 62, 200, 234, 101, 310, 311, 424, 434, 438, 272, 308, 165, 166, 155, 161, *_MOUNT_API),
-        56,
+        (56, 57, 58, 62, 200, 234, 129, 297, 101, 310, 311, 424, 434, 438, 272, 308, 165, 166, 155, 161)
+        + (*_MOUNT_API, 29, 30, 31, 67, 64, 65, 66, 220, 68, 69, 70, 71, 319, 248, 249, 250),
         435,
+        302,
     ),
     "aarch64": (
         0xC00000B7,
-        (129, 130, 131, 117, 270, 271, 424, 434, 438, 97, 268, 40, 39, 41, 51, *_MOUNT_API),
-        220,
+        (220, 129, 130, 131, 138, 240, 117, 270, 271, 424, 434, 438, 97, 268, 40, 39, 41, 51, *_MOUNT_API)
+        + (*range(186, 198), 279, 217, 218, 219),
         435,
+        261,
     ),
 }
 
@@ -335,8 +354,8 @@ def forbid_new_processes() -> str:
     if arch is None:
         resource.setrlimit(resource.RLIMIT_NPROC, (1, 1))
         return "RLIMIT_NPROC"
-    audit_arch, refused, clone, clone3 = arch
-    ld, jeq, jge, jset, ret = 0x20, 0x15, 0x35, 0x45, 0x06
+    audit_arch, refused, clone3, prlimit64 = arch
+    ld, jeq, jge, ret = 0x20, 0x15, 0x35, 0x06
     allow, eperm, enosys = 0x7FFF0000, 0x00050000 | 1, 0x00050000 | 38  # SECCOMP_RET_ALLOW / _ERRNO
     prog = [
         _bpf(ld, 4),
@@ -348,14 +367,13 @@ def forbid_new_processes() -> str:
     ]  # x32 ABI: refuse
     for nr in refused:
         prog += [_bpf(jeq, nr, 0, 1), _bpf(ret, eperm)]
-    # clone3 -> ENOSYS, so glibc falls back to clone for threads; clone -> allowed only for threads
+    # clone3 -> ENOSYS (glibc falls back to clone, refused); prlimit64 -> allowed for pid 0 (itself) only
     prog += [
         _bpf(jeq, clone3, 0, 1),
         _bpf(ret, enosys),
-        _bpf(jeq, clone, 0, 4),
-        _bpf(ld, 16),
-        _bpf(jset, CLONE_THREAD, 0, 1),
-        _bpf(ret, allow),
+        _bpf(jeq, prlimit64, 0, 3),
+        _bpf(ld, 16),  # the pid argument (a 32-bit pid_t)
+        _bpf(jeq, 0, 1, 0),
         _bpf(ret, eperm),
         _bpf(ret, allow),
     ]
