@@ -35,7 +35,8 @@ Both modes
   5. Resource limits: address space, CPU seconds, file size, open files, no core dumps.
   6. ``no_new_privs`` and a seccomp filter that refuses new processes and threads (``fork``, ``vfork``,
      ``clone``, ``clone3``: every thread is a task with a host PID that no memory limit bounds), so a
-     fork or thread bomb fails at its first call. It also refuses signals to, debugging of and limits on
+     fork or thread bomb fails at its first call; nor ``io_uring``, whose blocked requests each get a
+     kernel worker thread. It also refuses signals to, debugging of and limits on
      other processes (``kill``, ``tkill``, ``tgkill``, ``rt_sigqueueinfo``, ``rt_tgsigqueueinfo``,
      ``pidfd_*``, ``ptrace``, ``process_vm_readv/writev``, ``prlimit64`` other than on itself), changes
      to the view of files (``unshare``, ``setns``, ``mount`` and the new mount API, ``umount2``,
@@ -317,7 +318,8 @@ def set_limits(cfg: dict) -> None:
 
 
 # seccomp: audit arch, syscalls refused outright, clone3, prlimit64. Refused: clone (threads too: each takes
-# a PID of the host's, outside every memory limit), fork, vfork (x86-64 only); kill, tkill, tgkill,
+# a PID of the host's, outside every memory limit), fork, vfork (x86-64 only), io_uring (its requests get
+# kernel worker threads of their own, one per blocked request, made without clone); kill, tkill, tgkill,
 # rt_sigqueueinfo, rt_tgsigqueueinfo, ptrace, process_vm_readv, process_vm_writev, pidfd_send_signal,
 # pidfd_open, pidfd_getfd; anything that changes the view of files: unshare, setns, mount, umount2,
 # pivot_root, chroot and the new mount API (open_tree, move_mount, fsopen, fsconfig, fsmount, fspick,
@@ -325,18 +327,19 @@ def set_limits(cfg: dict) -> None:
 # semaphores (they outlive their creator), memfd_create; the user's keyrings (add_key, request_key,
 # keyctl). prlimit64 only on the process itself (pid 0: what getrlimit and setrlimit use).
 _MOUNT_API = (428, 429, 430, 431, 432, 433, 442)  # the same numbers on every architecture
+_IO_URING = (425, 426, 427)  # setup, enter, register: same numbers everywhere
 _ARCHES = {
     "x86_64": (
         0xC000003E,
         (56, 57, 58, 62, 200, 234, 129, 297, 101, 310, 311, 424, 434, 438, 272, 308, 165, 166, 155, 161)
-        + (*_MOUNT_API, 29, 30, 31, 67, 64, 65, 66, 220, 68, 69, 70, 71, 319, 248, 249, 250),
+        + (*_MOUNT_API, *_IO_URING, 29, 30, 31, 67, 64, 65, 66, 220, 68, 69, 70, 71, 319, 248, 249, 250),
         435,
         302,
     ),
     "aarch64": (
         0xC00000B7,
         (220, 129, 130, 131, 138, 240, 117, 270, 271, 424, 434, 438, 97, 268, 40, 39, 41, 51, *_MOUNT_API)
-        + (*range(186, 198), 279, 217, 218, 219),
+        + (*_IO_URING, *range(186, 198), 279, 217, 218, 219),
         435,
         261,
     ),
