@@ -72,6 +72,42 @@ def test_leaving_early_with_status_0_is_not_a_pass(mode, sandbox):
         assert result.status == "failed" and "left before the program" in result.detail
 
 
+def _processes_with_address_space_limit(limit: int) -> list[int]:
+    """Host PIDs of sandbox processes (their command line runs the boot script) with this RLIMIT_AS."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            limits = Path(f"/proc/{pid}/limits").read_text()
+        except OSError:
+            continue
+        if b"_sandbox_boot.py" in cmdline and f"Max address space         {limit} " in limits:
+            found.append(int(pid))
+    return found
+
+
+@pytest.mark.parametrize("mode", ["namespaces", "rlimits"])
+def test_nothing_outlives_the_run(mode, sandbox):
+    """A program that clears its parent-death signal and leaves the process group (``setsid``, which
+    seccomp now refuses) once survived the evaluator's kill: reparented to the host's init, asleep, holding
+    its memory after ``prolora eval`` ended. An unusual memory limit marks this test's processes."""
+    import signal
+
+    box = Sandbox(mode, SandboxLimits(timeout_s=1.0, memory_mb=517))
+    escape = (
+        "import ctypes, os, time\nctypes.CDLL(None).prctl(1, 0, 0, 0, 0)  # PR_SET_PDEATHSIG: none\n"
+        "for leave in (os.setsid, lambda: os.setpgid(0, 0)):\n"
+        "    try:\n        leave()\n    except PermissionError:\n        pass\n"
+        "time.sleep(60)\n"
+    )
+    assert box.run(escape).status == "timeout"
+    time.sleep(0.5)
+    survivors = _processes_with_address_space_limit(517 << 20)
+    for pid in survivors:  # clean up before failing
+        os.kill(pid, signal.SIGKILL)
+    assert survivors == []
+
+
 def test_infinite_loop_times_out(sandbox):
     started = time.monotonic()
     result = sandbox.run("while True:\n    pass")

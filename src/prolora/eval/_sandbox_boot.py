@@ -41,8 +41,9 @@ Both modes
      ``pidfd_*``, ``ptrace``, ``process_vm_readv/writev``, ``prlimit64`` other than on itself), changes
      to the view of files (``unshare``, ``setns``, ``mount`` and the new mount API, ``umount2``,
      ``pivot_root``, ``chroot``), memory outside the address-space limit (System V shared memory,
-     message queues and semaphores, ``memfd_create``) and the user's keyrings (``add_key``,
-     ``request_key``, ``keyctl``).
+     message queues and semaphores, ``memfd_create``), the user's keyrings (``add_key``,
+     ``request_key``, ``keyctl``) and leaving the process group that the evaluator kills at the end
+     (``setsid``, ``setpgid``).
      On CPU architectures the filter does not know (not x86-64 / AArch64), ``RLIMIT_NPROC`` is used
      (which the kernel does not apply to root).
   7. Report ``R<how processes are limited>`` (one line) on the status pipe and close it; run the role.
@@ -325,21 +326,23 @@ def set_limits(cfg: dict) -> None:
 # pivot_root, chroot and the new mount API (open_tree, move_mount, fsopen, fsconfig, fsmount, fspick,
 # mount_setattr); memory outside the address-space limit: System V shared memory, message queues and
 # semaphores (they outlive their creator), memfd_create; the user's keyrings (add_key, request_key,
-# keyctl). prlimit64 only on the process itself (pid 0: what getrlimit and setrlimit use).
+# keyctl); leaving its process group (setsid, setpgid), which the evaluator kills at the end (a program
+# that left it and cleared its parent-death signal outlived the run). prlimit64 only on the process itself (pid 0: what getrlimit and setrlimit use).
 _MOUNT_API = (428, 429, 430, 431, 432, 433, 442)  # the same numbers on every architecture
 _IO_URING = (425, 426, 427)  # setup, enter, register: same numbers everywhere
 _ARCHES = {
     "x86_64": (
         0xC000003E,
         (56, 57, 58, 62, 200, 234, 129, 297, 101, 310, 311, 424, 434, 438, 272, 308, 165, 166, 155, 161)
-        + (*_MOUNT_API, *_IO_URING, 29, 30, 31, 67, 64, 65, 66, 220, 68, 69, 70, 71, 319, 248, 249, 250),
+        + (*_MOUNT_API, *_IO_URING, 29, 30, 31, 67, 64, 65, 66, 220, 68, 69, 70, 71, 319, 248, 249, 250)
+        + (112, 109),
         435,
         302,
     ),
     "aarch64": (
         0xC00000B7,
         (220, 129, 130, 131, 138, 240, 117, 270, 271, 424, 434, 438, 97, 268, 40, 39, 41, 51, *_MOUNT_API)
-        + (*_IO_URING, *range(186, 198), 279, 217, 218, 219),
+        + (*_IO_URING, *range(186, 198), 279, 217, 218, 219, 157, 154),
         435,
         261,
     ),
