@@ -473,7 +473,8 @@ _KEYCTL = {"x86_64": 250, "aarch64": 219}
 def test_memory_outside_the_address_space_and_keyrings_are_refused(mode, sandbox):
     """System V shared memory outlives ``shmdt`` in the IPC namespace, outside ``RLIMIT_AS``: 3 segments of
     400 MB filled in a 512 MB sandbox raised the host's Shmem by 1.2 GB (bounded only by the timeout and
-    the writing speed); memfds hold 16 MB each per descriptor. The keyrings are the user's (in rlimits
+    the writing speed); memfds hold 16 MB each per descriptor; in rlimits mode System V objects and POSIX
+    message queues outlive the program on the host. The keyrings are the user's (in rlimits
     mode root's ``_uid_ses.0``, shared with every root process): nothing to add keys to or read from."""
     probe = (
         "import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\nlibc.syscall.restype = ctypes.c_long\n"
@@ -490,6 +491,9 @@ def test_memory_outside_the_address_space_and_keyrings_are_refused(mode, sandbox
         "        if remove is not None and ident >= 0:\n"
         "            remove(ident, 0, None)  # IPC_RMID\n"
         "try:\n    os.close(os.memfd_create('x'))\n    made.append('memfd')\nexcept PermissionError:\n    pass\n"
+        "queue = libc.mq_open(b'/prolora-sandbox-test', 0o102, 0o600, None)\n"  # O_RDWR | O_CREAT
+        "if queue != -1 or ctypes.get_errno() != 1:\n"
+        "    made.append(('mq_open', queue, ctypes.get_errno()))\n    libc.mq_unlink(b'/prolora-sandbox-test')\n"
         "assert made == [], made\n"
     )
     result = Sandbox(mode, LIMITS).run(probe)

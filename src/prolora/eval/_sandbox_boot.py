@@ -41,7 +41,7 @@ Both modes
      ``pidfd_*``, ``ptrace``, ``process_vm_readv/writev``, ``prlimit64`` other than on itself), changes
      to the view of files (``unshare``, ``setns``, ``mount`` and the new mount API, ``umount2``,
      ``pivot_root``, ``chroot``), memory outside the address-space limit (System V shared memory,
-     message queues and semaphores, ``memfd_create``), the user's keyrings (``add_key``,
+     message queues and semaphores, POSIX message queues, ``memfd_create``), the user's keyrings (``add_key``,
      ``request_key``, ``keyctl``) and leaving the process group that the evaluator kills at the end
      (``setsid``, ``setpgid``).
      On CPU architectures the filter does not know (not x86-64 / AArch64), ``RLIMIT_NPROC`` is used
@@ -318,31 +318,41 @@ def set_limits(cfg: dict) -> None:
         resource.setrlimit(limit, (value, value + 1 if limit == resource.RLIMIT_CPU else value))
 
 
-# seccomp: audit arch, syscalls refused outright, clone3, prlimit64. Refused: clone (threads too: each takes
-# a PID of the host's, outside every memory limit), fork, vfork (x86-64 only), io_uring (its requests get
-# kernel worker threads of their own, one per blocked request, made without clone); kill, tkill, tgkill,
-# rt_sigqueueinfo, rt_tgsigqueueinfo, ptrace, process_vm_readv, process_vm_writev, pidfd_send_signal,
-# pidfd_open, pidfd_getfd; anything that changes the view of files: unshare, setns, mount, umount2,
-# pivot_root, chroot and the new mount API (open_tree, move_mount, fsopen, fsconfig, fsmount, fspick,
-# mount_setattr); memory outside the address-space limit: System V shared memory, message queues and
-# semaphores (they outlive their creator), memfd_create; the user's keyrings (add_key, request_key,
-# keyctl); leaving its process group (setsid, setpgid), which the evaluator kills at the end (a program
-# that left it and cleared its parent-death signal outlived the run). prlimit64 only on the process itself (pid 0: what getrlimit and setrlimit use).
+# seccomp: audit arch, syscalls refused outright, clone3, prlimit64. Refused:
+# - new processes and threads: clone (threads too: each takes a host PID, outside every memory limit), fork,
+#   vfork (x86-64 only), io_uring (a kernel worker thread per blocked request, made without clone);
+# - signals to and debugging of other processes: kill, tkill, tgkill, rt_sigqueueinfo, rt_tgsigqueueinfo,
+#   ptrace, process_vm_readv, process_vm_writev, pidfd_send_signal, pidfd_open, pidfd_getfd;
+# - changes to the view of files: unshare, setns, mount, umount2, pivot_root, chroot and the new mount API
+#   (open_tree, move_mount, fsopen, fsconfig, fsmount, fspick, mount_setattr);
+# - memory outside the address-space limit: System V shared memory, message queues and semaphores, POSIX
+#   message queues (mq_open; all of them outlive their creator), memfd_create;
+# - the user's keyrings: add_key, request_key, keyctl;
+# - leaving the process group that the evaluator kills at the end: setsid, setpgid (a program that left it
+#   and cleared its parent-death signal outlived the run).
+# prlimit64 is allowed on the process itself only (pid 0: what getrlimit and setrlimit use).
 _MOUNT_API = (428, 429, 430, 431, 432, 433, 442)  # the same numbers on every architecture
 _IO_URING = (425, 426, 427)  # setup, enter, register: same numbers everywhere
-_ARCHES = {
+_ARCHES = {  # audit arch, refused (in the groups above), clone3, prlimit64
     "x86_64": (
         0xC000003E,
-        (56, 57, 58, 62, 200, 234, 129, 297, 101, 310, 311, 424, 434, 438, 272, 308, 165, 166, 155, 161)
-        + (*_MOUNT_API, *_IO_URING, 29, 30, 31, 67, 64, 65, 66, 220, 68, 69, 70, 71, 319, 248, 249, 250)
+        (56, 57, 58, *_IO_URING)
+        + (62, 200, 234, 129, 297, 101, 310, 311, 424, 434, 438)
+        + (272, 308, 165, 166, 155, 161, *_MOUNT_API)
+        + (29, 30, 31, 67, 64, 65, 66, 220, 68, 69, 70, 71, 240, 319)
+        + (248, 249, 250)
         + (112, 109),
         435,
         302,
     ),
     "aarch64": (
         0xC00000B7,
-        (220, 129, 130, 131, 138, 240, 117, 270, 271, 424, 434, 438, 97, 268, 40, 39, 41, 51, *_MOUNT_API)
-        + (*_IO_URING, *range(186, 198), 279, 217, 218, 219, 157, 154),
+        (220, *_IO_URING)
+        + (129, 130, 131, 138, 240, 117, 270, 271, 424, 434, 438)
+        + (97, 268, 40, 39, 41, 51, *_MOUNT_API)
+        + (*range(186, 198), 180, 279)
+        + (217, 218, 219)
+        + (157, 154),
         435,
         261,
     ),
