@@ -108,6 +108,40 @@ def test_nothing_outlives_the_run(mode, sandbox):
     assert survivors == []
 
 
+@pytest.mark.parametrize("mode", ["namespaces", "rlimits"])
+def test_nothing_outlives_the_evaluator(mode, sandbox):
+    """``prolora eval`` stopped by SIGTERM (a scheduler) in the middle of a run: its sandbox processes die
+    with it, even a completion that clears its parent-death signal. They once lived on, asleep."""
+    import signal
+    import subprocess
+    import sys
+
+    import prolora
+
+    evaluator = (
+        f"import sys\nsys.path.insert(0, {str(Path(prolora.__file__).parents[1])!r})\n"
+        "from prolora.eval.sandbox import Program, Sandbox, SandboxLimits\n"
+        f"box = Sandbox({mode!r}, SandboxLimits(timeout_s=60.0, memory_mb=519))\n"
+        "completion = 'import ctypes, time\\nctypes.CDLL(None).prctl(1, 0, 0, 0, 0)\\ntime.sleep(60)\\n'\n"
+        "box.run(Program('def f(x):\\n    return x\\n' + completion, 'def check(c):\\n    assert c(1) == 1\\n',"
+        " 'f', prompt='def f(x):\\n    pass\\n'))\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", evaluator])
+    try:
+        deadline = time.monotonic() + 60
+        while len(_processes_with_address_space_limit(519 << 20)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)  # until both the checker and the candidate run their code
+        assert len(_processes_with_address_space_limit(519 << 20)) == 2
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait()
+    time.sleep(1)
+    survivors = _processes_with_address_space_limit(519 << 20)
+    for pid in survivors:  # clean up before failing
+        os.kill(pid, signal.SIGKILL)
+    assert survivors == []
+
+
 def test_infinite_loop_times_out(sandbox):
     started = time.monotonic()
     result = sandbox.run("while True:\n    pass")

@@ -10,8 +10,8 @@ process, for the self-test). A checked (HumanEval) program is a checker and a ca
 the evaluator, sharing nothing but the two pipes of the calls: the candidate never holds the test. Steps:
 
   0. Not dumpable (``PR_SET_DUMPABLE`` 0) from the first line, so no process of the same user can read
-     this one's memory or descriptors through ``/proc``; then read the configuration, stdin becomes
-     ``/dev/null``.
+     this one's memory or descriptors through ``/proc``, and killed when the evaluator dies
+     (``PR_SET_PDEATHSIG``); then read the configuration, stdin becomes ``/dev/null``.
 ``namespaces`` mode
   1. ``unshare`` new user, mount, network, PID and IPC namespaces (unprivileged: the user namespace maps
      our own uid only); fork, so the code runs as PID 1 of the new PID namespace and every process it
@@ -330,10 +330,11 @@ def set_limits(cfg: dict) -> None:
 # - the user's keyrings: add_key, request_key, keyctl;
 # - leaving the process group that the evaluator kills at the end: setsid, setpgid (a program that left it
 #   and cleared its parent-death signal outlived the run).
-# prlimit64 is allowed on the process itself only (pid 0: what getrlimit and setrlimit use).
+# prlimit64 is allowed on the process itself only (pid 0: what getrlimit and setrlimit use); prctl except
+# PR_SET_PDEATHSIG (the program keeps dying with its parent, and so with the evaluator).
 _MOUNT_API = (428, 429, 430, 431, 432, 433, 442)  # the same numbers on every architecture
 _IO_URING = (425, 426, 427)  # setup, enter, register: same numbers everywhere
-_ARCHES = {  # audit arch, refused (in the groups above), clone3, prlimit64
+_ARCHES = {  # audit arch, refused (in the groups above), clone3, prlimit64, prctl
     "x86_64": (
         0xC000003E,
         (56, 57, 58, *_IO_URING)
@@ -344,6 +345,7 @@ _ARCHES = {  # audit arch, refused (in the groups above), clone3, prlimit64
         + (112, 109),
         435,
         302,
+        157,
     ),
     "aarch64": (
         0xC00000B7,
@@ -355,6 +357,7 @@ _ARCHES = {  # audit arch, refused (in the groups above), clone3, prlimit64
         + (157, 154),
         435,
         261,
+        167,
     ),
 }
 
@@ -370,7 +373,7 @@ def forbid_new_processes() -> str:
     if arch is None:
         resource.setrlimit(resource.RLIMIT_NPROC, (1, 1))
         return "RLIMIT_NPROC"
-    audit_arch, refused, clone3, prlimit64 = arch
+    audit_arch, refused, clone3, prlimit64, prctl = arch
     ld, jeq, jge, ret = 0x20, 0x15, 0x35, 0x06
     allow, eperm, enosys = 0x7FFF0000, 0x00050000 | 1, 0x00050000 | 38  # SECCOMP_RET_ALLOW / _ERRNO
     prog = [
@@ -383,16 +386,24 @@ def forbid_new_processes() -> str:
     ]  # x32 ABI: refuse
     for nr in refused:
         prog += [_bpf(jeq, nr, 0, 1), _bpf(ret, eperm)]
-    # clone3 -> ENOSYS (glibc falls back to clone, refused); prlimit64 -> allowed for pid 0 (itself) only
-    prog += [
-        _bpf(jeq, clone3, 0, 1),
-        _bpf(ret, enosys),
-        _bpf(jeq, prlimit64, 0, 3),
-        _bpf(ld, 16),  # the pid argument (a 32-bit pid_t)
-        _bpf(jeq, 0, 1, 0),
-        _bpf(ret, eperm),
-        _bpf(ret, allow),
-    ]
+
+    def first_argument(nr: int, value: int, then: int, otherwise: int) -> list[bytes]:
+        """System call ``nr``: ``then`` when its first argument (low 32 bits) is ``value``, else ``otherwise``;
+        other calls go on to the next rule."""
+        return [
+            _bpf(jeq, nr, 0, 4),
+            _bpf(ld, 16),
+            _bpf(jeq, value, 0, 1),
+            _bpf(ret, then),
+            _bpf(ret, otherwise),
+        ]
+
+    # clone3 -> ENOSYS (glibc falls back to clone, refused); prlimit64 on pid 0 (itself) only; no prctl that
+    # clears or changes the parent-death signal
+    prog += [_bpf(jeq, clone3, 0, 1), _bpf(ret, enosys)]
+    prog += first_argument(prlimit64, 0, allow, eperm)
+    prog += first_argument(prctl, PR_SET_PDEATHSIG, eperm, allow)
+    prog.append(_bpf(ret, allow))
     program = ctypes.create_string_buffer(b"".join(prog))
     fprog = ctypes.create_string_buffer(struct.pack("HP", len(prog), ctypes.addressof(program)))
     _check(
@@ -672,7 +683,12 @@ def main() -> None:
     # first of all, before it holds any code: nobody (not even a process of the same user, such as the
     # candidate in rlimits mode) may read this process's memory or descriptors through /proc
     _check(libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0), "make the process not dumpable")
+    # die with the evaluator (its thread that started us waits for us): a scheduler's SIGTERM to
+    # `prolora eval` must not leave programs behind; seccomp keeps the program from clearing it
+    _check(libc.prctl(PR_SET_PDEATHSIG, 9, 0, 0, 0), "set parent-death signal")
     cfg = _read_config()
+    if os.getppid() != cfg["evaluator_pid"]:  # it died before the line above
+        os._exit(125)
     status = os.fdopen(cfg["status_fd"], "w")
     try:
         processes = isolate(cfg)

@@ -228,6 +228,7 @@ class Sandbox:
             "mode": self.mode,
             "workdir": folder,
             "status_fd": status_w,
+            "evaluator_pid": os.getpid(),
             "pipes": pipes,
             "cpu_seconds": int(self.limits.timeout_s) + 1,
             "memory_bytes": self.limits.memory_mb << 20,
