@@ -798,6 +798,31 @@ def test_the_candidate_cannot_find_the_test_or_the_dataset(sandbox):
     assert [name for name, r in zip(_ATTACKS, results, strict=True) if r.passed] == [], outcomes
 
 
+_HEADERS = {
+    "x86_64": Path("/usr/include/x86_64-linux-gnu/asm/unistd_64.h"),
+    "aarch64": Path("/usr/include/asm-generic/unistd.h"),  # AArch64 uses the generic table
+}
+
+
+@pytest.mark.parametrize("arch", sorted(_HEADERS))
+def test_seccomp_numbers_are_the_kernels(arch):
+    """Every system call number in the filter's table is the kernel headers' for that name, and every
+    refused name the architecture has is in its table (a wrong number would refuse some other call and
+    let the named one through)."""
+    import re
+
+    from prolora.eval import _sandbox_boot as boot
+
+    if not _HEADERS[arch].is_file():
+        pytest.skip(f"no kernel headers here ({_HEADERS[arch]}; Debian: linux-libc-dev)")
+    text = _HEADERS[arch].read_text()
+    header = {m[1]: int(m[2]) for m in re.finditer(r"^#define __NR(?:3264)?_(\w+)\s+(\d+)\b", text, re.M)}
+    numbers = boot._ARCHES[arch][1]
+    assert {name: header.get(name) for name in numbers} == numbers
+    assert [name for name in boot._REFUSED if name in header and name not in numbers] == []
+    assert {"clone", "fork", "kill", "ptrace", "shmget", "keyctl", "setsid"} & set(header) <= set(numbers)
+
+
 def test_the_view_of_files_cannot_be_changed(sandbox, weak_sandbox):
     """No new namespaces, mounts or root, in either mode (seccomp), so what is hidden stays hidden."""
     calls = {

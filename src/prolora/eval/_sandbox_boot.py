@@ -332,32 +332,61 @@ def set_limits(cfg: dict) -> None:
 #   and cleared its parent-death signal outlived the run).
 # prlimit64 is allowed on the process itself only (pid 0: what getrlimit and setrlimit use); prctl except
 # PR_SET_PDEATHSIG (the program keeps dying with its parent, and so with the evaluator).
-_MOUNT_API = (428, 429, 430, 431, 432, 433, 442)  # the same numbers on every architecture
-_IO_URING = (425, 426, 427)  # setup, enter, register: same numbers everywhere
-_ARCHES = {  # audit arch, refused (in the groups above), clone3, prlimit64, prctl
+_REFUSED = (
+    *("clone", "fork", "vfork", "io_uring_setup", "io_uring_enter", "io_uring_register"),
+    *("kill", "tkill", "tgkill", "rt_sigqueueinfo", "rt_tgsigqueueinfo", "ptrace", "process_vm_readv"),
+    *("process_vm_writev", "pidfd_send_signal", "pidfd_open", "pidfd_getfd"),
+    *("unshare", "setns", "mount", "umount2", "pivot_root", "chroot", "open_tree", "move_mount", "fsopen"),
+    *("fsconfig", "fsmount", "fspick", "mount_setattr"),
+    *("shmget", "shmat", "shmctl", "shmdt", "semget", "semop", "semctl", "semtimedop", "msgget", "msgsnd"),
+    *("msgrcv", "msgctl", "mq_open", "memfd_create"),
+    *("add_key", "request_key", "keyctl"),
+    *("setsid", "setpgid"),
+)  # in the groups above; a name an architecture lacks (fork on AArch64) is left out there
+_NEW_EVERYWHERE = {  # the numbers added since Linux 5.0 are the same on every architecture
+    "pidfd_send_signal": 424,
+    "io_uring_setup": 425,
+    "io_uring_enter": 426,
+    "io_uring_register": 427,
+    "open_tree": 428,
+    "move_mount": 429,
+    "fsopen": 430,
+    "fsconfig": 431,
+    "fsmount": 432,
+    "fspick": 433,
+    "pidfd_open": 434,
+    "clone3": 435,
+    "pidfd_getfd": 438,
+    "mount_setattr": 442,
+}
+_ARCHES = {  # audit arch, system call numbers (asm/unistd_64.h, asm-generic/unistd.h)
     "x86_64": (
         0xC000003E,
-        (56, 57, 58, *_IO_URING)
-        + (62, 200, 234, 129, 297, 101, 310, 311, 424, 434, 438)
-        + (272, 308, 165, 166, 155, 161, *_MOUNT_API)
-        + (29, 30, 31, 67, 64, 65, 66, 220, 68, 69, 70, 71, 240, 319)
-        + (248, 249, 250)
-        + (112, 109),
-        435,
-        302,
-        157,
+        {
+            **_NEW_EVERYWHERE,
+            **{"clone": 56, "fork": 57, "vfork": 58, "kill": 62, "tkill": 200, "tgkill": 234},
+            **{"rt_sigqueueinfo": 129, "rt_tgsigqueueinfo": 297, "ptrace": 101},
+            **{"process_vm_readv": 310, "process_vm_writev": 311, "unshare": 272, "setns": 308},
+            **{"mount": 165, "umount2": 166, "pivot_root": 155, "chroot": 161},
+            **{"shmget": 29, "shmat": 30, "shmctl": 31, "shmdt": 67, "semget": 64, "semop": 65},
+            **{"semctl": 66, "semtimedop": 220, "msgget": 68, "msgsnd": 69, "msgrcv": 70, "msgctl": 71},
+            **{"mq_open": 240, "memfd_create": 319, "add_key": 248, "request_key": 249, "keyctl": 250},
+            **{"setsid": 112, "setpgid": 109, "prlimit64": 302, "prctl": 157},
+        },
     ),
     "aarch64": (
         0xC00000B7,
-        (220, *_IO_URING)
-        + (129, 130, 131, 138, 240, 117, 270, 271, 424, 434, 438)
-        + (97, 268, 40, 39, 41, 51, *_MOUNT_API)
-        + (*range(186, 198), 180, 279)
-        + (217, 218, 219)
-        + (157, 154),
-        435,
-        261,
-        167,
+        {
+            **_NEW_EVERYWHERE,
+            **{"clone": 220, "kill": 129, "tkill": 130, "tgkill": 131},
+            **{"rt_sigqueueinfo": 138, "rt_tgsigqueueinfo": 240, "ptrace": 117},
+            **{"process_vm_readv": 270, "process_vm_writev": 271, "unshare": 97, "setns": 268},
+            **{"mount": 40, "umount2": 39, "pivot_root": 41, "chroot": 51},
+            **{"msgget": 186, "msgctl": 187, "msgrcv": 188, "msgsnd": 189, "semget": 190, "semctl": 191},
+            **{"semtimedop": 192, "semop": 193, "shmget": 194, "shmctl": 195, "shmat": 196, "shmdt": 197},
+            **{"mq_open": 180, "memfd_create": 279, "add_key": 217, "request_key": 218, "keyctl": 219},
+            **{"setsid": 157, "setpgid": 154, "prlimit64": 261, "prctl": 167},
+        },
     ),
 }
 
@@ -373,7 +402,8 @@ def forbid_new_processes() -> str:
     if arch is None:
         resource.setrlimit(resource.RLIMIT_NPROC, (1, 1))
         return "RLIMIT_NPROC"
-    audit_arch, refused, clone3, prlimit64, prctl = arch
+    audit_arch, numbers = arch
+    refused = [numbers[name] for name in _REFUSED if name in numbers]
     ld, jeq, jge, ret = 0x20, 0x15, 0x35, 0x06
     allow, eperm, enosys = 0x7FFF0000, 0x00050000 | 1, 0x00050000 | 38  # SECCOMP_RET_ALLOW / _ERRNO
     prog = [
@@ -400,9 +430,9 @@ def forbid_new_processes() -> str:
 
     # clone3 -> ENOSYS (glibc falls back to clone, refused); prlimit64 on pid 0 (itself) only; no prctl that
     # clears or changes the parent-death signal
-    prog += [_bpf(jeq, clone3, 0, 1), _bpf(ret, enosys)]
-    prog += first_argument(prlimit64, 0, allow, eperm)
-    prog += first_argument(prctl, PR_SET_PDEATHSIG, eperm, allow)
+    prog += [_bpf(jeq, numbers["clone3"], 0, 1), _bpf(ret, enosys)]
+    prog += first_argument(numbers["prlimit64"], 0, allow, eperm)
+    prog += first_argument(numbers["prctl"], PR_SET_PDEATHSIG, eperm, allow)
     prog.append(_bpf(ret, allow))
     program = ctypes.create_string_buffer(b"".join(prog))
     fprog = ctypes.create_string_buffer(struct.pack("HP", len(prog), ctypes.addressof(program)))
