@@ -36,14 +36,14 @@ Both modes
   6. ``no_new_privs`` and a seccomp filter that refuses new processes and threads (``fork``, ``vfork``,
      ``clone``, ``clone3``: every thread is a task with a host PID that no memory limit bounds), so a
      fork or thread bomb fails at its first call; nor ``io_uring``, whose blocked requests each get a
-     kernel worker thread. It also refuses signals to, debugging of and limits on
-     other processes (``kill``, ``tkill``, ``tgkill``, ``rt_sigqueueinfo``, ``rt_tgsigqueueinfo``,
-     ``pidfd_*``, ``ptrace``, ``process_vm_readv/writev``, ``prlimit64`` other than on itself), changes
-     to the view of files (``unshare``, ``setns``, ``mount`` and the new mount API, ``umount2``,
-     ``pivot_root``, ``chroot``), memory outside the address-space limit (System V shared memory,
-     message queues and semaphores, POSIX message queues, ``memfd_create``), the user's keyrings (``add_key``,
-     ``request_key``, ``keyctl``) and leaving the process group that the evaluator kills at the end
-     (``setsid``, ``setpgid``).
+     kernel worker thread. It also refuses signals to, debugging of and limits on other processes
+     (``kill``, ``tkill``, ``tgkill``, ``rt_sigqueueinfo``, ``rt_tgsigqueueinfo``, ``pidfd_*``,
+     ``ptrace``, ``process_vm_readv/writev``, ``prlimit64`` other than on itself), changes to the view
+     of files (``unshare``, ``setns``, ``mount`` and the new mount API, ``umount2``, ``pivot_root``,
+     ``chroot``), memory outside the address-space limit (System V shared memory, message queues and
+     semaphores, POSIX message queues, ``memfd_create``), the user's keyrings (``add_key``,
+     ``request_key``, ``keyctl``), leaving the process group that the evaluator kills at the end
+     (``setsid``, ``setpgid``) and clearing the parent-death signal.
      On CPU architectures the filter does not know (not x86-64 / AArch64), ``RLIMIT_NPROC`` is used
      (which the kernel does not apply to root).
   7. Report ``R<how processes are limited>`` (one line) on the status pipe and close it; run the role.
@@ -318,7 +318,7 @@ def set_limits(cfg: dict) -> None:
         resource.setrlimit(limit, (value, value + 1 if limit == resource.RLIMIT_CPU else value))
 
 
-# seccomp: audit arch, syscalls refused outright, clone3, prlimit64. Refused:
+# seccomp: audit arch, syscalls refused outright, clone3, prlimit64, prctl. Refused:
 # - new processes and threads: clone (threads too: each takes a host PID, outside every memory limit), fork,
 #   vfork (x86-64 only), io_uring (a kernel worker thread per blocked request, made without clone);
 # - signals to and debugging of other processes: kill, tkill, tgkill, rt_sigqueueinfo, rt_tgsigqueueinfo,
