@@ -798,6 +798,20 @@ def test_the_candidate_cannot_find_the_test_or_the_dataset(sandbox):
     assert [name for name, r in zip(_ATTACKS, results, strict=True) if r.passed] == [], outcomes
 
 
+def test_the_candidate_cannot_watch_the_checkers_files(sandbox):
+    """The shared libraries and the standard library are the same files in both processes: with inotify on
+    the standard library's ``__pycache__`` the candidate of HumanEval/32 saw the checker open ``random``,
+    ``copy`` and ``bisect`` (what its test imports). Neither inotify nor fanotify is available."""
+    problem = _problems_with_ids()[2]
+    watcher = (
+        "    return number % 1.0\nimport ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+        "assert libc.inotify_init1(0) == -1 and ctypes.get_errno() == 1, 'inotify'\n"
+        "assert libc.fanotify_init(0x200, 0) == -1 and ctypes.get_errno() == 1, 'fanotify'\n"  # FAN_REPORT_FID
+    )
+    result = sandbox.run(program(_problems()[2], watcher))
+    assert result.passed, (problem["task_id"], result.detail)
+
+
 _HEADERS = {
     "x86_64": Path("/usr/include/x86_64-linux-gnu/asm/unistd_64.h"),
     "aarch64": Path("/usr/include/asm-generic/unistd.h"),  # AArch64 uses the generic table

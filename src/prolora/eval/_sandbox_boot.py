@@ -43,7 +43,8 @@ Both modes
      ``chroot``), memory outside the address-space limit (System V shared memory, message queues and
      semaphores, POSIX message queues, ``memfd_create``), the user's keyrings (``add_key``,
      ``request_key``, ``keyctl``), leaving the process group that the evaluator kills at the end
-     (``setsid``, ``setpgid``) and clearing the parent-death signal.
+     (``setsid``, ``setpgid``), clearing the parent-death signal, and watching which files other
+     processes open (``inotify``, ``fanotify``: the libraries are the same files for the checker).
      On CPU architectures the filter does not know (not x86-64 / AArch64), ``RLIMIT_NPROC`` is used
      (which the kernel does not apply to root).
   7. Report ``R<how processes are limited>`` (one line) on the status pipe and close it; run the role.
@@ -329,7 +330,8 @@ def set_limits(cfg: dict) -> None:
 #   message queues (mq_open; all of them outlive their creator), memfd_create;
 # - the user's keyrings: add_key, request_key, keyctl;
 # - leaving the process group that the evaluator kills at the end: setsid, setpgid (a program that left it
-#   and cleared its parent-death signal outlived the run).
+#   and cleared its parent-death signal outlived the run);
+# - watching files that other processes open (the checker's imports): inotify_init(1), fanotify_init.
 # prlimit64 is allowed on the process itself only (pid 0: what getrlimit and setrlimit use); prctl except
 # PR_SET_PDEATHSIG (the program keeps dying with its parent, and so with the evaluator).
 _REFUSED = (
@@ -342,6 +344,7 @@ _REFUSED = (
     *("msgrcv", "msgctl", "mq_open", "memfd_create"),
     *("add_key", "request_key", "keyctl"),
     *("setsid", "setpgid"),
+    *("inotify_init", "inotify_init1", "fanotify_init"),
 )  # in the groups above; a name an architecture lacks (fork on AArch64) is left out there
 _NEW_EVERYWHERE = {  # the numbers added since Linux 5.0 are the same on every architecture
     "pidfd_send_signal": 424,
@@ -372,6 +375,7 @@ _ARCHES = {  # audit arch, system call numbers (asm/unistd_64.h, asm-generic/uni
             **{"semctl": 66, "semtimedop": 220, "msgget": 68, "msgsnd": 69, "msgrcv": 70, "msgctl": 71},
             **{"mq_open": 240, "memfd_create": 319, "add_key": 248, "request_key": 249, "keyctl": 250},
             **{"setsid": 112, "setpgid": 109, "prlimit64": 302, "prctl": 157},
+            **{"inotify_init": 253, "inotify_init1": 294, "fanotify_init": 300},
         },
     ),
     "aarch64": (
@@ -386,6 +390,7 @@ _ARCHES = {  # audit arch, system call numbers (asm/unistd_64.h, asm-generic/uni
             **{"semtimedop": 192, "semop": 193, "shmget": 194, "shmctl": 195, "shmat": 196, "shmdt": 197},
             **{"mq_open": 180, "memfd_create": 279, "add_key": 217, "request_key": 218, "keyctl": 219},
             **{"setsid": 157, "setpgid": 154, "prlimit64": 261, "prctl": 167},
+            **{"inotify_init1": 26, "fanotify_init": 262},
         },
     ),
 }
