@@ -472,7 +472,19 @@ def test_signals_to_other_processes_are_refused_in_both_modes(sandbox, weak_sand
         "assert libc.sigqueue(ppid, 0, None) == -1 and ctypes.get_errno() == 1, ctypes.get_errno()\n"
         "limits = (ctypes.c_ulonglong * 2)()\n"
         "assert libc.prlimit(ppid, 7, None, limits) == -1 and ctypes.get_errno() == 1, ctypes.get_errno()\n"
-        "soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)\n"  # its own limits: as before
+        # priorities and CPUs of others, set to what they are or for a user without processes (harmless if it
+        # worked): in rlimits mode setpriority(PRIO_USER, 0, 19) could renice every process of its user for good
+        "nice = os.getpriority(os.PRIO_PROCESS, ppid) if ppid != 2 else 0\n"
+        "for name, call in [('setpriority', lambda: os.setpriority(os.PRIO_PROCESS, ppid, nice)),\n"
+        "                   ('setpriority(PRIO_USER)', lambda: os.setpriority(os.PRIO_USER, 4242424, 0)),\n"
+        "                   ('sched_setaffinity', lambda: os.sched_setaffinity(ppid, os.sched_getaffinity(0))),\n"
+        "                   ('sched_setscheduler', lambda: os.sched_setscheduler(ppid, os.SCHED_OTHER, os.sched_param(0)))]:\n"
+        "    try:\n        call()\n    except PermissionError:\n        pass\n"
+        "    except ProcessLookupError:\n        raise AssertionError(name + ' reached the kernel')\n"
+        "    else:\n        raise AssertionError(name)\n"
+        "os.setpriority(os.PRIO_PROCESS, 0, os.getpriority(os.PRIO_PROCESS, 0) + 1)\n"  # its own: as before
+        "os.sched_setaffinity(0, os.sched_getaffinity(0))\n"
+        "soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)\n"
         "resource.setrlimit(resource.RLIMIT_NOFILE, (soft - 1, hard))\n"
         "assert resource.getrlimit(resource.RLIMIT_NOFILE) == (soft - 1, hard)\n"
     )

@@ -38,7 +38,8 @@ Both modes
      fork or thread bomb fails at its first call; nor ``io_uring``, whose blocked requests each get a
      kernel worker thread. It also refuses signals to, debugging of and limits on other processes
      (``kill``, ``tkill``, ``tgkill``, ``rt_sigqueueinfo``, ``rt_tgsigqueueinfo``, ``pidfd_*``,
-     ``ptrace``, ``process_vm_readv/writev``, ``prlimit64`` other than on itself), changes to the view
+     ``ptrace``, ``process_vm_readv/writev``; ``prlimit64``, ``setpriority``, ``ioprio_set``,
+     ``sched_set*``, ``migrate_pages``, ``move_pages`` other than on itself), changes to the view
      of files (``unshare``, ``setns``, ``mount`` and the new mount API, ``umount2``, ``pivot_root``,
      ``chroot``), memory outside the address-space limit (System V shared memory, message queues and
      semaphores, POSIX message queues, ``memfd_create``), the user's keyrings (``add_key``,
@@ -332,8 +333,11 @@ def set_limits(cfg: dict) -> None:
 # - leaving the process group that the evaluator kills at the end: setsid, setpgid (a program that left it
 #   and cleared its parent-death signal outlived the run);
 # - watching files that other processes open (the checker's imports): inotify_init(1), fanotify_init.
-# prlimit64 is allowed on the process itself only (pid 0: what getrlimit and setrlimit use); prctl except
-# PR_SET_PDEATHSIG (the program keeps dying with its parent, and so with the evaluator).
+# Allowed on the process itself only (pid 0, as the C library calls them): prlimit64 (getrlimit, setrlimit),
+# sched_setparam, sched_setscheduler, sched_setaffinity, sched_setattr, migrate_pages, move_pages;
+# setpriority (PRIO_PROCESS, 0) and ioprio_set (IOPRIO_WHO_PROCESS, 0): in rlimits mode setpriority
+# (PRIO_USER) could renice every process of the user for good. prctl except PR_SET_PDEATHSIG (the program
+# keeps dying with its parent, and so with the evaluator).
 _REFUSED = (
     *("clone", "fork", "vfork", "io_uring_setup", "io_uring_enter", "io_uring_register"),
     *("kill", "tkill", "tgkill", "rt_sigqueueinfo", "rt_tgsigqueueinfo", "ptrace", "process_vm_readv"),
@@ -346,6 +350,12 @@ _REFUSED = (
     *("setsid", "setpgid"),
     *("inotify_init", "inotify_init1", "fanotify_init"),
 )  # in the groups above; a name an architecture lacks (fork on AArch64) is left out there
+_ON_ITSELF = {  # system call: the values its first arguments must have (the process itself)
+    **dict.fromkeys(("prlimit64", "sched_setparam", "sched_setscheduler", "sched_setaffinity"), (0,)),
+    **dict.fromkeys(("sched_setattr", "migrate_pages", "move_pages"), (0,)),
+    "setpriority": (0, 0),  # PRIO_PROCESS, itself
+    "ioprio_set": (1, 0),  # IOPRIO_WHO_PROCESS, itself
+}
 _NEW_EVERYWHERE = {  # the numbers added since Linux 5.0 are the same on every architecture
     "pidfd_send_signal": 424,
     "io_uring_setup": 425,
@@ -376,6 +386,8 @@ _ARCHES = {  # audit arch, system call numbers (asm/unistd_64.h, asm-generic/uni
             **{"mq_open": 240, "memfd_create": 319, "add_key": 248, "request_key": 249, "keyctl": 250},
             **{"setsid": 112, "setpgid": 109, "prlimit64": 302, "prctl": 157},
             **{"inotify_init": 253, "inotify_init1": 294, "fanotify_init": 300},
+            **{"setpriority": 141, "ioprio_set": 251, "sched_setparam": 142, "sched_setscheduler": 144},
+            **{"sched_setaffinity": 203, "sched_setattr": 314, "migrate_pages": 256, "move_pages": 279},
         },
     ),
     "aarch64": (
@@ -391,6 +403,8 @@ _ARCHES = {  # audit arch, system call numbers (asm/unistd_64.h, asm-generic/uni
             **{"mq_open": 180, "memfd_create": 279, "add_key": 217, "request_key": 218, "keyctl": 219},
             **{"setsid": 157, "setpgid": 154, "prlimit64": 261, "prctl": 167},
             **{"inotify_init1": 26, "fanotify_init": 262},
+            **{"setpriority": 140, "ioprio_set": 30, "sched_setparam": 118, "sched_setscheduler": 119},
+            **{"sched_setaffinity": 122, "sched_setattr": 274, "migrate_pages": 238, "move_pages": 239},
         },
     ),
 }
@@ -422,6 +436,15 @@ def forbid_new_processes() -> str:
     for nr in refused:
         prog += [_bpf(jeq, nr, 0, 1), _bpf(ret, eperm)]
 
+    def only_with(nr: int, *values: int) -> list[bytes]:
+        """System call ``nr``: allowed when its first arguments (low 32 bits) are ``values``, else refused;
+        other calls go on to the next rule."""
+        body = []
+        for i, value in enumerate(values):  # on a mismatch, jump to the final refusal
+            body += [_bpf(ld, 16 + 8 * i), _bpf(jeq, value, 0, 2 * (len(values) - i - 1) + 1)]
+        body += [_bpf(ret, allow), _bpf(ret, eperm)]
+        return [_bpf(jeq, nr, 0, len(body)), *body]
+
     def first_argument(nr: int, value: int, then: int, otherwise: int) -> list[bytes]:
         """System call ``nr``: ``then`` when its first argument (low 32 bits) is ``value``, else ``otherwise``;
         other calls go on to the next rule."""
@@ -433,10 +456,11 @@ def forbid_new_processes() -> str:
             _bpf(ret, otherwise),
         ]
 
-    # clone3 -> ENOSYS (glibc falls back to clone, refused); prlimit64 on pid 0 (itself) only; no prctl that
-    # clears or changes the parent-death signal
+    # clone3 -> ENOSYS (glibc falls back to clone, refused); the calls of _ON_ITSELF on the process itself
+    # only; no prctl that clears or changes the parent-death signal
     prog += [_bpf(jeq, numbers["clone3"], 0, 1), _bpf(ret, enosys)]
-    prog += first_argument(numbers["prlimit64"], 0, allow, eperm)
+    for name, values in _ON_ITSELF.items():
+        prog += only_with(numbers[name], *values)
     prog += first_argument(numbers["prctl"], PR_SET_PDEATHSIG, eperm, allow)
     prog.append(_bpf(ret, allow))
     program = ctypes.create_string_buffer(b"".join(prog))
