@@ -473,7 +473,8 @@ def test_signals_to_other_processes_are_refused_in_both_modes(sandbox, weak_sand
         "limits = (ctypes.c_ulonglong * 2)()\n"
         "assert libc.prlimit(ppid, 7, None, limits) == -1 and ctypes.get_errno() == 1, ctypes.get_errno()\n"
         # priorities and CPUs of others, set to what they are or for a user without processes (harmless if it
-        # worked): in rlimits mode setpriority(PRIO_USER, 0, 19) could renice every process of its user for good
+        # worked): in rlimits mode, for a user without capabilities, setpriority(PRIO_USER, 0, 19) could renice
+        # every process of that user for good (as root the kernel refuses, since the program has no capability)
         "nice = os.getpriority(os.PRIO_PROCESS, ppid) if ppid != 2 else 0\n"
         "for name, call in [('setpriority', lambda: os.setpriority(os.PRIO_PROCESS, ppid, nice)),\n"
         "                   ('setpriority(PRIO_USER)', lambda: os.setpriority(os.PRIO_USER, 4242424, 0)),\n"

@@ -335,8 +335,9 @@ def set_limits(cfg: dict) -> None:
 # - watching files that other processes open (the checker's imports): inotify_init(1), fanotify_init.
 # Allowed on the process itself only (pid 0, as the C library calls them): prlimit64 (getrlimit, setrlimit),
 # sched_setparam, sched_setscheduler, sched_setaffinity, sched_setattr, migrate_pages, move_pages;
-# setpriority (PRIO_PROCESS, 0) and ioprio_set (IOPRIO_WHO_PROCESS, 0): in rlimits mode setpriority
-# (PRIO_USER) could renice every process of the user for good. prctl except PR_SET_PDEATHSIG (the program
+# setpriority (PRIO_PROCESS, 0) and ioprio_set (IOPRIO_WHO_PROCESS, 0): in rlimits mode, for a user
+# without capabilities, setpriority(PRIO_USER) could renice every process of the user for good (the
+# kernel protects processes that hold capabilities the caller lacks, so root's). prctl except PR_SET_PDEATHSIG (the program
 # keeps dying with its parent, and so with the evaluator).
 _REFUSED = (
     *("clone", "fork", "vfork", "io_uring_setup", "io_uring_enter", "io_uring_register"),
