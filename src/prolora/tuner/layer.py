@@ -334,6 +334,7 @@ class PRoLoRALayer(BaseTunerLayer):
             delta = delta.t() if self.fan_in_fan_out else delta
             merged = w.to(torch.float32) + delta.detach().to(w.device, torch.float32)
             if safe_merge and not torch.isfinite(merged).all():
+                # peft's words first (its tests match them by regex; tests/test_peft_conformance.py), then ours
                 raise ValueError(
                     f"NaNs detected in the merged weights. The adapter {name} seems to be broken "
                     f"(NaN/inf in the merged weight of adapter {name!r}); nothing was merged."
