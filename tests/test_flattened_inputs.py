@@ -17,6 +17,7 @@ from prolora.inference.adapter_bank import AdapterBank
 from prolora.tuner.layer import rows_of
 
 TARGETS = ["q_proj", "v_proj", "fc1", "fc2"]
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
