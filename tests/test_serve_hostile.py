@@ -169,6 +169,8 @@ def test_a_lora_adapter_holding_nan_is_refused_at_load(http, files, tmp_path):
         ),  # "cannot convert"
         (["--max-resident", "0"], "--max-resident 0 must be at least 1"),
         (["--max-request-bytes", "0"], "--max-request-bytes 0 must be at least 1"),
+        (["--max-num-batched-tokens", "0"], "--max-num-batched-tokens 0 must be at least 1"),
+        (["--threads", "0"], "--threads 0: use 1 or more threads"),
         (["--host", "no-such-host.invalid"], "cannot listen on --host no-such-host.invalid"),
     ],
 )
