@@ -649,6 +649,7 @@ def main() -> int:
             stop_server(server)
         summary["phases_unhooked"] = unhooked
         dense = sorted((cache / "lora").iterdir()) if (cache / "lora").is_dir() else []
+        # one size: a dense export is (r, h) and (o, r) per module whatever m and n
         summary["adapter_file_bytes"]["dense_export"] = (
             (dense[0] / "adapter_model.safetensors").stat().st_size
         )

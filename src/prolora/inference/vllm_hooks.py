@@ -19,8 +19,8 @@ serves PRoLoRA adapters as before: exported to dense LoRA). ``PROLORA_VLLM_HOOKS
    (``--max-cpu-loras``) and copies it into a compute slot (``--max-loras``) when a batch needs it. With
    the hook, a PRoLoRA folder (``peft_type`` ``PROLORA``) loads as a :class:`CompactLoRAModel` holding the
    compact tensors only (``prolora_A0``, ``prolora_B0``, ``prolora_A_u``, ``prolora_B_u``, read and checked
-   by :func:`prolora.format.read_adapter`); it is expanded to dense (:func:`prolora.format.expand_adapter`)
-   when vLLM copies it into a slot (``LoRAModelManager.activate_adapter``), and the dense copy is dropped
+   by :func:`prolora.format.read_adapter`, one flat tensor per module); it is expanded to dense
+   (:func:`prolora.tuner.layout.expand`, the expansion every path uses) when vLLM copies it into a slot (``LoRAModelManager.activate_adapter``), and the dense copy is dropped
    once the slot holds it. Patched: ``LoRAModel.from_local_checkpoint`` (PRoLoRA folders only),
    ``LoRAModelManager._create_merged_loras_inplace`` (compact models record vLLM's packing instead) and
    ``LoRAModelManager.activate_adapter`` (drops the dense copy). The same folder therefore works through
