@@ -33,6 +33,7 @@ def run_python(code: str) -> subprocess.CompletedProcess:
         ["params", "--help"],
         ["eval", "--help"],
         ["compare", "--help"],
+        ["vllm", "base-model", "--help"],
     ],
 )
 def test_help_and_argument_errors_load_no_torch(argv):

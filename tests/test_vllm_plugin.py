@@ -15,6 +15,7 @@ from test_tuner import _config, _randomise
 
 import prolora
 from prolora import get_prolora_model
+from prolora.cli import main
 from prolora.inference import vllm_plugin as vp
 
 BASE = "org/tiny-llama"
@@ -200,9 +201,9 @@ def test_entry_point_is_declared_in_vllms_plugin_group():
 def test_command_line_prints_the_dense_folder(folder, capsys, monkeypatch):
     resolver, _ = folder
     monkeypatch.setenv(vp.CACHE_ENV, str(resolver.cache))
-    assert vp.main(["adapter", str(resolver.adapters_dir / "pro")]) == 0
+    assert main(["vllm", "adapter", str(resolver.adapters_dir / "pro")]) == 0
     assert Path(capsys.readouterr().out.strip()) == resolver.resolve(BASE, "pro")
-    assert vp.main(["adapter", str(resolver.adapters_dir / "vera")]) == 2
+    assert main(["vllm", "adapter", str(resolver.adapters_dir / "vera")]) == 2
     assert "VERA" in capsys.readouterr().err
 
 

@@ -45,6 +45,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "prolora.cli.compare",
         "Train and evaluate methods at equal parameter budgets (paper Table 2/4, Figure 2)",
     ),
+    "vllm": ("prolora.cli.vllm", "Print the folders vLLM loads: the dense base model, a dense LoRA adapter"),
 }
 
 # name -> the extra (pyproject.toml [project.optional-dependencies]; prolora/extras.py) it cannot run without;

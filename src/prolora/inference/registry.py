@@ -26,7 +26,11 @@ class UnknownAdapter(KeyError):
 
 
 class AdapterBusy(RuntimeError):
-    """The adapter has requests in flight, or every resident adapter has (HTTP 409 / 503)."""
+    """Every resident adapter has requests in flight: no room for another one now (HTTP 503)."""
+
+
+class AdapterInUse(AdapterBusy):
+    """The adapter to unload has requests in flight (HTTP 409)."""
 
 
 @dataclass
@@ -177,14 +181,14 @@ class AdapterRegistry:
         """Forget adapter ``name`` (an ``adapters_dir`` folder stays loadable on demand).
 
         Raises:
-            UnknownAdapter: it is not known. AdapterBusy: requests are using it.
+            UnknownAdapter: it is not known. AdapterInUse: requests are using it.
         """
         with self._lock:
             entry = self.entries.get(name)
             if entry is None:
                 raise UnknownAdapter(name)
             if entry.pins:
-                raise AdapterBusy(
+                raise AdapterInUse(
                     f"adapter {name!r} has {entry.pins} request(s) in flight; unload it when they end."
                 )
             if name in self._lru:

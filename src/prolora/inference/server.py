@@ -13,10 +13,12 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from contextlib import asynccontextmanager
+from collections.abc import Callable
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
 from typing import Annotated, Literal
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
@@ -26,7 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .adapter_bank import AdapterBank
 from .engine import Engine, Event, SamplingParams, ShuttingDown
 from .generation import AdapterSpec
-from .registry import AdapterBusy, AdapterRegistry, UnknownAdapter, check_name
+from .registry import AdapterBusy, AdapterInUse, AdapterRegistry, UnknownAdapter, check_name
 
 
 # ------------------------------------------------------------------------------------------ bodies
@@ -155,8 +157,99 @@ class BodyLimit:
         return await self.app(scope, replay, send)
 
 
+# ------------------------------------------------------------------------------------------ errors
+# The one exception -> HTTP status table: an error is answered with the row of the most specific class in
+# its MRO. The server's own exceptions are answered so wherever a route raises them (FastAPI exception
+# handlers, see create_app); ValueError and OSError only inside `answering`, where the failing call read
+# the request: anywhere else they are bugs, answered 500.
+STATUS: dict[type[Exception], tuple[int, str]] = {
+    ShuttingDown: (503, "service_unavailable"),
+    AdapterBusy: (503, "service_unavailable"),  # no room: every resident adapter has requests in flight
+    AdapterInUse: (409, "conflict_error"),  # unload of an adapter with requests in flight
+    UnknownAdapter: (404, "not_found_error"),
+    ValueError: (400, "invalid_request_error"),
+    OSError: (400, "invalid_request_error"),
+}
+_SERVER_ERRORS = (ShuttingDown, AdapterBusy, UnknownAdapter)  # answered by the table wherever raised
+
+# per exception class: the request field to name (``param``) and the message (default: the exception's)
+Wording = dict[type[Exception], tuple[str | None, Callable[[Exception], str] | None]]
+
+
+def _row(exc: Exception, table: dict):
+    return next((table[c] for c in type(exc).__mro__ if c in table), None)
+
+
+def as_api_error(exc: Exception, param: str | None = None, message: str | None = None) -> APIError:
+    """The :class:`APIError` of ``exc``'s row in :data:`STATUS`."""
+    status, kind = _row(exc, STATUS)
+    text = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)  # KeyError's str quotes
+    return APIError(status, message or text, kind, param)
+
+
+@contextmanager
+def answering(wording: Wording | None = None):
+    """Errors of the block are the request's fault: one with a row in :data:`STATUS` is raised as that row's
+    :class:`APIError`, worded as ``wording`` says for its class (else: no ``param``, its own text)."""
+    try:
+        yield
+    except tuple(STATUS) as exc:
+        param, say = _row(exc, wording or {}) or (None, None)
+        raise as_api_error(exc, param, say(exc) if say else None) from None
+
+
+async def _answer_api_error(_request, exc: Exception) -> JSONResponse:
+    error = exc if isinstance(exc, APIError) else as_api_error(exc)
+    return _error(error.status, error.message, error.kind, error.param)
+
+
+async def _answer_invalid_body(_request, exc: RequestValidationError) -> JSONResponse:
+    errors = exc.errors()
+    # of a union's branches (prompt: str | list[str] | list[int]) report the one our validators refused
+    first = next((e for e in errors if e.get("type") == "value_error"), errors[0] if errors else {})
+    if first.get("type") == "json_invalid":  # loc is ("body", character offset)
+        return _error(
+            400,
+            f"invalid request: the body is not valid JSON ({first.get('ctx', {}).get('error', '')} "
+            f"at character {first.get('loc', ('', '?'))[-1]}).",
+        )
+    # the path of the field, without pydantic's union-branch and validator tags ("str", "function-after[...]")
+    where = ".".join(
+        str(p)
+        for p in first.get("loc", ())[1:]
+        if not (isinstance(p, str) and ("[" in p or p in ("str", "int", "float", "bool")))
+    )
+    where = where or None
+    return _error(
+        400, f"invalid request: {where or 'body'}: {first.get('msg', 'malformed body')}", param=where
+    )
+
+
+async def _answer_http_error(_request, exc: StarletteHTTPException) -> JSONResponse:
+    kind = {404: "not_found_error", 405: "invalid_request_error", 400: "invalid_request_error"}
+    return _error(exc.status_code, str(exc.detail), kind.get(exc.status_code, "api_error"))
+
+
 # ----------------------------------------------------------------------------------------------- app
-def create_app(  # noqa: C901 -- to be split into module-level routes (issue 21)
+@dataclass(frozen=True)
+class ServerSettings:
+    """What a route needs besides the engine (``app.state.settings``; the engine is ``app.state.engine``).
+
+    Attributes:
+        base_name: the name under which the base model answers (``model`` field, ``/v1/models``).
+        api_key: when set, every ``/v1`` route needs ``Authorization: Bearer <api_key>``.
+        chat_format: ``"tulu"`` or ``"template"``: for chats with the base model and with adapters whose
+            training run recorded none.
+        shutdown_timeout: seconds running requests get when the app shuts down.
+    """
+
+    base_name: str
+    api_key: str | None = None
+    chat_format: str = "tulu"
+    shutdown_timeout: float = 30.0
+
+
+def create_app(
     engine: Engine,
     base_name: str,
     api_key: str | None = None,
@@ -167,285 +260,249 @@ def create_app(  # noqa: C901 -- to be split into module-level routes (issue 21)
     """The FastAPI app serving ``engine`` (started here if needed; stopped when the app shuts down).
 
     Args:
-        base_name: the name under which the base model answers (``model`` field, ``/v1/models``).
-        api_key: when set, every ``/v1`` route needs ``Authorization: Bearer <api_key>``.
-        chat_format: ``"tulu"`` or ``"template"`` for chats with the base model and with adapters whose
-            training run recorded none (default: the tokenizer's chat template if it has one, else tulu).
+        base_name, api_key, shutdown_timeout: see :class:`ServerSettings`.
+        chat_format: ``"tulu"`` or ``"template"`` (default: the tokenizer's chat template if it has one,
+            else tulu).
         max_request_bytes: a larger request body is answered 413 (:class:`BodyLimit`).
     """
-    tokenizer = engine.tokenizer
-    registry = engine.registry
-    vocab = engine.vocab_size
-    default_format = chat_format or ("template" if getattr(tokenizer, "chat_template", None) else "tulu")
-
-    @asynccontextmanager
-    async def lifespan(_app):
-        engine.start()
-        yield
-        await run_in_threadpool(engine.shutdown, shutdown_timeout)
-
-    app = FastAPI(title="prolora serve", lifespan=lifespan)
+    if chat_format is None:
+        chat_format = "template" if getattr(engine.tokenizer, "chat_template", None) else "tulu"
+    app = FastAPI(title="prolora serve", lifespan=_lifespan)
+    app.state.engine = engine
+    app.state.settings = ServerSettings(base_name, api_key, chat_format, shutdown_timeout)
     app.add_middleware(BodyLimit, max_bytes=max_request_bytes)
+    app.add_exception_handler(RequestValidationError, _answer_invalid_body)
+    app.add_exception_handler(StarletteHTTPException, _answer_http_error)
+    for kind in (APIError, *_SERVER_ERRORS):
+        app.add_exception_handler(kind, _answer_api_error)
+    app.include_router(router)
+    app.include_router(v1)
+    return app
 
-    async def authorize(request: Request) -> None:
-        if api_key is not None and request.headers.get("authorization") != f"Bearer {api_key}":
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI):
+    app.state.engine.start()
+    yield
+    await run_in_threadpool(app.state.engine.shutdown, app.state.settings.shutdown_timeout)
+
+
+def _engine(request: Request) -> Engine:
+    return request.app.state.engine
+
+
+def _settings(request: Request) -> ServerSettings:
+    return request.app.state.settings
+
+
+EngineDep = Annotated[Engine, Depends(_engine)]
+SettingsDep = Annotated[ServerSettings, Depends(_settings)]
+
+
+async def authorize(request: Request, settings: SettingsDep) -> None:
+    api_key = settings.api_key
+    if api_key is not None and request.headers.get("authorization") != f"Bearer {api_key}":
+        raise APIError(
+            401, "missing or wrong API key: send 'Authorization: Bearer <key>'.", "authentication_error"
+        )
+
+
+router = APIRouter()  # open routes
+v1 = APIRouter(prefix="/v1", dependencies=[Depends(authorize)])  # the OpenAI/vLLM routes, behind the key
+
+
+# --------------------------------------------------------------------------------------------- routes
+@router.get("/health")
+async def health(engine: EngineDep):
+    if not engine.accepting:
+        return _error(503, "shutting down", "service_unavailable")
+    return {"status": "ok"}
+
+
+@router.get("/metrics")
+async def metrics(engine: EngineDep):
+    return Response(_prometheus_text(engine), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+@v1.get("/models")
+async def models(engine: EngineDep, settings: SettingsDep):
+    created, base_name, registry = int(time.time()), settings.base_name, engine.registry
+    card = {"object": "model", "created": created, "owned_by": "prolora"}
+    data = [{"id": base_name, **card, "root": base_name, "parent": None}]
+    for name in registry.names():
+        entry = registry.entries.get(name)
+        data.append({"id": name, **card, "root": entry.path if entry else name, "parent": base_name})
+    return {"object": "list", "data": data}
+
+
+@v1.post("/completions")
+async def completions(body: CompletionBody, request: Request, engine: EngineDep, settings: SettingsDep):
+    adapter = _resolve(engine, settings, body.model)
+    prompt = body.prompt
+    if isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
+        if len(prompt) != 1:
             raise APIError(
-                401, "missing or wrong API key: send 'Authorization: Bearer <key>'.", "authentication_error"
+                400, f"prompt holds {len(prompt)} strings; send one prompt per request.", param="prompt"
             )
+        prompt = prompt[0]
+    # a long prompt takes seconds to tokenize: off the event loop, which serves every other stream
+    ids = (
+        list(prompt)
+        if isinstance(prompt, list)
+        else (await run_in_threadpool(engine.tokenizer, prompt))["input_ids"]
+    )
+    if any(not 0 <= t < engine.vocab_size for t in ids):
+        raise APIError(400, f"prompt token ids must be in [0, {engine.vocab_size}).", param="prompt")
+    params = _sampling(engine, body, body.max_tokens or 16, len(ids))
+    return await _generate(request, engine, adapter, ids, params, body, chat=False)
 
-    @app.exception_handler(APIError)
-    async def _api_error(_request, exc: APIError):
-        return _error(exc.status, exc.message, exc.kind, exc.param)
 
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(_request, exc: RequestValidationError):
-        errors = exc.errors()
-        # of a union's branches (prompt: str | list[str] | list[int]) report the one our validators refused
-        first = next((e for e in errors if e.get("type") == "value_error"), errors[0] if errors else {})
-        if first.get("type") == "json_invalid":  # loc is ("body", character offset)
-            return _error(
-                400,
-                f"invalid request: the body is not valid JSON ({first.get('ctx', {}).get('error', '')} "
-                f"at character {first.get('loc', ('', '?'))[-1]}).",
-            )
-        # the path of the field, without pydantic's union-branch and validator tags ("str", "function-after[...]")
-        where = ".".join(
-            str(p)
-            for p in first.get("loc", ())[1:]
-            if not (isinstance(p, str) and ("[" in p or p in ("str", "int", "float", "bool")))
-        )
-        where = where or None
-        return _error(
-            400, f"invalid request: {where or 'body'}: {first.get('msg', 'malformed body')}", param=where
-        )
+@v1.post("/chat/completions")
+async def chat_completions(body: ChatBody, request: Request, engine: EngineDep, settings: SettingsDep):
+    from prolora.data.chat import render
 
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(_request, exc: StarletteHTTPException):
-        kind = {404: "not_found_error", 405: "invalid_request_error", 400: "invalid_request_error"}
-        return _error(exc.status_code, str(exc.detail), kind.get(exc.status_code, "api_error"))
+    adapter = _resolve(engine, settings, body.model)
+    fmt = (engine.registry.entry(adapter).chat_format if adapter else None) or settings.chat_format
+    messages = [m.model_dump() for m in body.messages]
+    tokenizer = engine.tokenizer
 
-    def resolve(model: str) -> str | None:
-        """The adapter of a request's ``model`` (None: the base model); 404 lists what exists."""
-        if model == base_name:
-            return None
-        try:
-            registry.entry(model)
-        except UnknownAdapter:
-            raise APIError(
-                404,
-                f"The model '{model}' does not exist. Available models: "
-                f"{', '.join([base_name, *registry.names()])}.",
-                "not_found_error",
-                "model",
-            ) from None
-        return model
+    def tokenize() -> list[int]:  # off the event loop (a long chat takes seconds)
+        text, _ = render(tokenizer, messages, fmt, add_generation_prompt=True)
+        return tokenizer(text, add_special_tokens=fmt == "tulu")["input_ids"]  # as prolora generate does
 
-    def sampling(body: _Sampling, max_tokens: int | None, prompt_len: int) -> SamplingParams:
-        for name in ("logprobs", "echo"):
-            if getattr(body, name):
-                raise APIError(400, f"{name} is not supported by prolora serve; leave it unset.", param=name)
-        stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
-        if max_tokens is None:
-            max_tokens = max(engine.max_context - prompt_len, 1)
-        return SamplingParams(
-            max_tokens=max_tokens,
-            temperature=body.temperature,
-            top_p=body.top_p,
-            seed=body.seed,
-            stop=stop,
-            ignore_eos=body.ignore_eos,
-        )
+    with answering({ValueError: ("messages", None)}):
+        ids = await run_in_threadpool(tokenize)
+    params = _sampling(engine, body, body.max_completion_tokens or body.max_tokens, len(ids))
+    return await _generate(request, engine, adapter, ids, params, body, chat=True)
 
-    async def run(
-        adapter: str | None,
-        ids: list[int],
-        params: SamplingParams,
-        request: Request,
-        body: _Sampling,
-        chat: bool,
-    ):
-        loop = asyncio.get_running_loop()
-        events: asyncio.Queue[Event] = asyncio.Queue()
 
-        def sink(event: Event) -> None:
-            loop.call_soon_threadsafe(events.put_nowait, event)
+@v1.post("/load_lora_adapter")
+async def load_lora_adapter(body: LoadBody, engine: EngineDep, settings: SettingsDep):
+    name, path = body.lora_name, body.lora_path
+    if name == settings.base_name:
+        raise APIError(400, f"'{name}' is the base model's name; pick another.", param="lora_name")
+    with answering({ValueError: ("lora_name", None)}):
+        check_name(name)
+    cannot = ("lora_path", lambda exc: f"cannot load adapter '{name}' from {path}: {exc}")
+    with answering({ValueError: cannot, OSError: cannot}):
+        await run_in_threadpool(engine.registry.register, name, path)
+    return PlainTextResponse(f"Success: LoRA adapter '{name}' added successfully.")
 
-        try:
-            handle = await run_in_threadpool(engine.submit, ids, adapter, params, sink)
-        except ShuttingDown as exc:
-            raise APIError(503, str(exc), "service_unavailable") from None
-        except UnknownAdapter as exc:
-            raise APIError(
-                404, f"The model '{exc.args[0]}' does not exist.", "not_found_error", "model"
-            ) from None
-        except AdapterBusy as exc:
-            raise APIError(503, str(exc), "service_unavailable") from None
-        except (ValueError, OSError) as exc:
-            raise APIError(400, str(exc)) from None
-        rid = ("chatcmpl-" if chat else "cmpl-") + handle.id
-        created = int(time.time())
 
-        def usage():
-            return {
-                "prompt_tokens": len(ids),
-                "completion_tokens": len(handle.output_ids),
-                "total_tokens": len(ids) + len(handle.output_ids),
-            }
+@v1.post("/unload_lora_adapter")
+async def unload_lora_adapter(body: UnloadBody, engine: EngineDep):
+    name = body.lora_name
+    unknown = ("lora_name", lambda _exc: f"The lora adapter '{name}' cannot be found.")
+    with answering({UnknownAdapter: unknown, AdapterInUse: ("lora_name", None)}):
+        await run_in_threadpool(engine.registry.unload, name)
+    return PlainTextResponse(f"Success: LoRA adapter '{name}' removed successfully.")
 
-        if body.stream:
-            return StreamingResponse(
-                _stream(events, handle, rid, created, body.model, chat, usage), media_type="text/event-stream"
-            )
 
-        async def watch_disconnect():  # the body is read: the next ASGI message is the client leaving
-            while (await request.receive())["type"] != "http.disconnect":
-                pass
-            handle.cancel()
+# ------------------------------------------------------------------------------------ route helpers
+def _resolve(engine: Engine, settings: ServerSettings, model: str) -> str | None:
+    """The adapter of a request's ``model`` (None: the base model); 404 lists what exists."""
+    if model == settings.base_name:
+        return None
 
-        watcher = asyncio.create_task(watch_disconnect())
-        parts = []
-        try:
-            while True:
-                event = await events.get()
-                parts.append(event.text)
-                if event.finish_reason is not None:
-                    break
-        finally:
-            watcher.cancel()
-            if handle.finish_reason is None:
-                handle.cancel()
-        if event.error:
-            raise APIError(503 if "shutting down" in event.error else 500, event.error, "api_error")
-        text = "".join(parts)
-        choice = (
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": text},
-                "finish_reason": event.finish_reason,
-            }
-            if chat
-            else {"index": 0, "text": text, "logprobs": None, "finish_reason": event.finish_reason}
-        )
+    def unknown(_exc) -> str:
+        known = ", ".join([settings.base_name, *engine.registry.names()])
+        return f"The model '{model}' does not exist. Available models: {known}."
+
+    with answering({UnknownAdapter: ("model", unknown)}):
+        engine.registry.entry(model)
+    return model
+
+
+def _sampling(engine: Engine, body: _Sampling, max_tokens: int | None, prompt_len: int) -> SamplingParams:
+    for name in ("logprobs", "echo"):
+        if getattr(body, name):
+            raise APIError(400, f"{name} is not supported by prolora serve; leave it unset.", param=name)
+    stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
+    if max_tokens is None:
+        max_tokens = max(engine.max_context - prompt_len, 1)
+    return SamplingParams(
+        max_tokens=max_tokens,
+        temperature=body.temperature,
+        top_p=body.top_p,
+        seed=body.seed,
+        stop=stop,
+        ignore_eos=body.ignore_eos,
+    )
+
+
+async def _generate(
+    request: Request,
+    engine: Engine,
+    adapter: str | None,
+    ids: list[int],
+    params: SamplingParams,
+    body: _Sampling,
+    chat: bool,
+):
+    """Submit one request to the engine; its answer streamed (server-sent events) or whole."""
+    loop = asyncio.get_running_loop()
+    events: asyncio.Queue[Event] = asyncio.Queue()
+
+    def sink(event: Event) -> None:
+        loop.call_soon_threadsafe(events.put_nowait, event)
+
+    unknown = ("model", lambda exc: f"The model '{exc.args[0]}' does not exist.")  # unloaded since _resolve
+    with answering({UnknownAdapter: unknown}):
+        handle = await run_in_threadpool(engine.submit, ids, adapter, params, sink)
+    rid = ("chatcmpl-" if chat else "cmpl-") + handle.id
+    created = int(time.time())
+
+    def usage():
+        completion = len(handle.output_ids)
         return {
-            "id": rid,
-            "object": "chat.completion" if chat else "text_completion",
-            "created": created,
-            "model": body.model,
-            "choices": [choice],
-            "usage": usage(),
+            "prompt_tokens": len(ids),
+            "completion_tokens": completion,
+            "total_tokens": len(ids) + completion,
         }
 
-    @app.get("/health")
-    async def health():
-        if not engine.accepting:
-            return _error(503, "shutting down", "service_unavailable")
-        return {"status": "ok"}
-
-    @app.get("/v1/models", dependencies=[Depends(authorize)])
-    async def models():
-        created = int(time.time())
-        data = [
-            {
-                "id": base_name,
-                "object": "model",
-                "created": created,
-                "owned_by": "prolora",
-                "root": base_name,
-                "parent": None,
-            }
-        ]
-        for name in registry.names():
-            entry = registry.entries.get(name)
-            data.append(
-                {
-                    "id": name,
-                    "object": "model",
-                    "created": created,
-                    "owned_by": "prolora",
-                    "root": entry.path if entry else name,
-                    "parent": base_name,
-                }
-            )
-        return {"object": "list", "data": data}
-
-    @app.post("/v1/completions", dependencies=[Depends(authorize)])
-    async def completions(body: CompletionBody, request: Request):
-        adapter = resolve(body.model)
-        prompt = body.prompt
-        if isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
-            if len(prompt) != 1:
-                raise APIError(
-                    400, f"prompt holds {len(prompt)} strings; send one prompt per request.", param="prompt"
-                )
-            prompt = prompt[0]
-        # a long prompt takes seconds to tokenize: off the event loop, which serves every other stream
-        ids = (
-            list(prompt)
-            if isinstance(prompt, list)
-            else (await run_in_threadpool(tokenizer, prompt))["input_ids"]
+    if body.stream:
+        return StreamingResponse(
+            _stream(events, handle, rid, created, body.model, chat, usage), media_type="text/event-stream"
         )
-        if any(not 0 <= t < vocab for t in ids):
-            raise APIError(400, f"prompt token ids must be in [0, {vocab}).", param="prompt")
-        return await run(
-            adapter, ids, sampling(body, body.max_tokens or 16, len(ids)), request, body, chat=False
-        )
+    text, finish_reason = await _collect(request, events, handle)
+    choice = (
+        {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish_reason}
+        if chat
+        else {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
+    )
+    return {
+        "id": rid,
+        "object": "chat.completion" if chat else "text_completion",
+        "created": created,
+        "model": body.model,
+        "choices": [choice],
+        "usage": usage(),
+    }
 
-    @app.post("/v1/chat/completions", dependencies=[Depends(authorize)])
-    async def chat_completions(body: ChatBody, request: Request):
-        from prolora.data.chat import render
 
-        adapter = resolve(body.model)
-        fmt = (registry.entry(adapter).chat_format if adapter else None) or default_format
-        messages = [m.model_dump() for m in body.messages]
+async def _collect(request: Request, events: asyncio.Queue, handle) -> tuple[str, str]:
+    """The whole text of a non-streamed request and its finish reason; the client leaving cancels it."""
 
-        def tokenize() -> list[int]:  # off the event loop (a long chat takes seconds)
-            text, _ = render(tokenizer, messages, fmt, add_generation_prompt=True)
-            return tokenizer(text, add_special_tokens=fmt == "tulu")["input_ids"]  # as prolora generate does
+    async def watch_disconnect():  # the body is read: the next ASGI message is the client leaving
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        handle.cancel()
 
-        try:
-            ids = await run_in_threadpool(tokenize)
-        except ValueError as exc:
-            raise APIError(400, str(exc), param="messages") from None
-        params = sampling(body, body.max_completion_tokens or body.max_tokens, len(ids))
-        return await run(adapter, ids, params, request, body, chat=True)
-
-    @app.post("/v1/load_lora_adapter", dependencies=[Depends(authorize)])
-    async def load_lora_adapter(body: LoadBody):
-        if body.lora_name == base_name:
-            raise APIError(
-                400, f"'{body.lora_name}' is the base model's name; pick another.", param="lora_name"
-            )
-        try:
-            check_name(body.lora_name)
-        except ValueError as exc:
-            raise APIError(400, str(exc), param="lora_name") from None
-        try:
-            await run_in_threadpool(registry.register, body.lora_name, body.lora_path)
-        except AdapterBusy as exc:
-            raise APIError(503, str(exc), "service_unavailable") from None
-        except (ValueError, OSError) as exc:
-            raise APIError(
-                400, f"cannot load adapter '{body.lora_name}' from {body.lora_path}: {exc}", param="lora_path"
-            ) from None
-        return PlainTextResponse(f"Success: LoRA adapter '{body.lora_name}' added successfully.")
-
-    @app.post("/v1/unload_lora_adapter", dependencies=[Depends(authorize)])
-    async def unload_lora_adapter(body: UnloadBody):
-        try:
-            await run_in_threadpool(registry.unload, body.lora_name)
-        except UnknownAdapter:
-            raise APIError(
-                404, f"The lora adapter '{body.lora_name}' cannot be found.", "not_found_error", "lora_name"
-            ) from None
-        except AdapterBusy as exc:
-            raise APIError(409, str(exc), "conflict_error", "lora_name") from None
-        return PlainTextResponse(f"Success: LoRA adapter '{body.lora_name}' removed successfully.")
-
-    @app.get("/metrics")
-    async def metrics():
-        return Response(_prometheus_text(engine), media_type="text/plain; version=0.0.4; charset=utf-8")
-
-    return app
+    watcher = asyncio.create_task(watch_disconnect())
+    parts = []
+    try:
+        while True:
+            event = await events.get()
+            parts.append(event.text)
+            if event.finish_reason is not None:
+                break
+    finally:
+        watcher.cancel()
+        if handle.finish_reason is None:
+            handle.cancel()
+    if event.error:
+        raise APIError(503 if "shutting down" in event.error else 500, event.error, "api_error")
+    return "".join(parts), event.finish_reason
 
 
 async def _stream(events, handle, rid, created, model, chat, usage):

@@ -35,7 +35,6 @@ import logging
 import os
 import re
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
@@ -324,29 +323,3 @@ def dense_base_model(model: str | None = None, cache: str | os.PathLike | None =
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return final
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``base-model [--model M]`` / ``adapter PATH``: print the folder vLLM should load."""
-    import argparse
-
-    parser = argparse.ArgumentParser(
-        prog="python -m prolora.inference.vllm_plugin",
-        description="Folders for vLLM: the dense base model, a dense LoRA adapter.",
-    )
-    sub = parser.add_subparsers(dest="what", required=True)
-    base = sub.add_parser("base-model", help="write the embedded (or a .gguf) model as a float32 folder")
-    base.add_argument("--model", help="a .gguf file (default: the embedded SmolLM2-135M-Instruct)")
-    adapter = sub.add_parser("adapter", help="export a PRoLoRA adapter to dense LoRA into the cache")
-    adapter.add_argument("path")
-    args = parser.parse_args(argv)
-    try:
-        print(dense_base_model(args.model) if args.what == "base-model" else dense_lora(args.path))
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
