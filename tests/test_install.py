@@ -103,3 +103,15 @@ def test_command_without_its_extra_stops_before_any_work(tmp_path, argv, hidden,
     )
     assert f"pip install 'prolora[{extra}]'" in result.stderr
     assert not out.exists()
+
+
+def test_reading_a_gguf_file_without_gguf_names_the_extra(tmp_path, monkeypatch):
+    from prolora import base_models
+
+    model = tmp_path / "tiny.gguf"
+    model.write_bytes(b"GGUF" + bytes(60))
+    monkeypatch.setenv(base_models.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setitem(sys.modules, "gguf", None)
+    with pytest.raises(MissingExtra, match=r"reading the GGUF model tiny.gguf needs prolora's 'gguf' extra"):
+        base_models.load_model(str(model))
+    assert [p.name for p in (tmp_path / "cache" / "gguf").iterdir()] == ["checksums"]  # no copy left behind

@@ -13,6 +13,7 @@ import importlib.util
 
 # extra -> the modules prolora imports from its packages (a module may belong to several extras)
 EXTRAS: dict[str, tuple[str, ...]] = {
+    "gguf": ("gguf",),
     "train": ("datasets", "gguf", "yaml"),
     "eval": ("lm_eval", "datasets", "gguf", "yaml"),
     "serve": ("fastapi", "uvicorn", "prometheus_client", "gguf"),
