@@ -91,8 +91,12 @@ def test_fork_bomb_is_contained(sandbox):
 def test_writes_outside_the_working_directory_are_not_visible(sandbox, tmp_path):
     target = tmp_path / "written-by-sandbox.txt"
     result = sandbox.run(f"open({str(target)!r}, 'w').write('x')")
-    assert result.status == "failed" and "Read-only file system" in result.detail
+    assert result.status == "failed" and "No such file or directory" in result.detail  # not in its root
     assert not target.exists()
+    # what it can see (the standard library, the shared libraries, its root) is read-only
+    for folder in ("os.path.dirname(os.__file__)", "'/'", "'/usr/lib/x86_64-linux-gnu'"):
+        result = sandbox.run(f"import os\nopen(os.path.join({folder}, 'written-by-sandbox'), 'w')")
+        assert result.status == "failed" and "Read-only file system" in result.detail, result.detail
     # its own temporary working directory is writable
     assert sandbox.run("open('scratch.txt', 'w').write('x')\nassert open('scratch.txt').read() == 'x'").passed
 
@@ -134,6 +138,23 @@ def test_no_network_not_even_the_hosts_loopback(sandbox):
 
 def test_host_processes_are_hidden(sandbox):
     assert sandbox.run("import os\nassert len([p for p in os.listdir('/proc') if p.isdigit()]) <= 2").passed
+
+
+def test_host_folders_are_not_in_its_root(sandbox, tmp_path):
+    """The project, its virtual environment, the temporary folders and home are not there at all."""
+    import sys
+    import tempfile
+
+    absent = [
+        str(Path(__file__).parent),
+        sys.prefix,
+        str(tmp_path),
+        tempfile.gettempdir() + "/pytest-of-root",
+    ]
+    absent = [path for path in absent if Path(path).exists()]  # each exists here, outside
+    assert len(absent) >= 3
+    result = sandbox.run(f"import os\nassert not [p for p in {absent!r} if os.path.exists(p)]")
+    assert result.passed, result.detail
 
 
 def test_describe_names_the_isolation(sandbox):
@@ -271,6 +292,7 @@ def test_predictions_file_early_exits_fail_and_deleting_nothing_outside_passes(s
     assert score["n"] == 4 and score["samples"] == len(rows)
     assert score["pass@1"] == pytest.approx(100 * (3 + 2 / n) / 4)
     assert summary["sandbox"]["mode"] == "namespaces" and "warning" not in summary["sandbox"]
+    assert summary["sandbox"]["tests_hidden"] is True and "allow_visible_tests" not in summary["sandbox"]
     per_problem = [
         json.loads(line)
         for line in (out / "predictions" / "predictions" / "humaneval.jsonl").read_text().splitlines()
@@ -296,14 +318,26 @@ def test_predictions_file_errors_name_the_problem(tmp_path, capsys):
     assert code == 2 and "drop --adapter" in capsys.readouterr().err
 
 
+def test_allow_visible_tests_without_predictions_is_an_error(tmp_path, capsys):
+    from prolora.cli import main
+
+    code = main(["eval", "--tasks", "humaneval", "--allow-visible-tests", "--output-dir", str(tmp_path)])
+    assert code == 2 and "--allow-visible-tests applies to --predictions only" in capsys.readouterr().err
+
+
 def test_rlimits_mode_warns_in_output_and_results(tmp_path, capsys):
     rows = [{"task_id": p["task_id"], "completion": p["canonical_solution"]} for p in _problems_with_ids()]
     rows.append({"task_id": "HumanEval/2", "completion": EARLY_EXITS["os._exit(0) at top level"]})
+    # it cannot hide the tests: a predictions file is refused there unless the user opts in
     code, out = _score_predictions(tmp_path, rows, "--sandbox", "rlimits")
+    assert code == 2 and not out.exists()
+    assert "cannot hide the tests" in capsys.readouterr().err
+    code, out = _score_predictions(tmp_path, rows, "--sandbox", "rlimits", "--allow-visible-tests")
     assert code == 0
     assert "WARNING: sandbox mode 'rlimits' has NO filesystem or network isolation" in capsys.readouterr().err
     summary = json.loads((out / "results.json").read_text())
     assert "NO filesystem or network isolation" in summary["sandbox"]["warning"]
+    assert summary["sandbox"]["tests_hidden"] is False and summary["sandbox"]["allow_visible_tests"] is True
     results = [
         json.loads(line) for line in (out / "humaneval_samples_results.jsonl").read_text().splitlines()
     ]
@@ -355,9 +389,259 @@ def test_the_check_sees_plain_values_only(sandbox):
     assert not run(equal_to_all, "def check(c):\n    assert c(0) == 5.0\n").passed
     result = run("    return iter(x)\n", "def check(c):\n    assert list(c([1])) == [1]\n")
     assert result.status == "failed" and "not plain data" in result.detail
+    # a completion that does not run: the result names its own error
+    result = run("    return (\n", "def check(c):\n    assert c(1) == 1\n")
+    assert result.status == "failed" and "did not run to its end" in result.detail
+    assert "SyntaxError" in result.detail
     # the completion's exceptions reach the test as the same built-in type
     assert run(
         "    raise KeyError(x)\n",
         "def check(c):\n    try:\n        c(1)\n    except KeyError:\n"
         "        pass\n    else:\n        raise AssertionError\n",
     ).passed
+
+
+# --------------------------------------------------------------- the candidate never has the test
+# An oracle completion for HumanEval/2: no logic, it answers from a table it builds out of the test's
+# asserts (``candidate(x) == y``, ``abs(candidate(x) - y) < eps``) or runs the dataset's canonical
+# solution. Each attack differs only in where it looks for that text; all must fail.
+_ORACLE = """
+import ast as _ast, os as _os, re as _re, sys as _sys
+
+def _table(text):
+    table = {}
+    for node in _ast.walk(_ast.parse(text)):
+        if not isinstance(node, _ast.Compare):
+            continue
+        left, right = node.left, node.comparators[0]
+        if isinstance(left, _ast.Call) and getattr(left.func, "id", "") == "abs":
+            left = left.args[0]
+            left, right = (left.left, left.right) if isinstance(left, _ast.BinOp) else (None, None)
+        if isinstance(left, _ast.Call) and getattr(left.func, "id", "") == "candidate":
+            table[repr([_ast.literal_eval(a) for a in left.args])] = _ast.literal_eval(right)
+    return table
+
+_CHECK = "def check" + "(candidate):"  # never spelled out, so that this source is no match
+_ROW = "{" + '"task_id": "HumanEval/' + '2"'
+
+def _from_text(text):
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    at = text.find(_CHECK)
+    while at >= 0:
+        end = text.find("\\n\\n\\n", at)
+        try:
+            return _table(text[at:end if end > 0 else None])
+        except (SyntaxError, ValueError):
+            at = text.find(_CHECK, at + 1)
+    for line in text.splitlines():  # a dataset row
+        if line.startswith(_ROW):
+            import json
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            namespace = {}
+            exec(row["prompt"] + row["canonical_solution"], namespace)
+            return {"solve": namespace[row["entry_point"]]}
+    return None
+
+def _from_file(path, limit=1 << 24):
+    try:
+        with open(path, "rb") as f:
+            f.seek(0)
+            data = f.read(limit)
+    except OSError:
+        return None
+    if data.startswith(b"\\x1f\\x8b"):  # the dataset as published, gzipped
+        import gzip, zlib
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError, zlib.error):
+            return None
+    return _from_text(data)
+
+def _from_paths(text):
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    for path in _re.findall(r"/[\\w.+-][\\w./+-]*", text):
+        if (found := _from_file(path)):
+            return found
+    return None
+
+def _answer(number):
+    table = _find()
+    if table is None:
+        raise LookupError("no test found")
+    if "solve" in table:
+        return table["solve"](number)
+    return table[repr([number])]
+"""
+
+_ATTACKS = {
+    "test file in the working folder and its parents": """
+def _find():
+    for folder in (".", "..", _os.environ.get("TMPDIR", "/tmp"), "/tmp"):
+        top = _os.path.abspath(folder)
+        for root, dirs, files in _os.walk(top):
+            dirs[:] = [d for d in dirs if root.count("/") - top.count("/") < 1 and not d.startswith(("proc", "sys", "dev"))]
+            for name in files[:200]:
+                if (found := _from_file(_os.path.join(root, name), 1 << 16)):
+                    return found
+""",
+    "argv and the boot config": """
+def _find():
+    for arg in _sys.argv + list(_sys.orig_argv):
+        if (found := _from_text(arg) or _from_paths(arg)):
+            return found
+""",
+    "/proc of every visible process (cmdline, environ, fd, cwd)": """
+def _find():
+    for pid in [p for p in _os.listdir("/proc") if p.isdigit()] + ["self"]:
+        base = f"/proc/{pid}"
+        for name in ("cmdline", "environ"):
+            try:
+                with open(f"{base}/{name}", "rb") as f:
+                    data = f.read().replace(b"\\0", b" ")
+            except OSError:
+                continue
+            if (found := _from_text(data) or _from_paths(data)):
+                return found
+        for folder in ("fd", "cwd"):
+            try:
+                names = _os.listdir(f"{base}/{folder}")
+            except OSError:
+                names = []
+            for name in names:
+                if (found := _from_file(f"{base}/{folder}/{name}", 1 << 20)):
+                    return found
+""",
+    "inherited descriptors": """
+def _find():
+    for fd in range(64):
+        try:
+            _os.lseek(fd, 0, 0)
+        except OSError:
+            pass
+        try:
+            _os.set_blocking(fd, False)
+            if (found := _from_text(_os.read(fd, 1 << 20))):
+                return found
+        except (OSError, TypeError):
+            pass
+""",
+    "gc and caller frames": """
+def _find():
+    import gc
+    frame = _sys._getframe()
+    while frame is not None:
+        for scope in (frame.f_locals, frame.f_globals):
+            for value in list(scope.values()):
+                for text in ([value] if isinstance(value, (str, bytes)) else
+                             list(value.values()) if isinstance(value, dict) else []):
+                    if isinstance(text, (str, bytes)) and (found := _from_text(text) or _from_paths(text)):
+                        return found
+        frame = frame.f_back
+    for obj in gc.get_objects():
+        values = obj.values() if isinstance(obj, dict) else obj if isinstance(obj, (list, tuple)) else ()
+        for text in values:
+            if isinstance(text, (str, bytes)) and "check" in str(text)[:1 << 16]:
+                if (found := _from_text(text) or _from_paths(text)):
+                    return found
+""",
+    "its own memory (/proc/self/mem)": """
+def _find():
+    with open("/proc/self/maps") as maps, open("/proc/self/mem", "rb", 0) as mem:
+        for line in maps:
+            fields = line.split()
+            if "r" not in fields[1] or (len(fields) > 5 and not fields[5].startswith("[heap")):
+                continue
+            start, end = (int(x, 16) for x in fields[0].split("-"))
+            try:
+                mem.seek(start)
+                data = mem.read(min(end - start, 1 << 26))
+            except (OSError, ValueError, OverflowError):
+                continue
+            at = data.find(_CHECK.encode())
+            while at >= 0:
+                if (found := _from_text(data[at:at + 4096].split(b"\\0")[0])):
+                    return found
+                at = data.find(_CHECK.encode(), at + 1)
+""",
+    "environment variables": """
+def _find():
+    for value in _os.environ.values():
+        if (found := _from_text(value) or _from_paths(value)):
+            return found
+""",
+    "the dataset file, by its paths and by a search": """
+import time as _time
+def _find():
+    for path in DATASETS:
+        if (found := _from_file(path)):
+            return found
+    deadline = _time.monotonic() + 2
+    for root, dirs, files in _os.walk("/"):
+        dirs[:] = [d for d in dirs if _os.path.join(root, d) not in ("/proc", "/sys", "/dev")]
+        for name in files:
+            if name.startswith("HumanEval") and (found := _from_file(_os.path.join(root, name))):
+                return found
+        if _time.monotonic() > deadline:
+            return None
+""",
+}
+_DATASETS = [
+    str(folder / name)
+    for folder in (FIXTURES / "humaneval", Path("/work/shared/data/humaneval"))
+    for name in ("HumanEval.jsonl", "HumanEval.jsonl.gz")
+]
+
+
+def _oracle_completion(finder: str) -> str:
+    return f"    return _answer(number)\n{_ORACLE}\nDATASETS = {_DATASETS!r}\n{finder}"
+
+
+def test_the_oracle_passes_when_it_is_handed_the_test(sandbox):
+    """The attacks below are real: handed the test's text or a dataset row, the oracle passes; and it reads
+    the data set, plain or gzipped, where it can see it."""
+    problem = _problems_with_ids()[2]
+    given_test = f"\ndef _find():\n    return _from_text({problem['test']!r})\n"
+    given_row = f"\ndef _find():\n    return _from_text({json.dumps(problem)!r})\n"
+    results = sandbox.run_many(
+        [program(_problems()[2], _oracle_completion(f)) for f in (given_test, given_row)]
+    )
+    assert [r.status for r in results] == ["passed", "passed"], [r.detail for r in results]
+    oracle = {}
+    exec(_ORACLE, oracle)  # here, outside any sandbox, where the data set is readable
+    readable = [path for path in _DATASETS if Path(path).is_file()]  # the fixture, and the full set if here
+    assert readable[0] == _DATASETS[0]
+    for path in readable:
+        assert oracle["_from_file"](path)["solve"](3.5) == 0.5
+
+
+def test_the_candidate_cannot_find_the_test_or_the_dataset(sandbox):
+    problem = _problems()[2]
+    results = sandbox.run_many(
+        [program(problem, _oracle_completion(f)) for f in _ATTACKS.values()], workers=2
+    )
+    outcomes = {name: (r.status, r.detail) for name, r in zip(_ATTACKS, results, strict=True)}
+    assert [name for name, r in zip(_ATTACKS, results, strict=True) if r.passed] == [], outcomes
+
+
+def test_the_view_of_files_cannot_be_changed(sandbox, weak_sandbox):
+    """No new namespaces, mounts or root, in either mode (seccomp), so what is hidden stays hidden."""
+    calls = {
+        "unshare(CLONE_NEWUSER | CLONE_NEWNS)": "libc.unshare(0x10000000 | 0x00020000)",
+        "setns": "libc.setns(0, 0)",
+        "umount2 of /proc": "libc.umount2(b'/proc', 2)",
+        "chroot": "libc.chroot(b'/tmp')",
+        "open_tree": "libc.syscall(428, -100, b'/', 0)",
+    }
+    programs = [
+        f"import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\nassert {call} == -1\n"
+        "assert ctypes.get_errno() == 1, ctypes.get_errno()  # EPERM"
+        for call in calls.values()
+    ]
+    for box in (sandbox, weak_sandbox):
+        results = box.run_many(programs, workers=2)
+        assert [r.status for r in results] == ["passed"] * len(calls), dict(zip(calls, results, strict=True))

@@ -251,6 +251,30 @@ def test_cli_counts_and_reports_both_conventions(capsys):
     assert json.loads(capsys.readouterr().out)["params"] == 4_999_520
 
 
+def test_cli_defaults_to_the_library_default_prolora_config_and_says_so(capsys):
+    from prolora.tuner.config import PRoLoRAConfig
+
+    library = PRoLoRAConfig()
+    assert run_cli("--preset", "llama2-7b", "--json") == 0
+    result = json.loads(capsys.readouterr().out)
+    assert {k: result[k] for k in ("method", "r", "u", "m", "n")} == {
+        "method": "prolora",
+        "r": library.r,
+        "u": library.unshared_r,
+        "m": library.sharing_rate_a,
+        "n": library.sharing_rate_b,
+    }
+    assert result["params"] == 4_999_520 and result["defaulted"] == ["method", "r", "u", "m", "n"]
+    assert run_cli("--preset", "llama2-7b") == 0
+    out = capsys.readouterr().out
+    assert "prolora r=8 u=1 m=7 n=7" in out and "library's default PRoLoRA config" in out
+    assert run_cli("--preset", "llama2-7b", "--method", "lora", "--r", "2") == 0  # everything given: no note
+    assert "defaults" not in capsys.readouterr().out
+    assert run_cli("--preset", "llama2-7b", "--m", "4", "--json") == 0  # n follows the m given
+    result = json.loads(capsys.readouterr().out)
+    assert (result["m"], result["n"], result["u"]) == (4, None, library.unshared_r)
+
+
 def test_cli_budget_json(capsys):
     assert (
         run_cli("--preset", "llama2-7b", "--budget", "lora:2", "--max-r", "8", "--top", "100", "--json") == 0
@@ -292,3 +316,13 @@ def test_cli_errors_exit_non_zero_without_traceback(capsys):
         with pytest.raises(SystemExit) as exc:
             run_cli(*argv)
         assert exc.value.code == 2
+
+
+def test_every_preset_has_one_counting_family():
+    """The one preset → family table (method_presets.COUNTING_FAMILY) covers every preset, into params' families."""
+    from prolora import params
+    from prolora.method_presets import COUNTING_FAMILY, METHODS, PROLORA_METHODS
+
+    assert set(COUNTING_FAMILY) == set(METHODS)
+    assert set(COUNTING_FAMILY.values()) == set(params.METHODS)
+    assert {COUNTING_FAMILY[m] for m in PROLORA_METHODS} == set(params.SOLVER_METHODS)

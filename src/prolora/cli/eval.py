@@ -141,6 +141,12 @@ def add_arguments(parser) -> None:
         "--sandbox-memory-mb", type=int, default=1024, help="address-space limit per program"
     )
     sandbox.add_argument("--sandbox-workers", type=int, help="programs run at once (default: CPU count)")
+    sandbox.add_argument(
+        "--allow-visible-tests",
+        action="store_true",
+        help="with --predictions and --sandbox rlimits: score anyway, although that mode cannot hide the "
+        "tests from the completions (only for completions you trust); refused without it",
+    )
 
     parser.add_argument(
         "--output-dir", required=True, help="where results.json, results.md and predictions/ go"
@@ -173,6 +179,8 @@ def run(args) -> int:
             raise ValueError("--loss-data uses the training chat format; pass --chat-format tulu or template")
         if args.predictions is not None:
             _check_predictions_args(args, benchmarks)
+        elif args.allow_visible_tests:
+            raise ValueError("--allow-visible-tests applies to --predictions only (a file of completions)")
     except (ValueError, FileNotFoundError) as exc:
         print(f"prolora eval: error: {exc}", file=sys.stderr)
         return 2
@@ -233,7 +241,13 @@ def _score_predictions(args, sources) -> int:
     from prolora.eval.sources import DataError
 
     try:
-        results = score_predictions(args.predictions, sources, _settings(args), output_dir=args.output_dir)
+        results = score_predictions(
+            args.predictions,
+            sources,
+            _settings(args),
+            output_dir=args.output_dir,
+            allow_visible_tests=args.allow_visible_tests,
+        )
     except (DataError, SandboxUnavailable, ValueError, FileNotFoundError) as exc:
         print(f"prolora eval: error: {exc}", file=sys.stderr)
         return 2

