@@ -129,10 +129,19 @@ def _check_same_settings(config: TrainConfig, out: str) -> None:
 
 
 def training_arguments(config: TrainConfig, output_dir: str, world_size: int, quantization: str):
-    """``TrainingArguments`` of Appendix A.2 for transformers 5.23 (its names: ``train_sampling_strategy``
-    replaces ``group_by_length``; a float ``warmup_steps`` < 1 is a ratio)."""
+    """``TrainingArguments`` of Appendix A.2 (transformers' names: ``train_sampling_strategy`` replaces
+    ``group_by_length``; a float ``warmup_steps`` < 1 is a ratio; 5.23 renames ``gradient_checkpointing``
+    to ``activation_checkpointing``, keeping the old name as a deprecated alias, and earlier releases in
+    prolora's range know only the old one)."""
+    import dataclasses
+
     import torch
     from transformers import TrainingArguments
+
+    fields = {field.name for field in dataclasses.fields(TrainingArguments)}
+    checkpointing = (
+        "activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing"
+    )
 
     per_step = config.micro_batch_size * world_size
     if config.batch_size % per_step:
@@ -156,8 +165,7 @@ def training_arguments(config: TrainConfig, output_dir: str, world_size: int, qu
         max_grad_norm=config.max_grad_norm,
         optim=optim,
         train_sampling_strategy="group_by_length" if config.group_by_length else "random",
-        activation_checkpointing=config.gradient_checkpointing,
-        activation_checkpointing_kwargs={"use_reentrant": False},
+        **{checkpointing: config.gradient_checkpointing, f"{checkpointing}_kwargs": {"use_reentrant": False}},
         bf16=cuda and torch.cuda.is_bf16_supported(),
         use_cpu=not cuda,
         seed=config.seed,
