@@ -138,7 +138,7 @@ def test_sigint_saves_adapter_and_checkpoint_then_resume_finishes(tiny, tmp_path
 
     def interrupt_at_step_2(self, args, state, control, logs=None, **kwargs):
         on_log(self, args, state, control, logs=logs, **kwargs)
-        if state.global_step == 2:
+        if state.global_step == 2 and logs and "loss" in logs:  # once: the step's log line, not the run's
             signal.raise_signal(signal.SIGINT)
 
     monkeypatch.setattr(JsonlLogCallback, "on_log", interrupt_at_step_2)
@@ -147,12 +147,66 @@ def test_sigint_saves_adapter_and_checkpoint_then_resume_finishes(tiny, tmp_path
     before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     out = tmp_path / "run"
     summary = train(config(tiny, out, save_steps=100))
-    assert summary["interrupted"] == "SIGINT" and summary["steps"] == 3  # the step under way finishes
-    assert (out / "checkpoint-3").is_dir() and (out / "adapter" / "adapter_model.safetensors").is_file()
+    # step 3's first micro-batch finishes, its second does not run: the partial step is discarded, and the
+    # last finished step (2) is checkpointed and logged
+    assert summary["interrupted"] == "SIGINT" and summary["steps"] == 2
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2"]
+    assert (out / "adapter" / "adapter_model.safetensors").is_file()
+    assert steps_logged(out) == [1, 2]
     assert {sig: signal.getsignal(sig) for sig in before} == before  # handlers restored
     monkeypatch.undo()
     assert train(config(tiny, out, save_steps=100, resume=True))["steps"] == 6
     assert steps_logged(out) == [1, 2, 3, 4, 5, 6]
+    # the discarded micro-batch left no trace: the same adapter as a run never interrupted
+    full = tmp_path / "full"
+    train(config(tiny, full, save_steps=100))
+    a, b = adapter_tensors(str(full / "adapter")), adapter_tensors(str(out / "adapter"))
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], atol=1e-6, rtol=0)
+
+
+def test_sigterm_stops_a_cli_run_within_a_micro_batch_and_leaves_a_resumable_checkpoint(tiny, tmp_path):
+    """A real SIGTERM to ``prolora train`` in a subprocess, mid-run: exit 130 with the checkpoint of the last
+    finished step, which ``--resume`` continues to the end."""
+    import time
+
+    model, data = tiny
+    out = tmp_path / "run"
+    argv = [sys.executable, "-m", "prolora.cli", "train", "--model", model, "--data", data]
+    # 12 steps of 8 micro-batches: about 1 s a step here, so the signal after the third comes mid-run
+    argv += ["--output-dir", str(out), "--max-steps", "12", "--batch-size", "8", "--micro-batch-size", "1"]
+    argv += ["--max-length", "64", "--heldout-size", "0", "--logging-steps", "1", "--save-steps", "1000"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not (out / "train_log.jsonl").is_file() or len(steps_logged(out)) < 3:
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-3000:]
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err[-3000:]
+    assert "SIGTERM received: stopping after this micro-batch" in err and "Traceback" not in err
+    summary = json.loads((out / "summary.json").read_text())
+    steps = summary["steps"]
+    assert summary["interrupted"] == "SIGTERM" and 3 <= steps < 12
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == [f"checkpoint-{steps}"]
+    assert steps_logged(out)[-1] == steps
+    resumed = train(
+        config(
+            tiny,
+            out,
+            max_steps=12,
+            batch_size=8,
+            micro_batch_size=1,
+            heldout_size=0,
+            save_steps=1000,
+            resume=True,
+        )
+    )
+    assert resumed["steps"] == 12 and resumed["interrupted"] is None
 
 
 def test_existing_checkpoints_need_resume_and_resume_needs_checkpoints(tiny, tmp_path):

@@ -306,7 +306,9 @@ def _print_summary(summary: dict, path: str) -> None:
         ),
         f"  wall time        : {summary['wall_time_s']:.0f} s",
     ]
-    if summary["interrupted"]:
+    if summary["interrupted"] and summary["session_steps"] == 0 and summary["steps"] == 0:
+        lines.append("  continue with    : nothing to resume, no step finished; start the run again")
+    elif summary["interrupted"]:
         lines.append(
             f"  continue with    : prolora train --resume --output-dir {summary['output_dir']} (same flags)"
         )
