@@ -331,7 +331,12 @@ def test_small_data_trains_with_an_adapted_heldout_split(tiny, tmp_path, capsys)
     small.write_text("".join(Path(data).read_text().splitlines(keepends=True)[:30]))
     summary = train(config((model, str(small)), tmp_path / "run", max_steps=1, heldout_size=None))
     assert summary["heldout_examples"] == 3 and summary["heldout_loss_adapter"] is not None
-    assert "held-out  : 3 drawn out of the data" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "held-out  : 3 drawn out of the data" in captured.out
+    # the held-out scoring after training shows its progress (before: minutes of silence on the default run)
+    for which in ("base", "adapter"):
+        assert f"held-out loss, {which}: 100%" in captured.err and "3/3 [" in captured.err
+    assert "example/s]" in captured.err
 
 
 def test_flags_override_config_file(tmp_path):

@@ -28,7 +28,7 @@ def heldout_loss(
     issues += token_issues
     if len(dataset) == 0:
         raise ValueError(f"no usable held-out record in {source!r}: {'; '.join(map(str, issues[:3]))}")
-    loss, tokens = token_loss(model, dataset, tokenizer, batch_size)
+    loss, tokens = token_loss(model, dataset, tokenizer, batch_size, f"[prolora eval] loss on {source}")
     return {
         "loss": loss,
         "perplexity": math.exp(loss),

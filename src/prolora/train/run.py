@@ -263,9 +263,14 @@ def _heldout_losses(model, heldout, tokenizer) -> dict:
             "heldout_loss_base": None,
             "heldout_loss_adapter": None,
         }
+    show = is_main_process()
     with model.disable_adapter():
-        base, _ = token_loss(model, heldout, tokenizer, HELDOUT_BATCH_SIZE)
-    adapted, tokens = token_loss(model, heldout, tokenizer, HELDOUT_BATCH_SIZE)
+        base, _ = token_loss(
+            model, heldout, tokenizer, HELDOUT_BATCH_SIZE, "held-out loss, base" if show else None
+        )
+    adapted, tokens = token_loss(
+        model, heldout, tokenizer, HELDOUT_BATCH_SIZE, "held-out loss, adapter" if show else None
+    )
     return {
         "heldout_examples": len(heldout),
         "heldout_tokens": tokens,
