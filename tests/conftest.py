@@ -47,6 +47,23 @@ def make_tiny_gpt2(seed: int = 0):
     return GPT2LMHeadModel(GPT2Config(vocab_size=128, n_embd=48, n_layer=2, n_head=4, n_positions=64)).eval()
 
 
+def make_tiny_opt(seed: int = 0):
+    """A 2-layer OPT: its fc1/fc2 see the batch flattened to (batch·seq, hidden) rows."""
+    from transformers import OPTConfig, OPTForCausalLM
+
+    torch.manual_seed(seed)
+    config = OPTConfig(
+        vocab_size=128,
+        hidden_size=32,
+        ffn_dim=56,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=64,
+        word_embed_proj_dim=32,
+    )
+    return OPTForCausalLM(config).eval()
+
+
 @pytest.fixture
 def tiny_llama():
     return make_tiny_llama()

@@ -47,6 +47,29 @@ def save_lora(path, seed: int):
     return path
 
 
+def hf_greedy(adapter_path, prompt_ids: list[int], n: int) -> tuple[list[int], list[torch.Tensor]]:
+    """A request alone on the tiny model: Hugging Face ``generate`` (greedy, on a PeftModel when
+    ``adapter_path`` is set); its new tokens and the logits of each step."""
+    from peft import PeftModel
+
+    model = make_tiny_model()[0]
+    eos = model.config.eos_token_id
+    if adapter_path is not None:
+        model = PeftModel.from_pretrained(model, str(adapter_path))
+    ids = torch.tensor([prompt_ids])
+    out = model.generate(
+        ids,
+        attention_mask=torch.ones_like(ids),
+        max_new_tokens=n,
+        do_sample=False,
+        pad_token_id=eos,
+        eos_token_id=eos,
+        output_scores=True,
+        return_dict_in_generate=True,
+    )
+    return out.sequences[0, ids.shape[1] :].tolist(), [s[0] for s in out.scores]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

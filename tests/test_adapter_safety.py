@@ -214,7 +214,7 @@ def test_failed_load_adapter_leaves_the_model_exactly_as_before(tmp_path):
 
 # ------------------------------------------------------------------------------ adapter names
 @pytest.mark.parametrize(
-    "name", ["/tmp/abs", "../up", "a/b", "a.b", "", ".hidden", "-x", "__base__", "x" * 65, "a\\b", "ü"]
+    "name", ["/tmp/abs", "../up", "a/b", "..", "", ".hidden", "-x", "__base__", "x" * 65, "a\\b", "ü", "a b"]
 )
 def test_unsafe_adapter_names_are_refused_at_create_and_load(saved, tmp_path, name):
     _, path = saved

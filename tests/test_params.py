@@ -316,3 +316,13 @@ def test_cli_errors_exit_non_zero_without_traceback(capsys):
         with pytest.raises(SystemExit) as exc:
             run_cli(*argv)
         assert exc.value.code == 2
+
+
+def test_every_preset_has_one_counting_family():
+    """The one preset → family table (method_presets.COUNTING_FAMILY) covers every preset, into params' families."""
+    from prolora import params
+    from prolora.method_presets import COUNTING_FAMILY, METHODS, PROLORA_METHODS
+
+    assert set(COUNTING_FAMILY) == set(METHODS)
+    assert set(COUNTING_FAMILY.values()) == set(params.METHODS)
+    assert {COUNTING_FAMILY[m] for m in PROLORA_METHODS} == set(params.SOLVER_METHODS)

@@ -10,7 +10,7 @@ from conftest import make_tiny_gpt2, make_tiny_llama
 from test_tuner import _randomise
 
 from prolora import PRoLoRAConfig, equations, get_prolora_model
-from prolora.tuner import layer as layer_module
+from prolora.tuner import layout as layout_module
 from prolora.tuner.model import prolora_modules
 
 TARGETS = ["q_proj", "v_proj", "down_proj"]
@@ -26,7 +26,7 @@ def _clear_index_caches():
     (whatever tests ran before in this process)."""
     equations._roll_index.cache_clear()
     equations.flat_gather_indices.cache_clear()
-    layer_module._layout.cache_clear()
+    layout_module.gather_index.cache_clear()
 
 
 # ------------------------------------------------------------------- defect 1: inference-mode caches

@@ -221,3 +221,38 @@ def test_a_recycled_plan_reuses_its_buffers_and_stays_correct(adapters):
         path = adapters[name.removesuffix("_copy")] if name else None
         alone = _peft_logits(path, ids[i : i + 1])[0] if name else make_tiny_llama()(ids[i : i + 1]).logits[0]
         torch.testing.assert_close(mixed[i], alone, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["prolora", "lora"])
+def test_rslora_adapters_are_served_with_their_own_scaling(kind, tmp_path):
+    """use_rslora scales ΔW by lora_alpha/√r: the bank gets it from the one layout builder
+    (prolora.tuner.layout), as the layer does (it once used lora_alpha/r: 0.3 off in the logits)."""
+    from peft import LoraConfig, get_peft_model
+
+    if kind == "prolora":
+        config = PRoLoRAConfig(
+            r=8,
+            unshared_r=1,
+            sharing_rate_a=4,
+            sharing_rate_b=4,
+            target_modules=["q_proj", "v_proj"],
+            use_rslora=True,
+        )
+        model = get_prolora_model(make_tiny_llama(), config)
+        _randomise(model)
+    else:
+        torch.manual_seed(2)
+        config = LoraConfig(
+            r=8, lora_alpha=8, target_modules=["q_proj", "v_proj"], use_rslora=True, init_lora_weights=False
+        )
+        model = get_peft_model(make_tiny_llama(), config)
+    model.save_pretrained(tmp_path)
+    ids = torch.randint(0, 128, (2, 7), generator=torch.Generator().manual_seed(6))
+    base = make_tiny_llama()
+    bank = AdapterBank(base)
+    bank.load("a", tmp_path)
+    with torch.no_grad(), bank.batch(["a", "a"]):
+        served = base(ids).logits
+    expected = _peft_logits(tmp_path, ids)
+    assert (expected - base(ids).logits).abs().max() > 1e-2
+    torch.testing.assert_close(served, expected, rtol=1e-4, atol=1e-4)

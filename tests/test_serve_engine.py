@@ -13,8 +13,7 @@ import time
 import httpx
 import openai
 import pytest
-import torch
-from serve_utils import free_port, save_lora, save_model, save_prolora
+from serve_utils import free_port, hf_greedy, save_lora, save_model, save_prolora
 from test_eval_cli import make_tiny_model
 
 from prolora.inference.adapter_bank import AdapterBank
@@ -36,24 +35,6 @@ def _engine(adapters_dir=None, max_resident=None, max_batch=32):
     model, tokenizer = make_tiny_model()
     registry = AdapterRegistry(AdapterBank(model), adapters_dir, max_resident)
     return Engine(model, tokenizer, registry, max_batch).start()
-
-
-def _hf_greedy(adapter_path, prompt_ids, n):
-    from peft import PeftModel
-
-    model = make_tiny_model()[0]
-    if adapter_path is not None:
-        model = PeftModel.from_pretrained(model, str(adapter_path))
-    ids = torch.tensor([prompt_ids])
-    out = model.generate(
-        ids,
-        attention_mask=torch.ones_like(ids),
-        max_new_tokens=n,
-        do_sample=False,
-        pad_token_id=256,
-        eos_token_id=256,
-    )
-    return out[0, ids.shape[1] :].tolist()
 
 
 def test_requests_joining_a_running_batch_get_their_own_greedy_answer(adapters):
@@ -88,7 +69,7 @@ def test_requests_joining_a_running_batch_get_their_own_greedy_answer(adapters):
         jobs
     )  # rows were batched together
     for (name, prompt, n), completion in results.items():
-        expected = _hf_greedy(adapters / name if name else None, engine.tokenizer.encode(prompt), n)
+        expected = hf_greedy(adapters / name if name else None, engine.tokenizer.encode(prompt), n)[0]
         assert completion.token_ids == expected[: len(completion.token_ids)]
         assert len(completion.token_ids) == n or completion.token_ids[-1] == 256
 
@@ -156,6 +137,8 @@ def test_cli_serves_and_exits_cleanly_on_sigterm(tmp_path, adapters):
             str(port),
             "--served-model-name",
             "base",
+            "--threads",
+            "1",
         ],
         env=env,
         stdout=subprocess.PIPE,
@@ -180,7 +163,8 @@ def test_cli_serves_and_exits_cleanly_on_sigterm(tmp_path, adapters):
         assert first.choices[0].text is not None and rest[-1].choices[0].finish_reason == "length"
         # uvicorn re-raises the signal after its graceful shutdown (the engine drained first: lifespan)
         assert proc.wait(timeout=60) in (0, -signal.SIGTERM)
-        assert "Application shutdown complete" in proc.stdout.read().decode()
+        output = proc.stdout.read().decode()
+        assert "torch threads: 1 (--threads)" in output and "Application shutdown complete" in output
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -169,6 +169,8 @@ def test_a_lora_adapter_holding_nan_is_refused_at_load(http, files, tmp_path):
         ),  # "cannot convert"
         (["--max-resident", "0"], "--max-resident 0 must be at least 1"),
         (["--max-request-bytes", "0"], "--max-request-bytes 0 must be at least 1"),
+        (["--max-num-batched-tokens", "0"], "--max-num-batched-tokens 0 must be at least 1"),
+        (["--threads", "0"], "--threads 0: use 1 or more threads"),
         (["--host", "no-such-host.invalid"], "cannot listen on --host no-such-host.invalid"),
     ],
 )
@@ -194,7 +196,9 @@ def test_serve_on_a_taken_port_fails_in_one_line(capsys, tmp_path):
     assert f"--port {port}" in err and "in use" in err and "Traceback" not in err
 
 
-@pytest.mark.parametrize("name", ["..", ".", "a/b", "a\\b", " x", "x\n", "a\tb", "a\x00b"])
+@pytest.mark.parametrize(
+    "name", ["..", ".", "a/b", "a\\b", " x", "x\n", "a\tb", "a\x00b", "-dash", "__base__", "x" * 10_000]
+)
 def test_load_refuses_names_that_are_not_folder_names_as_a_400_on_lora_name(http, files, name):
     # before: '..', '.', 'a\\b' and 'a\tb' were served names; the others were refused with param lora_path
     r = http.post("/v1/load_lora_adapter", json={"lora_name": name, "lora_path": str(files["spare"])})

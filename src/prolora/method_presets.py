@@ -44,6 +44,19 @@ _PROLORA_VARIANTS: dict[str, dict] = {
     "prolora-i": {"init": "vanilla"},
 }
 PROLORA_METHODS: tuple[str, ...] = tuple(_PROLORA_VARIANTS)  # the presets that use u, m and n
+# The one preset → counting-family table: the name :func:`prolora.params.count_parameters` and the budget
+# solver know each preset by (^-r and ^-i train as many parameters as PRoLoRA; tests/test_params.py checks
+# that every preset has a family and every family is one of ``prolora.params.METHODS``).
+COUNTING_FAMILY: dict[str, str] = {
+    "prolora": "prolora",
+    "lora": "lora",
+    "clora": "clora",
+    "rolora": "rolora",
+    "prolora-r": "prolora",
+    "prolora-i": "prolora",
+    "vera": "vera",
+    "tied-lora": "tied-lora",
+}
 
 
 def make_adapter_config(

@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 import socket
 
+from prolora.threads import add_threads_argument, set_threads
+
 
 def add_arguments(parser) -> None:
     parser.add_argument(
@@ -48,7 +50,19 @@ def add_arguments(parser) -> None:
         help="chat format for the base model and "
         "adapters whose run recorded none (default: the tokenizer's template if any, else tulu)",
     )
-    parser.add_argument("--max-batch", type=int, default=32, help="most requests decoded together")
+    parser.add_argument(
+        "--max-batch", type=int, default=32, help="most requests in flight together (prefilling or decoding)"
+    )
+    # = inference.engine.MAX_NUM_BATCHED_TOKENS (not imported here: --help stays free of torch)
+    parser.add_argument(
+        "--max-num-batched-tokens",
+        type=int,
+        default=512,
+        metavar="N",
+        help="token budget of one batched prefill forward (rows × longest chunk); longer prompts prefill "
+        "in chunks between decode steps (vLLM's flag; default 512)",
+    )
+    add_threads_argument(parser)
     parser.add_argument(
         "--expanded-cache-mb",
         type=float,
@@ -94,11 +108,15 @@ def run(args) -> int:
             f"--expanded-cache-mb {args.expanded_cache_mb} must be a finite number of MiB ≥ 0 "
             "(0: compact tensors only)"
         )
+    if args.max_num_batched_tokens < 1:
+        raise ValueError(f"--max-num-batched-tokens {args.max_num_batched_tokens} must be at least 1")
     if args.max_request_bytes < 1:
         raise ValueError(f"--max-request-bytes {args.max_request_bytes} must be at least 1")
     if args.max_resident is not None and args.max_resident < 1:
         raise ValueError(f"--max-resident {args.max_resident} must be at least 1 (leave it out for no limit)")
     _check_bind(args.host, args.port)  # before the model loads: a taken port fails in a second, not a minute
+    threads, why = set_threads(args.threads)  # the engine thread, started later, inherits it
+    print(f"torch threads: {threads} ({why})", flush=True)
     engine = build_engine(
         args.model,
         args.adapter,
@@ -107,6 +125,7 @@ def run(args) -> int:
         args.max_batch,
         int(args.expanded_cache_mb * 2**20),
     )
+    engine.max_num_batched_tokens = args.max_num_batched_tokens
     app = create_app(
         engine,
         args.served_model_name or args.model or DEFAULT_MODEL,

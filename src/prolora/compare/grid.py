@@ -15,13 +15,13 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
+from prolora.method_presets import COUNTING_FAMILY, PROLORA_METHODS
 from prolora.params import count_parameters, parse_budget, solve_budget
 from prolora.train.config import parse_target_modules
 
 from .presets import MethodSpec, Preset
 
 GROUPS = ("main", "lrs", "best", "heatmap", "table4")
-PROLORA_FAMILY = ("prolora", "clora", "rolora", "prolora-r", "prolora-i")
 # Table 4 defaults of PRoLoRAConfig: the paper's PRoLoRA shares along hidden and rotates along rank.
 TABLE4_DEFAULTS = {"share": "hidden", "rotate_dim": "rank"}
 
@@ -68,11 +68,6 @@ class Cell:
         return f"{slug}-seed{self.seed}-{self.key}"
 
 
-def _count_method(method: str) -> str:
-    """The name :func:`prolora.params.count_parameters` knows (^-r and ^-i count as PRoLoRA)."""
-    return "prolora" if method in ("prolora-r", "prolora-i") else method
-
-
 def resolve(spec: MethodSpec, preset: Preset, seed: int) -> tuple[dict, int, int | None]:
     """``(train fields, trainable params, budget)`` of ``spec`` under ``preset`` for ``seed``.
 
@@ -96,12 +91,14 @@ def resolve(spec: MethodSpec, preset: Preset, seed: int) -> tuple[dict, int, int
     }
     if spec.use_rslora:  # only when set, so that the keys of cells from before the option stay the same
         fields["use_rslora"] = True
-    if spec.method not in PROLORA_FAMILY:
-        count = count_parameters(model, spec.method, r=spec.r, target_modules=count_targets).params
+    if spec.method not in PROLORA_METHODS:
+        family = COUNTING_FAMILY[spec.method]
+        count = count_parameters(model, family, r=spec.r, target_modules=count_targets).params
         return fields, count, None
     if spec.budget is None:
         raise ValueError(f"{spec.label}: a PRoLoRA-family row needs a budget (e.g. 'lora:2') to choose m, n")
-    solver = spec.method if spec.method in ("clora", "rolora") else ("rolora" if spec.u == 0 else "prolora")
+    family = COUNTING_FAMILY[spec.method]
+    solver = "rolora" if family == "prolora" and spec.u == 0 else family  # u = 0 counts as RoLoRA
     fits = [
         f
         for f in solve_budget(model, spec.budget, method=solver, target_modules=count_targets, ranks=[spec.r])

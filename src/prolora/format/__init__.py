@@ -9,6 +9,7 @@ from .compact import (
     CONFIG_NAME,
     TENSOR_NAMES,
     WEIGHTS_NAME,
+    SavedAdapter,
     adapter_dir,
     check_output_dir,
     check_tensors,
@@ -20,6 +21,7 @@ from .export import export_lora, export_merged
 __all__ = [
     "ADAPTER_DIR",
     "CONFIG_NAME",
+    "SavedAdapter",
     "TENSOR_NAMES",
     "WEIGHTS_NAME",
     "adapter_dir",

@@ -56,7 +56,8 @@ def export_lora(
     source = model_or_path if isinstance(model_or_path, (str, os.PathLike)) else None
     check_output_dir(out_dir, source, overwrite)
     if isinstance(model_or_path, (str, os.PathLike)):
-        config, tensors = read_adapter(model_or_path)
+        adapter = read_adapter(model_or_path)
+        config, factors = adapter.config, adapter.expand()
     else:
         if adapter_name not in model_or_path.peft_config:
             raise ValueError(
@@ -72,9 +73,9 @@ def export_lora(
                 for t in TENSOR_NAMES:
                     tensors[f"base_model.model.{name}.{t}"] = getattr(layer, t)[adapter_name].detach()
         check_finite(tensors, source=f"adapter {adapter_name!r}")
+        factors = expand_adapter(config, tensors)
     from tqdm import tqdm
 
-    factors = expand_adapter(config, tensors)
     weights, ranks = {}, {}
     for module, (a, b, _) in tqdm(
         factors.items(), desc="export: dense LoRA", unit="module", disable=not progress

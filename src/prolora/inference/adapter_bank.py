@@ -28,23 +28,19 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
-import math
 import os
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 from torch import nn
 
 from prolora import equations as eq
-from prolora.format import CONFIG_NAME, TENSOR_NAMES, WEIGHTS_NAME, adapter_dir, read_adapter
-from prolora.tuner.layer import ChunkSpec, base_shape
-
-LORA_WEIGHTS = ("lora_A.weight", "lora_B.weight")
+from prolora.format.compact import LORA_TYPE, PROLORA_TYPE, read_adapter
+from prolora.tuner.layer import base_shape
+from prolora.tuner.layout import ChunkSpec, expand, flatten
 
 
 @dataclass(frozen=True)
@@ -59,27 +55,11 @@ class ModuleFactors:
 
     def parts(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Views ``(A_0, A_u, B_0, B_u)`` of :attr:`flat` (no copy)."""
-        s = self.spec
-        shape_a0, shape_b0 = eq.chunk_shapes(s.h, s.o, s.r, s.u, s.m, s.n, s.share)
-        shapes = (shape_a0, (s.u, s.h), shape_b0, (s.o, s.u))
-        pieces = self.flat.split([math.prod(shape) for shape in shapes])
-        return tuple(p.view(shape) for p, shape in zip(pieces, shapes, strict=False))
+        return self.spec.split(self.flat)
 
     def expand(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Full ``(A, B)``, shapes (r, h) and (o, r), by the Eq. 4 gather indices (one gather each)."""
-        s = self.spec
-        a0, a_u, b0, b_u = self.parts()
-        idx_a, idx_b = eq.flat_gather_indices(
-            s.h, s.o, s.r, s.u, s.m, s.n, s.stride_a, s.stride_b, s.rotate, s.share, self.flat.device
-        )
-        a = torch.cat([a0.reshape(-1), a_u.reshape(-1)]).index_select(0, idx_a).view(s.r, s.h)
-        b = torch.cat([b0.reshape(-1), b_u.reshape(-1)]).index_select(0, idx_b).view(s.o, s.r)
-        return a, b
-
-    @property
-    def chunked(self) -> bool:
-        """Whether the chunked identity applies (the paper's default sharing; any rotation along the rank)."""
-        return self.spec.share == "hidden" and self.spec.rotate != "hidden"
+        """Full ``(A, B)``, shapes (r, h) and (o, r), by the Eq. 4 gather indices (one gather)."""
+        return expand(self.flat, self.spec)
 
 
 @dataclass(frozen=True)
@@ -123,154 +103,54 @@ class ResidentAdapter:
 
 
 # ------------------------------------------------------------------------------------------------ reading
-def read_factors(path: str | os.PathLike, model: nn.Module) -> tuple[str, dict[str, ModuleFactors]]:
-    """Read a PRoLoRA or dense PEFT LoRA adapter directory and check it against ``model``.
+def read_factors(
+    path: str | os.PathLike, model: nn.Module, name: str | None = None
+) -> tuple[str, dict[str, ModuleFactors]]:
+    """Read a PRoLoRA or dense PEFT LoRA adapter directory (:func:`prolora.format.read_adapter`, the one
+    reader; ``name``: checked against the one name rule) and check it against ``model``.
 
     Returns ``(kind, module name -> ModuleFactors)``; module names are ``model.named_modules()`` names.
 
     Raises:
         FileNotFoundError: a missing directory or file.
-        ValueError: a corrupt file, an unsupported adapter type/feature, or a module the base model lacks
-            or has with another shape (naming the module and both shapes).
+        ValueError: as the reader (a corrupt or inconsistent file, naming the field or tensor), an adapter type
+            or LoRA feature the server does not take, or a module the base model lacks or has with another
+            shape (naming the module and both shapes).
     """
-    path = adapter_dir(path)
-    config_file = path / CONFIG_NAME
-    if not config_file.is_file():
-        raise FileNotFoundError(f"{config_file} not found: is {path} an adapter directory (save_pretrained)?")
-    try:
-        peft_type = json.loads(config_file.read_text()).get("peft_type")
-    except (json.JSONDecodeError, AttributeError) as exc:
-        raise ValueError(f"{config_file} is not a valid JSON object ({exc}).") from None
-    if peft_type == "PROLORA":
-        kind, factors = "prolora", _prolora_factors(path)
-    elif peft_type == "LORA":
-        kind, factors = "lora", _lora_factors(path)
-    else:
-        raise ValueError(
-            f"{config_file} has peft_type={peft_type!r}; the server takes PROLORA and LORA adapters."
-        )
+    adapter = read_adapter(path, name=name, types=(PROLORA_TYPE, LORA_TYPE))
+    if adapter.peft_type == LORA_TYPE:
+        config = adapter.config
+        unsupported = [
+            name
+            for name, bad in (
+                ("use_dora", config.use_dora),
+                ("bias", config.bias != "none"),
+                ("modules_to_save", bool(config.modules_to_save)),
+            )
+            if bad
+        ]
+        if unsupported:
+            raise ValueError(
+                f"{adapter.path}: LoRA adapters with {', '.join(unsupported)} are not served; merge or "
+                "re-train without them."
+            )
+    factors = {
+        module: ModuleFactors(flatten(parts), spec) for module, (spec, parts) in adapter.modules.items()
+    }
     modules = dict(model.named_modules())
     for name, f in factors.items():
         if name not in modules:
             raise ValueError(
-                f"{path}: module {name} is not in the base model; the adapter was made for another "
+                f"{adapter.path}: module {name} is not in the base model; the adapter was made for another "
                 "base model (adapter_config.json: base_model_name_or_path)."
             )
         h, o = base_shape(modules[name])
         if (h, o) != (f.spec.h, f.spec.o):
             raise ValueError(
-                f"{path}: module {name} has (in, out) = {(f.spec.h, f.spec.o)} in the adapter but "
+                f"{adapter.path}: module {name} has (in, out) = {(f.spec.h, f.spec.o)} in the adapter but "
                 f"{(h, o)} in the base model; the adapter was made for another base model."
             )
-    return kind, factors
-
-
-def _prolora_factors(path: Path) -> dict[str, ModuleFactors]:
-    config, tensors = read_adapter(path)  # checks names and shapes against the config (Eq. 4 chunking)
-    out = {}
-    rotate = config.rotate_dim if config.rotation else None
-    for module, (o, h) in config.module_shapes.items():
-        v = config.module_values(module)
-        r, u, m, n = v["r"], v["unshared_r"], v["sharing_rate_a"], v["sharing_rate_b"]
-        spec = ChunkSpec(
-            h=h,
-            o=o,
-            r=r,
-            u=u,
-            m=m,
-            n=n,
-            stride_a=eq.default_stride(r, u, m) if v["stride_a"] is None else v["stride_a"],
-            stride_b=eq.default_stride(r, u, n) if v["stride_b"] is None else v["stride_b"],
-            rotate=rotate,
-            share=config.share,
-            scaling=v["lora_alpha"] / r,
-        )
-        key = f"base_model.model.{module}."
-        a0, b0, a_u, b_u = (tensors[key + t] for t in TENSOR_NAMES)
-        out[module] = ModuleFactors(_flat((a0, a_u, b0, b_u)), spec)
-    return out
-
-
-def _lora_factors(path: Path) -> dict[str, ModuleFactors]:
-    from peft import LoraConfig
-    from peft.utils.other import get_pattern_key
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    try:
-        config = LoraConfig.from_pretrained(str(path))
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{path / CONFIG_NAME} is not a valid LoRA config: {exc}") from None
-    unsupported = [
-        name
-        for name, bad in (
-            ("use_dora", config.use_dora),
-            ("bias", config.bias != "none"),
-            ("modules_to_save", bool(config.modules_to_save)),
-        )
-        if bad
-    ]
-    if unsupported:
-        raise ValueError(
-            f"{path}: LoRA adapters with {', '.join(unsupported)} are not served; merge or "
-            "re-train without them."
-        )
-    weights = path / WEIGHTS_NAME
-    if not weights.is_file():
-        raise FileNotFoundError(
-            f"{weights} not found (only safetensors adapters are read; nothing is unpickled)."
-        )
-    try:
-        tensors = load_file(str(weights))
-    except (SafetensorError, OSError) as exc:
-        raise ValueError(f"{weights} is not a readable safetensors file ({exc}).") from None
-    out = {}
-    prefix, suffix_a = "base_model.model.", "." + LORA_WEIGHTS[0]
-    for key in sorted(k for k in tensors if k.endswith(suffix_a)):
-        module = key[len(prefix) : -len(suffix_a)] if key.startswith(prefix) else None
-        b = tensors.get(key[: -len(suffix_a)] + "." + LORA_WEIGHTS[1])
-        a = tensors[key]
-        if module is None or b is None or a.dim() != 2 or b.dim() != 2 or a.shape[0] != b.shape[1]:
-            raise ValueError(
-                f"{weights}: {key} has no matching lora_B of shape (out, {a.shape[0]}); the file is "
-                "not a PEFT LoRA adapter."
-            )
-        r = a.shape[0]
-        rank_key = get_pattern_key(config.rank_pattern.keys(), module) if config.rank_pattern else None
-        alpha_key = get_pattern_key(config.alpha_pattern.keys(), module) if config.alpha_pattern else None
-        r_cfg = config.rank_pattern.get(rank_key, config.r)
-        alpha = config.alpha_pattern.get(alpha_key, config.lora_alpha)
-        if r != r_cfg:
-            raise ValueError(f"{weights}: {key} has rank {r} but the config says r={r_cfg}.")
-        for t, k in ((a, key), (b, key[: -len(suffix_a)] + "." + LORA_WEIGHTS[1])):
-            if not torch.isfinite(t).all():  # would turn its rows' logits into NaN: silently wrong tokens
-                raise ValueError(
-                    f"{weights}: {k} holds NaN or inf values; the adapter is corrupt (re-train or "
-                    "re-export it)."
-                )
-        scaling = alpha / math.sqrt(r) if config.use_rslora else alpha / r
-        spec = ChunkSpec(
-            h=a.shape[1],
-            o=b.shape[0],
-            r=r,
-            u=r,
-            m=1,
-            n=1,
-            stride_a=1,
-            stride_b=1,
-            rotate=None,
-            share="hidden",
-            scaling=scaling,
-        )
-        empty = a.new_zeros(0)
-        out[module] = ModuleFactors(_flat((empty, a, empty, b)), spec)
-    if not out:
-        raise ValueError(f"{weights} holds no lora_A/lora_B tensors.")
-    return out
-
-
-def _flat(tensors) -> torch.Tensor:
-    return torch.cat([t.reshape(-1) for t in tensors]).contiguous()
+    return adapter.kind, factors
 
 
 # --------------------------------------------------------------------------------------- batched compute
@@ -345,13 +225,8 @@ def _stack_rows(tensors: list[torch.Tensor | None], row_ids: list[int] | None) -
 
 def _row_parts(rows: torch.Tensor, spec: ChunkSpec) -> tuple:
     """``(A_0ᵀ, B_0ᵀ, A_uᵀ, B_uᵀ)`` per row (None where empty) as views of ``rows`` (N, numel): the
-    module's compact tensors in the order (A_0, A_u, B_0, B_u), as :func:`_flat` lays them out."""
-    shape_a0, shape_b0 = eq.chunk_shapes(spec.h, spec.o, spec.r, spec.u, spec.m, spec.n, spec.share)
-    shapes = (shape_a0, (spec.u, spec.h), shape_b0, (spec.o, spec.u))
-    a0, a_u, b0, b_u = (
-        p.unflatten(1, shape).transpose(1, 2)
-        for p, shape in zip(rows.split([math.prod(sh) for sh in shapes], dim=1), shapes, strict=False)
-    )
+    module's compact tensors in the order (A_0, A_u, B_0, B_u), as :func:`~prolora.tuner.layout.flatten` lays them out."""
+    a0, a_u, b0, b_u = (p.transpose(1, 2) for p in spec.split(rows))
     return (
         a0 if spec.shared else None,
         b0 if spec.shared else None,
@@ -401,10 +276,11 @@ class AdapterBank:
         """Read the adapter at ``path`` (PRoLoRA or dense LoRA) and make it resident as ``name``.
 
         Raises:
-            ValueError: ``name`` is taken, or the adapter is corrupt or made for another base model.
+            ValueError: ``name`` is taken or breaks the name rule, or the adapter is corrupt or made for another
+                base model.
             FileNotFoundError: ``path`` lacks the adapter files.
         """
-        kind, factors = read_factors(path, self.model)
+        kind, factors = read_factors(path, self.model, name)
         return self.add(name, kind, factors, str(path))
 
     def add(self, name: str, kind: str, factors: dict[str, ModuleFactors], path: str = "") -> ResidentAdapter:
@@ -545,7 +421,7 @@ class AdapterBank:
             cached -= self._views.pop(victim).expanded_bytes
         modules, expanded = {}, 0
         for module, (spec, _, _) in adapter.modules.items():
-            if dense or not (spec.share == "hidden" and spec.rotate != "hidden"):
+            if dense or not spec.chunked:
                 a, b = adapter.factors(module).expand()
                 modules[module] = (None, None, a.t(), b.t())
                 expanded += _bytes(a) + _bytes(b)
@@ -575,11 +451,13 @@ class AdapterBank:
             if not groups:
                 return None
             x = args[0]
-            if x.shape[0] != len(plan.rows):
-                raise ValueError(f"the batch has {x.shape[0]} rows but the adapter plan {len(plan.rows)}")
-            shape = x.shape
-            x3 = x.reshape(shape[0], -1, shape[-1])
-            out = output.reshape(shape[0], -1, output.shape[-1])
+            batch = len(plan.rows)
+            if (
+                x.shape[0] % batch
+            ):  # (batch, …, h), or flattened batch-major to (batch·seq, h) as OPT's fc1/fc2
+                raise ValueError(f"the batch has {x.shape[0]} rows but the adapter plan {batch}")
+            x3 = x.reshape(batch, -1, x.shape[-1])
+            out = output.reshape(batch, -1, output.shape[-1])
             for g in groups:
                 xs = x3 if g.rows is None else x3.index_select(0, g.rows)
                 dtype = (g.a0t if g.a0t is not None else g.aut).dtype

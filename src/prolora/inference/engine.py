@@ -1,11 +1,18 @@
 """The serving engine: continuous batching of requests for many adapters over one base model.
 
-One background thread owns the model. Each iteration it admits waiting requests (each prompt is
-prefilled alone, then its KV cache joins the running batch, left-padded to the batch's length) and runs
-one decode step for every running row at once; the rows' adapters are applied per row by the
-:class:`~.adapter_bank.AdapterBank` in the same forward pass. A request thus joins the running batch
-between two decode steps (continuous batching, as vLLM and TGI do) and leaves it when it ends, is
-cancelled (client gone) or fails; its cache row is dropped and the adapter unpinned.
+One background thread owns the model. Each engine step has a token budget (``max_num_batched_tokens``,
+vLLM's name): first one batched prefill forward over chunks of the admitted requests' prompts (different
+adapters and lengths in one forward; a prompt longer than the budget is prefilled in chunks over several
+steps, vLLM's chunked prefill), then one decode step for every running row at once. The rows' adapters
+are applied per row by the :class:`~.adapter_bank.AdapterBank` in both forwards. A request whose prompt
+is fully prefilled samples its first token and its KV cache joins the running batch (left-padded to the
+batch's length) before that step's decode (continuous batching, as vLLM and TGI do); it leaves when it
+ends, is cancelled (client gone) or fails; its cache row is dropped and the adapter unpinned. A burst of
+requests thus prefills in a few batched forwards instead of one forward each, and running streams get a
+token every step while long prompts prefill.
+
+The prefill and decode forwards are separate because the batch's KV cache is dense and padded (no paged
+attention): a decode row inside a prefill forward would compute and store T - 1 padding columns.
 
 Per row: greedy decoding (``temperature=0``) or sampling (temperature, top_p, a seeded generator), stop at
 EOS, a stop string or ``max_tokens``. Text goes out as deltas through the request's ``sink`` callable
@@ -32,6 +39,10 @@ SEED_MIN, SEED_MAX = -(1 << 63), (1 << 64) - 1
 # temperatures below this are greedy (vLLM's _SAMPLING_EPS): dividing the logits by a smaller temperature
 # overflows float32 and turns the probabilities into NaN
 GREEDY_TEMPERATURE = 1e-5
+# tokens one prefill forward computes (rows × the longest chunk, padding included): large enough that a
+# burst of short prompts prefills in one or two forwards, small enough that running streams wait at most
+# a few hundred milliseconds for it on a CPU
+MAX_NUM_BATCHED_TOKENS = 512
 
 
 class ShuttingDown(RuntimeError):
@@ -95,6 +106,8 @@ class Request:
     first_token_at: float | None = None
     position: int = 0  # tokens of this row in the KV cache (the next token's position id)
     generator: torch.Generator | None = None
+    prefilled: int = 0  # prompt tokens already in ``kv`` (chunked prefill)
+    kv: list | None = None  # while prefilling in chunks: per layer (keys, values), (1, heads, prefilled, dim)
 
     def cancel(self) -> None:
         self.cancelled = True
@@ -117,15 +130,27 @@ class Engine:
         model: a causal LM whose cache is a ``transformers`` ``DynamicCache`` (Llama-style models).
         tokenizer: its tokenizer (decoding and EOS).
         registry: the adapters (:class:`~.registry.AdapterRegistry` over the bank hooked into ``model``).
-        max_batch: most rows decoded together; further requests wait.
+        max_batch: most requests in flight together (prefilling or decoding); further requests wait.
+        max_num_batched_tokens: the token budget of one prefill forward (rows × the longest chunk,
+            padding included); prompts longer than it prefill in chunks over several steps.
     """
 
-    def __init__(self, model, tokenizer, registry: AdapterRegistry, max_batch: int = 32):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        registry: AdapterRegistry,
+        max_batch: int = 32,
+        max_num_batched_tokens: int = MAX_NUM_BATCHED_TOKENS,
+    ):
+        if max_num_batched_tokens < 1:
+            raise ValueError(f"max_num_batched_tokens={max_num_batched_tokens} must be at least 1.")
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.registry = registry
         self.bank = registry.bank
         self.max_batch = max_batch
+        self.max_num_batched_tokens = max_num_batched_tokens
         self.max_context = int(getattr(model.config, "max_position_embeddings", 0) or 2048)
         self.eos_token_id = tokenizer.eos_token_id
         embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
@@ -133,7 +158,9 @@ class Engine:
         self.vocab_size = min(len(tokenizer), getattr(embeddings, "num_embeddings", None) or len(tokenizer))
         self.device = next(model.parameters()).device
         self._waiting: deque[Request] = deque()
-        self._rows: list[Request] = []
+        self._rows: list[Request] = []  # decoding
+        self._prefilling: list[Request] = []  # admitted, prompt not yet fully in the cache (FCFS)
+        self._prefill_plan = None  # the adapter plan of the last prefill forward (its buffers are reused)
         self._cache = None  # the batch's DynamicCache, rows in the order of self._rows
         self._mask: torch.Tensor | None = None  # (rows, cached length): 1 for real tokens, 0 for left padding
         self._next: list[int] = []  # the token each row feeds at the next step
@@ -149,6 +176,7 @@ class Engine:
             "prompt_tokens": 0,
             "generation_tokens": 0,
             "decode_steps": 0,
+            "prefill_steps": 0,
         }
 
     # --------------------------------------------------------------------------------------- control
@@ -163,16 +191,21 @@ class Engine:
         self._accepting = False
         deadline = time.monotonic() + timeout
         with self._cv:
-            while (self._rows or self._waiting) and time.monotonic() < deadline and self._thread is not None:
+            while (
+                (self._rows or self._prefilling or self._waiting)
+                and time.monotonic() < deadline
+                and self._thread is not None
+            ):
                 self._cv.wait(0.05)
             self._stop = True
             self._cv.notify_all()
         if self._thread is not None:
             self._thread.join(timeout=30)
             self._thread = None
-        for req in list(self._waiting) + list(self._rows):
+        for req in list(self._waiting) + self._prefilling + self._rows:
             self._finish(req, "abort", "the server is shutting down")
         self._waiting.clear()
+        self._prefilling.clear()
         self._drop(list(range(len(self._rows))))
 
     @property
@@ -186,7 +219,8 @@ class Engine:
 
     @property
     def running(self) -> int:
-        return len(self._rows)
+        """Requests admitted to the batch: prefilling or decoding (at most ``max_batch``)."""
+        return len(self._rows) + len(self._prefilling)
 
     # -------------------------------------------------------------------------------------- requests
     def submit(
@@ -252,19 +286,17 @@ class Engine:
     def _loop(self) -> None:
         while True:
             with self._cv:
-                while not self._stop and not self._waiting and not self._rows:
+                while not self._stop and not self._waiting and not self._rows and not self._prefilling:
                     self._cv.wait()
                 if self._stop:
                     return
-                new = [
-                    self._waiting.popleft()
-                    for _ in range(min(len(self._waiting), self.max_batch - len(self._rows)))
-                ]
-            for req in new:  # a request whose prefill fails fails alone, not the running batch
-                try:
-                    self._prefill(req)
-                except Exception as exc:  # noqa: BLE001
-                    self._finish(req, "abort", f"generation failed: {type(exc).__name__}: {exc}")
+                free = self.max_batch - len(self._rows) - len(self._prefilling)
+                self._prefilling += [self._waiting.popleft() for _ in range(min(len(self._waiting), free))]
+            for req in [r for r in self._prefilling if r.cancelled]:
+                self._prefilling.remove(req)
+                self._finish(req, "abort", "cancelled")
+            if self._prefilling:
+                self._prefill_step()
             try:
                 self._drop([i for i, r in enumerate(self._rows) if r.cancelled])
                 if self._rows:
@@ -276,23 +308,120 @@ class Engine:
             with self._cv:
                 self._cv.notify_all()
 
-    def _prefill(self, req: Request) -> None:
+    # --------------------------------------------------------------------------------------- prefill
+    def _chunks(self) -> list[tuple[Request, int]]:
+        """This step's prefill rows and chunk lengths, first come first served within the token budget:
+        the forward computes rows × the longest chunk; a row whose rest does not fit gets a shorter chunk."""
+        budget, width, chosen = self.max_num_batched_tokens, 0, []
+        for req in self._prefilling:
+            rest = len(req.prompt_ids) - req.prefilled
+            grown = max(width, min(rest, budget))
+            if (len(chosen) + 1) * grown <= budget:
+                width = grown
+            elif (len(chosen) + 1) * width > budget:
+                break
+            chosen.append((req, min(rest, width)))
+        return chosen
+
+    def _prefill_step(self) -> None:
+        """One batched prefill forward over this step's chunks; a failing batch is retried row by row, so
+        a request whose prefill fails fails alone."""
+        chunks = self._chunks()
+        try:
+            self._prefill(chunks)
+        except Exception as exc:  # noqa: BLE001
+            if len(chunks) == 1:
+                req = chunks[0][0]
+                self._prefilling.remove(req)
+                self._finish(req, "abort", f"generation failed: {type(exc).__name__}: {exc}")
+                return
+            for chunk in chunks:
+                if chunk[0].finish_reason is None and chunk[0] in self._prefilling:
+                    try:
+                        self._prefill([chunk])
+                    except Exception as exc_one:  # noqa: BLE001
+                        self._prefilling.remove(chunk[0])
+                        self._finish(
+                            chunk[0], "abort", f"generation failed: {type(exc_one).__name__}: {exc_one}"
+                        )
+
+    def _prefill(self, chunks: list[tuple[Request, int]]) -> None:
+        """Run one forward over ``chunks`` (request, chunk length). Layout per row: its cached prompt
+        prefix left-padded to the longest one (zeros, masked), then its chunk, then right padding up to the
+        longest chunk (masked for later tokens; each padding query still sees real keys, so nothing is
+        NaN). Rows whose prompt is complete sample their first token and join the decode batch."""
         from transformers import DynamicCache
 
-        if req.cancelled:
-            self._finish(req, "abort", "cancelled")
-            return
-        ids = torch.tensor([req.prompt_ids], device=self.device)
+        reqs = [r for r, _ in chunks]
+        rows, width = len(chunks), max(c for _, c in chunks)
+        past = max(r.prefilled for r in reqs)
+        ids = torch.zeros(rows, width, dtype=torch.long)
+        mask = torch.zeros(rows, past + width, dtype=torch.long)
+        for i, (req, c) in enumerate(chunks):
+            ids[i, :c] = torch.tensor(req.prompt_ids[req.prefilled : req.prefilled + c])
+            mask[i, past - req.prefilled : past + c] = 1
+        starts = torch.tensor([r.prefilled for r in reqs])
+        positions = starts.view(rows, 1) + torch.arange(width).view(1, width)
         cache = DynamicCache()
-        with torch.inference_mode(), self.bank.batch([req.adapter]):
-            logits = self.model(input_ids=ids, past_key_values=cache, use_cache=True).logits[:, -1]
-        token = int(self._sample(logits, [req])[0])
-        req.position = len(req.prompt_ids)
-        if self._emit(req, token):
+        if past:  # rows that continue a chunked prompt: their cached prefix, left-padded with zeros
+            some = next(r.kv for r in reqs if r.prefilled)
+            cache = DynamicCache(
+                [
+                    tuple(
+                        torch.cat(
+                            [
+                                _pad_left(
+                                    r.kv[layer][t] if r.prefilled else some[layer][t][:, :, :0],
+                                    past - r.prefilled,
+                                )
+                                for r in reqs
+                            ]
+                        )
+                        for t in (0, 1)
+                    )
+                    for layer in range(len(some))
+                ]
+            )
+        recycle = self._prefill_plan if self._prefill_plan is not self._plan else None
+        plan = self._prefill_plan = self.bank.plan([r.adapter for r in reqs], recycle=recycle)
+        with torch.inference_mode(), self.bank.batch(plan):
+            hidden = self.model.get_decoder()(
+                input_ids=ids.to(self.device),
+                attention_mask=mask.to(self.device),
+                position_ids=positions.to(self.device),
+                past_key_values=cache,
+                use_cache=True,
+            ).last_hidden_state
+            # the output layer on each row's last real column only (not on every padded column)
+            last = hidden[torch.arange(rows), torch.tensor([c - 1 for _, c in chunks])]
+            logits = self.model.get_output_embeddings()(last.unsqueeze(1))[:, 0]
+        self.counters["prefill_steps"] += 1
+        kvs = [(layer.keys, layer.values) for layer in cache.layers]
+        done = []
+        for i, (req, c) in enumerate(chunks):  # each row's real columns: past - prefilled .. past + c
+            start = past - req.prefilled
+            req.kv = [(k[i : i + 1, :, start : past + c], v[i : i + 1, :, start : past + c]) for k, v in kvs]
+            req.prefilled += c
+            if req.prefilled == len(req.prompt_ids):
+                done.append(i)
+        if not done:
             return
-        self._join(cache, len(req.prompt_ids))
-        self._rows.append(req)
-        self._next.append(token)
+        logits = logits[torch.tensor(done, device=self.device)]
+        finished = [reqs[i] for i in done]
+        tokens = self._sample(logits, finished).tolist()
+        joining = []
+        for req, token in zip(finished, tokens, strict=True):
+            self._prefilling.remove(req)
+            req.position = len(req.prompt_ids)
+            if not self._emit(req, token):
+                joining.append((req, token))
+        if joining:
+            self._join([(r.kv, r.position) for r, _ in joining])
+            for req, token in joining:
+                self._rows.append(req)
+                self._next.append(token)
+        for req in finished:
+            req.kv = None
 
     def _step(self) -> None:
         rows = len(self._rows)
@@ -320,20 +449,41 @@ class Engine:
         self._drop(done)
 
     # ----------------------------------------------------------------------------------- batch cache
-    def _join(self, cache, length: int) -> None:
-        """Append a prefilled single-row cache to the batch, left-padding the shorter side."""
-        ones = torch.ones(1, length, dtype=torch.long, device=self.device)
-        if self._cache is None:
-            self._cache, self._mask = cache, ones
-            return
-        total = max(self._mask.shape[1], length)
-        pad_old, pad_new = total - self._mask.shape[1], total - length
-        for old, new in zip(self._cache.layers, cache.layers, strict=False):
-            old.keys = torch.cat([_pad_left(old.keys, pad_old), _pad_left(new.keys, pad_new)])
-            old.values = torch.cat([_pad_left(old.values, pad_old), _pad_left(new.values, pad_new)])
-        self._mask = torch.cat(
-            [torch.nn.functional.pad(self._mask, (pad_old, 0)), torch.nn.functional.pad(ones, (pad_new, 0))]
+    def _join(self, parts: list[tuple[list, int]]) -> None:
+        """Append prefilled rows (per layer (keys, values) of one row, and its length) to the batch,
+        left-padding every row to the longest."""
+        lengths = [n for _, n in parts]
+        old = 0 if self._cache is None else self._mask.shape[1]
+        total = max(old, *lengths)
+        masks = [torch.ones(1, n, dtype=torch.long, device=self.device) for n in lengths]
+        mask = torch.cat(
+            ([torch.nn.functional.pad(self._mask, (total - old, 0))] if self._cache is not None else [])
+            + [torch.nn.functional.pad(m, (total - m.shape[1], 0)) for m in masks]
         )
+        layers = []
+        for j, rows in enumerate(zip(*[kv for kv, _ in parts], strict=True)):
+            olds = self._cache.layers[j] if self._cache is not None else None
+            layers.append(
+                tuple(
+                    torch.cat(
+                        (
+                            [_pad_left(olds.keys if t == 0 else olds.values, total - old)]
+                            if olds is not None
+                            else []
+                        )
+                        + [_pad_left(kv[t], total - n) for kv, n in zip(rows, lengths, strict=True)]
+                    )
+                    for t in (0, 1)
+                )
+            )
+        if self._cache is None:
+            from transformers import DynamicCache
+
+            self._cache = DynamicCache(layers)
+        else:
+            for layer, (keys, values) in zip(self._cache.layers, layers, strict=True):
+                layer.keys, layer.values = keys, values
+        self._mask = mask
 
     def _drop(self, indices: list[int]) -> None:
         """Remove rows ``indices`` from the batch (finishing cancelled ones) and trim common left padding."""

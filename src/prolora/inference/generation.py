@@ -15,7 +15,8 @@ import time
 from dataclasses import dataclass
 
 from prolora.base_models import load_base_model
-from prolora.format import ADAPTER_DIR
+from prolora.format import ADAPTER_DIR, CONFIG_NAME, adapter_dir, read_adapter
+from prolora.tuner.saved import check_adapter_name
 
 
 @dataclass(frozen=True)
@@ -32,22 +33,25 @@ class AdapterSpec:
 
         Raises:
             FileNotFoundError: PATH holds neither ``adapter_config.json`` nor ``adapter/adapter_config.json``.
+            ValueError: NAME breaks the one name rule (:func:`prolora.tuner.saved.check_adapter_name`).
         """
         name, sep, path = spec.partition("=")
         if not sep:
             name, path = "", spec
         path = os.path.normpath(path)
-        run_config = {}
-        if os.path.isfile(os.path.join(path, ADAPTER_DIR, "adapter_config.json")):
-            with open(os.path.join(path, "run_config.json"), encoding="utf-8") as f:
-                run_config = json.load(f)
-            name, path = name or os.path.basename(path), os.path.join(path, ADAPTER_DIR)
-        elif not os.path.isfile(os.path.join(path, "adapter_config.json")):
+        folder = str(adapter_dir(path))
+        if not os.path.isfile(os.path.join(folder, CONFIG_NAME)):
             raise FileNotFoundError(
-                f"{spec!r}: no adapter_config.json in {path} or {os.path.join(path, ADAPTER_DIR)}; "
+                f"{spec!r}: no {CONFIG_NAME} in {path} or {os.path.join(path, ADAPTER_DIR)}; "
                 "pass a run directory of `prolora train` or a PEFT adapter directory"
             )
-        return cls(name or os.path.basename(path), path, run_config)
+        run_config = {}
+        if folder != path:  # a run directory: its run_config.json names the base model and chat format
+            with open(os.path.join(path, "run_config.json"), encoding="utf-8") as f:
+                run_config = json.load(f)
+        name = name or os.path.basename(path)
+        check_adapter_name(name)
+        return cls(name, folder, run_config)
 
 
 @dataclass
@@ -76,6 +80,8 @@ class Generator:
         self.tokenizer = load_tokenizer(model_name)
         self.chat_format = chat_format
         model = load_base_model(model_name, "none")
+        for spec in adapters:  # the one reader's checks, with its messages, before peft loads anything
+            read_adapter(spec.path, others=True, name=spec.name, types=None)
         if adapters:
             first, *rest = adapters
             model = PeftModel.from_pretrained(model, first.path, adapter_name=first.name)

@@ -1,7 +1,9 @@
 """Which adapters a server knows, which are resident, and which are in use (capacity and LRU eviction).
 
 Adapters are known by name: those registered explicitly (``--adapter NAME=PATH``, ``/v1/load_lora_adapter``)
-and every sub-directory of ``adapters_dir`` holding an adapter (its folder name; looked up on demand).
+and every sub-directory of ``adapters_dir`` holding an adapter (its folder name; looked up on demand). Every
+name follows the one name rule (:func:`prolora.tuner.saved.check_adapter_name`); a folder whose name breaks
+it is not an adapter of ``adapters_dir``.
 At most ``max_resident`` adapters are resident in the :class:`~.adapter_bank.AdapterBank`; a request for a
 known adapter that is not resident loads it and evicts the least recently used adapter that no request is
 using. An adapter with requests in flight (``pins``) is never evicted or unloaded.
@@ -17,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from prolora.format import ADAPTER_DIR, CONFIG_NAME, adapter_dir
+from prolora.tuner.saved import check_adapter_name, valid_adapter_name
 
 from .adapter_bank import AdapterBank
 
@@ -41,23 +44,6 @@ class AdapterEntry:
     path: str
     chat_format: str | None = None
     pins: int = field(default=0)
-
-
-def check_name(name: str) -> None:
-    """Raise ValueError unless ``name`` can name an adapter: non-empty, no ``/`` or ``\\``, not ``.`` or
-    ``..`` (an ``adapters_dir`` folder name could never be those), no surrounding spaces or control characters."""
-    if (
-        not name
-        or "/" in name
-        or "\\" in name
-        or name in (".", "..")
-        or name != name.strip()
-        or any(not ch.isprintable() for ch in name)
-    ):
-        raise ValueError(
-            f"adapter name {name!r} is invalid: use a non-empty name without '/', '\\', control "
-            "characters or surrounding spaces, and not '.' or '..'."
-        )
 
 
 def run_chat_format(path: str | os.PathLike) -> str | None:
@@ -109,7 +95,7 @@ class AdapterRegistry:
             FileNotFoundError: the path holds no adapter.
             AdapterBusy: every resident adapter has requests in flight.
         """
-        check_name(name)
+        check_adapter_name(name)
         with self._lock:
             if name in self.entries:
                 raise ValueError(
@@ -130,7 +116,8 @@ class AdapterRegistry:
                 names.update(
                     p.name
                     for p in self.adapters_dir.iterdir()
-                    if (p / CONFIG_NAME).is_file() or (p / ADAPTER_DIR / CONFIG_NAME).is_file()
+                    if valid_adapter_name(p.name)
+                    and ((p / CONFIG_NAME).is_file() or (p / ADAPTER_DIR / CONFIG_NAME).is_file())
                 )
             except (
                 OSError
@@ -147,7 +134,7 @@ class AdapterRegistry:
         with self._lock:
             if name in self.entries:
                 return self.entries[name]
-            if self.adapters_dir is not None and "/" not in name and name not in (".", ".."):
+            if self.adapters_dir is not None and valid_adapter_name(name):
                 path = self.adapters_dir / name
                 if (path / CONFIG_NAME).is_file() or (path / ADAPTER_DIR / CONFIG_NAME).is_file():
                     entry = AdapterEntry(name, str(adapter_dir(path)), run_chat_format(path))

@@ -25,10 +25,12 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from prolora.tuner.saved import check_adapter_name
+
 from .adapter_bank import AdapterBank
 from .engine import Engine, Event, SamplingParams, ShuttingDown
 from .generation import AdapterSpec
-from .registry import AdapterBusy, AdapterInUse, AdapterRegistry, UnknownAdapter, check_name
+from .registry import AdapterBusy, AdapterInUse, AdapterRegistry, UnknownAdapter
 
 
 # ------------------------------------------------------------------------------------------ bodies
@@ -382,7 +384,7 @@ async def load_lora_adapter(body: LoadBody, engine: EngineDep, settings: Setting
     if name == settings.base_name:
         raise APIError(400, f"'{name}' is the base model's name; pick another.", param="lora_name")
     with answering({ValueError: ("lora_name", None)}):
-        check_name(name)
+        check_adapter_name(name)
     cannot = ("lora_path", lambda exc: f"cannot load adapter '{name}' from {path}: {exc}")
     with answering({ValueError: cannot, OSError: cannot}):
         await run_in_threadpool(engine.registry.register, name, path)

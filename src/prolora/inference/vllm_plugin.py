@@ -33,7 +33,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -44,7 +43,6 @@ BASE_ENV = "PROLORA_VLLM_BASE_MODEL"
 RESOLVER_NAME = "prolora"
 MODEL_MARKER = "prolora_model.json"  # in a folder written by dense_base_model: {"name", "file", "sha256"}
 _EXPORT_VERSION = "dense-lora-1"  # part of the cache key: bump when the exported files change
-_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.@+-]*$")
 
 logger = logging.getLogger(__name__)
 
@@ -71,28 +69,17 @@ def _sha256(paths: list[Path], extra: str = "") -> str:
 
 
 def read_peft_type(adapter: str | os.PathLike) -> tuple[Path, dict]:
-    """``(adapter directory, its adapter_config.json)``; a ``prolora train`` run directory gives its ``adapter/``.
+    """``(adapter directory, its adapter_config.json)`` of an adapter read and checked by the one reader,
+    :func:`prolora.format.read_adapter` (any peft type; a ``prolora train`` run directory gives its
+    ``adapter/``).
 
     Raises:
-        FileNotFoundError: no ``adapter_config.json`` (or no weights file) in the directory.
-        ValueError: the config is not a JSON object with a ``peft_type``.
+        FileNotFoundError, ValueError: as :func:`prolora.format.read_adapter`.
     """
-    from prolora.format import CONFIG_NAME, WEIGHTS_NAME, adapter_dir
+    from prolora.format import read_adapter
 
-    path = adapter_dir(adapter)
-    for name in (CONFIG_NAME, WEIGHTS_NAME):
-        if not (path / name).is_file():
-            raise FileNotFoundError(
-                f"{path / name} not found: {adapter} is not an adapter directory "
-                "(save_pretrained) nor a `prolora train` run directory"
-            )
-    try:
-        config = json.loads((path / CONFIG_NAME).read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path / CONFIG_NAME} is not valid JSON ({exc})") from None
-    if not isinstance(config, dict) or "peft_type" not in config:
-        raise ValueError(f"{path / CONFIG_NAME} has no peft_type: not a PEFT adapter config")
-    return path, config
+    read = read_adapter(adapter, others=True, types=None)
+    return read.path, read.raw
 
 
 def dense_lora(adapter: str | os.PathLike, cache: str | os.PathLike | None = None) -> Path:
@@ -105,8 +92,8 @@ def dense_lora(adapter: str | os.PathLike, cache: str | os.PathLike | None = Non
     reader sees a complete copy or none, also with several processes exporting at once.
 
     Raises:
-        FileNotFoundError, ValueError: as :func:`read_peft_type` and :func:`prolora.format.read_adapter`
-        (a broken PRoLoRA adapter); ValueError for adapter types vLLM cannot serve (VeRA, Tied-LoRA, ...).
+        FileNotFoundError, ValueError: as :func:`prolora.format.read_adapter` (a broken adapter, with
+        the message every other path gives); ValueError for adapter types vLLM cannot serve (VeRA, Tied-LoRA, ...).
     """
     from prolora.format import CONFIG_NAME, WEIGHTS_NAME, export_lora
 
@@ -200,14 +187,12 @@ def find_adapter(adapters_dir: str | os.PathLike, name: str) -> Path | None:
     """The adapter ``name`` in ``adapters_dir`` (``adapters_dir/name``), or ``None`` when there is none.
 
     Raises:
-        ValueError: ``name`` is not a single folder name (letters, digits, ``_ . @ + -``; no ``/``, no
-            leading ``.``), so that a request cannot reach outside the folder.
+        ValueError: ``name`` breaks the one name rule (:func:`prolora.tuner.saved.check_adapter_name`), so
+            that a request cannot reach outside the folder.
     """
-    if not _NAME.match(name) or name in (".", ".."):
-        raise ValueError(
-            f"adapter name {name!r}: use a folder name of {adapters_dir} (letters, digits, "
-            "'_', '.', '@', '+', '-'; no '/' and no leading '.')"
-        )
+    from prolora.tuner.saved import check_adapter_name
+
+    check_adapter_name(name)
     path = Path(adapters_dir) / name
     return path if path.is_dir() else None
 

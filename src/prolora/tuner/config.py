@@ -17,6 +17,8 @@ from peft.config import PeftConfig
 
 from prolora.equations import ROTATE_DIMS, SHARE_DIMS
 
+from .layout import _is_number, validate_values
+
 
 class PRoLoRAType(str, enum.Enum):
     """The ``peft_type`` of PRoLoRA adapters (``"PROLORA"`` in ``adapter_config.json``).
@@ -45,15 +47,6 @@ class UnsupportedOptionError(TypeError, ValueError):
 
 def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _require_int(name: str, value, low: int, hint: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name}={value!r} is invalid: it must be an integer ≥ {low} ({hint}).")
 
 
 @dataclass
@@ -281,32 +274,4 @@ class PRoLoRAConfig(PeftConfig):
                 values.update(self.overrides[pattern])
         return values
 
-    @staticmethod
-    def validate_values(values: dict, where: str, h: int | None = None, o: int | None = None) -> None:
-        """Check r/u/m/n/strides (and, given the module's h and o, that m ≤ h and n ≤ o)."""
-        at = f" for module {where}" if where else ""
-        _require_int("r" + at, values["r"], 1, "the rank of ΔW")
-        u = values["unshared_r"]
-        _require_int("unshared_r" + at, u, 0, "unshared ranks")
-        if u > values["r"]:
-            raise ValueError(
-                f"unshared_r={u}{at} exceeds r={values['r']}: use 0 ≤ unshared_r ≤ r "
-                "(unshared_r = r is plain LoRA)."
-            )
-        for name, dim, dim_name in (("sharing_rate_a", h, "h"), ("sharing_rate_b", o, "o")):
-            k = values[name]
-            _require_int(name + at, k, 1, "number of chunks")
-            if dim is not None and k > dim:
-                raise ValueError(
-                    f"{name}={k}{at} exceeds the dimension it chunks ({dim_name}={dim}); "
-                    f"use 1 ≤ {name} ≤ {dim}."
-                )
-        for name in ("stride_a", "stride_b"):
-            if values[name] is not None:
-                _require_int(name + at, values[name], 0, "rotation stride; None = default")
-        alpha = values["lora_alpha"]
-        if not _is_number(alpha) or alpha <= 0:
-            raise ValueError(
-                f"lora_alpha={alpha!r}{at} must be a positive number (ΔW is scaled by "
-                "lora_alpha / r; the paper uses 16)."
-            )
+    validate_values = staticmethod(validate_values)  # the module-level check of prolora.tuner.layout

@@ -18,10 +18,8 @@ only compact tensors in memory for serving many adapters.
 
 from __future__ import annotations
 
-import functools
 import math
 import warnings
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -32,34 +30,7 @@ from torch.autograd.function import once_differentiable
 
 from prolora import equations as eq
 
-from .config import PRoLoRAConfig
-
-
-@dataclass(frozen=True)
-class ChunkSpec:
-    """Static shape data of one adapter on one module (all integers except ``scaling``)."""
-
-    h: int  # input features of the base layer
-    o: int  # output features of the base layer
-    r: int
-    u: int
-    m: int
-    n: int
-    stride_a: int
-    stride_b: int
-    rotate: str | None  # "rank", "hidden" or None (no rotation)
-    share: str  # "hidden" or "rank"
-    scaling: float  # lora_alpha / r, or lora_alpha / √r with use_rslora
-
-    @property
-    def shared(self) -> int:
-        return self.r - self.u
-
-
-def compact_shapes(spec: ChunkSpec) -> tuple[tuple[int, int], ...]:
-    """Shapes of (A_0, B_0, A_u, B_u) — the order of ``PRoLoRALayer.adapter_layer_names``."""
-    shape_a0, shape_b0 = eq.chunk_shapes(spec.h, spec.o, spec.r, spec.u, spec.m, spec.n, spec.share)
-    return shape_a0, shape_b0, (spec.u, spec.h), (spec.o, spec.u)
+from .layout import FILE_ORDER, ChunkSpec, expand, flatten, gather_index, module_spec
 
 
 def base_shape(base: nn.Module) -> tuple[int, int]:
@@ -88,7 +59,7 @@ def _is_bnb(base: nn.Module) -> str | None:
 class PRoLoRALayer(BaseTunerLayer):
     """Per-adapter PRoLoRA state of one module: the four compact tensors and their :class:`ChunkSpec`."""
 
-    adapter_layer_names = ("prolora_A0", "prolora_B0", "prolora_A_u", "prolora_B_u")
+    adapter_layer_names = FILE_ORDER
     other_param_names = ("prolora_spec", "prolora_dropout")
     cache_expanded = True  # see module docstring
     lean_backward = True  # training through _AdapterFunction (module docstring); False: plain autograd
@@ -131,28 +102,22 @@ class PRoLoRALayer(BaseTunerLayer):
         Raises:
             ValueError: when r/u/m/n do not fit this module (e.g. m > h), naming the module.
         """
-        h, o = self.in_features, self.out_features
-        PRoLoRAConfig.validate_values(values, module_name or type(self.get_base_layer()).__name__, h=h, o=o)
-        r, u, m, n = values["r"], values["unshared_r"], values["sharing_rate_a"], values["sharing_rate_b"]
-        spec = ChunkSpec(
-            h=h,
-            o=o,
-            r=r,
-            u=u,
-            m=m,
-            n=n,
-            stride_a=eq.default_stride(r, u, m) if values["stride_a"] is None else values["stride_a"],
-            stride_b=eq.default_stride(r, u, n) if values["stride_b"] is None else values["stride_b"],
-            rotate=rotate_dim if rotation else None,
+        spec = module_spec(
+            self.in_features,
+            self.out_features,
+            values,
+            rotation=rotation,
+            rotate_dim=rotate_dim,
             share=share,
-            scaling=eq.lora_scaling(values["lora_alpha"], r, use_rslora),
+            use_rslora=use_rslora,
+            where=module_name or type(self.get_base_layer()).__name__,
         )
         self.prolora_spec[adapter_name] = spec
         self._empties.pop(adapter_name, None)
         # u = 0 (no unshared part) or u = r (no shared part) would leave two tensors with zero elements: they are
         # not parameters (nothing to train; generic tooling indexes every adapter parameter), but the adapter
         # file keeps their keys, as zero-size tensors (see PRoLoRAModel._get_adapter_state_dict)
-        for name, shape in zip(self.adapter_layer_names, compact_shapes(spec), strict=False):
+        for name, shape in zip(self.adapter_layer_names, spec.file_shapes(), strict=True):
             params = getattr(self, name)
             if math.prod(shape):
                 params[adapter_name] = nn.Parameter(torch.zeros(shape))
@@ -223,14 +188,11 @@ class PRoLoRALayer(BaseTunerLayer):
         if all(p is None for p in present):
             raise KeyError(adapter_name)
         like = next(p for p in present if p is not None)
-        shapes = compact_shapes(self.prolora_spec[adapter_name])
-        order = (0, 2, 1, 3)  # compact_shapes is (A_0, B_0, A_u, B_u); _compact is (A_0, A_u, B_0, B_u)
+        shapes = self.prolora_spec[adapter_name].flat_shapes()  # (A_0, A_u, B_0, B_u), as _compact
         with torch.inference_mode(
             False
         ):  # normal tensors: autograd may save them (see equations.normal_tensors)
-            hit = tuple(
-                p if p is not None else like.new_zeros(shapes[order[i]]) for i, p in enumerate(present)
-            )
+            hit = tuple(p if p is not None else like.new_zeros(shapes[i]) for i, p in enumerate(present))
         self._empties[adapter_name] = hit
         return hit
 
@@ -258,10 +220,7 @@ class PRoLoRALayer(BaseTunerLayer):
 
     @staticmethod
     def _expand_factors(tensors: tuple, spec: ChunkSpec) -> tuple[torch.Tensor, torch.Tensor]:
-        a0, a_u, b0, b_u = tensors
-        a = eq.expand_a(a0, a_u, spec.h, spec.r, spec.m, spec.stride_a, spec.rotate, spec.share)
-        b = eq.expand_b(b0, b_u, spec.o, spec.r, spec.n, spec.stride_b, spec.rotate, spec.share)
-        return a, b
+        return expand(flatten(tensors), spec)
 
     def get_delta_weight(self, adapter_name: str) -> torch.Tensor:
         """ΔW = (lora_alpha / r) · B · A, shape (o, h) — transposed to (h, o) for ``Conv1D`` bases."""
@@ -287,7 +246,7 @@ class PRoLoRALayer(BaseTunerLayer):
                         keep = torch.empty(x.shape, dtype=torch.bool, device=x.device).bernoulli_(1 - p)
                     return _AdapterFunction.apply(x, keep, p, *tensors, spec)
                 x = dropout(x)
-                a, b = _expand(_flatten(tensors), spec, x.device)  # the same gather, recorded by autograd
+                a, b = expand(flatten(tensors), spec)  # the same gather, recorded by autograd
                 return F.linear(F.linear(x, a) * spec.scaling, b)
         elif self.cache_expanded:  # fast path: a valid cache entry and no active dropout
             hit = self._expanded.get(adapter_name)
@@ -301,7 +260,7 @@ class PRoLoRALayer(BaseTunerLayer):
                 return F.linear(F.linear(x, hit[1]) * self.prolora_spec[adapter_name].scaling, hit[2])
         spec = self.prolora_spec[adapter_name]
         x = self.prolora_dropout[adapter_name](x.to(a0.dtype))
-        if not self.cache_expanded and spec.share == "hidden" and spec.rotate != "hidden":
+        if not self.cache_expanded and spec.chunked:
             rotate = spec.rotate is not None
             idx_a = eq.roll_indices(spec.shared, spec.m, spec.stride_a, rotate, +1, a0.device)
             idx_b = eq.roll_indices(spec.shared, spec.n, spec.stride_b, rotate, -1, a0.device)
@@ -437,8 +396,8 @@ class _AdapterFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, keep, p, a0, a_u, b0, b_u, spec):
-        flat = _flatten((a0, a_u, b0, b_u))
-        idx = _layout(spec, x.device)[0]
+        flat = flatten((a0, a_u, b0, b_u))
+        idx = gather_index(spec, x.device)
         rh = spec.r * spec.h
         # A, then B: each expanded factor is alive only for its own matmul
         z = F.linear(_dropped(x, keep, p), flat.index_select(0, idx[:rh]).view(spec.r, spec.h)).mul_(
@@ -464,9 +423,9 @@ class _AdapterFunction(torch.autograd.Function):
     def _backward(ctx, grad_y):
         x, keep, z, *compact = ctx.saved_tensors
         spec = ctx.spec
-        idx = _layout(spec, x.device)[0]
+        idx = gather_index(spec, x.device)
         rh = spec.r * spec.h
-        flat = _flatten(compact)
+        flat = flatten(compact)
         b = flat.index_select(0, idx[rh:]).view(spec.o, spec.r)
         grad_z = torch.matmul(grad_y, b).mul_(spec.scaling)  # (…, r)
         del b
@@ -484,7 +443,7 @@ class _AdapterFunction(torch.autograd.Function):
             grad_x = torch.matmul(grad_z, flat.index_select(0, idx[:rh]).view(spec.r, spec.h))
             if keep is not None:
                 grad_x = grad_x.mul_(keep).mul_(1 / (1 - ctx.p))
-        return (grad_x, None, None, *_split(grad_flat, spec), None)
+        return (grad_x, None, None, *spec.split(grad_flat), None)
 
 
 def _dropped(x: torch.Tensor, keep: torch.Tensor | None, p: float) -> torch.Tensor:
@@ -492,48 +451,27 @@ def _dropped(x: torch.Tensor, keep: torch.Tensor | None, p: float) -> torch.Tens
     return x if keep is None else (x * keep).mul_(1 / (1 - p))
 
 
-@functools.lru_cache(maxsize=256)
-@eq.normal_tensors
-def _layout(spec: ChunkSpec, device: torch.device) -> tuple[torch.Tensor, tuple]:
-    """``(idx, shapes)``: ``cat(A.flatten(), B.flatten()) = flat[idx]`` for ``flat`` = the four compact
-    tensors flattened and concatenated (:func:`_flatten`), and their shapes in that order. The indices are
-    :func:`~prolora.equations.flat_gather_indices` (Eq. 4 applied to element numbers)."""
-    idx_a, idx_b = eq.flat_gather_indices(
-        spec.h,
-        spec.o,
-        spec.r,
-        spec.u,
-        spec.m,
-        spec.n,
-        spec.stride_a,
-        spec.stride_b,
-        spec.rotate,
-        spec.share,
-        device,
+def rows_of(names: list, rows: int) -> list:
+    """One entry of ``names`` (one per batch row) per row of an input with ``rows`` rows.
+
+    Most modules see (batch, seq, h) inputs: ``rows`` is the batch. Some see the batch flattened to
+    (batch·seq, h) (OPT's ``fc1``/``fc2`` reshape before their MLP): batch-major, so each name covers
+    ``rows / len(names)`` consecutive rows.
+
+    Raises:
+        ValueError: when ``rows`` is not a multiple of ``len(names)``, naming both.
+    """
+    if rows == len(names):
+        return names
+    if names and rows % len(names) == 0:
+        per = rows // len(names)
+        return [name for name in names for _ in range(per)]
+    raise ValueError(
+        f"Length of `adapter_names` should be the same as the number of inputs, but got "
+        f"{len(names)} and {rows} respectively: adapter_names has {len(names)} entries for an input of "
+        f"{rows} rows (neither the batch nor a batch-major flattening of it); give one adapter name "
+        "(or '__base__') per batch row."
     )
-    shape_a0, shape_b0 = eq.chunk_shapes(spec.h, spec.o, spec.r, spec.u, spec.m, spec.n, spec.share)
-    shapes = (shape_a0, (spec.u, spec.h), shape_b0, (spec.o, spec.u))
-    n_a = math.prod(shape_a0) + spec.u * spec.h
-    return torch.cat([idx_a, idx_b + n_a]), shapes
-
-
-def _flatten(tensors) -> torch.Tensor:
-    """(A_0, A_u, B_0, B_u) as one flat tensor, in that order."""
-    return torch.cat([t.reshape(-1) for t in tensors])
-
-
-def _expand(flat: torch.Tensor, spec: ChunkSpec, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """The full A (r, h) and B (o, r) from the flat compact tensors: one ``index_select`` (Eq. 4)."""
-    full = flat.index_select(0, _layout(spec, device)[0])
-    rh = spec.r * spec.h
-    return full[:rh].view(spec.r, spec.h), full[rh:].view(spec.o, spec.r)
-
-
-def _split(flat: torch.Tensor, spec: ChunkSpec) -> tuple[torch.Tensor, ...]:
-    """Inverse of :func:`_flatten`: views of ``flat`` shaped as (A_0, A_u, B_0, B_u)."""
-    shapes = _layout(spec, flat.device)[1]
-    parts = flat.split([math.prod(shape) for shape in shapes])
-    return tuple(part.view(shape) for part, shape in zip(parts, shapes, strict=False))
 
 
 class PRoLoRALinear(nn.Module, PRoLoRALayer):
@@ -570,19 +508,14 @@ class PRoLoRALinear(nn.Module, PRoLoRALayer):
     def _mixed_batch_forward(
         self, x: torch.Tensor, *args: Any, adapter_names: list[str], **kwargs: Any
     ) -> torch.Tensor:
-        """Row ``i`` of the batch uses adapter ``adapter_names[i]`` (``"__base__"``: none)."""
+        """Row ``i`` of the batch uses adapter ``adapter_names[i]`` (``"__base__"``: none); a module that sees
+        the batch flattened to (batch·seq, h) rows (OPT's ``fc1``/``fc2``) is handled by :func:`rows_of`."""
         if self.merged:
             raise ValueError(
                 "Cannot pass `adapter_names` when there are merged adapters, please call "
                 "`unmerge_adapter` first."
             )
-        if len(adapter_names) != x.shape[0]:
-            raise ValueError(
-                f"Length of `adapter_names` should be the same as the number of inputs, but got "
-                f"{len(adapter_names)} and {x.shape[0]} respectively: adapter_names has "
-                f"{len(adapter_names)} entries for a batch of {x.shape[0]} rows; give one adapter name "
-                "(or '__base__') per row."
-            )
+        adapter_names = rows_of(adapter_names, x.shape[0])
         result = self.base_layer(x, *args, **kwargs)
         for name in set(adapter_names):
             if name not in self.prolora_spec:

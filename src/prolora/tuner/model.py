@@ -15,7 +15,7 @@ from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
 from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 
 from .config import PREFIX, PRoLoRAConfig
-from .layer import PRoLoRALayer, PRoLoRALinear, base_shape, compact_shapes
+from .layer import PRoLoRALayer, PRoLoRALinear, base_shape
 from .saved import check_adapter_name
 
 
@@ -219,7 +219,7 @@ class PRoLoRAModel(BaseTuner):
             if not any(key in to_return for key in keys):
                 continue  # the model's keys are named differently here (e.g. wrapped): nothing to complete
             like = next(to_return[key] for key in keys if key in to_return)
-            for key, shape in zip(keys, compact_shapes(layer.prolora_spec[adapter_name]), strict=False):
+            for key, shape in zip(keys, layer.prolora_spec[adapter_name].file_shapes(), strict=True):
                 if key not in to_return:
                     to_return[key] = like.new_zeros(shape)
         return to_return

@@ -7,7 +7,8 @@ A loaded adapter must give exactly the ΔW it was saved with, or fail with an er
 * :func:`check_finite`: no NaN or infinity (the tensor's name);
 * :func:`check_delta_w_record`: the fields that decide ΔW from the tensors (:data:`DELTA_W_FIELDS`:
   r, unshared_r, sharing rates, strides, lora_alpha, use_rslora, rotation, share, rotate_dim, overrides,
-  module_shapes) equal those recorded in the safetensors metadata (key :data:`DELTA_W_KEY`) when the
+  module_shapes, fan_in_fan_out, and which modules are adapted: target_modules, exclude_modules,
+  layers_to_transform, layers_pattern) equal those recorded in the safetensors metadata (key :data:`DELTA_W_KEY`) when the
   adapter was saved. Files written before this record existed (prolora ≤ 0.1.0) have none and load.
 * :func:`check_adapter_name`: the one rule for adapter names (PEFT uses the name as a sub-folder of
   ``save_pretrained``'s folder; a path would write outside it).
@@ -26,10 +27,10 @@ import re
 
 import torch
 
-from prolora import equations as eq
+from .layout import FILE_ORDER, config_spec
 
 WEIGHTS_NAME = "adapter_model.safetensors"
-TENSOR_NAMES = ("prolora_A0", "prolora_B0", "prolora_A_u", "prolora_B_u")
+TENSOR_NAMES = FILE_ORDER
 DELTA_W_KEY = "prolora.delta_w"
 DELTA_W_FIELDS = (
     "r",
@@ -45,8 +46,30 @@ DELTA_W_FIELDS = (
     "rotate_dim",
     "overrides",
     "module_shapes",
+    "fan_in_fan_out",
+    "target_modules",
+    "exclude_modules",
+    "layers_to_transform",
+    "layers_pattern",
 )
-ADAPTER_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,63}")
+# every other field of PRoLoRAConfig, and why it does not decide ΔW from the tensors (tests/test_drift.py
+# checks that the two lists cover every field, so a new field must be placed in one of them)
+NOT_DELTA_W_FIELDS = {
+    "task_type": "the model head's task; ΔW of each adapted module is the same",
+    "peft_type": "always PROLORA (checked by the reader)",
+    "auto_mapping": "PEFT's auto class bookkeeping",
+    "peft_version": "the PEFT version that saved the file",
+    "base_model_name_or_path": "which base model; module_shapes already pins every adapted module's shape",
+    "revision": "the base model's hub revision",
+    "inference_mode": "whether the loaded adapter is trainable",
+    "lora_dropout": "training only; off in eval mode",
+    "init": "initialisation; the saved tensors are what they became",
+    "init_weights": "initialisation; the saved tensors are what they became",
+    "bias": "only 'none' is accepted",
+    "modules_to_save": "whole modules saved beside the adapter, loaded by PEFT as they are",
+    "target_parameters": "only None is accepted",
+}
+ADAPTER_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")  # the one name rule (check_adapter_name)
 RESERVED_NAMES = ("__base__",)  # the row selector of mixed batches: "no adapter"
 LOAD_HINT = (
     "This is a PRoLoRA adapter (peft_type 'PROLORA'): `import prolora` before loading it with peft or "
@@ -56,36 +79,39 @@ LOAD_HINT = (
 )
 
 
-def check_adapter_name(name) -> None:
-    """Refuse an adapter name that is not a safe identifier.
+def valid_adapter_name(name) -> bool:
+    """Whether ``name`` follows the one name rule (:func:`check_adapter_name`, which says why not)."""
+    return isinstance(name, str) and ADAPTER_NAME.fullmatch(name) is not None and name not in RESERVED_NAMES
 
-    Rule: 1-64 characters out of letters, digits, ``_`` and ``-``, not starting with ``-``; not
-    ``__base__``. So a name is never a path (no ``/``, ``\\``, ``.``, ``..``) and ``save_pretrained`` writes
-    every adapter inside the folder it is given.
+
+def check_adapter_name(name) -> None:
+    """Refuse an adapter name that is not a safe identifier: the one rule, at every entry (Python API, CLI
+    ``--adapter NAME=PATH``, ``prolora serve``'s ``--adapters-dir`` folders and load route, the vLLM plugin).
+
+    Rule: 1-64 characters out of letters, digits, ``_``, ``-`` and ``.``, not starting with ``-`` or ``.``;
+    not ``__base__``. So a name is never a path (no ``/``, ``\\``, ``.``, ``..``) — ``save_pretrained`` writes
+    every adapter inside the folder it is given, ``--adapters-dir`` finds only its own sub-folders — and
+    folder names such as ``v1.2`` work.
 
     Raises:
         ValueError: naming the value and the rule.
     """
-    if not isinstance(name, str) or not ADAPTER_NAME.fullmatch(name) or name in RESERVED_NAMES:
+    if not valid_adapter_name(name):
+        shown = repr(name) if not isinstance(name, str) or len(name) <= 80 else repr(name[:80]) + "…"
         raise ValueError(
-            f"adapter name {name!r} is not allowed: use 1-64 letters, digits, '_' or '-' (not "
-            f"starting with '-'), e.g. 'math_v2'; {', '.join(RESERVED_NAMES)} is reserved. Names "
-            "become folder names in save_pretrained, so they may not be paths (prolora's "
-            "commands take --adapter NAME=PATH to choose one)."
+            f"adapter name {shown} is not allowed: use 1-64 letters, digits, '_', '-' or '.' (not "
+            f"starting with '-' or '.'), e.g. 'math_v2' or 'v1.2'; {', '.join(RESERVED_NAMES)} is "
+            "reserved. Names become folder names in save_pretrained, so they may not be paths "
+            "(prolora's commands take --adapter NAME=PATH to choose one)."
         )
 
 
 def expected_shapes(config) -> dict[str, tuple]:
-    """Key in the weights file → shape, for every module of ``config.module_shapes`` (Eq. 4's chunking)."""
+    """Key in the weights file → shape, for every module of ``config.module_shapes`` (the layout of
+    :func:`~prolora.tuner.layout.config_spec`)."""
     expected = {}
-    for module, (o, h) in config.module_shapes.items():
-        v = config.module_values(module)
-        r, u = v["r"], v["unshared_r"]
-        type(config).validate_values(v, where=module, h=h, o=o)  # a PRoLoRAConfig (not imported: no circle)
-        shape_a0, shape_b0 = eq.chunk_shapes(
-            h, o, r, u, v["sharing_rate_a"], v["sharing_rate_b"], config.share
-        )
-        for name, shape in zip(TENSOR_NAMES, (shape_a0, shape_b0, (u, h), (o, u)), strict=False):
+    for module in config.module_shapes:
+        for name, shape in zip(TENSOR_NAMES, config_spec(config, module).file_shapes(), strict=True):
             expected[f"base_model.model.{module}.{name}"] = tuple(shape)
     return expected
 
@@ -149,8 +175,10 @@ def check_finite(tensors: dict[str, torch.Tensor], source: str = "the adapter") 
 
 
 def delta_w_record(config) -> dict:
-    """The fields of ``config`` that decide ΔW from the compact tensors, as JSON values."""
-    return json.loads(json.dumps({name: getattr(config, name) for name in DELTA_W_FIELDS}))
+    """The fields of ``config`` that decide ΔW from the compact tensors (and which modules have one), as JSON
+    values (a set, as PEFT keeps ``target_modules`` in memory, as a sorted list: the file's form)."""
+    values = {name: getattr(config, name, None) for name in DELTA_W_FIELDS}
+    return json.loads(json.dumps(values, default=sorted))
 
 
 def check_delta_w_record(config, metadata: dict | None, source: str = "the adapter") -> None:
@@ -183,30 +211,41 @@ def check_delta_w_record(config, metadata: dict | None, source: str = "the adapt
         )
 
 
-def verify_saved(config, directory: str) -> None:
-    """Run :func:`check_tensors`, :func:`check_delta_w_record` and :func:`check_finite` on the weights file
-    in ``directory`` (does nothing when there is none). Raises ``ValueError`` as they do."""
+def read_weights(path) -> tuple[dict, dict[str, torch.Tensor]]:
+    """``(metadata, name → tensor)`` of a safetensors weights file (nothing is unpickled).
+
+    Raises:
+        ValueError: the file is not a readable safetensors file.
+    """
     from safetensors import SafetensorError, safe_open
 
-    path = os.path.join(directory, WEIGHTS_NAME)
-    if not os.path.isfile(path):
-        return
     try:
-        with safe_open(path, "pt") as f:
-            names = list(f.keys())
-            check_tensors(
-                config, {k: f.get_slice(k).get_shape() for k in names}, source=directory, others=True
-            )
-            check_delta_w_record(config, f.metadata(), source=directory)
-            check_finite({k: f.get_tensor(k) for k in names}, source=directory)
+        with safe_open(str(path), "pt") as f:
+            return dict(f.metadata() or {}), {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
     except (SafetensorError, OSError) as exc:
         raise ValueError(f"{path} is not a readable safetensors file ({exc}).") from None
+
+
+def check_saved(config, metadata: dict, tensors: dict, source: str, others: bool = True) -> None:
+    """The checks of a saved PRoLoRA adapter, in order: :func:`check_tensors` (names and shapes against the
+    config), :func:`check_delta_w_record`, :func:`check_finite`. Raises ``ValueError`` as they do."""
+    check_tensors(config, tensors, source=source, others=others)
+    check_delta_w_record(config, metadata, source=source)
+    check_finite(tensors, source=source)
+
+
+def verify_saved(config, directory: str) -> None:
+    """:func:`check_saved` on the weights file in ``directory`` (does nothing when there is none): what
+    ``PRoLoRAConfig.from_pretrained`` runs, so stock peft loads are checked as prolora's reader
+    (:func:`prolora.format.read`) checks. Raises ``ValueError`` as it does."""
+    path = os.path.join(directory, WEIGHTS_NAME)
+    if os.path.isfile(path):
+        check_saved(config, *read_weights(path), source=directory)
 
 
 def record_delta_w(config, directory: str) -> bool:
     """Add :func:`delta_w_record` to the metadata of the weights file in ``directory`` (atomically), when
     that file holds exactly ``config``'s tensors; returns whether it did."""
-    from safetensors import safe_open
     from safetensors.torch import save_file
 
     from prolora.files import atomic_write
@@ -214,9 +253,7 @@ def record_delta_w(config, directory: str) -> bool:
     path = os.path.join(directory, WEIGHTS_NAME)
     if not os.path.isfile(path):
         return False
-    with safe_open(path, "pt") as f:
-        metadata = dict(f.metadata() or {})
-        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open is not a dict
+    metadata, tensors = read_weights(path)
     try:
         check_tensors(config, tensors, others=True)
     except ValueError:
