@@ -133,26 +133,39 @@ def test_resume_reaches_the_same_adapter(tiny, tmp_path):
         torch.testing.assert_close(a[name], b[name], atol=1e-6, rtol=0)
 
 
-def test_sigint_saves_adapter_and_checkpoint_then_resume_finishes(tiny, tmp_path, monkeypatch):
-    on_log = JsonlLogCallback.on_log
+@pytest.mark.parametrize("where", ["between micro-batches", "within a micro-batch"])
+def test_sigint_saves_adapter_and_checkpoint_then_resume_finishes(tiny, tmp_path, monkeypatch, where):
+    from prolora.train.trainer import CheckpointTrainer
 
-    def interrupt_at_step_2(self, args, state, control, logs=None, **kwargs):
+    on_log, compute_loss = JsonlLogCallback.on_log, CheckpointTrainer.compute_loss
+
+    def interrupt_after_step_2(self, args, state, control, logs=None, **kwargs):
         on_log(self, args, state, control, logs=logs, **kwargs)
         if state.global_step == 2 and logs and "loss" in logs:  # once: the step's log line, not the run's
             signal.raise_signal(signal.SIGINT)
 
-    monkeypatch.setattr(JsonlLogCallback, "on_log", interrupt_at_step_2)
+    def interrupt_in_step_3(self, *args, **kwargs):  # the signal comes during step 3's first forward
+        if self.state.global_step == 2:
+            signal.raise_signal(signal.SIGINT)
+        return compute_loss(self, *args, **kwargs)
+
+    if where == "between micro-batches":
+        monkeypatch.setattr(JsonlLogCallback, "on_log", interrupt_after_step_2)
+    else:
+        monkeypatch.setattr(CheckpointTrainer, "compute_loss", interrupt_in_step_3)
     # what the handlers were before: not always Python's defaults (a runner may start the suite with SIGINT
     # ignored, as a background process is)
     before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     out = tmp_path / "run"
     summary = train(config(tiny, out, save_steps=100))
-    # step 3's first micro-batch finishes, its second does not run: the partial step is discarded, and the
-    # last finished step (2) is checkpointed and logged
+    # step 3 is abandoned and discarded; the last finished step (2) is checkpointed and logged
     assert summary["interrupted"] == "SIGINT" and summary["steps"] == 2
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2"]
     assert (out / "adapter" / "adapter_model.safetensors").is_file()
     assert steps_logged(out) == [1, 2]
+    state = json.loads((out / "checkpoint-2" / "trainer_state.json").read_text())
+    tokens_at_2 = state["log_history"][-1]["num_input_tokens_seen"]
+    assert summary["train_tokens"] == state["num_input_tokens_seen"] == tokens_at_2  # none of step 3's
     assert {sig: signal.getsignal(sig) for sig in before} == before  # handlers restored
     monkeypatch.undo()
     assert train(config(tiny, out, save_steps=100, resume=True))["steps"] == 6

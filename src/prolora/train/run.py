@@ -484,7 +484,7 @@ def _train(config: TrainConfig, threads: tuple[int, str], started: float, base_m
         "train_time_s": train_time,
         "train_loss_final": steps_logged[-1]["loss"] if steps_logged else None,
         "train_loss_final_steps": final_window,
-        "train_loss_mean": result.training_loss,
+        "train_loss_mean": result.training_loss if state.global_step > totals.step_at_start else None,
         **_heldout_losses(model, None if stop.received else splits.heldout, tokenizer),
         "quantization": quantization,
         "world_size": world_size,

@@ -6,12 +6,13 @@ saving leaves a partial directory that ``get_last_checkpoint`` (and so ``--resum
 and renames the finished directory to ``<output_dir>/checkpoint-N`` (one rename, after every process has
 written its part), then rotates old checkpoints.
 
-Stopping: on SIGINT or SIGTERM (:class:`StopOnSignal`) training stops after the micro-batch under way,
-not after the whole optimizer step (16 micro-batches by default: a minute or more on a CPU, while schedulers
-allow about 30 s between SIGTERM and SIGKILL). The partial step is discarded: its gradients, its losses
-and the random numbers it drew (:class:`CheckpointTrainer` keeps the RNG states and the loss sum of the
-last finished step), and the checkpoint of the last finished step is written, so that ``--resume`` goes on
-exactly as an uninterrupted run.
+Stopping: on SIGINT or SIGTERM (:class:`StopOnSignal`) training stops at once, within the micro-batch under
+way, not after the whole optimizer step (16 micro-batches by default: a minute or more on a loaded CPU,
+while schedulers commonly allow 30 s between SIGTERM and SIGKILL); the last micro-batch of an
+accumulation, and every micro-batch under distributed training, is finished first. The partial step is
+discarded: its gradients, losses, token counts and the random numbers it drew (:class:`CheckpointTrainer`
+keeps those of the last finished step), and the checkpoint of the last finished step is written, so that
+``--resume`` goes on exactly as an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -60,21 +61,44 @@ class CheckpointTrainer(Trainer):
     def __init__(self, *args, lr_shared_scale: float = 1.0, **kwargs):
         super().__init__(*args, **kwargs)
         self.lr_shared_scale = lr_shared_scale
-        self._step_end: tuple | None = None  # (loss sum, RNG states) when the last optimizer step ended
+        self._step_end: tuple | None = None  # (loss sum, tokens, flos, RNG states) at the last step's end
+
+    def _signal_stop(self) -> StopOnSignal | None:
+        return next((c for c in self.callback_handler.callbacks if isinstance(c, StopOnSignal)), None)
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        """The Trainer's forward and backward of one micro-batch; after a stop signal (one process), a
+        micro-batch that is not the last of its accumulation is not computed, and one under way is
+        abandoned at once (its result is discarded with the rest of the step, see the module docstring).
+        The last micro-batch of an accumulation always finishes: the optimizer step follows it."""
+        stop = self._signal_stop()
+        abortable = stop is not None and self.args.world_size == 1 and not self.accelerator.sync_gradients
+        if not abortable:
+            return super().training_step(model, inputs, num_items_in_batch)
+        if stop.received is not None:
+            return torch.zeros((), device=self.args.device)
+        stop.abortable = True
+        try:
+            return super().training_step(model, inputs, num_items_in_batch)
+        except MicroBatchAborted:
+            return torch.zeros((), device=self.args.device)
+        finally:
+            stop.abortable = False
 
     def _maybe_log_save_evaluate(self, tr_loss, grad_norm, model, *args, **kwargs) -> None:
         """Called by the Trainer after each optimizer step and once when an epoch (or training) ends; after a
         stop within an accumulation (:class:`StopOnSignal`), first puts the run back to the end of its last
         finished step and asks for that step's log line and checkpoint."""
-        stop = next((c for c in self.callback_handler.callbacks if isinstance(c, StopOnSignal)), None)
+        stop = self._signal_stop()
         if stop is not None and stop.mid_step:
             stop.mid_step = False
             model.zero_grad(set_to_none=True)  # the micro-batches of the unfinished step leave no gradient,
             if self._step_end is None:  # no step finished in this session: nothing to log or save
                 tr_loss.zero_()
+                self.state.num_input_tokens_seen = self._initial_num_input_tokens_seen
             else:
-                loss, rng = self._step_end
-                tr_loss.copy_(loss)  # ... no loss ...
+                loss, self.state.num_input_tokens_seen, self.current_flos, rng = self._step_end
+                tr_loss.copy_(loss)  # ... no loss, no token ...
                 _set_rng_states(rng)  # ... and no random draw (dropout) in the checkpoint
                 name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
                 self.control.should_log = True
@@ -82,7 +106,12 @@ class CheckpointTrainer(Trainer):
                     os.path.join(super()._get_output_dir(None), name)
                 )
         super()._maybe_log_save_evaluate(tr_loss, grad_norm, model, *args, **kwargs)
-        self._step_end = (tr_loss.detach().clone(), _rng_states())
+        self._step_end = (
+            tr_loss.detach().clone(),
+            self.state.num_input_tokens_seen,
+            self.current_flos,
+            _rng_states(),
+        )
 
     def create_optimizer(self, model=None) -> torch.optim.Optimizer:
         fresh = self.optimizer is None
@@ -178,6 +207,11 @@ def _set_rng_states(states: dict) -> None:
         torch.cuda.random.set_rng_state_all(states["cuda"])
 
 
+class MicroBatchAborted(BaseException):
+    """Raised by :class:`StopOnSignal`'s handler inside a micro-batch that may be abandoned (a
+    ``BaseException``, so that no ``except Exception`` on the way swallows it)."""
+
+
 class StopOnSignal(TrainerCallback):
     """On SIGINT or SIGTERM: stop after the micro-batch under way, discard a partial accumulation, save the
     checkpoint of the last finished step and end training (see the module docstring).
@@ -185,6 +219,9 @@ class StopOnSignal(TrainerCallback):
     A second signal aborts at once (``KeyboardInterrupt``). Under distributed training all processes
     must stop at the same micro-batch, so the flag is max-reduced across processes after every micro-batch.
     ``mid_step``: the stop came within an accumulation (read and reset by :class:`CheckpointTrainer`).
+    ``abortable``: set by :class:`CheckpointTrainer` while a micro-batch that may be abandoned runs; a
+    signal then raises :class:`MicroBatchAborted` there, so the process exits in seconds even when one
+    micro-batch takes a minute (a loaded CPU).
     """
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -192,6 +229,7 @@ class StopOnSignal(TrainerCallback):
     def __init__(self):
         self.received: str | None = None
         self.mid_step = False
+        self.abortable = False
         self._previous: dict = {}
 
     def _handle(self, signum, frame):
@@ -205,6 +243,9 @@ class StopOnSignal(TrainerCallback):
             file=sys.stderr,
             flush=True,
         )
+        if self.abortable:
+            self.abortable = False
+            raise MicroBatchAborted
 
     def _restore(self):
         for sig, handler in self._previous.items():
