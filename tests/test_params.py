@@ -14,6 +14,7 @@ from prolora.equations import trainable_params
 from prolora.params import (
     PAPER_TARGET_MODULES,
     count_parameters,
+    paper_text,
     reproduce_paper,
     solve_budget,
     target_layers,
@@ -91,6 +92,11 @@ def test_reproduction_table_matches_the_paper_except_two_known_rows():
     mismatches = {(row["source"], row["method"], row["r"]) for row in rows if not row["matches"]}
     assert mismatches == {("Table 2", "lora", 16)}  # misprint: Table 1 prints 39.98M for the same adapter
     assert all(row["size_matches"] for row in rows if row["paper_size"])
+    text = paper_text(rows)  # what `prolora params --paper` prints: one line per row, the mismatch marked
+    lines = [[cell.strip() for cell in line.split("  ")] for line in text.splitlines()]
+    marked = [line for line in lines if "NO" in line]
+    assert len(marked) == 1 and marked[0][0] == "Table 2" and "lora r=16" in marked[0]
+    assert sum("yes" in line for line in lines) == len(rows) - 1
 
 
 @pytest.mark.parametrize(
