@@ -8,6 +8,7 @@ answers of a concurrent mixed batch against the same requests sent one at a time
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -302,5 +303,100 @@ def test_chat_uses_the_tokenizer_template_unless_the_run_recorded_tulu(files):
             assert isinstance(generator, Generator)
             expected = generator.reply(CHAT, max_new_tokens=12).text
             assert _chat(client, name).choices[0].message.content.strip() == expected
+    finally:
+        live.stop()
+
+
+@pytest.mark.parametrize(
+    ("authorization", "status"),
+    [
+        (f"Bearer {KEY}", 200),
+        (f"bearer {KEY}", 200),  # RFC 7235: the scheme is case-insensitive (before: 401)
+        (f"BEARER  {KEY}", 200),
+        (f"Bearer {KEY}x", 401),
+        (f"Basic {KEY}", 401),
+        ("Bearer", 401),
+        (None, 401),
+    ],
+)
+def test_the_bearer_scheme_is_case_insensitive_and_the_key_exact(server, authorization, status):
+    headers = {} if authorization is None else {"Authorization": authorization}
+    response = httpx.get(server.url + "/v1/models", headers=headers)
+    assert response.status_code == status
+    if status == 401:
+        assert response.json()["error"]["type"] == "authentication_error"
+
+
+def _serve_key(monkeypatch, argv: list[str]) -> tuple[int, dict]:
+    """Run ``prolora serve ARGV`` up to the app; returns the exit status and what create_app was given."""
+    import prolora.cli.serve
+    import prolora.inference.server as server_module
+
+    given = {}
+    monkeypatch.setattr(prolora.cli.serve, "set_threads", lambda threads: (1, "test"))  # torch's stays
+
+    def create_app(engine, base_name, api_key=None, *args, **kwargs):
+        given["api_key"] = api_key
+        raise ValueError("stop before serving")
+
+    monkeypatch.setattr(server_module, "build_engine", lambda *args, **kwargs: type("E", (), {})())
+    monkeypatch.setattr(server_module, "create_app", create_app)
+    return main(["serve", "--port", "0", *argv]), given
+
+
+def test_the_api_key_comes_from_the_flag_a_file_or_prolora_api_key(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("PROLORA_API_KEY", raising=False)
+    assert _serve_key(monkeypatch, []) == (2, {"api_key": None})
+    monkeypatch.setenv("PROLORA_API_KEY", "from-env\n")
+    assert _serve_key(monkeypatch, []) == (2, {"api_key": "from-env"})
+    key_file = tmp_path / "key"
+    key_file.write_text("from-file\n")
+    key_file.chmod(0o600)
+    assert _serve_key(monkeypatch, ["--api-key-file", str(key_file)]) == (2, {"api_key": "from-file"})
+    assert _serve_key(monkeypatch, ["--api-key", "from-flag"]) == (2, {"api_key": "from-flag"})
+    out = capsys.readouterr().out
+    assert "API key: from $PROLORA_API_KEY" in out and f"API key: from --api-key-file {key_file}" in out
+    assert "from-env" not in out and "from-file" not in out  # the key itself is never printed
+    # a key file others can read gets a warning; an empty key is refused before the model loads
+    key_file.chmod(0o644)
+    assert _serve_key(monkeypatch, ["--api-key-file", str(key_file)])[1] == {"api_key": "from-file"}
+    assert f"{key_file} is readable by other users; chmod 600" in capsys.readouterr().err
+    key_file.write_text("\n")
+    assert _serve_key(monkeypatch, ["--api-key-file", str(key_file)]) == (2, {})
+    assert "the API key from --api-key-file" in capsys.readouterr().err
+    assert _serve_key(monkeypatch, ["--api-key-file", str(tmp_path / "missing")]) == (2, {})
+    assert "missing" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # one source at a time
+        main(["serve", "--api-key", "a", "--api-key-file", str(key_file)])
+
+
+def test_the_base_model_has_one_default_chat_format_in_generate_and_serve(files, tmp_path, capsys):
+    """Without --chat-format, the base model is prompted with the tokenizer's chat template, in `prolora
+    generate` (before: the Tulu format) as in `prolora serve`; adapters keep their run's format."""
+    from transformers import AutoTokenizer
+
+    model = tmp_path / "templated"
+    shutil.copytree(files["model"], model)
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    tokenizer.chat_template = (
+        "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}[assistant] {% endif %}"
+    )
+    tokenizer.save_pretrained(model)
+    argv = ["generate", "Say something", "--max-new-tokens", "12", "--model", str(model)]
+    assert main(argv) == 0
+    generated = capsys.readouterr().out.strip()
+    assert main([*argv, "--chat-format", "tulu"]) == 0
+    assert capsys.readouterr().out.strip() != generated  # the format matters for this prompt
+    engine = build_engine(str(model), [f"pa={files['pa']}"])
+    live = LiveServer(create_app(engine, BASE))
+    try:
+        client = openai.OpenAI(base_url=live.url + "/v1", api_key="none", max_retries=0, timeout=30)
+        assert _chat(client, BASE).choices[0].message.content.strip() == generated
+        # the adapter of a run that recorded tulu keeps it, in generate (--use pa) as in serve
+        assert main([*argv, "--adapter", f"pa={files['pa']}"]) == 0
+        assert _chat(client, "pa").choices[0].message.content.strip() == capsys.readouterr().out.strip()
+        assert main([*argv, "--adapter", f"pa={files['pa']}", "--use", "base"]) == 0
+        assert capsys.readouterr().out.strip() == generated
     finally:
         live.stop()

@@ -91,6 +91,14 @@ def render_template(
     return text, spans
 
 
+def base_chat_format(tokenizer) -> str:
+    """The default chat format of a *base model* (no adapter) in ``prolora generate``, ``chat`` and ``serve``:
+    ``"template"`` when the tokenizer has a chat template (an instruction-tuned model, such as the embedded
+    SmolLM2-135M-Instruct, was tuned with it; vLLM and OpenAI-compatible servers use it too), else
+    ``"tulu"``. An adapter keeps the format its training run recorded; ``prolora eval`` keeps its protocol."""
+    return "template" if getattr(tokenizer, "chat_template", None) else "tulu"
+
+
 def render(
     tokenizer, messages: list[dict], chat_format: str = "tulu", add_generation_prompt: bool = False
 ) -> tuple[str, list[Span]]:

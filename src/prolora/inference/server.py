@@ -268,7 +268,9 @@ def create_app(
         max_request_bytes: a larger request body is answered 413 (:class:`BodyLimit`).
     """
     if chat_format is None:
-        chat_format = "template" if getattr(engine.tokenizer, "chat_template", None) else "tulu"
+        from prolora.data.chat import base_chat_format
+
+        chat_format = base_chat_format(engine.tokenizer)  # the same default as prolora generate and chat
     app = FastAPI(title="prolora serve", lifespan=_lifespan)
     app.state.engine = engine
     app.state.settings = ServerSettings(base_name, api_key, chat_format, shutdown_timeout)
@@ -301,9 +303,21 @@ EngineDep = Annotated[Engine, Depends(_engine)]
 SettingsDep = Annotated[ServerSettings, Depends(_settings)]
 
 
+def bearer_token(authorization: str | None) -> str | None:
+    """The credentials of an ``Authorization: Bearer <token>`` header, else ``None``. The scheme is
+    case-insensitive and separated from the token by one or more spaces (RFC 7235 section 2.1)."""
+    scheme, _, token = (authorization or "").strip().partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
 async def authorize(request: Request, settings: SettingsDep) -> None:
+    import hmac
+
     api_key = settings.api_key
-    if api_key is not None and request.headers.get("authorization") != f"Bearer {api_key}":
+    if api_key is None:
+        return
+    token = bearer_token(request.headers.get("authorization"))
+    if token is None or not hmac.compare_digest(token.encode(), api_key.encode()):  # constant time
         raise APIError(
             401, "missing or wrong API key: send 'Authorization: Bearer <key>'.", "authentication_error"
         )

@@ -271,9 +271,14 @@ def _heldout_losses(model, heldout, tokenizer) -> dict:
             "heldout_loss_base": None,
             "heldout_loss_adapter": None,
         }
+    show = is_main_process()
     with model.disable_adapter():
-        base, _ = token_loss(model, heldout, tokenizer, HELDOUT_BATCH_SIZE)
-    adapted, tokens = token_loss(model, heldout, tokenizer, HELDOUT_BATCH_SIZE)
+        base, _ = token_loss(
+            model, heldout, tokenizer, HELDOUT_BATCH_SIZE, "held-out loss, base" if show else None
+        )
+    adapted, tokens = token_loss(
+        model, heldout, tokenizer, HELDOUT_BATCH_SIZE, "held-out loss, adapter" if show else None
+    )
     return {
         "heldout_examples": len(heldout),
         "heldout_tokens": tokens,
@@ -314,7 +319,9 @@ def _print_summary(summary: dict, path: str) -> None:
         ),
         f"  wall time        : {summary['wall_time_s']:.0f} s",
     ]
-    if summary["interrupted"]:
+    if summary["interrupted"] and summary["session_steps"] == 0 and summary["steps"] == 0:
+        lines.append("  continue with    : nothing to resume, no step finished; start the run again")
+    elif summary["interrupted"]:
         lines.append(
             f"  continue with    : prolora train --resume --output-dir {summary['output_dir']} (same flags)"
         )
@@ -485,7 +492,7 @@ def _train(config: TrainConfig, threads: tuple[int, str], started: float, base_m
         "train_time_s": train_time,
         "train_loss_final": steps_logged[-1]["loss"] if steps_logged else None,
         "train_loss_final_steps": final_window,
-        "train_loss_mean": result.training_loss,
+        "train_loss_mean": result.training_loss if state.global_step > totals.step_at_start else None,
         **_heldout_losses(model, None if stop.received else splits.heldout, tokenizer),
         "quantization": quantization,
         "world_size": world_size,
