@@ -28,8 +28,16 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from prolora.tuner.saved import check_adapter_name
 
-from .adapter_bank import AdapterBank
-from .engine import MAX_LOGPROBS, SEED_MAX, Engine, Event, SamplingParams, ShuttingDown
+from .adapter_bank import EXPANDED_CACHE_BYTES, AdapterBank
+from .engine import (
+    MAX_LOGPROBS,
+    MAX_NUM_BATCHED_TOKENS,
+    SEED_MAX,
+    Engine,
+    Event,
+    SamplingParams,
+    ShuttingDown,
+)
 from .generation import AdapterSpec
 from .registry import AdapterBusy, AdapterInUse, AdapterRegistry, UnknownAdapter
 
@@ -727,7 +735,8 @@ def build_engine(
     adapters_dir: str | None = None,
     max_resident: int | None = None,
     max_batch: int = 32,
-    expanded_cache_bytes: int = 0,
+    expanded_cache_bytes: int = EXPANDED_CACHE_BYTES,
+    max_num_batched_tokens: int = MAX_NUM_BATCHED_TOKENS,
 ) -> Engine:
     """Load the base model and tokenizer, hook an :class:`AdapterBank` into it and register ``adapters``.
 
@@ -750,4 +759,4 @@ def build_engine(
     registry = AdapterRegistry(AdapterBank(base, expanded_cache_bytes), adapters_dir, max_resident)
     for spec in specs:
         registry.register(spec.name, spec.path)
-    return Engine(base, tokenizer, registry, max_batch)
+    return Engine(base, tokenizer, registry, max_batch, max_num_batched_tokens)
