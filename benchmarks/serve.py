@@ -416,17 +416,20 @@ def _metrics(text: str) -> dict[str, float]:
     return {line.split()[0]: float(line.split()[1]) for line in text.splitlines() if line and line[0] != "#"}
 
 
-async def _drive(url, picks, gaps, prompts, max_tokens, timeout):
+async def _drive(url, picks, gaps, prompts, max_tokens, timeout, **create):
+    """Streaming completions (``create``: more fields, default temperature 0.7 and seed 1) sent at the
+    ``gaps``; the requests still open after ``timeout`` are left out (lost)."""
     import openai
 
     client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=timeout)
+    create = {"temperature": 0.7, "seed": 1, **create}
 
     async def one(name, prompt):
         start = time.perf_counter()
         first, error = None, None
         try:
             stream = await client.completions.create(
-                model=name, prompt=prompt, max_tokens=max_tokens, temperature=0.7, seed=1, stream=True
+                model=name, prompt=prompt, max_tokens=max_tokens, stream=True, **create
             )
             async for chunk in stream:
                 if first is None and chunk.choices and chunk.choices[0].text:
@@ -446,7 +449,8 @@ async def _drive(url, picks, gaps, prompts, max_tokens, timeout):
     for name, gap, prompt in zip(picks, gaps, prompts, strict=False):
         await asyncio.sleep(gap)
         tasks.append(asyncio.create_task(one(name, prompt)))
-    return await asyncio.wait_for(asyncio.gather(*tasks), timeout)
+    done, _ = await asyncio.wait(tasks, timeout=timeout)
+    return [t.result() for t in done]
 
 
 def report_load(runs) -> str:
@@ -601,40 +605,6 @@ def _workload_plan(key: str, names: list[str], seed: int):
     return picks, gaps, prompts, max_tokens
 
 
-async def _drive_fixed(url, picks, gaps, prompts, max_tokens, timeout):
-    """Streaming completions with ``ignore_eos`` (each request yields exactly ``max_tokens``)."""
-    import openai
-
-    client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=timeout)
-
-    async def one(name, prompt):
-        start = time.perf_counter()
-        first, error = None, None
-        try:
-            stream = await client.completions.create(
-                model=name,
-                prompt=prompt,
-                max_tokens=max_tokens,
-                temperature=0,
-                stream=True,
-                extra_body={"ignore_eos": True},
-            )
-            async for chunk in stream:
-                if first is None and chunk.choices and chunk.choices[0].text:
-                    first = time.perf_counter()
-        except Exception as exc:  # noqa: BLE001  (every failure is an error of the benchmark)
-            error = f"{type(exc).__name__}: {exc}"
-        end = time.perf_counter()
-        return {"start": start, "end": end, "ttft": (first or end) - start, "error": error}
-
-    tasks = []
-    for name, gap, prompt in zip(picks, gaps, prompts, strict=True):
-        await asyncio.sleep(gap)
-        tasks.append(asyncio.create_task(one(name, prompt)))
-    done, _ = await asyncio.wait(tasks, timeout=timeout)
-    return [t.result() for t in done]
-
-
 def _quantile(xs, p):
     xs = sorted(xs)
     return xs[min(len(xs) - 1, round(p * (len(xs) - 1)))] if xs else float("nan")
@@ -661,7 +631,8 @@ def section_compare(
                 for key in workloads:
                     picks, gaps, prompts, max_tokens = _workload_plan(key, names, seed=rnd)
                     load = os.getloadavg()[0]
-                    results = asyncio.run(_drive_fixed(url, picks, gaps, prompts, max_tokens, timeout))
+                    fixed = {"temperature": 0, "extra_body": {"ignore_eos": True}}  # exactly max_tokens each
+                    results = asyncio.run(_drive(url, picks, gaps, prompts, max_tokens, timeout, **fixed))
                     ok = [r for r in results if r["error"] is None]
                     wall = (
                         (max(r["end"] for r in results) - min(r["start"] for r in results)) if results else 0
