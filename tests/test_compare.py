@@ -431,3 +431,41 @@ def test_study_methods_adapt_only_the_regex_modules(method):
     model = get_peft_model(make_tiny_llama(), build_adapter_config(config, method, {}))
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all(".layers.1.mlp.down_proj." in n for n in trainable)
+
+
+# --- one comparison end to end (what `prolora compare` runs) ------------------------------------------------
+
+
+def test_run_comparison_runs_the_groups_then_the_best_rates_and_resumes(tmp_path):
+    """configure → run_comparison: the main rows × seeds and the sweep, then each row at its best rate for
+    every seed; the report lists every cell; a rerun trains nothing; report_only reads the same results."""
+    from prolora.compare.experiment import REPORT_JSON, REPORT_MD, configure, run_comparison
+    from prolora.compare.grid import best_lr_cells, lr_sweep_cells
+    from prolora.compare.report import score
+
+    preset = configure("small", methods=["LoRA r=2"], seeds=[1, 3], max_steps=7)
+    assert [m.label for m in preset.methods] == ["LoRA r=2"]
+    assert preset.seeds == (1, 3) and preset.train["max_steps"] == 7
+    runner = FakeRunner()
+    md, cells, results = run_comparison(preset, ("main", "lrs", "best"), tmp_path / "out", runner=runner)
+    expected = build_cells(preset, ("main", "lrs"))
+    sweep = load_results(tmp_path / "out", lr_sweep_cells(preset))
+    expected += best_lr_cells(preset, sweep, score)
+    assert [c.key for c in cells] == [c.key for c in expected] and any(c.group == "best" for c in cells)
+    assert set(results) == {c.key for c in cells} and runner.calls == list(dict.fromkeys(runner.calls))
+    assert md == tmp_path / "out" / REPORT_MD and md.read_text().startswith("#")
+    assert json.loads((tmp_path / "out" / REPORT_JSON).read_text())["preset"] == "small"
+    trained = len(runner.calls)
+    again = run_comparison(preset, ("main", "lrs", "best"), tmp_path / "out", tmp_path / "rep", runner=runner)
+    assert len(runner.calls) == trained and again[2] == results and (tmp_path / "rep" / REPORT_MD).is_file()
+    read = run_comparison(preset, ("main", "lrs", "best"), tmp_path / "out", report_only=True)
+    assert read[2] == results
+
+
+def test_configure_refuses_an_unknown_row_and_run_comparison_a_bad_group(tmp_path):
+    from prolora.compare.experiment import configure, run_comparison
+
+    with pytest.raises(ValueError, match=r"unknown \['nope'\]; the rows are: .*PRoLoRA"):
+        configure("small", methods=["nope"])
+    with pytest.raises(ValueError, match="unknown"):
+        run_comparison(SMALL, ("main", "mian"), tmp_path, runner=FakeRunner())

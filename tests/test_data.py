@@ -231,3 +231,69 @@ def test_unknown_dataset_name_offline_is_a_clear_error(monkeypatch):
         FileNotFoundError, match="not a local file, and loading it as a Hugging Face dataset failed"
     ):
         read_source("no-such-user/no-such-dataset:train")
+
+
+def test_a_utf8_byte_order_mark_is_accepted(tmp_path):
+    # before: the first record was "invalid JSON (Expecting value at column 1)"
+    record = {"instruction": "Say hi.", "output": "Hi."}
+    (tmp_path / "bom.jsonl").write_bytes(b"\xef\xbb\xbf" + (json.dumps(record) + "\n").encode() * 2)
+    (tmp_path / "bom.json").write_bytes(b"\xef\xbb\xbf" + json.dumps([record]).encode())
+    records, issues = read_source(str(tmp_path / "bom.jsonl"))
+    assert (len(records), issues) == (2, [])
+    assert records[0].messages == [
+        {"role": "user", "content": "Say hi."},
+        {"role": "assistant", "content": "Hi."},
+    ]
+    records, issues = read_source(str(tmp_path / "bom.json"))
+    assert (len(records), issues) == (1, [])
+
+
+def test_a_record_over_the_byte_cap_is_cut_before_tokenizing_and_keeps_its_first_tokens(tokenizer, tmp_path):
+    from prolora.data.readers import MAX_RECORD_BYTES
+
+    question = "Why is the sky blue? " * 10
+    answer = "Rayleigh scattering, é. " * (MAX_RECORD_BYTES // 20)  # 1.3 MB, 'é' is two bytes
+    at_cap = "x" * (MAX_RECORD_BYTES - len(question))
+    write_lines(
+        tmp_path / "long.jsonl",
+        [
+            json.dumps({"instruction": question, "output": at_cap}),  # exactly at the cap: untouched
+            json.dumps({"instruction": question, "output": answer}),
+        ],
+    )
+    records, issues = read_source(str(tmp_path / "long.jsonl"))
+    assert records[0].messages[1]["content"] == at_cap
+    cut = records[1].messages
+    assert len("".join(m["content"] for m in cut).encode()) in (MAX_RECORD_BYTES, MAX_RECORD_BYTES - 1)
+    assert cut[0]["content"] == question.strip() and answer.startswith(cut[1]["content"])
+    assert [(i.origin, i.action) for i in issues] == [(f"{tmp_path / 'long.jsonl'} line 2", "truncated")]
+    size = len(question.strip().encode()) + len(answer.encode())
+    assert f"{size:,} bytes of text, over the cap of {MAX_RECORD_BYTES:,}" in issues[0].problem
+    # what training keeps (the first max_length tokens) is the same as from the whole record
+    whole = [{"role": "user", "content": question.strip()}, {"role": "assistant", "content": answer}]
+    assert encode(tokenizer, cut, 512)["input_ids"] == encode(tokenizer, whole, 512)["input_ids"]
+
+
+@pytest.mark.parametrize(
+    ("split", "count", "chat_format", "sha256"),
+    [
+        ("heldout", None, "tulu", "ad98a8451ab34453e66b5c82af74a2079a40fcd4b3bc84b94e8356bc0e7185d4"),
+        ("heldout", None, "template", "188e995fa3d1c9af0e8fcbb3d4386d3d7dfdfdda1c4ea2656367235b45046b43"),
+        ("train", 500, "tulu", "c229c5cd1bcf1528557d176d730a8f11b818519f164182e89449d3d018837163"),
+    ],
+)
+def test_records_within_the_cap_tokenize_as_the_committed_results_did(
+    tokenizer, split, count, chat_format, sha256
+):
+    """Token ids and labels of the embedded set, pinned as computed before the byte cap and the BOM-aware
+    readers (2026-12-07), so that the recorded results stay reproducible."""
+    import hashlib
+
+    from prolora.data import tokenize_records
+
+    records, issues = read_source(None, split)
+    dataset, token_issues = tokenize_records(records[:count], tokenizer, 512, chat_format)
+    digest = hashlib.sha256()
+    for row in dataset:
+        digest.update(json.dumps([row["input_ids"], row["labels"]]).encode())
+    assert (issues, token_issues, digest.hexdigest()) == ([], [], sha256)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import time
 from pathlib import Path
@@ -71,6 +72,76 @@ def test_leaving_early_with_status_0_is_not_a_pass(mode, sandbox):
         assert result.status == "failed" and "left before the program" in result.detail
 
 
+def _processes_with_address_space_limit(limit: int) -> list[int]:
+    """Host PIDs of sandbox processes (their command line runs the boot script) with this RLIMIT_AS."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            limits = Path(f"/proc/{pid}/limits").read_text()
+        except OSError:
+            continue
+        if b"_sandbox_boot.py" in cmdline and f"Max address space         {limit} " in limits:
+            found.append(int(pid))
+    return found
+
+
+@pytest.mark.parametrize("mode", ["namespaces", "rlimits"])
+def test_nothing_outlives_the_run(mode, sandbox):
+    """A program that clears its parent-death signal and leaves the process group (``setsid``, which
+    seccomp now refuses) once survived the evaluator's kill: reparented to the host's init, asleep, holding
+    its memory after ``prolora eval`` ended. An unusual memory limit marks this test's processes."""
+    import signal
+
+    box = Sandbox(mode, SandboxLimits(timeout_s=1.0, memory_mb=517))
+    escape = (
+        "import ctypes, os, time\nctypes.CDLL(None).prctl(1, 0, 0, 0, 0)  # PR_SET_PDEATHSIG: none\n"
+        "for leave in (os.setsid, lambda: os.setpgid(0, 0)):\n"
+        "    try:\n        leave()\n    except PermissionError:\n        pass\n"
+        "time.sleep(60)\n"
+    )
+    assert box.run(escape).status == "timeout"
+    time.sleep(0.5)
+    survivors = _processes_with_address_space_limit(517 << 20)
+    for pid in survivors:  # clean up before failing
+        os.kill(pid, signal.SIGKILL)
+    assert survivors == []
+
+
+@pytest.mark.parametrize("mode", ["namespaces", "rlimits"])
+def test_nothing_outlives_the_evaluator(mode, sandbox):
+    """``prolora eval`` stopped by SIGTERM (a scheduler) in the middle of a run: its sandbox processes die
+    with it, even a completion that clears its parent-death signal. They once lived on, asleep."""
+    import signal
+    import subprocess
+    import sys
+
+    import prolora
+
+    evaluator = (
+        f"import sys\nsys.path.insert(0, {str(Path(prolora.__file__).parents[1])!r})\n"
+        "from prolora.eval.sandbox import Program, Sandbox, SandboxLimits\n"
+        f"box = Sandbox({mode!r}, SandboxLimits(timeout_s=60.0, memory_mb=519))\n"
+        "completion = 'import ctypes, time\\nctypes.CDLL(None).prctl(1, 0, 0, 0, 0)\\ntime.sleep(60)\\n'\n"
+        "box.run(Program('def f(x):\\n    return x\\n' + completion, 'def check(c):\\n    assert c(1) == 1\\n',"
+        " 'f', prompt='def f(x):\\n    pass\\n'))\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", evaluator])
+    try:
+        deadline = time.monotonic() + 60
+        while len(_processes_with_address_space_limit(519 << 20)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)  # until both the checker and the candidate run their code
+        assert len(_processes_with_address_space_limit(519 << 20)) == 2
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait()
+    time.sleep(1)
+    survivors = _processes_with_address_space_limit(519 << 20)
+    for pid in survivors:  # clean up before failing
+        os.kill(pid, signal.SIGKILL)
+    assert survivors == []
+
+
 def test_infinite_loop_times_out(sandbox):
     started = time.monotonic()
     result = sandbox.run("while True:\n    pass")
@@ -84,8 +155,42 @@ def test_fork_bomb_is_contained(sandbox):
     assert result.status == "failed" and "Operation not permitted" in result.detail
     assert time.monotonic() - started < LIMITS.timeout_s  # refused at the first fork, nothing to wait for
     assert sandbox.run("import subprocess\nsubprocess.run(['true'])").status == "failed"
-    # threads are not processes: they keep working
-    assert sandbox.run("import threading\nt = threading.Thread(target=print)\nt.start()\nt.join()").passed
+    # nor threads: each one takes a host PID outside the address-space limit (see the thread bomb below)
+    result = sandbox.run("import threading\nt = threading.Thread(target=print)\nt.start()\nt.join()")
+    assert result.status == "failed" and "can't start new thread" in result.detail
+
+
+# A thread bomb that needs no memory: raw clone(CLONE_THREAD) of libc's pause() on 4 KiB stacks. Before
+# threads were refused, 3000 of them started in 0.34 s in a 512 MB sandbox; 30000 (the host's pid_max
+# is 32768 here) would leave the whole machine unable to start a process until the timeout.
+_THREAD_BOMB = (
+    "import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+    "libc.clone.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p]\n"
+    "stacks = ctypes.create_string_buffer(100 * 4096)\nstarted = 0\n"
+    "for i in range(100):\n"
+    "    top = ctypes.c_void_p(ctypes.addressof(stacks) + (i + 1) * 4096 - 64)\n"
+    "    # CLONE_VM | CLONE_FS | CLONE_FILES | CLONE_SIGHAND | CLONE_THREAD | CLONE_SYSVSEM\n"
+    "    started += libc.clone(ctypes.cast(libc.pause, ctypes.c_void_p), top, 0x50F00, None) > 0\n"
+    "assert started == 0 and ctypes.get_errno() == 1, (started, ctypes.get_errno())\n"
+    "assert os.listdir('/proc/self/task') == [str(os.getpid())]\n"
+)
+
+
+# io_uring makes threads too: each request forced asynchronous (IOSQE_ASYNC) that blocks, such as a splice
+# from an empty pipe, gets a kernel worker thread of its own ("iou-wrk-*", a host PID), created without
+# clone; with threads refused, 200 requests still gave 200 workers in the sandbox. io_uring_setup (425 on
+# every architecture) must be refused.
+_IO_URING = (
+    "import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+    "fd = libc.syscall(425, 8, ctypes.create_string_buffer(120))\n"
+    "assert fd == -1 and ctypes.get_errno() == 1, (fd, ctypes.get_errno())\n"
+)
+
+
+@pytest.mark.parametrize("mode", ["namespaces", "rlimits"])
+def test_thread_bomb_is_contained(mode, sandbox):
+    results = Sandbox(mode, LIMITS).run_many([_THREAD_BOMB, _IO_URING], workers=2)
+    assert [r.status for r in results] == ["passed", "passed"], [r.detail for r in results]
 
 
 def test_writes_outside_the_working_directory_are_not_visible(sandbox, tmp_path):
@@ -359,9 +464,87 @@ def test_total_bytes_of_the_working_folder_are_capped(mode, sandbox):
 
 
 def test_signals_to_other_processes_are_refused_in_both_modes(sandbox, weak_sandbox):
-    probe = "import ctypes, os\nassert ctypes.CDLL(None, use_errno=True).kill(os.getppid() or 1, 0) == -1"
-    assert sandbox.run(probe).passed
-    assert weak_sandbox.run(probe).passed
+    # in rlimits mode the parent is the evaluating process: sigqueue (rt_sigqueueinfo) could kill it, and
+    # prlimit could set its CPU limit to 0
+    probe = (
+        "import ctypes, os, resource\nlibc = ctypes.CDLL(None, use_errno=True)\nppid = os.getppid() or 2\n"
+        "assert libc.kill(ppid, 0) == -1\n"
+        "assert libc.sigqueue(ppid, 0, None) == -1 and ctypes.get_errno() == 1, ctypes.get_errno()\n"
+        "limits = (ctypes.c_ulonglong * 2)()\n"
+        "assert libc.prlimit(ppid, 7, None, limits) == -1 and ctypes.get_errno() == 1, ctypes.get_errno()\n"
+        # priorities and CPUs of others, set to what they are or for a user without processes (harmless if it
+        # worked): in rlimits mode, for a user without capabilities, setpriority(PRIO_USER, 0, 19) could renice
+        # every process of that user for good (as root the kernel refuses, since the program has no capability)
+        "nice = os.getpriority(os.PRIO_PROCESS, ppid) if ppid != 2 else 0\n"
+        "for name, call in [('setpriority', lambda: os.setpriority(os.PRIO_PROCESS, ppid, nice)),\n"
+        "                   ('setpriority(PRIO_USER)', lambda: os.setpriority(os.PRIO_USER, 4242424, 0)),\n"
+        "                   ('sched_setaffinity', lambda: os.sched_setaffinity(ppid, os.sched_getaffinity(0))),\n"
+        "                   ('sched_setscheduler', lambda: os.sched_setscheduler(ppid, os.SCHED_OTHER, os.sched_param(0)))]:\n"
+        "    try:\n        call()\n    except PermissionError:\n        pass\n"
+        "    except ProcessLookupError:\n        raise AssertionError(name + ' reached the kernel')\n"
+        "    else:\n        raise AssertionError(name)\n"
+        "os.setpriority(os.PRIO_PROCESS, 0, os.getpriority(os.PRIO_PROCESS, 0) + 1)\n"  # its own: as before
+        "os.sched_setaffinity(0, os.sched_getaffinity(0))\n"
+        "soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (soft - 1, hard))\n"
+        "assert resource.getrlimit(resource.RLIMIT_NOFILE) == (soft - 1, hard)\n"
+    )
+    for box in (sandbox, weak_sandbox):
+        result = box.run(probe)
+        assert result.passed, (box.mode, result.detail)
+
+
+def test_host_devices_cannot_be_changed(sandbox):
+    """The devices it sees are the host's: as root (the namespace maps the evaluator's user) it owns them,
+    so it could once ``chmod 0 /dev/null`` on the whole host, through the path or its standard input. Here
+    each chmod keeps the mode it finds (harmless if it worked); it must be refused."""
+    before = os.stat("/dev/null").st_ctime_ns
+    result = sandbox.run(
+        "import os, stat\nchanged = []\n"
+        "for path in (0, '/proc/self/fd/0', '/dev/null', '/dev/zero', '/dev/full', '/dev/random', "
+        "'/dev/urandom'):\n"
+        "    try:\n        os.chmod(path, stat.S_IMODE(os.stat(path).st_mode))\n"
+        "        changed.append(path)\n    except OSError:\n        pass\n"
+        "assert changed == [], changed\n"
+        "with open('/dev/null', 'w') as f:\n    f.write('written')\n"  # the devices still work
+        "assert len(open('/dev/urandom', 'rb').read(8)) == 8 and open('/dev/zero', 'rb').read(2) == bytes(2)\n"
+    )
+    assert result.passed, result.detail
+    assert os.stat("/dev/null").st_ctime_ns == before
+
+
+_KEYCTL = {"x86_64": 250, "aarch64": 219}
+
+
+@pytest.mark.parametrize("mode", ["namespaces", "rlimits"])
+def test_memory_outside_the_address_space_and_keyrings_are_refused(mode, sandbox):
+    """System V shared memory outlives ``shmdt`` in the IPC namespace, outside ``RLIMIT_AS``: 3 segments of
+    400 MB filled in a 512 MB sandbox raised the host's Shmem by 1.2 GB (bounded only by the timeout and
+    the writing speed); memfds hold 16 MB each per descriptor; in rlimits mode System V objects and POSIX
+    message queues outlive the program on the host. The keyrings are the user's (in rlimits
+    mode root's ``_uid_ses.0``, shared with every root process): nothing to add keys to or read from."""
+    probe = (
+        "import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\nlibc.syscall.restype = ctypes.c_long\n"
+        "made = []\n"  # each refused with EPERM; what was made is removed again (in rlimits mode it would outlive us)
+        "for name, make, remove in [\n"
+        "    ('shmget', lambda: libc.shmget(0, ctypes.c_size_t(1 << 20), 0o1600), libc.shmctl),\n"
+        "    ('msgget', lambda: libc.msgget(0, 0o1600), libc.msgctl),\n"
+        "    ('semget', lambda: libc.semget(0, 1, 0o1600), libc.semctl),\n"
+        f"    ('keyctl', lambda: libc.syscall({_KEYCTL.get(os.uname().machine, -1)}, 0, ctypes.c_long(-3), 0), None),\n"
+        "]:\n"
+        "    ident = make()\n"
+        "    if ident != -1 or ctypes.get_errno() != 1:\n"
+        "        made.append((name, ident, ctypes.get_errno()))\n"
+        "        if remove is not None and ident >= 0:\n"
+        "            remove(ident, 0, None)  # IPC_RMID\n"
+        "try:\n    os.close(os.memfd_create('x'))\n    made.append('memfd')\nexcept PermissionError:\n    pass\n"
+        "queue = libc.mq_open(b'/prolora-sandbox-test', 0o102, 0o600, None)\n"  # O_RDWR | O_CREAT
+        "if queue != -1 or ctypes.get_errno() != 1:\n"
+        "    made.append(('mq_open', queue, ctypes.get_errno()))\n    libc.mq_unlink(b'/prolora-sandbox-test')\n"
+        "assert made == [], made\n"
+    )
+    result = Sandbox(mode, LIMITS).run(probe)
+    assert result.passed, result.detail
 
 
 def test_the_check_sees_plain_values_only(sandbox):
@@ -626,6 +809,45 @@ def test_the_candidate_cannot_find_the_test_or_the_dataset(sandbox):
     )
     outcomes = {name: (r.status, r.detail) for name, r in zip(_ATTACKS, results, strict=True)}
     assert [name for name, r in zip(_ATTACKS, results, strict=True) if r.passed] == [], outcomes
+
+
+def test_the_candidate_cannot_watch_the_checkers_files(sandbox):
+    """The shared libraries and the standard library are the same files in both processes: with inotify on
+    the standard library's ``__pycache__`` the candidate of HumanEval/32 saw the checker open ``random``,
+    ``copy`` and ``bisect`` (what its test imports). Neither inotify nor fanotify is available."""
+    problem = _problems_with_ids()[2]
+    watcher = (
+        "    return number % 1.0\nimport ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+        "assert libc.inotify_init1(0) == -1 and ctypes.get_errno() == 1, 'inotify'\n"
+        "assert libc.fanotify_init(0x200, 0) == -1 and ctypes.get_errno() == 1, 'fanotify'\n"  # FAN_REPORT_FID
+    )
+    result = sandbox.run(program(_problems()[2], watcher))
+    assert result.passed, (problem["task_id"], result.detail)
+
+
+_HEADERS = {
+    "x86_64": Path("/usr/include/x86_64-linux-gnu/asm/unistd_64.h"),
+    "aarch64": Path("/usr/include/asm-generic/unistd.h"),  # AArch64 uses the generic table
+}
+
+
+@pytest.mark.parametrize("arch", sorted(_HEADERS))
+def test_seccomp_numbers_are_the_kernels(arch):
+    """Every system call number in the filter's table is the kernel headers' for that name, and every
+    refused name the architecture has is in its table (a wrong number would refuse some other call and
+    let the named one through)."""
+    import re
+
+    from prolora.eval import _sandbox_boot as boot
+
+    if not _HEADERS[arch].is_file():
+        pytest.skip(f"no kernel headers here ({_HEADERS[arch]}; Debian: linux-libc-dev)")
+    text = _HEADERS[arch].read_text()
+    header = {m[1]: int(m[2]) for m in re.finditer(r"^#define __NR(?:3264)?_(\w+)\s+(\d+)\b", text, re.M)}
+    numbers = boot._ARCHES[arch][1]
+    assert {name: header.get(name) for name in numbers} == numbers
+    assert [name for name in boot._REFUSED if name in header and name not in numbers] == []
+    assert {"clone", "fork", "kill", "ptrace", "shmget", "keyctl", "setsid"} & set(header) <= set(numbers)
 
 
 def test_the_view_of_files_cannot_be_changed(sandbox, weak_sandbox):

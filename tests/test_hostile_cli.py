@@ -91,3 +91,59 @@ def test_a_benchmark_file_that_is_not_utf8_is_named(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "he.jsonl is not UTF-8 text (byte b'\\xff'" in err and "save it as UTF-8" in err
     assert not out.exists()
+
+
+def _train_argv(tmp_path, data) -> list[str]:
+    return ["train", "--data", str(data), "--output-dir", str(tmp_path / "run"), "--max-steps", "1"]
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "message"),
+    [
+        # before: RecursionError traceback, exit 1
+        ("deep.json", b"[" * 100_000, "deep.json is not a usable JSON data file: it is nested too deeply"),
+        # before: every line skipped as invalid JSON, only after the model had loaded
+        (
+            "deep.jsonl",
+            b"[" * 100_000 + b"\n",
+            "deep.jsonl line 1: invalid JSON (nested too deeply to parse)",
+        ),
+        ("zeros.jsonl", b"\0" * 4096, "zeros.jsonl is not a text data file: it holds a NUL byte (line 1)"),
+        ("zeros.json", b"[" + b"\0" * 4096, "zeros.json is not a text data file: it holds a NUL byte"),
+        ("bad.json", b'[{"messages": ', "bad.json is not valid JSON"),
+    ],
+    ids=["deep-json", "deep-jsonl", "binary-jsonl", "binary-json", "malformed-json"],
+)
+def test_malformed_deep_or_binary_data_is_refused_before_any_model_loads(
+    tmp_path, capsys, monkeypatch, name, data, message
+):
+    import prolora.base_models
+
+    def never(*args, **kwargs):
+        raise AssertionError("the model or tokenizer loaded before the data was checked")
+
+    monkeypatch.setattr(prolora.base_models, "load_tokenizer", never)
+    monkeypatch.setattr(prolora.base_models, "load_base_model", never)
+    (tmp_path / name).write_bytes(data)
+    assert main(_train_argv(tmp_path, tmp_path / name)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("prolora train: error:") and message in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "message"),
+    [
+        ("test.jsonl", b"[" * 100_000 + b"\n", "test.jsonl line 1 is not usable JSON: nested too deeply"),
+        ("test.jsonl", b"\0" * 100, "test.jsonl is not text: it holds a NUL byte (line 1)"),
+        ("test.jsonl", b'"just a string"\n', "test.jsonl: record 0 is a JSON str, not an object"),
+    ],
+    ids=["deep", "binary", "not-an-object"],
+)
+def test_a_deep_binary_or_non_object_benchmark_file_is_refused(tmp_path, capsys, name, data, message):
+    (tmp_path / name).write_bytes(data)
+    argv = ["eval", "--tasks", "gsm8k", "--gsm8k", str(tmp_path / name), "--output-dir", str(tmp_path / "o")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "--gsm8k PATH" in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()

@@ -14,6 +14,7 @@ from prolora.equations import trainable_params
 from prolora.params import (
     PAPER_TARGET_MODULES,
     count_parameters,
+    paper_text,
     reproduce_paper,
     solve_budget,
     target_layers,
@@ -91,6 +92,11 @@ def test_reproduction_table_matches_the_paper_except_two_known_rows():
     mismatches = {(row["source"], row["method"], row["r"]) for row in rows if not row["matches"]}
     assert mismatches == {("Table 2", "lora", 16)}  # misprint: Table 1 prints 39.98M for the same adapter
     assert all(row["size_matches"] for row in rows if row["paper_size"])
+    text = paper_text(rows)  # what `prolora params --paper` prints: one line per row, the mismatch marked
+    lines = [[cell.strip() for cell in line.split("  ")] for line in text.splitlines()]
+    marked = [line for line in lines if "NO" in line]
+    assert len(marked) == 1 and marked[0][0] == "Table 2" and "lora r=16" in marked[0]
+    assert sum("yes" in line for line in lines) == len(rows) - 1
 
 
 @pytest.mark.parametrize(
@@ -249,6 +255,30 @@ def test_cli_counts_and_reports_both_conventions(capsys):
         == 0
     )
     assert json.loads(capsys.readouterr().out)["params"] == 4_999_520
+
+
+def test_cli_defaults_to_the_library_default_prolora_config_and_says_so(capsys):
+    from prolora.tuner.config import PRoLoRAConfig
+
+    library = PRoLoRAConfig()
+    assert run_cli("--preset", "llama2-7b", "--json") == 0
+    result = json.loads(capsys.readouterr().out)
+    assert {k: result[k] for k in ("method", "r", "u", "m", "n")} == {
+        "method": "prolora",
+        "r": library.r,
+        "u": library.unshared_r,
+        "m": library.sharing_rate_a,
+        "n": library.sharing_rate_b,
+    }
+    assert result["params"] == 4_999_520 and result["defaulted"] == ["method", "r", "u", "m", "n"]
+    assert run_cli("--preset", "llama2-7b") == 0
+    out = capsys.readouterr().out
+    assert "prolora r=8 u=1 m=7 n=7" in out and "library's default PRoLoRA config" in out
+    assert run_cli("--preset", "llama2-7b", "--method", "lora", "--r", "2") == 0  # everything given: no note
+    assert "defaults" not in capsys.readouterr().out
+    assert run_cli("--preset", "llama2-7b", "--m", "4", "--json") == 0  # n follows the m given
+    result = json.loads(capsys.readouterr().out)
+    assert (result["m"], result["n"], result["u"]) == (4, None, library.unshared_r)
 
 
 def test_cli_budget_json(capsys):

@@ -257,7 +257,7 @@ def test_client_disconnect_frees_the_slot_and_metrics(client, server):
         for i, _ in enumerate(r.iter_lines()):
             if i > 3:
                 break
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60  # generous: a loaded CI machine
     while (engine.running or engine.registry.entries["pb"].pins) and time.monotonic() < deadline:
         time.sleep(0.02)
     assert engine.running == 0 and engine.registry.entries["pb"].pins == 0
@@ -270,7 +270,7 @@ def test_client_disconnect_frees_the_slot_and_metrics(client, server):
             timeout=1.0,
             json={"model": "pb", "prompt": "abc", "max_tokens": 8000, "ignore_eos": True},
         )
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60
     while (engine.running or engine.registry.entries["pb"].pins) and time.monotonic() < deadline:
         time.sleep(0.02)
     assert engine.running == 0 and engine.registry.entries["pb"].pins == 0

@@ -299,11 +299,115 @@ def test_flags_override_config_file(tmp_path):
         parse(["--config", str(json_path)])
 
 
+# The flags of `prolora train` as they were when they were generated from annotation strings (captured from
+# that parser before it was rebuilt from the fields' real types): option strings -> value type ("bool": --x
+# and --no-x). A field added to TrainConfig adds its flag here.
+TRAIN_FLAGS = {
+    ("--config",): "str",
+    ("--model",): "str",
+    ("--method",): "str",
+    ("--r",): "int",
+    ("--unshared-r", "--u"): "int",
+    ("--sharing-rate-a", "--m"): "int",
+    ("--sharing-rate-b", "--n"): "int",
+    ("--lora-alpha",): "float",
+    ("--use-rslora", "--no-use-rslora"): "bool",
+    ("--lora-dropout",): "float",
+    ("--target-modules",): "str",
+    ("--quantization",): "str",
+    ("--gradient-checkpointing", "--no-gradient-checkpointing"): "bool",
+    ("--threads",): "int",
+    ("--data",): "str",
+    ("--heldout-data",): "str",
+    ("--heldout-size",): "int",
+    ("--chat-format",): "str",
+    ("--max-length",): "int",
+    ("--max-steps",): "int",
+    ("--batch-size",): "int",
+    ("--micro-batch-size",): "int",
+    ("--learning-rate", "--lr"): "float",
+    ("--lr-shared-scale",): "float",
+    ("--lr-scheduler",): "str",
+    ("--warmup-ratio",): "float",
+    ("--weight-decay",): "float",
+    ("--max-grad-norm",): "float",
+    ("--group-by-length", "--no-group-by-length"): "bool",
+    ("--optim",): "str",
+    ("--seed",): "int",
+    ("--output-dir",): "str",
+    ("--logging-steps",): "int",
+    ("--save-steps",): "int",
+    ("--save-total-limit",): "int",
+    ("--resume", "--no-resume"): "bool",
+}
+
+
+def test_train_flags_are_the_fields_with_their_types_and_no_forms():
+    import argparse
+
+    from prolora.data.chat import CHAT_FORMATS
+    from prolora.method_presets import METHODS
+    from prolora.train.config import QUANTIZATION
+
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser)
+    actions = [a for a in parser._actions if a.option_strings != ["-h", "--help"]]
+    found = {
+        tuple(a.option_strings): "bool"
+        if isinstance(a, argparse.BooleanOptionalAction)
+        else (a.type or str).__name__
+        for a in actions
+    }
+    assert found == TRAIN_FLAGS
+    choices = {a.dest: a.choices for a in actions if a.choices}
+    assert choices == {"method": METHODS, "quantization": QUANTIZATION, "chat_format": CHAT_FORMATS}
+    assert all(a.default is argparse.SUPPRESS for a in actions if a.dest != "config")  # unset unless given
+    # each flag reaches its field with the field's type; --no-x turns a default-on switch off
+    given = parse(["--u", "2", "--lr", "1e-3", "--threads", "3", "--heldout-size", "0", "--lora-alpha", "8"])
+    assert (given.unshared_r, given.learning_rate, given.threads, given.heldout_size) == (2, 1e-3, 3, 0)
+    assert type(given.lora_alpha) is float and given.lora_alpha == 8.0
+    assert parse(["--no-group-by-length", "--use-rslora", "--resume"]).group_by_length is False
+    assert parse(["--group-by-length"]).group_by_length is True and parse([]).use_rslora is False
+    assert parse(["--target-modules", "q_proj,v_proj"]).target_modules == ["q_proj", "v_proj"]
+    with pytest.raises(SystemExit):
+        parse(["--r", "2.5"])  # an int field refuses a float on the command line
+
+
+def test_a_field_of_a_type_with_no_flag_is_refused_when_the_parser_is_built():
+    from prolora.train.config import _flag_type
+
+    assert (_flag_type(int | None), _flag_type(str | list), _flag_type(bool), _flag_type(float)) == (
+        int,
+        str,
+        None,
+        float,
+    )
+    with pytest.raises(TypeError, match="no command-line flag type"):
+        _flag_type(dict | None)
+
+
 def test_bad_values_name_the_value_and_the_fix():
     with pytest.raises(ValueError, match="batch_size=16 is not a multiple of micro_batch_size=5"):
         TrainConfig(micro_batch_size=5)
     with pytest.raises(ValueError, match="method='dora' is not one of"):
         TrainConfig(method="dora")
+    for bad, message in (  # config files bypass argparse: every check of validate answers them
+        ({"r": "8"}, "r='8' must be int like the default 8"),
+        ({"learning_rate": 0}, r"learning_rate=0 must be positive \(App. A.2"),
+        ({"lora_dropout": 1.0}, r"lora_dropout=1.0 must be in \[0, 1\)"),
+        ({"weight_decay": -1.0}, "weight_decay=-1.0 must be at least 0"),
+        ({"max_steps": 0}, "max_steps=0 must be at least 1"),
+        ({"threads": True}, "threads=True must be a whole number ≥ 1, or unset"),
+        ({"heldout_size": -1}, "heldout_size=-1 must be a whole number ≥ 0, or unset"),
+        ({"save_total_limit": -1}, "save_total_limit=-1 must be at least 0"),
+        ({"sharing_rate_b": 0}, r"sharing_rate_b=0 must be at least 1 \(number of chunks\)"),
+        ({"unshared_r": 9}, "unshared_r=9 exceeds r=8"),
+        ({"lr_shared_scale": 0.0}, "lr_shared_scale=0.0 must be positive"),
+        ({"warmup_ratio": 1.0}, r"warmup_ratio=1.0 must be in \[0, 1\)"),
+        ({"use_rslora": "yes"}, "use_rslora='yes' must be bool"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            TrainConfig(**bad)
     assert parse_target_modules("q_proj, v_proj") == ["q_proj", "v_proj"]
     assert parse_target_modules(r".*\.(q|v)_proj") == r".*\.(q|v)_proj"
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import math
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -527,3 +528,118 @@ def reproduce_paper() -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+# ------------------------------------------------------------------------------ text (`prolora params`)
+def describe_config(method: str, r: int, u: int | None = None, m: int = 1, n: int | None = None) -> str:
+    """A config as the paper names it: only the hyperparameters the method has."""
+    if method in ("lora", "vera", "tied-lora"):
+        return f"{method} r={r}"
+    unshared = "" if method in ("clora", "rolora") else f" u={u}"
+    return f"{method} r={r}{unshared} m={m} n={m if n is None else n}"
+
+
+def text_table(header: list[str], rows: list[list[str]]) -> str:
+    """Left-aligned columns, two spaces apart."""
+    widths = [max(len(cell) for cell in column) for column in zip(header, *rows, strict=True)]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in (header, *rows)
+    )
+
+
+def _millions(params: int) -> str:
+    return f"{params / 1e6:.2f}M ({params:,})"
+
+
+def count_text(result: dict[str, Any], default_config: dict[str, Any] | None = None) -> str:
+    """A count as text: ``result`` holds ``model``, the config (``method, r, u, m, n``), ``overrides``,
+    :meth:`ParamCount.as_dict`, optionally ``defaulted`` (the config keys taken from ``default_config``,
+    the library's default PRoLoRA config) and, for a preset with a paper twin, ``paper_convention``
+    (``preset``, ``params``)."""
+    config = {key: result[key] for key in ("method", "r", "u", "m", "n")}
+    params = result["params"]
+    overrides = result.get("overrides")
+    lines = [
+        f"model      {result['model']}",
+        f"adapter    {describe_config(**config)} on {result['modules']} layers"
+        + (f", overrides {json.dumps(overrides)}" if overrides else ""),
+        f"trainable  {params:,} parameters ({params / 1e6:.2f}M)",
+        (
+            f"size       {result['bytes']:,} bytes at {result['dtype']} ({result['bytes_per_param']} B/param)"
+            f" = {result['MB']:,.2f} MB = {result['MiB']:,.2f} MiB"
+        ),
+    ]
+    if result.get("defaulted"):
+        lines.append(
+            f"defaults   {', '.join(f'{key}={config[key]}' for key in result['defaulted'])} (not given): from "
+            f"the library's default PRoLoRA config, {describe_config(**default_config)} (PRoLoRAConfig(), "
+            "make_adapter_config() and prolora train's default)"
+        )
+    paper = result.get("paper_convention") or {"params": params}
+    if paper["params"] != params:
+        lines += [
+            f"The numbers above are for the released architecture. The paper counts {PAPER_CONVENTION}:",
+            f"{paper['preset']} gives {paper['params']:,} parameters ({paper['params'] / 1e6:.2f}M).",
+        ]
+    return "\n".join(lines)
+
+
+def budget_text(result: dict[str, Any], tolerance: float, strict: bool, top: int) -> str:
+    """The configs that fit a budget as a table: ``result`` holds ``budget``, ``method``, ``fits`` (the
+    shown ones, :meth:`BudgetFit.as_dict`: the ``top`` closest, then ``train_default`` if it is not among
+    them) and ``total_fits``."""
+    fits, total, default = result["fits"], result["total_fits"], result.get("train_default")
+    band = f"up to {tolerance:.1%} under" if strict else f"within ±{tolerance:.1%} of"
+    listed = f"the {min(top, total)} closest shown (--top N for more)" if total > top else "all shown"
+    exact = f" = {fits[0]['budget']:,} parameters" if fits else ""
+    head = (
+        f"{total} {result['method']} configs {band} the budget {result['budget']}{exact}; closest first, then "
+        f"higher rank; {listed}:"
+    )
+    rows = [
+        [
+            *(str(f[key]) for key in ("r", "u", "m", "n")),
+            f"{f['params']:,}",
+            f"{f['gap']:+,}",
+            f"{f['relative_gap']:+.2%}",
+            "prolora train's default" if f == default else "",
+        ]
+        for f in fits
+    ]
+    if len(fits) > top:  # the default, listed after the closest ones
+        rows.insert(len(rows) - 1, ["...", "", "", "", "", "", "", ""])
+    return head + "\n" + text_table(["r", "u", "m", "n", "params", "gap", "gap %", ""], rows)
+
+
+def paper_text(rows: list[dict[str, Any]]) -> str:
+    """:func:`reproduce_paper`'s rows as the tables of ``prolora params --paper``."""
+    sized, unsized = [], []
+    for row in rows:
+        paper, real = row["paper_convention"], row["real"]
+        cells = [
+            row["source"],
+            row["preset"],
+            describe_config(row["method"], row["r"], row["u"], row["m"], row["n"]),
+            row["paper"],
+            _millions(paper["params"]),
+            "yes" if row["matches"] else "NO",
+            _millions(real["params"]),
+        ]
+        if row["paper_size"] is None:
+            unsized.append([*cells, row["note"]])
+        else:
+            sized.append([*cells, row["paper_size"], f"{paper['MiB']:,.1f} MiB = {paper['MB']:,.1f} MB"])
+    header = ["where", "model", "config", "paper", "ours, paper conv.", "same", "ours, real arch."]
+    return "\n\n".join(
+        [
+            (
+                "Paper Tables 1-3 (LLaMA2): trainable parameters, M = 10^6.\n"
+                f"'paper conv.' counts as the paper does: {PAPER_CONVENTION}.\n"
+                "'real arch.' is the released model: 13B has 40 layers; 70B has 80 layers and 8 KV heads (k/v out 1024).\n"
+                "'same': the paper's value equals ours under the paper's convention, rounded as the paper prints it."
+            ),
+            text_table([*header, "paper size", "ours size, fp32, paper conv."], sized),
+            "The paper's size unit 'MB' is MiB (2^20 bytes): 159.91M params x 4 B = 639.6e6 B = 610 MiB.",
+            text_table([*header, "note"], unsized),
+        ]
+    )

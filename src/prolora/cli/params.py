@@ -1,30 +1,40 @@
 """``prolora params``: trainable parameters and adapter bytes of a config, a budget solver, the paper's tables.
 
-A thin layer over :mod:`prolora.params`.
+A thin layer over :mod:`prolora.params` (the counts, the solver and their text: ``count_text``,
+``budget_text``, ``paper_text``).
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import re
 import sys
 from typing import Any
 
 from prolora.base_models import DEFAULT_MODEL
+from prolora.method_presets import make_adapter_config
 from prolora.params import (
     METHODS,
     PAPER_CONVENTION,
     PAPER_TARGET_MODULES,
     PRESETS,
     SOLVER_METHODS,
+    budget_text,
     count_parameters,
+    count_text,
+    paper_text,
     reproduce_paper,
     solve_budget,
 )
 
 DTYPES = ("float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
-TRAIN_DEFAULT = (8, 1, 7, 7)  # (r, u, m, n) of `prolora train` (the paper's Section 4.2 config)
+# r, u, m, n of the library's default PRoLoRA config: make_adapter_config()'s defaults, which `prolora train`
+# and PRoLoRAConfig() share (the paper's r=8, u=1, m=n=7 at LoRA r=2's budget); read from the one place
+_PRESET_DEFAULTS = inspect.signature(make_adapter_config).parameters
+DEFAULT_CONFIG = {key: _PRESET_DEFAULTS[key].default for key in ("method", "r", "u", "m", "n")}
+TRAIN_DEFAULT = tuple(DEFAULT_CONFIG[key] for key in ("r", "u", "m", "n"))
 
 
 def _int_at_least(low: int):
@@ -64,12 +74,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=list(PRESETS),
         help=f"LLaMA2 dimensions without download; '-paper' variants use {PAPER_CONVENTION}",
     )
+    default = "r={r} u={u} m={m} n={n}".format(**DEFAULT_CONFIG)
     parser.add_argument(
-        "--method", choices=METHODS, help="adapter to count (default lora; with --budget: prolora)"
+        "--method",
+        choices=METHODS,
+        help=f"adapter to count (default: the library's default PRoLoRA config, {default})",
     )
-    parser.add_argument("--r", type=_int_at_least(1), default=8, help="rank (default 8)")
-    parser.add_argument("--u", type=_int_at_least(0), help="unshared rank, 0 ≤ u ≤ r (prolora)")
-    parser.add_argument("--m", type=_int_at_least(1), default=1, help="sharing rate of A (chunks along h)")
+    parser.add_argument("--r", type=_int_at_least(1), help=f"rank (default {DEFAULT_CONFIG['r']})")
+    parser.add_argument(
+        "--u",
+        type=_int_at_least(0),
+        help=f"unshared rank, 0 ≤ u ≤ r (prolora; default {DEFAULT_CONFIG['u']})",
+    )
+    parser.add_argument(
+        "--m",
+        type=_int_at_least(1),
+        help=f"sharing rate of A, chunks along h (PRoLoRA family; default {DEFAULT_CONFIG['m']})",
+    )
     parser.add_argument("--n", type=_int_at_least(1), help="sharing rate of B (chunks along o; default m)")
     targets = parser.add_mutually_exclusive_group()
     targets.add_argument(
@@ -104,27 +125,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="machine-readable output")
 
 
-def _describe(method: str, r: int, u: int | None, m: int, n: int | None) -> str:
-    """A config as the paper names it: only the hyperparameters the method has."""
-    if method in ("lora", "vera", "tied-lora"):
-        return f"{method} r={r}"
-    unshared = "" if method in ("clora", "rolora") else f" u={u}"
-    return f"{method} r={r}{unshared} m={m} n={m if n is None else n}"
-
-
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(cell) for cell in column) for column in zip(header, *rows, strict=True)]
-    return "\n".join(
-        "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in (header, *rows)
-    )
-
-
-def _millions(params: int) -> str:
-    return f"{params / 1e6:.2f}M ({params:,})"
+def _resolve(args: argparse.Namespace) -> tuple[dict[str, Any], list[str]]:
+    """The config to count: the flags given, the rest from :data:`DEFAULT_CONFIG` where the method has that
+    hyperparameter (u for prolora, m and n for the PRoLoRA family); and the names of the defaulted flags."""
+    method = args.method or DEFAULT_CONFIG["method"]
+    given = {"method": args.method, "r": args.r, "u": args.u, "m": args.m, "n": args.n}
+    applies = {"method", "r"} | ({"u"} if method == "prolora" else set())
+    applies |= {"m", "n"} if method in SOLVER_METHODS else set()
+    config = {
+        key: given[key] if given[key] is not None else DEFAULT_CONFIG[key] if key in applies else None
+        for key in given
+    }
+    if config["m"] is None:
+        config["m"] = 1  # no sharing: what count_parameters takes for LoRA, VeRA and Tied-LoRA
+    if args.m is not None and args.n is None:
+        config["n"] = None  # n defaults to the m given
+    defaulted = [key for key in given if given[key] is None and key in applies and config[key] is not None]
+    return config, defaulted
 
 
 def _count(args: argparse.Namespace, source: Any, targets: Any) -> dict[str, Any] | str:
-    config = {"method": args.method or "lora", "r": args.r, "u": args.u, "m": args.m, "n": args.n}
+    config, defaulted = _resolve(args)
     count = count_parameters(
         source, **config, target_modules=targets, overrides=args.overrides, dtype=args.dtype
     )
@@ -133,6 +154,7 @@ def _count(args: argparse.Namespace, source: Any, targets: Any) -> dict[str, Any
         **config,
         "target_modules": targets,
         "overrides": args.overrides,
+        "defaulted": defaulted,
         **count.as_dict(),
     }
     if f"{args.preset}-paper" in PRESETS:
@@ -144,25 +166,7 @@ def _count(args: argparse.Namespace, source: Any, targets: Any) -> dict[str, Any
             dtype=args.dtype,
         )
         result["paper_convention"] = {"preset": f"{args.preset}-paper", "params": paper.params}
-    if args.json:
-        return result
-    lines = [
-        f"model      {result['model']}",
-        f"adapter    {_describe(**config)} on {count.modules} layers"
-        + (f", overrides {json.dumps(args.overrides)}" if args.overrides else ""),
-        f"trainable  {count.params:,} parameters ({count.params / 1e6:.2f}M)",
-        (
-            f"size       {count.bytes:,} bytes at {count.dtype} ({count.bytes_per_param} B/param)"
-            f" = {count.megabytes:,.2f} MB = {count.mebibytes:,.2f} MiB"
-        ),
-    ]
-    paper = result.get("paper_convention", {}).get("params", count.params)
-    if paper != count.params:
-        lines += [
-            f"The numbers above are for the released architecture. The paper counts {PAPER_CONVENTION}:",
-            f"{args.preset}-paper gives {paper:,} parameters ({paper / 1e6:.2f}M).",
-        ]
-    return "\n".join(lines)
+    return result if args.json else count_text(result, DEFAULT_CONFIG)
 
 
 def _budget(args: argparse.Namespace, source: Any, targets: Any) -> dict[str, Any] | str:
@@ -184,77 +188,20 @@ def _budget(args: argparse.Namespace, source: Any, targets: Any) -> dict[str, An
     default = next((f for f in fits if (f.r, f.u, f.m, f.n) == TRAIN_DEFAULT), None)
     if default is not None and default not in shown:
         shown = [*shown, default]  # always list the configuration `prolora train` uses
-    if args.json:
-        return {
-            "budget": args.budget,
-            "method": method,
-            "fits": [fit.as_dict() for fit in shown],
-            "total_fits": len(fits),
-            "cut": len(shown) < len(fits),
-            "train_default": None if default is None else default.as_dict(),
-        }
-    band = f"up to {args.tolerance:.1%} under" if args.strict else f"within ±{args.tolerance:.1%} of"
-    listed = (
-        f"the {min(args.top, len(fits))} closest shown (--top N for more)"
-        if len(fits) > args.top
-        else "all shown"
-    )
-    head = (
-        f"{len(fits)} {method} configs {band} the budget {args.budget}"
-        f"{f' = {fits[0].budget:,} parameters' if fits else ''}; closest first, then higher rank; {listed}:"
-    )
-    rows = [
-        [
-            str(f.r),
-            str(f.u),
-            str(f.m),
-            str(f.n),
-            f"{f.params:,}",
-            f"{f.gap:+,}",
-            f"{f.relative_gap:+.2%}",
-            "prolora train's default" if f is default else "",
-        ]
-        for f in shown
-    ]
-    if default is not None and default not in fits[: args.top]:
-        rows.insert(len(rows) - 1, ["...", "", "", "", "", "", "", ""])
-    return head + "\n" + _table(["r", "u", "m", "n", "params", "gap", "gap %", ""], rows)
+    result = {
+        "budget": args.budget,
+        "method": method,
+        "fits": [fit.as_dict() for fit in shown],
+        "total_fits": len(fits),
+        "cut": len(shown) < len(fits),
+        "train_default": None if default is None else default.as_dict(),
+    }
+    return result if args.json else budget_text(result, args.tolerance, args.strict, args.top)
 
 
 def _paper(args: argparse.Namespace) -> list[dict[str, Any]] | str:
     rows = reproduce_paper()
-    if args.json:
-        return rows
-    sized, unsized = [], []
-    for row in rows:
-        paper, real = row["paper_convention"], row["real"]
-        cells = [
-            row["source"],
-            row["preset"],
-            _describe(row["method"], row["r"], row["u"], row["m"], row["n"]),
-            row["paper"],
-            _millions(paper["params"]),
-            "yes" if row["matches"] else "NO",
-            _millions(real["params"]),
-        ]
-        if row["paper_size"] is None:
-            unsized.append([*cells, row["note"]])
-        else:
-            sized.append([*cells, row["paper_size"], f"{paper['MiB']:,.1f} MiB = {paper['MB']:,.1f} MB"])
-    header = ["where", "model", "config", "paper", "ours, paper conv.", "same", "ours, real arch."]
-    return "\n\n".join(
-        [
-            (
-                "Paper Tables 1-3 (LLaMA2): trainable parameters, M = 10^6.\n"
-                f"'paper conv.' counts as the paper does: {PAPER_CONVENTION}.\n"
-                "'real arch.' is the released model: 13B has 40 layers; 70B has 80 layers and 8 KV heads (k/v out 1024).\n"
-                "'same': the paper's value equals ours under the paper's convention, rounded as the paper prints it."
-            ),
-            _table([*header, "paper size", "ours size, fp32, paper conv."], sized),
-            "The paper's size unit 'MB' is MiB (2^20 bytes): 159.91M params x 4 B = 639.6e6 B = 610 MiB.",
-            _table([*header, "note"], unsized),
-        ]
-    )
+    return rows if args.json else paper_text(rows)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -12,6 +12,9 @@ that comparison on any model and data:
 * :mod:`.report`: the Table 2-style table (mean ± std over seeds), Table 4 and the Figure 2 grid, as
   markdown and JSON;
 * :mod:`.plots`: the PNG plots (matplotlib, Agg backend);
+* :mod:`.experiment`: one comparison end to end: a preset with overrides (:func:`~.experiment.configure`),
+  its cells run and the report written (:func:`~.experiment.run_comparison`).
+
 The command line is :mod:`prolora.cli.compare`.
 
 See ``docs/compare.md``.

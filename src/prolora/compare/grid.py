@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from prolora.method_presets import COUNTING_FAMILY, PROLORA_METHODS
-from prolora.params import count_parameters, parse_budget, solve_budget
+from prolora.params import count_parameters, solve_budget
 from prolora.train.config import parse_target_modules
 
 from .presets import MethodSpec, Preset
@@ -212,8 +212,3 @@ def build_cells(preset: Preset, groups: tuple[str, ...] = GROUPS) -> list[Cell]:
     if "table4" in groups and preset.table4:
         cells += table4_cells(preset)
     return cells
-
-
-def budget_of(preset: Preset, budget: str) -> int:
-    """A budget string of ``preset`` (``"lora:2"``) as a parameter count on its model."""
-    return parse_budget(preset.train.get("model"), budget)

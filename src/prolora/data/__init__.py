@@ -9,7 +9,7 @@
 """
 
 from .chat import CHAT_FORMATS, IGNORE_INDEX, encode, render
-from .dataset import Splits, load_splits, tokenize_records
+from .dataset import SourceRecords, Splits, load_splits, read_sources, tokenize_records
 from .loss import token_loss
 from .readers import Issue, Record, read_source, to_messages
 
@@ -18,10 +18,12 @@ __all__ = [
     "IGNORE_INDEX",
     "Issue",
     "Record",
+    "SourceRecords",
     "Splits",
     "encode",
     "load_splits",
     "read_source",
+    "read_sources",
     "render",
     "to_messages",
     "token_loss",

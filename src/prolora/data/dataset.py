@@ -18,6 +18,40 @@ HELDOUT_FRACTION = 10  # out of --data alone, at most one example in this many i
 
 
 @dataclass
+class SourceRecords:
+    """The records of a run's data sources, read and checked before any tokenizer or model loads:
+    ``train`` (of ``data``), ``heldout`` (of ``heldout_data`` or the embedded held-out split, ``None`` when
+    the held-out examples are drawn out of ``data`` or disabled) and the readers' issues."""
+
+    train: list[Record]
+    heldout: list[Record] | None
+    issues: list[Issue]
+
+
+def read_sources(
+    data: str | None = None, heldout_data: str | None = None, heldout_size: int | None = None
+) -> SourceRecords:
+    """Read the training and held-out sources of :func:`load_splits` (see there); fast, no tokenizer.
+
+    Raises:
+        ValueError: an unreadable file (see :mod:`.readers`), or no record of ``data`` in either format,
+            naming the first issues found.
+        FileNotFoundError: a missing file or unknown dataset name.
+    """
+    records, issues = read_source(data, "train")
+    if not records:
+        raise ValueError(
+            f"no usable training example in {data or EMBEDDED!r}: {len(issues)} record(s) skipped; "
+            f"{'; '.join(summarize_issues(issues))}"
+        )
+    heldout = None
+    if heldout_size != 0 and (heldout_data or data in (None, "", EMBEDDED)):
+        heldout, heldout_issues = read_source(heldout_data, "heldout")
+        issues = issues + heldout_issues
+    return SourceRecords(records, heldout, issues)
+
+
+@dataclass
 class Splits:
     """Tokenized ``train`` and ``heldout`` datasets (``heldout`` is ``None`` when disabled), all issues, and
     ``heldout_note``: where the held-out examples come from and how many were chosen, in words."""
@@ -60,8 +94,13 @@ def load_splits(
     max_length: int = 512,
     chat_format: str = "tulu",
     seed: int = 1,
+    sources: SourceRecords | None = None,
 ) -> Splits:
     """Read, tokenize and split the training and held-out data.
+
+    ``sources``: what :func:`read_sources` returned for the same ``data``, ``heldout_data`` and
+    ``heldout_size`` (read before the tokenizer loads, so that bad data is reported at once); read here
+    when ``None``.
 
     Held-out examples come from ``heldout_data`` when given, else from the embedded held-out file when
     ``data`` is the embedded set, else they are drawn (with ``seed``) out of ``data``. ``heldout_size`` is
@@ -73,9 +112,9 @@ def load_splits(
         ValueError: when no usable training example is left, naming the first issues found; when an explicit
             ``heldout_size`` leaves no training example.
     """
-    records, issues = read_source(data, "train")
-    train, train_issues = tokenize_records(records, tokenizer, max_length, chat_format)
-    issues += train_issues
+    sources = sources or read_sources(data, heldout_data, heldout_size)
+    train, train_issues = tokenize_records(sources.train, tokenizer, max_length, chat_format)
+    issues = sources.issues + train_issues
     heldout, note = None, "no held-out loss (--heldout-size 0)"
     if len(train) == 0:
         raise ValueError(
@@ -84,9 +123,10 @@ def load_splits(
         )
     if heldout_size != 0 and (heldout_data or data in (None, "", EMBEDDED)):
         size = DEFAULT_HELDOUT if heldout_size is None else heldout_size
-        records, heldout_issues = read_source(heldout_data, "heldout")
-        heldout, tokenize_issues = tokenize_records(records[:size], tokenizer, max_length, chat_format)
-        issues += heldout_issues + tokenize_issues
+        heldout, tokenize_issues = tokenize_records(
+            sources.heldout[:size], tokenizer, max_length, chat_format
+        )
+        issues += tokenize_issues
         note = f"the first {len(heldout)} of {heldout_data or 'the embedded held-out split'}"
     elif heldout_size != 0:
         if heldout_size is None:

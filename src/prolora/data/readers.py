@@ -14,9 +14,17 @@ Each object is either in ``messages`` format — ``{"messages": [{"role": "syste
 (instruction, then a blank line and the input when it is non-empty) and one assistant turn (output).
 Other keys are ignored. Blank lines of a JSONL file are skipped silently.
 
-A record that is not valid JSON, has neither format, has an unknown role or an empty assistant turn is
-skipped and reported as an :class:`Issue` with its origin (``file.jsonl line 9``, ``file.json[3]``);
-reading never raises for a bad record, only for an unreadable source.
+A record that is not valid JSON (or nested deeper than the parser allows), has neither format, has an
+unknown role or an empty assistant turn is skipped and reported as an :class:`Issue` with its origin
+(``file.jsonl line 9``, ``file.json[3]``); reading never raises for a bad record, only for an unreadable
+source: a file that is not UTF-8 text, holds a NUL byte (a binary file), or a ``.json`` file that is not
+one JSON array (malformed, or nested too deeply), each a :class:`ValueError` naming the file and the fix.
+A UTF-8 byte-order mark at the start of a file is accepted.
+
+Size: a record whose message contents exceed :data:`MAX_RECORD_BYTES` (1 MiB of UTF-8) is cut to that many
+bytes, its messages in order, before anything tokenizes it, and reported (``truncated``): tokenizing a
+150 MB text would take gigabytes, and training keeps only the first ``--max-length`` tokens anyway (512
+tokens are a few kB). Records within the cap are returned exactly as read.
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ from importlib import resources
 
 ROLES = ("system", "user", "assistant")
 EMBEDDED = "embedded"
+MAX_RECORD_BYTES = 1 << 20  # UTF-8 bytes of a record's message contents kept before tokenization
 _EMBEDDED_FILES = {"train": "flan_cot_train.jsonl", "heldout": "flan_cot_heldout.jsonl"}
 
 
@@ -102,6 +111,26 @@ def to_messages(obj) -> list[dict]:
     return messages
 
 
+def cap_record(messages: list[dict], cap: int = MAX_RECORD_BYTES) -> tuple[list[dict], int | None]:
+    """``messages`` with their contents cut, in order, to ``cap`` UTF-8 bytes in all; returns ``(messages,
+    bytes before the cut)``, the second ``None`` (and the list itself) when the record is within the cap."""
+    if (
+        sum(len(m["content"]) for m in messages) <= cap // 4
+    ):  # at most 4 bytes a character: no encoding needed
+        return messages, None
+    sizes = [len(m["content"].encode("utf-8")) for m in messages]
+    if sum(sizes) <= cap:
+        return messages, None
+    kept, left = [], cap
+    for message, size in zip(messages, sizes, strict=True):
+        content = message["content"]
+        if size > left:  # cut at a byte boundary, dropping a split character
+            content = content.encode("utf-8")[:left].decode("utf-8", "ignore")
+        kept.append({**message, "content": content})
+        left = max(left - size, 0)
+    return kept, sum(sizes)
+
+
 def _parse(items) -> tuple[list[Record], list[Issue]]:
     """Records from ``(origin, object or JSON text)`` pairs, and the issues of the bad ones."""
     records, issues = [], []
@@ -111,10 +140,24 @@ def _parse(items) -> tuple[list[Record], list[Issue]]:
         except json.JSONDecodeError as exc:  # one line of a JSONL file: the column is the position
             issues.append(Issue(origin, f"invalid JSON ({exc.msg} at column {exc.colno})", "skipped"))
             continue
+        except RecursionError:
+            issues.append(Issue(origin, "invalid JSON (nested too deeply to parse)", "skipped"))
+            continue
         try:
-            records.append(Record(to_messages(obj), origin))
+            messages, size = cap_record(to_messages(obj))
         except (ValueError, TypeError) as exc:
             issues.append(Issue(origin, str(exc), "skipped"))
+            continue
+        if size is not None:
+            issues.append(
+                Issue(
+                    origin,
+                    f"{size:,} bytes of text, over the cap of {MAX_RECORD_BYTES:,} "
+                    "(prolora.data.readers.MAX_RECORD_BYTES); cut to the cap before tokenizing",
+                    "truncated",
+                )
+            )
+        records.append(Record(messages, origin))
     return records, issues
 
 
@@ -132,10 +175,19 @@ def _not_utf8(path: str) -> ValueError:
     return ValueError(f"{path} is not UTF-8 text; save it as UTF-8")
 
 
+def _binary(path: str, where: str) -> ValueError:
+    return ValueError(
+        f"{path} is not a text data file: it holds a NUL byte ({where}), as binary files do; pass a UTF-8 "
+        ".jsonl file (one JSON record per line) or a .json array"
+    )
+
+
 def _jsonl_lines(path: str):
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:  # -sig: a byte-order mark is not part of the first record
         try:
             for lineno, line in enumerate(f, start=1):
+                if "\0" in line:
+                    raise _binary(path, f"line {lineno}")
                 if line.strip():
                     yield f"{path} line {lineno}", line
         except UnicodeDecodeError:  # a ValueError whose message names neither the file nor the fix
@@ -143,16 +195,26 @@ def _jsonl_lines(path: str):
 
 
 def _json_array(path: str):
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:
         try:
-            data = json.load(f)
+            text = f.read()
         except UnicodeDecodeError:
             raise _not_utf8(path) from None
-        except json.JSONDecodeError as exc:
-            raise ValueError(
-                f"{path} is not valid JSON ({exc}); a .json data file holds one JSON array of "
-                "records, a .jsonl file one record per line"
-            ) from None
+    if "\0" in text:
+        raise _binary(path, f"character {text.index(chr(0)) + 1}")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(
+            f"{path} is not valid JSON ({exc}); a .json data file holds one JSON array of "
+            "records, a .jsonl file one record per line"
+        ) from None
+    except RecursionError:
+        raise ValueError(
+            f"{path} is not a usable JSON data file: it is nested too deeply to parse; a .json data file "
+            "holds one JSON array of flat records"
+        ) from None
+    del text
     if not isinstance(data, list):
         raise ValueError(  # noqa: TRY004  (bad user input: reported as ValueError by prolora.cli)
             f"{path}: a .json data file must hold a JSON array of records; use .jsonl for one per line"

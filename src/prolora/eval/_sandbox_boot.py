@@ -10,8 +10,8 @@ process, for the self-test). A checked (HumanEval) program is a checker and a ca
 the evaluator, sharing nothing but the two pipes of the calls: the candidate never holds the test. Steps:
 
   0. Not dumpable (``PR_SET_DUMPABLE`` 0) from the first line, so no process of the same user can read
-     this one's memory or descriptors through ``/proc``; then read the configuration, stdin becomes
-     ``/dev/null``.
+     this one's memory or descriptors through ``/proc``, and killed when the evaluator dies
+     (``PR_SET_PDEATHSIG``); then read the configuration, stdin becomes ``/dev/null``.
 ``namespaces`` mode
   1. ``unshare`` new user, mount, network, PID and IPC namespaces (unprivileged: the user namespace maps
      our own uid only); fork, so the code runs as PID 1 of the new PID namespace and every process it
@@ -21,7 +21,8 @@ the evaluator, sharing nothing but the two pipes of the calls: the candidate nev
      read-only, the folders of the interpreter's shared libraries and standard library
      (:func:`visible_paths`, with any ``site-packages``/``dist-packages`` below them hidden), the
      system library folder, ``/etc/ld.so.cache``, ``/dev/null``, ``zero``, ``full``, ``random``,
-     ``urandom``; a fresh ``/proc`` (its own processes only); and ``/tmp``, the working folder, a fresh
+     ``urandom`` (read-only mounts: usable, but their modes cannot change; standard input is reopened
+     from there); a fresh ``/proc`` (its own processes only); and ``/tmp``, the working folder, a fresh
      ``tmpfs`` of at most ``folder_bytes`` bytes and ``folder_files`` files. No data set, home, project
      or temporary folder of the host is in it, and nothing written reaches the host's disk.
   4. Drop all capabilities (bounding set and current sets), so nothing can be remounted or unhidden.
@@ -32,11 +33,19 @@ the evaluator, sharing nothing but the two pipes of the calls: the candidate nev
   get around. The program can read every file its user can, the data set included.
 Both modes
   5. Resource limits: address space, CPU seconds, file size, open files, no core dumps.
-  6. ``no_new_privs`` and a seccomp filter that refuses new processes (``fork``, ``vfork``, ``clone``
-     without ``CLONE_THREAD``, ``clone3``), so a fork bomb fails at its first fork; threads still work.
-     It also refuses signals and debugging of other processes (``kill``, ``tkill``, ``tgkill``,
-     ``pidfd_send_signal``, ``ptrace``, ``process_vm_readv/writev``), and changes to the view of files
-     (``unshare``, ``setns``, ``mount`` and the new mount API, ``umount2``, ``pivot_root``, ``chroot``).
+  6. ``no_new_privs`` and a seccomp filter that refuses new processes and threads (``fork``, ``vfork``,
+     ``clone``, ``clone3``: every thread is a task with a host PID that no memory limit bounds), so a
+     fork or thread bomb fails at its first call; nor ``io_uring``, whose blocked requests each get a
+     kernel worker thread. It also refuses signals to, debugging of and limits on other processes
+     (``kill``, ``tkill``, ``tgkill``, ``rt_sigqueueinfo``, ``rt_tgsigqueueinfo``, ``pidfd_*``,
+     ``ptrace``, ``process_vm_readv/writev``; ``prlimit64``, ``setpriority``, ``ioprio_set``,
+     ``sched_set*``, ``migrate_pages``, ``move_pages`` other than on itself), changes to the view
+     of files (``unshare``, ``setns``, ``mount`` and the new mount API, ``umount2``, ``pivot_root``,
+     ``chroot``), memory outside the address-space limit (System V shared memory, message queues and
+     semaphores, POSIX message queues, ``memfd_create``), the user's keyrings (``add_key``,
+     ``request_key``, ``keyctl``), leaving the process group that the evaluator kills at the end
+     (``setsid``, ``setpgid``), clearing the parent-death signal, and watching which files other
+     processes open (``inotify``, ``fanotify``: the libraries are the same files for the checker).
      On CPU architectures the filter does not know (not x86-64 / AArch64), ``RLIMIT_NPROC`` is used
      (which the kernel does not apply to root).
   7. Report ``R<how processes are limited>`` (one line) on the status pipe and close it; run the role.
@@ -66,7 +75,6 @@ CLONE_NEWNS, CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x00020000, 0x10000000,
 CLONE_NEWIPC = 0x08000000
 MNT_DETACH = 2
 _PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "ppc64le": 203, "s390x": 217}  # syscall numbers
-CLONE_THREAD = 0x00010000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT = 1, 2, 4, 8, 32
 MS_NOATIME, MS_NODIRATIME, MS_BIND, MS_REC, MS_PRIVATE = 1024, 2048, 4096, 16384, 1 << 18
 MS_RELATIME, MS_STRICTATIME = 1 << 21, 1 << 24
@@ -259,7 +267,9 @@ def make_root(root: str, folder_bytes: int, folder_files: int) -> None:
         _mount("proc", root + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY, "mount /proc")
     except SetupError:  # e.g. a container that masks parts of /proc: the program gets none
         pass
-    writable = {root + "/tmp", root + "/proc", *(root + d for d in devices)}
+    # the devices too: they are the host's nodes, and as root the program owns them (a read-only mount
+    # still lets it read and write a device, but not chmod it)
+    writable = {root + "/tmp", root + "/proc"}
     for point, options, _ in _mounts():
         if not (point == root or point.startswith(root + "/")) or point in writable:
             continue
@@ -274,6 +284,13 @@ def make_root(root: str, folder_bytes: int, folder_files: int) -> None:
     _check(libc.syscall(_PIVOT_ROOT[os.uname().machine], b".", b"."), "pivot_root")
     _check(libc.umount2(b".", MNT_DETACH), "detach the host's root")
     os.chdir("/tmp")
+    try:  # standard input: the new root's read-only /dev/null, no longer the host's (which it could chmod)
+        null = os.open("/dev/null", os.O_RDONLY)
+    except OSError:  # a host without /dev/null: an empty pipe
+        null, write = os.pipe()
+        os.close(write)
+    os.dup2(null, 0)
+    os.close(null)
 
 
 def drop_capabilities(bounding: bool = True) -> None:
@@ -303,23 +320,93 @@ def set_limits(cfg: dict) -> None:
         resource.setrlimit(limit, (value, value + 1 if limit == resource.RLIMIT_CPU else value))
 
 
-# seccomp: audit arch, syscalls refused outright, clone, clone3. Refused: fork, vfork (x86-64 only), and
-# kill, tkill, tgkill, ptrace, process_vm_readv, process_vm_writev, pidfd_send_signal, pidfd_open, pidfd_getfd;
-# and anything that changes the view of files: unshare, setns, mount, umount2, pivot_root, chroot and the new
-# mount API (open_tree, move_mount, fsopen, fsconfig, fsmount, fspick, mount_setattr)
-_MOUNT_API = (428, 429, 430, 431, 432, 433, 442)  # the same numbers on every architecture
-_ARCHES = {
+# seccomp: audit arch, syscalls refused outright, clone3, prlimit64, prctl. Refused:
+# - new processes and threads: clone (threads too: each takes a host PID, outside every memory limit), fork,
+#   vfork (x86-64 only), io_uring (a kernel worker thread per blocked request, made without clone);
+# - signals to and debugging of other processes: kill, tkill, tgkill, rt_sigqueueinfo, rt_tgsigqueueinfo,
+#   ptrace, process_vm_readv, process_vm_writev, pidfd_send_signal, pidfd_open, pidfd_getfd;
+# - changes to the view of files: unshare, setns, mount, umount2, pivot_root, chroot and the new mount API
+#   (open_tree, move_mount, fsopen, fsconfig, fsmount, fspick, mount_setattr);
+# - memory outside the address-space limit: System V shared memory, message queues and semaphores, POSIX
+#   message queues (mq_open; all of them outlive their creator), memfd_create;
+# - the user's keyrings: add_key, request_key, keyctl;
+# - leaving the process group that the evaluator kills at the end: setsid, setpgid (a program that left it
+#   and cleared its parent-death signal outlived the run);
+# - watching files that other processes open (the checker's imports): inotify_init(1), fanotify_init.
+# Allowed on the process itself only (pid 0, as the C library calls them): prlimit64 (getrlimit, setrlimit),
+# sched_setparam, sched_setscheduler, sched_setaffinity, sched_setattr, migrate_pages, move_pages;
+# setpriority (PRIO_PROCESS, 0) and ioprio_set (IOPRIO_WHO_PROCESS, 0): in rlimits mode, for a user
+# without capabilities, setpriority(PRIO_USER) could renice every process of the user for good (the
+# kernel protects processes that hold capabilities the caller lacks, so root's). prctl except PR_SET_PDEATHSIG (the program
+# keeps dying with its parent, and so with the evaluator).
+_REFUSED = (
+    *("clone", "fork", "vfork", "io_uring_setup", "io_uring_enter", "io_uring_register"),
+    *("kill", "tkill", "tgkill", "rt_sigqueueinfo", "rt_tgsigqueueinfo", "ptrace", "process_vm_readv"),
+    *("process_vm_writev", "pidfd_send_signal", "pidfd_open", "pidfd_getfd"),
+    *("unshare", "setns", "mount", "umount2", "pivot_root", "chroot", "open_tree", "move_mount", "fsopen"),
+    *("fsconfig", "fsmount", "fspick", "mount_setattr"),
+    *("shmget", "shmat", "shmctl", "shmdt", "semget", "semop", "semctl", "semtimedop", "msgget", "msgsnd"),
+    *("msgrcv", "msgctl", "mq_open", "memfd_create"),
+    *("add_key", "request_key", "keyctl"),
+    *("setsid", "setpgid"),
+    *("inotify_init", "inotify_init1", "fanotify_init"),
+)  # in the groups above; a name an architecture lacks (fork on AArch64) is left out there
+_ON_ITSELF = {  # system call: the values its first arguments must have (the process itself)
+    **dict.fromkeys(("prlimit64", "sched_setparam", "sched_setscheduler", "sched_setaffinity"), (0,)),
+    **dict.fromkeys(("sched_setattr", "migrate_pages", "move_pages"), (0,)),
+    "setpriority": (0, 0),  # PRIO_PROCESS, itself
+    "ioprio_set": (1, 0),  # IOPRIO_WHO_PROCESS, itself
+}
+_NEW_EVERYWHERE = {  # the numbers added since Linux 5.0 are the same on every architecture
+    "pidfd_send_signal": 424,
+    "io_uring_setup": 425,
+    "io_uring_enter": 426,
+    "io_uring_register": 427,
+    "open_tree": 428,
+    "move_mount": 429,
+    "fsopen": 430,
+    "fsconfig": 431,
+    "fsmount": 432,
+    "fspick": 433,
+    "pidfd_open": 434,
+    "clone3": 435,
+    "pidfd_getfd": 438,
+    "mount_setattr": 442,
+}
+_ARCHES = {  # audit arch, system call numbers (asm/unistd_64.h, asm-generic/unistd.h)
     "x86_64": (
         0xC000003E,
-        (57, 58, 62, 200, 234, 101, 310, 311, 424, 434, 438, 272, 308, 165, 166, 155, 161, *_MOUNT_API),
-        56,
-        435,
+        {
+            **_NEW_EVERYWHERE,
+            **{"clone": 56, "fork": 57, "vfork": 58, "kill": 62, "tkill": 200, "tgkill": 234},
+            **{"rt_sigqueueinfo": 129, "rt_tgsigqueueinfo": 297, "ptrace": 101},
+            **{"process_vm_readv": 310, "process_vm_writev": 311, "unshare": 272, "setns": 308},
+            **{"mount": 165, "umount2": 166, "pivot_root": 155, "chroot": 161},
+            **{"shmget": 29, "shmat": 30, "shmctl": 31, "shmdt": 67, "semget": 64, "semop": 65},
+            **{"semctl": 66, "semtimedop": 220, "msgget": 68, "msgsnd": 69, "msgrcv": 70, "msgctl": 71},
+            **{"mq_open": 240, "memfd_create": 319, "add_key": 248, "request_key": 249, "keyctl": 250},
+            **{"setsid": 112, "setpgid": 109, "prlimit64": 302, "prctl": 157},
+            **{"inotify_init": 253, "inotify_init1": 294, "fanotify_init": 300},
+            **{"setpriority": 141, "ioprio_set": 251, "sched_setparam": 142, "sched_setscheduler": 144},
+            **{"sched_setaffinity": 203, "sched_setattr": 314, "migrate_pages": 256, "move_pages": 279},
+        },
     ),
     "aarch64": (
         0xC00000B7,
-        (129, 130, 131, 117, 270, 271, 424, 434, 438, 97, 268, 40, 39, 41, 51, *_MOUNT_API),
-        220,
-        435,
+        {
+            **_NEW_EVERYWHERE,
+            **{"clone": 220, "kill": 129, "tkill": 130, "tgkill": 131},
+            **{"rt_sigqueueinfo": 138, "rt_tgsigqueueinfo": 240, "ptrace": 117},
+            **{"process_vm_readv": 270, "process_vm_writev": 271, "unshare": 97, "setns": 268},
+            **{"mount": 40, "umount2": 39, "pivot_root": 41, "chroot": 51},
+            **{"msgget": 186, "msgctl": 187, "msgrcv": 188, "msgsnd": 189, "semget": 190, "semctl": 191},
+            **{"semtimedop": 192, "semop": 193, "shmget": 194, "shmctl": 195, "shmat": 196, "shmdt": 197},
+            **{"mq_open": 180, "memfd_create": 279, "add_key": 217, "request_key": 218, "keyctl": 219},
+            **{"setsid": 157, "setpgid": 154, "prlimit64": 261, "prctl": 167},
+            **{"inotify_init1": 26, "fanotify_init": 262},
+            **{"setpriority": 140, "ioprio_set": 30, "sched_setparam": 118, "sched_setscheduler": 119},
+            **{"sched_setaffinity": 122, "sched_setattr": 274, "migrate_pages": 238, "move_pages": 239},
+        },
     ),
 }
 
@@ -335,8 +422,9 @@ def forbid_new_processes() -> str:
     if arch is None:
         resource.setrlimit(resource.RLIMIT_NPROC, (1, 1))
         return "RLIMIT_NPROC"
-    audit_arch, refused, clone, clone3 = arch
-    ld, jeq, jge, jset, ret = 0x20, 0x15, 0x35, 0x45, 0x06
+    audit_arch, numbers = arch
+    refused = [numbers[name] for name in _REFUSED if name in numbers]
+    ld, jeq, jge, ret = 0x20, 0x15, 0x35, 0x06
     allow, eperm, enosys = 0x7FFF0000, 0x00050000 | 1, 0x00050000 | 38  # SECCOMP_RET_ALLOW / _ERRNO
     prog = [
         _bpf(ld, 4),
@@ -348,17 +436,34 @@ def forbid_new_processes() -> str:
     ]  # x32 ABI: refuse
     for nr in refused:
         prog += [_bpf(jeq, nr, 0, 1), _bpf(ret, eperm)]
-    # clone3 -> ENOSYS, so glibc falls back to clone for threads; clone -> allowed only for threads
-    prog += [
-        _bpf(jeq, clone3, 0, 1),
-        _bpf(ret, enosys),
-        _bpf(jeq, clone, 0, 4),
-        _bpf(ld, 16),
-        _bpf(jset, CLONE_THREAD, 0, 1),
-        _bpf(ret, allow),
-        _bpf(ret, eperm),
-        _bpf(ret, allow),
-    ]
+
+    def only_with(nr: int, *values: int) -> list[bytes]:
+        """System call ``nr``: allowed when its first arguments (low 32 bits) are ``values``, else refused;
+        other calls go on to the next rule."""
+        body = []
+        for i, value in enumerate(values):  # on a mismatch, jump to the final refusal
+            body += [_bpf(ld, 16 + 8 * i), _bpf(jeq, value, 0, 2 * (len(values) - i - 1) + 1)]
+        body += [_bpf(ret, allow), _bpf(ret, eperm)]
+        return [_bpf(jeq, nr, 0, len(body)), *body]
+
+    def first_argument(nr: int, value: int, then: int, otherwise: int) -> list[bytes]:
+        """System call ``nr``: ``then`` when its first argument (low 32 bits) is ``value``, else ``otherwise``;
+        other calls go on to the next rule."""
+        return [
+            _bpf(jeq, nr, 0, 4),
+            _bpf(ld, 16),
+            _bpf(jeq, value, 0, 1),
+            _bpf(ret, then),
+            _bpf(ret, otherwise),
+        ]
+
+    # clone3 -> ENOSYS (glibc falls back to clone, refused); the calls of _ON_ITSELF on the process itself
+    # only; no prctl that clears or changes the parent-death signal
+    prog += [_bpf(jeq, numbers["clone3"], 0, 1), _bpf(ret, enosys)]
+    for name, values in _ON_ITSELF.items():
+        prog += only_with(numbers[name], *values)
+    prog += first_argument(numbers["prctl"], PR_SET_PDEATHSIG, eperm, allow)
+    prog.append(_bpf(ret, allow))
     program = ctypes.create_string_buffer(b"".join(prog))
     fprog = ctypes.create_string_buffer(struct.pack("HP", len(prog), ctypes.addressof(program)))
     _check(
@@ -638,7 +743,12 @@ def main() -> None:
     # first of all, before it holds any code: nobody (not even a process of the same user, such as the
     # candidate in rlimits mode) may read this process's memory or descriptors through /proc
     _check(libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0), "make the process not dumpable")
+    # die with the evaluator (its thread that started us waits for us): a scheduler's SIGTERM to
+    # `prolora eval` must not leave programs behind; seccomp keeps the program from clearing it
+    _check(libc.prctl(PR_SET_PDEATHSIG, 9, 0, 0, 0), "set parent-death signal")
     cfg = _read_config()
+    if os.getppid() != cfg["evaluator_pid"]:  # it died before the line above
+        os._exit(125)
     status = os.fdopen(cfg["status_fd"], "w")
     try:
         processes = isolate(cfg)

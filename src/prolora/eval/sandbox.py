@@ -7,9 +7,10 @@ a fresh empty folder, and is started through :mod:`._sandbox_boot`, which (in th
 holds only the interpreter's shared-library and standard-library folders, a private ``/proc`` and a
 size-capped ``tmpfs`` on ``/tmp`` as its working folder (nothing of the host's files otherwise, the data
 set included; nothing it writes reaches the host's disk), no network, drops all capabilities, applies
-address-space, CPU, file-size and open-file limits, and with seccomp forbids new processes, signals to or
-debugging of other processes, and changes to its view of files. The wall-clock timeout kills the whole
-process group. ``rlimits`` mode keeps the limits and the seccomp filter but has no namespaces: NO
+address-space, CPU, file-size and open-file limits, and with seccomp forbids new processes and threads,
+signals to or debugging of other processes, changes to its view of files, memory outside its address
+space and leaving its process group; every process dies with the evaluator. The wall-clock timeout
+kills the whole process group. ``rlimits`` mode keeps the limits and the seccomp filter but has no namespaces: NO
 network or filesystem isolation (the folder cap is enforced by polling), and a completion can read the
 data set's tests; use it only inside a disposable container or VM. :meth:`Sandbox.describe` (written to
 ``results.json``: ``tests_hidden``) and a warning on stderr say so whenever it is chosen.
@@ -228,6 +229,7 @@ class Sandbox:
             "mode": self.mode,
             "workdir": folder,
             "status_fd": status_w,
+            "evaluator_pid": os.getpid(),
             "pipes": pipes,
             "cpu_seconds": int(self.limits.timeout_s) + 1,
             "memory_bytes": self.limits.memory_mb << 20,
@@ -363,7 +365,7 @@ class Sandbox:
             "namespaces": "user+mount+network+PID+IPC namespaces; a read-only root with only the shared and "
             "standard libraries and a size-capped temporary working directory (tmpfs); the completion runs "
             "apart from its test and never receives it (nor sees the data set); no network; no "
-            "capabilities; seccomp forbids new processes, signals to other processes and mounts; a pass "
+            "capabilities; seccomp forbids new processes and threads, signals to other processes and mounts; a pass "
             "needs the harness's proof that check() returned",
             "rlimits": "resource limits and seccomp only: NO network or filesystem isolation (a completion can "
             "read the data set's tests); a pass needs the harness's proof that check() returned",

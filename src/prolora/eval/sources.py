@@ -9,14 +9,16 @@ given on its own, as a file or folder, or as ``hf:NAME`` for a Hugging Face data
     DIR/tydiqa/{dev,train}/*.json                        (TyDi QA GoldP, SQuAD format)
     DIR/humaneval/HumanEval.jsonl.gz                     (openai/human-eval)
 
-Readers return plain dicts; every missing or malformed file raises :class:`DataError` naming the path
-and the flag that sets it.
+Readers return plain dicts; every missing or malformed file (not UTF-8, binary, invalid or too deeply
+nested JSON, a broken CSV) raises :class:`DataError` naming the path and the flag that sets it. A UTF-8
+byte-order mark at the start of a file is accepted.
 """
 
 from __future__ import annotations
 
 import csv
 import gzip
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,37 +80,60 @@ class DataSources:
         return source
 
 
-def _read_json(path: Path, benchmark: str):
+def _not_text(path: Path, benchmark: str, error: UnicodeDecodeError | None, where: str) -> DataError:
+    if error is None:
+        return _fail(benchmark, f"{path} is not text: it holds a NUL byte ({where}), as binary files do")
+    # its own message names neither the file nor the fix
+    byte = error.object[error.start : error.start + 1]
+    return _fail(benchmark, f"{path} is not UTF-8 text (byte {byte!r} {where}); save it as UTF-8")
+
+
+def _parse_json(text: str, path: Path, benchmark: str, where: str = ""):
     try:
-        with path.open(encoding="utf-8") as f:
-            return json.load(f)
+        return json.loads(text)
     except json.JSONDecodeError as e:
-        raise _fail(benchmark, f"{path} is not valid JSON ({e})") from e
+        raise _fail(benchmark, f"{path}{where} is not valid JSON ({e})") from None
+    except RecursionError:
+        raise _fail(benchmark, f"{path}{where} is not usable JSON: nested too deeply to parse") from None
+
+
+def _read_text(path: Path, benchmark: str) -> str:
+    """The whole of a UTF-8 text file (a byte-order mark dropped)."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise _not_text(path, benchmark, e, f"at offset {e.start}") from None
+    if "\0" in text:
+        raise _not_text(path, benchmark, None, f"at character {text.index(chr(0)) + 1}")
+    return text
+
+
+def _read_json(path: Path, benchmark: str):
+    return _parse_json(_read_text(path, benchmark), path, benchmark)
 
 
 def _read_jsonl(path: Path, benchmark: str) -> list[dict]:
     opener = gzip.open if path.suffix == ".gz" else open
     rows = []
     number = 0
-    with opener(path, "rt", encoding="utf-8") as f:
-        try:
+    try:
+        with opener(path, "rt", encoding="utf-8-sig") as f:
             for number, line in enumerate(f, 1):
+                if "\0" in line:
+                    raise _not_text(path, benchmark, None, f"line {number}")
                 if line.strip():
-                    try:
-                        rows.append(json.loads(line))
-                    except json.JSONDecodeError as e:
-                        raise _fail(benchmark, f"{path} line {number} is not valid JSON ({e})") from e
-        except UnicodeDecodeError as e:  # its own message names neither the file nor the fix
-            raise _fail(
-                benchmark,
-                f"{path} is not UTF-8 text (byte {e.object[e.start : e.start + 1]!r} past line "
-                f"{number}); save it as UTF-8",
-            ) from None
+                    rows.append(_parse_json(line, path, benchmark, f" line {number}"))
+    except UnicodeDecodeError as e:
+        raise _not_text(path, benchmark, e, f"past line {number}") from None
+    except (gzip.BadGzipFile, EOFError) as e:
+        raise _fail(benchmark, f"{path} is not a readable gzip file ({e})") from None
     return rows
 
 
 def _require_keys(rows: list[dict], keys: tuple[str, ...], path: Path, benchmark: str) -> list[dict]:
     for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise _fail(benchmark, f"{path}: record {i} is a JSON {type(row).__name__}, not an object")
         missing = [k for k in keys if k not in row]
         if missing:
             raise _fail(benchmark, f"{path}: record {i} lacks {missing} (expected keys {list(keys)})")
@@ -159,9 +184,10 @@ def _mmlu_split_dir(root: Path, split: str) -> Path:
 
 
 def _read_mmlu_csv(path: Path) -> list[dict]:
+    text = _read_text(path, "mmlu")
     rows = []
-    with path.open(encoding="utf-8", newline="") as f:
-        for number, row in enumerate(csv.reader(f), 1):
+    try:
+        for number, row in enumerate(csv.reader(io.StringIO(text, newline="")), 1):
             if len(row) != 6 or row[5] not in ("A", "B", "C", "D"):
                 raise _fail(
                     "mmlu",
@@ -169,6 +195,8 @@ def _read_mmlu_csv(path: Path) -> list[dict]:
                     f"(no header), got {row[:1]}... with {len(row)} columns",
                 )
             rows.append({"question": row[0], "choices": row[1:5], "answer": row[5]})
+    except csv.Error as e:  # e.g. a field over csv's 128 kB limit
+        raise _fail("mmlu", f"{path} is not a readable CSV file ({e})") from None
     return rows
 
 
@@ -202,7 +230,7 @@ def read_bbh(path: str) -> dict[str, dict]:
         examples = _require_keys(
             data.get("examples", []) if isinstance(data, dict) else [], ("input", "target"), f, "bbh"
         )
-        tasks[f.stem] = {"examples": examples, "cot_prompt": prompt_file.read_text(encoding="utf-8")}
+        tasks[f.stem] = {"examples": examples, "cot_prompt": _read_text(prompt_file, "bbh")}
     if not tasks:
         raise _fail("bbh", f"no <task>.json files in {examples_dir}")
     return tasks

@@ -15,6 +15,7 @@ import argparse
 import dataclasses
 import json
 import os
+import typing
 from dataclasses import dataclass, field
 
 from prolora.data.chat import CHAT_FORMATS
@@ -142,71 +143,24 @@ class TrainConfig:
     def __post_init__(self):
         self.validate()
 
-    def validate(self) -> None:  # noqa: C901 -- a flat list of independent checks
+    def validate(self) -> None:
         """Raise ``ValueError`` naming the bad value and the fix."""
         for f in dataclasses.fields(self):  # config files bypass argparse's types: check them here
             value, default = getattr(self, f.name), f.default
-            if isinstance(default, bool):
-                ok = isinstance(value, bool)
-            elif isinstance(default, int):
-                ok = isinstance(value, int) and not isinstance(value, bool)
-            elif isinstance(default, float):
-                ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-            else:
-                continue
-            if not ok:
+            if not _like(value, default):
                 raise ValueError(
                     f"{f.name}={value!r} must be {type(default).__name__} like the default {default!r}"
                 )
-        for name in ("learning_rate", "lora_alpha"):
-            if getattr(self, name) <= 0:
-                raise ValueError(
-                    f"{name}={getattr(self, name)!r} must be positive (App. A.2: lr 2e-4, lora_alpha 16)"
-                )
-        if not 0 <= self.lora_dropout < 1:
-            raise ValueError(f"lora_dropout={self.lora_dropout!r} must be in [0, 1) (App. A.2: 0.1)")
-        for name in ("max_grad_norm", "weight_decay"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name}={getattr(self, name)!r} must be at least 0")
-        for name in (
-            "r",
-            "max_steps",
-            "batch_size",
-            "micro_batch_size",
-            "max_length",
-            "logging_steps",
-            "save_steps",
-        ):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)!r} must be at least 1")
-        if self.threads is not None and (
-            isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1
-        ):
-            raise ValueError(f"threads={self.threads!r} must be a whole number ≥ 1, or unset for the default")
-        if self.heldout_size is not None and (
-            isinstance(self.heldout_size, bool)
-            or not isinstance(self.heldout_size, int)
-            or self.heldout_size < 0
-        ):
-            raise ValueError(
-                f"heldout_size={self.heldout_size!r} must be a whole number ≥ 0, or unset for the default"
-            )
-        for name in ("unshared_r", "save_total_limit"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name}={getattr(self, name)!r} must be at least 0")
+        for names, ok, must in _CHECKS:
+            for name in names:
+                if not ok(getattr(self, name)):
+                    raise ValueError(f"{name}={getattr(self, name)!r} must {must}")
         for f in dataclasses.fields(self):
             choices = f.metadata.get("choices")
             if choices and getattr(self, f.name) not in choices:
                 raise ValueError(f"{f.name}={getattr(self, f.name)!r} is not one of {', '.join(choices)}")
         if self.unshared_r > self.r:
             raise ValueError(f"unshared_r={self.unshared_r} exceeds r={self.r}: use 0 ≤ --u ≤ --r")
-        for name in ("sharing_rate_a", "sharing_rate_b"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)!r} must be at least 1 (number of chunks)")
-        if self.lr_shared_scale <= 0:
-            raise ValueError(f"lr_shared_scale={self.lr_shared_scale!r} must be positive")
-        if not 0 <= self.warmup_ratio < 1:
-            raise ValueError(f"warmup_ratio={self.warmup_ratio!r} must be in [0, 1)")
         if self.batch_size % self.micro_batch_size:
             raise ValueError(
                 f"batch_size={self.batch_size} is not a multiple of micro_batch_size="
@@ -217,6 +171,42 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
+def _like(value, default) -> bool:
+    """``value`` has the type of a bool, int or float ``default`` (an int passes for a float); other fields
+    (strings, optional values) are checked by :data:`_CHECKS` and the choices."""
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, int):
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return True
+
+
+def _whole(low: int):
+    """A check: unset (None), or a whole number (not a bool) at least ``low``."""
+    return lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= low)
+
+
+# The range checks of TrainConfig.validate, in order: (fields, check, what the value must be)
+_CHECKS = (
+    (("learning_rate", "lora_alpha"), lambda v: v > 0, "be positive (App. A.2: lr 2e-4, lora_alpha 16)"),
+    (("lora_dropout",), lambda v: 0 <= v < 1, "be in [0, 1) (App. A.2: 0.1)"),
+    (("max_grad_norm", "weight_decay"), lambda v: v >= 0, "be at least 0"),
+    (
+        ("r", "max_steps", "batch_size", "micro_batch_size", "max_length", "logging_steps", "save_steps"),
+        lambda v: v >= 1,
+        "be at least 1",
+    ),
+    (("threads",), _whole(1), "be a whole number ≥ 1, or unset for the default"),
+    (("heldout_size",), _whole(0), "be a whole number ≥ 0, or unset for the default"),
+    (("unshared_r", "save_total_limit"), lambda v: v >= 0, "be at least 0"),
+    (("sharing_rate_a", "sharing_rate_b"), lambda v: v >= 1, "be at least 1 (number of chunks)"),
+    (("lr_shared_scale",), lambda v: v > 0, "be positive"),
+    (("warmup_ratio",), lambda v: 0 <= v < 1, "be in [0, 1)"),
+)
+
+
 def parse_target_modules(value: str | list) -> str | list[str]:
     """``"all-linear"`` and regexes stay strings; ``"q_proj,v_proj"`` becomes ``["q_proj", "v_proj"]``."""
     if isinstance(value, list) or value == "all-linear" or any(c in value for c in ".*+?[]()|^$\\"):
@@ -224,40 +214,34 @@ def parse_target_modules(value: str | list) -> str | list[str]:
     return [name.strip() for name in value.split(",") if name.strip()]
 
 
-def _flag_type(f: dataclasses.Field):
-    """The argparse ``type`` of a field (annotations are strings here); ``None`` for booleans."""
-    kind = str(f.type)
-    if kind.startswith("bool"):
-        return None  # handled by BooleanOptionalAction
-    return {"int": int, "float": float, "int | None": int}.get(kind, str)
+def _flag_type(kind) -> type | None:
+    """The argparse ``type`` of a field from its type (resolved by ``typing.get_type_hints``): ``X | None``
+    takes X and ``str | list`` (target_modules) takes str, the first of the union; ``None`` for a bool
+    (``--x`` / ``--no-x``: ``BooleanOptionalAction``)."""
+    first = next((t for t in typing.get_args(kind) if t is not type(None)), kind)
+    if first is bool:
+        return None
+    if first not in (int, float, str):
+        raise TypeError(f"TrainConfig field of type {kind}: no command-line flag type for it")
+    return first
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """One flag per :class:`TrainConfig` field (``--field-name`` plus aliases), all defaulting to "unset"."""
+    """One flag per :class:`TrainConfig` field (``--field-name`` plus aliases), all defaulting to "unset";
+    the flag's type is the field's type, booleans get ``--x`` / ``--no-x``."""
     parser.add_argument(
         "--config", metavar="FILE", help="YAML or JSON file of TrainConfig fields; flags override it"
     )
+    types = typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
         flags = ["--" + f.name.replace("_", "-"), *f.metadata["flags"]]
         help_ = f"{f.metadata['help']} (default: {f.default})".replace("%", "%%")  # argparse formats help
-        kind = _flag_type(f)
+        kind = _flag_type(types[f.name])
         if kind is None:
-            parser.add_argument(
-                *flags,
-                dest=f.name,
-                action=argparse.BooleanOptionalAction,
-                default=argparse.SUPPRESS,
-                help=help_,
-            )
+            action = {"action": argparse.BooleanOptionalAction}
         else:
-            parser.add_argument(
-                *flags,
-                dest=f.name,
-                type=kind,
-                choices=f.metadata["choices"],
-                default=argparse.SUPPRESS,
-                help=help_,
-            )
+            action = {"type": kind, "choices": f.metadata["choices"]}
+        parser.add_argument(*flags, dest=f.name, default=argparse.SUPPRESS, help=help_, **action)
 
 
 def read_config_file(path: str) -> dict:

@@ -356,7 +356,7 @@ def _train(config: TrainConfig, threads: tuple[int, str], started: float, base_m
     from transformers import DataCollatorForSeq2Seq, set_seed
 
     from prolora.base_models import load_tokenizer
-    from prolora.data import load_splits
+    from prolora.data import load_splits, read_sources
     from prolora.method_presets import make_adapter_config
     from prolora.params import count_parameters
 
@@ -373,6 +373,8 @@ def _train(config: TrainConfig, threads: tuple[int, str], started: float, base_m
     existed = config.output_dir is not None and os.path.exists(config.output_dir)
     output_dir, checkpoint = prepare_output_dir(config, world_size)
     with _removed_on_error(output_dir, not existed and world_size == 1):  # setup failed: leave no empty run
+        # the data first: a bad file is reported in seconds, not after the model (and its cache) loads
+        sources = read_sources(config.data, config.heldout_data, config.heldout_size)
         quantization = resolve_quantization(config.quantization)
         tokenizer = load_tokenizer(config.model)
         splits = load_splits(
@@ -383,6 +385,7 @@ def _train(config: TrainConfig, threads: tuple[int, str], started: float, base_m
             config.max_length,
             config.chat_format,
             config.seed,
+            sources,
         )
         args = training_arguments(config, output_dir, world_size, quantization)
         say(*_plan(config, args, quantization, splits, world_size, threads))

@@ -199,6 +199,7 @@ class PRoLoRAConfig(PeftConfig):
         Raises:
             ValueError: naming the combination that would otherwise be silently ignored.
         """
+        # both messages: peft's LoraConfig words (peft's tests match them by regex), then the fix
         if isinstance(self.target_modules, str) and self.layers_to_transform is not None:
             raise ValueError(
                 f"layers_to_transform cannot be used when target_modules is a str "

@@ -334,6 +334,7 @@ class PRoLoRALayer(BaseTunerLayer):
             delta = delta.t() if self.fan_in_fan_out else delta
             merged = w.to(torch.float32) + delta.detach().to(w.device, torch.float32)
             if safe_merge and not torch.isfinite(merged).all():
+                # peft's words first (its tests match them by regex; tests/test_peft_conformance.py), then ours
                 raise ValueError(
                     f"NaNs detected in the merged weights. The adapter {name} seems to be broken "
                     f"(NaN/inf in the merged weight of adapter {name!r}); nothing was merged."
@@ -468,9 +469,9 @@ def rows_of(names: list, rows: int) -> list:
         return [name for name in names for _ in range(per)]
     raise ValueError(
         f"Length of `adapter_names` should be the same as the number of inputs, but got "
-        f"{len(names)} and {rows} respectively: adapter_names has {len(names)} entries for an input of "
-        f"{rows} rows (neither the batch nor a batch-major flattening of it); give one adapter name "
-        "(or '__base__') per batch row."
+        f"{len(names)} and {rows} respectively: adapter_names has {len(names)} entries for a batch of "
+        f"{rows} rows (nor are the rows a batch-major flattening of {len(names)} rows); give one adapter "
+        "name (or '__base__') per batch row."
     )
 
 

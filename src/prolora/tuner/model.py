@@ -157,6 +157,7 @@ class PRoLoRAModel(BaseTuner):
             yield
             return
         if self.training:
+            # peft's words first (peft's tests match them by regex; tests/test_peft_conformance.py), then ours
             raise ValueError(
                 "Cannot pass `adapter_names` when the model is in training mode (adapter_names= is "
                 "for inference); call model.eval() first."
