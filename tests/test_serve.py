@@ -15,9 +15,11 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import openai
 import pytest
+import torch
 from serve_utils import LiveServer, save_lora, save_model, save_prolora
 
 from prolora.cli import main
+from prolora.inference.engine import SamplingParams
 from prolora.inference.server import build_engine, create_app
 
 KEY = "test-key"
@@ -184,7 +186,9 @@ def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(client, ser
         with pytest.raises(openai.BadRequestError):
             _chat(client, "pa", **bad)
     with pytest.raises(openai.BadRequestError, match="logprobs"):
-        client.completions.create(model="pa", prompt="Hi", max_tokens=2, logprobs=2)
+        client.completions.create(model="pa", prompt="Hi", max_tokens=2, logprobs=21)
+    with pytest.raises(openai.BadRequestError, match="top_logprobs needs logprobs"):
+        _chat(client, "pa", top_logprobs=2)
     with pytest.raises(openai.BadRequestError, match="context"):
         client.completions.create(model="pa", prompt="Hi", max_tokens=9000)
     with pytest.raises(openai.BadRequestError, match="messages"):
@@ -400,3 +404,120 @@ def test_the_base_model_has_one_default_chat_format_in_generate_and_serve(files,
         assert capsys.readouterr().out.strip() == generated
     finally:
         live.stop()
+
+
+# ------------------------------------------------------------------------------------ OpenAI fields
+def _reference_logprobs(files, adapter, ids: list[int]) -> torch.Tensor:
+    """log_softmax of the logits at every position of ``ids`` (the served model loaded on its own, with
+    the adapter through stock PEFT): row p is the distribution of token p + 1."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(files["model"])).eval()
+    if adapter is not None:
+        model = PeftModel.from_pretrained(model, str(files[adapter] / "adapter"))
+    with torch.no_grad():
+        return torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), -1)
+
+
+def test_logprobs_and_echo_equal_the_model_alone(client, server, files):
+    tok = server.engine.tokenizer
+    out = client.completions.create(
+        model="pa",
+        prompt="Hello",
+        max_tokens=6,
+        temperature=0,
+        logprobs=3,
+        echo=True,
+        extra_body={"ignore_eos": True},  # six tokens, whatever they are
+    )
+    choice = out.choices[0]
+    lp = choice.logprobs
+    prompt_ids = tok.encode("Hello")
+    eos = tok.eos_token
+    assert choice.text.startswith("Hello") and "".join(lp.tokens).replace(eos, "") == choice.text
+    assert lp.token_logprobs[0] is None and lp.top_logprobs[0] is None  # the first prompt token
+    assert len(lp.tokens) == len(prompt_ids) + out.usage.completion_tokens == len(prompt_ids) + 6
+    params = SamplingParams(max_tokens=6, temperature=0, ignore_eos=True)
+    ids = prompt_ids + server.engine.generate(prompt_ids, "pa", params, timeout=60).token_ids
+    assert lp.tokens == [tok.decode([i]) for i in ids]
+    ref = _reference_logprobs(files, "pa", ids)
+    for k in range(1, len(ids)):  # prompt and generated tokens alike
+        assert abs(lp.token_logprobs[k] - float(ref[k - 1, ids[k]])) < 1e-4
+        top = ref[k - 1].topk(3)  # as OpenAI's dict: token text -> logprob (byte tokens may share a text)
+        expected = {}
+        for i, v in zip(top.indices.tolist(), top.values.tolist(), strict=True):
+            expected.setdefault(tok.decode([i]), v)  # the most likely token of a text gives its value
+        assert lp.top_logprobs[k].keys() == expected.keys()
+        assert list(lp.top_logprobs[k].values()) == pytest.approx(list(expected.values()), abs=1e-4)
+    for k in range(len(prompt_ids), len(ids)):  # greedy: the generated token is the most likely one
+        assert lp.token_logprobs[k] == pytest.approx(float(ref[k - 1].max()), abs=1e-4)
+    assert lp.text_offset == [sum(len(t) for t in lp.tokens[:k]) for k in range(len(lp.tokens))]
+
+    chat = _chat(client, BASE, max_tokens=5, logprobs=True, top_logprobs=2)
+    content = chat.choices[0].logprobs.content
+    assert len(content) == chat.usage.completion_tokens
+    assert [c.token for c in content][:1] == [
+        tok.decode([t]) for t in tok.encode(chat.choices[0].message.content)
+    ][:1] or not chat.choices[0].message.content
+    assert all(
+        len(c.top_logprobs) == 2 and c.logprob == pytest.approx(c.top_logprobs[0].logprob) for c in content
+    )
+    streamed = list(_chat(client, BASE, max_tokens=5, logprobs=True, top_logprobs=2, stream=True))
+    tokens = [
+        c.token
+        for chunk in streamed
+        if chunk.choices and chunk.choices[0].logprobs
+        for c in chunk.choices[0].logprobs.content
+    ]
+    assert tokens == [c.token for c in content]
+
+
+def test_n_prompt_lists_and_usage_in_streams(client):
+    one = client.completions.create(model="lo", prompt="abc", max_tokens=8, temperature=0)
+    greedy = client.completions.create(model="lo", prompt="abc", max_tokens=8, temperature=0, n=2)
+    assert [c.index for c in greedy.choices] == [0, 1]
+    assert [c.text for c in greedy.choices] == [one.choices[0].text] * 2
+    assert greedy.usage.prompt_tokens == one.usage.prompt_tokens  # the prompt counted once
+    assert greedy.usage.completion_tokens == 2 * one.usage.completion_tokens
+    sampled = client.completions.create(model="lo", prompt="abc", max_tokens=12, temperature=1.0, n=3, seed=5)
+    again = client.completions.create(model="lo", prompt="abc", max_tokens=12, temperature=1.0, n=3, seed=5)
+    assert [c.text for c in sampled.choices] == [c.text for c in again.choices]  # reproducible
+    assert len({c.text for c in sampled.choices}) > 1  # each choice its own sample
+
+    prompts = ["abc", "Another prompt"]
+    alone = [
+        client.completions.create(model="pa", prompt=p, max_tokens=6, temperature=0).choices[0].text
+        for p in prompts
+    ]
+    batch = client.completions.create(model="pa", prompt=prompts, max_tokens=6, temperature=0, n=2)
+    assert [c.index for c in batch.choices] == [0, 1, 2, 3]
+    assert [c.text for c in batch.choices] == [
+        alone[0],
+        alone[0],
+        alone[1],
+        alone[1],
+    ]  # prompt i, choice j: i·n + j
+    ids = client.completions.create(model="pa", prompt=[[97, 98], [99]], max_tokens=3, temperature=0)
+    assert len(ids.choices) == 2 and ids.usage.prompt_tokens == 3
+
+    chunks = list(
+        client.completions.create(
+            model="pa",
+            prompt=prompts,
+            max_tokens=6,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 12
+    texts = ["", ""]
+    for c in chunks[:-1]:
+        texts[c.choices[0].index] += c.choices[0].text
+    assert texts == alone
+    chat = list(_chat(client, "pb", stream=True, stream_options={"include_usage": True}))
+    whole = _chat(client, "pb")
+    assert chat[-1].usage.model_dump() == whole.usage.model_dump()
+    plain = list(_chat(client, "pb", stream=True))
+    assert all(c.usage is None for c in plain)

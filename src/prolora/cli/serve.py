@@ -76,12 +76,14 @@ def add_arguments(parser) -> None:
         "in chunks between decode steps (vLLM's flag; default 512)",
     )
     add_threads_argument(parser)
+    # = inference.adapter_bank.EXPANDED_CACHE_BYTES / 2**20 (not imported here: --help stays free of torch)
     parser.add_argument(
         "--expanded-cache-mb",
         type=float,
-        default=0.0,
-        help="byte cap (MiB) of the cache of "
-        "expanded factors of hot adapters (default 0: compact tensors only)",
+        default=256.0,
+        help="byte cap (MiB) of the expanded factors of hot adapters: a batch of at most 4 distinct "
+        "adapters runs them expanded (near base-model speed); adapters not in use stay compact "
+        "(default 256; 0: compact tensors only)",
     )
     # = inference.server.MAX_REQUEST_BYTES (not imported here: --help stays free of FastAPI and torch)
     parser.add_argument(
@@ -169,8 +171,8 @@ def run(args) -> int:
         args.max_resident,
         args.max_batch,
         int(args.expanded_cache_mb * 2**20),
+        args.max_num_batched_tokens,
     )
-    engine.max_num_batched_tokens = args.max_num_batched_tokens
     app = create_app(
         engine,
         args.served_model_name or args.model or DEFAULT_MODEL,
