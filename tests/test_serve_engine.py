@@ -103,7 +103,9 @@ def test_shutdown_finishes_or_fails_in_flight_requests(adapters):
     done = engine.submit([1, 2, 3], "d1", SamplingParams(max_tokens=5, temperature=0), lambda e: None)
     events = []
     long = engine.submit([1, 2, 3], "d2", SamplingParams(max_tokens=5000, temperature=0), events.append)
+    deadline = time.monotonic() + 120
     while not long.output_ids:
+        assert long.finish_reason is None and time.monotonic() < deadline, long.finish_reason
         time.sleep(0.01)
     engine.shutdown(timeout=0.2)
     assert done.finish_reason == "length"

@@ -335,11 +335,14 @@ def test_a_failing_prefill_fails_its_request_alone(files, monkeypatch):
     events = []
     try:
         running = engine.submit([1, 2, 3], "pa", params, events.append)
+        deadline = time.monotonic() + 120
         while len(running.output_ids) < 3:
+            assert running.finish_reason is None and time.monotonic() < deadline, running.finish_reason
             time.sleep(0.005)
         failed = []
         engine.submit([9, 9, 9], "pa", SamplingParams(max_tokens=4, temperature=0), failed.append)
         while running.finish_reason is None:
+            assert time.monotonic() < deadline, "the running request was lost"
             time.sleep(0.01)
         assert failed[-1].finish_reason == "abort" and "injected prefill failure" in failed[-1].error
         assert running.finish_reason == "length" and running.output_ids == alone.token_ids
