@@ -605,6 +605,19 @@ def _workload_plan(key: str, names: list[str], seed: int):
     return picks, gaps, prompts, max_tokens
 
 
+def _tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` and its children (vLLM runs its engine in one)."""
+    return sum(_cpu_seconds(p) for p in [pid, *_children(pid)] if Path(f"/proc/{p}/stat").exists())
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        for child in task.read_text().split():
+            out += [int(child), *_children(int(child))]
+    return out
+
+
 def _quantile(xs, p):
     xs = sorted(xs)
     return xs[min(len(xs) - 1, round(p * (len(xs) - 1)))] if xs else float("nan")
@@ -630,7 +643,7 @@ def section_compare(
                 _wait_ready(proc, url)
                 for key in workloads:
                     picks, gaps, prompts, max_tokens = _workload_plan(key, names, seed=rnd)
-                    load = os.getloadavg()[0]
+                    load, cpu = os.getloadavg()[0], _tree_cpu_seconds(proc.pid)
                     fixed = {"temperature": 0, "extra_body": {"ignore_eos": True}}  # exactly max_tokens each
                     results = asyncio.run(_drive(url, picks, gaps, prompts, max_tokens, timeout, **fixed))
                     ok = [r for r in results if r["error"] is None]
@@ -644,6 +657,7 @@ def section_compare(
                             "errors": [r["error"] for r in results if r["error"]],
                             "lost": len(picks) - len(results),
                             "tokens_per_s": len(ok) * max_tokens / wall if wall else 0.0,
+                            "server_cpu_ms_per_token": 1e3 * cpu / (len(ok) * max_tokens) if ok else 0.0,
                             "ttft_p50": _quantile([r["ttft"] for r in ok], 0.5),
                             "ttft_p99": _quantile([r["ttft"] for r in ok], 0.99),
                             "load_average": (load + os.getloadavg()[0]) / 2,
@@ -675,8 +689,8 @@ def report_compare(r: dict) -> str:
     lines = [
         f"{r['rounds']} alternating rounds; servers: {', '.join(servers)}; median of the per-round values.",
         "",
-        "| workload | server | output tokens/s | TTFT p50 | TTFT p99 | errors | lost | load avg |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| workload | server | output tokens/s | server CPU ms/token | TTFT p50 | TTFT p99 | errors | lost | load avg |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for key, row in r["workloads"].items():
         for spec in servers:
@@ -688,7 +702,8 @@ def report_compare(r: dict) -> str:
             errors = sum(len(x["errors"]) for x in runs)
             lost = sum(x["lost"] for x in runs)
             lines.append(
-                f"| {WORKLOADS[key][0]} | {spec} | {med('tokens_per_s'):.1f} | {med('ttft_p50'):.2f} s | "
+                f"| {WORKLOADS[key][0]} | {spec} | {med('tokens_per_s'):.1f} | "
+                f"{med('server_cpu_ms_per_token'):.0f} | {med('ttft_p50'):.2f} s | "
                 f"{med('ttft_p99'):.2f} s | {errors} | {lost} | {med('load_average'):.1f} |"
             )
     lines += ["", "| workload | " + " | ".join(f"{first} / {o} (median, per round)" for o in others) + " |"]

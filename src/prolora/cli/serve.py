@@ -70,10 +70,10 @@ def add_arguments(parser) -> None:
     parser.add_argument(
         "--max-num-batched-tokens",
         type=int,
-        default=512,
+        default=256,
         metavar="N",
         help="token budget of one batched prefill forward (rows × longest chunk); longer prompts prefill "
-        "in chunks between decode steps (vLLM's flag; default 512)",
+        "in chunks between decode steps (vLLM's flag; default 256)",
     )
     add_threads_argument(parser)
     # = inference.adapter_bank.EXPANDED_CACHE_BYTES / 2**20 (not imported here: --help stays free of torch)
