@@ -64,6 +64,15 @@ def make_tiny_opt(seed: int = 0):
     return OPTForCausalLM(config).eval()
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models: one torch thread is fastest (a second one only waits, and spins on a busy machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def tiny_llama():
     return make_tiny_llama()

@@ -17,6 +17,7 @@ from prolora.inference.adapter_bank import AdapterBank
 from prolora.tuner.layer import rows_of
 
 TARGETS = ["q_proj", "v_proj", "fc1", "fc2"]
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +39,7 @@ def two_adapters(tmp_path_factory):
 def test_rows_of_repeats_names_over_batch_major_rows_or_refuses():
     assert rows_of(["a", "b"], 2) == ["a", "b"]
     assert rows_of(["a", "b"], 6) == ["a", "a", "a", "b", "b", "b"]
-    with pytest.raises(ValueError, match="2 entries for an input of 5 rows"):
+    with pytest.raises(ValueError, match="2 entries for a batch of 5 rows"):
         rows_of(["a", "b"], 5)
 
 

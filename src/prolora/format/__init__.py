@@ -14,6 +14,7 @@ from .compact import (
     check_output_dir,
     check_tensors,
     expand_adapter,
+    holds_adapter,
     read_adapter,
 )
 from .export import export_lora, export_merged
@@ -30,5 +31,6 @@ __all__ = [
     "expand_adapter",
     "export_lora",
     "export_merged",
+    "holds_adapter",
     "read_adapter",
 ]

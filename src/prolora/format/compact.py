@@ -42,6 +42,7 @@ __all__ = [
     "check_output_dir",
     "check_tensors",
     "expand_adapter",
+    "holds_adapter",
     "read_adapter",
 ]
 
@@ -57,6 +58,12 @@ def adapter_dir(path: str | os.PathLike) -> Path:
     if not (path / CONFIG_NAME).exists() and (path / ADAPTER_DIR / CONFIG_NAME).exists():
         return path / ADAPTER_DIR
     return path
+
+
+def holds_adapter(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is an adapter directory or a ``prolora train`` run directory (it has an
+    ``adapter_config.json``, itself or in its ``adapter/``); :func:`read_adapter` checks the rest."""
+    return (adapter_dir(path) / CONFIG_NAME).is_file()
 
 
 @dataclass(frozen=True)

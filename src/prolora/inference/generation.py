@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 
 from prolora.base_models import load_base_model
-from prolora.format import ADAPTER_DIR, CONFIG_NAME, adapter_dir, read_adapter
+from prolora.format import ADAPTER_DIR, CONFIG_NAME, adapter_dir, holds_adapter, read_adapter
 from prolora.tuner.saved import check_adapter_name
 
 
@@ -40,7 +40,7 @@ class AdapterSpec:
             name, path = "", spec
         path = os.path.normpath(path)
         folder = str(adapter_dir(path))
-        if not os.path.isfile(os.path.join(folder, CONFIG_NAME)):
+        if not holds_adapter(path):
             raise FileNotFoundError(
                 f"{spec!r}: no {CONFIG_NAME} in {path} or {os.path.join(path, ADAPTER_DIR)}; "
                 "pass a run directory of `prolora train` or a PEFT adapter directory"

@@ -18,7 +18,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from prolora.format import ADAPTER_DIR, CONFIG_NAME, adapter_dir
+from prolora.format import ADAPTER_DIR, adapter_dir, holds_adapter
 from prolora.tuner.saved import check_adapter_name, valid_adapter_name
 
 from .adapter_bank import AdapterBank
@@ -116,8 +116,7 @@ class AdapterRegistry:
                 names.update(
                     p.name
                     for p in self.adapters_dir.iterdir()
-                    if valid_adapter_name(p.name)
-                    and ((p / CONFIG_NAME).is_file() or (p / ADAPTER_DIR / CONFIG_NAME).is_file())
+                    if valid_adapter_name(p.name) and holds_adapter(p)
                 )
             except (
                 OSError
@@ -136,7 +135,7 @@ class AdapterRegistry:
                 return self.entries[name]
             if self.adapters_dir is not None and valid_adapter_name(name):
                 path = self.adapters_dir / name
-                if (path / CONFIG_NAME).is_file() or (path / ADAPTER_DIR / CONFIG_NAME).is_file():
+                if holds_adapter(path):
                     entry = AdapterEntry(name, str(adapter_dir(path)), run_chat_format(path))
                     self.entries[name] = entry
                     return entry

@@ -469,9 +469,9 @@ def rows_of(names: list, rows: int) -> list:
         return [name for name in names for _ in range(per)]
     raise ValueError(
         f"Length of `adapter_names` should be the same as the number of inputs, but got "
-        f"{len(names)} and {rows} respectively: adapter_names has {len(names)} entries for an input of "
-        f"{rows} rows (neither the batch nor a batch-major flattening of it); give one adapter name "
-        "(or '__base__') per batch row."
+        f"{len(names)} and {rows} respectively: adapter_names has {len(names)} entries for a batch of "
+        f"{rows} rows (nor are the rows a batch-major flattening of {len(names)} rows); give one adapter "
+        "name (or '__base__') per batch row."
     )
 
 
