@@ -9,6 +9,11 @@ Sections (``--sections``, comma-separated):
 * ``throughput`` — one decode step of a batch of 32 requests whose rows use 1, 8 or 32 distinct adapters:
   the adapter bank (PRoLoRA r=8, u=1, m=n=7) against PEFT LoRA r=8's mixed batch (``adapter_names``) and
   against PEFT LoRA with one active adapter; interleaved rounds, ratios per round (benchmarks/timing.py).
+* ``compare`` — issue 23's side-by-side: bursts of 32 requests over 1 and 32 adapters, Poisson 1/2/4
+  req/s (Zipf over 32 adapters), one request alone; each server (``prolora`` against vLLM-CPU with
+  prolora's plugin, or a prolora-only before/after against another source tree) started in turn at one
+  thread, alternating rounds, output tokens/s ratio per round, TTFT p50/p99, errors and lost requests,
+  the load average.
 * ``load`` — an S-LoRA-style load test against ``prolora serve`` in a subprocess on 127.0.0.1: Poisson
   arrivals, Zipf popularity over 100 adapters loaded on demand from ``--adapters-dir``, streaming
   requests through the openai client; throughput, p50/p99 time to first token and latency, errors.
@@ -411,17 +416,20 @@ def _metrics(text: str) -> dict[str, float]:
     return {line.split()[0]: float(line.split()[1]) for line in text.splitlines() if line and line[0] != "#"}
 
 
-async def _drive(url, picks, gaps, prompts, max_tokens, timeout):
+async def _drive(url, picks, gaps, prompts, max_tokens, timeout, **create):
+    """Streaming completions (``create``: more fields, default temperature 0.7 and seed 1) sent at the
+    ``gaps``; the requests still open after ``timeout`` are left out (lost)."""
     import openai
 
     client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=timeout)
+    create = {"temperature": 0.7, "seed": 1, **create}
 
     async def one(name, prompt):
         start = time.perf_counter()
         first, error = None, None
         try:
             stream = await client.completions.create(
-                model=name, prompt=prompt, max_tokens=max_tokens, temperature=0.7, seed=1, stream=True
+                model=name, prompt=prompt, max_tokens=max_tokens, stream=True, **create
             )
             async for chunk in stream:
                 if first is None and chunk.choices and chunk.choices[0].text:
@@ -441,7 +449,8 @@ async def _drive(url, picks, gaps, prompts, max_tokens, timeout):
     for name, gap, prompt in zip(picks, gaps, prompts, strict=False):
         await asyncio.sleep(gap)
         tasks.append(asyncio.create_task(one(name, prompt)))
-    return await asyncio.wait_for(asyncio.gather(*tasks), timeout)
+    done, _ = await asyncio.wait(tasks, timeout=timeout)
+    return [t.result() for t in done]
 
 
 def report_load(runs) -> str:
@@ -475,10 +484,230 @@ def _report_load_run(r: dict) -> str:
     )
 
 
+# ------------------------------------------------------------------------------------------- compare
+# the issue 23 workloads: (label, requests, adapters used, Poisson rate or None for all at once, max_tokens)
+WORKLOADS = {
+    "burst-1": ("32 requests at once, 1 adapter, 64 tokens", 32, 1, None, 64),
+    "burst-32": ("32 at once over 32 adapters, 64 tokens", 32, 32, None, 64),
+    "poisson-1": ("Poisson 1 req/s, Zipf(1.0) over 32 adapters, 64 tokens", 60, 32, 1.0, 64),
+    "poisson-2": ("Poisson 2 req/s", 60, 32, 2.0, 64),
+    "poisson-4": ("Poisson 4 req/s", 60, 32, 4.0, 64),
+    "single": ("one request alone, 128 tokens", 1, 1, None, 128),
+}
+VLLM_FLAGS = ["--max-loras", "33", "--max-cpu-loras", "110", "--max-model-len", "2048", "--dtype", "float32"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(spec: str, folder: Path, port: int, log: Path):
+    """A server on 127.0.0.1:``port`` serving the adapters of ``folder``: ``prolora`` (this tree),
+    ``prolora@SRC`` (prolora from the source folder SRC, e.g. main's, for before/after) or ``vllm@VENV``
+    (vLLM-CPU of the virtualenv VENV with prolora's plugin, issue 23's flags). Returns (process, url)."""
+    kind, _, where = spec.partition("@")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    if kind == "prolora":
+        src = where or str(Path(__file__).resolve().parents[1] / "src")
+        env["PYTHONPATH"] = src
+        cmd = [
+            sys.executable,
+            "-m",
+            "prolora.cli",
+            "serve",
+            "--adapters-dir",
+            str(folder),
+            "--port",
+            str(port),
+        ]
+        cmd += ["--served-model-name", "base"]
+        if where == "":  # --threads exists from issue 23 on; an older tree reads OMP_NUM_THREADS
+            cmd += ["--threads", "1"]
+    elif kind == "vllm":
+        python = str(Path(where) / "bin" / "python")
+        base = (
+            subprocess.run(
+                [python, "-m", "prolora.cli", "vllm", "base-model"],
+                capture_output=True,
+                text=True,
+                check=True,
+                env=env,
+            )
+            .stdout.strip()
+            .splitlines()[-1]
+        )
+        env.update(
+            VLLM_CPU_KVCACHE_SPACE="2",
+            VLLM_ALLOW_RUNTIME_LORA_UPDATING="True",
+            PROLORA_VLLM_ADAPTERS_DIR=str(folder),
+        )
+        cmd = [
+            python,
+            "-m",
+            "vllm.entrypoints.openai.api_server",
+            "--model",
+            base,
+            "--served-model-name",
+            "base",
+        ]
+        cmd += [
+            "--enable-lora",
+            "--max-lora-rank",
+            "8",
+            *VLLM_FLAGS,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ]
+    else:
+        raise ValueError(f"server {spec!r}: use prolora, prolora@SRC or vllm@VENV")
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def _wait_ready(proc, url: str, timeout: float = 900) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(url + "/health", timeout=5).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"the server at {url} did not start (exit {proc.poll()})")
+        time.sleep(1)
+
+
+def _stop(proc) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def _workload_plan(key: str, names: list[str], seed: int):
+    _, count, used, rate, max_tokens = WORKLOADS[key]
+    rng = random.Random(seed)
+    pool = names[:used]
+    weights = [1 / (i + 1) for i in range(len(pool))]  # Zipf(1.0)
+    picks = rng.choices(pool, weights, k=count) if rate else [pool[i % len(pool)] for i in range(count)]
+    gaps = [rng.expovariate(rate) for _ in range(count)] if rate else [0.0] * count
+    words = ["alpha", "beta", "gamma", "delta", "omega", "sea", "river", "stone"]
+    prompts = [" ".join(rng.choice(words) for _ in range(rng.randint(6, 14))) + "." for _ in range(count)]
+    return picks, gaps, prompts, max_tokens
+
+
+def _quantile(xs, p):
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, round(p * (len(xs) - 1)))] if xs else float("nan")
+
+
+def section_compare(
+    tmp: Path, servers: list[str], workloads: list[str], rounds: int = 5, timeout: float = 300
+) -> dict:
+    """Alternating rounds: each round starts each server in turn (the order alternates), runs every
+    workload against it, and stops it; ratios first / other are formed per round (same moment)."""
+    folder = tmp / "compare_adapters"
+    if not folder.exists():
+        write_adapters(folder, 32)
+        shutil.rmtree(folder / "template")
+    names = sorted(p.name for p in folder.iterdir())
+    runs = {spec: {key: [] for key in workloads} for spec in servers}
+    for rnd in range(rounds):
+        order = servers if rnd % 2 == 0 else servers[::-1]
+        for spec in order:
+            port = _free_port()
+            proc, url = start_server(spec, folder, port, tmp / "server.log")
+            try:
+                _wait_ready(proc, url)
+                for key in workloads:
+                    picks, gaps, prompts, max_tokens = _workload_plan(key, names, seed=rnd)
+                    load = os.getloadavg()[0]
+                    fixed = {"temperature": 0, "extra_body": {"ignore_eos": True}}  # exactly max_tokens each
+                    results = asyncio.run(_drive(url, picks, gaps, prompts, max_tokens, timeout, **fixed))
+                    ok = [r for r in results if r["error"] is None]
+                    wall = (
+                        (max(r["end"] for r in results) - min(r["start"] for r in results)) if results else 0
+                    )
+                    runs[spec][key].append(
+                        {
+                            "round": rnd,
+                            "ok": len(ok),
+                            "errors": [r["error"] for r in results if r["error"]],
+                            "lost": len(picks) - len(results),
+                            "tokens_per_s": len(ok) * max_tokens / wall if wall else 0.0,
+                            "ttft_p50": _quantile([r["ttft"] for r in ok], 0.5),
+                            "ttft_p99": _quantile([r["ttft"] for r in ok], 0.99),
+                            "load_average": (load + os.getloadavg()[0]) / 2,
+                        }
+                    )
+                    print(spec, key, runs[spec][key][-1], flush=True)
+            finally:
+                _stop(proc)
+    out = {"servers": servers, "rounds": rounds, "workloads": {}}
+    first, *others = servers
+    for key in workloads:
+        row = {spec: runs[spec][key] for spec in servers}
+        for other in others:
+            ratios = [
+                a["tokens_per_s"] / b["tokens_per_s"]
+                for a, b in zip(row[first], row[other], strict=True)
+                if b["tokens_per_s"]
+            ]
+            row[f"ratio {first} / {other}"] = {
+                "per_round": ratios,
+                "median": statistics.median(ratios) if ratios else float("nan"),
+            }
+        out["workloads"][key] = row
+    return out
+
+
+def report_compare(r: dict) -> str:
+    servers, (first, *others) = r["servers"], r["servers"]
+    lines = [
+        f"{r['rounds']} alternating rounds; servers: {', '.join(servers)}; median of the per-round values.",
+        "",
+        "| workload | server | output tokens/s | TTFT p50 | TTFT p99 | errors | lost | load avg |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for key, row in r["workloads"].items():
+        for spec in servers:
+            runs = row[spec]
+
+            def med(field, runs=runs):
+                return statistics.median(x[field] for x in runs)
+
+            errors = sum(len(x["errors"]) for x in runs)
+            lost = sum(x["lost"] for x in runs)
+            lines.append(
+                f"| {WORKLOADS[key][0]} | {spec} | {med('tokens_per_s'):.1f} | {med('ttft_p50'):.2f} s | "
+                f"{med('ttft_p99'):.2f} s | {errors} | {lost} | {med('load_average'):.1f} |"
+            )
+    lines += ["", "| workload | " + " | ".join(f"{first} / {o} (median, per round)" for o in others) + " |"]
+    lines.append("|---|" + "---|" * len(others))
+    for key, row in r["workloads"].items():
+        cells = []
+        for o in others:
+            ratio_row = row[f"ratio {first} / {o}"]
+            per = ", ".join(f"{x:.2f}" for x in ratio_row["per_round"])
+            cells.append(f"{ratio_row['median']:.2f} ({per})")
+        lines.append(f"| {WORKLOADS[key][0]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 SECTIONS = {
     "memory": (section_memory, report_memory),
     "throughput": (section_throughput, report_throughput),
     "load": (section_load, report_load),
+    "compare": (section_compare, report_compare),
 }
 
 
@@ -492,6 +721,18 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--load-rates", default="0.75,1.5", help="request rates (per s) of the load test runs"
     )
+    parser.add_argument(
+        "--servers",
+        default=None,
+        help="compare: servers, first against each other (prolora | prolora@SRC | vllm@VENV); default "
+        "prolora,vllm@/work/wt/vllm-venv when that venv exists, else prolora-only: this tree against "
+        "prolora@SRC of --baseline-src",
+    )
+    parser.add_argument("--baseline-src", default=None, help="compare without vLLM: prolora source folder")
+    parser.add_argument(
+        "--workloads", default=",".join(WORKLOADS), help=f"compare: of {', '.join(WORKLOADS)}"
+    )
+    parser.add_argument("--rounds", type=int, default=5, help="compare: alternating rounds")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     use_thread_cpu_time(args.threads == 1)
@@ -500,7 +741,19 @@ def main(argv=None) -> int:
         for name in args.sections.split(","):
             fn, report = SECTIONS[name]
             started = time.perf_counter()
-            if name == "load":
+            if name == "compare":
+                servers = args.servers
+                if servers is None:
+                    venv = Path("/work/wt/vllm-venv")
+                    servers = f"prolora,vllm@{venv}" if (venv / "bin" / "vllm").exists() else None
+                    if servers is None and args.baseline_src:
+                        servers = f"prolora,prolora@{args.baseline_src}"
+                if servers is None:
+                    parser.error("compare: no vLLM environment found; give --servers or --baseline-src")
+                results[name] = fn(
+                    Path(tmp), servers.split(","), args.workloads.split(","), rounds=args.rounds
+                )
+            elif name == "load":
                 results[name] = [
                     fn(Path(tmp) / f"rate{rate}", rate=float(rate)) for rate in args.load_rates.split(",")
                 ]

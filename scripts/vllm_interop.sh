@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # vLLM interop check (docs/vllm.md; not part of the test suite): build the vLLM environment from scratch,
-# serve two PRoLoRA adapters through prolora's resolver plugin and compare vLLM's float32 greedy outputs with
-# prolora's transformers outputs token for token (scripts/vllm_interop.py), then run `prolora eval` on GSM8K
-# and HumanEval (--limit 2) with both engines and compare the scores.
+# then scripts/vllm_interop.py: PRoLoRA adapters served through prolora's plugin (resolver + hooks) with no
+# spare slot, vLLM's float32 greedy outputs compared with prolora's transformers outputs token for token in
+# mixed batches before and after traffic through every slot (the base rows of issue 24), RSS per adapter in
+# vLLM's host-side LoRA cache, /v1/load_lora_adapter statuses, a chat in prolora's Tulu format, and the same
+# traffic on vLLM without the hooks (today's path); then `prolora eval` on GSM8K and HumanEval (--limit 2)
+# with both engines and the scores compared.
 #
 # Usage: scripts/vllm_interop.sh [VENV] [WORKDIR]
 #   VENV     the vLLM environment (default /work/vllm-venv); SKIP_BUILD=1 reuses an existing one
 #   WORKDIR  adapters, cache, logs and results (default /tmp/prolora-vllm-interop)
 #   DATA_DIR benchmark data in the docs/eval.md layout (default /work/shared/data)
+#   SKIP_EVAL=1 skips the `prolora eval` comparison; MAX_LORAS (default 2) sets vLLM's slots
 # Every step is bounded by `timeout`; the vLLM server is stopped by the driver. Exit 0 when all outputs match.
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -25,10 +29,14 @@ fi
 export PYTHONPATH="$REPO/src" OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 export PROLORA_VLLM_CACHE_DIR="$WORK/cache"
 
-stamp "serving: two PRoLoRA adapters through the plugin, mixed batches, token-for-token check, throughput"
+stamp "serving: PRoLoRA adapters through the plugin, mixed batches after traffic, RSS, load route, chat, throughput"
 serve_rc=0
-timeout 1800 "$VENV/bin/python" "$REPO/scripts/vllm_interop.py" --workdir "$WORK" --max-loras "${MAX_LORAS:-3}" \
-    || serve_rc=$?
+timeout 2400 "$VENV/bin/python" "$REPO/scripts/vllm_interop.py" --workdir "$WORK" --max-loras "${MAX_LORAS:-2}" \
+    --unhooked || serve_rc=$?
+if [ "${SKIP_EVAL:-0}" = 1 ]; then
+    stamp "done: serving check exit $serve_rc (eval comparison skipped); summary in $WORK/summary.json"
+    exit "$serve_rc"
+fi
 
 # the same flags on both engines; fewer HumanEval samples and new tokens than the paper's, to bound the time
 for engine in transformers vllm; do

@@ -351,3 +351,20 @@ def test_merging_an_adapter_on_a_tied_lm_head_equals_the_unmerged_model(tmp_path
     exported = AutoModelForCausalLM.from_pretrained(out).eval()
     with torch.no_grad():
         torch.testing.assert_close(exported(x).logits, unmerged, rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------------ progress of long steps
+def test_export_shows_progress_with_eta(saved, tmp_path, capsys):
+    """`prolora export` shows a tqdm bar (count, rate, ETA) over the modules it converts or merges."""
+    pm, path = saved
+    modules = len(list(prolora.tuner.prolora_modules(pm.get_base_model())))
+    assert main(["export", str(path), str(tmp_path / "dense")]) == 0
+    err = capsys.readouterr().err
+    assert "export: dense LoRA: 100%" in err and f"{modules}/{modules} [" in err and "module/s]" in err
+    model_dir = tmp_path / "base"
+    make_tiny_llama().save_pretrained(model_dir)
+    _tiny_tokenizer().save_pretrained(model_dir)
+    assert main(["export", "--merged", "--model", str(model_dir), str(path), str(tmp_path / "merged")]) == 0
+    err = capsys.readouterr().err
+    assert "export: loading the base model" in err and "export: writing the merged model" in err
+    assert "Unloading and merging model: 100%" in err and "<00:00" in err  # elapsed<remaining: the ETA

@@ -32,6 +32,7 @@ LAYERS = {
     "train": 3,
     "eval": 4,
     "compare": 5,
+    "extras": 0,
     "cli": 6,
 }
 

@@ -187,7 +187,7 @@ def test_generative_scores_recompute_from_the_predictions(run):
     assert results["runs"][0]["scores"] != results["runs"][1]["scores"]  # the adapter changes the model
 
 
-def test_heldout_loss_is_the_mean_nll_of_assistant_tokens(tiny):
+def test_heldout_loss_is_the_mean_nll_of_assistant_tokens(tiny, capsys):
     model, tokenizer = make_tiny_model()
     (tiny / "one.jsonl").write_text(
         json.dumps(
@@ -202,6 +202,11 @@ def test_heldout_loss_is_the_mean_nll_of_assistant_tokens(tiny):
     assert result["tokens"] == 3 and result["examples"] == 1
     assert result["loss"] == pytest.approx(expected, rel=1e-5)
     assert result["perplexity"] == pytest.approx(math.exp(expected), rel=1e-5)
+    # with a progress bar on stderr: examples done of all, rate and ETA
+    err = capsys.readouterr().err
+    assert (
+        f"[prolora eval] loss on {tiny / 'one.jsonl'}: 100%" in err and "1/1 [" in err and "example/s]" in err
+    )
 
 
 def test_prolora_adapter_row_and_base_row(tiny, tmp_path):

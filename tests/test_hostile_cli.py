@@ -147,3 +147,19 @@ def test_a_deep_binary_or_non_object_benchmark_file_is_refused(tmp_path, capsys,
     err = capsys.readouterr().err
     assert message in err and "--gsm8k PATH" in err and "Traceback" not in err
     assert not (tmp_path / "o").exists()
+
+
+def test_eval_loss_data_is_read_and_checked_before_the_model_loads(tmp_path, capsys, monkeypatch):
+    import prolora.eval.runner
+
+    def never(*args, **kwargs):
+        raise AssertionError("the model loaded before --loss-data was checked")
+
+    monkeypatch.setattr(prolora.eval.runner, "load", never)
+    (tmp_path / "deep.json").write_bytes(b"[" * 100_000)
+    argv = ["eval", "--tasks", "none", "--loss-data", str(tmp_path / "deep.json")]
+    assert main([*argv, "--output-dir", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert (
+        "deep.json is not a usable JSON data file: it is nested too deeply" in err and "Traceback" not in err
+    )

@@ -8,15 +8,18 @@ answers of a concurrent mixed batch against the same requests sent one at a time
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import openai
 import pytest
+import torch
 from serve_utils import LiveServer, save_lora, save_model, save_prolora
 
 from prolora.cli import main
+from prolora.inference.engine import SamplingParams
 from prolora.inference.server import build_engine, create_app
 
 KEY = "test-key"
@@ -183,7 +186,9 @@ def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(client, ser
         with pytest.raises(openai.BadRequestError):
             _chat(client, "pa", **bad)
     with pytest.raises(openai.BadRequestError, match="logprobs"):
-        client.completions.create(model="pa", prompt="Hi", max_tokens=2, logprobs=2)
+        client.completions.create(model="pa", prompt="Hi", max_tokens=2, logprobs=21)
+    with pytest.raises(openai.BadRequestError, match="top_logprobs needs logprobs"):
+        _chat(client, "pa", top_logprobs=2)
     with pytest.raises(openai.BadRequestError, match="context"):
         client.completions.create(model="pa", prompt="Hi", max_tokens=9000)
     with pytest.raises(openai.BadRequestError, match="messages"):
@@ -304,3 +309,215 @@ def test_chat_uses_the_tokenizer_template_unless_the_run_recorded_tulu(files):
             assert _chat(client, name).choices[0].message.content.strip() == expected
     finally:
         live.stop()
+
+
+@pytest.mark.parametrize(
+    ("authorization", "status"),
+    [
+        (f"Bearer {KEY}", 200),
+        (f"bearer {KEY}", 200),  # RFC 7235: the scheme is case-insensitive (before: 401)
+        (f"BEARER  {KEY}", 200),
+        (f"Bearer {KEY}x", 401),
+        (f"Basic {KEY}", 401),
+        ("Bearer", 401),
+        (None, 401),
+    ],
+)
+def test_the_bearer_scheme_is_case_insensitive_and_the_key_exact(server, authorization, status):
+    headers = {} if authorization is None else {"Authorization": authorization}
+    response = httpx.get(server.url + "/v1/models", headers=headers)
+    assert response.status_code == status
+    if status == 401:
+        assert response.json()["error"]["type"] == "authentication_error"
+
+
+def _serve_key(monkeypatch, argv: list[str]) -> tuple[int, dict]:
+    """Run ``prolora serve ARGV`` up to the app; returns the exit status and what create_app was given."""
+    import prolora.cli.serve
+    import prolora.inference.server as server_module
+
+    given = {}
+    monkeypatch.setattr(prolora.cli.serve, "set_threads", lambda threads: (1, "test"))  # torch's stays
+
+    def create_app(engine, base_name, api_key=None, *args, **kwargs):
+        given["api_key"] = api_key
+        raise ValueError("stop before serving")
+
+    monkeypatch.setattr(server_module, "build_engine", lambda *args, **kwargs: type("E", (), {})())
+    monkeypatch.setattr(server_module, "create_app", create_app)
+    return main(["serve", "--port", "0", *argv]), given
+
+
+def test_the_api_key_comes_from_the_flag_a_file_or_prolora_api_key(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("PROLORA_API_KEY", raising=False)
+    assert _serve_key(monkeypatch, []) == (2, {"api_key": None})
+    monkeypatch.setenv("PROLORA_API_KEY", "from-env\n")
+    assert _serve_key(monkeypatch, []) == (2, {"api_key": "from-env"})
+    key_file = tmp_path / "key"
+    key_file.write_text("from-file\n")
+    key_file.chmod(0o600)
+    assert _serve_key(monkeypatch, ["--api-key-file", str(key_file)]) == (2, {"api_key": "from-file"})
+    assert _serve_key(monkeypatch, ["--api-key", "from-flag"]) == (2, {"api_key": "from-flag"})
+    out = capsys.readouterr().out
+    assert "API key: from $PROLORA_API_KEY" in out and f"API key: from --api-key-file {key_file}" in out
+    assert "from-env" not in out and "from-file" not in out  # the key itself is never printed
+    # a key file others can read gets a warning; an empty key is refused before the model loads
+    key_file.chmod(0o644)
+    assert _serve_key(monkeypatch, ["--api-key-file", str(key_file)])[1] == {"api_key": "from-file"}
+    assert f"{key_file} is readable by other users; chmod 600" in capsys.readouterr().err
+    key_file.write_text("\n")
+    assert _serve_key(monkeypatch, ["--api-key-file", str(key_file)]) == (2, {})
+    assert "the API key from --api-key-file" in capsys.readouterr().err
+    assert _serve_key(monkeypatch, ["--api-key-file", str(tmp_path / "missing")]) == (2, {})
+    assert "missing" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # one source at a time
+        main(["serve", "--api-key", "a", "--api-key-file", str(key_file)])
+
+
+def test_the_base_model_has_one_default_chat_format_in_generate_and_serve(files, tmp_path, capsys):
+    """Without --chat-format, the base model is prompted with the tokenizer's chat template, in `prolora
+    generate` (before: the Tulu format) as in `prolora serve`; adapters keep their run's format."""
+    from transformers import AutoTokenizer
+
+    model = tmp_path / "templated"
+    shutil.copytree(files["model"], model)
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    tokenizer.chat_template = (
+        "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}[assistant] {% endif %}"
+    )
+    tokenizer.save_pretrained(model)
+    argv = ["generate", "Say something", "--max-new-tokens", "12", "--model", str(model)]
+    assert main(argv) == 0
+    generated = capsys.readouterr().out.strip()
+    assert main([*argv, "--chat-format", "tulu"]) == 0
+    assert capsys.readouterr().out.strip() != generated  # the format matters for this prompt
+    engine = build_engine(str(model), [f"pa={files['pa']}"])
+    live = LiveServer(create_app(engine, BASE))
+    try:
+        client = openai.OpenAI(base_url=live.url + "/v1", api_key="none", max_retries=0, timeout=30)
+        assert _chat(client, BASE).choices[0].message.content.strip() == generated
+        # the adapter of a run that recorded tulu keeps it, in generate (--use pa) as in serve
+        assert main([*argv, "--adapter", f"pa={files['pa']}"]) == 0
+        assert _chat(client, "pa").choices[0].message.content.strip() == capsys.readouterr().out.strip()
+        assert main([*argv, "--adapter", f"pa={files['pa']}", "--use", "base"]) == 0
+        assert capsys.readouterr().out.strip() == generated
+    finally:
+        live.stop()
+
+
+# ------------------------------------------------------------------------------------ OpenAI fields
+def _reference_logprobs(files, adapter, ids: list[int]) -> torch.Tensor:
+    """log_softmax of the logits at every position of ``ids`` (the served model loaded on its own, with
+    the adapter through stock PEFT): row p is the distribution of token p + 1."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(files["model"])).eval()
+    if adapter is not None:
+        model = PeftModel.from_pretrained(model, str(files[adapter] / "adapter"))
+    with torch.no_grad():
+        return torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), -1)
+
+
+def test_logprobs_and_echo_equal_the_model_alone(client, server, files):
+    tok = server.engine.tokenizer
+    out = client.completions.create(
+        model="pa",
+        prompt="Hello",
+        max_tokens=6,
+        temperature=0,
+        logprobs=3,
+        echo=True,
+        extra_body={"ignore_eos": True},  # six tokens, whatever they are
+    )
+    choice = out.choices[0]
+    lp = choice.logprobs
+    prompt_ids = tok.encode("Hello")
+    eos = tok.eos_token
+    assert choice.text.startswith("Hello") and "".join(lp.tokens).replace(eos, "") == choice.text
+    assert lp.token_logprobs[0] is None and lp.top_logprobs[0] is None  # the first prompt token
+    assert len(lp.tokens) == len(prompt_ids) + out.usage.completion_tokens == len(prompt_ids) + 6
+    params = SamplingParams(max_tokens=6, temperature=0, ignore_eos=True)
+    ids = prompt_ids + server.engine.generate(prompt_ids, "pa", params, timeout=60).token_ids
+    assert lp.tokens == [tok.decode([i]) for i in ids]
+    ref = _reference_logprobs(files, "pa", ids)
+    for k in range(1, len(ids)):  # prompt and generated tokens alike
+        assert abs(lp.token_logprobs[k] - float(ref[k - 1, ids[k]])) < 1e-4
+        top = ref[k - 1].topk(3)  # as OpenAI's dict: token text -> logprob (byte tokens may share a text)
+        expected = {}
+        for i, v in zip(top.indices.tolist(), top.values.tolist(), strict=True):
+            expected.setdefault(tok.decode([i]), v)  # the most likely token of a text gives its value
+        assert lp.top_logprobs[k].keys() == expected.keys()
+        assert list(lp.top_logprobs[k].values()) == pytest.approx(list(expected.values()), abs=1e-4)
+    for k in range(len(prompt_ids), len(ids)):  # greedy: the generated token is the most likely one
+        assert lp.token_logprobs[k] == pytest.approx(float(ref[k - 1].max()), abs=1e-4)
+    assert lp.text_offset == [sum(len(t) for t in lp.tokens[:k]) for k in range(len(lp.tokens))]
+
+    chat = _chat(client, BASE, max_tokens=5, logprobs=True, top_logprobs=2)
+    content = chat.choices[0].logprobs.content
+    assert len(content) == chat.usage.completion_tokens
+    assert [c.token for c in content][:1] == [
+        tok.decode([t]) for t in tok.encode(chat.choices[0].message.content)
+    ][:1] or not chat.choices[0].message.content
+    assert all(
+        len(c.top_logprobs) == 2 and c.logprob == pytest.approx(c.top_logprobs[0].logprob) for c in content
+    )
+    streamed = list(_chat(client, BASE, max_tokens=5, logprobs=True, top_logprobs=2, stream=True))
+    tokens = [
+        c.token
+        for chunk in streamed
+        if chunk.choices and chunk.choices[0].logprobs
+        for c in chunk.choices[0].logprobs.content
+    ]
+    assert tokens == [c.token for c in content]
+
+
+def test_n_prompt_lists_and_usage_in_streams(client):
+    one = client.completions.create(model="lo", prompt="abc", max_tokens=8, temperature=0)
+    greedy = client.completions.create(model="lo", prompt="abc", max_tokens=8, temperature=0, n=2)
+    assert [c.index for c in greedy.choices] == [0, 1]
+    assert [c.text for c in greedy.choices] == [one.choices[0].text] * 2
+    assert greedy.usage.prompt_tokens == one.usage.prompt_tokens  # the prompt counted once
+    assert greedy.usage.completion_tokens == 2 * one.usage.completion_tokens
+    sampled = client.completions.create(model="lo", prompt="abc", max_tokens=12, temperature=1.0, n=3, seed=5)
+    again = client.completions.create(model="lo", prompt="abc", max_tokens=12, temperature=1.0, n=3, seed=5)
+    assert [c.text for c in sampled.choices] == [c.text for c in again.choices]  # reproducible
+    assert len({c.text for c in sampled.choices}) > 1  # each choice its own sample
+
+    prompts = ["abc", "Another prompt"]
+    alone = [
+        client.completions.create(model="pa", prompt=p, max_tokens=6, temperature=0).choices[0].text
+        for p in prompts
+    ]
+    batch = client.completions.create(model="pa", prompt=prompts, max_tokens=6, temperature=0, n=2)
+    assert [c.index for c in batch.choices] == [0, 1, 2, 3]
+    assert [c.text for c in batch.choices] == [
+        alone[0],
+        alone[0],
+        alone[1],
+        alone[1],
+    ]  # prompt i, choice j: i·n + j
+    ids = client.completions.create(model="pa", prompt=[[97, 98], [99]], max_tokens=3, temperature=0)
+    assert len(ids.choices) == 2 and ids.usage.prompt_tokens == 3
+
+    chunks = list(
+        client.completions.create(
+            model="pa",
+            prompt=prompts,
+            max_tokens=6,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 12
+    texts = ["", ""]
+    for c in chunks[:-1]:
+        texts[c.choices[0].index] += c.choices[0].text
+    assert texts == alone
+    chat = list(_chat(client, "pb", stream=True, stream_options={"include_usage": True}))
+    whole = _chat(client, "pb")
+    assert chat[-1].usage.model_dump() == whole.usage.model_dump()
+    plain = list(_chat(client, "pb", stream=True))
+    assert all(c.usage is None for c in plain)

@@ -16,7 +16,8 @@ from safetensors.torch import load_file, save_file
 from test_tuner import LLAMA_TARGETS, _randomise
 
 from prolora import PRoLoRAConfig, get_prolora_model
-from prolora.inference.adapter_bank import AdapterBank
+from prolora.inference import adapter_bank
+from prolora.inference.adapter_bank import EXPANDED_CACHE_BYTES, AdapterBank
 
 CONFIGS = {
     "pro": {"r": 8, "unshared_r": 1, "sharing_rate_a": 5, "sharing_rate_b": 3},
@@ -101,9 +102,13 @@ def _dense_reference_logits(path, ids):
     return model(ids).logits
 
 
-def test_each_row_of_a_mixed_batch_equals_that_adapter_alone(adapters):
+@pytest.mark.parametrize(
+    ("cap", "hot_max"), [(0, 4), (EXPANDED_CACHE_BYTES, 4), (EXPANDED_CACHE_BYTES, 3)]
+)  # compact only; the four adapters hot (two matmuls each); more distinct adapters than HOT_ADAPTERS
+def test_each_row_of_a_mixed_batch_equals_that_adapter_alone(adapters, cap, hot_max, monkeypatch):
+    monkeypatch.setattr(adapter_bank, "HOT_ADAPTERS", hot_max)
     model = make_tiny_llama()
-    bank = AdapterBank(model)
+    bank = AdapterBank(model, expanded_cache_bytes=cap)
     for name, path in adapters.items():
         bank.load(name, path)
     rows = ["pro", None, "lora", "pro_u0", "pro", "pro_rank", "lora"]
@@ -124,6 +129,8 @@ def test_each_row_of_a_mixed_batch_equals_that_adapter_alone(adapters):
                 torch.testing.assert_close(
                     mixed[i], _dense_reference_logits(adapters[name], ids[i : i + 1])[0], rtol=1e-4, atol=1e-4
                 )
+    hot = {name for name in bank.adapters if bank._views[name].dense}
+    assert hot == (set(bank.adapters) if cap and hot_max >= 4 else set())
 
 
 def test_one_adapter_for_all_rows_and_the_expanded_cache_agree(adapters):
@@ -203,7 +210,7 @@ def test_bad_adapters_are_refused_with_the_reason(adapters, tmp_path):
 
 def test_a_recycled_plan_reuses_its_buffers_and_stays_correct(adapters):
     model = make_tiny_llama()
-    bank = AdapterBank(model)
+    bank = AdapterBank(model, expanded_cache_bytes=0)  # the compact path stacks the rows' tensors
     for name in ("pro", "pro_u0", "lora"):
         bank.load(name, adapters[name])
     bank.load("pro_copy", adapters["pro"])  # the same configuration: one layout, stacked with "pro"

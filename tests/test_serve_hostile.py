@@ -326,10 +326,10 @@ def test_a_failing_prefill_fails_its_request_alone(files, monkeypatch):
     alone = engine.generate([1, 2, 3], "pa", params, timeout=60)
     prefill = engine._prefill
 
-    def failing(req):
-        if req.prompt_ids == [9, 9, 9]:
+    def failing(chunks):  # a batched prefill holding it fails, then each row is retried alone
+        if any(req.prompt_ids == [9, 9, 9] for req, _ in chunks):
             raise RuntimeError("injected prefill failure")
-        return prefill(req)
+        return prefill(chunks)
 
     monkeypatch.setattr(engine, "_prefill", failing)
     events = []

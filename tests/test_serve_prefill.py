@@ -147,3 +147,49 @@ def test_token_budget_is_checked():
     model, tokenizer = make_tiny_model()
     with pytest.raises(ValueError, match="max_num_batched_tokens=0"):
         Engine(model, tokenizer, AdapterRegistry(AdapterBank(model)), max_num_batched_tokens=0)
+
+
+@pytest.mark.slow
+def test_embedded_model_burst_with_chunks_equals_each_request_alone(smollm2, tmp_path):
+    from test_tuner import _randomise
+
+    from prolora import PRoLoRAConfig, get_prolora_model
+
+    model, tokenizer = smollm2
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    for i in range(2):  # two random PRoLoRA r=8 u=1 m=n=7 adapters (the paper's setting)
+        config = PRoLoRAConfig(r=8, unshared_r=1, sharing_rate_a=7, sharing_rate_b=7, target_modules=targets)
+        pm = get_prolora_model(model, config)
+        _randomise(pm, std=0.05, seed=50 + i)
+        pm.save_pretrained(tmp_path / f"s{i}")
+        pm.unload()
+    bank = AdapterBank(model)
+    try:
+        engine = Engine(
+            model, tokenizer, AdapterRegistry(bank, tmp_path), max_batch=8, max_num_batched_tokens=32
+        )
+        jobs = [
+            ("s0", "Write one sentence about the sea."),
+            ("s1", "List three colours of the rainbow and explain, briefly, where the rainbow comes from."),
+            (None, "What is 2 + 3?"),
+            ("s0", "Hi"),
+        ]
+        params = SamplingParams(max_tokens=8, temperature=0, ignore_eos=True, logprobs=2)
+        reqs = [engine.submit(tokenizer.encode(p), name, params, lambda e: None) for name, p in jobs]
+        engine.start()
+        deadline = time.monotonic() + 300
+        while any(r.finish_reason is None for r in reqs) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert [r.finish_reason for r in reqs] == ["length"] * len(jobs)
+        # 4 prompts of 3 to 20 tokens in budget-32 forwards: chunks, yet fewer forwards than prompt tokens
+        assert 2 <= engine.counters["prefill_steps"] < sum(len(r.prompt_ids) for r in reqs)
+        alone = [engine.generate(tokenizer.encode(p), name, params, timeout=300) for name, p in jobs]
+        for req, single in zip(reqs, alone, strict=True):
+            for k, (got, want) in enumerate(zip(req.output_ids, single.token_ids, strict=True)):
+                if got != want:  # a near-tie: the two best tokens alone within 1e-4
+                    top = req.logprobs[k].top
+                    assert abs(top[0][1] - top[1][1]) < 1e-4, (k, req.output_ids, single.token_ids)
+                    break
+    finally:
+        engine.shutdown()
+        bank.close()

@@ -133,26 +133,93 @@ def test_resume_reaches_the_same_adapter(tiny, tmp_path):
         torch.testing.assert_close(a[name], b[name], atol=1e-6, rtol=0)
 
 
-def test_sigint_saves_adapter_and_checkpoint_then_resume_finishes(tiny, tmp_path, monkeypatch):
-    on_log = JsonlLogCallback.on_log
+@pytest.mark.parametrize("where", ["between micro-batches", "within a micro-batch"])
+def test_sigint_saves_adapter_and_checkpoint_then_resume_finishes(tiny, tmp_path, monkeypatch, where):
+    from prolora.train.trainer import CheckpointTrainer
 
-    def interrupt_at_step_2(self, args, state, control, logs=None, **kwargs):
+    on_log, compute_loss = JsonlLogCallback.on_log, CheckpointTrainer.compute_loss
+
+    def interrupt_after_step_2(self, args, state, control, logs=None, **kwargs):
         on_log(self, args, state, control, logs=logs, **kwargs)
-        if state.global_step == 2:
+        if state.global_step == 2 and logs and "loss" in logs:  # once: the step's log line, not the run's
             signal.raise_signal(signal.SIGINT)
 
-    monkeypatch.setattr(JsonlLogCallback, "on_log", interrupt_at_step_2)
+    def interrupt_in_step_3(self, *args, **kwargs):  # the signal comes during step 3's first forward
+        if self.state.global_step == 2:
+            signal.raise_signal(signal.SIGINT)
+        return compute_loss(self, *args, **kwargs)
+
+    if where == "between micro-batches":
+        monkeypatch.setattr(JsonlLogCallback, "on_log", interrupt_after_step_2)
+    else:
+        monkeypatch.setattr(CheckpointTrainer, "compute_loss", interrupt_in_step_3)
     # what the handlers were before: not always Python's defaults (a runner may start the suite with SIGINT
     # ignored, as a background process is)
     before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     out = tmp_path / "run"
     summary = train(config(tiny, out, save_steps=100))
-    assert summary["interrupted"] == "SIGINT" and summary["steps"] == 3  # the step under way finishes
-    assert (out / "checkpoint-3").is_dir() and (out / "adapter" / "adapter_model.safetensors").is_file()
+    # step 3 is abandoned and discarded; the last finished step (2) is checkpointed and logged
+    assert summary["interrupted"] == "SIGINT" and summary["steps"] == 2
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2"]
+    assert (out / "adapter" / "adapter_model.safetensors").is_file()
+    assert steps_logged(out) == [1, 2]
+    state = json.loads((out / "checkpoint-2" / "trainer_state.json").read_text())
+    tokens_at_2 = state["log_history"][-1]["num_input_tokens_seen"]
+    assert summary["train_tokens"] == state["num_input_tokens_seen"] == tokens_at_2  # none of step 3's
     assert {sig: signal.getsignal(sig) for sig in before} == before  # handlers restored
     monkeypatch.undo()
     assert train(config(tiny, out, save_steps=100, resume=True))["steps"] == 6
     assert steps_logged(out) == [1, 2, 3, 4, 5, 6]
+    # the discarded micro-batch left no trace: the same adapter as a run never interrupted
+    full = tmp_path / "full"
+    train(config(tiny, full, save_steps=100))
+    a, b = adapter_tensors(str(full / "adapter")), adapter_tensors(str(out / "adapter"))
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], atol=1e-6, rtol=0)
+
+
+def test_sigterm_stops_a_cli_run_within_a_micro_batch_and_leaves_a_resumable_checkpoint(tiny, tmp_path):
+    """A real SIGTERM to ``prolora train`` in a subprocess, mid-run: exit 130 with the checkpoint of the last
+    finished step, which ``--resume`` continues to the end."""
+    import time
+
+    model, data = tiny
+    out = tmp_path / "run"
+    argv = [sys.executable, "-m", "prolora.cli", "train", "--model", model, "--data", data]
+    # 12 steps of 8 micro-batches: about 1 s a step here, so the signal after the third comes mid-run
+    argv += ["--output-dir", str(out), "--max-steps", "12", "--batch-size", "8", "--micro-batch-size", "1"]
+    argv += ["--max-length", "64", "--heldout-size", "0", "--logging-steps", "1", "--save-steps", "1000"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not (out / "train_log.jsonl").is_file() or len(steps_logged(out)) < 3:
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-3000:]
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err[-3000:]
+    assert "SIGTERM received: stopping after this micro-batch" in err and "Traceback" not in err
+    summary = json.loads((out / "summary.json").read_text())
+    steps = summary["steps"]
+    assert summary["interrupted"] == "SIGTERM" and 3 <= steps < 12
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == [f"checkpoint-{steps}"]
+    assert steps_logged(out)[-1] == steps
+    resumed = train(
+        config(
+            tiny,
+            out,
+            max_steps=12,
+            batch_size=8,
+            micro_batch_size=1,
+            heldout_size=0,
+            save_steps=1000,
+            resume=True,
+        )
+    )
+    assert resumed["steps"] == 12 and resumed["interrupted"] is None
 
 
 def test_existing_checkpoints_need_resume_and_resume_needs_checkpoints(tiny, tmp_path):
@@ -277,7 +344,12 @@ def test_small_data_trains_with_an_adapted_heldout_split(tiny, tmp_path, capsys)
     small.write_text("".join(Path(data).read_text().splitlines(keepends=True)[:30]))
     summary = train(config((model, str(small)), tmp_path / "run", max_steps=1, heldout_size=None))
     assert summary["heldout_examples"] == 3 and summary["heldout_loss_adapter"] is not None
-    assert "held-out  : 3 drawn out of the data" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "held-out  : 3 drawn out of the data" in captured.out
+    # the held-out scoring after training shows its progress (before: minutes of silence on the default run)
+    for which in ("base", "adapter"):
+        assert f"held-out loss, {which}: 100%" in captured.err and "3/3 [" in captured.err
+    assert "example/s]" in captured.err
 
 
 def test_flags_override_config_file(tmp_path):

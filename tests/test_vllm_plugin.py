@@ -187,9 +187,12 @@ def test_resolver_refuses_a_missing_folder(tmp_path):
         vp.AdapterFolder(tmp_path / "nope")
 
 
-def test_register_without_a_folder_does_nothing(monkeypatch):
+def test_register_without_a_folder_registers_no_resolver(monkeypatch):
     monkeypatch.delenv(vp.ADAPTERS_ENV, raising=False)
-    assert vp.register() is None  # and does not import vLLM
+    monkeypatch.setenv("PROLORA_VLLM_HOOKS", "0")  # hooks off: nothing of vLLM's changes in this process
+    registered = {}
+    monkeypatch.setattr(vp, "_resolver_class", lambda: registered.setdefault("resolver", True))
+    assert vp.register() is None and not registered
 
 
 def test_entry_point_is_declared_in_vllms_plugin_group():
@@ -208,29 +211,41 @@ def test_command_line_prints_the_dense_folder(folder, capsys, monkeypatch):
     assert "VERA" in capsys.readouterr().err
 
 
-def test_registered_resolver_answers_vllm(folder, monkeypatch):
-    """With vLLM installed: the entry point registers a LoRAResolver that vLLM's registry returns."""
+@pytest.mark.parametrize("hooks_on", [True, False])
+def test_registered_resolver_answers_vllm(folder, monkeypatch, hooks_on):
+    """With vLLM installed: the entry point registers a LoRAResolver that vLLM's registry returns; with
+    prolora's hooks it serves a PRoLoRA adapter from its own folder (vLLM loads it compact), without them
+    (PROLORA_VLLM_HOOKS=0) as its dense export."""
     pytest.importorskip("vllm")
     import asyncio
 
     from vllm.lora.request import LoRARequest
     from vllm.lora.resolver import LoRAResolver, LoRAResolverRegistry
 
+    from prolora.inference import vllm_hooks
+
+    if vllm_hooks.installed():
+        pytest.skip("hooks already applied in this process")
     resolver, _ = folder
     monkeypatch.setenv(vp.ADAPTERS_ENV, str(resolver.adapters_dir))
     monkeypatch.setenv(vp.CACHE_ENV, str(resolver.cache))
+    monkeypatch.setenv(vllm_hooks.HOOKS_ENV, "1" if hooks_on else "0")
     before = dict(LoRAResolverRegistry.resolvers)
     try:
         vp.register()
+        assert vllm_hooks.installed() is hooks_on
         registered = LoRAResolverRegistry.get_resolver(vp.RESOLVER_NAME)
         assert isinstance(registered, LoRAResolver)
         request = asyncio.run(registered.resolve_lora(BASE, "pro"))
         assert isinstance(request, LoRARequest) and request.lora_name == "pro"
-        assert Path(request.lora_path) == resolver.resolve(BASE, "pro")
+        served = resolver.adapters_dir / "pro" if hooks_on else resolver.resolve(BASE, "pro")
+        assert Path(request.lora_path) == served
+        assert (resolver.cache / "lora").is_dir() is not hooks_on  # nothing exported with the hooks
         assert asyncio.run(registered.resolve_lora(BASE, "missing")) is None
     finally:
         LoRAResolverRegistry.resolvers.clear()
         LoRAResolverRegistry.resolvers.update(before)
+        vllm_hooks.uninstall()
 
 
 @pytest.mark.parametrize("lost", ["adapter_model.safetensors", "adapter_config.json"])
@@ -294,3 +309,237 @@ def test_an_adapter_rewritten_during_its_export_is_cached_under_the_content_expo
     )
     assert all(torch.equal(served[k], expected[k]) for k in expected)
     assert sorted(p.name for p in (resolver.cache / "lora").iterdir()) == [path.name]
+
+
+# --- inside vLLM: prolora's hooks (prolora.inference.vllm_hooks); these skip without vLLM -----------------
+
+
+@pytest.fixture
+def hooks():
+    """prolora's vLLM hooks applied for one test; vLLM restored after it."""
+    pytest.importorskip("vllm")
+    from prolora.inference import vllm_hooks
+
+    if vllm_hooks.vllm_version() not in vllm_hooks.TESTED_VERSIONS:
+        pytest.skip(f"the hooks are written for vLLM {vllm_hooks.TESTED_VERSIONS}")
+    was = vllm_hooks.installed()
+    assert vllm_hooks.install()
+    yield vllm_hooks
+    if was:
+        vllm_hooks.install()  # as it was (a test may have undone them)
+    else:
+        vllm_hooks.uninstall()
+
+
+def test_base_rows_get_no_delta_from_the_last_slot(hooks):
+    """vLLM's CPU LoRA ops, as the punica CPU wrapper calls them (decode: bgmv, prefill: sgmv), against a
+    row-by-row reference: rows with index -1 (no adapter) keep their output; unpatched they get slot 2's."""
+    from vllm.lora.ops.torch_ops import lora_ops
+    from vllm.lora.punica_wrapper import punica_cpu
+
+    g = torch.Generator().manual_seed(0)
+    slots, h, r, o, scale = 3, 16, 4, 12, 0.5
+    a = torch.randn(slots, 1, r, h, generator=g)
+    b = torch.randn(slots, 1, o, r, generator=g)
+    x = torch.randn(6, h, generator=g)
+    y0 = torch.randn(6, o, generator=g)
+    idx = torch.tensor([2, -1, 0, -1, -1, 2])
+    want = y0.clone()
+    for i, s in enumerate(idx.tolist()):
+        if s >= 0:
+            want[i] += scale * (b[s, 0] @ (a[s, 0] @ x[i]))
+
+    def decode(ops):
+        buf, y = torch.zeros(6, r), y0.clone()
+        ops.bgmv_shrink(x, a, buf, idx, scale)
+        ops.bgmv_expand(buf, b, y, idx, True)
+        return y
+
+    def prefill(ops):  # five sequences (1, 1, 1, 2, 1 tokens): the same six rows, one index per sequence
+        seq_idx, lens = torch.tensor([2, -1, 0, -1, 2]), torch.tensor([1, 1, 1, 2, 1])
+        starts = torch.cumsum(lens, 0) - lens
+        buf, y = torch.zeros(6, r), torch.zeros(6, o + 3)
+        y[:, 3:] = y0
+        ops.sgmv_shrink(x, a, buf, starts, lens, seq_idx, 5, 2, 6, scale)
+        ops.sgmv_expand_slice(buf, b, y, starts, lens, seq_idx, 5, 2, 6, 3, o, True)
+        return y[:, 3:]
+
+    torch.testing.assert_close(decode(punica_cpu), want)
+    torch.testing.assert_close(prefill(lora_ops), want)
+    y = y0.clone()  # an overwriting expand (add_inputs=False) leaves base rows as they were
+    punica_cpu.bgmv_expand(torch.ones(6, r), b, y, idx, False)
+    assert torch.equal(y[idx < 0], y0[idx < 0]) and not torch.equal(y[idx >= 0], y0[idx >= 0])
+    hooks.uninstall()  # vLLM's own ops: the base rows get slot 2's delta
+    unpatched = decode(punica_cpu)
+    assert not torch.allclose(unpatched[idx < 0], want[idx < 0])
+    torch.testing.assert_close(unpatched[idx >= 0], want[idx >= 0])
+
+
+def test_hooks_change_nothing_on_other_vllm_versions(monkeypatch, caplog):
+    pytest.importorskip("vllm")
+    import vllm
+
+    from prolora.inference import vllm_hooks
+
+    if vllm_hooks.installed():
+        pytest.skip("hooks already applied in this process")
+    monkeypatch.setattr(vllm, "__version__", "0.99.0")
+    with caplog.at_level(logging.WARNING, logger=vllm_hooks.__name__):
+        assert vllm_hooks.install() is False
+    assert not vllm_hooks.installed() and "0.99.0" in caplog.text and "not applied" in caplog.text
+    monkeypatch.undo()
+    monkeypatch.setenv(vllm_hooks.HOOKS_ENV, "0")
+    assert vllm_hooks.install() is False and not vllm_hooks.installed()
+
+
+def test_load_route_refuses_broken_and_unservable_folders(hooks, folder, tmp_path):
+    resolver, _ = folder
+    assert hooks.load_error(str(resolver.adapters_dir / "pro")) is None
+    assert hooks.load_error(str(resolver.adapters_dir / "dense")) is None
+    assert "VERA adapter" in hooks.load_error(str(resolver.adapters_dir / "vera"))
+    assert hooks.load_error(str(tmp_path / "org--hub-id")) is None  # no folder: left to vLLM
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "adapter_config.json").write_text(
+        (resolver.adapters_dir / "pro" / "adapter_config.json").read_text()
+    )
+    (broken / "adapter_model.safetensors").write_bytes(b"not safetensors")
+    assert "not a readable safetensors file" in hooks.load_error(str(broken))
+
+
+VLLM_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+@pytest.fixture(scope="module")
+def tiny_vllm(tmp_path_factory):
+    """vLLM's offline engine (in this process) on a tiny random Llama, LoRA on, 2 slots, 4 cached adapters;
+    5 PRoLoRA adapters for it (random, large enough to change greedy tokens) and dense exports of two."""
+    pytest.importorskip("vllm")
+    from prolora.inference import vllm_hooks
+
+    if vllm_hooks.vllm_version() not in vllm_hooks.TESTED_VERSIONS:
+        pytest.skip(f"the hooks are written for vLLM {vllm_hooks.TESTED_VERSIONS}")
+    root = tmp_path_factory.mktemp("tiny-vllm")
+    shape = {"hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 2, "num_key_value_heads": 1}
+    shape.update(vocab_size=256, max_position_embeddings=128)  # head size 32: one vLLM's CPU attention takes
+    make_tiny_llama(**shape).save_pretrained(root / "base")
+    for i in range(5):
+        config = _config(target_modules=VLLM_TARGETS, sharing_rate_a=2, sharing_rate_b=2)
+        pm = get_prolora_model(make_tiny_llama(**shape), config)
+        _randomise(pm, std=0.5, seed=10 + i)
+        pm.save_pretrained(root / f"pro{i}")
+    for i in (3, 4):
+        prolora.export_lora(root / f"pro{i}", root / f"dense{i}")
+    was = vllm_hooks.installed()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # the engine in this process: the hooks apply
+        mp.setenv("VLLM_CPU_KVCACHE_SPACE", "1")
+        mp.delenv(vp.ADAPTERS_ENV, raising=False)
+        from vllm import LLM
+
+        assert vllm_hooks.install()  # what the plugin's entry point does in each vLLM process
+        llm = LLM(
+            model=str(root / "base"),
+            dtype="float32",
+            skip_tokenizer_init=True,
+            enable_lora=True,
+            max_loras=2,
+            max_cpu_loras=4,
+            max_lora_rank=8,
+            max_model_len=128,
+            max_num_seqs=8,
+            enforce_eager=True,
+            seed=0,
+        )
+        try:
+            yield llm, root
+        finally:
+            del llm
+            if not was:
+                vllm_hooks.uninstall()
+
+
+_LORA_IDS: dict[str, int] = {}
+
+
+def _generate(llm, jobs):
+    """Greedy token ids for ``[(adapter folder or None, prompt ids)]`` in one batch."""
+    from vllm import SamplingParams
+    from vllm.lora.request import LoRARequest
+
+    ids = _LORA_IDS  # vLLM knows an adapter by its int id: one id per folder for the engine's life
+    requests = [
+        LoRARequest(Path(path).name, ids.setdefault(str(path), len(ids) + 1), str(path)) if path else None
+        for path, _ in jobs
+    ]
+    params = SamplingParams(max_tokens=8, temperature=0.0, detokenize=False)
+    outs = llm.generate([{"prompt_token_ids": p} for _, p in jobs], params, lora_request=requests)
+    return [list(o.outputs[0].token_ids) for o in outs]
+
+
+PROMPTS = [[5, 17, 99, 3], [200, 7, 7, 42, 11], [1, 2, 3], [64, 128, 250, 9, 31, 4]]
+
+
+def test_vllm_base_rows_stay_right_after_every_slot_held_an_adapter(tiny_vllm):
+    """Issue 24: fill both slots (and more) with earlier adapters, then a mixed batch: every base row equals
+    the base model alone, token for token; the adapter rows equal the adapter alone."""
+    llm, root = tiny_vllm
+    base = _generate(llm, [(None, p) for p in PROMPTS])
+    alone = _generate(llm, [(root / "pro4", p) for p in PROMPTS])
+    assert base != alone  # the adapter changes the greedy tokens
+    for i in range(4):  # earlier traffic through both slots
+        _generate(llm, [(root / f"pro{i}", p) for p in PROMPTS[:2]])
+    jobs = [(None if k % 2 else root / "pro4", p) for k, p in enumerate(PROMPTS + PROMPTS)]
+    mixed = _generate(llm, jobs)
+    for k, (path, p) in enumerate(jobs):
+        assert mixed[k] == (alone if path else base)[PROMPTS.index(p)], (k, path)
+
+
+def _cached_adapters(worker) -> dict:
+    """In vLLM's worker: adapter id -> (type of the cached LoRAModel, whether it holds a dense copy)."""
+    manager = worker.model_runner.lora_manager._adapter_manager
+    return {
+        i: (type(m).__name__, getattr(m, "_dense", None) is not None)
+        for i, m in manager.list_adapters().items()
+    }
+
+
+def test_vllm_serves_prolora_folders_compact_with_the_dense_exports_outputs(tiny_vllm):
+    """A PRoLoRA folder loaded by vLLM itself (kept compact in its LoRA cache, expanded into a slot) gives
+    the tokens of its dense export, in a batch mixing both with the base model."""
+    llm, root = tiny_vllm
+    jobs = [(root / name, p) for name in ("pro3", "dense3") for p in PROMPTS]
+    got = _generate(llm, jobs)
+    assert got[:4] == got[4:]
+    cached = llm.collective_rpc(_cached_adapters)[0]  # vLLM's host-side LoRA cache, in its worker
+    assert cached[_LORA_IDS[str(root / "pro3")]] == ("CompactLoRAModel", False)  # compact, no dense copy
+    assert cached[_LORA_IDS[str(root / "dense3")]][0] == "LoRAModel"
+    jobs = [(root / name, p) for name in ("pro4", "dense4") for p in PROMPTS[:2]] + [(None, PROMPTS[0])]
+    got = _generate(llm, jobs)
+    assert got[:2] == got[2:4]
+
+
+@pytest.mark.parametrize("generation_prompt", [True, False])
+def test_tulu_chat_template_renders_as_prolora_renders_the_tulu_format(generation_prompt):
+    """The Jinja template docs/vllm.md gives vLLM (--chat-template, or a request's chat_template) renders a
+    chat exactly as prolora's training and `prolora serve` do (render_tulu)."""
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from transformers import PreTrainedTokenizerFast
+
+    from prolora.data.chat import TULU_CHAT_TEMPLATE, render_tulu
+
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer(WordLevel({"<unk>": 0, "</s>": 1}, unk_token="<unk>")), eos_token="</s>"
+    )
+    messages = [
+        {"role": "system", "content": "  Be brief. "},
+        {"role": "user", "content": "Hi\n"},
+        {"role": "assistant", "content": " Hello!  "},
+        {"role": "user", "content": "2+2?"},
+    ]
+    text = tok.apply_chat_template(
+        messages, chat_template=TULU_CHAT_TEMPLATE, tokenize=False, add_generation_prompt=generation_prompt
+    )
+    assert text == render_tulu(messages, "</s>", generation_prompt)[0]
+    assert text.startswith("<|system|>\nBe brief.\n<|user|>\nHi\n<|assistant|>\nHello!</s>\n<|user|>\n2+2?\n")

@@ -23,6 +23,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from prolora.extras import require
+
 DEFAULT_MODEL = "smollm2-135m"
 # The name users, hubs and servers know the embedded model by: recorded as ``base_model_name_or_path`` in
 # adapters (its local file is recorded separately, see :func:`model_file`). The embedded file is a Q4_1
@@ -122,6 +124,7 @@ def dense_gguf_dir(directory: str, gguf_file: str) -> str | None:
 
 def _dequantize_gguf(directory: str, gguf_file: str, out: str) -> None:
     """Write the GGUF model de-quantized to float32 safetensors, and its tokenizer, into ``out``."""
+    require("gguf", f"reading the GGUF model {gguf_file}")
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
@@ -252,6 +255,7 @@ def _resolve_dense(name_or_path: str | None) -> tuple[str, dict]:
         dense = dense_gguf_dir(path, kwargs["gguf_file"])
         if dense is not None:
             return dense, {}
+        require("gguf", f"reading the GGUF model {kwargs['gguf_file']}")
     return path, kwargs
 
 

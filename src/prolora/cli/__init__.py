@@ -48,6 +48,17 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "vllm": ("prolora.cli.vllm", "Print the folders vLLM loads: the dense base model, a dense LoRA adapter"),
 }
 
+# name -> the extra (pyproject.toml [project.optional-dependencies]; prolora/extras.py) it cannot run without;
+# export and params need the core only.
+EXTRA: dict[str, str] = {
+    "train": "train",
+    "generate": "serve",
+    "chat": "serve",
+    "eval": "eval",
+    "serve": "serve",
+    "compare": "compare",
+}
+
 
 def _version() -> str:
     from importlib import metadata
@@ -77,11 +88,30 @@ def _command(argv: list[str]) -> str | None:
     return next((word for word in argv if word in COMMANDS), None)
 
 
+def require_extras(args: argparse.Namespace) -> None:
+    """Raise :class:`prolora.extras.MissingExtra` naming the install command when a package the command needs
+    (its :data:`EXTRA`, and ``qlora`` for ``--quantization nf4``) is missing. Imports nothing heavy."""
+    from prolora.extras import require
+
+    needed = [EXTRA[args.command]] if args.command in EXTRA else []
+    if getattr(args, "quantization", None) == "nf4":
+        needed.append("qlora")
+    for extra in needed:
+        require(extra, "this command")
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run one sub-command; bad input (ValueError, a missing or unreadable file or model) ends with a
-    one-line error and exit 2."""
+    """Run one sub-command; a missing extra (before any work), bad input (ValueError, a missing or
+    unreadable file or model) end with a one-line error and exit 2."""
+    from prolora.extras import MissingExtra
+
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser(_command(argv) or "").parse_args(argv)
+    try:
+        require_extras(args)
+    except MissingExtra as error:
+        print(f"prolora {args.command}: error: {error}", file=sys.stderr)
+        return 2
     for message in QUIET_WARNINGS:
         warnings.filterwarnings("ignore", message=message)
     try:

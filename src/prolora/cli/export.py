@@ -34,10 +34,12 @@ def run(args: argparse.Namespace) -> int:
     from prolora.format import WEIGHTS_NAME, export_lora, export_merged
 
     if args.merged:
-        out = export_merged(args.adapter, args.out_dir, model=args.model, overwrite=args.overwrite)
+        out = export_merged(
+            args.adapter, args.out_dir, model=args.model, overwrite=args.overwrite, progress=True
+        )
         print(f"wrote merged model to {out}")
         return 0
-    out = export_lora(args.adapter, args.out_dir, overwrite=args.overwrite)
+    out = export_lora(args.adapter, args.out_dir, overwrite=args.overwrite, progress=True)
     size = os.path.getsize(out / WEIGHTS_NAME)
     print(
         f"wrote dense LoRA adapter to {out} ({size:,} bytes); load it with stock peft: "

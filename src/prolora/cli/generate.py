@@ -29,7 +29,10 @@ def add_generator_arguments(parser) -> None:
         "--model", help="base model (default: the run's model, else the embedded SmolLM2-135M)"
     )
     parser.add_argument(
-        "--chat-format", choices=("tulu", "template"), help="prompt format (default: the run's, else tulu)"
+        "--chat-format",
+        choices=("tulu", "template"),
+        help="prompt format (default: an adapter's run's, else tulu; the base model alone: the tokenizer's "
+        "chat template if it has one, else tulu, as prolora serve)",
     )
     parser.add_argument("--max-new-tokens", type=int, default=256, help="reply length limit in tokens")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import math
 import socket
+import sys
 
 from prolora.threads import add_threads_argument, set_threads
+
+API_KEY_ENV = "PROLORA_API_KEY"  # as vLLM's VLLM_API_KEY: the key without a command-line flag
 
 
 def add_arguments(parser) -> None:
@@ -43,7 +46,17 @@ def add_arguments(parser) -> None:
         "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)"
     )
     parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /v1 routes")
+    key = parser.add_mutually_exclusive_group()
+    key.add_argument(
+        "--api-key",
+        help="require 'Authorization: Bearer KEY' on /v1 routes (visible in `ps` to every local user: "
+        f"prefer --api-key-file or ${API_KEY_ENV}); default: ${API_KEY_ENV} when set",
+    )
+    key.add_argument(
+        "--api-key-file",
+        metavar="PATH",
+        help="read the API key from the first line of this file (keep it readable by you only)",
+    )
     parser.add_argument(
         "--chat-format",
         choices=("tulu", "template"),
@@ -63,12 +76,14 @@ def add_arguments(parser) -> None:
         "in chunks between decode steps (vLLM's flag; default 512)",
     )
     add_threads_argument(parser)
+    # = inference.adapter_bank.EXPANDED_CACHE_BYTES / 2**20 (not imported here: --help stays free of torch)
     parser.add_argument(
         "--expanded-cache-mb",
         type=float,
-        default=0.0,
-        help="byte cap (MiB) of the cache of "
-        "expanded factors of hot adapters (default 0: compact tensors only)",
+        default=256.0,
+        help="byte cap (MiB) of the expanded factors of hot adapters: a batch of at most 4 distinct "
+        "adapters runs them expanded (near base-model speed); adapters not in use stay compact "
+        "(default 256; 0: compact tensors only)",
     )
     # = inference.server.MAX_REQUEST_BYTES (not imported here: --help stays free of FastAPI and torch)
     parser.add_argument(
@@ -78,6 +93,36 @@ def add_arguments(parser) -> None:
         metavar="N",
         help="a larger request body is answered 413 (default 4 MiB)",
     )
+
+
+def api_key(args) -> tuple[str | None, str]:
+    """The server's API key and where it came from: ``--api-key``, else ``--api-key-file``, else
+    ``$PROLORA_API_KEY``; ``(None, ...)`` when none is set (the routes are open).
+
+    Raises:
+        ValueError: an empty key (an empty file or variable: an empty key would open the routes).
+        OSError: an unreadable ``--api-key-file``.
+    """
+    import os
+
+    if args.api_key is not None:
+        key, source = args.api_key, "--api-key"
+    elif args.api_key_file is not None:
+        with open(args.api_key_file, encoding="utf-8-sig") as f:
+            key, source = f.readline().strip(), f"--api-key-file {args.api_key_file}"
+        if os.name == "posix" and os.stat(args.api_key_file).st_mode & 0o077:
+            print(
+                f"prolora serve: warning: {args.api_key_file} is readable by other users; "
+                f"chmod 600 {args.api_key_file}",
+                file=sys.stderr,
+            )
+    elif os.environ.get(API_KEY_ENV) is not None:
+        key, source = os.environ[API_KEY_ENV].strip(), f"${API_KEY_ENV}"
+    else:
+        return None, f"none: /v1 routes are open (set ${API_KEY_ENV}, --api-key-file or --api-key)"
+    if not key:
+        raise ValueError(f"the API key from {source} is empty; put the key there, or leave it unset")
+    return key, source
 
 
 def _check_bind(host: str, port: int) -> None:
@@ -114,6 +159,8 @@ def run(args) -> int:
         raise ValueError(f"--max-request-bytes {args.max_request_bytes} must be at least 1")
     if args.max_resident is not None and args.max_resident < 1:
         raise ValueError(f"--max-resident {args.max_resident} must be at least 1 (leave it out for no limit)")
+    key, key_source = api_key(args)  # before the model loads, as the port
+    print(f"API key: {'from ' + key_source if key else key_source}", flush=True)
     _check_bind(args.host, args.port)  # before the model loads: a taken port fails in a second, not a minute
     threads, why = set_threads(args.threads)  # the engine thread, started later, inherits it
     print(f"torch threads: {threads} ({why})", flush=True)
@@ -124,12 +171,12 @@ def run(args) -> int:
         args.max_resident,
         args.max_batch,
         int(args.expanded_cache_mb * 2**20),
+        args.max_num_batched_tokens,
     )
-    engine.max_num_batched_tokens = args.max_num_batched_tokens
     app = create_app(
         engine,
         args.served_model_name or args.model or DEFAULT_MODEL,
-        args.api_key,
+        key,
         args.chat_format,
         max_request_bytes=args.max_request_bytes,
     )

@@ -50,6 +50,17 @@ def render_tulu(
     return text, spans
 
 
+# the Tulu format as a Jinja chat template, for servers that render chats themselves (vLLM's --chat-template
+# or a request's chat_template; docs/vllm.md): renders exactly as render_tulu (tests/test_vllm_plugin.py)
+TULU_CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{{ '<|' + message['role'] + '|>\\n' + message['content'] | trim }}"
+    "{%- if message['role'] == 'assistant' %}{{ eos_token }}{% endif %}{{ '\\n' }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif -%}"
+)
+
+
 def render_template(
     tokenizer, messages: list[dict], add_generation_prompt: bool = False
 ) -> tuple[str, list[Span]]:
@@ -78,6 +89,14 @@ def render_template(
             )
         spans.append((len(prompt), len(turn.rstrip())))
     return text, spans
+
+
+def base_chat_format(tokenizer) -> str:
+    """The default chat format of a *base model* (no adapter) in ``prolora generate``, ``chat`` and ``serve``:
+    ``"template"`` when the tokenizer has a chat template (an instruction-tuned model, such as the embedded
+    SmolLM2-135M-Instruct, was tuned with it; vLLM and OpenAI-compatible servers use it too), else
+    ``"tulu"``. An adapter keeps the format its training run recorded; ``prolora eval`` keeps its protocol."""
+    return "template" if getattr(tokenizer, "chat_template", None) else "tulu"
 
 
 def render(

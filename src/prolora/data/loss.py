@@ -12,7 +12,9 @@ from __future__ import annotations
 from .chat import IGNORE_INDEX
 
 
-def token_loss(model, dataset, tokenizer, batch_size: int = 8) -> tuple[float, int]:
+def token_loss(
+    model, dataset, tokenizer, batch_size: int = 8, progress: str | None = None
+) -> tuple[float, int]:
     """``(loss, tokens)``: mean negative log-likelihood per label token (nats) of ``model`` on ``dataset``,
     and the number of label tokens it averages over.
 
@@ -20,12 +22,14 @@ def token_loss(model, dataset, tokenizer, batch_size: int = 8) -> tuple[float, i
     is taken), any lengths; they are right-padded per batch of ``batch_size`` with ``tokenizer``'s pad token
     (its EOS when it has none; padding is masked, so the choice does not change the loss). The label of position ``t``
     is predicted from positions ``< t`` (the causal-LM shift). Runs without gradients in eval mode and
-    leaves the model's training mode as it found it.
+    leaves the model's training mode as it found it. ``progress``: a description for a progress bar on
+    stderr (examples done, rate and ETA; tqdm); none when ``None``.
 
     Raises:
         ValueError: ``dataset`` has no label token.
     """
     import torch
+    from tqdm import tqdm
 
     device = next(model.parameters()).device
     pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -37,6 +41,7 @@ def token_loss(model, dataset, tokenizer, batch_size: int = 8) -> tuple[float, i
     total, tokens = 0.0, 0
     was_training = model.training
     model.eval()
+    bar = tqdm(total=len(dataset), desc=progress, unit="example", disable=progress is None)
     try:
         with torch.no_grad():
             for start in range(0, len(dataset), batch_size):
@@ -53,7 +58,9 @@ def token_loss(model, dataset, tokenizer, batch_size: int = 8) -> tuple[float, i
                     reduction="sum",
                 ).item()
                 tokens += int((labels != IGNORE_INDEX).sum())
+                bar.update(len(rows["input_ids"]))
     finally:
+        bar.close()
         model.train(was_training)
     if tokens == 0:
         raise ValueError(f"no label token in the {len(dataset)} example(s) to take a loss on")

