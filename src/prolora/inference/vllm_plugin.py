@@ -23,8 +23,8 @@ PRoLoRA adapters through vLLM's official extension points only:
   a float32 safetensors folder, once (cached by the file's content hash, atomic).
 
 Everything here imports without vLLM; vLLM is imported only inside :func:`register`.
-Command line: ``python -m prolora.inference.vllm_plugin base-model [--model M]`` prints the folder of
-:func:`dense_base_model`; ``... adapter PATH`` prints the folder vLLM serves for an adapter.
+Command line (:mod:`prolora.cli.vllm`): ``prolora vllm base-model [--model M]`` prints the folder of
+:func:`dense_base_model`; ``prolora vllm adapter PATH`` prints the folder vLLM serves for an adapter.
 """
 
 from __future__ import annotations

@@ -140,7 +140,7 @@ class PRoLoRALayer(BaseTunerLayer):
         a0, a_u, b0, b_u = self._compact(adapter_name)
         bound_u = eq.rectified_bound(spec.h)
         a_u.uniform_(-bound_u, bound_u)
-        bound_0 = 1.0 / math.sqrt(spec.h if init == "rectified" else max(a0.shape[1], 1))
+        bound_0 = bound_u if init == "rectified" else 1.0 / math.sqrt(max(a0.shape[1], 1))
         a0.uniform_(-bound_0, bound_0)
         bound_b = 1.0 / math.sqrt(spec.r)
         for b in (b0, b_u):
