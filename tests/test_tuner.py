@@ -459,6 +459,6 @@ def test_adapter_names_needs_one_name_per_row(tiny_llama):
     pm.eval()
     with (
         torch.no_grad(),
-        pytest.raises(ValueError, match="adapter_names has 2 entries for an input of 1 rows"),
+        pytest.raises(ValueError, match="adapter_names has 2 entries for a batch of 1 rows"),
     ):
         pm(torch.randint(0, 128, (1, 5)), adapter_names=["default", "__base__"])
