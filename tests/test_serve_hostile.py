@@ -438,3 +438,10 @@ def test_a_stop_string_of_a_million_characters_costs_no_more_than_a_short_one(ht
     assert r.status_code == 200, r.text
     assert r.json()["choices"][0]["text"] == greedy  # no stop string occurs: nothing held back or cut
     _serves(http)
+
+
+@pytest.mark.parametrize("prompt", [[True, False], [1.0, 2.0], [[1], [True]], ["1", 2]])
+def test_token_ids_must_be_json_integers(http, prompt):
+    # before: [true, false] and [1.0, 2.0] were served as the token ids [1, 0] and [1, 2]
+    _assert_error(_complete(http, prompt=prompt), 400, param="prompt")
+    _serves(http)

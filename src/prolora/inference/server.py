@@ -22,7 +22,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -86,7 +86,8 @@ class _Sampling(_Body):
 
 
 class CompletionBody(_Sampling):
-    prompt: Text | list[Text] | list[int] | list[list[int]]
+    # token ids are JSON integers: true, false or 1.0 are not token ids (OpenAI refuses them too)
+    prompt: Text | list[Text] | list[StrictInt] | list[list[StrictInt]]
     logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS)
     echo: bool = False
 
