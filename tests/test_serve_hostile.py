@@ -404,3 +404,47 @@ def test_a_body_over_the_cap_is_a_413_and_the_server_keeps_serving(http, server)
             "--max-request-bytes",
         )
     _serves(http)
+
+
+def test_prompts_times_n_over_the_cap_is_a_400_before_anything_is_queued(http, server):
+    # before: a 40 KB body of 2,000 one-token prompts with n=32 queued 64,000 requests and held the
+    # server for over five minutes; a 4 MiB body (a million prompts) grew memory without bound
+    from prolora.inference.server import MAX_CHOICES
+
+    before = server.engine.counters["requests"]
+    prompts = [[5]] * (MAX_CHOICES // 32 + 1)
+    r = _complete(http, prompt=prompts, n=32, max_tokens=1)
+    _assert_error(r, 400, str(len(prompts) * 32), str(MAX_CHOICES), param="prompt")
+    _assert_error(_complete(http, prompt=["a"] * (MAX_CHOICES + 1)), 400, param="prompt")
+    assert server.engine.counters["requests"] == before  # refused whole, nothing submitted
+    ok = _complete(http, prompt=[[5]] * 4, n=2, max_tokens=1, temperature=0)  # under the cap: served
+    assert ok.status_code == 200 and len(ok.json()["choices"]) == 8, ok.text
+    _serves(http)
+
+
+@pytest.mark.parametrize("route", ["/v1/completions", "/v1/chat/completions"])
+def test_stream_options_without_stream_is_a_400_as_openai(http, route):
+    # before: accepted and ignored (OpenAI and vLLM answer 400)
+    body = {"model": "pa", "max_tokens": 2, "stream_options": {"include_usage": True}}
+    body.update({"prompt": "Hi"} if "chat" not in route else {"messages": [{"role": "user", "content": "x"}]})
+    _assert_error(http.post(route, json=body), 400, "stream", param="stream_options")
+    _serves(http)
+
+
+def test_a_stop_string_of_a_million_characters_costs_no_more_than_a_short_one(http):
+    # before: holding back a possible stop-string prefix tried every prefix length of each stop string on
+    # every token (quadratic in its length): four stop strings of 900,000 characters (a 3.6 MB body, under
+    # the cap) stalled the engine thread, and every other request with it, for many minutes per token
+    greedy = _complete(http, temperature=0, max_tokens=4).json()["choices"][0]["text"]
+    stops = [c * 900_000 for c in "abcdefghijklmnopqrstuvwxyz" if c not in greedy][:4]
+    r = _complete(http, temperature=0, max_tokens=4, stop=stops)
+    assert r.status_code == 200, r.text
+    assert r.json()["choices"][0]["text"] == greedy  # no stop string occurs: nothing held back or cut
+    _serves(http)
+
+
+@pytest.mark.parametrize("prompt", [[True, False], [1.0, 2.0], [[1], [True]], ["1", 2]])
+def test_token_ids_must_be_json_integers(http, prompt):
+    # before: [true, false] and [1.0, 2.0] were served as the token ids [1, 0] and [1, 2]
+    _assert_error(_complete(http, prompt=prompt), 400, param="prompt")
+    _serves(http)

@@ -591,7 +591,14 @@ class Engine:
         if reason is None:
             safe = len(text.rstrip("\ufffd"))  # an incomplete UTF-8 sequence decodes to U+FFFD
             held = max(
-                (k for s in req.params.stop for k in range(1, len(s)) if text[:safe].endswith(s[:k])),
+                # only prefixes no longer than the text can end it: a stop string of a million
+                # characters costs no more than a short one
+                (
+                    k
+                    for s in req.params.stop
+                    for k in range(1, min(len(s), safe + 1))
+                    if text[:safe].endswith(s[:k])
+                ),
                 default=0,
             )
             text = text[: safe - held]

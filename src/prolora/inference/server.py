@@ -22,7 +22,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -63,6 +63,9 @@ class _Body(BaseModel):
 
 
 MAX_N = 32  # most choices per request (n); each is a row of the batch
+# most choices of one completions request, prompts × n: each is a queued request of the engine, and a
+# 40 KB list of 2,000 one-token prompts with n=32 (64,000 choices) held the server for over five minutes
+MAX_CHOICES = 1024
 
 
 class StreamOptions(_Body):
@@ -83,7 +86,8 @@ class _Sampling(_Body):
 
 
 class CompletionBody(_Sampling):
-    prompt: Text | list[Text] | list[int] | list[list[int]]
+    # token ids are JSON integers: true, false or 1.0 are not token ids (OpenAI refuses them too)
+    prompt: Text | list[Text] | list[StrictInt] | list[list[StrictInt]]
     logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS)
     echo: bool = False
 
@@ -388,6 +392,13 @@ async def completions(body: CompletionBody, request: Request, engine: EngineDep,
             raise APIError(
                 400, f"prompt token ids must be non-empty and in [0, {engine.vocab_size}).", param="prompt"
             )
+    if len(prompts) * body.n > MAX_CHOICES:
+        raise APIError(
+            400,
+            f"{len(prompts)} prompts × n={body.n} is {len(prompts) * body.n} choices; send at most "
+            f"{MAX_CHOICES} per request (split the prompt list).",
+            param="prompt",
+        )
     if body.echo and texts is None:
         texts = [engine.tokenizer.decode(ids) for ids in prompts]
     jobs = [(ids, _sampling(engine, body, body.max_tokens or 16, len(ids))) for ids in prompts]
@@ -483,6 +494,11 @@ def _choice_seed(seed: int | None, j: int) -> int | None:
     return seed + j if seed + j <= SEED_MAX else seed - j
 
 
+def _check_stream_options(body: _Sampling) -> None:
+    if body.stream_options is not None and not body.stream:
+        raise APIError(400, "stream_options needs stream: true.", param="stream_options")  # as OpenAI
+
+
 async def _generate(
     request: Request,
     engine: Engine,
@@ -494,6 +510,7 @@ async def _generate(
 ):
     """Submit every prompt of ``jobs`` ``body.n`` times (choice ``i·n + j``, as OpenAI numbers them); the
     answer streamed (server-sent events, each chunk one choice's delta) or whole."""
+    _check_stream_options(body)
     loop = asyncio.get_running_loop()
     events: asyncio.Queue[tuple[int, Event]] = asyncio.Queue()
     handles = []
