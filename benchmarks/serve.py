@@ -527,6 +527,7 @@ def start_server(spec: str, folder: Path, port: int, log: Path):
             cmd += ["--threads", "1"]
     elif kind == "vllm":
         python = str(Path(where) / "bin" / "python")
+        env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1] / "src")  # this tree's plugin
         base = (
             subprocess.run(
                 [python, "-m", "prolora.cli", "vllm", "base-model"],
@@ -646,6 +647,7 @@ def section_compare(
                     load, cpu = os.getloadavg()[0], _tree_cpu_seconds(proc.pid)
                     fixed = {"temperature": 0, "extra_body": {"ignore_eos": True}}  # exactly max_tokens each
                     results = asyncio.run(_drive(url, picks, gaps, prompts, max_tokens, timeout, **fixed))
+                    cpu = _tree_cpu_seconds(proc.pid) - cpu  # this workload's, not the start-up's
                     ok = [r for r in results if r["error"] is None]
                     wall = (
                         (max(r["end"] for r in results) - min(r["start"] for r in results)) if results else 0
@@ -706,6 +708,8 @@ def report_compare(r: dict) -> str:
                 f"{med('server_cpu_ms_per_token'):.0f} | {med('ttft_p50'):.2f} s | "
                 f"{med('ttft_p99'):.2f} s | {errors} | {lost} | {med('load_average'):.1f} |"
             )
+    if not others:  # prolora alone: no ratios
+        return "\n".join(lines)
     lines += ["", "| workload | " + " | ".join(f"{first} / {o} (median, per round)" for o in others) + " |"]
     lines.append("|---|" + "---|" * len(others))
     for key, row in r["workloads"].items():
@@ -740,8 +744,8 @@ def main(argv=None) -> int:
         "--servers",
         default=None,
         help="compare: servers, first against each other (prolora | prolora@SRC | vllm@VENV); default "
-        "prolora,vllm@/work/wt/vllm-venv when that venv exists, else prolora-only: this tree against "
-        "prolora@SRC of --baseline-src",
+        "prolora,vllm@/work/wt/vllm-venv when that venv exists, else this tree against prolora@SRC of "
+        "--baseline-src, else prolora alone",
     )
     parser.add_argument("--baseline-src", default=None, help="compare without vLLM: prolora source folder")
     parser.add_argument(
@@ -761,10 +765,8 @@ def main(argv=None) -> int:
                 if servers is None:
                     venv = Path("/work/wt/vllm-venv")
                     servers = f"prolora,vllm@{venv}" if (venv / "bin" / "vllm").exists() else None
-                    if servers is None and args.baseline_src:
-                        servers = f"prolora,prolora@{args.baseline_src}"
-                if servers is None:
-                    parser.error("compare: no vLLM environment found; give --servers or --baseline-src")
+                    if servers is None:  # without vLLM: against an older tree, else prolora alone
+                        servers = f"prolora,prolora@{args.baseline_src}" if args.baseline_src else "prolora"
                 results[name] = fn(
                     Path(tmp), servers.split(","), args.workloads.split(","), rounds=args.rounds
                 )

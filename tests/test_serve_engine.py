@@ -13,11 +13,12 @@ import time
 import httpx
 import openai
 import pytest
+import torch
 from serve_utils import free_port, hf_greedy, save_lora, save_model, save_prolora
 from test_eval_cli import make_tiny_model
 
 from prolora.inference.adapter_bank import AdapterBank
-from prolora.inference.engine import Engine, SamplingParams, ShuttingDown
+from prolora.inference.engine import Engine, SamplingParams, ShuttingDown, kv_bytes_per_token
 from prolora.inference.registry import AdapterBusy, AdapterRegistry, UnknownAdapter
 
 
@@ -31,10 +32,10 @@ def adapters(tmp_path_factory):
     return folder
 
 
-def _engine(adapters_dir=None, max_resident=None, max_batch=32):
+def _engine(adapters_dir=None, max_resident=None, max_num_seqs=32, **kwargs):
     model, tokenizer = make_tiny_model()
     registry = AdapterRegistry(AdapterBank(model), adapters_dir, max_resident)
-    return Engine(model, tokenizer, registry, max_batch).start()
+    return Engine(model, tokenizer, registry, max_num_seqs, **kwargs).start()
 
 
 def test_requests_joining_a_running_batch_get_their_own_greedy_answer(adapters):
@@ -173,8 +174,8 @@ def test_cli_serves_and_exits_cleanly_on_sigterm(tmp_path, adapters):
             proc.wait()
 
 
-def test_requests_beyond_max_batch_wait_for_a_free_row(adapters):
-    engine = _engine(adapters, max_batch=2)
+def test_requests_beyond_max_num_seqs_wait_for_a_free_row(adapters):
+    engine = _engine(adapters, max_num_seqs=2)
     jobs = [("d1", [1, 2, 3]), ("d2", [4, 5]), (None, [6]), ("dl", [7, 8, 9, 10]), ("d3", [11])]
     params = SamplingParams(max_tokens=6, temperature=0)
     alone = [engine.generate(ids, name, params).token_ids for name, ids in jobs]
@@ -187,3 +188,53 @@ def test_requests_beyond_max_batch_wait_for_a_free_row(adapters):
     assert [r.output_ids for r in reqs] == alone
     assert all(events[i][-1].finish_reason == "length" for i in events)
     engine.shutdown()
+
+
+def test_requests_beyond_the_kv_cache_bound_wait_and_one_too_big_is_refused(adapters):
+    probe = _engine(adapters)
+    per_token = kv_bytes_per_token(probe.model)
+    probe.shutdown()
+    config = probe.model.config  # the tiny model: layers × 2 × KV heads × head size × 4 bytes
+    heads = config.num_key_value_heads or config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    assert per_token == config.num_hidden_layers * 2 * heads * head_dim * 4
+    # room for 2 requests of 4 + 6 = 10 tokens, not 3 (the cache is dense: rows × the longest)
+    engine = _engine(adapters, kv_cache_memory_bytes=25 * per_token)
+    jobs = [("d1", [1, 2, 3, 4]), ("d2", [4, 5, 6, 7]), (None, [6, 7, 8, 9]), ("dl", [7, 8, 9, 10])]
+    params = SamplingParams(max_tokens=6, temperature=0)
+    alone = [engine.generate(ids, name, params).token_ids for name, ids in jobs]
+    reqs = [engine.submit(ids, name, params, lambda event: None) for name, ids in jobs]
+    deadline = time.monotonic() + 30
+    while any(r.finish_reason is None for r in reqs) and time.monotonic() < deadline:
+        assert engine.running <= 2
+        time.sleep(0.001)
+    assert [r.output_ids for r in reqs] == alone
+    with pytest.raises(ValueError, match="KV cache.*--kv-cache-memory-bytes"):
+        engine.submit(list(range(1, 21)), None, SamplingParams(max_tokens=6), lambda event: None)
+    engine.shutdown()
+
+
+def test_the_decode_cache_writes_in_place_and_equals_concatenation():
+    from transformers import DynamicCache
+
+    from prolora.inference.engine import CACHE_SLACK, _growing_layer
+
+    g = torch.Generator().manual_seed(0)
+    keys, values = torch.randn(3, 2, 5, 4, generator=g), torch.randn(3, 2, 5, 4, generator=g)
+    cache = DynamicCache([(keys, values)])
+    layer = cache.layers[0]
+    layer.__class__ = _growing_layer(type(layer))
+    ref_k, ref_v = keys, values
+    for step in range(2 * CACHE_SLACK + 7):  # runs out of room twice
+        if step == 40:  # rows leave, as Engine._drop: the layer gets new tensors, then a new buffer
+            layer.keys, layer.values = layer.keys[[0, 2]], layer.values[[0, 2]]
+            ref_k, ref_v = ref_k[[0, 2]], ref_v[[0, 2]]
+        k, v = (
+            torch.randn(ref_k.shape[0], 2, 1, 4, generator=g),
+            torch.randn(ref_k.shape[0], 2, 1, 4, generator=g),
+        )
+        out_k, out_v = cache.update(k, v, 0)
+        ref_k, ref_v = torch.cat([ref_k, k], -2), torch.cat([ref_v, v], -2)
+        assert torch.equal(out_k, ref_k) and torch.equal(out_v, ref_v)
+        assert layer.keys is out_k and cache.get_seq_length() == ref_k.shape[-2]
+    assert layer._room[0].shape[-2] - ref_k.shape[-2] <= CACHE_SLACK  # the spare room stays bounded

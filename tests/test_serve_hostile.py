@@ -170,6 +170,8 @@ def test_a_lora_adapter_holding_nan_is_refused_at_load(http, files, tmp_path):
         (["--max-resident", "0"], "--max-resident 0 must be at least 1"),
         (["--max-request-bytes", "0"], "--max-request-bytes 0 must be at least 1"),
         (["--max-num-batched-tokens", "0"], "--max-num-batched-tokens 0 must be at least 1"),
+        (["--max-num-seqs", "0"], "--max-num-seqs 0 must be at least 1"),
+        (["--kv-cache-memory-bytes", "0"], "--kv-cache-memory-bytes 0 must be at least 1 byte"),
         (["--threads", "0"], "--threads 0: use 1 or more threads"),
         (["--host", "no-such-host.invalid"], "cannot listen on --host no-such-host.invalid"),
     ],
@@ -180,6 +182,26 @@ def test_bad_serve_flags_fail_in_one_line_before_the_model_loads(argv, message, 
     assert main(["serve", "--model", str(tmp_path / "never-loaded"), *argv]) == 2
     err = capsys.readouterr().err
     assert err.startswith("prolora serve: error:") and message in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [("4294967296", 2**32), ("4G", 4 * 2**30), ("4g", 4 * 10**9), ("1.5M", 3 * 2**19), ("512k", 512_000)],
+)
+def test_kv_cache_memory_bytes_reads_sizes_as_vllm(text, size):
+    from prolora.cli.serve import byte_size
+
+    assert byte_size(text) == size
+
+
+def test_a_bad_kv_cache_size_names_the_value_and_the_form(capsys):
+    from prolora.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["serve", "--kv-cache-memory-bytes", "4 GB"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--kv-cache-memory-bytes" in err and "'4 GB' is not a size" in err and "4G" in err
 
 
 def test_serve_on_a_taken_port_fails_in_one_line(capsys, tmp_path):

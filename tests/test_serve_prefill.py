@@ -166,7 +166,7 @@ def test_embedded_model_burst_with_chunks_equals_each_request_alone(smollm2, tmp
     bank = AdapterBank(model)
     try:
         engine = Engine(
-            model, tokenizer, AdapterRegistry(bank, tmp_path), max_batch=8, max_num_batched_tokens=32
+            model, tokenizer, AdapterRegistry(bank, tmp_path), max_num_seqs=8, max_num_batched_tokens=32
         )
         jobs = [
             ("s0", "Write one sentence about the sea."),

@@ -6,7 +6,9 @@ Flags follow vLLM's where they overlap (``--model``, ``--host``, ``--port``, ``-
 
 from __future__ import annotations
 
+import argparse
 import math
+import re
 import socket
 import sys
 
@@ -63,8 +65,23 @@ def add_arguments(parser) -> None:
         help="chat format for the base model and "
         "adapters whose run recorded none (default: the tokenizer's template if any, else tulu)",
     )
+    # = inference.engine.MAX_NUM_SEQS and KV_CACHE_MEMORY_BYTES (not imported: --help stays free of torch)
     parser.add_argument(
-        "--max-batch", type=int, default=32, help="most requests in flight together (prefilling or decoding)"
+        "--max-num-seqs",
+        "--max-batch",
+        dest="max_num_seqs",
+        type=int,
+        default=256,
+        metavar="N",
+        help="most requests in flight together, prefilling or decoding (vLLM's flag; default 256)",
+    )
+    parser.add_argument(
+        "--kv-cache-memory-bytes",
+        type=byte_size,
+        default=4 * 2**30,
+        metavar="SIZE",
+        help="bound of the batch's KV cache: a request joins the batch only while requests × their "
+        "longest prompt + max_tokens fit it (vLLM's flag: bytes, or 4G = 4 GiB, 4g = 4·10⁹; default 4G)",
     )
     # = inference.engine.MAX_NUM_BATCHED_TOKENS (not imported here: --help stays free of torch)
     parser.add_argument(
@@ -93,6 +110,19 @@ def add_arguments(parser) -> None:
         metavar="N",
         help="a larger request body is answered 413 (default 4 MiB)",
     )
+
+
+def byte_size(text: str) -> int:
+    """``--kv-cache-memory-bytes``: an integer of bytes, or a number with a suffix as vLLM reads it
+    (k m g t: powers of 1000; K M G T: powers of 1024)."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)([kmgtKMGT]?)\s*", text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size: write bytes (4294967296) or 4G, 512M")
+    number, suffix = match.groups()
+    scale = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}.get(suffix) or 2 ** (
+        10 * ("KMGT".index(suffix) + 1)
+    )
+    return int(float(number) * scale)
 
 
 def api_key(args) -> tuple[str | None, str]:
@@ -144,8 +174,12 @@ def run(args) -> int:
     from prolora.base_models import DEFAULT_MODEL
     from prolora.inference.server import build_engine, create_app, graceful_server
 
-    if args.max_batch < 1:
-        raise ValueError(f"--max-batch {args.max_batch} must be at least 1")
+    if args.max_num_seqs < 1:
+        raise ValueError(f"--max-num-seqs {args.max_num_seqs} must be at least 1")
+    if args.kv_cache_memory_bytes < 1:
+        raise ValueError(
+            f"--kv-cache-memory-bytes {args.kv_cache_memory_bytes} must be at least 1 byte (e.g. 4G)"
+        )
     if not 0 <= args.port <= 65535:
         raise ValueError(f"--port {args.port} must be in [0, 65535] (0: any free port)")
     if not math.isfinite(args.expanded_cache_mb) or args.expanded_cache_mb < 0:
@@ -169,9 +203,10 @@ def run(args) -> int:
         args.adapter,
         args.adapters_dir,
         args.max_resident,
-        args.max_batch,
+        args.max_num_seqs,
         int(args.expanded_cache_mb * 2**20),
         args.max_num_batched_tokens,
+        args.kv_cache_memory_bytes,
     )
     app = create_app(
         engine,

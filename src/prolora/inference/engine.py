@@ -22,6 +22,7 @@ UTF-8 sequence.
 
 from __future__ import annotations
 
+import functools
 import queue
 import threading
 import time
@@ -44,6 +45,11 @@ GREEDY_TEMPERATURE = 1e-5
 # over 16 of 46 tokens: two thirds), so a forward of about 16 short prompts gets most of the gain while
 # the first rows of a burst get their first token after a few hundred tokens, not after the whole burst
 MAX_NUM_BATCHED_TOKENS = 256
+# most requests in flight (prefilling or decoding) and the bytes their KV cache may take: vLLM's
+# max_num_seqs and kv_cache_memory_bytes (VLLM_CPU_KVCACHE_SPACE on CPU). Under overload a request waits
+# only for memory, not for a fixed number of rows: more rows per decode step cost less per token
+MAX_NUM_SEQS = 256
+KV_CACHE_MEMORY_BYTES = 4 * 2**30
 MAX_LOGPROBS = 20  # most top log-probabilities per token (OpenAI's top_logprobs limit)
 
 
@@ -153,9 +159,12 @@ class Engine:
         model: a causal LM whose cache is a ``transformers`` ``DynamicCache`` (Llama-style models).
         tokenizer: its tokenizer (decoding and EOS).
         registry: the adapters (:class:`~.registry.AdapterRegistry` over the bank hooked into ``model``).
-        max_batch: most requests in flight together (prefilling or decoding); further requests wait.
+        max_num_seqs: most requests in flight together (prefilling or decoding); further requests wait.
         max_num_batched_tokens: the token budget of one prefill forward (rows × the longest chunk,
             padding included); prompts longer than it prefill in chunks over several steps.
+        kv_cache_memory_bytes: bound of the batch's KV cache. The cache is dense and left-padded, so a
+            batch of N requests holds at most N × the longest prompt + max_tokens among them; a request
+            joins only while that bound stays within these bytes, and one that alone exceeds it is refused.
     """
 
     def __init__(
@@ -163,17 +172,25 @@ class Engine:
         model,
         tokenizer,
         registry: AdapterRegistry,
-        max_batch: int = 32,
+        max_num_seqs: int = MAX_NUM_SEQS,
         max_num_batched_tokens: int = MAX_NUM_BATCHED_TOKENS,
+        kv_cache_memory_bytes: int = KV_CACHE_MEMORY_BYTES,
     ):
-        if max_num_batched_tokens < 1:
-            raise ValueError(f"max_num_batched_tokens={max_num_batched_tokens} must be at least 1.")
+        for name, value in (
+            ("max_num_seqs", max_num_seqs),
+            ("max_num_batched_tokens", max_num_batched_tokens),
+            ("kv_cache_memory_bytes", kv_cache_memory_bytes),
+        ):
+            if value < 1:
+                raise ValueError(f"{name}={value} must be at least 1.")
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.registry = registry
         self.bank = registry.bank
-        self.max_batch = max_batch
+        self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
+        self.kv_cache_memory_bytes = kv_cache_memory_bytes
+        self.kv_bytes_per_token = kv_bytes_per_token(model)
         self.max_context = int(getattr(model.config, "max_position_embeddings", 0) or 2048)
         self.eos_token_id = tokenizer.eos_token_id
         embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
@@ -242,7 +259,7 @@ class Engine:
 
     @property
     def running(self) -> int:
-        """Requests admitted to the batch: prefilling or decoding (at most ``max_batch``)."""
+        """Requests admitted to the batch: prefilling or decoding (at most ``max_num_seqs``)."""
         return len(self._rows) + len(self._prefilling)
 
     # -------------------------------------------------------------------------------------- requests
@@ -272,6 +289,13 @@ class Engine:
                 f"the prompt ({len(prompt_ids)} tokens) plus max_tokens ({params.max_tokens}) is "
                 f"{len(prompt_ids) + params.max_tokens} tokens, beyond the model's context of "
                 f"{self.max_context}; shorten the prompt or lower max_tokens."
+            )
+        need = (len(prompt_ids) + params.max_tokens) * self.kv_bytes_per_token
+        if need > self.kv_cache_memory_bytes:
+            raise ValueError(
+                f"the prompt ({len(prompt_ids)} tokens) plus max_tokens ({params.max_tokens}) needs "
+                f"{need / 2**20:.1f} MiB of KV cache, beyond the server's {self.kv_cache_memory_bytes / 2**20:.1f} "
+                "MiB (--kv-cache-memory-bytes); shorten the prompt or lower max_tokens."
             )
         req = Request(list(prompt_ids), adapter, params, sink)
         if params.temperature >= GREEDY_TEMPERATURE:
@@ -313,8 +337,7 @@ class Engine:
                     self._cv.wait()
                 if self._stop:
                     return
-                free = self.max_batch - len(self._rows) - len(self._prefilling)
-                self._prefilling += [self._waiting.popleft() for _ in range(min(len(self._waiting), free))]
+                self._admit()
             for req in [r for r in self._prefilling if r.cancelled]:
                 self._prefilling.remove(req)
                 self._finish(req, "abort", "cancelled")
@@ -331,19 +354,43 @@ class Engine:
             with self._cv:
                 self._cv.notify_all()
 
+    def _admit(self) -> None:
+        """Move waiting requests (first come, first served) into prefill while the batch stays within
+        ``max_num_seqs`` and its KV bound: rows × the longest final length (prompt + max_tokens)."""
+        admitted = self._rows + self._prefilling
+        longest = max((len(r.prompt_ids) + r.params.max_tokens for r in admitted), default=0)
+        while self._waiting and len(admitted) < self.max_num_seqs:
+            req = self._waiting[0]
+            grown = max(longest, len(req.prompt_ids) + req.params.max_tokens)
+            if (
+                admitted
+                and (len(admitted) + 1) * grown * self.kv_bytes_per_token > self.kv_cache_memory_bytes
+            ):
+                return
+            longest = grown
+            admitted.append(req)
+            self._prefilling.append(self._waiting.popleft())
+
     # --------------------------------------------------------------------------------------- prefill
     def _chunks(self) -> list[tuple[Request, int]]:
-        """This step's prefill rows and chunk lengths, first come first served within the token budget:
-        the forward computes rows × the longest chunk; a row whose rest does not fit gets a shorter chunk."""
+        """This step's prefill rows and chunk lengths within the token budget (the forward computes rows ×
+        the longest chunk, padding included): the oldest request first, so every request progresses, then
+        the others closest to its length first (length bucketing: less padding than first come, first
+        served); a row whose rest does not fit gets a shorter chunk."""
+
+        def rest(req: Request) -> int:
+            return len(req.prompt_ids) - req.prefilled
+
+        oldest, *others = self._prefilling
+        others.sort(key=lambda req: abs(rest(req) - rest(oldest)))
         budget, width, chosen = self.max_num_batched_tokens, 0, []
-        for req in self._prefilling:
-            rest = len(req.prompt_ids) - req.prefilled
-            grown = max(width, min(rest, budget))
+        for req in [oldest, *others]:
+            grown = max(width, min(rest(req), budget))
             if (len(chosen) + 1) * grown <= budget:
                 width = grown
             elif (len(chosen) + 1) * width > budget:
                 break
-            chosen.append((req, min(rest, width)))
+            chosen.append((req, min(rest(req), width)))
         return chosen
 
     def _prefill_step(self) -> None:
@@ -519,6 +566,8 @@ class Engine:
             from transformers import DynamicCache
 
             self._cache = DynamicCache(layers)
+            for layer in self._cache.layers:  # decode steps write in place (see _growing_layer)
+                layer.__class__ = _growing_layer(type(layer))
         else:
             for layer, (keys, values) in zip(self._cache.layers, layers, strict=True):
                 layer.keys, layer.values = keys, values
@@ -641,6 +690,56 @@ def _logprob(logits: torch.Tensor, token: int, top: int) -> Logprob:
     best = logprobs.topk(top) if top else None
     pairs = list(zip(best.indices.tolist(), best.values.tolist(), strict=True)) if best is not None else []
     return Logprob(token, float(logprobs[token]), pairs)
+
+
+def kv_bytes_per_token(model) -> int:
+    """Bytes one token takes in one row's KV cache: layers × 2 (keys, values) × KV heads × head size ×
+    the element size, from the model's config (KV heads × head size default to the hidden size)."""
+    config = model.config.get_text_config()
+    heads = getattr(config, "num_attention_heads", None)
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or (config.hidden_size // heads if heads else None)
+    width = kv_heads * head_dim if kv_heads and head_dim else config.hidden_size
+    return int(config.num_hidden_layers * 2 * width * next(model.parameters()).element_size())
+
+
+# spare positions a decode cache buffer gets when it is (re)allocated
+CACHE_SLACK = 64
+
+
+@functools.cache
+def _growing_layer(base: type) -> type:
+    """A subclass of the cache layer class ``base`` (transformers' ``DynamicLayer``) whose keys and values
+    are views of buffers with spare room at the end: a decode step writes its token in place instead of
+    copying the whole cache (``torch.cat``) in every layer. A layer whose tensors were replaced (rows
+    joined or left) gets a fresh buffer with ``CACHE_SLACK`` spare positions at its next update."""
+
+    class GrowingLayer(base):
+        def update(self, key_states, value_states, *args, **kwargs):
+            if not self.is_initialized:
+                return super().update(key_states, value_states, *args, **kwargs)
+            views = getattr(self, "_views", None)
+            if views is None or views[0] is not self.keys or views[1] is not self.values:
+                buffers = []
+                for old in (self.keys, self.values):
+                    shape = list(old.shape)
+                    shape[-2] += key_states.shape[-2] + CACHE_SLACK
+                    buffer = old.new_empty(shape)
+                    buffer[..., : old.shape[-2], :] = old
+                    buffers.append(buffer)
+                self._room = tuple(buffers)
+            length, new = self.keys.shape[-2], key_states.shape[-2]
+            if length + new > self._room[0].shape[-2]:  # out of room: copy once into a larger buffer
+                self._views = None
+                return self.update(key_states, value_states, *args, **kwargs)
+            for buffer, states in zip(self._room, (key_states, value_states), strict=True):
+                buffer[..., length : length + new, :] = states
+            self.keys, self.values = (b[..., : length + new, :] for b in self._room)
+            self._views = (self.keys, self.values)
+            return self.keys, self.values
+
+    GrowingLayer.__name__ = GrowingLayer.__qualname__ = f"Growing{base.__name__}"
+    return GrowingLayer
 
 
 def _pad_left(t: torch.Tensor, n: int) -> torch.Tensor:

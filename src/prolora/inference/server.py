@@ -30,8 +30,10 @@ from prolora.tuner.saved import check_adapter_name
 
 from .adapter_bank import EXPANDED_CACHE_BYTES, AdapterBank
 from .engine import (
+    KV_CACHE_MEMORY_BYTES,
     MAX_LOGPROBS,
     MAX_NUM_BATCHED_TOKENS,
+    MAX_NUM_SEQS,
     SEED_MAX,
     Engine,
     Event,
@@ -765,9 +767,10 @@ def build_engine(
     adapters: list[str],
     adapters_dir: str | None = None,
     max_resident: int | None = None,
-    max_batch: int = 32,
+    max_num_seqs: int = MAX_NUM_SEQS,
     expanded_cache_bytes: int = EXPANDED_CACHE_BYTES,
     max_num_batched_tokens: int = MAX_NUM_BATCHED_TOKENS,
+    kv_cache_memory_bytes: int = KV_CACHE_MEMORY_BYTES,
 ) -> Engine:
     """Load the base model and tokenizer, hook an :class:`AdapterBank` into it and register ``adapters``.
 
@@ -790,4 +793,4 @@ def build_engine(
     registry = AdapterRegistry(AdapterBank(base, expanded_cache_bytes), adapters_dir, max_resident)
     for spec in specs:
         registry.register(spec.name, spec.path)
-    return Engine(base, tokenizer, registry, max_batch, max_num_batched_tokens)
+    return Engine(base, tokenizer, registry, max_num_seqs, max_num_batched_tokens, kv_cache_memory_bytes)
