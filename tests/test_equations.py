@@ -66,6 +66,26 @@ def test_chunked_forward_matches_dense(h, o, r, u, m, n, rotate):
 
 
 @pytest.mark.parametrize("h,o,r,u,m,n", SHAPES)
+@pytest.mark.parametrize("rotate", [True, False])
+def test_the_roll_mix_matrix_between_the_two_chunk_matmuls_equals_dense_reference(h, o, r, u, m, n, rotate):
+    """The serving bank's form: chunk outputs (x_i · A_0ᵀ) → mix matrix → B_0 equals x · A_sharedᵀ · B_sharedᵀ."""
+    a0, b0, a_u, b_u = _chunks(h, o, r, u, m, n)
+    s_a, s_b = ref_stride(r, u, m), ref_stride(r, u, n)
+    R = r - u
+    rot = "rank" if rotate else None
+    A = ref_A(a0, a_u, h, r, m, s_a, rot)[:R]
+    B = ref_B(b0, b_u, o, r, n, s_b, rot)[:, :R]
+    x = torch.randn(3, 5, h, dtype=torch.float64)
+    c = a0.shape[1]
+    z = torch.nn.functional.pad(x, (0, m * c - h)).unflatten(-1, (m, c)) @ a0.t()  # (…, m, R)
+    mix = eq.roll_mix_matrix(R, m, n, s_a, s_b, rotate, scaling=0.5).double()
+    assert set(mix.unique().tolist()) <= {0.0, 0.5}
+    zb = (z.flatten(-2) @ mix).unflatten(-1, (n, R))
+    y = (zb @ b0.t()).flatten(-2)[..., :o]
+    torch.testing.assert_close(y, 0.5 * x @ A.T @ B.T, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("h,o,r,u,m,n", SHAPES)
 def test_trainable_params_formula(h, o, r, u, m, n):
     sa, sb = eq.chunk_shapes(h, o, r, u, m, n)
     stored = sa[0] * sa[1] + sb[0] * sb[1] + u * (h + o)

@@ -166,8 +166,10 @@ class _Group:
     """Rows of one batch whose adapters share one layout, on one module, with their per-row factors.
 
     ``rows``: the batch rows (None: all rows, in order). Chunked groups hold ``a0t`` (N, c, R), ``b0t``
-    (N, R, ceil(o/n)), ``aut`` (N, h, u), ``but`` (N, u, o); dense groups (expanded A, B) hold ``aut``
-    (N, h, r), ``but`` (N, r, o). N is 1 when the rows share one adapter (``torch.matmul`` broadcasts).
+    (N, R, ceil(o/n)) and ``mix`` (m·R, n·R: Eq. 3's roll-and-sum, the B side's rolls and the scaling,
+    :func:`prolora.equations.roll_mix_matrix`); ``aut`` (N, h, u), ``but`` (N, u, o) are the unshared
+    ranks; dense groups (expanded A, B) hold only ``aut`` (N, h, r), ``but`` (N, r, o). N is 1 when the
+    rows share one adapter (``torch.matmul`` broadcasts).
     """
 
     rows: torch.Tensor | None
@@ -176,29 +178,34 @@ class _Group:
     b0t: torch.Tensor | None
     aut: torch.Tensor | None
     but: torch.Tensor | None
-    idx_a: torch.Tensor | None
-    idx_b: torch.Tensor | None
+    mix: torch.Tensor | None
+    whole = False  # (a class attribute, as _HotGroup.whole: never the in-place path)
 
-    def delta(self, x: torch.Tensor) -> torch.Tensor:
-        """``ΔW_row · x_row`` for x (N, T, h) → (N, T, o)."""
+    def add_delta(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """``out += ΔW_row · x_row`` in place for x (N, T, h), out (N, T, o) of x's dtype; returns out.
+
+        Per call: one batched matmul with A_0 over the m input chunks, one small matmul with ``mix``, one
+        batched matmul with B_0 over the n rolled copies, an in-place add, and for the unshared ranks a
+        batched matmul with A_u and one with B_u fused with the add (``baddbmm_``; ``addcmul_`` for u = 1)."""
         s = self.spec
-        y = None
+        rows, t = x.shape[0], x.shape[1]
         if self.a0t is not None:
-            rows, t = x.shape[0], x.shape[1]
             c, shared = self.a0t.shape[-2], self.a0t.shape[-1]
             pad = s.m * c - s.h
             xp = torch.nn.functional.pad(x, (0, pad)) if pad else x
             z = torch.matmul(xp.reshape(rows, t * s.m, c), self.a0t)  # x_i · A_0ᵀ
-            z = z.view(rows, t, s.m * shared).index_select(-1, self.idx_a)
-            z = z.view(rows, t, s.m, shared).sum(-2)  # Σ_i Roll(·, i·s_A)
-            zb = z.index_select(-1, self.idx_b).view(rows, t * s.n, shared)  # Roll(z, −j·s_B)
-            y = torch.matmul(zb, self.b0t).view(rows, t, -1)
-            if y.shape[-1] != s.o:
-                y = y[..., : s.o]
+            zb = z.view(rows * t, s.m * shared).mm(self.mix)  # Roll(Σ_i Roll(·, i·s_A), −j·s_B) · scaling
+            y = torch.matmul(zb.view(rows, t * s.n, shared), self.b0t).view(rows, t, -1)
+            out.add_(y[..., : s.o] if y.shape[-1] != s.o else y)
         if self.aut is not None:
-            yu = torch.matmul(torch.matmul(x, self.aut), self.but)
-            y = yu if y is None else y + yu
-        return y * s.scaling
+            zu = torch.matmul(x, self.aut)
+            if zu.shape[-1] == 1:  # u = 1 (the paper's default): an outer product, elementwise
+                out.addcmul_(zu, self.but, value=s.scaling)
+            elif self.but.shape[0] == rows:
+                out.baddbmm_(zu, self.but, alpha=s.scaling)
+            else:  # one adapter for every row
+                out.view(-1, out.shape[-1]).addmm_(zu.reshape(-1, zu.shape[-1]), self.but[0], alpha=s.scaling)
+        return out
 
 
 @dataclass
@@ -238,6 +245,7 @@ class _HotGroup:
     rows: torch.Tensor | None
     a: torch.Tensor
     b: torch.Tensor
+    whole: bool = False  # every row, and the layer's dtype: the hook adds in place on its output
 
     def apply(self, x3: torch.Tensor, out3: torch.Tensor) -> torch.Tensor:
         h, o = self.a.shape[0], self.b.shape[1]
@@ -273,8 +281,10 @@ def _row_parts(rows: torch.Tensor, spec: ChunkSpec) -> tuple:
 
 
 @functools.lru_cache(maxsize=256)
-def _roll_indices(shared: int, copies: int, stride: int, rotate: bool, sign: int, device) -> torch.Tensor:
-    return eq.roll_indices(shared, copies, stride, rotate, sign, device)
+def _mix(
+    shared: int, m: int, n: int, stride_a: int, stride_b: int, rotate: bool, scaling: float
+) -> torch.Tensor:
+    return eq.roll_mix_matrix(shared, m, n, stride_a, stride_b, rotate, scaling)
 
 
 class AdapterBank:
@@ -425,7 +435,9 @@ class AdapterBank:
             sel = None if len(idx) == len(rows) else torch.tensor(idx, device=device)
             if key[0] == "hot":
                 for module, (a, b) in self._views[key[1]].hot.items():
-                    out.setdefault(module, []).append(_HotGroup(sel, a, b))
+                    weight = getattr(self._modules[module], "weight", None)
+                    whole = sel is None and weight is not None and a.dtype == weight.dtype
+                    out.setdefault(module, []).append(_HotGroup(sel, a, b, whole))
                 continue
             names = list(dict.fromkeys(rows[i] for i in idx))
             views = [self._view(n) for n in names]
@@ -446,16 +458,18 @@ class AdapterBank:
             for module, (spec, offset, numel) in layout.modules.items():
                 if module in views[0].modules:  # outside the chunked identity: stack the rows' (Aᵀ, Bᵀ)
                     per = [v.modules[module] for v in views]
-                    a0t = b0t = idx_a = idx_b = None
+                    a0t = b0t = mix = None
                     aut, but = (_stack_rows([p[k] for p in per], row_ids) for k in (2, 3))
                 else:
                     a0t, b0t, aut, but = _row_parts(stacked.narrow(1, offset, numel), spec)
-                    idx_a = idx_b = None
+                    mix = None
                     if a0t is not None:
                         rotate = spec.rotate is not None
-                        idx_a = _roll_indices(spec.shared, spec.m, spec.stride_a, rotate, +1, device)
-                        idx_b = _roll_indices(spec.shared, spec.n, spec.stride_b, rotate, -1, device)
-                out.setdefault(module, []).append(_Group(sel, spec, a0t, b0t, aut, but, idx_a, idx_b))
+                        mix = _mix(
+                            spec.shared, spec.m, spec.n, spec.stride_a, spec.stride_b, rotate, spec.scaling
+                        )
+                        mix = mix.to(device=device, dtype=a0t.dtype)
+                out.setdefault(module, []).append(_Group(sel, spec, a0t, b0t, aut, but, mix))
         return out
 
     def _view(self, name: str, expand: bool = False) -> _Views:
@@ -510,6 +524,10 @@ class AdapterBank:
             if not groups:
                 return None
             x = args[0]
+            if len(groups) == 1 and groups[0].whole and output.is_contiguous():  # one hot adapter: in place
+                g = groups[0]
+                output.view(-1, g.b.shape[1]).addmm_(x.reshape(-1, g.a.shape[0]).mm(g.a), g.b)
+                return None
             batch = len(plan.rows)
             if (
                 x.shape[0] % batch
@@ -521,9 +539,12 @@ class AdapterBank:
                 if isinstance(g, _HotGroup):
                     out = g.apply(x3, out)
                     continue
-                xs = x3 if g.rows is None else x3.index_select(0, g.rows)
                 dtype = (g.a0t if g.a0t is not None else g.aut).dtype
-                d = g.delta(xs.to(dtype)).to(out.dtype)
+                if g.rows is None and dtype == out.dtype == x3.dtype and out.is_contiguous():
+                    out = g.add_delta(x3, out)  # in place on the layer's fresh output
+                    continue
+                xs = (x3 if g.rows is None else x3.index_select(0, g.rows)).to(dtype)
+                d = g.add_delta(xs, xs.new_zeros(*xs.shape[:-1], out.shape[-1])).to(out.dtype)
                 out = out + d if g.rows is None else out.index_add(0, g.rows, d)
             return out.view(output.shape)
 
