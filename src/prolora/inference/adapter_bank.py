@@ -13,9 +13,11 @@ composition (a :class:`BatchPlan`) the rows' flat tensors are stacked, one (rows
 adapters sharing a layout, and every module's factors are strided views of that stack. Each step is then
 a fixed number of batched matmuls per layer whatever the number k of distinct adapters (bgmv-style
 per-row weights, as Punica / S-LoRA, but on the chunks): the A side is ``x_i · A_0ᵀ`` for the m input
-chunks followed by the roll-and-sum of Eq. 3, the B side one matmul of the n rolled copies of z with B_0
-(the identity of :func:`prolora.equations.chunked_adapter_forward`), plus ``x·A_uᵀ·B_uᵀ`` for the
-unshared ranks. FLOPs equal LoRA's at the same rank; the full A and B are never formed. Table 4 variants
+chunks, then the roll-and-sum of Eq. 3 and the n rolls of z for the B side as one small (m·R, n·R) matmul
+(:func:`prolora.equations.roll_mix_matrix`, the scaling folded in), the B side one matmul of the n rolled
+copies of z with B_0 (the identity of :func:`prolora.equations.chunked_adapter_forward`), plus
+``x·A_uᵀ·B_uᵀ`` for the unshared ranks, all added in place on the layer's output. FLOPs equal LoRA's at
+the same rank; the full A and B are never formed. Table 4 variants
 the chunked identity does not cover (``share="rank"``, ``rotate_dim="hidden"``) are expanded with the
 Eq. 4 gather indices (:func:`prolora.equations.flat_gather_indices`) while in use, as is every adapter
 whose expanded factors sit in the optional byte-capped cache of hot adapters (``expanded_cache_bytes``).

@@ -11,6 +11,10 @@ ends, is cancelled (client gone) or fails; its cache row is dropped and the adap
 requests thus prefills in a few batched forwards instead of one forward each, and running streams get a
 token every step while long prompts prefill.
 
+Requests join while the batch stays within ``max_num_seqs`` and a KV-cache bound (vLLM's names), the
+oldest prefilling request first in each prefill forward with the others of closest length (less padding).
+Decode steps write each token into spare room of the cache buffers instead of copying the cache.
+
 The prefill and decode forwards are separate because the batch's KV cache is dense and padded (no paged
 attention): a decode row inside a prefill forward would compute and store T - 1 padding columns.
 
