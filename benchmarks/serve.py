@@ -9,6 +9,8 @@ Sections (``--sections``, comma-separated):
 * ``throughput`` — one decode step of a batch of 32 requests whose rows use 1, 8 or 32 distinct adapters:
   the adapter bank (PRoLoRA r=8, u=1, m=n=7) against PEFT LoRA r=8's mixed batch (``adapter_names``) and
   against PEFT LoRA with one active adapter; interleaved rounds, ratios per round (benchmarks/timing.py).
+* ``hot`` — CPU per decode token with the batch's adapters applied against the base model alone: 1 row
+  with one hot adapter, 32 rows with 1, 4 (hot, expanded) and 32 distinct (compact) adapters.
 * ``compare`` — issue 23's side-by-side: bursts of 32 requests over 1 and 32 adapters, Poisson 1/2/4
   req/s (Zipf over 32 adapters), one request alone; each server (``prolora`` against vLLM-CPU with
   prolora's plugin, or a prolora-only before/after against another source tree) started in turn at one
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -44,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import smollm
 from memory import format_bytes, rss_bytes
-from timing import interleaved, ratio, use_thread_cpu_time
+from timing import clock_name, interleaved, ratio, use_thread_cpu_time
 
 PROLORA = {"r": 8, "unshared_r": 1, "sharing_rate_a": 7, "sharing_rate_b": 7}
 
@@ -292,6 +295,85 @@ def report_throughput(r: dict) -> str:
     lines += [f"| {k} | {v:.1f} |" for k, v in r["tokens_per_s"].items()]
     lines += ["", "| throughput ratio (per round, same moment) | median | IQR |", "|---|---:|---:|"]
     lines += [f"| {k} | {v['median']:.3f} | {v['q1']:.3f}–{v['q3']:.3f} |" for k, v in r["ratios"].items()]
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------- hot
+def section_hot(tmp: Path, prompt: int = 44, rounds: int = 7) -> dict:
+    """Issue 23's hot-adapter target: CPU per decode token with the batch's adapters applied, against the
+    base model alone, at 1 row (one hot, i.e. expanded, adapter) and 32 rows (1 and 4 hot adapters; 32
+    distinct adapters, which run the compact batched path). Ratios per round, thread CPU time."""
+    from transformers import DynamicCache
+
+    from prolora.inference.adapter_bank import HOT_ADAPTERS, AdapterBank
+
+    model = smollm.base_model()
+    paths = write_adapters(tmp / "hot_prolora", 32)
+    bank = AdapterBank(model)
+    for i, path in enumerate(paths):
+        bank.load(f"p{i}", path)
+
+    def decode(rows: int, k: int | None):
+        ids = torch.randint(0, 10000, (rows, prompt), generator=torch.Generator().manual_seed(rows))
+        cache = DynamicCache()
+        with torch.inference_mode():
+            model(ids, past_key_values=cache, use_cache=True)
+        step_ids, mask = torch.randint(0, 10000, (rows, 1)), torch.ones(rows, prompt + 1, dtype=torch.long)
+        plan = None if k is None else bank.plan([f"p{i % k}" for i in range(rows)])
+
+        def step():
+            with torch.inference_mode(), bank.batch(plan) if plan else contextlib.nullcontext():
+                model(step_ids, attention_mask=mask, past_key_values=cache, use_cache=True)
+            cache.crop(-1)
+
+        return step
+
+    cases = {1: (1,), 32: (1, HOT_ADAPTERS, 32)}
+    fns = {}
+    for rows, ks in cases.items():
+        fns[f"base, {rows} rows"] = decode(rows, None)
+        for k in ks:
+            fns[f"{k} adapters, {rows} rows"] = decode(rows, k)
+    times = interleaved(fns, rounds=rounds, block_s=1.0, warmup=2)
+    out = {
+        "prompt": prompt,
+        "rounds": rounds,
+        "hot_adapters": HOT_ADAPTERS,
+        "clock": clock_name(),
+        "rows": {},
+    }
+    for rows, ks in cases.items():
+        base = f"base, {rows} rows"
+        out["rows"][str(rows)] = {
+            "base_ms_per_token": statistics.median(times[base]) * 1e3 / rows,
+            **{
+                str(k): {
+                    "ms_per_token": statistics.median(times[f"{k} adapters, {rows} rows"]) * 1e3 / rows,
+                    "ratio": vars(ratio(times, f"{k} adapters, {rows} rows", base)),
+                }
+                for k in ks
+            },
+        }
+    bank.close()
+    return out
+
+
+def report_hot(r: dict) -> str:
+    lines = [
+        f"One decode step after a {r['prompt']}-token prompt, {r['rounds']} interleaved rounds, {r['clock']}; "
+        f"at most {r['hot_adapters']} distinct adapters per batch run expanded (hot).",
+        "",
+        "| rows | distinct adapters in the batch | ms per token | base ms per token | ratio to base (median, IQR) |",
+        "|---:|---|---:|---:|---:|",
+    ]
+    for rows, row in r["rows"].items():
+        for key, v in row.items():
+            if key != "base_ms_per_token":
+                s = v["ratio"]
+                lines.append(
+                    f"| {rows} | {key} | {v['ms_per_token']:.2f} | {row['base_ms_per_token']:.2f} | "
+                    f"{s['median']:.3f}× [{s['q1']:.3f}–{s['q3']:.3f}] |"
+                )
     return "\n".join(lines)
 
 
@@ -725,6 +807,7 @@ def report_compare(r: dict) -> str:
 SECTIONS = {
     "memory": (section_memory, report_memory),
     "throughput": (section_throughput, report_throughput),
+    "hot": (section_hot, report_hot),
     "load": (section_load, report_load),
     "compare": (section_compare, report_compare),
 }
