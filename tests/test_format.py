@@ -291,3 +291,27 @@ def test_written_files_are_readable_by_other_users(saved, tmp_path):
         os.umask(mask)
     for name in ("adapter_model.safetensors", "adapter_config.json"):
         assert stat.S_IMODE(os.stat(out / name).st_mode) == 0o644
+
+
+def test_reading_an_adapter_again_and_again_keeps_no_memory(saved):
+    """A server loads and evicts adapters for as long as it runs: a read must keep nothing per tensor
+    (safetensors 0.8's get_tensor kept about 56 bytes per tensor for the life of the process)."""
+    import gc
+    import tracemalloc
+
+    from prolora.format import read_adapter
+
+    path = saved[3]
+    for _ in range(300):  # lazy imports, and the bounded caches (256 entries) filled first
+        read_adapter(path)
+    tracemalloc.start()
+    try:
+        gc.collect()
+        before = tracemalloc.get_traced_memory()[0]
+        for _ in range(200):
+            read_adapter(path)
+        gc.collect()
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert grown < 100_000, f"200 reads kept {grown} bytes"  # get_tensor kept 660 kB here
