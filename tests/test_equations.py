@@ -49,15 +49,21 @@ def test_expand_matches_reference(h, o, r, u, m, n, share, rotate):
     assert torch.equal(B, ref_B(b0, b_u, o, r, n, s_b, rotate, share))
 
 
-@pytest.mark.parametrize("h,o,r,u,m,n", SHAPES)
-@pytest.mark.parametrize("rotate", [True, False])
-def test_chunked_forward_matches_dense(h, o, r, u, m, n, rotate):
+def _shared_ranks_dense(h, o, r, u, m, n, rotate):
+    """Random chunks, their strides, and the dense reference A, B of the R = r − u shared ranks."""
     a0, b0, a_u, b_u = _chunks(h, o, r, u, m, n)
     s_a, s_b = ref_stride(r, u, m), ref_stride(r, u, n)
     R = r - u
     rot = "rank" if rotate else None
     A = ref_A(a0, a_u, h, r, m, s_a, rot)[:R]
     B = ref_B(b0, b_u, o, r, n, s_b, rot)[:, :R]
+    return a0, b0, s_a, s_b, R, A, B
+
+
+@pytest.mark.parametrize("h,o,r,u,m,n", SHAPES)
+@pytest.mark.parametrize("rotate", [True, False])
+def test_chunked_forward_matches_dense(h, o, r, u, m, n, rotate):
+    a0, b0, s_a, s_b, R, A, B = _shared_ranks_dense(h, o, r, u, m, n, rotate)
     x = torch.randn(3, 5, h, dtype=torch.float64)
     idx_a = eq.roll_indices(R, m, s_a, rotate, +1)
     idx_b = eq.roll_indices(R, n, s_b, rotate, -1)
@@ -69,12 +75,7 @@ def test_chunked_forward_matches_dense(h, o, r, u, m, n, rotate):
 @pytest.mark.parametrize("rotate", [True, False])
 def test_the_roll_mix_matrix_between_the_two_chunk_matmuls_equals_dense_reference(h, o, r, u, m, n, rotate):
     """The serving bank's form: chunk outputs (x_i · A_0ᵀ) → mix matrix → B_0 equals x · A_sharedᵀ · B_sharedᵀ."""
-    a0, b0, a_u, b_u = _chunks(h, o, r, u, m, n)
-    s_a, s_b = ref_stride(r, u, m), ref_stride(r, u, n)
-    R = r - u
-    rot = "rank" if rotate else None
-    A = ref_A(a0, a_u, h, r, m, s_a, rot)[:R]
-    B = ref_B(b0, b_u, o, r, n, s_b, rot)[:, :R]
+    a0, b0, s_a, s_b, R, A, B = _shared_ranks_dense(h, o, r, u, m, n, rotate)
     x = torch.randn(3, 5, h, dtype=torch.float64)
     c = a0.shape[1]
     z = torch.nn.functional.pad(x, (0, m * c - h)).unflatten(-1, (m, c)) @ a0.t()  # (…, m, R)
