@@ -138,6 +138,9 @@ def test_streaming_chat_and_completion_end_with_done(client, server):
     chunks = list(_chat(client, "pb", max_tokens=20, stream=True))
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == full
     assert chunks[-1].choices[0].finish_reason in ("stop", "length")
+    assert [c.choices[0].delta.role for c in chunks] == ["assistant"] + [None] * (
+        len(chunks) - 1
+    )  # as OpenAI
     text = client.completions.create(model="lo", prompt="abc", max_tokens=15, temperature=0).choices[0].text
     streamed = list(
         client.completions.create(model="lo", prompt="abc", max_tokens=15, temperature=0, stream=True)

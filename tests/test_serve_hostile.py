@@ -4,6 +4,7 @@ tiny random Llama, random adapters (tests/serve_utils.py)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 import httpx
@@ -171,7 +172,6 @@ def test_a_lora_adapter_holding_nan_is_refused_at_load(http, files, tmp_path):
         (["--max-request-bytes", "0"], "--max-request-bytes 0 must be at least 1"),
         (["--max-num-batched-tokens", "0"], "--max-num-batched-tokens 0 must be at least 1"),
         (["--max-num-seqs", "0"], "--max-num-seqs 0 must be at least 1"),
-        (["--kv-cache-memory-bytes", "0"], "--kv-cache-memory-bytes 0 must be at least 1 byte"),
         (["--threads", "0"], "--threads 0: use 1 or more threads"),
         (["--host", "no-such-host.invalid"], "cannot listen on --host no-such-host.invalid"),
     ],
@@ -194,14 +194,29 @@ def test_kv_cache_memory_bytes_reads_sizes_as_vllm(text, size):
     assert byte_size(text) == size
 
 
-def test_a_bad_kv_cache_size_names_the_value_and_the_form(capsys):
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("4 GB", "'4 GB' is not a size"),
+        ("0", "'0' is less than one byte"),
+        ("0.5", "'0.5' is less than one byte"),  # not reported as the truncated 0
+    ],
+)
+def test_a_bad_kv_cache_size_names_the_value_and_the_form(text, message, capsys):
     from prolora.cli import main
 
     with pytest.raises(SystemExit) as exit_info:
-        main(["serve", "--kv-cache-memory-bytes", "4 GB"])
+        main(["serve", "--kv-cache-memory-bytes", text])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
-    assert "--kv-cache-memory-bytes" in err and "'4 GB' is not a size" in err and "4G" in err
+    assert "--kv-cache-memory-bytes" in err and message in err and "4G" in err and "Traceback" not in err
+
+
+def test_a_kv_cache_size_of_any_length_is_read_exactly():
+    from prolora.cli.serve import byte_size
+
+    assert byte_size("9" * 400) == 10**400 - 1  # through float: OverflowError (a traceback)
+    assert byte_size("0.5K") == 512
 
 
 def test_serve_on_a_taken_port_fails_in_one_line(capsys, tmp_path):
@@ -381,23 +396,40 @@ def test_a_long_stop_list_is_refused_in_a_short_message(http):
     _serves(http)
 
 
-def test_a_removed_adapters_dir_does_not_turn_models_and_404s_into_500s(files, tmp_path):
-    # before: /v1/models and every unknown-model 404 (which lists the models) raised FileNotFoundError: 500
-    import shutil
-
-    folder = tmp_path / "adapters"
+@contextlib.contextmanager
+def _dir_server(files, folder):
+    """A live server of ``pa`` and the adapters of ``folder`` (one, ``d1``, written there), and its client."""
     save_prolora(folder / "d1", seed=11)
     engine = build_engine(str(files["model"]), [f"pa={files['pa']}"], adapters_dir=str(folder))
     live = LiveServer(create_app(engine, BASE))
     try:
         with httpx.Client(base_url=live.url, timeout=60) as http:
-            assert {m["id"] for m in http.get("/v1/models").json()["data"]} == {BASE, "pa", "d1"}
-            shutil.rmtree(folder)
-            assert {m["id"] for m in http.get("/v1/models").json()["data"]} == {BASE, "pa"}
-            _assert_error(_complete(http, model="d1"), 404, "'d1' does not exist", "pa")
-            _serves(http)
+            yield http
     finally:
         live.stop()
+
+
+def test_a_removed_adapters_dir_does_not_turn_models_and_404s_into_500s(files, tmp_path):
+    # before: /v1/models and every unknown-model 404 (which lists the models) raised FileNotFoundError: 500
+    import shutil
+
+    folder = tmp_path / "adapters"
+    with _dir_server(files, folder) as http:
+        assert {m["id"] for m in http.get("/v1/models").json()["data"]} == {BASE, "pa", "d1"}
+        shutil.rmtree(folder)
+        assert {m["id"] for m in http.get("/v1/models").json()["data"]} == {BASE, "pa"}
+        _assert_error(_complete(http, model="d1"), 404, "'d1' does not exist", "pa")
+        _serves(http)
+
+
+def test_loading_under_the_name_of_an_adapters_dir_folder_is_refused(files, tmp_path):
+    # before: a name from --adapters-dir not yet used was taken over (200), and requests for it ran the
+    # other folder's weights; the same name once resident was a 400
+    with _dir_server(files, tmp_path / "adapters") as http:
+        r = http.post("/v1/load_lora_adapter", json={"lora_name": "d1", "lora_path": str(files["pa"])})
+        _assert_error(r, 400, "'d1' is served from --adapters-dir", "pick another name")
+        assert _complete(http, model="d1").status_code == 200
+        _serves(http)
 
 
 def test_a_body_over_the_cap_is_a_413_and_the_server_keeps_serving(http, server):

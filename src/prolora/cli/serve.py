@@ -7,6 +7,7 @@ Flags follow vLLM's where they overlap (``--model``, ``--host``, ``--port``, ``-
 from __future__ import annotations
 
 import argparse
+import fractions
 import math
 import re
 import socket
@@ -122,7 +123,10 @@ def byte_size(text: str) -> int:
     scale = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}.get(suffix) or 2 ** (
         10 * ("KMGT".index(suffix) + 1)
     )
-    return int(float(number) * scale)
+    size = int(fractions.Fraction(number) * scale)  # exact, whatever the number of digits
+    if size < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is less than one byte: write at least 1 (e.g. 4G)")
+    return size
 
 
 def api_key(args) -> tuple[str | None, str]:
@@ -176,10 +180,6 @@ def run(args) -> int:
 
     if args.max_num_seqs < 1:
         raise ValueError(f"--max-num-seqs {args.max_num_seqs} must be at least 1")
-    if args.kv_cache_memory_bytes < 1:
-        raise ValueError(
-            f"--kv-cache-memory-bytes {args.kv_cache_memory_bytes} must be at least 1 byte (e.g. 4G)"
-        )
     if not 0 <= args.port <= 65535:
         raise ValueError(f"--port {args.port} must be in [0, 65535] (0: any free port)")
     if not math.isfinite(args.expanded_cache_mb) or args.expanded_cache_mb < 0:

@@ -101,6 +101,11 @@ class AdapterRegistry:
                 raise ValueError(
                     f"an adapter named {name!r} is already loaded; unload it first or pick another name."
                 )
+            if self._in_adapters_dir(name):
+                raise ValueError(
+                    f"an adapter named {name!r} is served from --adapters-dir ({self.adapters_dir / name}); "
+                    "pick another name."
+                )
             entry = AdapterEntry(name, str(adapter_dir(path)), run_chat_format(path))
             if load:
                 self._make_resident(entry)
@@ -133,13 +138,20 @@ class AdapterRegistry:
         with self._lock:
             if name in self.entries:
                 return self.entries[name]
-            if self.adapters_dir is not None and valid_adapter_name(name):
+            if self._in_adapters_dir(name):
                 path = self.adapters_dir / name
-                if holds_adapter(path):
-                    entry = AdapterEntry(name, str(adapter_dir(path)), run_chat_format(path))
-                    self.entries[name] = entry
-                    return entry
+                entry = AdapterEntry(name, str(adapter_dir(path)), run_chat_format(path))
+                self.entries[name] = entry
+                return entry
         raise UnknownAdapter(name)
+
+    def _in_adapters_dir(self, name: str) -> bool:
+        """Whether ``adapters_dir`` has an adapter folder of this name (served on first use)."""
+        return (
+            self.adapters_dir is not None
+            and valid_adapter_name(name)
+            and holds_adapter(self.adapters_dir / name)
+        )
 
     # ------------------------------------------------------------------------------------ residency
     def acquire(self, name: str) -> AdapterEntry:

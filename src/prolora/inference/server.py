@@ -548,6 +548,7 @@ class _Answer:
         self.created = int(time.time())
         self.kind = "chat.completion" if chat else "text_completion"
         self.offsets = [0] * len(handles)  # characters of each choice's text so far (text_offset)
+        self.roles_sent: set[int] = set()  # chat streams: choices whose first delta (with the role) went
 
     def usage(self) -> dict:
         prompt = sum(len(ids) for ids in self.prompts[:: self.body.n])  # each prompt once, as OpenAI
@@ -602,9 +603,14 @@ class _Answer:
     def choice(self, index: int, text: str, reason: str | None, logprobs: dict | None, delta: bool) -> dict:
         if not self.chat:
             return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": reason}
-        key = "delta" if delta else "message"
-        content = {"role": "assistant", "content": text} if text or reason is None or not delta else {}
-        out = {"index": index, key: content, "finish_reason": reason}
+        if not delta:
+            content = {"role": "assistant", "content": text}
+        else:  # as OpenAI: the role in a choice's first delta only, and an empty delta with the finish reason
+            content = {"content": text} if text or reason is None else {}
+            if index not in self.roles_sent:
+                self.roles_sent.add(index)
+                content = {"role": "assistant", **content}
+        out = {"index": index, "delta" if delta else "message": content, "finish_reason": reason}
         if self.body.logprobs:
             out["logprobs"] = logprobs
         return out
