@@ -502,3 +502,22 @@ def test_token_ids_must_be_json_integers(http, prompt):
     # before: [true, false] and [1.0, 2.0] were served as the token ids [1, 0] and [1, 2]
     _assert_error(_complete(http, prompt=prompt), 400, param="prompt")
     _serves(http)
+
+
+def test_serve_flag_defaults_are_the_engine_and_bank_defaults():
+    """The command line states its defaults without importing torch (fast --help); they must stay the
+    library's values (one source of truth, checked here)."""
+    import argparse
+
+    from prolora.cli import serve
+    from prolora.inference.adapter_bank import EXPANDED_CACHE_BYTES, HOT_ADAPTERS
+    from prolora.inference.engine import KV_CACHE_MEMORY_BYTES, MAX_NUM_BATCHED_TOKENS, MAX_NUM_SEQS
+
+    parser = argparse.ArgumentParser()
+    serve.add_arguments(parser)
+    args = parser.parse_args([])
+    assert args.max_num_seqs == MAX_NUM_SEQS
+    assert args.kv_cache_memory_bytes == KV_CACHE_MEMORY_BYTES
+    assert args.max_num_batched_tokens == MAX_NUM_BATCHED_TOKENS
+    assert args.expanded_cache_mb * 2**20 == EXPANDED_CACHE_BYTES
+    assert f"at most {HOT_ADAPTERS} distinct" in parser.format_help().replace("\n", " ")
